@@ -1,0 +1,83 @@
+"""Batched, chunked enumeration of the joint states of a problem's Bernoulli indicators.
+
+State ``s`` in ``[0, 2^U)`` sets unit ``k`` (units in layer order) to bit ``k``
+of ``s``. Each chunk is one batched forward pass; its log-probability under
+the unit's law (binary or STS) comes with it, so sums over states are
+``sum exp(log_prob) * value`` in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from .problems import Problem, Trajectory
+from .units import BernoulliUnit
+
+__all__ = ["DEFAULT_MAX_STATES", "DEFAULT_CHUNK_SIZE", "check_enumerable", "trajectories"]
+
+DEFAULT_MAX_STATES = 2**24
+DEFAULT_CHUNK_SIZE = 2**16
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def check_enumerable(num_bits: int, max_states: int = DEFAULT_MAX_STATES, bytes_per_state: int = 8,
+                     what: str = "the problem") -> int:
+    """Return ``2**num_bits`` or raise a ValueError naming it, its memory and the limit."""
+    if not (isinstance(max_states, int) and max_states >= 1):
+        raise ValueError(f"max_states must be an integer >= 1, got {max_states!r}")
+    states = 2**num_bits
+    if states > max_states:
+        raise ValueError(
+            f"enumerating {what} needs 2^{num_bits} = {states:,} joint states of {num_bits} binary indicators "
+            f"({_bytes(states * bytes_per_state)} to hold them at once, {_bytes(bytes_per_state)} each); "
+            f"the limit is max_states = {max_states:,} (2^{max_states.bit_length() - 1}); "
+            "use method='mc' or a smaller problem, or raise max_states"
+        )
+    return states
+
+
+def _check_chunk_size(chunk_size) -> int:
+    if not (isinstance(chunk_size, int) and chunk_size >= 1):
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    return chunk_size
+
+
+def trajectories(problem: Problem, unit: BernoulliUnit, *, copies: int = 1,
+                 parameters: dict[str, torch.Tensor] | None = None,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 max_states: int = DEFAULT_MAX_STATES) -> Iterator[Trajectory]:
+    """Every joint state of ``copies`` independent passes, in chunks, with ``log_prob``.
+
+    With ``copies = k`` the batch holds ``k`` stacked passes per state
+    (``[C * k, ...]``, copy-major within a state) and ``log_prob`` is the joint
+    log-probability of the ``k`` passes, shape ``[C]``.
+    """
+    _check_chunk_size(chunk_size)
+    num_bits = problem.num_units * copies
+    total = check_enumerable(num_bits, max_states, bytes_per_state=8 * (problem.num_units + problem.num_parameters),
+                             what=problem.description if copies == 1 else f"{copies} copies of {problem.description}")
+    shifts = torch.arange(num_bits)
+    for start in range(0, total, chunk_size):
+        index = torch.arange(start, min(start + chunk_size, total))
+        bits = ((index[:, None] >> shifts) & 1).to(torch.float64).reshape(-1, problem.num_units)
+        trajectory = problem.forward(_given_states(problem.split_units(bits), unit), bits.shape[0], parameters)
+        log_prob = sum(unit.log_prob(a, b).sum(-1) for a, b in zip(trajectory.logits, trajectory.indicators))
+        trajectory.log_prob = log_prob.reshape(-1, copies).sum(-1)
+        yield trajectory
+
+
+def _given_states(per_layer: list[torch.Tensor], unit: BernoulliUnit):
+    def step(layer: int, a: torch.Tensor):
+        b = per_layer[layer]
+        return b, unit.value(a, b)
+
+    return step

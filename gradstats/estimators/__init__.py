@@ -1,0 +1,17 @@
+"""Estimator registry: :func:`names`, :func:`get`, :func:`register` (see :mod:`.base` for the contract)."""
+
+from . import seed_paper
+from .base import Estimator, backpropagate, get, names, register, resolve_options, sample_trajectory
+from .seed_paper import optimal_baseline
+
+__all__ = [
+    "Estimator",
+    "backpropagate",
+    "get",
+    "names",
+    "optimal_baseline",
+    "register",
+    "resolve_options",
+    "sample_trajectory",
+    "seed_paper",
+]

@@ -1,0 +1,182 @@
+r"""The estimator contract, the registry, and the helpers every estimator shares.
+
+Contract: an estimator maps a problem and a batch of uniforms to one gradient
+estimate per draw,
+
+    ``draw(problem, u, **options) -> FactoredGradient | Tensor[B, D]``,
+
+``u`` of shape ``[B, m, U]`` (``m`` uniforms per unit per draw, usually 1; ``U``
+units in layer order). Draws are i.i.d. across the batch; statistics are
+computed elsewhere, never inside an estimator. Estimators whose randomness is
+a single pass of Bernoulli indicators also give
+
+    ``from_states(problem, trajectory, **options)``
+
+for a batch of given indicator states (drawn, or enumerated by the exact
+engine under ``unit``'s law). Common random numbers: every estimator of the
+binary neuron takes its sample as ``h = 1[u[:, 0] < sigmoid(a)]``, so with one
+seed all of them see the same binary sample.
+
+The flags (unbiased, needs dL/dh, discrete or continuous noise, its own
+objective, loss evaluations per draw) are data that tests and engines read.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from ..problems import FactoredGradient, Problem, Trajectory
+from ..units import BernoulliUnit
+
+__all__ = [
+    "Estimator",
+    "register",
+    "get",
+    "names",
+    "resolve_options",
+    "sample_trajectory",
+    "backpropagate",
+    "OBJECTIVES",
+]
+
+OBJECTIVES = ("binary", "sts", "noisy_rectifier", "relaxed")
+ALL_KINDS = frozenset({"toy", "independent", "sbn"})
+
+
+def _one(options: Mapping[str, Any]) -> int:
+    return 1
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A registered gradient estimator and its capability flags.
+
+    Attributes:
+        name: registry name.
+        draw: ``(problem, u [B, m, U], **options) -> FactoredGradient | [B, D]``.
+        summary: one line: the formula.
+        unbiased: unbiased for the binary network's gradient.
+        needs_loss_gradient: uses ``dL/dh`` (refuses losses without one).
+        noise: ``"discrete"`` (exact moments by enumeration) or ``"continuous"``.
+        objective: the objective its own unit defines (one of :data:`OBJECTIVES`).
+        reference: where it is defined.
+        defaults: its options and their default values; ``None`` passes any option
+            through (user callables).
+        kinds: problem kinds it supports.
+        from_states: per-draw gradient from given indicator states (discrete only).
+        unit: the law of the enumerated states for ``from_states``.
+        loss_evals: loss evaluations per draw, from the options.
+        noise_per_unit: uniforms per unit per draw (``m``), from the options.
+        prepare: ``(problem, options) -> options``: validates and resolves options
+            that depend on the problem (such as an exact optimal baseline).
+    """
+
+    name: str
+    draw: Callable[..., FactoredGradient | Tensor]
+    summary: str = ""
+    unbiased: bool = False
+    needs_loss_gradient: bool = False
+    noise: str = "continuous"
+    objective: str = "binary"
+    reference: str = ""
+    defaults: Mapping[str, Any] | None = field(default_factory=dict)
+    kinds: frozenset[str] = ALL_KINDS
+    from_states: Callable[..., FactoredGradient | Tensor] | None = None
+    unit: BernoulliUnit | None = None
+    loss_evals: Callable[[Mapping[str, Any]], int] = _one
+    noise_per_unit: Callable[[Mapping[str, Any]], int] = _one
+    prepare: Callable[[Problem, dict[str, Any]], dict[str, Any]] | None = None
+
+    def __post_init__(self):
+        if self.noise not in ("discrete", "continuous"):
+            raise ValueError(f"noise must be 'discrete' or 'continuous', got {self.noise!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.noise == "discrete" and (self.from_states is None or self.unit is None):
+            raise ValueError(f"estimator {self.name!r} has discrete noise but no from_states/unit for enumeration")
+
+
+_REGISTRY: dict[str, Estimator] = {}
+
+
+def register(estimator: Estimator) -> Estimator:
+    """Add ``estimator`` to the registry (a name may be registered once)."""
+    if estimator.name in _REGISTRY:
+        raise ValueError(f"an estimator named {estimator.name!r} is already registered")
+    _REGISTRY[estimator.name] = estimator
+    return estimator
+
+
+def names() -> list[str]:
+    """Every registered estimator's name."""
+    return list(_REGISTRY)
+
+
+def get(estimator: str | Estimator | Callable) -> Estimator:
+    """The :class:`Estimator` for a registered name, an Estimator, or a user callable.
+
+    A callable ``fn(problem, u) -> [B, D] | FactoredGradient`` is wrapped as an
+    estimator with continuous noise and unknown bias (Monte Carlo only).
+    """
+    if isinstance(estimator, Estimator):
+        return estimator
+    if isinstance(estimator, str):
+        if estimator not in _REGISTRY:
+            raise ValueError(f"unknown estimator {estimator!r}; registered: {', '.join(names())}")
+        return _REGISTRY[estimator]
+    if callable(estimator):
+        params = [p for p in inspect.signature(estimator).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(params) < 2:
+            raise ValueError("an estimator callable must take (problem, u) and return [B, D] gradients")
+        return Estimator(name=getattr(estimator, "__name__", "custom"), draw=estimator,
+                         summary="user-supplied estimator", defaults=None)
+    raise ValueError(f"estimator must be a registered name, an Estimator or a callable, got {type(estimator).__name__}")
+
+
+def resolve_options(estimator: Estimator, problem: Problem, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults merged with ``options``, checked against the estimator and the problem."""
+    if estimator.defaults is not None:
+        unknown = set(options) - set(estimator.defaults)
+        if unknown:
+            valid = ", ".join(estimator.defaults) or "none"
+            raise ValueError(f"estimator {estimator.name!r} got unknown option(s) {sorted(unknown)}; its options: {valid}")
+    if problem.kind not in estimator.kinds:
+        raise ValueError(f"estimator {estimator.name!r} does not support {problem.kind!r} problems "
+                         f"(it supports: {', '.join(sorted(estimator.kinds))})")
+    if estimator.needs_loss_gradient and not problem.loss.differentiable:
+        raise ValueError(f"estimator {estimator.name!r} needs dL/dh, but loss {problem.loss.name!r} "
+                         "is not differentiable")
+    resolved = {**(estimator.defaults or {}), **options}
+    return estimator.prepare(problem, resolved) if estimator.prepare is not None else resolved
+
+
+def sample_trajectory(problem: Problem, unit: BernoulliUnit, u: Tensor) -> Trajectory:
+    """Forward pass with ``b_l = 1[u_l < q(a_l)]``, ``h_l = value(a_l, b_l)``; ``u`` is ``[B, U]``."""
+    parts = problem.split_units(u)
+    return problem.forward(lambda layer, a: unit.sample(a, parts[layer]), u.shape[0], dtype=u.dtype, device=u.device)
+
+
+def backpropagate(problem: Problem, trajectory: Trajectory, top: Tensor,
+                  local: list[Tensor | None]) -> FactoredGradient:
+    r"""Chain rule through the layers with surrogate unit derivatives.
+
+    :math:`\delta_L = \mathrm{top} \odot s_L`,
+    :math:`\delta_l = (\delta_{l+1} W_{l+1}) \odot s_l`, where ``top`` is
+    :math:`dL/dh_L` and ``local[l]`` is the surrogate :math:`s_l \approx dh_l/da_l`
+    (``None`` means the identity, as in straight-through).
+    """
+    deltas: list[Tensor] = [None] * problem.num_layers  # type: ignore[list-item]
+    upstream = top
+    for layer in reversed(range(problem.num_layers)):
+        delta = upstream if local[layer] is None else upstream * local[layer]
+        deltas[layer] = delta
+        weight = problem.layers[layer].weight
+        if layer > 0:
+            upstream = delta @ problem.parameters[weight].to(delta)
+    return FactoredGradient(deltas, list(trajectory.inputs))

@@ -1,0 +1,209 @@
+r"""The estimators of Bengio, Léonard & Courville (2013), arXiv:1308.3432.
+
+Notation: pre-activation ``a``, :math:`p = \sigma(a)`, uniforms ``u``,
+binary sample :math:`h = 1[u < p]` (Eq. 3 with its inequality corrected,
+see :mod:`gradstats.units`), loss ``L`` of the last layer. Each estimator
+gives :math:`\hat g_l \approx dE[L]/da_l` per layer (a delta); the gradient of
+``W_l`` is the delta times the layer's input (:class:`~gradstats.problems.FactoredGradient`).
+What is detached: REINFORCE differentiates nothing; ST, STS and the noisy
+rectifier backpropagate with the sample's randomness held fixed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import enumeration
+from ..problems import FactoredGradient, Problem, Trajectory
+from ..units import BINARY, NOISES, STS, binary_residual, noise_quantile
+from .base import Estimator, backpropagate, register, sample_trajectory
+
+__all__ = ["optimal_baseline"]
+
+PAPER = "Bengio, Léonard & Courville 2013, arXiv:1308.3432"
+
+
+# ---- REINFORCE (Theorem 1, Corollary 1, Eq. 10) --------------------------------------
+
+def optimal_baseline(problem: Problem, **enumeration_options) -> Tensor:
+    r"""Eq. 10 per unit, exactly: :math:`\bar L_i = E[(h_i - p_i)^2 L] / E[(h_i - p_i)^2]`.
+
+    Computed by enumerating the binary network; ``0`` where the denominator is 0
+    (a saturated unit). Returns ``[U]`` in layer order.
+    """
+    num = torch.zeros(problem.num_units, dtype=torch.float64)
+    den = torch.zeros(problem.num_units, dtype=torch.float64)
+    for traj in enumeration.trajectories(problem, BINARY, **enumeration_options):
+        w = traj.log_prob.exp()
+        loss = problem.loss(traj.output)
+        sq = torch.cat([binary_residual(a, b).square() for a, b in zip(traj.logits, traj.indicators)], dim=1)
+        num += (w * loss) @ sq
+        den += w @ sq
+    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+
+
+def _prepare_reinforce(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
+    baseline = options["baseline"]
+    units = problem.num_units
+    if baseline is None:
+        value = torch.zeros(units, dtype=torch.float64)
+    elif isinstance(baseline, str):
+        if baseline == "optimal":
+            value = optimal_baseline(problem)
+        elif baseline == "running":
+            raise ValueError(
+                "baseline='running' makes each draw depend on the draws before it, so the draws are not "
+                "identically distributed and have no moments; use gradstats.functional.RunningBaseline in a "
+                "training loop, or baseline='optimal' (Eq. 10, the value the running averages track)"
+            )
+        else:
+            raise ValueError(f"baseline must be None, a number, {units} numbers (one per unit), "
+                             f"'optimal' or 'running'; got {baseline!r}")
+    else:
+        try:
+            value = torch.as_tensor(baseline, dtype=torch.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"baseline must be None, a number, {units} numbers, 'optimal' or 'running': {err}") from err
+        if value.ndim == 0:
+            value = value.expand(units).clone()
+        if value.shape != (units,):
+            raise ValueError(f"baseline must be a number or {units} numbers (one per unit), got shape {tuple(value.shape)}")
+        if not torch.isfinite(value).all():
+            raise ValueError(f"baseline must be finite, got {value.tolist()}")
+    return {**options, "baseline": value}
+
+
+def _reinforce_states(problem: Problem, traj: Trajectory, baseline: Tensor) -> FactoredGradient:
+    loss = problem.loss(traj.output)[:, None]
+    centred = [loss - b.to(loss) for b in problem.split_units(baseline)]
+    deltas = [binary_residual(a, h) * c for a, h, c in zip(traj.logits, traj.indicators, centred)]
+    return FactoredGradient(deltas, list(traj.inputs))
+
+
+def _binary_draw(from_states):
+    def draw(problem: Problem, u: Tensor, **options) -> FactoredGradient:
+        return from_states(problem, sample_trajectory(problem, BINARY, u[:, 0]), **options)
+    return draw
+
+
+REINFORCE = register(Estimator(
+    name="reinforce",
+    summary="(h - p)(L - b): score function with a constant per-unit baseline b",
+    draw=_binary_draw(_reinforce_states),
+    from_states=_reinforce_states,
+    unit=BINARY,
+    noise="discrete",
+    unbiased=True,
+    needs_loss_gradient=False,
+    objective="binary",
+    defaults={"baseline": None},
+    prepare=_prepare_reinforce,
+    reference=f"{PAPER}, sec. 3, Theorem 1, Corollary 1, Eq. 10",
+))
+
+
+# ---- straight-through (sec. 4, Eq. 13; A.4) ------------------------------------------
+
+def _st_states(problem: Problem, traj: Trajectory) -> FactoredGradient:
+    _, top = problem.loss.value_and_grad(traj.output)
+    return backpropagate(problem, traj, top, [None] * problem.num_layers)
+
+
+def _st_sigmoid_states(problem: Problem, traj: Trajectory) -> FactoredGradient:
+    _, top = problem.loss.value_and_grad(traj.output)
+    local = [torch.sigmoid(a) * torch.sigmoid(-a) for a in traj.logits]
+    return backpropagate(problem, traj, top, local)
+
+
+ST = register(Estimator(
+    name="st",
+    summary="dL/dh copied to dL/da (hard threshold treated as the identity)",
+    draw=_binary_draw(_st_states),
+    from_states=_st_states,
+    unit=BINARY,
+    noise="discrete",
+    needs_loss_gradient=True,
+    objective="binary",
+    reference=f"{PAPER}, sec. 4, Eq. 13 (after Hinton 2012, lecture 15b)",
+))
+
+ST_SIGMOID = register(Estimator(
+    name="st_sigmoid",
+    summary="dL/dh * sigmoid'(a)",
+    draw=_binary_draw(_st_sigmoid_states),
+    from_states=_st_sigmoid_states,
+    unit=BINARY,
+    noise="discrete",
+    needs_loss_gradient=True,
+    objective="binary",
+    reference=f"{PAPER}, sec. 4 and appendix A.4",
+))
+
+
+# ---- stochastic times smooth (sec. 2.2, Eq. 2) ----------------------------------------
+
+def _sts_states(problem: Problem, traj: Trajectory) -> FactoredGradient:
+    _, top = problem.loss.value_and_grad(traj.output)
+    local = []
+    for a, b in zip(traj.logits, traj.indicators):
+        p = torch.sigmoid(a)
+        local.append(b * p.sqrt() * torch.sigmoid(-a) / 2)  # d(b sqrt(p))/da with b held fixed
+    return backpropagate(problem, traj, top, local)
+
+
+def _sts_draw(problem: Problem, u: Tensor) -> FactoredGradient:
+    return _sts_states(problem, sample_trajectory(problem, STS, u[:, 0]))
+
+
+STS_ESTIMATOR = register(Estimator(
+    name="sts",
+    summary="backprop through h = b sqrt(p), b ~ Bernoulli(sqrt p) held fixed",
+    draw=_sts_draw,
+    from_states=_sts_states,
+    unit=STS,
+    noise="discrete",
+    needs_loss_gradient=True,
+    objective="sts",
+    reference=f"{PAPER}, sec. 2.2, Eq. 2, Proposition 2",
+))
+
+
+# ---- noisy rectifier (sec. 2.1, Proposition 1) ----------------------------------------
+
+def _prepare_noisy_rectifier(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
+    if options["noise"] not in NOISES:
+        raise ValueError(f"noise must be one of {sorted(NOISES)}, got {options['noise']!r}")
+    scale = options["scale"]
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite positive number, got {scale!r}")
+    return options
+
+
+def _noisy_rectifier_draw(problem: Problem, u: Tensor, noise: str, scale: float) -> FactoredGradient:
+    parts = problem.split_units(u[:, 0])
+
+    def step(layer: int, a: Tensor):
+        s = a + noise_quantile(parts[layer], noise, scale)
+        on = (s > 0).to(a.dtype)
+        return on, s * on
+
+    traj = problem.forward(step, u.shape[0], dtype=u.dtype, device=u.device)
+    _, top = problem.loss.value_and_grad(traj.output)
+    return backpropagate(problem, traj, top, list(traj.indicators))
+
+
+NOISY_RECTIFIER = register(Estimator(
+    name="noisy_rectifier",
+    summary="backprop through h = max(0, a + z), z = scale * F^-1(u)",
+    draw=_noisy_rectifier_draw,
+    noise="continuous",
+    needs_loss_gradient=True,
+    objective="noisy_rectifier",
+    defaults={"noise": "gaussian", "scale": 1.0},
+    prepare=_prepare_noisy_rectifier,
+    reference=f"{PAPER}, sec. 2.1, Proposition 1",
+))

@@ -1,0 +1,111 @@
+r"""Exact references by enumeration, in float64.
+
+For a problem with ``U`` Bernoulli indicators the objective is the finite sum
+
+.. math:: J(\theta) = \sum_{s \in \{0,1\}^U} P_\theta(s)\, L(h_\theta(s)),
+
+over the binary network (``objective="binary"``: ``h = s``) or the STS
+network (``objective="sts"``: ``P(s_i = 1) = \sqrt{p_i}``, ``h_i = s_i \sqrt{p_i}``,
+whose values also depend on :math:`\theta`). :func:`exact_gradient`
+differentiates that sum with autograd, chunk by chunk (the gradient of a sum
+is the sum of the chunks' gradients), so both the score part and the pathwise
+part are included. :func:`exact_moments` gives the mean, per-coordinate
+variance and covariance of an estimator whose randomness is one pass of
+indicators, as probability-weighted sums over the same states.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import enumeration
+from .accumulators import MomentAccumulator, Moments
+from .estimators import get, resolve_options
+from .problems import FactoredGradient, Problem
+from .units import BINARY, STS, BernoulliUnit
+
+__all__ = ["exact_loss", "exact_gradient", "exact_moments", "OBJECTIVE_UNITS", "FULL_COVARIANCE_MAX_DIM"]
+
+OBJECTIVE_UNITS: dict[str, BernoulliUnit] = {"binary": BINARY, "sts": STS}
+FULL_COVARIANCE_MAX_DIM = 2048
+_TOTAL_PROBABILITY_TOLERANCE = 1e-9
+
+
+def _unit(objective: str) -> BernoulliUnit:
+    if objective not in OBJECTIVE_UNITS:
+        raise ValueError(f"objective must be one of {sorted(OBJECTIVE_UNITS)} for exact enumeration, got {objective!r}")
+    return OBJECTIVE_UNITS[objective]
+
+
+def _check_total(total: float, what: str) -> None:
+    if abs(total - 1.0) > _TOTAL_PROBABILITY_TOLERANCE:
+        raise RuntimeError(f"enumerated probabilities of {what} sum to {total!r}, not 1")
+
+
+def exact_loss(problem: Problem, objective: str = "binary", *, chunk_size: int = enumeration.DEFAULT_CHUNK_SIZE,
+               max_states: int = enumeration.DEFAULT_MAX_STATES) -> float:
+    """``E[L]`` under the binary (or STS) network, by enumeration."""
+    unit = _unit(objective)
+    total, value = 0.0, torch.zeros((), dtype=torch.float64)
+    for traj in enumeration.trajectories(problem, unit, chunk_size=chunk_size, max_states=max_states):
+        w = traj.log_prob.exp()
+        total += float(w.sum())
+        value += w @ problem.loss(traj.output)
+    _check_total(total, problem.description)
+    return float(value)
+
+
+def exact_gradient(problem: Problem, objective: str = "binary", *,
+                   chunk_size: int = enumeration.DEFAULT_CHUNK_SIZE,
+                   max_states: int = enumeration.DEFAULT_MAX_STATES) -> Tensor:
+    """``dE[L]/dtheta`` as a 1-D float64 tensor in ``problem.parameter_names()`` order."""
+    unit = _unit(objective)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in problem.parameters.items()}
+    grads = [torch.zeros_like(v) for v in leaves.values()]
+    total = 0.0
+    with torch.enable_grad():
+        for traj in enumeration.trajectories(problem, unit, parameters=leaves, chunk_size=chunk_size,
+                                             max_states=max_states):
+            w = traj.log_prob.exp()
+            total += float(w.detach().sum())
+            chunk_value = w @ problem.loss(traj.output)
+            for acc, g in zip(grads, torch.autograd.grad(chunk_value, list(leaves.values()), allow_unused=True)):
+                if g is not None:
+                    acc += g
+    _check_total(total, problem.description)
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def _dense(gradient: FactoredGradient | Tensor) -> Tensor:
+    return gradient.dense() if isinstance(gradient, FactoredGradient) else gradient
+
+
+def exact_moments(problem: Problem, estimator, *, full_covariance: bool | None = None,
+                  chunk_size: int = enumeration.DEFAULT_CHUNK_SIZE,
+                  max_states: int = enumeration.DEFAULT_MAX_STATES, **options) -> Moments:
+    """Exact mean, variance and covariance of a discrete-noise estimator's per-draw gradient.
+
+    ``full_covariance`` defaults to ``D <= FULL_COVARIANCE_MAX_DIM``.
+    """
+    est = get(estimator)
+    if est.noise != "discrete":
+        raise ValueError(f"estimator {est.name!r} has continuous noise: its moments need method='mc'")
+    resolved = resolve_options(est, problem, options)
+    dim = problem.num_parameters
+    full = dim <= FULL_COVARIANCE_MAX_DIM if full_covariance is None else bool(full_covariance)
+    acc = MomentAccumulator(dim, full)
+    for traj in enumeration.trajectories(problem, est.unit, chunk_size=chunk_size, max_states=max_states):
+        acc.add(_dense(est.from_states(problem, traj, **resolved)), traj.log_prob.exp())
+    _check_total(acc.weight, problem.description)
+    return Moments(
+        mean=acc.mean,
+        var=acc.m2 / acc.weight,
+        cov=None if acc.comoment is None else acc.comoment / acc.weight,
+        num_samples=None,
+        mean_stderr=None,
+        loss_evals_per_draw=est.loss_evals(resolved),
+        method="exact",
+        estimator=est.name,
+        num_outcomes=acc.count,
+    )

@@ -1,0 +1,210 @@
+r"""Losses on the last stochastic layer: ``h[..., N] -> L[...]``.
+
+A loss acts row by row: the value for one draw depends on that draw's ``h``
+only, so one backward pass over a batch gives every draw's :math:`dL/dh`.
+Built-in losses carry their analytic gradient; any other callable gets its
+gradient from autograd.
+
+Built-ins:
+
+* :func:`polynomial`: :math:`\sum_i |h_i - t|^k` (``k = 2`` is the toy
+  :math:`(b - t)^2` of the seed paper's discussion of ST).
+* :func:`readout_squared_error`: :math:`\lVert V h + d - y \rVert^2` of a fixed
+  linear readout ``V`` (no 1/2 factor).
+* :func:`readout_cross_entropy`: :math:`-\log \mathrm{softmax}(V h + d)_y`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Loss",
+    "as_loss",
+    "polynomial",
+    "readout_squared_error",
+    "readout_cross_entropy",
+    "random_readout",
+]
+
+
+class Loss:
+    """A row-wise loss ``h[..., N] -> [...]`` with an optional analytic gradient.
+
+    Args:
+        fn: the loss; must act on each row of ``h`` separately.
+        grad: optional ``h -> dL/dh``; autograd is used when absent.
+        differentiable: whether ``dL/dh`` exists; estimators that need it refuse
+            a loss marked ``False``.
+        name: shown in tables and errors.
+        num_inputs: the ``N`` it expects, when fixed (readouts); checked against
+            the network's last layer.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Tensor], Tensor],
+        *,
+        grad: Callable[[Tensor], Tensor] | None = None,
+        differentiable: bool = True,
+        name: str | None = None,
+        num_inputs: int | None = None,
+    ):
+        if not callable(fn):
+            raise ValueError(f"loss must be callable, got {type(fn).__name__}")
+        self.fn = fn
+        self._grad = grad
+        self.differentiable = differentiable
+        self.name = name or getattr(fn, "__name__", "loss")
+        self.num_inputs = num_inputs
+
+    def __call__(self, h: Tensor) -> Tensor:
+        return self.fn(h)
+
+    def __repr__(self) -> str:
+        return f"Loss({self.name})"
+
+    def value_and_grad(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Loss values ``[...]`` and per-row gradients ``dL/dh`` of ``h``'s shape."""
+        if not self.differentiable:
+            raise ValueError(f"loss {self.name!r} is marked not differentiable: dL/dh does not exist")
+        if self._grad is not None:
+            return self.fn(h), self._grad(h)
+        with torch.enable_grad():
+            leaf = h.detach().requires_grad_(True)
+            value = self.fn(leaf)
+            if not value.requires_grad:
+                raise ValueError(
+                    f"loss {self.name!r} is not differentiable: its output does not depend on h "
+                    "through torch operations (pass Loss(fn, differentiable=False) to say so)"
+                )
+            (grad,) = torch.autograd.grad(value.sum(), leaf)
+        return value.detach(), grad
+
+
+def as_loss(loss: Loss | Callable[[Tensor], Tensor]) -> Loss:
+    """Wrap a callable as a :class:`Loss` (a :class:`Loss` is returned as is)."""
+    if isinstance(loss, Loss):
+        return loss
+    if not callable(loss):
+        raise ValueError(f"loss must be a Loss or a callable h[..., N] -> [...], got {type(loss).__name__}")
+    return Loss(loss)
+
+
+def _finite_tensor(name: str, value, ndim: int | None = None) -> Tensor:
+    t = torch.as_tensor(value, dtype=torch.float64)
+    if ndim is not None and t.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be finite, got {t}")
+    return t
+
+
+def polynomial(target: float = 0.5, power: float = 2.0) -> Loss:
+    r""":math:`L(h) = \sum_i |h_i - t|^k` with ``t = target``, ``k = power > 0``.
+
+    Its gradient :math:`k\,|h_i - t|^{k-1}\,\mathrm{sign}(h_i - t)` exists wherever
+    :math:`h_i \ne t` or :math:`k > 1`.
+    """
+    if not (isinstance(target, (int, float)) and math.isfinite(target)):
+        raise ValueError(f"target must be a finite number, got {target!r}")
+    if not (isinstance(power, (int, float)) and math.isfinite(power) and power > 0):
+        raise ValueError(f"power must be a finite number > 0, got {power!r}")
+    t, k = float(target), float(power)
+
+    def fn(h: Tensor) -> Tensor:
+        return (h - t).abs().pow(k).sum(-1)
+
+    def grad(h: Tensor) -> Tensor:
+        d = h - t
+        return k * d.abs().pow(k - 1) * d.sign()
+
+    return Loss(fn, grad=grad, name=f"|h-{t:g}|^{k:g}")
+
+
+def _readout(weight, bias) -> tuple[Tensor, Tensor]:
+    v = _finite_tensor("weight", weight, ndim=2)
+    d = torch.zeros(v.shape[0], dtype=torch.float64) if bias is None else _finite_tensor("bias", bias, ndim=1)
+    if d.shape[0] != v.shape[0]:
+        raise ValueError(f"bias must have {v.shape[0]} entries (weight's rows), got {d.shape[0]}")
+    return v, d
+
+
+def readout_squared_error(weight, target, bias=None) -> Loss:
+    r""":math:`L(h) = \lVert V h + d - y \rVert^2`, ``V = weight [K, N]``, ``y = target [K]``."""
+    v, d = _readout(weight, bias)
+    y = _finite_tensor("target", target, ndim=1)
+    if y.shape[0] != v.shape[0]:
+        raise ValueError(f"target must have {v.shape[0]} entries (weight's rows), got {y.shape[0]}")
+
+    def residual(h: Tensor) -> Tensor:
+        return h @ v.to(h).T + (d - y).to(h)
+
+    def fn(h: Tensor) -> Tensor:
+        return residual(h).square().sum(-1)
+
+    def grad(h: Tensor) -> Tensor:
+        return 2.0 * residual(h) @ v.to(h)
+
+    return Loss(fn, grad=grad, name=f"readout squared error ({v.shape[0]}x{v.shape[1]})", num_inputs=v.shape[1])
+
+
+def readout_cross_entropy(weight, label: int, bias=None) -> Loss:
+    r""":math:`L(h) = -\log \mathrm{softmax}(V h + d)_y`, ``V = weight [K, N]``, ``y = label``."""
+    v, d = _readout(weight, bias)
+    if not (isinstance(label, int) and 0 <= label < v.shape[0]):
+        raise ValueError(f"label must be an integer in [0, {v.shape[0]}), got {label!r}")
+
+    def logits(h: Tensor) -> Tensor:
+        return h @ v.to(h).T + d.to(h)
+
+    def fn(h: Tensor) -> Tensor:
+        z = logits(h)
+        return torch.logsumexp(z, -1) - z[..., label]
+
+    def grad(h: Tensor) -> Tensor:
+        s = torch.softmax(logits(h), -1)
+        s[..., label] -= 1.0
+        return s @ v.to(h)
+
+    return Loss(fn, grad=grad, name=f"readout cross-entropy ({v.shape[0]}x{v.shape[1]})", num_inputs=v.shape[1])
+
+
+READOUTS = ("squared_error", "cross_entropy")
+
+
+def random_readout(kind: str, num_inputs: int, num_outputs: int = 4, seed: int = 0) -> Loss:
+    """A readout loss with ``V`` entries N(0, 1/num_inputs), ``d = 0`` and a seeded target.
+
+    ``kind="squared_error"`` draws ``y ~ N(0, 1)^K``; ``"cross_entropy"`` draws a label.
+    """
+    if kind not in READOUTS:
+        raise ValueError(f"readout kind must be one of {READOUTS}, got {kind!r}")
+    for name, n in (("num_inputs", num_inputs), ("num_outputs", num_outputs)):
+        if not (isinstance(n, int) and n >= 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
+    g = torch.Generator().manual_seed(int(seed))
+    v = torch.randn(num_outputs, num_inputs, generator=g, dtype=torch.float64) / math.sqrt(num_inputs)
+    if kind == "squared_error":
+        return readout_squared_error(v, torch.randn(num_outputs, generator=g, dtype=torch.float64))
+    return readout_cross_entropy(v, int(torch.randint(num_outputs, (), generator=g)))
+
+
+def check_loss_output(loss: Loss, num_units: int, name: str = "loss") -> None:
+    """Raise a ValueError unless ``loss`` maps ``[B, num_units]`` to ``[B]``."""
+    if loss.num_inputs is not None and loss.num_inputs != num_units:
+        raise ValueError(f"{name} expects h with {loss.num_inputs} entries, but the last layer has {num_units} units")
+    probe = torch.zeros(3, num_units, dtype=torch.float64)
+    try:
+        out = loss(probe)
+    except Exception as err:  # the user's callable failed on a valid input
+        raise ValueError(f"{name} failed on h of shape [3, {num_units}]: {err}") from err
+    if not isinstance(out, Tensor) or tuple(out.shape) != (3,):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"{name} must map h[..., {num_units}] to [...] (one value per row); got {shape} for [3, {num_units}]")
+
+

@@ -1,0 +1,280 @@
+r"""What is differentiated: parameters in a fixed named order, sampling structure, loss.
+
+A problem is a stack of stochastic layers. Layer ``l`` has pre-activations
+
+.. math:: a_l = W_l\, h_{l-1} + c_l, \qquad h_0 = x,
+
+and its units draw ``h_l`` from ``a_l`` (which unit is the estimator's choice:
+binary, STS, noisy rectifier, relaxed). Independent units are one layer with
+no input: ``a = c`` are the logits. The loss acts on the last layer's ``h``.
+
+The flattened parameter vector is, layer by layer, ``W_l`` (row-major,
+``[n_l, n_{l-1}]``) then ``c_l``; :meth:`Problem.parameter_names` gives the
+names in that order. Every estimator here estimates :math:`dL/da_l` per draw
+(a *delta*); the gradient of ``W_l`` is then ``delta_l`` outer ``h_{l-1}``,
+which :class:`FactoredGradient` keeps without materialising it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .losses import Loss, as_loss, check_loss_output, polynomial, random_readout
+
+__all__ = ["Problem", "Trajectory", "FactoredGradient", "LayerSpec", "toy", "independent", "sbn"]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One stochastic layer: its size and the names of its parameters."""
+
+    size: int
+    weight: str | None
+    bias: str
+
+
+@dataclass
+class Trajectory:
+    """A batch of forward passes: per layer its input, pre-activation, indicator and value.
+
+    ``inputs[l]`` is ``[B, n_{l-1}]`` (``None`` for independent units);
+    ``logits``, ``indicators`` and ``values`` are ``[B, n_l]``. ``log_prob`` is the
+    log-probability of the indicators when they were enumerated.
+    """
+
+    inputs: list[Tensor | None]
+    logits: list[Tensor]
+    indicators: list[Tensor]
+    values: list[Tensor]
+    log_prob: Tensor | None = None
+
+    @property
+    def output(self) -> Tensor:
+        return self.values[-1]
+
+
+@dataclass
+class FactoredGradient:
+    r"""Per-draw gradients in factored form: ``grad W_l = deltas[l] (x) inputs[l]``, ``grad c_l = deltas[l]``.
+
+    ``deltas[l]`` is ``[B, n_l]``; ``inputs[l]`` is ``[B, n_{l-1}]`` or ``None``.
+    """
+
+    deltas: list[Tensor]
+    inputs: list[Tensor | None]
+
+    @property
+    def batch_size(self) -> int:
+        return self.deltas[0].shape[0]
+
+    def dense(self) -> Tensor:
+        """The ``[B, D]`` gradients in the problem's flattened parameter order."""
+        parts = []
+        for delta, inp in zip(self.deltas, self.inputs):
+            if inp is not None:
+                parts.append((delta[:, :, None] * inp[:, None, :]).flatten(1))
+            parts.append(delta)
+        return torch.cat(parts, dim=1)
+
+
+class Problem:
+    """Parameters, sampling structure and loss of one enumerable problem.
+
+    Build one with :func:`toy`, :func:`independent` or :func:`sbn`.
+    """
+
+    def __init__(self, kind: str, layers: Sequence[LayerSpec], parameters: dict[str, Tensor],
+                 loss: Loss, x: Tensor | None = None, description: str = ""):
+        self.kind = kind
+        self.layers = tuple(layers)
+        self.parameters = {k: v.detach().to(torch.float64) for k, v in parameters.items()}
+        self.loss = loss
+        self.x = x
+        self.description = description or kind
+        check_loss_output(loss, self.layers[-1].size)
+
+    def __repr__(self) -> str:
+        return f"Problem({self.description}, D={self.num_parameters}, units={self.layer_sizes})"
+
+    # ---- layout -------------------------------------------------------------------
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        return tuple(layer.size for layer in self.layers)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def num_units(self) -> int:
+        return sum(self.layer_sizes)
+
+    def parameter_names(self) -> list[str]:
+        return list(self.parameters)
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in self.parameters.items()}
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(v.numel() for v in self.parameters.values())
+
+    def coordinate_names(self) -> list[str]:
+        """A name per flattened coordinate, e.g. ``W1[2,0]``, ``c1[2]``."""
+        names = []
+        for name, value in self.parameters.items():
+            for index in torch.cartesian_prod(*[torch.arange(n) for n in value.shape]).reshape(value.numel(), -1):
+                names.append(f"{name}[{','.join(str(int(i)) for i in index)}]")
+        return names
+
+    def coordinate_layers(self) -> Tensor:
+        """The layer (1-based) of each flattened coordinate, ``[D]``."""
+        return torch.cat([torch.full((self.parameters[n].numel(),), li + 1)
+                          for li, layer in enumerate(self.layers)
+                          for n in (layer.weight, layer.bias) if n is not None])
+
+    def flat_parameters(self) -> Tensor:
+        return torch.cat([v.reshape(-1) for v in self.parameters.values()])
+
+    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
+        if theta.shape != (self.num_parameters,):
+            raise ValueError(f"theta must have shape ({self.num_parameters},), got {tuple(theta.shape)}")
+        out, start = {}, 0
+        for name, value in self.parameters.items():
+            out[name] = theta[start:start + value.numel()].reshape(value.shape)
+            start += value.numel()
+        return out
+
+    def with_parameters(self, theta: Tensor) -> Problem:
+        """The same problem with the flattened parameters replaced by ``theta``."""
+        return Problem(self.kind, self.layers, self.unflatten(torch.as_tensor(theta, dtype=torch.float64)),
+                       self.loss, self.x, self.description)
+
+    def split_units(self, t: Tensor) -> list[Tensor]:
+        """Split the last dimension (``num_units``) into per-layer pieces."""
+        return list(torch.split(t, self.layer_sizes, dim=-1))
+
+    # ---- forward ------------------------------------------------------------------
+    def logits(self, layer: int, inputs: Tensor | None, parameters: dict[str, Tensor] | None = None,
+               batch_size: int | None = None) -> Tensor:
+        """``a_l = inputs @ W_l^T + c_l`` (``c_l`` broadcast to ``batch_size`` rows without input)."""
+        params = self.parameters if parameters is None else parameters
+        spec = self.layers[layer]
+        bias = params[spec.bias]
+        if spec.weight is None:
+            return bias.expand(batch_size, -1) if batch_size is not None else bias
+        return inputs @ params[spec.weight].T.to(inputs.dtype) + bias.to(inputs.dtype)
+
+    def forward(self, step: Callable[[int, Tensor], tuple[Tensor, Tensor]], batch_size: int,
+                parameters: dict[str, Tensor] | None = None, dtype: torch.dtype = torch.float64,
+                device: torch.device | str | None = None) -> Trajectory:
+        """Run the layers; ``step(l, a_l) -> (indicators, values)`` samples each layer."""
+        params = self.parameters if parameters is None else parameters
+        if device is not None or dtype != torch.float64:
+            params = {k: v.to(device=device, dtype=dtype) for k, v in params.items()}
+        inputs, logits, indicators, values = [], [], [], []
+        prev = None
+        if self.x is not None:
+            prev = self.x.to(device=device if device is not None else self.x.device, dtype=dtype).expand(batch_size, -1)
+        for li in range(self.num_layers):
+            inp = prev if self.layers[li].weight is not None else None
+            a = self.logits(li, inp, params, batch_size)
+            b, h = step(li, a)
+            inputs.append(inp)
+            logits.append(a)
+            indicators.append(b)
+            values.append(h)
+            prev = h
+        return Trajectory(inputs, logits, indicators, values)
+
+
+# ---- constructors ----------------------------------------------------------------
+
+def _finite_vector(name: str, value) -> Tensor:
+    try:
+        t = torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a 1-D array of numbers: {err}") from err
+    if t.ndim == 0:
+        t = t.reshape(1)
+    if t.ndim != 1 or t.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be finite, got {t.tolist()}")
+    return t
+
+
+def _finite_number(name: str, value) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def toy(target: float = 0.45, logit: float = 0.0) -> Problem:
+    r"""One binary unit with :math:`f(b) = (b - t)^2`; the parameter is its logit ``a``.
+
+    Exact gradient :math:`p(1 - p)(f(1) - f(0)) = p(1 - p)(1 - 2t)`.
+    """
+    t = _finite_number("target", target)
+    a = _finite_number("logit", logit)
+    return Problem("toy", [LayerSpec(1, None, "logit")], {"logit": torch.tensor([a], dtype=torch.float64)},
+                   polynomial(t, 2), description=f"toy(t={t:g}, a={a:g})")
+
+
+def independent(loss, logits=None, *, probs=None) -> Problem:
+    r"""``N`` independent binary units with logits ``a`` (parameter ``"logits"``), loss ``f(h)``.
+
+    Give either ``logits`` or ``probs`` (then ``a = log p - log(1 - p)``,
+    which needs ``0 < p < 1``).
+    """
+    if (logits is None) == (probs is None):
+        raise ValueError("give exactly one of logits and probs")
+    if probs is not None:
+        p = _finite_vector("probs", probs)
+        if ((p <= 0) | (p >= 1)).any():
+            raise ValueError(f"probs must lie strictly inside (0, 1) to have finite logits, got {p.tolist()}")
+        a = torch.logit(p)
+    else:
+        a = _finite_vector("logits", logits)
+    return Problem("independent", [LayerSpec(a.numel(), None, "logits")], {"logits": a}, as_loss(loss),
+                   description=f"independent(N={a.numel()})")
+
+
+def sbn(sizes: Sequence[int], loss="squared_error", x=None, seed: int = 0, *,
+        weight_scale: float = 1.0, num_outputs: int = 4) -> Problem:
+    r"""Stochastic binary network ``x -> h_1 -> ... -> h_L -> loss``.
+
+    ``sizes = [n_0, n_1, ..., n_L]``: input size then each stochastic layer's.
+    Parameters ``W_l`` (entries N(0, s^2 / n_{l-1})) and ``c_l`` (entries
+    N(0, s^2 / 4)), ``s = weight_scale``, drawn from ``seed``; ``x`` defaults to
+    N(0, 1) entries from the same seed. ``loss`` is a :class:`Loss`, a callable on
+    ``h_L``, or ``"squared_error"`` / ``"cross_entropy"`` of a random readout to
+    ``num_outputs`` outputs (:func:`gradstats.losses.random_readout`, same seed).
+    """
+    sizes = list(sizes) if isinstance(sizes, (list, tuple)) else sizes
+    if not (isinstance(sizes, list) and len(sizes) >= 2 and all(isinstance(n, int) and n >= 1 for n in sizes)):
+        raise ValueError(f"sizes must be a list [n_in, n_1, ..., n_L] of integers >= 1 with at least one layer, got {sizes!r}")
+    s = _finite_number("weight_scale", weight_scale)
+    if s <= 0:
+        raise ValueError(f"weight_scale must be > 0, got {weight_scale!r}")
+    g = torch.Generator().manual_seed(int(seed))
+    if x is None:
+        x = torch.randn(sizes[0], generator=g, dtype=torch.float64)
+    else:
+        x = _finite_vector("x", x)
+        if x.numel() != sizes[0]:
+            raise ValueError(f"x must have sizes[0] = {sizes[0]} entries, got {x.numel()}")
+    layers, params = [], {}
+    for li, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        layers.append(LayerSpec(n_out, f"W{li}", f"c{li}"))
+        params[f"W{li}"] = torch.randn(n_out, n_in, generator=g, dtype=torch.float64) * (s / math.sqrt(n_in))
+        params[f"c{li}"] = torch.randn(n_out, generator=g, dtype=torch.float64) * (s / 2)
+    if isinstance(loss, str):
+        loss = random_readout(loss, sizes[-1], num_outputs, seed=int(seed) + 1)
+    return Problem("sbn", layers, params, as_loss(loss), x=x,
+                   description=f"sbn({'-'.join(map(str, sizes))}, seed={seed})")

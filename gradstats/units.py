@@ -1,0 +1,143 @@
+r"""Stochastic neurons as functions of explicit noise.
+
+Every unit takes its pre-activation ``a`` and uniforms ``u`` in [0, 1) of the
+same shape, so that units driven by the same ``u`` share their randomness
+(common random numbers) and a run replays exactly from its uniforms.
+
+Units of Bengio, Léonard & Courville (2013), "Estimating or Propagating
+Gradients Through Stochastic Neurons for Conditional Computation",
+arXiv:1308.3432:
+
+* binary stochastic neuron (sec. 3, Eq. 3): :math:`h = 1[u < \sigma(a)]`, so
+  :math:`P(h = 1) = \sigma(a)`. The paper prints :math:`1[z > \mathrm{sigm}(a)]`,
+  which would give :math:`P(h = 1) = 1 - \sigma(a)`; its proofs use
+  :math:`P(h = 1) = \sigma(a)`, so the printed inequality is a typo and we use
+  the one the proofs need.
+* stochastic times smooth, STS (sec. 2.2, Eq. 2): :math:`p = \sigma(a)`,
+  :math:`b = 1[u < \sqrt{p}]`, :math:`h = b \sqrt{p}`.
+* noisy rectifier (sec. 2.1): :math:`h = \max(0, a + z)` with zero-mean noise
+  :math:`z = s F^{-1}(u)`, ``F`` the standard Gaussian or logistic CDF.
+
+The two discrete units are also described by a :class:`BernoulliUnit` (the law
+of the indicator ``b`` and the value ``h(a, b)``), which the exact engine uses
+to enumerate states.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+__all__ = [
+    "BernoulliUnit",
+    "BINARY",
+    "STS",
+    "binary",
+    "sts",
+    "noisy_rectifier",
+    "noise_quantile",
+    "NOISES",
+    "binary_residual",
+]
+
+
+def binary(a: Tensor, u: Tensor) -> Tensor:
+    r"""Binary stochastic neuron :math:`h = 1[u < \sigma(a)]` (Eq. 3, corrected)."""
+    return BINARY.sample(a, u)[1]
+
+
+def sts(a: Tensor, u: Tensor) -> Tensor:
+    r"""STS unit (Eq. 2): :math:`h = 1[u < \sqrt{\sigma(a)}]\,\sqrt{\sigma(a)}`.
+
+    The indicator is treated as a constant by backpropagation, so
+    :math:`\partial h / \partial a = b\,\sqrt{p}\,(1 - p) / 2`.
+    """
+    return STS.sample(a, u)[1]
+
+
+def binary_residual(a: Tensor, h: Tensor) -> Tensor:
+    r""":math:`h - \sigma(a)` for binary ``h``, as :math:`h\,\sigma(-a) - (1 - h)\,\sigma(a)`.
+
+    The plain difference rounds :math:`1 - \sigma(a)` to 0 for large ``a``; this
+    form keeps every digit (it is also :math:`d \log P(h \mid a) / da`).
+    """
+    return torch.where(h > 0.5, torch.sigmoid(-a), -torch.sigmoid(a))
+
+
+def _gaussian_quantile(u: Tensor) -> Tensor:
+    return torch.special.ndtri(u)
+
+
+def _logistic_quantile(u: Tensor) -> Tensor:
+    return torch.logit(u)
+
+
+NOISES: dict[str, Callable[[Tensor], Tensor]] = {
+    "gaussian": _gaussian_quantile,
+    "logistic": _logistic_quantile,
+}
+
+
+def noise_quantile(u: Tensor, noise: str = "gaussian", scale: float = 1.0) -> Tensor:
+    """Zero-mean noise ``scale * F^{-1}(u)`` for ``noise`` in :data:`NOISES`."""
+    if noise not in NOISES:
+        raise ValueError(f"noise must be one of {sorted(NOISES)}, got {noise!r}")
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite positive number, got {scale!r}")
+    return scale * NOISES[noise](u)
+
+
+def noisy_rectifier(a: Tensor, u: Tensor, noise: str = "gaussian", scale: float = 1.0) -> Tensor:
+    r"""Noisy rectifier (sec. 2.1): :math:`h = \max(0, a + z)`, :math:`z = s F^{-1}(u)`.
+
+    With logistic noise of scale 1, Proposition 1 states
+    :math:`P(h > 0) = \sigma(a)` and :math:`E[h] = \mathrm{softplus}(a)`.
+    """
+    return F.relu(a + noise_quantile(u, noise, scale))
+
+
+@dataclass(frozen=True)
+class BernoulliUnit:
+    r"""A unit whose only randomness is an indicator :math:`b \sim \mathrm{Bernoulli}(q(a))`.
+
+    ``log_q(a)`` and ``log_1mq(a)`` give :math:`\log q` and :math:`\log(1 - q)` in
+    forms that stay finite for saturated logits; ``value(a, b)`` gives ``h``.
+    """
+
+    name: str
+    q: Callable[[Tensor], Tensor]
+    log_q: Callable[[Tensor], Tensor]
+    log_1mq: Callable[[Tensor], Tensor]
+    value: Callable[[Tensor, Tensor], Tensor]
+
+    def sample(self, a: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Indicator ``b = 1[u < q(a)]`` and value ``h(a, b)``."""
+        b = (u < self.q(a)).to(a.dtype)
+        return b, self.value(a, b)
+
+    def log_prob(self, a: Tensor, b: Tensor) -> Tensor:
+        """Elementwise :math:`\\log P(b \\mid a)`."""
+        return torch.where(b > 0.5, self.log_q(a), self.log_1mq(a))
+
+
+BINARY = BernoulliUnit(
+    name="binary",
+    q=torch.sigmoid,
+    log_q=F.logsigmoid,
+    log_1mq=lambda a: F.logsigmoid(-a),
+    value=lambda a, b: b,
+)
+
+# 1 - sqrt(p) = (1 - p) / (1 + sqrt(p)) keeps log(1 - sqrt(p)) finite as p -> 1.
+STS = BernoulliUnit(
+    name="sts",
+    q=lambda a: torch.sigmoid(a).sqrt(),
+    log_q=lambda a: 0.5 * F.logsigmoid(a),
+    log_1mq=lambda a: F.logsigmoid(-a) - torch.log1p(torch.sigmoid(a).sqrt()),
+    value=lambda a, b: b * torch.sigmoid(a).sqrt(),
+)

@@ -1,0 +1,31 @@
+"""The public face: what ``import gradstats`` exposes, and the command line."""
+
+import json
+
+import gradstats as gs
+from gradstats import cli
+
+
+def test_public_names():
+    assert set(gs.__all__) >= {"exact_gradient", "exact_loss", "moments", "Moments", "problems", "estimators",
+                               "losses", "units", "functional"}
+    for name in gs.__all__:
+        assert hasattr(gs, name), name
+
+
+def test_cli_estimators_json(capsys):
+    assert cli.main(["estimators", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} == set(gs.estimators.names())
+
+
+def test_cli_moments_prints_the_exact_bias(capsys):
+    assert cli.main(["moments", "--estimator", "st", "--logit", "-1"]) == 0
+    out = capsys.readouterr().out
+    # E[ST] = 2 (p - t) = -0.36212 for p = sigmoid(-1), t = 0.45; the exact gradient is +0.019661
+    assert "0.019661" in out and "-0.36212" in out and "cos(mean, g) = -1" in out
+
+
+def test_cli_bad_input_is_a_clear_error(capsys):
+    assert cli.main(["moments", "--estimator", "foo"]) == 2
+    assert "unknown estimator 'foo'; registered:" in capsys.readouterr().err

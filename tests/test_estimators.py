@@ -1,0 +1,140 @@
+"""The seed paper's estimators: closed forms on one unit, exact identities on networks."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import gradstats as gs
+from gradstats.testing import networks
+
+TOYS = [(0.45, 0.0), (0.45, -1.0), (0.499, 2.0), (0.2, -3.0), (0.45, 50.0), (0.45, -50.0)]
+
+
+def toy_quantities(t, a):
+    a = torch.tensor(a, dtype=torch.float64)
+    p, q = torch.sigmoid(a), torch.sigmoid(-a)  # p and 1 - p
+    f = lambda b: (b - t) ** 2  # noqa: E731
+    df = lambda b: 2 * (b - t)  # noqa: E731
+    return p, q, f, df
+
+
+@pytest.mark.parametrize("t, a", TOYS)
+def test_reinforce_toy_mean_and_variance(t, a):
+    # g = (h - p) f(h): E g = p q (f(1) - f(0)); E g^2 = p q^2 f(1)^2 + q p^2 f(0)^2.
+    p, q, f, _ = toy_quantities(t, a)
+    m = gs.moments(gs.problems.toy(t, a), "reinforce")
+    mean = p * q * (f(1.0) - f(0.0))
+    second = p * q**2 * f(1.0) ** 2 + q * p**2 * f(0.0) ** 2
+    assert torch.allclose(m.mean, mean.reshape(1), rtol=1e-12, atol=1e-300)
+    assert torch.allclose(m.var, (second - mean**2).reshape(1), rtol=1e-10, atol=1e-300)
+
+
+@pytest.mark.parametrize("t, a", TOYS)
+def test_st_toy_mean_and_variance(t, a):
+    # E[ST] = p f'(1) + (1 - p) f'(0); Var = p q (f'(1) - f'(0))^2; the sigmoid variant times p q.
+    p, q, _, df = toy_quantities(t, a)
+    m = gs.moments(gs.problems.toy(t, a), "st")
+    assert torch.allclose(m.mean, (p * df(1.0) + q * df(0.0)).reshape(1), rtol=1e-12, atol=1e-15)
+    assert torch.allclose(m.var, (p * q * (df(1.0) - df(0.0)) ** 2).reshape(1), rtol=1e-10, atol=1e-300)
+    ms = gs.moments(gs.problems.toy(t, a), "st_sigmoid")
+    assert torch.allclose(ms.mean, (p * q * (p * df(1.0) + q * df(0.0))).reshape(1), rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("t, a", TOYS[:4])
+def test_sts_toy_mean(t, a):
+    # h = b sqrt(p), b ~ Bernoulli(sqrt p); per draw f'(h) b sqrt(p) (1 - p) / 2,
+    # so E = p (1 - p) f'(sqrt p) / 2 and E[g^2] = p^{3/2} (1 - p)^2 f'(sqrt p)^2 / 4.
+    p, q, _, df = toy_quantities(t, a)
+    m = gs.moments(gs.problems.toy(t, a), "sts")
+    mean = p * q * df(p.sqrt()) / 2
+    second = p**1.5 * q**2 * df(p.sqrt()) ** 2 / 4
+    assert torch.allclose(m.mean, mean.reshape(1), rtol=1e-12)
+    assert torch.allclose(m.var, (second - mean**2).reshape(1), rtol=1e-10)
+
+
+@given(problem=networks(max_layers=3, max_total_units=9),
+       baseline=st.one_of(st.floats(-10, 10), st.lists(st.floats(-10, 10), min_size=9, max_size=9)))
+def test_reinforce_with_any_constant_baseline_is_unbiased(problem, baseline):
+    # Theorem 1 and Corollary 1 as an equality in float64 (rounding only).
+    if isinstance(baseline, list):
+        baseline = baseline[: problem.num_units]
+    exact = gs.exact_gradient(problem)
+    m = gs.moments(problem, "reinforce", baseline=baseline)
+    assert torch.allclose(m.mean, exact, rtol=0, atol=1e-10 * (1 + exact.abs().max()))
+
+
+@given(problem=networks(max_layers=2, max_total_units=6), shift=st.floats(-3, 3).filter(lambda s: abs(s) > 1e-3))
+def test_optimal_baseline_minimises_each_units_delta_variance(problem, shift):
+    # Eq. 10: per unit i, Var[(h_i - p_i)(L - b)] is a quadratic in b minimised at b_i*.
+    # For the bias coordinates c_i (whose gradient is the unit's delta) no constant does better.
+    best = gs.estimators.optimal_baseline(problem)
+    m_best = gs.moments(problem, "reinforce", baseline="optimal")
+    m_shift = gs.moments(problem, "reinforce", baseline=(best + shift).tolist())
+    bias_coords = torch.tensor([name.startswith("c") for name in problem.coordinate_names()])
+    assert (m_best.var[bias_coords] <= m_shift.var[bias_coords] + 1e-12).all()
+
+
+def test_st_on_a_network_is_backprop_with_identity_derivatives():
+    # A two-layer net with a linear loss: the ST delta of layer 1 is W2^T v, independent of h.
+    problem = gs.problems.sbn([2, 3, 2], loss=lambda h: h @ torch.tensor([1.0, -2.0], dtype=h.dtype), seed=4)
+    m = gs.moments(problem, "st")
+    v = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    w2 = problem.parameters["W2"]
+    delta1 = w2.T @ v
+    grad_w1 = torch.outer(delta1, problem.x)
+    assert torch.allclose(m.mean[:6], grad_w1.reshape(-1), rtol=1e-13)
+    assert torch.allclose(m.mean[6:9], delta1, rtol=1e-13)
+    assert torch.allclose(m.var[:9], torch.zeros(9, dtype=torch.float64), atol=1e-25)
+
+
+def test_reinforce_estimates_need_no_loss_gradient():
+    problem = gs.problems.independent(gs.losses.Loss(lambda h: (h.sum(-1) > 1).double(), differentiable=False),
+                                      logits=[0.1, -0.4, 1.0])
+    m = gs.moments(problem, "reinforce")
+    assert torch.allclose(m.mean, gs.exact_gradient(problem), atol=1e-15)
+    with pytest.raises(ValueError, match="estimator 'st' needs dL/dh, but loss .* is not differentiable"):
+        gs.moments(problem, "st")
+
+
+def test_autograd_detects_a_loss_that_is_not_differentiable():
+    problem = gs.problems.independent(lambda h: torch.as_tensor((h.sum(-1) > 1).numpy().astype(float)),
+                                      logits=[0.1, -0.4])
+    with pytest.raises(ValueError, match="is not differentiable: its output does not depend on h"):
+        gs.moments(problem, "st")
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda p: gs.moments(p, "rainforce"), "unknown estimator 'rainforce'; registered: reinforce, st"),
+    (lambda p: gs.moments(p, "st", baseline=1.0), r"unknown option\(s\) \['baseline'\]; its options: none"),
+    (lambda p: gs.moments(p, "reinforce", baseline="median"), "baseline must be None, a number"),
+    (lambda p: gs.moments(p, "reinforce", baseline=[1.0, 2.0]), "baseline must be a number or 1 numbers"),
+    (lambda p: gs.moments(p, "reinforce", baseline=float("inf")), "baseline must be finite"),
+    (lambda p: gs.moments(p, "reinforce", baseline="running"), "not identically distributed"),
+    (lambda p: gs.moments(p, "noisy_rectifier"), "continuous noise: its moments need method='mc'"),
+    (lambda p: gs.moments(p, "noisy_rectifier", method="mc", num_samples=10, noise="cauchy"), "noise must be one of"),
+    (lambda p: gs.moments(p, "st", method="bootstrap"), "method must be one of"),
+    (lambda p: gs.moments("toy", "st"), "problem must be a gradstats Problem"),
+])
+def test_bad_input_names_the_argument(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(gs.problems.toy())
+
+
+def test_registry_flags():
+    assert set(gs.estimators.names()) >= {"reinforce", "st", "st_sigmoid", "sts", "noisy_rectifier"}
+    assert gs.estimators.get("reinforce").unbiased and not gs.estimators.get("st").unbiased
+    assert gs.estimators.get("st").needs_loss_gradient and not gs.estimators.get("reinforce").needs_loss_gradient
+    assert gs.estimators.get("sts").objective == "sts" and gs.estimators.get("noisy_rectifier").noise == "continuous"
+    for name in gs.estimators.names():
+        est = gs.estimators.get(name)
+        assert est.reference and est.summary, name
+
+
+def test_docstrings_cite_the_paper():
+    from gradstats.estimators import seed_paper
+
+    assert "arXiv:1308.3432" in seed_paper.__doc__
+    assert math.isfinite(len(seed_paper.__doc__))

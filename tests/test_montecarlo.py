@@ -1,0 +1,82 @@
+"""Streaming Monte Carlo: agreement with exact moments, reproducibility, chunk invariance, errors."""
+
+import pytest
+import torch
+
+import gradstats as gs
+
+DISCRETE = [n for n in gs.estimators.names() if gs.estimators.get(n).noise == "discrete"]
+
+
+@pytest.mark.parametrize("name", DISCRETE)
+def test_mc_means_lie_within_their_intervals_of_the_exact_moments(name):
+    # |mean_mc - mean| <= 5 sd / sqrt(n) per coordinate (sd exact): two-sided failure rate 5.7e-7
+    # a coordinate, under 1e-4 for the whole test; the seed is fixed, so it either always passes or never.
+    problem = gs.problems.sbn([3, 3, 2], seed=11)
+    exact = gs.moments(problem, name)
+    n = 200_000
+    mc = gs.moments(problem, name, method="mc", num_samples=n, seed=3, device="cpu")
+    sd = exact.var.sqrt()
+    assert ((mc.mean - exact.mean).abs() <= 5 * sd / n**0.5 + 1e-15).all()
+    # the sample variance of a bounded estimator is within 10 % where the variance is not tiny
+    big = exact.var > 1e-6 * exact.var.max()
+    assert torch.allclose(mc.var[big], exact.var[big], rtol=0.1)
+    assert mc.num_samples == n and mc.method == "mc"
+    assert torch.allclose(mc.mean_stderr, (mc.var / n).sqrt())
+
+
+def test_same_seed_same_bits_and_chunk_size_only_moves_rounding():
+    problem = gs.problems.sbn([4, 3, 3], seed=2)
+    kw = dict(method="mc", num_samples=100_003, seed=9, device="cpu")
+    a = gs.moments(problem, "st", chunk_size=65536, **kw)
+    b = gs.moments(problem, "st", chunk_size=65536, **kw)
+    c = gs.moments(problem, "st", chunk_size=777, **kw)
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.var, b.var)
+    assert torch.allclose(a.mean, c.mean, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(a.var, c.var, rtol=1e-10)
+    d = gs.moments(problem, "st", chunk_size=65536, **{**kw, "seed": 10})
+    assert not torch.equal(a.mean, d.mean)
+
+
+def test_estimators_share_the_binary_sample():
+    # Common random numbers: with the same uniforms, st and reinforce see the same h.
+    problem = gs.problems.independent(gs.losses.polynomial(0.5, 1.0), [0.3, -0.2, 1.1])
+    u = torch.rand(1000, 1, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    g_st = gs.estimators.get("st").draw(problem, u).dense()
+    g_rf = gs.estimators.get("reinforce").draw(problem, u, baseline=torch.zeros(3, dtype=torch.float64)).dense()
+    h = (u[:, 0] < torch.sigmoid(problem.parameters["logits"])).double()
+    # for |h - 1/2| with t = 1/2, f'(h) = sign(h - 1/2) = 2h - 1 and (h - p) f(h) = (h - p) / 2
+    assert torch.equal(g_st, 2 * h - 1)
+    assert torch.allclose(g_rf, (h - torch.sigmoid(problem.parameters["logits"])) * 1.5)
+
+
+def test_user_callable_estimator():
+    problem = gs.problems.toy(0.45, 0.0)
+
+    def constant_estimator(problem, u):
+        return torch.full((u.shape[0], problem.num_parameters), 2.0, dtype=u.dtype)
+
+    m = gs.moments(problem, constant_estimator, method="mc", num_samples=1000, device="cpu")
+    assert torch.equal(m.mean, torch.tensor([2.0], dtype=torch.float64)) and m.estimator == "constant_estimator"
+    with pytest.raises(ValueError, match="continuous noise"):
+        gs.moments(problem, constant_estimator)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_samples": 0}, "num_samples must be an integer >= 1"),
+    ({"num_samples": -5}, "num_samples must be an integer >= 1"),
+    ({"num_samples": 10, "chunk_size": 0}, "chunk_size must be an integer >= 1"),
+    ({"num_samples": 10, "device": "tpu"}, "device must be"),
+    ({"num_samples": 10, "seed": -1}, "seed must be an integer >= 0"),
+    ({}, "method='mc' needs num_samples"),
+])
+def test_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gs.moments(gs.problems.toy(), "st", method="mc", **kwargs)
+
+
+def test_cuda_without_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        gs.moments(gs.problems.toy(), "st", method="mc", num_samples=10, device="cuda")
