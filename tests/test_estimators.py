@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import gradstats as gs
-from gradstats.testing import networks
+from gradstats.testing import independent_problems, networks
 
 TOYS = [(0.45, 0.0), (0.45, -1.0), (0.499, 2.0), (0.2, -3.0), (0.45, 50.0), (0.45, -50.0)]
 
@@ -138,3 +138,11 @@ def test_docstrings_cite_the_paper():
 
     assert "arXiv:1308.3432" in seed_paper.__doc__
     assert math.isfinite(len(seed_paper.__doc__))
+
+
+@given(problem=independent_problems())
+def test_saturated_logits_give_finite_moments(problem):
+    for name in gs.estimators.names():
+        if gs.estimators.get(name).noise == "discrete":
+            m = gs.moments(problem, name)
+            assert torch.isfinite(m.mean).all() and torch.isfinite(m.var).all(), name
