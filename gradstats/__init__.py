@@ -6,12 +6,14 @@ enough that every binary state can be enumerated.
 
 from . import enumeration, estimators, functional, losses, problems, units
 from .accumulators import Moments
+from .evaluation import evaluate
 from .exact import exact_gradient, exact_loss, exact_moments
 from .moments import moments
 
 __all__ = [
     "Moments",
     "enumeration",
+    "evaluate",
     "estimators",
     "exact_gradient",
     "exact_loss",

@@ -1,25 +1,104 @@
-r"""Weighted streaming moments in float64 and the :class:`Moments` result.
+r"""Weighted streaming statistics of per-draw gradients, in float64, and the :class:`Moments` result.
 
-Chunks are merged with the pairwise update of Chan, Golub & LeVeque (1979,
-"Updating formulae and a pairwise algorithm for computing sample variances"):
-a chunk of total weight :math:`w_c`, mean :math:`m_c` and centred second
-moment :math:`M_c` joins the running totals :math:`(w, m, M)` as
+A chunk of per-draw gradients (weights: the probabilities of enumerated
+outcomes, or ones for Monte Carlo draws) is reduced to a :class:`Summary`:
+total weight, mean, centred second moments (per coordinate, and the full
+covariance when asked), and, against each reference gradient ``g``, the sums
+of the per-draw metrics of DESIGN.md section 5: ``1[sign g_hat_j = sign g_j]``
+per coordinate, ``cos(g_hat, g)`` and ``1[<g_hat, g> > 0]`` (overall and per
+layer), and ``cos`` of the mean of ``M`` consecutive draws. Summaries merge
+with the pairwise update of Chan, Golub & LeVeque (1979),
 
-.. math:: \delta = m_c - m,\quad m \mathrel{+}= \delta\,w_c / (w + w_c),\quad
-          M \mathrel{+}= M_c + \delta\delta^\top\,w\,w_c / (w + w_c),
+.. math:: \delta = m_b - m_a,\quad m = m_a + \delta\,w_b / w,\quad
+          M_2 = M_{2,a} + M_{2,b} + \delta\delta^\top w_a w_b / w,
 
-so no sum of squares of large numbers is ever differenced. Weights are the
-probabilities of enumerated outcomes (exact) or ones (Monte Carlo).
+so no large sums of squares are ever differenced.
+
+Structure is used, not materialised: a weight gradient ``delta (x) x`` whose
+input ``x`` is the same for every draw (a network's first layer) has mean
+``mean(delta) (x) x``, centred second moment ``M2(delta) (x) x^2``, sign
+agreement from the sign counts of ``delta``, and inner product
+``delta . (G x)`` with the reference, all at the cost of the ``delta``s.
+Conventions: ``sign(0) = 0`` (a zero estimate agrees only with a zero
+gradient); the cosine of a zero vector is 0.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-__all__ = ["Moments", "MomentAccumulator"]
+from .problems import FactoredGradient, Problem
+
+__all__ = ["Moments", "Summary", "GradientAccumulator"]
+
+
+@dataclass
+class Summary:
+    """Mergeable sufficient statistics of a set of weighted per-draw gradients.
+
+    Per reference name: ``sign_agree`` ``[D]``, ``cosine`` and ``descent``
+    ``[L + 1]`` (index 0: all coordinates; ``l``: layer ``l``) are weighted sums
+    over draws; ``cosine_m[name][M]`` sums over complete groups of ``M``
+    consecutive draws, ``groups[M]`` counts them.
+    """
+
+    weight: float
+    count: int
+    mean: Tensor
+    m2: Tensor
+    comoment: Tensor | None = None
+    sign_agree: dict[str, Tensor] = field(default_factory=dict)
+    cosine: dict[str, Tensor] = field(default_factory=dict)
+    descent: dict[str, Tensor] = field(default_factory=dict)
+    cosine_m: dict[str, dict[int, Tensor]] = field(default_factory=dict)
+    groups: dict[int, int] = field(default_factory=dict)
+
+    @staticmethod
+    def empty(dim: int, full_covariance: bool, device=None) -> Summary:
+        z = torch.zeros(dim, dtype=torch.float64, device=device)
+        return Summary(0.0, 0, z, z.clone(), torch.zeros(dim, dim, dtype=torch.float64, device=device)
+                       if full_covariance else None)
+
+    def merged(self, other: Summary) -> Summary:
+        """The summary of both sets of draws."""
+        if other.weight == 0:
+            return self
+        if self.weight == 0:
+            return other
+        total = self.weight + other.weight
+        delta = other.mean - self.mean
+        factor = self.weight * other.weight / total
+        comoment = None
+        if self.comoment is not None and other.comoment is not None:
+            comoment = self.comoment + other.comoment + torch.outer(delta, delta) * factor
+
+        def add(a: dict, b: dict) -> dict:
+            return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
+
+        return Summary(
+            weight=total,
+            count=self.count + other.count,
+            mean=self.mean + delta * (other.weight / total),
+            m2=self.m2 + other.m2 + delta.square() * factor,
+            comoment=comoment,
+            sign_agree=add(self.sign_agree, other.sign_agree),
+            cosine=add(self.cosine, other.cosine),
+            descent=add(self.descent, other.descent),
+            cosine_m={r: add(self.cosine_m.get(r, {}), other.cosine_m.get(r, {}))
+                      for r in set(self.cosine_m) | set(other.cosine_m)},
+            groups=add(self.groups, other.groups),
+        )
+
+    def cpu(self) -> Summary:
+        def mv(d):
+            return {k: (mv(v) if isinstance(v, dict) else v.cpu()) for k, v in d.items()}
+
+        return Summary(self.weight, self.count, self.mean.cpu(), self.m2.cpu(),
+                       None if self.comoment is None else self.comoment.cpu(),
+                       mv(self.sign_agree), mv(self.cosine), mv(self.descent), mv(self.cosine_m), dict(self.groups))
 
 
 @dataclass(frozen=True)
@@ -28,7 +107,7 @@ class Moments:
 
     Attributes:
         mean: ``E[g_hat]``, ``[D]`` float64.
-        var: per-coordinate variance, ``[D]``.
+        var: per-coordinate variance, ``[D]`` (``n - 1`` denominator for Monte Carlo).
         cov: full covariance ``[D, D]`` (``None`` when not asked for or D is large).
         num_samples: Monte Carlo draws used; ``None`` for exact moments.
         mean_stderr: standard error of ``mean`` (Monte Carlo only).
@@ -36,6 +115,11 @@ class Moments:
         method: ``"exact"`` or ``"mc"``.
         estimator: the estimator's name.
         num_outcomes: enumerated outcomes (exact only).
+        summary: the statistics all of the above come from, with the per-draw
+            metrics against each reference that was given.
+        batches: Monte Carlo only: summaries of contiguous batches of draws
+            (for jackknife standard errors of any metric).
+        seconds: wall time.
     """
 
     mean: Tensor
@@ -47,50 +131,200 @@ class Moments:
     method: str
     estimator: str
     num_outcomes: int | None = None
+    summary: Summary | None = None
+    batches: tuple[Summary, ...] = ()
+    seconds: float = float("nan")
 
     @property
     def trace(self) -> float:
         """``trace(Cov[g_hat])``."""
         return float(self.var.sum())
 
-
-class MomentAccumulator:
-    """Streaming weighted mean, per-coordinate and (optionally) full centred second moments."""
-
-    def __init__(self, dim: int, full_covariance: bool, device: torch.device | str = "cpu"):
-        self.weight = 0.0
-        self.count = 0
-        self.mean = torch.zeros(dim, dtype=torch.float64, device=device)
-        self.m2 = torch.zeros(dim, dtype=torch.float64, device=device)
-        self.comoment = torch.zeros(dim, dim, dtype=torch.float64, device=device) if full_covariance else None
-
-    def add(self, values: Tensor, weights: Tensor | None = None) -> None:
-        """Merge a chunk ``values [C, D]`` with ``weights [C]`` (ones when ``None``)."""
-        values = values.to(torch.float64)
-        self.count += values.shape[0]
-        if weights is None:
-            w_c = float(values.shape[0])
-            mean_c = values.mean(0)
-            centred = values - mean_c
-            weighted = centred
+    @staticmethod
+    def from_summary(summary: Summary, *, method: str, estimator: str, loss_evals_per_draw: int,
+                     batches: tuple[Summary, ...] = (), seconds: float = float("nan")) -> Moments:
+        summary = summary.cpu()
+        if method == "exact":
+            var, cov_den, n, stderr = summary.m2 / summary.weight, summary.weight, None, None
         else:
-            weights = weights.to(torch.float64)
-            w_c = float(weights.sum())
-            if w_c == 0.0:
-                return
-            mean_c = (weights @ values) / w_c
-            centred = values - mean_c
-            weighted = centred * weights[:, None]
-        m2_c = (weighted * centred).sum(0)
-        self.merge(w_c, mean_c, m2_c, weighted.T @ centred if self.comoment is not None else None)
+            n = summary.count
+            den = n - 1 if n > 1 else float("nan")
+            var, cov_den = summary.m2 / den, den
+            stderr = (var / n).sqrt()
+        return Moments(
+            mean=summary.mean, var=var,
+            cov=None if summary.comoment is None else summary.comoment / cov_den,
+            num_samples=n, mean_stderr=stderr, loss_evals_per_draw=loss_evals_per_draw, method=method,
+            estimator=estimator, num_outcomes=summary.count if method == "exact" else None,
+            summary=summary, batches=tuple(b.cpu() for b in batches), seconds=seconds,
+        )
 
-    def merge(self, w_c: float, mean_c: Tensor, m2_c: Tensor, comoment_c: Tensor | None = None) -> None:
-        """Merge a chunk given by its total weight, mean and centred second moments."""
-        total = self.weight + w_c
-        delta = mean_c - self.mean
-        factor = self.weight * w_c / total
-        self.mean += delta * (w_c / total)
-        self.m2 += m2_c + delta.square() * factor
-        if self.comoment is not None:
-            self.comoment += comoment_c + torch.outer(delta, delta) * factor
-        self.weight = total
+
+@dataclass
+class _Part:
+    """Columns ``cols`` of per-draw gradients: dense ``values [B, k]``, or ``values [B, n] (x) x`` for constant ``x``."""
+
+    cols: slice
+    values: Tensor
+    x: Tensor | None = None
+
+    def dense(self) -> Tensor:
+        if self.x is None:
+            return self.values
+        return (self.values[:, :, None] * self.x).flatten(1)
+
+    def inner(self, ref: Tensor) -> Tensor:
+        if self.x is None:
+            return self.values @ ref
+        return self.values @ (ref.reshape(self.values.shape[1], -1) @ self.x)
+
+    def norm2(self) -> Tensor:
+        if self.x is None:
+            return self.values.square().sum(1)
+        return self.values.square().sum(1) * self.x.square().sum()
+
+    def segment_sums(self, segment: Tensor, num_segments: int) -> _Part:
+        out = torch.zeros(num_segments, self.values.shape[1], dtype=self.values.dtype, device=self.values.device)
+        return _Part(self.cols, out.index_add_(0, segment, self.values), self.x)
+
+
+def _parts(problem: Problem, gradient: FactoredGradient | Tensor) -> list[list[_Part]]:
+    """Per layer, the parts that make up the per-draw gradients (no outer product materialised for constant inputs)."""
+    layers = []
+    for (w_cols, c_cols), delta, inp in zip(problem.layer_slices(), *(
+            (gradient.deltas, gradient.inputs) if isinstance(gradient, FactoredGradient)
+            else ([None] * problem.num_layers, [None] * problem.num_layers))):
+        if delta is None:  # dense gradient: slice its columns
+            parts = [_Part(c, gradient[:, c]) for c in (w_cols, c_cols) if c is not None]
+        elif inp is None:
+            parts = [_Part(c_cols, delta)]
+        elif inp.shape[0] == 1 or inp.stride(0) == 0:
+            parts = [_Part(w_cols, delta, inp[0].to(delta)), _Part(c_cols, delta)]
+        else:
+            parts = [_Part(w_cols, (delta[:, :, None] * inp[:, None, :]).flatten(1)), _Part(c_cols, delta)]
+        layers.append(parts)
+    return layers
+
+
+def _safe_ratio(num: Tensor, den: Tensor) -> Tensor:
+    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+
+
+class GradientAccumulator:
+    """Streams chunks of per-draw gradients into a :class:`Summary`.
+
+    Args:
+        problem: gives the parameter layout.
+        references: name -> reference gradient ``[D]`` for the per-draw metrics.
+        full_covariance: also accumulate the ``[D, D]`` covariance.
+        ms: group sizes ``M`` for the cosine of the mean of ``M`` consecutive draws
+            (unweighted draws only; groups are aligned to the first draw added).
+    """
+
+    def __init__(self, problem: Problem, references: dict[str, Tensor] | None = None, full_covariance: bool = False,
+                 ms: tuple[int, ...] = (), device=None):
+        self.problem = problem
+        self.dim = problem.num_parameters
+        self.device = device
+        self.refs = {k: v.to(device=device, dtype=torch.float64) for k, v in (references or {}).items()}
+        self.full = full_covariance
+        self.ms = tuple(m for m in ms if m > 1)
+        self.summary = Summary.empty(self.dim, full_covariance, device)
+        self.position = 0
+        self._pending: dict[int, list[list[_Part]]] = {}
+
+    # ---- per-draw metrics against one reference -----------------------------------
+    def _inner_and_norm(self, layers: list[list[_Part]], ref: Tensor) -> tuple[Tensor, Tensor]:
+        """Per draw and per layer: ``<g_hat_l, g_l>`` and ``|g_hat_l|^2``, each ``[B, L]``."""
+        inner = torch.stack([sum(p.inner(ref[p.cols]) for p in parts) for parts in layers], 1)
+        norm2 = torch.stack([sum(p.norm2() for p in parts) for parts in layers], 1)
+        return inner, norm2
+
+    def _cosines(self, layers, ref: Tensor) -> tuple[Tensor, Tensor]:
+        """``cos(g_hat, g)`` and ``<g_hat, g>`` per draw, ``[B, L + 1]`` (column 0: all layers)."""
+        inner, norm2 = self._inner_and_norm(layers, ref)
+        ref_norm = torch.stack([sum(ref[p.cols].square().sum() for p in parts) for parts in layers]).sqrt()
+        inner_all = torch.cat([inner.sum(1, keepdim=True), inner], 1)
+        norm_all = torch.cat([norm2.sum(1, keepdim=True), norm2], 1).sqrt()
+        ref_all = torch.cat([ref_norm.square().sum().sqrt().reshape(1), ref_norm])
+        return _safe_ratio(inner_all, norm_all * ref_all), inner_all
+
+    @staticmethod
+    def _sign_agreement(part: _Part, w: Tensor | None, ref: Tensor, total: float) -> Tensor:
+        s = ref.sign()
+        if part.x is None:
+            agree = (part.values.sign() == s).to(torch.float64)
+            return agree.sum(0) if w is None else w @ agree
+        d = part.values.sign()
+        counts = [(d == v).to(torch.float64) for v in (1.0, -1.0, 0.0)]
+        pos, neg, zero = (c.sum(0) if w is None else w @ c for c in counts)
+        s = s.reshape(d.shape[1], -1)
+        t = s * part.x.sign()
+        out = torch.where(t > 0, pos[:, None], torch.where(t < 0, neg[:, None], zero[:, None]))
+        out = torch.where(part.x == 0, (s == 0).to(torch.float64) * total, out)
+        return out.reshape(-1)
+
+    # ---- adding a chunk ----------------------------------------------------------------
+    def add(self, gradient: FactoredGradient | Tensor, weights: Tensor | None = None) -> None:
+        """Merge a chunk of per-draw gradients (``weights [B]``: probabilities; ``None``: ones)."""
+        layers = _parts(self.problem, gradient)
+        parts = [p for ps in layers for p in ps]
+        b = parts[0].values.shape[0]
+        w = None if weights is None else weights.to(torch.float64)
+        total = float(b) if w is None else float(w.sum())
+        if total == 0.0:
+            return
+        mean = torch.empty(self.dim, dtype=torch.float64, device=self.device)
+        m2 = torch.empty_like(mean)
+        for p in parts:
+            v = p.values.to(torch.float64)
+            mv = v.mean(0) if w is None else (w @ v) / total
+            c = (v - mv).square()
+            sv = c.sum(0) if w is None else w @ c
+            if p.x is None:
+                mean[p.cols], m2[p.cols] = mv, sv
+            else:
+                x = p.x.to(torch.float64)
+                mean[p.cols], m2[p.cols] = torch.outer(mv, x).reshape(-1), torch.outer(sv, x.square()).reshape(-1)
+        comoment = None
+        if self.full:
+            dense = torch.cat([p.dense().to(torch.float64) for p in parts], 1) - mean
+            comoment = (dense.T * w) @ dense if w is not None else dense.T @ dense
+        chunk = Summary(total, b, mean, m2, comoment)
+        for name, ref in self.refs.items():
+            agree = torch.empty_like(mean)
+            for p in parts:
+                agree[p.cols] = self._sign_agreement(p, w, ref[p.cols], total)
+            cos, inner = self._cosines(layers, ref)
+            positive = (inner > 0).to(torch.float64)
+            chunk.sign_agree[name] = agree
+            chunk.cosine[name] = cos.sum(0) if w is None else w @ cos
+            chunk.descent[name] = positive.sum(0) if w is None else w @ positive
+        if w is None and self.ms and self.refs:
+            self._add_groups(chunk, layers, b)
+        self.position += b
+        self.summary = self.summary.merged(chunk)
+
+    def _add_groups(self, chunk: Summary, layers: list[list[_Part]], b: int) -> None:
+        """Cosines of the means of complete groups of ``M`` draws, carrying a partial group to the next chunk."""
+        for m in self.ms:
+            first = self.position // m
+            segment = (torch.arange(self.position, self.position + b, device=layers[0][0].values.device) // m) - first
+            num = int(segment[-1]) + 1
+            sums = [[p.segment_sums(segment, num) for p in parts] for parts in layers]
+            if m in self._pending:
+                for parts, prev in zip(sums, self._pending.pop(m)):
+                    for p, q in zip(parts, prev):
+                        p.values[0] += q.values[0]
+            sizes = torch.bincount(segment, minlength=num)
+            if self.position % m:
+                sizes[0] += self.position % m
+            complete = sizes == m
+            if not bool(complete[-1]):
+                self._pending[m] = [[_Part(p.cols, p.values[-1:].clone(), p.x) for p in parts] for parts in sums]
+            means = [[_Part(p.cols, p.values[complete] / m, p.x) for p in parts] for parts in sums]
+            count = int(complete.sum())
+            for name, ref in self.refs.items():
+                cos = self._cosines(means, ref)[0] if count else torch.zeros(len(layers) + 1, device=self.device)
+                chunk.cosine_m.setdefault(name, {})[m] = cos.reshape(-1, len(layers) + 1).sum(0).to(torch.float64)
+            chunk.groups[m] = count

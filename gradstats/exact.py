@@ -16,13 +16,15 @@ indicators, as probability-weighted sums over the same states.
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import Tensor
 
 from . import enumeration
-from .accumulators import MomentAccumulator, Moments
+from .accumulators import GradientAccumulator, Moments
 from .estimators import get, resolve_options
-from .problems import FactoredGradient, Problem
+from .problems import Problem
 from .units import BINARY, STS, BernoulliUnit
 
 __all__ = ["exact_loss", "exact_gradient", "exact_moments", "OBJECTIVE_UNITS", "FULL_COVARIANCE_MAX_DIM"]
@@ -77,35 +79,24 @@ def exact_gradient(problem: Problem, objective: str = "binary", *,
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-def _dense(gradient: FactoredGradient | Tensor) -> Tensor:
-    return gradient.dense() if isinstance(gradient, FactoredGradient) else gradient
-
-
-def exact_moments(problem: Problem, estimator, *, full_covariance: bool | None = None,
-                  chunk_size: int = enumeration.DEFAULT_CHUNK_SIZE,
+def exact_moments(problem: Problem, estimator, *, references: dict[str, Tensor] | None = None,
+                  full_covariance: bool | None = None, chunk_size: int = enumeration.DEFAULT_CHUNK_SIZE,
                   max_states: int = enumeration.DEFAULT_MAX_STATES, **options) -> Moments:
     """Exact mean, variance and covariance of a discrete-noise estimator's per-draw gradient.
 
-    ``full_covariance`` defaults to ``D <= FULL_COVARIANCE_MAX_DIM``.
+    ``full_covariance`` defaults to ``D <= FULL_COVARIANCE_MAX_DIM``. With
+    ``references`` (name -> gradient), the per-draw metrics against each are
+    exact too (``Moments.summary``).
     """
+    start = time.perf_counter()
     est = get(estimator)
     if est.noise != "discrete":
         raise ValueError(f"estimator {est.name!r} has continuous noise: its moments need method='mc'")
     resolved = resolve_options(est, problem, options)
-    dim = problem.num_parameters
-    full = dim <= FULL_COVARIANCE_MAX_DIM if full_covariance is None else bool(full_covariance)
-    acc = MomentAccumulator(dim, full)
+    full = problem.num_parameters <= FULL_COVARIANCE_MAX_DIM if full_covariance is None else bool(full_covariance)
+    acc = GradientAccumulator(problem, references, full)
     for traj in enumeration.trajectories(problem, est.unit, chunk_size=chunk_size, max_states=max_states):
-        acc.add(_dense(est.from_states(problem, traj, **resolved)), traj.log_prob.exp())
-    _check_total(acc.weight, problem.description)
-    return Moments(
-        mean=acc.mean,
-        var=acc.m2 / acc.weight,
-        cov=None if acc.comoment is None else acc.comoment / acc.weight,
-        num_samples=None,
-        mean_stderr=None,
-        loss_evals_per_draw=est.loss_evals(resolved),
-        method="exact",
-        estimator=est.name,
-        num_outcomes=acc.count,
-    )
+        acc.add(est.from_states(problem, traj, **resolved), traj.log_prob.exp())
+    _check_total(acc.summary.weight, problem.description)
+    return Moments.from_summary(acc.summary, method="exact", estimator=est.name,
+                                loss_evals_per_draw=est.loss_evals(resolved), seconds=time.perf_counter() - start)

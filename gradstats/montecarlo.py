@@ -2,27 +2,37 @@
 
 Draws are computed a chunk at a time as one batched call of the estimator
 (never a loop of backward passes) and merged into float64 accumulators, so
-memory is bounded by the chunk, not by ``num_samples``.
+memory is bounded by the chunk, not by ``num_samples``. The noise of draw
+``i`` depends only on ``(seed, i)`` (:mod:`gradstats.noise`), so the result
+does not depend on ``chunk_size`` beyond float rounding.
+
+The draws are also summarised in ``num_batches`` contiguous batches (fixed by
+``num_samples`` alone), from which :mod:`gradstats.metrics` computes jackknife
+standard errors of any metric.
 """
 
 from __future__ import annotations
 
-import math
+import sys
+import time
 
 import torch
+from tqdm.auto import tqdm
 
-from .accumulators import MomentAccumulator, Moments
+from .accumulators import GradientAccumulator, Moments
 from .estimators import get, resolve_options
 from .noise import NoiseStream, resolve_device
-from .problems import FactoredGradient, Problem
+from .problems import Problem
 
-__all__ = ["mc_moments", "DEFAULT_CHUNK_SIZE", "FULL_COVARIANCE_MAX_DIM"]
+__all__ = ["mc_moments", "DEFAULT_CHUNK_SIZE", "FULL_COVARIANCE_MAX_DIM", "DEFAULT_BATCHES", "positive_int"]
 
 DEFAULT_CHUNK_SIZE = 2**16
-FULL_COVARIANCE_MAX_DIM = 2048
+FULL_COVARIANCE_MAX_DIM = 64
+DEFAULT_BATCHES = 20
 
 
-def _positive_int(name: str, value) -> int:
+def positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1 (integral floats such as 1e6 accepted), else a ValueError naming ``name``."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
@@ -32,32 +42,55 @@ def _positive_int(name: str, value) -> int:
 
 def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, device="auto",
                chunk_size: int = DEFAULT_CHUNK_SIZE, dtype: torch.dtype = torch.float64,
-               full_covariance: bool | None = None, **options) -> Moments:
-    """Monte Carlo mean, variance (unbiased, ``n - 1``), covariance and standard errors."""
-    n = _positive_int("num_samples", num_samples)
-    chunk = _positive_int("chunk_size", chunk_size)
+               full_covariance: bool | None = None, references: dict[str, torch.Tensor] | None = None,
+               ms: tuple[int, ...] = (), num_batches: int = DEFAULT_BATCHES, progress: bool | None = None,
+               **options) -> Moments:
+    """Monte Carlo moments (variance with ``n - 1``), standard errors and per-draw metrics.
+
+    Args:
+        num_samples: draws (one draw is one gradient estimate).
+        seed: the noise stream; the same seed gives the same bits on the same device.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        chunk_size: draws computed at once (memory), not part of the result.
+        dtype: per-draw arithmetic (accumulators are always float64).
+        full_covariance: defaults to ``D <= FULL_COVARIANCE_MAX_DIM``.
+        references: name -> gradient ``[D]`` for the per-draw metrics.
+        ms: group sizes for the cosine of the mean of ``M`` draws.
+        num_batches: contiguous batches kept for jackknife standard errors.
+        progress: a tqdm bar; ``None`` shows it when stderr is a terminal.
+    """
+    start_time = time.perf_counter()
+    n = positive_int("num_samples", num_samples)
+    chunk = positive_int("chunk_size", chunk_size)
+    k = min(positive_int("num_batches", num_batches), n)
+    for m in ms:
+        positive_int("ms entries", m)
     dev = resolve_device(device)
     est = get(estimator)
     resolved = resolve_options(est, problem, options)
-    dim = problem.num_parameters
-    full = dim <= FULL_COVARIANCE_MAX_DIM if full_covariance is None else bool(full_covariance)
+    full = problem.num_parameters <= FULL_COVARIANCE_MAX_DIM if full_covariance is None else bool(full_covariance)
     stream = NoiseStream(seed, (est.noise_per_unit(resolved), problem.num_units), dev, dtype)
-    acc = MomentAccumulator(dim, full, dev)
-    for start in range(0, n, chunk):
-        u = stream.uniforms(start, min(start + chunk, n))
-        g = est.draw(problem, u, **resolved)
-        g = g.dense() if isinstance(g, FactoredGradient) else g
-        if g.shape != (u.shape[0], dim):
-            raise ValueError(f"estimator {est.name!r} returned shape {tuple(g.shape)}, expected ({u.shape[0]}, {dim})")
-        acc.add(g)
-    var = acc.m2 / (n - 1) if n > 1 else torch.full_like(acc.m2, math.nan)
-    return Moments(
-        mean=acc.mean.cpu(),
-        var=var.cpu(),
-        cov=None if acc.comoment is None else (acc.comoment / max(n - 1, 1)).cpu(),
-        num_samples=n,
-        mean_stderr=(var / n).sqrt().cpu(),
-        loss_evals_per_draw=est.loss_evals(resolved),
-        method="mc",
-        estimator=est.name,
-    )
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    batches = [GradientAccumulator(problem, references, full, tuple(ms), dev) for _ in range(k)]
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    with tqdm(total=n, disable=not show, unit="draw", unit_scale=True, desc=est.name, leave=False) as bar:
+        batch = 0
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            while start < stop:
+                while bounds[batch + 1] <= start:
+                    batch += 1
+                piece = min(stop, bounds[batch + 1])
+                u = stream.uniforms(start, piece)
+                gradient = est.draw(problem, u, **resolved)
+                if isinstance(gradient, torch.Tensor) and gradient.shape != (piece - start, problem.num_parameters):
+                    raise ValueError(f"estimator {est.name!r} returned shape {tuple(gradient.shape)}, "
+                                     f"expected ({piece - start}, {problem.num_parameters})")
+                batches[batch].add(gradient)
+                bar.update(piece - start)
+                start = piece
+    total = batches[0].summary
+    for acc in batches[1:]:
+        total = total.merged(acc.summary)
+    return Moments.from_summary(total, method="mc", estimator=est.name, loss_evals_per_draw=est.loss_evals(resolved),
+                                batches=tuple(acc.summary for acc in batches), seconds=time.perf_counter() - start_time)

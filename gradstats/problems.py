@@ -138,6 +138,18 @@ class Problem:
                           for li, layer in enumerate(self.layers)
                           for n in (layer.weight, layer.bias) if n is not None])
 
+    def layer_slices(self) -> list[tuple[slice | None, slice]]:
+        """Per layer, the slices of ``W_l`` (``None`` without input) and ``c_l`` in the flat vector."""
+        out, start = [], 0
+        for layer in self.layers:
+            w = None
+            if layer.weight is not None:
+                n = self.parameters[layer.weight].numel()
+                w, start = slice(start, start + n), start + n
+            out.append((w, slice(start, start + layer.size)))
+            start += layer.size
+        return out
+
     def flat_parameters(self) -> Tensor:
         return torch.cat([v.reshape(-1) for v in self.parameters.values()])
 

@@ -1,0 +1,120 @@
+"""``gs.evaluate``: every metric of several estimators on one problem, as a tidy DataFrame.
+
+Estimators evaluated together share their uniforms (one seed for all), so
+differences between them are measured with common random numbers. Discrete
+estimators get exact values (and a Monte Carlo pass for the cosine of the
+mean of ``M > 1`` draws, which has no exact form here); continuous ones get
+Monte Carlo values with jackknife standard errors.
+
+References: ``"binary"`` is the exact gradient of the binary network's
+objective; ``"own"`` that of the objective the estimator's own unit defines:
+the binary one for estimators of the binary neuron, the exact STS gradient
+for ``sts``; for an objective that cannot be enumerated (the noisy
+rectifier's, a relaxation's) the Monte Carlo mean of the estimator itself
+from an independent seed, which is unbiased for it because those estimators
+are pathwise derivatives of their own objective (the row says ``mc``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+
+from . import enumeration
+from .estimators import Estimator, get
+from .exact import exact_gradient, exact_moments
+from .metrics import compute_metrics
+from .montecarlo import mc_moments, positive_int
+from .problems import Problem
+
+__all__ = ["evaluate", "REFERENCES"]
+
+REFERENCES = ("binary", "own")
+_OWN_REFERENCE_SEED_OFFSET = 1_000_003
+
+
+def _enumerable(problem: Problem, max_states: int) -> bool:
+    return 2**problem.num_units <= max_states
+
+
+def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iterable[str] = "binary", *,
+             num_samples: int = 100_000, ms: tuple[int, ...] = (1, 10, 100, 1000), seed: int = 0, device="auto",
+             chunk_size: int | None = None, method: str = "auto", options: Mapping[str, Mapping[str, Any]] | None = None,
+             max_states: int = enumeration.DEFAULT_MAX_STATES, progress: bool | None = None) -> pd.DataFrame:
+    """Tidy metrics: one row per (estimator, reference, metric, layer[, coordinate][, M]).
+
+    Args:
+        estimators: names, :class:`Estimator` objects or callables.
+        reference: ``"binary"``, ``"own"``, or both.
+        num_samples: Monte Carlo draws per estimator (continuous noise; cosine of ``M`` draws).
+        ms: the ``M`` of ``mse`` and ``cosine_m``.
+        method: ``"auto"`` (exact where the noise is discrete and the states enumerable),
+            ``"exact"`` or ``"mc"``.
+        options: estimator name -> its options.
+
+    Columns: ``estimator, reference, reference_method, metric, layer, coordinate, M, value, stderr,
+    method, num_samples, loss_evals_per_draw, seconds_per_draw``.
+    """
+    if not isinstance(problem, Problem):
+        raise ValueError(f"problem must be a gradstats Problem, got {type(problem).__name__}")
+    refs = [reference] if isinstance(reference, str) else list(reference)
+    for r in refs:
+        if r not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES} (or several), got {r!r}")
+    if method not in ("auto", "exact", "mc"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'mc', got {method!r}")
+    n = positive_int("num_samples", num_samples)
+    ms = tuple(positive_int("ms entries", m) for m in ms)
+    ests: list[Estimator] = [get(e) for e in ([estimators] if isinstance(estimators, str) else estimators)]
+    options = dict(options or {})
+    mc_kw = dict(num_samples=n, seed=seed, device=device, progress=progress)
+    if chunk_size is not None:
+        mc_kw["chunk_size"] = chunk_size
+    binary_ref = exact_gradient(problem, "binary", max_states=max_states) if _enumerable(problem, max_states) else None
+    frames = []
+    for est in ests:
+        opts = dict(options.get(est.name, {}))
+        references = {}
+        ref_method = {}
+        for r in refs:
+            objective = "binary" if r == "binary" else est.objective
+            if objective == "binary":
+                if binary_ref is None:
+                    raise ValueError(f"the binary reference needs 2^{problem.num_units} states, over max_states = {max_states:,}")
+                references[r], ref_method[r] = binary_ref, "exact"
+            elif objective == "sts":
+                references[r], ref_method[r] = exact_gradient(problem, "sts", max_states=max_states), "exact"
+            else:
+                own = mc_moments(problem, est, **{**mc_kw, "seed": seed + _OWN_REFERENCE_SEED_OFFSET},
+                                 full_covariance=False, **opts)
+                references[r], ref_method[r] = own.mean, "mc"
+        use_exact = est.noise == "discrete" and method != "mc" and _enumerable(problem, max_states)
+        if method == "exact" and not use_exact:
+            raise ValueError(f"estimator {est.name!r} cannot be evaluated exactly "
+                             f"({'continuous noise' if est.noise != 'discrete' else 'too many states'}); use method='auto'")
+        if use_exact:
+            main = exact_moments(problem, est, references=references, max_states=max_states, **opts)
+            extra = mc_moments(problem, est, references=references, ms=ms, full_covariance=False, **mc_kw, **opts) \
+                if any(m > 1 for m in ms) else None
+        else:
+            main = mc_moments(problem, est, references=references, ms=ms, full_covariance=False, **mc_kw, **opts)
+            extra = None
+        seconds_per_draw = (extra or main).seconds / n if (extra or main).num_samples else float("nan")
+        for r, g in references.items():
+            rows = compute_metrics(main, problem, g, r, ms)
+            if extra is not None:
+                rows += [v for v in compute_metrics(extra, problem, g, r, ms) if v.metric == "cosine_m" and v.m > 1]
+            frame = pd.DataFrame([{
+                "estimator": est.name, "reference": r, "reference_method": ref_method[r], "metric": v.metric,
+                "layer": v.layer, "coordinate": v.coordinate, "M": v.m, "value": v.value, "stderr": v.stderr,
+                "method": "mc" if (v.metric == "cosine_m" and v.m and v.m > 1) else main.method,
+                "num_samples": n if (main.method == "mc" or (v.metric == "cosine_m" and v.m and v.m > 1)) else None,
+                "loss_evals_per_draw": main.loss_evals_per_draw, "seconds_per_draw": seconds_per_draw,
+            } for v in rows])
+            frames.append(frame)
+    out = pd.concat(frames, ignore_index=True)
+    out["M"] = out["M"].astype("Int64")
+    out["num_samples"] = out["num_samples"].astype("Int64")
+    return out

@@ -1,0 +1,139 @@
+r"""Metrics of an estimator against a reference gradient (DESIGN.md section 5), with errors.
+
+``g`` is the reference, :math:`\mu = E[\hat g]`, :math:`\Sigma = \mathrm{Cov}[\hat g]`.
+
+=====================  =====================================================================
+metric                 definition
+=====================  =====================================================================
+bias                   :math:`\mu_j - g_j` per coordinate
+bias_norm              :math:`\lVert \mu - g \rVert`
+relative_bias          :math:`\lVert \mu - g \rVert / \lVert g \rVert`
+variance               :math:`\Sigma_{jj}` per coordinate
+variance_trace         :math:`\mathrm{tr}\,\Sigma`
+mse                    :math:`\lVert \mu - g \rVert^2 + \mathrm{tr}\,\Sigma / M` (mean of ``M`` draws)
+cosine_mean            :math:`\cos(\mu, g)`
+cosine_draw            :math:`E[\cos(\hat g, g)]` for one draw
+cosine_m               :math:`E[\cos(\bar g_M, g)]`, the mean of ``M`` draws (Monte Carlo)
+sign_agreement_mean    fraction of coordinates with :math:`\mathrm{sign}\,\mu_j = \mathrm{sign}\,g_j`
+sign_agreement_draw    mean over ``j`` of :math:`P(\mathrm{sign}\,\hat g_j = \mathrm{sign}\,g_j)`
+descent                :math:`P(\langle \hat g, g \rangle > 0)`
+snr                    :math:`|\mu_j| / \sqrt{\Sigma_{jj}}` per coordinate
+=====================  =====================================================================
+
+Every metric also exists per layer (``layer`` 1..L; 0 is all coordinates).
+Exact moments give exact values (``stderr`` 0). Monte Carlo values come with
+the delete-one-batch jackknife standard error over the contiguous batches of
+:class:`~gradstats.accumulators.Moments` (Efron & Stein 1981), which also
+serves the nonlinear metrics (norms, cosines). With Monte Carlo moments the
+squared bias in ``mse`` is the unbiased :math:`\lVert \bar g - g \rVert^2 - \mathrm{tr}\,\hat\Sigma / n`
+(the plug-in ``bias_norm`` is kept as is, and is biased upwards by noise).
+``sign(0) = 0`` and the cosine of a zero vector is 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .accumulators import Moments, Summary
+from .problems import Problem
+
+__all__ = ["MetricValue", "compute_metrics", "COORDINATE_METRICS", "SCALAR_METRICS"]
+
+COORDINATE_METRICS = ("bias", "variance", "snr")
+SCALAR_METRICS = ("bias_norm", "relative_bias", "variance_trace", "mse", "cosine_mean", "cosine_draw", "cosine_m",
+                  "sign_agreement_mean", "sign_agreement_draw", "descent")
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One metric's value; ``layer`` 0 is all coordinates, ``coordinate`` is set for per-coordinate metrics."""
+
+    metric: str
+    value: float
+    stderr: float
+    layer: int = 0
+    coordinate: str = ""
+    m: int | None = None
+
+
+def _ratio(a: Tensor, b: Tensor) -> Tensor:
+    return torch.where(b > 0, a / torch.where(b > 0, b, 1.0), 0.0)
+
+
+def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: str,
+            ms: tuple[int, ...]) -> dict[tuple, float | Tensor]:
+    """Every metric from a summary, keyed by ``(metric, layer, m)``; per-coordinate ones are ``[D]`` tensors."""
+    n = s.count
+    var = s.m2 / s.weight if exact else s.m2 / max(n - 1, 1)
+    mean = s.mean
+    bias = mean - reference
+    out: dict[tuple, float | Tensor] = {("bias", 0, None): bias, ("variance", 0, None): var,
+                                        ("snr", 0, None): _ratio(mean.abs(), var.sqrt())}
+    layers = problem.coordinate_layers().to(mean.device)
+    for layer in range(problem.num_layers + 1):
+        sel = torch.ones_like(layers, dtype=torch.bool) if layer == 0 else layers == layer
+        if layer > 0 and problem.num_layers == 1:
+            continue
+        b, g, mu, v = bias[sel], reference[sel], mean[sel], var[sel]
+        trace = float(v.sum())
+        bias2 = float(b.square().sum())
+        out[("bias_norm", layer, None)] = math.sqrt(bias2)
+        out[("relative_bias", layer, None)] = float(_ratio(b.norm(), g.norm()))
+        out[("variance_trace", layer, None)] = trace
+        sq_bias = bias2 if exact else bias2 - trace / n
+        for m in ms:
+            out[("mse", layer, m)] = sq_bias + trace / m
+        out[("cosine_mean", layer, None)] = float(_ratio(mu @ g, mu.norm() * g.norm()))
+        out[("sign_agreement_mean", layer, None)] = float((mu.sign() == g.sign()).to(torch.float64).mean())
+        if name in s.sign_agree:
+            out[("sign_agreement_draw", layer, None)] = float(s.sign_agree[name][sel].mean() / s.weight)
+            out[("cosine_draw", layer, None)] = float(s.cosine[name][layer] / s.weight)
+            out[("descent", layer, None)] = float(s.descent[name][layer] / s.weight)
+            for m in ms:
+                if m == 1:
+                    out[("cosine_m", layer, 1)] = out[("cosine_draw", layer, None)]
+                elif s.groups.get(m, 0) > 0:
+                    out[("cosine_m", layer, m)] = float(s.cosine_m[name][m][layer] / s.groups[m])
+    return out
+
+
+def compute_metrics(moments: Moments, problem: Problem, reference: Tensor, reference_name: str,
+                    ms: tuple[int, ...] = (1, 10, 100, 1000)) -> list[MetricValue]:
+    """Every metric of ``moments`` against ``reference`` (its per-draw metrics need
+    ``moments`` to have been computed with ``references={reference_name: reference}``)."""
+    reference = reference.to(torch.float64)
+    exact = moments.method == "exact"
+    full = _values(moments.summary, exact, problem, reference, reference_name, ms)
+    errors: dict[tuple, float | Tensor] = {}
+    k = len(moments.batches)
+    if not exact and k >= 2:
+        leave_one_out = []
+        for i in range(k):
+            rest = None
+            for j, b in enumerate(moments.batches):
+                if j != i:
+                    rest = b if rest is None else rest.merged(b)
+            leave_one_out.append(_values(rest, False, problem, reference, reference_name, ms))
+        for key in full:
+            vals = [loo[key] for loo in leave_one_out if key in loo]
+            if len(vals) < 2:
+                continue
+            stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in vals])
+            errors[key] = ((len(vals) - 1) / len(vals) * (stacked - stacked.mean(0)).square().sum(0)).sqrt()
+    names = problem.coordinate_names()
+    rows = []
+    for (metric, layer, m), value in full.items():
+        err = errors.get((metric, layer, m), 0.0 if exact else math.nan)
+        if metric == "bias" and not exact:
+            err = moments.mean_stderr  # the exact standard error of a mean, rather than its jackknife twin
+        if isinstance(value, Tensor):
+            err = torch.as_tensor(err, dtype=torch.float64).expand_as(value)
+            rows += [MetricValue(metric, float(v), float(e), int(lay), c)
+                     for v, e, c, lay in zip(value.tolist(), err.tolist(), names, problem.coordinate_layers().tolist())]
+        else:
+            rows.append(MetricValue(metric, float(value), float(err), layer, "", m))
+    return rows

@@ -1,0 +1,145 @@
+"""Per-draw metrics, jackknife errors and ``gs.evaluate`` against brute-force computations."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gradstats as gs
+from gradstats import enumeration
+from gradstats.metrics import compute_metrics
+from gradstats.testing import networks
+
+
+def brute_force(dense: torch.Tensor, w: torch.Tensor, g: torch.Tensor, layers: torch.Tensor):
+    """Weighted per-draw metrics from materialised gradients [B, D]."""
+    w = w / w.sum()
+    agree = (dense.sign() == g.sign()).double()
+    out = {"sign_agree": w @ agree}
+    for layer in range(int(layers.max()) + 1):
+        sel = torch.ones_like(layers, dtype=torch.bool) if layer == 0 else layers == layer
+        d, r = dense[:, sel], g[sel]
+        inner = d @ r
+        norms = d.norm(dim=1) * r.norm()
+        cos = torch.where(norms > 0, inner / torch.where(norms > 0, norms, 1.0), 0.0)
+        out[("cos", layer)] = float(w @ cos)
+        out[("descent", layer)] = float(w @ (inner > 0).double())
+    return out
+
+
+@given(problem=networks(max_layers=3, max_total_units=8), estimator=st.sampled_from(["st", "reinforce", "sts"]))
+def test_exact_per_draw_metrics_match_brute_force(problem, estimator):
+    g = gs.exact_gradient(problem)
+    m = gs.moments(problem, estimator, references={"binary": g})
+    est = gs.estimators.get(estimator)
+    opts = gs.estimators.resolve_options(est, problem, {})
+    trajs = list(enumeration.trajectories(problem, est.unit))
+    dense = torch.cat([est.from_states(problem, t, **opts).dense() for t in trajs])
+    w = torch.cat([t.log_prob.exp() for t in trajs])
+    ref = brute_force(dense, w, g, problem.coordinate_layers())
+    s = m.summary
+    assert torch.allclose(s.sign_agree["binary"] / s.weight, ref["sign_agree"], rtol=1e-12, atol=1e-14)
+    for layer in range(problem.num_layers + 1):
+        assert s.cosine["binary"][layer] / s.weight == pytest.approx(ref[("cos", layer)], rel=1e-10, abs=1e-13)
+        assert s.descent["binary"][layer] / s.weight == pytest.approx(ref[("descent", layer)], rel=1e-10, abs=1e-13)
+    # mean, variance and covariance against the materialised draws
+    wn = w / w.sum()
+    mean = wn @ dense
+    assert torch.allclose(m.mean, mean, rtol=1e-12, atol=1e-14)
+    cov = ((dense - mean).T * wn) @ (dense - mean)
+    assert torch.allclose(m.cov, cov, rtol=1e-10, atol=1e-13)
+    assert torch.allclose(m.var, cov.diagonal(), rtol=1e-10, atol=1e-13)
+
+
+@settings(max_examples=8)
+@given(problem=networks(max_layers=2, max_total_units=6), chunk=st.sampled_from([97, 1000, 4096]))
+def test_mc_group_cosines_match_brute_force_and_ignore_chunking(problem, chunk):
+    n, k, ms = 5000, 4, (1, 7, 50)
+    g = gs.exact_gradient(problem)
+    m = gs.moments(problem, "st", method="mc", num_samples=n, seed=1, device="cpu", chunk_size=chunk,
+                   references={"b": g}, ms=ms, num_batches=k)
+    from gradstats.noise import NoiseStream
+
+    u = NoiseStream(1, (1, problem.num_units), torch.device("cpu")).uniforms(0, n)
+    dense = gs.estimators.get("st").draw(problem, u).dense()
+    layers = problem.coordinate_layers()
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    for mm in (7, 50):
+        total, groups = torch.zeros(problem.num_layers + 1, dtype=torch.float64), 0
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            full = (hi - lo) // mm
+            means = dense[lo:lo + full * mm].reshape(full, mm, -1).mean(1)
+            for layer in range(problem.num_layers + 1):
+                total[layer] += brute_force(means, torch.ones(full, dtype=torch.float64), g, layers)[("cos", layer)] * full
+            groups += full
+        assert m.summary.groups[mm] == groups
+        assert torch.allclose(m.summary.cosine_m["b"][mm], total, rtol=1e-10, atol=1e-12)
+    ref = brute_force(dense, torch.ones(n, dtype=torch.float64), g, layers)
+    assert m.summary.cosine["b"][0] / n == pytest.approx(ref[("cos", 0)], rel=1e-10)
+    assert torch.allclose(m.mean, dense.mean(0), rtol=1e-10, atol=1e-13)
+    assert torch.allclose(m.var, dense.var(0), rtol=1e-9, atol=1e-13)
+
+
+def test_jackknife_error_of_the_mean_agrees_with_the_classical_one():
+    # For a linear statistic the jackknife over K = 20 batches estimates sd/sqrt(n) with relative
+    # sd about 1/sqrt(2 * 19) = 16 %; the band [0.6, 1.6] is beyond 2.5 sd on both sides.
+    problem = gs.problems.sbn([3, 4], seed=5)
+    g = gs.exact_gradient(problem)
+    m = gs.moments(problem, "st", method="mc", num_samples=40_000, seed=2, device="cpu", references={"b": g})
+    rows = compute_metrics(m, problem, g, "b")
+    norm = next(r for r in rows if r.metric == "bias_norm" and r.layer == 0)
+    assert math.isfinite(norm.stderr) and norm.stderr > 0
+    # the jackknife of each coordinate's mean, computed here from the batches
+    k = len(m.batches)
+    total = m.summary.weight
+    loo = torch.stack([sum(b.mean * b.weight for j, b in enumerate(m.batches) if j != i) / (total - m.batches[i].weight)
+                       for i in range(k)])
+    jack = ((k - 1) / k * (loo - loo.mean(0)).square().sum(0)).sqrt()
+    ratio = jack / m.mean_stderr
+    assert ((ratio > 0.6) & (ratio < 1.6)).float().mean() > 0.9
+
+
+def test_evaluate_is_tidy_and_consistent():
+    problem = gs.problems.sbn([3, 3, 2], seed=1)
+    df = gs.evaluate(problem, ["reinforce", "st", "sts", "noisy_rectifier"], reference=["binary", "own"],
+                     num_samples=4000, ms=(1, 10), progress=False)
+    assert list(df.columns) == ["estimator", "reference", "reference_method", "metric", "layer", "coordinate", "M",
+                                "value", "stderr", "method", "num_samples", "loss_evals_per_draw", "seconds_per_draw"]
+    one = df[(df.coordinate == "") & (df.layer == 0) & (df.reference == "binary")].set_index(["estimator", "metric", "M"])
+    assert one.loc[("reinforce", "bias_norm", pd_na()), "value"] < 1e-12  # unbiased, exactly
+    for est in ["reinforce", "st", "sts"]:
+        b = one.loc[(est, "bias_norm", pd_na()), "value"]
+        tr = one.loc[(est, "variance_trace", pd_na()), "value"]
+        assert one.loc[(est, "mse", 10), "value"] == pytest.approx(b**2 + tr / 10, rel=1e-12)
+        assert one.loc[(est, "bias_norm", pd_na()), "method"] == "exact"
+        assert one.loc[(est, "cosine_m", 10), "method"] == "mc"
+    assert one.loc[("noisy_rectifier", "bias_norm", pd_na()), "stderr"] > 0
+    # per-layer rows for a 2-layer network, and the STS own reference is the STS objective's exact gradient
+    assert set(df.layer) == {0, 1, 2}
+    own = df[(df.estimator == "sts") & (df.reference == "own") & (df.metric == "bias")]
+    sts_bias = torch.tensor(own.value.to_numpy())
+    m = gs.moments(problem, "sts")
+    assert torch.allclose(sts_bias, m.mean - gs.exact_gradient(problem, "sts"), rtol=1e-12, atol=1e-14)
+    nr_own = df[(df.estimator == "noisy_rectifier") & (df.reference == "own")]
+    assert set(nr_own.reference_method) == {"mc"}
+
+
+def pd_na():
+    import pandas as pd
+
+    return pd.NA
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"reference": "mean"}, "reference must be one of"),
+    ({"method": "fast"}, "method must be"),
+    ({"num_samples": 0}, "num_samples must be an integer >= 1"),
+    ({"ms": (0,)}, "ms entries must be an integer >= 1"),
+    ({"method": "exact", "estimators": ["noisy_rectifier"]}, "cannot be evaluated exactly"),
+])
+def test_evaluate_bad_input(kwargs, match):
+    kwargs = {"estimators": ["st"], **kwargs}
+    with pytest.raises(ValueError, match=match):
+        gs.evaluate(gs.problems.toy(), progress=False, **kwargs)
