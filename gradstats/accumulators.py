@@ -253,11 +253,14 @@ class GradientAccumulator:
     def _sign_agreement(part: _Part, w: Tensor | None, ref: Tensor, total: float) -> Tensor:
         s = ref.sign()
         if part.x is None:
-            agree = (part.values.sign() == s).to(torch.float64)
-            return agree.sum(0) if w is None else w @ agree
-        d = part.values.sign()
-        counts = [(d == v).to(torch.float64) for v in (1.0, -1.0, 0.0)]
-        pos, neg, zero = (c.sum(0) if w is None else w @ c for c in counts)
+            agree = part.values.sign() == s
+            return torch.count_nonzero(agree, dim=0).to(torch.float64) if w is None else w @ agree.to(torch.float64)
+        d = part.values
+        if w is None:
+            pos, neg = torch.count_nonzero(d > 0, dim=0).to(torch.float64), torch.count_nonzero(d < 0, dim=0).to(torch.float64)
+        else:
+            pos, neg = w @ (d > 0).to(torch.float64), w @ (d < 0).to(torch.float64)
+        zero = total - pos - neg
         s = s.reshape(d.shape[1], -1)
         t = s * part.x.sign()
         out = torch.where(t > 0, pos[:, None], torch.where(t < 0, neg[:, None], zero[:, None]))

@@ -180,7 +180,10 @@ class Problem:
         bias = params[spec.bias]
         if spec.weight is None:
             return bias.expand(batch_size, -1) if batch_size is not None else bias
-        return inputs @ params[spec.weight].T.to(inputs.dtype) + bias.to(inputs.dtype)
+        weight = params[spec.weight].to(inputs.dtype)
+        if inputs.ndim == 2 and inputs.shape[0] > 1 and inputs.stride(0) == 0:  # one input shared by every row
+            return (weight @ inputs[0] + bias.to(inputs.dtype)).expand(inputs.shape[0], -1)
+        return inputs @ weight.T + bias.to(inputs.dtype)
 
     def forward(self, step: Callable[[int, Tensor], tuple[Tensor, Tensor]], batch_size: int,
                 parameters: dict[str, Tensor] | None = None, dtype: torch.dtype = torch.float64,

@@ -80,3 +80,19 @@ def test_cuda_without_cuda_is_a_clear_error():
         pytest.skip("CUDA is present")
     with pytest.raises(ValueError, match="CUDA is not available"):
         gs.moments(gs.problems.toy(), "st", method="mc", num_samples=10, device="cuda")
+
+
+def test_progress_bar_is_silent_when_not_a_terminal_or_asked(capsys):
+    problem = gs.problems.toy()
+    gs.moments(problem, "st", method="mc", num_samples=50_000, device="cpu")  # stderr is captured: not a tty
+    gs.moments(problem, "st", method="mc", num_samples=50_000, device="cpu", progress=False)
+    assert capsys.readouterr().err == ""
+    gs.moments(problem, "st", method="mc", num_samples=50_000, device="cpu", progress=True)
+    assert "draw" in capsys.readouterr().err
+
+
+def test_memory_is_bounded_by_the_chunk_not_the_draws():
+    # 2^22 draws in chunks of 4096: the accumulators hold O(D) numbers, the chunk O(4096 U).
+    problem = gs.problems.sbn([4, 3], seed=0)
+    m = gs.moments(problem, "st", method="mc", num_samples=2**22, chunk_size=4096, device="cpu", progress=False)
+    assert m.num_samples == 2**22 and m.summary.count == 2**22
