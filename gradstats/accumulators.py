@@ -194,6 +194,13 @@ def _parts(problem: Problem, gradient: FactoredGradient | Tensor) -> list[list[_
     for (w_cols, c_cols), delta, inp in zip(problem.layer_slices(), *(
             (gradient.deltas, gradient.inputs) if isinstance(gradient, FactoredGradient)
             else ([None] * problem.num_layers, [None] * problem.num_layers))):
+        if delta is not None and delta.ndim == 3:  # k passes per draw: sum them
+            if inp is not None and inp.stride(0) == 0 and inp.stride(1) == 0:
+                delta, inp = delta.sum(1), inp[:, 0]
+            else:
+                w_part = None if inp is None else _Part(w_cols, torch.einsum("bki,bkj->bij", delta, inp).flatten(1))
+                layers.append([p for p in (w_part, _Part(c_cols, delta.sum(1))) if p is not None])
+                continue
         if delta is None:  # dense gradient: slice its columns
             parts = [_Part(c, gradient[:, c]) for c in (w_cols, c_cols) if c is not None]
         elif inp is None:

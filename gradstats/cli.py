@@ -25,7 +25,8 @@ def _estimator_rows() -> list[dict]:
         e = estimators.get(name)
         rows.append({"name": name, "summary": e.summary, "noise": e.noise, "unbiased": e.unbiased,
                      "needs_dL_dh": e.needs_loss_gradient, "objective": e.objective,
-                     "loss_evals": e.loss_evals(e.defaults or {}), "options": dict(e.defaults or {}),
+                     "loss_evals_one_layer": e.loss_evals(problems.toy(), dict(e.defaults or {})),
+                     "options": dict(e.defaults or {}), "max_layers": e.max_layers,
                      "reference": e.reference})
     return rows
 

@@ -15,7 +15,7 @@ import torch
 from .problems import Problem, Trajectory
 from .units import BernoulliUnit
 
-__all__ = ["DEFAULT_MAX_STATES", "DEFAULT_CHUNK_SIZE", "check_enumerable", "trajectories"]
+__all__ = ["DEFAULT_MAX_STATES", "DEFAULT_CHUNK_SIZE", "check_enumerable", "check_chunk_size", "trajectories"]
 
 DEFAULT_MAX_STATES = 2**24
 DEFAULT_CHUNK_SIZE = 2**16
@@ -30,14 +30,14 @@ def _bytes(n: float) -> str:
 
 
 def check_enumerable(num_bits: int, max_states: int = DEFAULT_MAX_STATES, bytes_per_state: int = 8,
-                     what: str = "the problem") -> int:
-    """Return ``2**num_bits`` or raise a ValueError naming it, its memory and the limit."""
+                     what: str = "the problem", base: int = 2, noun: str = "binary indicators") -> int:
+    """Return ``base**num_bits`` or raise a ValueError naming it, its memory and the limit."""
     if not (isinstance(max_states, int) and max_states >= 1):
         raise ValueError(f"max_states must be an integer >= 1, got {max_states!r}")
-    states = 2**num_bits
+    states = base**num_bits
     if states > max_states:
         raise ValueError(
-            f"enumerating {what} needs 2^{num_bits} = {states:,} joint states of {num_bits} binary indicators "
+            f"enumerating {what} needs {base}^{num_bits} = {states:,} joint states of {num_bits} {noun} "
             f"({_bytes(states * bytes_per_state)} to hold them at once, {_bytes(bytes_per_state)} each); "
             f"the limit is max_states = {max_states:,} (2^{max_states.bit_length() - 1}); "
             "use method='mc' or a smaller problem, or raise max_states"
@@ -45,7 +45,7 @@ def check_enumerable(num_bits: int, max_states: int = DEFAULT_MAX_STATES, bytes_
     return states
 
 
-def _check_chunk_size(chunk_size) -> int:
+def check_chunk_size(chunk_size) -> int:
     if not (isinstance(chunk_size, int) and chunk_size >= 1):
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     return chunk_size
@@ -61,7 +61,7 @@ def trajectories(problem: Problem, unit: BernoulliUnit, *, copies: int = 1,
     (``[C * k, ...]``, copy-major within a state) and ``log_prob`` is the joint
     log-probability of the ``k`` passes, shape ``[C]``.
     """
-    _check_chunk_size(chunk_size)
+    check_chunk_size(chunk_size)
     num_bits = problem.num_units * copies
     total = check_enumerable(num_bits, max_states, bytes_per_state=8 * (problem.num_units + problem.num_parameters),
                              what=problem.description if copies == 1 else f"{copies} copies of {problem.description}")

@@ -90,10 +90,11 @@ def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iter
                 own = mc_moments(problem, est, **{**mc_kw, "seed": seed + _OWN_REFERENCE_SEED_OFFSET},
                                  full_covariance=False, **opts)
                 references[r], ref_method[r] = own.mean, "mc"
-        use_exact = est.noise == "discrete" and method != "mc" and _enumerable(problem, max_states)
+        use_exact = est.exact_supported(problem) and method != "mc" and _enumerable(problem, max_states)
         if method == "exact" and not use_exact:
-            raise ValueError(f"estimator {est.name!r} cannot be evaluated exactly "
-                             f"({'continuous noise' if est.noise != 'discrete' else 'too many states'}); use method='auto'")
+            why = "continuous noise" if est.noise != "discrete" else "too many states or layers"
+            raise ValueError(f"estimator {est.name!r} cannot be evaluated exactly on {problem.description} ({why}); "
+                             "use method='auto'")
         if use_exact:
             main = exact_moments(problem, est, references=references, max_states=max_states, **opts)
             extra = mc_moments(problem, est, references=references, ms=ms, full_covariance=False, **mc_kw, **opts) \

@@ -92,11 +92,15 @@ def exact_moments(problem: Problem, estimator, *, references: dict[str, Tensor] 
     est = get(estimator)
     if est.noise != "discrete":
         raise ValueError(f"estimator {est.name!r} has continuous noise: its moments need method='mc'")
+    if not est.exact_supported(problem):
+        raise ValueError(f"exact moments of {est.name!r} are implemented for networks of at most "
+                         f"{est.exact_max_layers} stochastic layer(s); {problem.description} has {problem.num_layers}: "
+                         "use method='mc'")
     resolved = resolve_options(est, problem, options)
     full = problem.num_parameters <= FULL_COVARIANCE_MAX_DIM if full_covariance is None else bool(full_covariance)
     acc = GradientAccumulator(problem, references, full)
-    for traj in enumeration.trajectories(problem, est.unit, chunk_size=chunk_size, max_states=max_states):
-        acc.add(est.from_states(problem, traj, **resolved), traj.log_prob.exp())
+    for weights, gradient in est.outcomes(problem, chunk_size=chunk_size, max_states=max_states, **resolved):
+        acc.add(gradient, weights)
     _check_total(acc.summary.weight, problem.description)
     return Moments.from_summary(acc.summary, method="exact", estimator=est.name,
-                                loss_evals_per_draw=est.loss_evals(resolved), seconds=time.perf_counter() - start)
+                                loss_evals_per_draw=est.loss_evals(problem, resolved), seconds=time.perf_counter() - start)

@@ -15,6 +15,15 @@ Courville 2013):
   backward pass starts from ``surrogate(loss)``, not from ``h``.
 * :class:`RunningBaseline`: the paper's two running averages per unit for
   Eq. 10, as a pure state object.
+
+Estimators of later work (definitions and references in
+:mod:`gradstats.estimators.later_work`), on one layer of units:
+
+* :func:`gumbel_sigmoid` and :func:`st_gumbel` (relaxed sample; hard sample with
+  the relaxed backward pass), :func:`reinmax` (hard sample, ReinMax backward);
+* :func:`arm`, :func:`disarm`, :func:`reinforce_loo`: they evaluate the loss at
+  several samples, so they take ``loss_fn`` and return ``(h, surrogate)``, a
+  scalar whose gradient with respect to ``a`` is the estimate (summed over rows).
 """
 
 from __future__ import annotations
@@ -27,9 +36,10 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .units import BINARY, STS, noise_quantile
+from .units import BINARY, STS, binary_residual, noise_quantile
 
-__all__ = ["straight_through", "sts", "noisy_rectifier", "reinforce", "RunningBaseline"]
+__all__ = ["straight_through", "sts", "noisy_rectifier", "reinforce", "RunningBaseline", "gumbel_sigmoid",
+           "st_gumbel", "reinmax", "arm", "disarm", "reinforce_loo"]
 
 
 def _uniforms(a: Tensor, u: Tensor | None, generator: torch.Generator | None) -> Tensor:
@@ -112,3 +122,85 @@ class RunningBaseline:
         d = self.decay
         return RunningBaseline(d * self.numerator + (1 - d) * num.cpu(),
                                d * self.denominator + (1 - d) * sq.mean(0).cpu(), d)
+
+
+def _relaxed(a: Tensor, u: Tensor, temperature: float) -> Tensor:
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    return torch.sigmoid((a + torch.log1p(-u) - torch.log(u)) / temperature)
+
+
+def gumbel_sigmoid(a: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None,
+                   temperature: float = 1.0) -> Tensor:
+    """Relaxed sample ``sigmoid((a + l) / temperature)``, ``l = log(1 - u) - log(u)``, differentiable in ``a``."""
+    return _relaxed(a, _uniforms(a, u, generator), temperature)
+
+
+def st_gumbel(a: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None,
+              temperature: float = 1.0) -> Tensor:
+    """Hard sample ``1[u < sigmoid(a)]`` forward, the relaxed sample's gradient backward."""
+    uu = _uniforms(a, u, generator)
+    soft = _relaxed(a, uu, temperature)
+    return BINARY.sample(a.detach(), uu)[1] + (soft - soft.detach())
+
+
+def reinmax(a: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None,
+            temperature: float = 1.0) -> Tensor:
+    r"""Hard sample forward; backward :math:`dL/db\,(2r(1 - r) - p(1 - p)/2)`, :math:`r = (b + \sigma(a/\tau))/2`."""
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    b = BINARY.sample(a.detach(), _uniforms(a, u, generator))[1]
+    r = (b + torch.sigmoid(a.detach() / temperature)) / 2
+    r_grad = torch.sigmoid(torch.logit(r) - a.detach() + a)    # value r, derivative r (1 - r)
+    pi2 = 2 * r_grad - torch.sigmoid(a) / 2
+    return b + (pi2 - pi2.detach())
+
+
+def _surrogate(a: Tensor, delta: Tensor) -> Tensor:
+    return (delta.detach() * a).sum()
+
+
+def _check_rows(loss: Tensor, h: Tensor) -> Tensor:
+    if loss.shape != h.shape[:-1]:
+        raise ValueError(f"loss_fn must return one value per row of h, shape {tuple(h.shape[:-1])}; got {tuple(loss.shape)}")
+    return loss.detach()
+
+
+def arm(a: Tensor, loss_fn: Callable[[Tensor], Tensor], *, u: Tensor | None = None,
+        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """ARM: sample ``b`` and a surrogate with gradient ``(f(b~) - f(b)) (u - 1/2)``, ``b~ = 1[1 - u < p]``."""
+    uu = _uniforms(a, u, generator)
+    p = torch.sigmoid(a.detach())
+    b, b_anti = (uu < p).to(a.dtype), (1 - uu < p).to(a.dtype)
+    main, anti = _check_rows(loss_fn(b), b), _check_rows(loss_fn(b_anti), b)
+    return b, _surrogate(a, (anti - main)[..., None] * (uu - 0.5))
+
+
+def disarm(a: Tensor, loss_fn: Callable[[Tensor], Tensor], *, u: Tensor | None = None,
+           generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """DisARM: sample ``b`` and a surrogate with gradient ``(f(b) - f(b~))/2 (-1)^b~ 1[b != b~] sigmoid(|a|)``."""
+    uu = _uniforms(a, u, generator)
+    ad = a.detach()
+    p = torch.sigmoid(ad)
+    b, b_anti = (uu < p).to(a.dtype), (1 - uu < p).to(a.dtype)
+    main, anti = _check_rows(loss_fn(b), b), _check_rows(loss_fn(b_anti), b)
+    sign = torch.where(b_anti > 0.5, -1.0, 1.0).to(a.dtype)
+    delta = 0.5 * (main - anti)[..., None] * sign * (b != b_anti).to(a.dtype) * torch.sigmoid(ad.abs())
+    return b, _surrogate(a, delta)
+
+
+def reinforce_loo(a: Tensor, loss_fn: Callable[[Tensor], Tensor], k: int = 2, *, u: Tensor | None = None,
+                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Leave-one-out REINFORCE: ``k`` samples ``[k, *a.shape]`` and a surrogate with gradient
+    ``1/(k-1) sum_j (f_j - mean f) (b_j - p)`` (``u``, if given, has shape ``[k, *a.shape]``)."""
+    if not (isinstance(k, int) and k >= 2):
+        raise ValueError(f"k must be an integer >= 2, got {k!r}")
+    shape = (k, *a.shape)
+    if u is not None and u.shape != shape:
+        raise ValueError(f"u must have shape {shape}, got {tuple(u.shape)}")
+    uu = u.to(a) if u is not None else torch.rand(shape, generator=generator, dtype=a.dtype, device=a.device)
+    b = BINARY.sample(a.detach().expand(shape), uu)[1]
+    loss = _check_rows(loss_fn(b), b)
+    centred = (loss - loss.mean(0, keepdim=True)) / (k - 1)
+    delta = (binary_residual(a.detach().expand(shape), b) * centred[..., None]).sum(0)
+    return b, _surrogate(a, delta)

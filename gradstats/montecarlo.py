@@ -92,5 +92,5 @@ def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, 
     total = batches[0].summary
     for acc in batches[1:]:
         total = total.merged(acc.summary)
-    return Moments.from_summary(total, method="mc", estimator=est.name, loss_evals_per_draw=est.loss_evals(resolved),
+    return Moments.from_summary(total, method="mc", estimator=est.name, loss_evals_per_draw=est.loss_evals(problem, resolved),
                                 batches=tuple(acc.summary for acc in batches), seconds=time.perf_counter() - start_time)

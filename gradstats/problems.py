@@ -62,20 +62,24 @@ class Trajectory:
 class FactoredGradient:
     r"""Per-draw gradients in factored form: ``grad W_l = deltas[l] (x) inputs[l]``, ``grad c_l = deltas[l]``.
 
-    ``deltas[l]`` is ``[B, n_l]``; ``inputs[l]`` is ``[B, n_{l-1}]`` or ``None``.
+    ``deltas[l]`` is ``[B, n_l]``; ``inputs[l]`` is ``[B, n_{l-1}]`` or ``None``. An
+    estimator that combines ``k`` passes per draw (leave-one-out) gives
+    ``deltas[l]`` ``[B, k, n_l]`` and ``inputs[l]`` ``[B, k, n_{l-1}]``: the
+    gradient is then the sum over the ``k`` passes.
     """
 
     deltas: list[Tensor]
     inputs: list[Tensor | None]
 
-    @property
-    def batch_size(self) -> int:
-        return self.deltas[0].shape[0]
-
     def dense(self) -> Tensor:
         """The ``[B, D]`` gradients in the problem's flattened parameter order."""
         parts = []
         for delta, inp in zip(self.deltas, self.inputs):
+            if delta.ndim == 3:
+                if inp is not None:
+                    parts.append(torch.einsum("bki,bkj->bij", delta, inp).flatten(1))
+                parts.append(delta.sum(1))
+                continue
             if inp is not None:
                 parts.append((delta[:, :, None] * inp[:, None, :]).flatten(1))
             parts.append(delta)

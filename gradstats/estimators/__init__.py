@@ -1,6 +1,6 @@
 """Estimator registry: :func:`names`, :func:`get`, :func:`register` (see :mod:`.base` for the contract)."""
 
-from . import seed_paper
+from . import later_work, seed_paper
 from .base import Estimator, backpropagate, get, names, register, resolve_options, sample_trajectory
 from .seed_paper import optimal_baseline
 
@@ -8,6 +8,7 @@ __all__ = [
     "Estimator",
     "backpropagate",
     "get",
+    "later_work",
     "names",
     "optimal_baseline",
     "register",

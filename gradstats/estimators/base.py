@@ -24,12 +24,13 @@ objective, loss evaluations per draw) are data that tests and engines read.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 
+from .. import enumeration
 from ..problems import FactoredGradient, Problem, Trajectory
 from ..units import BernoulliUnit
 
@@ -48,7 +49,7 @@ OBJECTIVES = ("binary", "sts", "noisy_rectifier", "relaxed")
 ALL_KINDS = frozenset({"toy", "independent", "sbn"})
 
 
-def _one(options: Mapping[str, Any]) -> int:
+def _one(*args) -> int:
     return 1
 
 
@@ -68,10 +69,17 @@ class Estimator:
         defaults: its options and their default values; ``None`` passes any option
             through (user callables).
         kinds: problem kinds it supports.
-        from_states: per-draw gradient from given indicator states (discrete only).
-        unit: the law of the enumerated states for ``from_states``.
-        loss_evals: loss evaluations per draw, from the options.
+        from_states: per-draw gradient from given indicator states: ``copies``
+            independent passes per draw, stacked draw-major (``[B * copies, ...]``).
+        unit: the law of the states that ``from_states`` is enumerated under.
+        copies: independent passes one draw uses (``k`` for leave-one-out).
+        outcomes: ``(problem, chunk_size=, max_states=, **options)`` yielding
+            ``(probabilities [C], gradients)`` over every outcome of the noise, for
+            exact moments; derived from ``from_states`` and ``unit`` when absent.
+        loss_evals: loss evaluations per draw, from the problem and the options.
         noise_per_unit: uniforms per unit per draw (``m``), from the options.
+        max_layers: the deepest network it is defined for (``None``: any).
+        exact_max_layers: the deepest network its exact moments are implemented for.
         prepare: ``(problem, options) -> options``: validates and resolves options
             that depend on the problem (such as an exact optimal baseline).
     """
@@ -88,8 +96,12 @@ class Estimator:
     kinds: frozenset[str] = ALL_KINDS
     from_states: Callable[..., FactoredGradient | Tensor] | None = None
     unit: BernoulliUnit | None = None
-    loss_evals: Callable[[Mapping[str, Any]], int] = _one
+    copies: Callable[[Mapping[str, Any]], int] = _one
+    outcomes: Callable[..., Iterator[tuple[Tensor, FactoredGradient | Tensor]]] | None = None
+    loss_evals: Callable[[Problem, Mapping[str, Any]], int] = _one
     noise_per_unit: Callable[[Mapping[str, Any]], int] = _one
+    max_layers: int | None = None
+    exact_max_layers: int | None = None
     prepare: Callable[[Problem, dict[str, Any]], dict[str, Any]] | None = None
 
     def __post_init__(self):
@@ -97,8 +109,25 @@ class Estimator:
             raise ValueError(f"noise must be 'discrete' or 'continuous', got {self.noise!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.noise == "discrete" and (self.from_states is None or self.unit is None):
-            raise ValueError(f"estimator {self.name!r} has discrete noise but no from_states/unit for enumeration")
+        if self.outcomes is None and self.from_states is not None and self.unit is not None:
+            object.__setattr__(self, "outcomes", _state_outcomes(self))
+        if self.noise == "discrete" and self.outcomes is None:
+            raise ValueError(f"estimator {self.name!r} has discrete noise but no outcomes to enumerate")
+
+    def exact_supported(self, problem: Problem) -> bool:
+        """Whether exact moments on ``problem`` are implemented (discrete noise, depth within reach)."""
+        return self.noise == "discrete" and (self.exact_max_layers is None or problem.num_layers <= self.exact_max_layers)
+
+
+def _state_outcomes(est: Estimator):
+    """Exact outcomes of a state-based estimator: every joint state of its ``copies`` passes."""
+
+    def outcomes(problem: Problem, *, chunk_size: int, max_states: int, **options):
+        for traj in enumeration.trajectories(problem, est.unit, copies=est.copies(options),
+                                             chunk_size=chunk_size, max_states=max_states):
+            yield traj.log_prob.exp(), est.from_states(problem, traj, **options)
+
+    return outcomes
 
 
 _REGISTRY: dict[str, Estimator] = {}
@@ -149,6 +178,9 @@ def resolve_options(estimator: Estimator, problem: Problem, options: Mapping[str
     if problem.kind not in estimator.kinds:
         raise ValueError(f"estimator {estimator.name!r} does not support {problem.kind!r} problems "
                          f"(it supports: {', '.join(sorted(estimator.kinds))})")
+    if estimator.max_layers is not None and problem.num_layers > estimator.max_layers:
+        raise ValueError(f"estimator {estimator.name!r} is defined for networks of at most {estimator.max_layers} "
+                         f"stochastic layer(s); {problem.description} has {problem.num_layers}")
     if estimator.needs_loss_gradient and not problem.loss.differentiable:
         raise ValueError(f"estimator {estimator.name!r} needs dL/dh, but loss {problem.loss.name!r} "
                          "is not differentiable")

@@ -1,0 +1,274 @@
+r"""Estimators of later work for binary stochastic units, on the same uniforms as the seed paper's.
+
+Notation as in :mod:`.seed_paper`: logits ``a``, :math:`p = \sigma(a)`, uniforms
+``u``, the binary sample :math:`b = 1[u < p]`. Noise mapping (common random
+numbers): every estimator below takes its binary sample from ``u[:, 0]``
+exactly as the binary neuron does; the antithetic sample of ARM and DisARM is
+:math:`\tilde b = 1[1 - u < p]`; the logistic noise of the relaxations is
+:math:`\ell = \log(1 - u) - \log u`, so that :math:`1[a + \ell > 0] = b`;
+leave-one-out's ``k`` samples use ``u[:, 0], ..., u[:, k-1]``.
+
+On networks, ARM and DisARM are applied layer by layer (Yin & Zhou 2019,
+sec. 3.3): for layer ``t`` the main pass gives ``f(b)``, and a second pass
+with layer ``t`` replaced by its antithetic sample and the layers above it
+resampled with the *same* uniforms gives ``f(b~)``; any coupling of the two
+branches keeps the estimate unbiased, and sharing the uniforms reduces its
+variance. That costs ``1 + L`` loss evaluations for ``L`` layers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import enumeration
+from ..problems import FactoredGradient, Problem, Trajectory
+from ..units import BINARY, binary_residual
+from . import seed_paper  # noqa: F401  (the seed paper's estimators register first)
+from .base import Estimator, backpropagate, register, sample_trajectory
+
+__all__ = ["relaxed_logits", "antithetic_losses"]
+
+
+def _prepare_temperature(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
+    tau = options["temperature"]
+    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {tau!r}")
+    return options
+
+
+def relaxed_logits(a: Tensor, u: Tensor, temperature: float) -> Tensor:
+    r""":math:`(a + \ell) / \tau` with :math:`\ell = \log(1 - u) - \log u` (logistic noise)."""
+    return (a + torch.log1p(-u) - torch.log(u)) / temperature
+
+
+# ---- Gumbel-sigmoid / binary Concrete ------------------------------------------------------
+
+def _gumbel_draw(problem: Problem, u: Tensor, temperature: float) -> FactoredGradient:
+    parts = problem.split_units(u[:, 0])
+
+    def step(layer: int, a: Tensor):
+        h = torch.sigmoid(relaxed_logits(a, parts[layer], temperature))
+        return h, h
+
+    traj = problem.forward(step, u.shape[0], dtype=u.dtype, device=u.device)
+    _, top = problem.loss.value_and_grad(traj.output)
+    local = [h * (1 - h) / temperature for h in traj.values]
+    return backpropagate(problem, traj, top, local)
+
+
+GUMBEL = register(Estimator(
+    name="gumbel",
+    summary="backprop through h = sigmoid((a + l) / tau), l logistic (relaxed network)",
+    draw=_gumbel_draw,
+    noise="continuous",
+    needs_loss_gradient=True,
+    objective="relaxed",
+    defaults={"temperature": 1.0},
+    prepare=_prepare_temperature,
+    reference="Maddison, Mnih & Teh 2017 (Concrete, ICLR); Jang, Gu & Poole 2017 (Gumbel-softmax, ICLR)",
+))
+
+
+def _st_gumbel_draw(problem: Problem, u: Tensor, temperature: float) -> FactoredGradient:
+    parts = problem.split_units(u[:, 0])
+    traj = sample_trajectory(problem, BINARY, u[:, 0])
+    _, top = problem.loss.value_and_grad(traj.output)
+    local = []
+    for layer, a in enumerate(traj.logits):
+        soft = torch.sigmoid(relaxed_logits(a, parts[layer], temperature))
+        local.append(soft * (1 - soft) / temperature)
+    return backpropagate(problem, traj, top, local)
+
+
+ST_GUMBEL = register(Estimator(
+    name="st_gumbel",
+    summary="hard b forward; backward dL/db * d sigmoid((a + l) / tau)/da",
+    draw=_st_gumbel_draw,
+    noise="continuous",
+    needs_loss_gradient=True,
+    objective="binary",
+    defaults={"temperature": 1.0},
+    prepare=_prepare_temperature,
+    reference="Jang, Gu & Poole 2017 (ICLR), straight-through Gumbel-softmax; Bengio et al. 2013 for ST",
+))
+
+
+# ---- ARM and DisARM ------------------------------------------------------------------------
+
+def antithetic_losses(problem: Problem, traj: Trajectory, u: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """``f(b)`` of the main pass and, per layer ``t``, ``f`` with layer ``t`` antithetic and the
+    layers above resampled from the same uniforms ``u [B, U]``."""
+    parts = problem.split_units(u)
+    main = problem.loss(traj.output)
+    anti = []
+    for t in range(problem.num_layers):
+        h = (1 - parts[t] < torch.sigmoid(traj.logits[t])).to(u.dtype)
+        for layer in range(t + 1, problem.num_layers):
+            a = problem.logits(layer, h, {k: v.to(u) for k, v in problem.parameters.items()})
+            h = BINARY.sample(a, parts[layer])[1]
+        anti.append(problem.loss(h))
+    return main, anti
+
+
+def _arm_draw(problem: Problem, u: Tensor) -> FactoredGradient:
+    u0 = u[:, 0]
+    traj = sample_trajectory(problem, BINARY, u0)
+    main, anti = antithetic_losses(problem, traj, u0)
+    parts = problem.split_units(u0)
+    deltas = [(f_anti - main)[:, None] * (parts[t] - 0.5) for t, f_anti in enumerate(anti)]
+    return FactoredGradient(deltas, list(traj.inputs))
+
+
+ARM = register(Estimator(
+    name="arm",
+    summary="(f(b~) - f(b)) (u - 1/2), b~ = 1[1 - u < p] antithetic",
+    draw=_arm_draw,
+    noise="continuous",
+    unbiased=True,
+    objective="binary",
+    loss_evals=lambda problem, options: 1 + problem.num_layers,
+    reference="Yin & Zhou 2019, ARM: Augment-REINFORCE-Merge (ICLR), Theorem 1 and sec. 3.3",
+))
+
+
+def _disarm_deltas(a: Tensor, b: Tensor, b_anti: Tensor, main: Tensor, anti: Tensor) -> Tensor:
+    sign = torch.where(b_anti > 0.5, -1.0, 1.0).to(a)
+    return 0.5 * (main - anti)[:, None] * sign * (b != b_anti).to(a) * torch.sigmoid(a.abs())
+
+
+def _disarm_draw(problem: Problem, u: Tensor) -> FactoredGradient:
+    u0 = u[:, 0]
+    traj = sample_trajectory(problem, BINARY, u0)
+    main, anti = antithetic_losses(problem, traj, u0)
+    parts = problem.split_units(u0)
+    deltas = []
+    for t, f_anti in enumerate(anti):
+        a, b = traj.logits[t], traj.indicators[t]
+        b_anti = (1 - parts[t] < torch.sigmoid(a)).to(a)
+        deltas.append(_disarm_deltas(a, b, b_anti, main, f_anti))
+    return FactoredGradient(deltas, list(traj.inputs))
+
+
+def _disarm_outcomes(problem: Problem, *, chunk_size: int, max_states: int):
+    r"""Exact outcomes of DisARM on one stochastic layer: the ``3^N`` cells of ``u``.
+
+    Per unit the thresholds :math:`\min(p, 1-p)` and :math:`\max(p, 1-p)` cut
+    ``[0, 1)`` into three cells on which :math:`(b, \tilde b)` is constant:
+    ``(1, 0)``, then ``(1, 1)`` if :math:`p \ge 1/2` else ``(0, 0)``, then
+    ``(0, 1)``, with probabilities :math:`\sigma(-|a|)`, :math:`\tanh(|a|/2)`,
+    :math:`\sigma(-|a|)`.
+    """
+    n = problem.num_units
+    total = enumeration.check_enumerable(n, max_states, base=3, noun="antithetic cells (3 per unit)",
+                                         what=f"disarm on {problem.description}")
+    enumeration.check_chunk_size(chunk_size)
+    x = None if problem.x is None else problem.x.expand(1, -1)
+    a = problem.logits(0, x, batch_size=1).reshape(-1)
+    edge, middle = torch.sigmoid(-a.abs()), torch.tanh(a.abs() / 2)
+    upper = (a >= 0).to(a)
+    cell_b = torch.stack([torch.ones_like(a), upper, torch.zeros_like(a)])   # [3, N]
+    cell_anti = torch.stack([torch.zeros_like(a), upper, torch.ones_like(a)])
+    cell_p = torch.stack([edge, middle, edge])
+    powers = 3 ** torch.arange(n)
+    for start in range(0, total, chunk_size):
+        index = torch.arange(start, min(start + chunk_size, total))
+        digits = (index[:, None] // powers) % 3                                  # [C, N]
+        cols = torch.arange(n).expand_as(digits)
+        b, b_anti = cell_b[digits, cols], cell_anti[digits, cols]
+        weights = cell_p[digits, cols].prod(1)
+        main, anti = problem.loss(b), problem.loss(b_anti)
+        delta = _disarm_deltas(a.expand_as(b), b, b_anti, main, anti)
+        yield weights, FactoredGradient([delta], [None if x is None else x.expand(len(index), -1)])
+
+
+DISARM = register(Estimator(
+    name="disarm",
+    summary="(f(b) - f(b~))/2 (-1)^b~ 1[b != b~] sigmoid(|a|)",
+    draw=_disarm_draw,
+    outcomes=_disarm_outcomes,
+    exact_max_layers=1,
+    noise="discrete",
+    unbiased=True,
+    objective="binary",
+    loss_evals=lambda problem, options: 1 + problem.num_layers,
+    reference="Dong, Mnih & Tucker 2020, DisARM: An Antithetic Gradient Estimator for Binary Latent Variables (NeurIPS)",
+))
+
+
+# ---- REINFORCE leave-one-out ----------------------------------------------------------------
+
+def _prepare_loo(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
+    k = options["k"]
+    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 2):
+        raise ValueError(f"k must be an integer >= 2 (leave-one-out needs two samples), got {k!r}")
+    return options
+
+
+def _loo_states(problem: Problem, traj: Trajectory, k: int) -> FactoredGradient:
+    loss = problem.loss(traj.output).reshape(-1, k)                       # [B, k]
+    centred = (loss - loss.mean(1, keepdim=True)) / (k - 1)
+    deltas, inputs = [], []
+    for a, h, inp in zip(traj.logits, traj.indicators, traj.inputs):
+        score = binary_residual(a, h).reshape(loss.shape[0], k, -1)
+        deltas.append(score * centred[:, :, None])
+        inputs.append(None if inp is None else inp.reshape(loss.shape[0], k, -1))
+    return FactoredGradient(deltas, inputs)
+
+
+def _loo_draw(problem: Problem, u: Tensor, k: int) -> FactoredGradient:
+    flat = u.reshape(-1, problem.num_units)   # draw-major: draw i's passes are rows i*k .. i*k+k-1
+    return _loo_states(problem, sample_trajectory(problem, BINARY, flat), k)
+
+
+REINFORCE_LOO = register(Estimator(
+    name="reinforce_loo",
+    summary="1/(k-1) sum_j (f_j - mean f) (b_j - p), k samples",
+    draw=_loo_draw,
+    from_states=_loo_states,
+    unit=BINARY,
+    copies=lambda options: options["k"],
+    noise="discrete",
+    unbiased=True,
+    objective="binary",
+    defaults={"k": 2},
+    prepare=_prepare_loo,
+    loss_evals=lambda problem, options: options["k"],
+    noise_per_unit=lambda options: options["k"],
+    reference="Kool, van Hoof & Welling 2019 (Buy 4 REINFORCE samples, ICLR workshop); Mnih & Rezende 2016 (VIMCO)",
+))
+
+
+# ---- ReinMax ---------------------------------------------------------------------------------
+
+def _reinmax_states(problem: Problem, traj: Trajectory, temperature: float) -> FactoredGradient:
+    _, top = problem.loss.value_and_grad(traj.output)
+    local = []
+    for a, b in zip(traj.logits, traj.indicators):
+        r = (b + torch.sigmoid(a / temperature)) / 2
+        local.append(2 * r * (1 - r) - torch.sigmoid(a) * torch.sigmoid(-a) / 2)
+    return backpropagate(problem, traj, top, local)
+
+
+def _reinmax_draw(problem: Problem, u: Tensor, temperature: float) -> FactoredGradient:
+    return _reinmax_states(problem, sample_trajectory(problem, BINARY, u[:, 0]), temperature)
+
+
+REINMAX = register(Estimator(
+    name="reinmax",
+    summary="dL/db * (2 r (1 - r) - p (1 - p)/2), r = (b + sigmoid(a / tau))/2",
+    draw=_reinmax_draw,
+    from_states=_reinmax_states,
+    unit=BINARY,
+    noise="discrete",
+    needs_loss_gradient=True,
+    objective="binary",
+    defaults={"temperature": 1.0},
+    prepare=_prepare_temperature,
+    max_layers=1,
+    reference="Liu, Cheng, Gao, Wang, Chen & Zhao 2023, Bridging Discrete and Backpropagation: "
+              "Straight-Through and Beyond (NeurIPS), Algorithm 2, two categories",
+))
