@@ -1,6 +1,7 @@
 """The ``gradstats`` command.
 
     gradstats estimators [--json]
+    gradstats claims [--json] [--explore] [--id ST1]
     gradstats moments --estimator st [--problem toy --target 0.45 --logit -1]
                       [--problem sbn --sizes 8,5,5 --loss squared_error --seed 0]
                       [--method exact|mc --num-samples N --device auto]
@@ -67,6 +68,35 @@ def _cmd_moments(args) -> int:
     return 0
 
 
+def _short(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _cmd_claims(args) -> int:
+    from . import claims
+
+    settings = claims.CheckSettings.exploring() if args.explore else claims.CheckSettings()
+    rows = claims.run(args.id or None, settings)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    for r in rows:
+        print(f"{r['id']:10s} {r['status'].upper():13s} {r['reference']}")
+        print(f"  statement:      {_short(r['statement'], 200)}")
+        print(f"  conditions:     {_short(r['conditions'], 200)}")
+        print(f"  evidence:       {_short(r['evidence'], 600)}")
+        if r["holds_when"]:
+            print(f"  holds when:     {_short(r['holds_when'], 400)}")
+        if r["counterexample"]:
+            ce = {k: v for k, v in r["counterexample"].items() if k != "spec"}
+            print(f"  counterexample: {_short(json.dumps(ce, default=str), 400)}")
+        print(f"  cases: {r['cases']}, {r['seconds']} s; test: {r['test']}; rerun: gradstats claims --id {r['id']}")
+    counts = {s: sum(r["status"] == s for r in rows) for s in claims.STATUSES}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gradstats", description="Statistics of gradient estimators "
                                      "for stochastic neurons against exact references (arXiv:1308.3432).")
@@ -86,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     p_mom.add_argument("--num-samples", type=int, default=100_000)
     p_mom.add_argument("--device", default="auto")
     p_mom.set_defaults(run=_cmd_moments)
+    p_cl = sub.add_parser("claims", help="check the claims of arXiv:1308.3432 and later work; print the verdicts")
+    p_cl.add_argument("--json", action="store_true", help="a list of objects with id, status, statement, reference, "
+                      "conditions, evidence, counterexample, holds_when, cases, data, test")
+    p_cl.add_argument("--explore", action="store_true", help="search longer, with fresh randomness")
+    p_cl.add_argument("--id", action="append", help="check only this claim (repeatable)")
+    p_cl.set_defaults(run=_cmd_claims)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -25,6 +25,9 @@ from torch import Tensor
 __all__ = [
     "Loss",
     "as_loss",
+    "multilinear",
+    "power_sum",
+    "softplus_ridge",
     "polynomial",
     "readout_squared_error",
     "readout_cross_entropy",
@@ -43,6 +46,8 @@ class Loss:
         name: shown in tables and errors.
         num_inputs: the ``N`` it expects, when fixed (readouts); checked against
             the network's last layer.
+        spec: a JSON-able description that rebuilds it (kind and parameters),
+            reported with counterexamples.
     """
 
     def __init__(
@@ -53,6 +58,7 @@ class Loss:
         differentiable: bool = True,
         name: str | None = None,
         num_inputs: int | None = None,
+        spec: dict | None = None,
     ):
         if not callable(fn):
             raise ValueError(f"loss must be callable, got {type(fn).__name__}")
@@ -61,6 +67,7 @@ class Loss:
         self.differentiable = differentiable
         self.name = name or getattr(fn, "__name__", "loss")
         self.num_inputs = num_inputs
+        self.spec = spec if spec is not None else {"kind": "callable", "name": self.name}
 
     def __call__(self, h: Tensor) -> Tensor:
         return self.fn(h)
@@ -123,7 +130,7 @@ def polynomial(target: float = 0.5, power: float = 2.0) -> Loss:
         d = h - t
         return k * d.abs().pow(k - 1) * d.sign()
 
-    return Loss(fn, grad=grad, name=f"|h-{t:g}|^{k:g}")
+    return Loss(fn, grad=grad, name=f"|h-{t:g}|^{k:g}", spec={"kind": "polynomial", "target": t, "power": k})
 
 
 def _readout(weight, bias) -> tuple[Tensor, Tensor]:
@@ -150,7 +157,8 @@ def readout_squared_error(weight, target, bias=None) -> Loss:
     def grad(h: Tensor) -> Tensor:
         return 2.0 * residual(h) @ v.to(h)
 
-    return Loss(fn, grad=grad, name=f"readout squared error ({v.shape[0]}x{v.shape[1]})", num_inputs=v.shape[1])
+    return Loss(fn, grad=grad, name=f"readout squared error ({v.shape[0]}x{v.shape[1]})", num_inputs=v.shape[1],
+                spec={"kind": "readout_squared_error", "weight": v.tolist(), "target": y.tolist(), "bias": d.tolist()})
 
 
 def readout_cross_entropy(weight, label: int, bias=None) -> Loss:
@@ -171,7 +179,72 @@ def readout_cross_entropy(weight, label: int, bias=None) -> Loss:
         s[..., label] -= 1.0
         return s @ v.to(h)
 
-    return Loss(fn, grad=grad, name=f"readout cross-entropy ({v.shape[0]}x{v.shape[1]})", num_inputs=v.shape[1])
+    return Loss(fn, grad=grad, name=f"readout cross-entropy ({v.shape[0]}x{v.shape[1]})", num_inputs=v.shape[1],
+                spec={"kind": "readout_cross_entropy", "weight": v.tolist(), "label": label, "bias": d.tolist()})
+
+
+def multilinear(coefficients: dict[tuple[int, ...], float], num_inputs: int) -> Loss:
+    r""":math:`f(h) = \sum_S c_S \prod_{i \in S} h_i` over subsets ``S`` of the ``num_inputs`` units.
+
+    Affine in each :math:`h_i`, so :math:`\partial f / \partial h_i = f(h^{i \leftarrow 1}) - f(h^{i \leftarrow 0})`.
+    """
+    if not (isinstance(num_inputs, int) and num_inputs >= 1):
+        raise ValueError(f"num_inputs must be an integer >= 1, got {num_inputs!r}")
+    subsets = sorted(coefficients)
+    for subset in subsets:
+        if len(set(subset)) != len(subset) or any(not (0 <= i < num_inputs) for i in subset):
+            raise ValueError(f"coefficients keys must be tuples of distinct unit indices in [0, {num_inputs}), got {subset!r}")
+    mask = torch.zeros(len(subsets), num_inputs, dtype=torch.float64)
+    for row, subset in enumerate(subsets):
+        mask[row, list(subset)] = 1.0
+    coef = _finite_tensor("coefficients", [coefficients[k] for k in subsets], ndim=1)
+
+    def fn(h: Tensor) -> Tensor:
+        m = mask.to(h)
+        terms = (1 + m * (h[..., None, :] - 1)).prod(-1)
+        return terms @ coef.to(h)
+
+    return Loss(fn, name=f"multilinear ({len(subsets)} terms)", num_inputs=num_inputs,
+                spec={"kind": "multilinear", "coefficients": {",".join(map(str, k)): float(coefficients[k]) for k in subsets}})
+
+
+def softplus_ridge(weights, directions, offsets, scales) -> Loss:
+    r""":math:`f(h) = \sum_k w_k\,\mathrm{softplus}(v_k \cdot (s \odot h) + o_k)` with
+    ``w_k > 0``, ``v_k >= 0`` entrywise: monotone in each :math:`h_i`, in the direction
+    :math:`s_i = \pm 1` for every value of the other units (strictly where some
+    :math:`w_k v_{ki} > 0`).
+
+    Args: ``scales`` ``w [K]``, ``weights`` ``v [K, N]``, ``directions`` ``s [N]``, ``offsets`` ``o [K]``.
+    """
+    v = _finite_tensor("weights", weights, ndim=2)
+    s = _finite_tensor("directions", directions, ndim=1)
+    o = _finite_tensor("offsets", offsets, ndim=1)
+    w = _finite_tensor("scales", scales, ndim=1)
+    if (v < 0).any() or (w <= 0).any() or not torch.isin(s, torch.tensor([-1.0, 1.0], dtype=torch.float64)).all():
+        raise ValueError("softplus_ridge needs weights >= 0, scales > 0 and directions in {-1, +1}")
+    if not (v.shape[0] == o.shape[0] == w.shape[0] and v.shape[1] == s.shape[0]):
+        raise ValueError(f"shapes do not match: weights {tuple(v.shape)}, directions {tuple(s.shape)}, "
+                         f"offsets {tuple(o.shape)}, scales {tuple(w.shape)}")
+
+    def fn(h: Tensor) -> Tensor:
+        return torch.nn.functional.softplus((h * s.to(h)) @ v.to(h).T + o.to(h)) @ w.to(h)
+
+    return Loss(fn, name=f"softplus ridge ({v.shape[0]} terms)", num_inputs=v.shape[1],
+                spec={"kind": "softplus_ridge", "weights": v.tolist(), "directions": s.tolist(),
+                      "offsets": o.tolist(), "scales": w.tolist()})
+
+
+def power_sum(coefficients) -> Loss:
+    r""":math:`f(h) = \sum_i \sum_{d=1}^{D} c_{id} h_i^d` (``coefficients [N, D]``): a general
+    separable polynomial, not multilinear once some :math:`c_{id} \ne 0` with ``d > 1``."""
+    c = _finite_tensor("coefficients", coefficients, ndim=2)
+    powers = torch.arange(1, c.shape[1] + 1, dtype=torch.float64)
+
+    def fn(h: Tensor) -> Tensor:
+        return (h[..., None].pow(powers.to(h)) * c.to(h)).sum((-1, -2))
+
+    return Loss(fn, name=f"power sum (degree {c.shape[1]})", num_inputs=c.shape[0],
+                spec={"kind": "power_sum", "coefficients": c.tolist()})
 
 
 READOUTS = ("squared_error", "cross_entropy")

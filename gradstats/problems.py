@@ -105,6 +105,12 @@ class Problem:
     def __repr__(self) -> str:
         return f"Problem({self.description}, D={self.num_parameters}, units={self.layer_sizes})"
 
+    def spec(self) -> dict:
+        """A JSON-able description that rebuilds the problem: kind, layers, parameters, input, loss."""
+        return {"kind": self.kind, "description": self.description, "layer_sizes": list(self.layer_sizes),
+                "parameters": {k: v.tolist() for k, v in self.parameters.items()},
+                "x": None if self.x is None else self.x.tolist(), "loss": self.loss.spec}
+
     # ---- layout -------------------------------------------------------------------
     @property
     def layer_sizes(self) -> tuple[int, ...]:

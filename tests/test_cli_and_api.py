@@ -29,3 +29,32 @@ def test_cli_moments_prints_the_exact_bias(capsys):
 def test_cli_bad_input_is_a_clear_error(capsys):
     assert cli.main(["moments", "--estimator", "foo"]) == 2
     assert "unknown estimator 'foo'; registered:" in capsys.readouterr().err
+
+
+def test_cli_claims_json_has_the_contract_keys(capsys):
+    assert cli.main(["claims", "--json", "--id", "P2a", "--id", "ST1"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["id"] for r in rows] == ["P2a", "ST1"]
+    for r in rows:
+        assert {"id", "status", "statement", "reference", "conditions", "evidence", "counterexample"} <= set(r)
+        assert r["status"] in ("confirmed", "refuted", "inconclusive")
+
+
+def test_cli_claims_table_and_unknown_id(capsys):
+    assert cli.main(["claims", "--id", "P1"]) == 0
+    out = capsys.readouterr().out
+    assert "P1" in out and "CONFIRMED" in out and "gradstats claims --id P1" in out
+    assert cli.main(["claims", "--id", "P9"]) == 2
+    assert "unknown claim 'P9'" in capsys.readouterr().err
+
+
+def test_a_user_registers_a_claim():
+    from gradstats import claims
+
+    claim = claims.Claim("USER-1", "one plus one is two", "arithmetic", "always",
+                         lambda settings: claims.Verdict("confirmed", evidence="1 + 1 == 2", cases=1))
+    claims.register(claim)
+    try:
+        assert claims.run(["USER-1"])[0]["status"] == "confirmed"
+    finally:
+        claims._CLAIMS.pop("USER-1")

@@ -1,0 +1,176 @@
+"""The claims registry: statement, reference, conditions, and a check that returns a verdict.
+
+A :class:`Claim` quotes a statement, names where it is made, says under which
+conditions we assert it, and carries a check. The check returns a
+:class:`Verdict` for the claim *as the paper states it*: ``"confirmed"``,
+``"refuted"`` (with a minimal counterexample, shrunk by hypothesis, and the
+narrower conditions under which it does hold) or ``"inconclusive"``, with the
+evidence (exact values, or estimates with intervals, and the number of cases
+examined). Register your own with :func:`register`::
+
+    from gradstats.claims import Claim, Verdict, register
+
+    register(Claim(id="MY1", statement="...", reference="...", conditions="...",
+                   check=lambda settings: Verdict("confirmed", evidence="...")))
+
+``gradstats claims`` prints the table; ``gradstats claims --json`` the list of
+objects; ``--id ST1`` reruns one row; ``--explore`` searches longer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import hypothesis
+from hypothesis import HealthCheck
+from hypothesis import strategies as st
+
+__all__ = ["Claim", "Verdict", "CheckSettings", "SearchResult", "register", "claims", "get", "run", "search", "STATUSES"]
+
+STATUSES = ("confirmed", "refuted", "inconclusive")
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """How hard a check searches: ``max_examples`` per hypothesis search; ``explore`` uses fresh randomness."""
+
+    max_examples: int = 150
+    explore: bool = False
+    seed: int = 0
+
+    @staticmethod
+    def exploring() -> CheckSettings:
+        return CheckSettings(max_examples=2000, explore=True)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of a check.
+
+    Attributes:
+        status: one of :data:`STATUSES`, for the claim as stated.
+        evidence: what was computed and found, in words and numbers.
+        counterexample: a JSON-able description of a minimal counterexample (``None`` if none).
+        holds_when: the narrower conditions under which the claim does hold (when refuted).
+        cases: problem instances examined.
+        data: the numbers behind the evidence (JSON-able).
+    """
+
+    status: str
+    evidence: str
+    counterexample: dict | None = None
+    holds_when: str = ""
+    cases: int = 0
+    data: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim: its id, quoted statement, reference, the conditions we assert it under, and its check."""
+
+    id: str
+    statement: str
+    reference: str
+    conditions: str
+    check: Callable[[CheckSettings], Verdict]
+    test: str = ""
+
+
+_CLAIMS: dict[str, Claim] = {}
+
+
+def register(claim: Claim) -> Claim:
+    """Add a claim (ids are unique)."""
+    if claim.id in _CLAIMS:
+        raise ValueError(f"a claim with id {claim.id!r} is already registered")
+    _CLAIMS[claim.id] = claim
+    return claim
+
+
+def claims() -> list[Claim]:
+    """Every registered claim, in registration order."""
+    _load_builtin()
+    return list(_CLAIMS.values())
+
+
+def get(claim_id: str) -> Claim:
+    """The claim with this id (a ValueError lists the valid ids)."""
+    _load_builtin()
+    if claim_id not in _CLAIMS:
+        raise ValueError(f"unknown claim {claim_id!r}; registered: {', '.join(_CLAIMS)}")
+    return _CLAIMS[claim_id]
+
+
+def run(ids: list[str] | None = None, settings: CheckSettings | None = None) -> list[dict[str, Any]]:
+    """Check claims; one JSON-able row each with ``id, status, statement, reference, conditions,
+    evidence, counterexample, holds_when, cases, data, test, seconds``."""
+    settings = settings or CheckSettings()
+    rows = []
+    for claim in ([get(i) for i in ids] if ids else claims()):
+        start = time.perf_counter()
+        verdict = claim.check(settings)
+        rows.append({"id": claim.id, "status": verdict.status, "statement": claim.statement,
+                     "reference": claim.reference, "conditions": claim.conditions, "evidence": verdict.evidence,
+                     "counterexample": verdict.counterexample, "holds_when": verdict.holds_when,
+                     "cases": verdict.cases, "data": verdict.data, "test": claim.test,
+                     "seconds": round(time.perf_counter() - start, 2)})
+    return rows
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A hypothesis search: the minimal counterexample found (``None`` if none) and the cases examined."""
+
+    example: Any
+    tried: int
+
+    @property
+    def found(self) -> bool:
+        return self.example is not None
+
+
+def search(strategy: st.SearchStrategy, is_counterexample: Callable[[Any], bool],
+           settings: CheckSettings) -> SearchResult:
+    """Search ``strategy`` for an example with ``is_counterexample``; a found one is shrunk to a minimal one.
+
+    Deterministic unless ``settings.explore``.
+    """
+    tried = 0
+
+    def condition(example) -> bool:
+        nonlocal tried
+        tried += 1
+        return bool(is_counterexample(example))
+
+    hyp_settings = hypothesis.settings(max_examples=settings.max_examples, derandomize=not settings.explore,
+                                       database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    try:
+        example = hypothesis.find(strategy, condition, settings=hyp_settings,
+                                  random=None if settings.explore else random.Random(settings.seed))
+    except hypothesis.errors.NoSuchExample:
+        return SearchResult(None, tried)
+    return SearchResult(example, tried)
+
+
+def as_dict(verdict: Verdict) -> dict:
+    return asdict(verdict)
+
+
+_LOADED = False
+
+
+def _load_builtin() -> None:
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        for module in ("seed_paper", "later_work"):  # the seed paper's claims first
+            importlib.import_module(f"{__name__}.{module}")

@@ -1,0 +1,103 @@
+"""Helpers the claim checks share: sign comparisons, loss-class predicates, reporting."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import Tensor
+
+from ..exact import exact_gradient
+from ..moments import moments
+from ..problems import Problem
+
+__all__ = ["signs", "gradient_scale", "st_wrong_sign", "wrong_sign_coordinates", "binary_cube", "loss_class",
+           "st_sign_condition", "describe", "exact_mean"]
+
+SIGN_TOLERANCE = 1e-9
+
+
+def signs(values: Tensor, scale: float) -> Tensor:
+    """``sign`` with magnitudes up to ``SIGN_TOLERANCE * scale`` counted as 0 (rounding, not sign)."""
+    return torch.where(values.abs() <= SIGN_TOLERANCE * scale, 0.0, values.sign())
+
+
+def gradient_scale(problem: Problem) -> float:
+    """The size of the terms an exact gradient sums: ``max |f|`` and ``max |df/dh|`` over the last layer's
+    binary states, times ``1 + max |x|``; values below ``SIGN_TOLERANCE`` times it are rounding, not sign."""
+    h = binary_cube(problem.layer_sizes[-1])
+    value, grad = problem.loss.value_and_grad(h) if problem.loss.differentiable else (problem.loss(h), h * 0)
+    x = 0.0 if problem.x is None else float(problem.x.abs().max())
+    return max(float(value.abs().max()), float(grad.abs().max()), 1e-300) * (1 + x)
+
+
+def wrong_sign_coordinates(mean: Tensor, reference: Tensor, scale: float | None = None) -> Tensor:
+    """Coordinates where the reference is nonzero and the mean's sign differs from it (bool ``[D]``)."""
+    if scale is None:
+        scale = max(float(reference.abs().max()), float(mean.abs().max()), 1e-300)
+    s_ref, s_mean = signs(reference, scale), signs(mean, scale)
+    return (s_ref != 0) & (s_mean != s_ref)
+
+
+def exact_mean(problem: Problem, estimator: str, **options) -> Tensor:
+    return moments(problem, estimator, full_covariance=False, **options).mean
+
+
+def st_wrong_sign(problem: Problem, estimator: str = "st") -> bool:
+    """Whether the exact mean of ``estimator`` has the wrong sign on some coordinate."""
+    mean, g = exact_mean(problem, estimator), exact_gradient(problem)
+    return bool(wrong_sign_coordinates(mean, g, gradient_scale(problem)).any())
+
+
+def binary_cube(n: int) -> Tensor:
+    """All ``2^n`` binary vectors, ``[2^n, n]`` float64."""
+    return torch.tensor(list(itertools.product((0.0, 1.0), repeat=n)), dtype=torch.float64)
+
+
+def _derivatives_and_differences(problem: Problem) -> tuple[Tensor, Tensor]:
+    """At every binary ``h`` of the last layer: ``df/dh_i (h)`` and ``f(h^{i<-1}) - f(h^{i<-0})``, ``[2^N, N]`` each."""
+    n = problem.layer_sizes[-1]
+    h = binary_cube(n)
+    _, grad = problem.loss.value_and_grad(h)
+    diffs = torch.empty_like(h)
+    for i in range(n):
+        up, down = h.clone(), h.clone()
+        up[:, i], down[:, i] = 1.0, 0.0
+        diffs[:, i] = problem.loss(up) - problem.loss(down)
+    return grad, diffs
+
+
+def loss_class(problem: Problem) -> dict[str, list[bool]]:
+    """Per unit of the last layer: ``multilinear`` (df/dh_i equals the finite difference at every binary
+    point) and ``sign_consistent`` (derivatives and differences all > 0, all < 0, or all 0)."""
+    grad, diffs = _derivatives_and_differences(problem)
+    values = problem.loss(binary_cube(problem.layer_sizes[-1]))
+    scale = max(float(grad.abs().max()), float(diffs.abs().max()), float(values.abs().max()), 1e-300)
+    multilinear = ((grad - diffs).abs() <= SIGN_TOLERANCE * scale).all(0)
+    both = signs(torch.cat([grad, diffs]), scale)
+    consistent = (both == both[:1]).all(0)
+    return {"multilinear": multilinear.tolist(), "sign_consistent": consistent.tolist()}
+
+
+def st_sign_condition(problem: Problem) -> bool:
+    r"""The class under which straight-through has the right sign on a single layer.
+
+    For every unit ``i`` of the (single) layer, either ``f`` is multilinear in
+    :math:`h_i` on the binary cube (:math:`\partial_i f(h) = f(h^{i\leftarrow 1}) - f(h^{i\leftarrow 0})`
+    at every binary ``h``), or the derivatives :math:`\partial_i f(h)` at every
+    binary ``h`` and the differences all have one strict sign (or all vanish).
+    Then :math:`E[\hat g^{ST}_i] = E[\partial_i f(h)]` and
+    :math:`g_i = p_i(1 - p_i)\,E[f(h^{i\leftarrow 1}) - f(h^{i\leftarrow 0})]` have the
+    same sign, and so do the weights' coordinates (both times the fixed input).
+    """
+    if problem.num_layers != 1:
+        return False
+    c = loss_class(problem)
+    return all(m or s for m, s in zip(c["multilinear"], c["sign_consistent"]))
+
+
+def describe(problem: Problem, **values) -> dict:
+    """A counterexample: the problem's rebuildable spec and the values that make it one."""
+    out = {"problem": problem.description, "spec": problem.spec()}
+    out.update({k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in values.items()})
+    return out

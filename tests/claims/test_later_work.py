@@ -1,0 +1,50 @@
+"""One test per claim of later work in the registry, plus the exact pieces they rest on."""
+
+import pytest
+import torch
+from hypothesis import given
+
+import gradstats as gs
+from gradstats.claims import later_work
+from gradstats.testing import single_layer_problems
+
+
+def test_st_multilinear(verdict):
+    row = verdict("ST-ML")
+    assert row["status"] == "confirmed" and row["cases"] >= 100
+
+
+@given(problem=single_layer_problems(max_units=3, loss_kinds=("multilinear",)))
+def test_st_is_a_positive_multiple_for_multilinear_losses(problem):
+    assert later_work.st_factor_gap(problem) < 1e-10
+
+
+def test_reinmax_quadratic(verdict):
+    row = verdict("REINMAX-Q")
+    assert row["status"] == "confirmed"
+    assert row["data"]["cubic_reinmax"] == pytest.approx(1.5 * row["data"]["cubic_gradient"], rel=1e-12)
+
+
+def test_disarm_variance(verdict):
+    row = verdict("DISARM-V")
+    assert row["status"] == "confirmed" and row["cases"] >= 100
+
+
+def test_arm_exact_variance_matches_monte_carlo():
+    # mean exact (the gradient); variance against 1e6 draws within 3 % (> 10 standard errors of a sample variance)
+    problem = gs.problems.sbn([2, 3], "squared_error", seed=3, weight_scale=2.0)
+    mean, var = later_work.arm_exact_variance(problem)
+    assert torch.allclose(mean, gs.exact_gradient(problem), rtol=1e-10, atol=1e-13)
+    mc = gs.moments(problem, "arm", method="mc", num_samples=1_000_000, seed=0, device="cpu", progress=False)
+    assert torch.allclose(mc.var, var, rtol=0.03)
+
+
+def test_gumbel_temperature(verdict):
+    row = verdict("GUMBEL-T")
+    assert row["status"] == "refuted"
+    ce = row["counterexample"]
+    rows = later_work.gumbel_toy_moments(ce["target"], ce["logit"], (ce["from_temperature"], ce["to_temperature"]))
+    (_, bias_hot, var_hot), (_, bias_cold, var_cold) = rows
+    assert bias_cold > bias_hot * 1.05   # the bias grew as the temperature fell (margin >> quadrature error)
+    assert var_cold > var_hot
+    assert not row["data"]["variance_breaks"]
