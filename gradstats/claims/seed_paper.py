@@ -381,8 +381,9 @@ def check_sts_g(settings: CheckSettings) -> Verdict:
         "refuted", cases=1 + len(limits) + 10,
         counterexample=describe(linear, sts_backprop_mean=mean, sts_objective_gradient=g_sts, binary_gradient=g_bin),
         holds_when=("the direction, not the size, on one unit with f monotone: the back-propagated mean is a positive "
-                    "multiple of both gradients there; as p -> 0 it tends to exactly half the STS objective's gradient, "
-                    "because back-propagation with b fixed drops the score term d sqrt(p)/da (f(sqrt p) - f(0))"),
+                    "multiple of both gradients there. Back-propagation with b fixed drops the score term "
+                    "d sqrt(p)/da (f(sqrt p) - f(0)), so as p -> 0 it gets k/(k + 1) of the STS objective's gradient "
+                    "when f(h) - f(0) ~ c h^k: one half whenever f'(0) != 0"),
         evidence=(f"one unit, f(h) = h, a = 0: back-propagation gives {float(mean):.4f}, the STS objective's gradient and "
                   f"the binary one are both {float(g_sts):.4f} (ratio 1/2 for every a). Ratio to the STS objective's "
                   f"gradient at p = 1e-8: " + ", ".join(f"{k}: {v:.4f}" for k, v in limits.items()) +
