@@ -3,8 +3,8 @@ plots from saved results only, and numbers for the paper.
 
 An analysis is a grid of independent *cells*, each a pure function of its
 config (a JSON-able dict). A cell's rows are written atomically to
-``results/NAME/cells/KEY.json`` (``KEY`` a hash of the config), so an
-unchanged cell is never recomputed and an interrupted run loses nothing
+``results/NAME/cells/KEY.json`` (``KEY`` a hash of the config and of the
+source of the library and the analysis), so an unchanged cell is never recomputed and an interrupted run loses nothing
 computed. Then all rows go to ``results/NAME/results.csv`` with
 ``results/NAME/meta.json`` (config, seed, versions, device, wall time); the
 plot step reads only those files; numbers quoted by the paper go to
@@ -21,9 +21,9 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -89,6 +89,14 @@ def versions() -> dict:
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
+def code_version(*extra: Path) -> str:
+    """A hash of the library's source and the given files: results computed by other code are not reused."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "gradstats").rglob("*.py")) + [Path(__file__).resolve(), *extra]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _key(cell: dict) -> str:
     return hashlib.sha256(json.dumps(cell, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -105,7 +113,8 @@ def run_cells(config: Config, cells: list[dict], compute: Callable[[dict, Config
     cache = config.results / "cells"
     rows, computed = [], 0
     show = sys.stderr.isatty()
-    for cell in tqdm(cells, desc=config.name, unit="cell", disable=not show):
+    code = code_version(ROOT / "analyses" / f"{config.name}.py")
+    for cell in tqdm([{**c, "code": code} for c in cells], desc=config.name, unit="cell", disable=not show):
         path = cache / f"{_key(cell)}.json"
         if path.exists() and not config.recompute:
             stored = json.loads(path.read_text())
@@ -113,7 +122,7 @@ def run_cells(config: Config, cells: list[dict], compute: Callable[[dict, Config
                 rows += stored["rows"]
                 continue
         start = time.perf_counter()
-        cell_rows = [{**{f"cell_{k}": v for k, v in cell.items()}, **r} for r in compute(cell, config)]
+        cell_rows = [{**{f"cell_{k}": v for k, v in cell.items() if k != "code"}, **r} for r in compute(cell, config)]
         atomic_write(path, json.dumps({"cell": cell, "rows": cell_rows, "seconds": time.perf_counter() - start},
                                       default=float))
         rows += cell_rows

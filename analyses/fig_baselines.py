@@ -88,7 +88,7 @@ def plot(frame, meta, config):
                 title="one-layer network")
     axes[1].legend()
     run = frame[frame.cell_kind == "running"]
-    for color, (unit, sub) in zip(palette, run.groupby("unit")):
+    for color, (_unit, sub) in zip(palette, run.groupby("unit")):
         for decay, part in sub.groupby("cell_decay"):
             axes[2].plot(part.step, part.value, color=color, linewidth=0.8 if decay == 0.99 else 0.4,
                          alpha=1.0 if decay == 0.99 else 0.6)

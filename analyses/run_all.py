@@ -1,6 +1,6 @@
 """Run every analysis script in this folder (``make figures``).
 
-An analysis is a module ``analyses/fig_*.py`` with a ``main(argv)`` function;
+An analysis is a module ``analyses/fig_*.py`` or ``analyses/tab_*.py`` with a ``main(argv)`` function;
 each is run in turn with the arguments given here (``--quick`` for a smoke
 run). Fails loudly when one fails.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 def discover() -> list[str]:
     here = Path(__file__).parent
-    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("fig_"))
+    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name.startswith(("fig_", "tab_")))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,6 +83,7 @@ def _cmd_claims(args) -> int:
         return 0
     for r in rows:
         print(f"{r['id']:10s} {r['status'].upper():13s} {r['reference']}")
+        print(f"  finding:        {_short(r['summary'], 300)}")
         print(f"  statement:      {_short(r['statement'], 200)}")
         print(f"  conditions:     {_short(r['conditions'], 200)}")
         print(f"  evidence:       {_short(r['evidence'], 600)}")

@@ -55,6 +55,7 @@ class Verdict:
     Attributes:
         status: one of :data:`STATUSES`, for the claim as stated.
         evidence: what was computed and found, in words and numbers.
+        summary: the finding in one line (defaults to the evidence's first clause).
         counterexample: a JSON-able description of a minimal counterexample (``None`` if none).
         holds_when: the narrower conditions under which the claim does hold (when refuted).
         cases: problem instances examined.
@@ -63,6 +64,7 @@ class Verdict:
 
     status: str
     evidence: str
+    summary: str = ""
     counterexample: dict | None = None
     holds_when: str = ""
     cases: int = 0
@@ -112,7 +114,7 @@ def get(claim_id: str) -> Claim:
 
 def run(ids: list[str] | None = None, settings: CheckSettings | None = None) -> list[dict[str, Any]]:
     """Check claims; one JSON-able row each with ``id, status, statement, reference, conditions,
-    evidence, counterexample, holds_when, cases, data, test, seconds``."""
+    evidence, summary, counterexample, holds_when, cases, data, test, seconds``."""
     settings = settings or CheckSettings()
     rows = []
     for claim in ([get(i) for i in ids] if ids else claims()):
@@ -120,6 +122,7 @@ def run(ids: list[str] | None = None, settings: CheckSettings | None = None) -> 
         verdict = claim.check(settings)
         rows.append({"id": claim.id, "status": verdict.status, "statement": claim.statement,
                      "reference": claim.reference, "conditions": claim.conditions, "evidence": verdict.evidence,
+                     "summary": verdict.summary or verdict.evidence.split(";")[0],
                      "counterexample": verdict.counterexample, "holds_when": verdict.holds_when,
                      "cases": verdict.cases, "data": verdict.data, "test": claim.test,
                      "seconds": round(time.perf_counter() - start, 2)})
