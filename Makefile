@@ -8,7 +8,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: test lint figures bench clean-venv
+TEX_PACKAGES := texlive-latex-base texlive-latex-recommended latexmk
+
+.PHONY: test lint figures paper tex bench clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +27,18 @@ test: lint
 figures: $(STAMP)
 	$(PY) -m analyses.run_all
 
+# The paper builds from the committed figures/ and paper/generated/ (make figures refreshes them).
+paper: tex
+	cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error -quiet main.tex
+
+tex:
+	@command -v latexmk >/dev/null && command -v pdflatex >/dev/null || { \
+	  echo "installing $(TEX_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEX_PACKAGES); }
+
 bench: $(STAMP)
 	$(PY) benchmarks/exact.py
+	$(PY) benchmarks/montecarlo.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -29,8 +29,8 @@ def estimators():
 
 
 def cells(config):
-    seeds = range(config.seed, config.seed + (1 if config.quick else 6))
-    n = 3_000 if config.quick else 100_000
+    seeds = range(config.seed, config.seed + (1 if config.quick else 12))
+    n = 20_000 if config.quick else 400_000  # 20 batches of at least 1000: every M has a complete group
     return [{"seed": s, "num_samples": n, "estimators": estimators()} for s in seeds]
 
 
