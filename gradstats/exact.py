@@ -97,6 +97,9 @@ def exact_moments(problem: Problem, estimator, *, references: dict[str, Tensor] 
                          f"{est.exact_max_layers} stochastic layer(s); {problem.description} has {problem.num_layers}: "
                          "use method='mc'")
     resolved = resolve_options(est, problem, options)
+    if est.stateful(resolved):
+        raise ValueError(f"estimator {est.name!r} with these options draws from a stream (each draw depends on the draws "
+                         "before it, as with baseline='running'): its moments need method='mc'")
     full = problem.num_parameters <= FULL_COVARIANCE_MAX_DIM if full_covariance is None else bool(full_covariance)
     acc = GradientAccumulator(problem, references, full)
     for weights, gradient in est.outcomes(problem, chunk_size=chunk_size, max_states=max_states, **resolved):

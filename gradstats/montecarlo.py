@@ -6,6 +6,9 @@ memory is bounded by the chunk, not by ``num_samples``. The noise of draw
 ``i`` depends only on ``(seed, i)`` (:mod:`gradstats.noise`), so the result
 does not depend on ``chunk_size`` beyond float rounding.
 
+A stateful estimator (REINFORCE with ``baseline="running"``) gets its state
+carried from piece to piece in draw order, so it too is chunk-invariant.
+
 The draws are also summarised in ``num_batches`` contiguous batches (fixed by
 ``num_samples`` alone), from which :mod:`gradstats.metrics` computes jackknife
 standard errors of any metric.
@@ -72,6 +75,7 @@ def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, 
     stream = NoiseStream(seed, (est.noise_per_unit(resolved), problem.num_units), dev, dtype)
     bounds = [round(i * n / k) for i in range(k + 1)]
     batches = [GradientAccumulator(problem, references, full, tuple(ms), dev) for _ in range(k)]
+    stateful, state = est.stateful(resolved), None
     show = sys.stderr.isatty() if progress is None else bool(progress)
     with tqdm(total=n, disable=not show, unit="draw", unit_scale=True, desc=est.name, leave=False) as bar:
         batch = 0
@@ -82,7 +86,10 @@ def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, 
                     batch += 1
                 piece = min(stop, bounds[batch + 1])
                 u = stream.uniforms(start, piece)
-                gradient = est.draw(problem, u, **resolved)
+                if stateful:
+                    gradient, state = est.draw(problem, u, state=state, **resolved)
+                else:
+                    gradient = est.draw(problem, u, **resolved)
                 if isinstance(gradient, torch.Tensor) and gradient.shape != (piece - start, problem.num_parameters):
                     raise ValueError(f"estimator {est.name!r} returned shape {tuple(gradient.shape)}, "
                                      f"expected ({piece - start}, {problem.num_parameters})")

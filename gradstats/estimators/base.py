@@ -13,7 +13,9 @@ a single pass of Bernoulli indicators also give
     ``from_states(problem, trajectory, **options)``
 
 for a batch of given indicator states (drawn, or enumerated by the exact
-engine under ``unit``'s law). Common random numbers: every estimator of the
+engine under ``unit``'s law). A *stateful* estimator (REINFORCE with
+``baseline="running"``) also takes and returns a state carried from one
+batch of draws to the next, in draw order. Common random numbers: every estimator of the
 binary neuron takes its sample as ``h = 1[u[:, 0] < sigmoid(a)]``, so with one
 seed all of them see the same binary sample.
 
@@ -53,6 +55,10 @@ def _one(*args) -> int:
     return 1
 
 
+def _never(options: Mapping[str, Any]) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class Estimator:
     """A registered gradient estimator and its capability flags.
@@ -80,6 +86,10 @@ class Estimator:
         noise_per_unit: uniforms per unit per draw (``m``), from the options.
         max_layers: the deepest network it is defined for (``None``: any).
         exact_max_layers: the deepest network its exact moments are implemented for.
+        stateful: whether, with these options, a draw depends on the draws before it
+            (REINFORCE's running baseline); then ``draw`` takes ``state=`` and returns
+            ``(gradient, state)``, the Monte Carlo engine carries the state across chunks in
+            draw order, and exact moments do not exist.
         prepare: ``(problem, options) -> options``: validates and resolves options
             that depend on the problem (such as an exact optimal baseline).
     """
@@ -102,6 +112,7 @@ class Estimator:
     noise_per_unit: Callable[[Mapping[str, Any]], int] = _one
     max_layers: int | None = None
     exact_max_layers: int | None = None
+    stateful: Callable[[Mapping[str, Any]], bool] = _never
     prepare: Callable[[Problem, dict[str, Any]], dict[str, Any]] | None = None
 
     def __post_init__(self):

@@ -25,6 +25,7 @@ from .base import Estimator, backpropagate, register, sample_trajectory
 __all__ = ["optimal_baseline"]
 
 PAPER = "Bengio, Léonard & Courville 2013, arXiv:1308.3432"
+RUNNING_DECAY = 0.999  # per draw: the running averages remember about 1000 draws
 
 
 # ---- REINFORCE (Theorem 1, Corollary 1, Eq. 10) --------------------------------------
@@ -48,6 +49,9 @@ def optimal_baseline(problem: Problem, **enumeration_options) -> Tensor:
 
 def _prepare_reinforce(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
     baseline = options["baseline"]
+    decay = options["decay"]
+    if not (isinstance(decay, (int, float)) and 0 < decay < 1):
+        raise ValueError(f"decay must be a number in (0, 1), got {decay!r}")
     units = problem.num_units
     if baseline is None:
         value = torch.zeros(units, dtype=torch.float64)
@@ -55,11 +59,7 @@ def _prepare_reinforce(problem: Problem, options: dict[str, Any]) -> dict[str, A
         if baseline == "optimal":
             value = optimal_baseline(problem)
         elif baseline == "running":
-            raise ValueError(
-                "baseline='running' makes each draw depend on the draws before it, so the draws are not "
-                "identically distributed and have no moments; use gradstats.functional.RunningBaseline in a "
-                "training loop, or baseline='optimal' (Eq. 10, the value the running averages track)"
-            )
+            return options
         else:
             raise ValueError(f"baseline must be None, a number, {units} numbers (one per unit), "
                              f"'optimal' or 'running'; got {baseline!r}")
@@ -77,11 +77,48 @@ def _prepare_reinforce(problem: Problem, options: dict[str, Any]) -> dict[str, A
     return {**options, "baseline": value}
 
 
-def _reinforce_states(problem: Problem, traj: Trajectory, baseline: Tensor) -> FactoredGradient:
+def _reinforce_states(problem: Problem, traj: Trajectory, baseline: Tensor, decay: float = RUNNING_DECAY) -> FactoredGradient:
     loss = problem.loss(traj.output)[:, None]
     centred = [loss - b.to(loss) for b in problem.split_units(baseline)]
     deltas = [binary_residual(a, h) * c for a, h, c in zip(traj.logits, traj.indicators, centred)]
     return FactoredGradient(deltas, list(traj.inputs))
+
+
+def moving_average_before(x: Tensor, start: Tensor, decay: float) -> tuple[Tensor, Tensor]:
+    r"""Exponential moving averages seen *before* each row: :math:`s_0 = \mathrm{start}`,
+    :math:`s_{i+1} = \beta s_i + (1 - \beta) x_i`; returns ``(s_0 .. s_{B-1}, s_B)``.
+
+    Vectorised in blocks short enough that :math:`\beta^{-L}` stays below 1e150:
+    :math:`s_i = \beta^i (s_0 + (1 - \beta) \sum_{j<i} \beta^{-(j+1)} x_j)`.
+    """
+    block = max(1, int(150 * math.log(10) / -math.log(decay)))
+    out = torch.empty_like(x)
+    state = start.to(x)
+    for lo in range(0, x.shape[0], block):
+        xb = x[lo:lo + block]
+        i = torch.arange(xb.shape[0] + 1, dtype=x.dtype, device=x.device)
+        weights = decay ** -(i[1:])[:, None]
+        partial = torch.cat([torch.zeros_like(state)[None], torch.cumsum(weights * xb, 0)])   # exclusive sums, B + 1
+        values = (decay ** i)[:, None] * (state + (1 - decay) * partial)
+        out[lo:lo + xb.shape[0]] = values[:-1]
+        state = values[-1]
+    return out, state
+
+
+def _reinforce_draw(problem: Problem, u: Tensor, baseline, decay: float = RUNNING_DECAY, state=None):
+    traj = sample_trajectory(problem, BINARY, u[:, 0])
+    if not (isinstance(baseline, str) and baseline == "running"):
+        return _reinforce_states(problem, traj, baseline)
+    loss = problem.loss(traj.output)
+    residual = torch.cat([binary_residual(a, h) for a, h in zip(traj.logits, traj.indicators)], 1)
+    square = residual.square()
+    if state is None:
+        state = torch.zeros(2, problem.num_units, dtype=u.dtype, device=u.device)
+    num, num_end = moving_average_before(square * loss[:, None], state[0], decay)
+    den, den_end = moving_average_before(square, state[1], decay)
+    running = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+    deltas = [r * (loss[:, None] - b) for r, b in zip(problem.split_units(residual), problem.split_units(running))]
+    return FactoredGradient(deltas, list(traj.inputs)), torch.stack([num_end, den_end])
 
 
 def _binary_draw(from_states):
@@ -93,14 +130,15 @@ def _binary_draw(from_states):
 REINFORCE = register(Estimator(
     name="reinforce",
     summary="(h - p)(L - b): score function with a constant per-unit baseline b",
-    draw=_binary_draw(_reinforce_states),
+    draw=_reinforce_draw,
     from_states=_reinforce_states,
+    stateful=lambda options: isinstance(options["baseline"], str) and options["baseline"] == "running",
     unit=BINARY,
     noise="discrete",
     unbiased=True,
     needs_loss_gradient=False,
     objective="binary",
-    defaults={"baseline": None},
+    defaults={"baseline": None, "decay": RUNNING_DECAY},
     prepare=_prepare_reinforce,
     reference=f"{PAPER}, sec. 3, Theorem 1, Corollary 1, Eq. 10",
 ))
