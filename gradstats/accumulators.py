@@ -240,6 +240,13 @@ class GradientAccumulator:
         self.position = 0
         self._pending: dict[int, list[list[_Part]]] = {}
 
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to resume this accumulator."""
+        return {"summary": self.summary, "position": self.position, "pending": self._pending}
+
+    def load_state_dict(self, stored: dict) -> None:
+        self.summary, self.position, self._pending = stored["summary"], stored["position"], stored["pending"]
+
     # ---- per-draw metrics against one reference -----------------------------------
     def _inner_and_norm(self, layers: list[list[_Part]], ref: Tensor) -> tuple[Tensor, Tensor]:
         """Per draw and per layer: ``<g_hat_l, g_l>`` and ``|g_hat_l|^2``, each ``[B, L]``."""

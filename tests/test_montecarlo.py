@@ -1,5 +1,7 @@
 """Streaming Monte Carlo: agreement with exact moments, reproducibility, chunk invariance, errors."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -140,3 +142,37 @@ def test_running_baseline_is_unbiased_and_nearly_as_good_as_equation_10():
     optimal = gs.moments(problem, "reinforce", baseline="optimal")
     assert m.trace == pytest.approx(optimal.trace, rel=0.1)
     assert m.trace < 0.2 * gs.moments(problem, "reinforce").trace
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_result(tmp_path):
+    problem = gs.problems.sbn([3, 3, 2], seed=4)
+    g = gs.exact_gradient(problem)
+    kw = dict(method="mc", num_samples=50_000, seed=2, device="cpu", chunk_size=4096, references={"b": g}, ms=(10,),
+              progress=False, baseline="running")
+    calls = {"n": 0, "fail_at": None}
+    draw = gs.estimators.get("reinforce").draw
+
+    def flaky(problem, u, **options):  # the same estimator, interrupted at its sixth call when asked
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise KeyboardInterrupt
+        return draw(problem, u, **options)
+
+    flaky_estimator = dataclasses.replace(gs.estimators.get("reinforce"), draw=flaky)
+    reference = gs.moments(problem, flaky_estimator, **kw)
+    pieces, calls["n"], calls["fail_at"] = calls["n"], 0, 6
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        gs.moments(problem, flaky_estimator, checkpoint=path, **kw)
+    assert path.exists()
+    resumed = gs.moments(problem, flaky_estimator, checkpoint=path, **kw)
+    assert calls["n"] == pieces + 1  # the resumed run skipped the five pieces already done
+    assert torch.equal(resumed.mean, reference.mean) and torch.equal(resumed.var, reference.var)
+    assert torch.equal(resumed.summary.cosine_m["b"][10], reference.summary.cosine_m["b"][10])
+    assert not path.exists()
+    gs.moments(problem, "st", method="mc", num_samples=10, device="cpu", checkpoint=path, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        calls["n"] = 0
+        gs.moments(problem, flaky_estimator, checkpoint=path, **kw)
+    with pytest.raises(ValueError, match="belongs to another run"):
+        gs.moments(problem, "reinforce", checkpoint=path, **{**kw, "seed": 3})
