@@ -204,7 +204,6 @@ class Analysis:
 
     def main(self, argv: list[str] | None = None) -> Config:
         config = parse(self.name, self.description, argv)
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
         if not config.plot_only:
             start = time.perf_counter()
             frame = run_cells(config, self.cells(config), self.compute)
