@@ -91,7 +91,8 @@ def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iter
                                  full_covariance=False, **opts)
                 references[r], ref_method[r] = own.mean, "mc"
         stateful = est.stateful({**(est.defaults or {}), **opts})
-        use_exact = est.exact_supported(problem) and not stateful and method != "mc" and _enumerable(problem, max_states)
+        use_exact = (est.exact_supported(problem) and not stateful and method != "mc"
+                     and est.exact_state_count(problem, opts) <= max_states)
         if method == "exact" and not use_exact:
             why = "continuous noise" if est.noise != "discrete" else "too many states or layers"
             raise ValueError(f"estimator {est.name!r} cannot be evaluated exactly on {problem.description} ({why}); "

@@ -143,3 +143,15 @@ def test_evaluate_bad_input(kwargs, match):
     kwargs = {"estimators": ["st"], **kwargs}
     with pytest.raises(ValueError, match=match):
         gs.evaluate(gs.problems.toy(), progress=False, **kwargs)
+
+
+def test_evaluate_falls_back_to_monte_carlo_past_the_enumeration_limit():
+    # leave-one-out with k = 3 on 6 units needs 2^18 states: over a limit of 2^16, so Monte Carlo
+    problem = gs.problems.sbn([2, 3, 3], seed=0)
+    est = gs.estimators.get("reinforce_loo")
+    assert est.exact_state_count(problem, {"k": 3}) == 2**18
+    assert gs.estimators.get("disarm").exact_state_count(gs.problems.sbn([2, 4], seed=0), {}) == 3**4
+    df = gs.evaluate(problem, ["reinforce_loo", "st"], options={"reinforce_loo": {"k": 3}}, num_samples=2000, ms=(1,),
+                     max_states=2**16, progress=False)
+    methods = df[(df.metric == "bias_norm") & (df.layer == 0)].set_index("estimator").method
+    assert methods["reinforce_loo"] == "mc" and methods["st"] == "exact"

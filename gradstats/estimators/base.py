@@ -79,6 +79,8 @@ class Estimator:
             independent passes per draw, stacked draw-major (``[B * copies, ...]``).
         unit: the law of the states that ``from_states`` is enumerated under.
         copies: independent passes one draw uses (``k`` for leave-one-out).
+        outcomes_per_unit: outcomes the exact engine enumerates per unit and pass (2 for
+            Bernoulli states, 3 for DisARM's antithetic cells).
         outcomes: ``(problem, chunk_size=, max_states=, **options)`` yielding
             ``(probabilities [C], gradients)`` over every outcome of the noise, for
             exact moments; derived from ``from_states`` and ``unit`` when absent.
@@ -107,6 +109,7 @@ class Estimator:
     from_states: Callable[..., FactoredGradient | Tensor] | None = None
     unit: BernoulliUnit | None = None
     copies: Callable[[Mapping[str, Any]], int] = _one
+    outcomes_per_unit: int = 2
     outcomes: Callable[..., Iterator[tuple[Tensor, FactoredGradient | Tensor]]] | None = None
     loss_evals: Callable[[Problem, Mapping[str, Any]], int] = _one
     noise_per_unit: Callable[[Mapping[str, Any]], int] = _one
@@ -124,6 +127,10 @@ class Estimator:
             object.__setattr__(self, "outcomes", _state_outcomes(self))
         if self.noise == "discrete" and self.outcomes is None:
             raise ValueError(f"estimator {self.name!r} has discrete noise but no outcomes to enumerate")
+
+    def exact_state_count(self, problem: Problem, options: Mapping[str, Any]) -> int:
+        """How many outcomes exact moments enumerate: ``outcomes_per_unit^(U copies)``."""
+        return self.outcomes_per_unit ** (problem.num_units * self.copies({**(self.defaults or {}), **options}))
 
     def exact_supported(self, problem: Problem) -> bool:
         """Whether exact moments on ``problem`` are implemented (discrete noise, depth within reach)."""

@@ -190,6 +190,7 @@ DISARM = register(Estimator(
     summary="(f(b) - f(b~))/2 (-1)^b~ 1[b != b~] sigmoid(|a|)",
     draw=_disarm_draw,
     outcomes=_disarm_outcomes,
+    outcomes_per_unit=3,
     exact_max_layers=1,
     noise="discrete",
     unbiased=True,
