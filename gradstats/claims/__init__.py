@@ -23,7 +23,7 @@ import importlib
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import hypothesis
@@ -162,10 +162,6 @@ def search(strategy: st.SearchStrategy, is_counterexample: Callable[[Any], bool]
     except hypothesis.errors.NoSuchExample:
         return SearchResult(None, tried)
     return SearchResult(example, tried)
-
-
-def as_dict(verdict: Verdict) -> dict:
-    return asdict(verdict)
 
 
 _LOADED = False
