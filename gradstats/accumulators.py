@@ -210,7 +210,9 @@ def _parts(problem: Problem, gradient: FactoredGradient | Tensor) -> list[list[_
         else:
             parts = [_Part(w_cols, (delta[:, :, None] * inp[:, None, :]).flatten(1)), _Part(c_cols, delta)]
         layers.append(parts)
-    return layers
+    # per-draw arithmetic may be float32; every statistic is accumulated in float64
+    return [[_Part(p.cols, p.values.to(torch.float64), None if p.x is None else p.x.to(torch.float64)) for p in parts]
+            for parts in layers]
 
 
 def _safe_ratio(num: Tensor, den: Tensor) -> Tensor:

@@ -46,6 +46,8 @@ class NoiseStream:
     def __init__(self, seed: int, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype = torch.float64):
         if not (isinstance(seed, int) and seed >= 0):
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
         self.seed, self.shape, self.device, self.dtype = seed, tuple(shape), device, dtype
         self._cached: tuple[int, Tensor] | None = None
 
@@ -53,7 +55,10 @@ class NoiseStream:
         if self._cached is not None and self._cached[0] == k:
             return self._cached[1]
         g = torch.Generator(device=self.device).manual_seed(block_seed(self.seed, k))
-        block = torch.rand((BLOCK, *self.shape), generator=g, device=self.device, dtype=self.dtype)
+        block = torch.rand((BLOCK, *self.shape), generator=g, device=self.device, dtype=torch.float64)
+        if self.dtype == torch.float32:
+            # the same uniforms, rounded down to the float32 grid k / 2^24 so none becomes 1.0
+            block = (block * 2.0**24).floor_().div_(2.0**24).to(torch.float32)
         self._cached = (k, block)
         return block
 

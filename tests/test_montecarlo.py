@@ -73,6 +73,7 @@ def test_user_callable_estimator():
     ({"num_samples": 10, "device": "tpu"}, "device must be"),
     ({"num_samples": 10, "seed": -1}, "seed must be an integer >= 0"),
     ({}, "method='mc' needs num_samples"),
+    ({"num_samples": 10, "dtype": torch.float16}, "dtype must be torch.float32 or torch.float64"),
 ])
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -183,3 +184,23 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_result(tmp
         gs.moments(problem, flaky_estimator, checkpoint=path, **kw)
     with pytest.raises(ValueError, match="belongs to another run"):
         gs.moments(problem, "reinforce", checkpoint=path, **{**kw, "seed": 3})
+
+
+def test_float32_draws_are_accumulated_in_float64():
+    # The same uniforms rounded down to float32 (never to 1.0): means agree to float32 precision,
+    # metrics still work, and the noisy rectifier's Gaussian quantiles stay finite.
+    problem = gs.problems.sbn([4, 3, 2], seed=6)
+    g = gs.exact_gradient(problem)
+    kw = dict(method="mc", num_samples=50_000, seed=1, device="cpu", references={"b": g}, ms=(10,), progress=False)
+    m64 = gs.moments(problem, "st", **kw)
+    m32 = gs.moments(problem, "st", dtype=torch.float32, **kw)
+    assert m32.mean.dtype == torch.float64 and m32.summary.cosine["b"].dtype == torch.float64
+    assert torch.allclose(m32.mean, m64.mean, rtol=1e-4, atol=1e-5)
+    assert m32.summary.cosine["b"][0] / m32.summary.weight == pytest.approx(
+        float(m64.summary.cosine["b"][0] / m64.summary.weight), abs=1e-3)
+    from gradstats.noise import NoiseStream
+
+    u = NoiseStream(0, (8,), torch.device("cpu"), torch.float32).uniforms(0, 2**16)
+    assert u.dtype == torch.float32 and float(u.max()) < 1.0
+    nr = gs.moments(problem, "noisy_rectifier", dtype=torch.float32, **kw)
+    assert torch.isfinite(nr.mean).all()
