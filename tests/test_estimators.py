@@ -147,3 +147,12 @@ def test_saturated_logits_give_finite_moments(problem):
         if gs.estimators.get(name).noise == "discrete":
             m = gs.moments(problem, name)
             assert torch.isfinite(m.mean).all() and torch.isfinite(m.var).all(), name
+
+
+def test_an_estimator_refuses_a_problem_kind_it_does_not_support():
+    import dataclasses
+
+    toy_only = dataclasses.replace(gs.estimators.get("st"), name="st_toy_only", kinds=frozenset({"toy"}))
+    assert gs.moments(gs.problems.toy(), toy_only).mean.shape == (1,)
+    with pytest.raises(ValueError, match="estimator 'st_toy_only' does not support 'sbn' problems \\(it supports: toy\\)"):
+        gs.moments(gs.problems.sbn([2, 2], seed=0), toy_only)
