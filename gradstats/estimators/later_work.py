@@ -8,8 +8,8 @@ exactly as the binary neuron does; the antithetic sample of ARM and DisARM is
 :math:`\ell = \log(1 - u) - \log u`, so that :math:`1[a + \ell > 0] = b`;
 leave-one-out's ``k`` samples use ``u[:, 0], ..., u[:, k-1]``.
 
-On networks, ARM and DisARM are applied layer by layer (Yin & Zhou 2019,
-sec. 3.3): for layer ``t`` the main pass gives ``f(b)``, and a second pass
+On networks, ARM and DisARM are applied layer by layer (as Yin & Zhou 2019
+do for multiple stochastic layers): for layer ``t`` the main pass gives ``f(b)``, and a second pass
 with layer ``t`` replaced by its antithetic sample and the layers above it
 resampled with the *same* uniforms gives ``f(b~)``; any coupling of the two
 branches keeps the estimate unbiased, and sharing the uniforms reduces its
@@ -131,7 +131,7 @@ ARM = register(Estimator(
     unbiased=True,
     objective="binary",
     loss_evals=lambda problem, options: 1 + problem.num_layers,
-    reference="Yin & Zhou 2019, ARM: Augment-REINFORCE-Merge (ICLR), Theorem 1 and sec. 3.3",
+    reference="Yin & Zhou 2019, ARM: Augment-REINFORCE-Merge Gradient for Stochastic Binary Networks (ICLR)",
 ))
 
 
@@ -270,6 +270,6 @@ REINMAX = register(Estimator(
     defaults={"temperature": 1.0},
     prepare=_prepare_temperature,
     max_layers=1,
-    reference="Liu, Cheng, Gao, Wang, Chen & Zhao 2023, Bridging Discrete and Backpropagation: "
-              "Straight-Through and Beyond (NeurIPS), Algorithm 2, two categories",
+    reference="Liu, Dong, Liu, Yu & Gao 2023, Bridging Discrete and Backpropagation: "
+              "Straight-Through and Beyond (NeurIPS); ReinMax for two categories",
 ))
