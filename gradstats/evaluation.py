@@ -12,7 +12,8 @@ the binary one for estimators of the binary neuron, the exact STS gradient
 for ``sts``; for an objective that cannot be enumerated (the noisy
 rectifier's, a relaxation's) the Monte Carlo mean of the estimator itself
 from an independent seed, which is unbiased for it because those estimators
-are pathwise derivatives of their own objective (the row says ``mc``).
+are pathwise derivatives of their own objective (the row says ``mc``, and the
+bias's standard error includes the reference's).
 """
 
 from __future__ import annotations
@@ -76,8 +77,7 @@ def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iter
     frames = []
     for est in ests:
         opts = dict(options.get(est.name, {}))
-        references = {}
-        ref_method = {}
+        references, ref_method, ref_stderr = {}, {}, {}
         for r in refs:
             objective = "binary" if r == "binary" else est.objective
             if objective == "binary":
@@ -89,7 +89,7 @@ def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iter
             else:
                 own = mc_moments(problem, est, **{**mc_kw, "seed": seed + _OWN_REFERENCE_SEED_OFFSET},
                                  full_covariance=False, **opts)
-                references[r], ref_method[r] = own.mean, "mc"
+                references[r], ref_method[r], ref_stderr[r] = own.mean, "mc", own.mean_stderr
         stateful = est.stateful({**(est.defaults or {}), **opts})
         use_exact = (est.exact_supported(problem) and not stateful and method != "mc"
                      and est.exact_state_count(problem, opts) <= max_states)
@@ -106,7 +106,7 @@ def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iter
             extra = None
         seconds_per_draw = (extra or main).seconds / n if (extra or main).num_samples else float("nan")
         for r, g in references.items():
-            rows = compute_metrics(main, problem, g, r, ms)
+            rows = compute_metrics(main, problem, g, r, ms, reference_stderr=ref_stderr.get(r))
             if extra is not None:
                 rows += [v for v in compute_metrics(extra, problem, g, r, ms) if v.metric == "cosine_m" and v.m > 1]
             frame = pd.DataFrame([{

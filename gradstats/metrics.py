@@ -102,9 +102,15 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
 
 
 def compute_metrics(moments: Moments, problem: Problem, reference: Tensor, reference_name: str,
-                    ms: tuple[int, ...] = (1, 10, 100, 1000)) -> list[MetricValue]:
+                    ms: tuple[int, ...] = (1, 10, 100, 1000), reference_stderr: Tensor | None = None
+                    ) -> list[MetricValue]:
     """Every metric of ``moments`` against ``reference`` (its per-draw metrics need
-    ``moments`` to have been computed with ``references={reference_name: reference}``)."""
+    ``moments`` to have been computed with ``references={reference_name: reference}``).
+
+    A reference that is itself a Monte Carlo estimate passes its ``reference_stderr``; the
+    per-coordinate bias's error then adds it in quadrature (the two are independent). Other
+    metrics' errors are conditional on the reference.
+    """
     reference = reference.to(torch.float64)
     exact = moments.method == "exact"
     full = _values(moments.summary, exact, problem, reference, reference_name, ms)
@@ -130,6 +136,8 @@ def compute_metrics(moments: Moments, problem: Problem, reference: Tensor, refer
         err = errors.get((metric, layer, m), 0.0 if exact else math.nan)
         if metric == "bias" and not exact:
             err = moments.mean_stderr  # the exact standard error of a mean, rather than its jackknife twin
+        if metric == "bias" and reference_stderr is not None:
+            err = (torch.as_tensor(err, dtype=torch.float64).square() + reference_stderr.square()).sqrt()
         if isinstance(value, Tensor):
             err = torch.as_tensor(err, dtype=torch.float64).expand_as(value)
             rows += [MetricValue(metric, float(v), float(e), int(lay), c)

@@ -124,6 +124,11 @@ def test_evaluate_is_tidy_and_consistent():
     assert torch.allclose(sts_bias, m.mean - gs.exact_gradient(problem, "sts"), rtol=1e-12, atol=1e-14)
     nr_own = df[(df.estimator == "noisy_rectifier") & (df.reference == "own")]
     assert set(nr_own.reference_method) == {"mc"}
+    # against its own Monte Carlo reference the bias is noise: its error counts both estimates
+    nr_bias = nr_own[nr_own.metric == "bias"]
+    nr_bin = df[(df.estimator == "noisy_rectifier") & (df.reference == "binary") & (df.metric == "bias")]
+    assert (nr_bias.stderr.to_numpy() > nr_bin.stderr.to_numpy() * 1.3).all()       # about sqrt(2) times
+    assert (nr_bias.value.abs() <= 5 * nr_bias.stderr + 1e-12).all()
 
 
 def pd_na():
