@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .numerics import safe_divide
 from .problems import FactoredGradient, Problem
 
 __all__ = ["Moments", "Summary", "GradientAccumulator"]
@@ -215,10 +216,6 @@ def _parts(problem: Problem, gradient: FactoredGradient | Tensor) -> list[list[_
             for parts in layers]
 
 
-def _safe_ratio(num: Tensor, den: Tensor) -> Tensor:
-    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
-
-
 class GradientAccumulator:
     """Streams chunks of per-draw gradients into a :class:`Summary`.
 
@@ -263,7 +260,7 @@ class GradientAccumulator:
         inner_all = torch.cat([inner.sum(1, keepdim=True), inner], 1)
         norm_all = torch.cat([norm2.sum(1, keepdim=True), norm2], 1).sqrt()
         ref_all = torch.cat([ref_norm.square().sum().sqrt().reshape(1), ref_norm])
-        return _safe_ratio(inner_all, norm_all * ref_all), inner_all
+        return safe_divide(inner_all, norm_all * ref_all), inner_all
 
     @staticmethod
     def _sign_agreement(part: _Part, w: Tensor | None, ref: Tensor, total: float) -> Tensor:

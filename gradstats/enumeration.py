@@ -12,10 +12,11 @@ from collections.abc import Iterator
 
 import torch
 
+from .numerics import positive_int
 from .problems import Problem, Trajectory
 from .units import BernoulliUnit
 
-__all__ = ["DEFAULT_MAX_STATES", "DEFAULT_CHUNK_SIZE", "check_enumerable", "check_chunk_size", "trajectories"]
+__all__ = ["DEFAULT_MAX_STATES", "DEFAULT_CHUNK_SIZE", "check_enumerable", "trajectories"]
 
 DEFAULT_MAX_STATES = 2**24
 DEFAULT_CHUNK_SIZE = 2**16
@@ -45,12 +46,6 @@ def check_enumerable(num_bits: int, max_states: int = DEFAULT_MAX_STATES, bytes_
     return states
 
 
-def check_chunk_size(chunk_size) -> int:
-    if not (isinstance(chunk_size, int) and chunk_size >= 1):
-        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-    return chunk_size
-
-
 def trajectories(problem: Problem, unit: BernoulliUnit, *, copies: int = 1,
                  parameters: dict[str, torch.Tensor] | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -61,7 +56,7 @@ def trajectories(problem: Problem, unit: BernoulliUnit, *, copies: int = 1,
     (``[C * k, ...]``, copy-major within a state) and ``log_prob`` is the joint
     log-probability of the ``k`` passes, shape ``[C]``.
     """
-    check_chunk_size(chunk_size)
+    chunk_size = positive_int("chunk_size", chunk_size)
     num_bits = problem.num_units * copies
     total = check_enumerable(num_bits, max_states, bytes_per_state=8 * (problem.num_units + problem.num_parameters),
                              what=problem.description if copies == 1 else f"{copies} copies of {problem.description}")

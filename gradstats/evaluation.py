@@ -27,7 +27,8 @@ from . import enumeration
 from .estimators import Estimator, get
 from .exact import exact_gradient, exact_moments
 from .metrics import compute_metrics
-from .montecarlo import mc_moments, positive_int
+from .montecarlo import mc_moments
+from .numerics import positive_int
 from .problems import Problem
 
 __all__ = ["evaluate", "REFERENCES"]

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from .numerics import safe_divide
 from .units import BINARY, STS, binary_residual, noise_quantile
 
 __all__ = ["straight_through", "sts", "noisy_rectifier", "reinforce", "RunningBaseline", "gumbel_sigmoid",
@@ -112,8 +113,7 @@ class RunningBaseline:
         return cls(z, z.clone(), float(decay))
 
     def value(self) -> Tensor:
-        den = self.denominator
-        return torch.where(den > 0, self.numerator / torch.where(den > 0, den, 1.0), 0.0)
+        return safe_divide(self.numerator, self.denominator)
 
     def update(self, h: Tensor, p: Tensor, loss: Tensor) -> RunningBaseline:
         """Fold in a minibatch: ``h``, ``p`` are ``[B, n]``, ``loss`` is ``[B]``."""

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from .accumulators import Moments, Summary
+from .numerics import safe_divide
 from .problems import Problem
 
 __all__ = ["MetricValue", "compute_metrics", "COORDINATE_METRICS", "SCALAR_METRICS"]
@@ -60,10 +61,6 @@ class MetricValue:
     m: int | None = None
 
 
-def _ratio(a: Tensor, b: Tensor) -> Tensor:
-    return torch.where(b > 0, a / torch.where(b > 0, b, 1.0), 0.0)
-
-
 def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: str,
             ms: tuple[int, ...]) -> dict[tuple, float | Tensor]:
     """Every metric from a summary, keyed by ``(metric, layer, m)``; per-coordinate ones are ``[D]`` tensors."""
@@ -72,7 +69,7 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
     mean = s.mean
     bias = mean - reference
     out: dict[tuple, float | Tensor] = {("bias", 0, None): bias, ("variance", 0, None): var,
-                                        ("snr", 0, None): _ratio(mean.abs(), var.sqrt())}
+                                        ("snr", 0, None): safe_divide(mean.abs(), var.sqrt())}
     layers = problem.coordinate_layers().to(mean.device)
     for layer in range(problem.num_layers + 1):
         sel = torch.ones_like(layers, dtype=torch.bool) if layer == 0 else layers == layer
@@ -82,12 +79,12 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
         trace = float(v.sum())
         bias2 = float(b.square().sum())
         out[("bias_norm", layer, None)] = math.sqrt(bias2)
-        out[("relative_bias", layer, None)] = float(_ratio(b.norm(), g.norm()))
+        out[("relative_bias", layer, None)] = float(safe_divide(b.norm(), g.norm()))
         out[("variance_trace", layer, None)] = trace
         sq_bias = bias2 if exact else bias2 - trace / n
         for m in ms:
             out[("mse", layer, m)] = sq_bias + trace / m
-        out[("cosine_mean", layer, None)] = float(_ratio(mu @ g, mu.norm() * g.norm()))
+        out[("cosine_mean", layer, None)] = float(safe_divide(mu @ g, mu.norm() * g.norm()))
         out[("sign_agreement_mean", layer, None)] = float((mu.sign() == g.sign()).to(torch.float64).mean())
         if name in s.sign_agree:
             out[("sign_agreement_draw", layer, None)] = float(s.sign_agree[name][sel].mean() / s.weight)

@@ -29,22 +29,14 @@ from tqdm.auto import tqdm
 from .accumulators import GradientAccumulator, Moments
 from .estimators import get, resolve_options
 from .noise import NoiseStream, resolve_device
+from .numerics import positive_int
 from .problems import Problem
 
-__all__ = ["mc_moments", "DEFAULT_CHUNK_SIZE", "FULL_COVARIANCE_MAX_DIM", "DEFAULT_BATCHES", "positive_int"]
+__all__ = ["mc_moments", "DEFAULT_CHUNK_SIZE", "FULL_COVARIANCE_MAX_DIM", "DEFAULT_BATCHES"]
 
 DEFAULT_CHUNK_SIZE = 2**16
 FULL_COVARIANCE_MAX_DIM = 64
 DEFAULT_BATCHES = 20
-
-
-def positive_int(name: str, value) -> int:
-    """``value`` as an int >= 1 (integral floats such as 1e6 accepted), else a ValueError naming ``name``."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
 
 
 def _signature(problem: Problem, est, resolved: dict, **settings) -> str:

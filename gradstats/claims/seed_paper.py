@@ -15,6 +15,7 @@ from ..estimators import optimal_baseline
 from ..exact import exact_gradient
 from ..moments import moments
 from ..noise import NoiseStream
+from ..numerics import safe_divide
 from ..testing import independent_problems, networks, single_layer_problems
 from . import CheckSettings, Claim, Verdict, register, search
 from .common import describe, exact_mean, gradient_scale, loss_class, st_sign_condition, st_wrong_sign, wrong_sign_coordinates
@@ -206,11 +207,10 @@ def weight_baseline_gap(problem) -> float:
             sums[1] += (weight * loss[:, None, None]).sum(0)
             sums[2] += (weight * loss[:, None, None] ** 2).sum(0)
         den, num, sq = sums[0], sums[1], sums[2]
-        ok = den > 0
-        b_w = torch.where(ok, num / torch.where(ok, den, 1.0), 0.0)
+        b_w = safe_divide(num, den)
         mean_sq = sq - 2 * b_unit[:, None] * num + b_unit[:, None] ** 2 * den   # E[r^2 x^2 (L - b)^2], Eq. 10's b
         best_sq = sq - 2 * b_w * num + b_w**2 * den                               # the per-weight best b
-        reduction = torch.where(ok & (mean_sq > 0), (mean_sq - best_sq) / torch.where(mean_sq > 0, mean_sq, 1.0), 0.0)
+        reduction = safe_divide(mean_sq - best_sq, mean_sq)
         gaps.append(float(reduction.max()))
     return max(gaps)
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import enumeration
+from ..numerics import positive_int
 from ..problems import FactoredGradient, Problem, Trajectory
 from ..units import BINARY, binary_residual
 from . import seed_paper  # noqa: F401  (the seed paper's estimators register first)
@@ -165,7 +166,7 @@ def _disarm_outcomes(problem: Problem, *, chunk_size: int, max_states: int):
     n = problem.num_units
     total = enumeration.check_enumerable(n, max_states, base=3, noun="antithetic cells (3 per unit)",
                                          what=f"disarm on {problem.description}")
-    enumeration.check_chunk_size(chunk_size)
+    chunk_size = positive_int("chunk_size", chunk_size)
     x = None if problem.x is None else problem.x.expand(1, -1)
     a = problem.logits(0, x, batch_size=1).reshape(-1)
     edge, middle = torch.sigmoid(-a.abs()), torch.tanh(a.abs() / 2)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import enumeration
+from ..numerics import safe_divide
 from ..problems import FactoredGradient, Problem, Trajectory
 from ..units import BINARY, NOISES, STS, binary_residual, noise_quantile
 from .base import Estimator, backpropagate, register, sample_trajectory
@@ -44,7 +45,7 @@ def optimal_baseline(problem: Problem, **enumeration_options) -> Tensor:
         sq = torch.cat([binary_residual(a, b).square() for a, b in zip(traj.logits, traj.indicators)], dim=1)
         num += (w * loss) @ sq
         den += w @ sq
-    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+    return safe_divide(num, den)
 
 
 def _prepare_reinforce(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +117,7 @@ def _reinforce_draw(problem: Problem, u: Tensor, baseline, decay: float = RUNNIN
         state = torch.zeros(2, problem.num_units, dtype=u.dtype, device=u.device)
     num, num_end = moving_average_before(square * loss[:, None], state[0], decay)
     den, den_end = moving_average_before(square, state[1], decay)
-    running = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+    running = safe_divide(num, den)
     deltas = [r * (loss[:, None] - b) for r, b in zip(problem.split_units(residual), problem.split_units(running))]
     return FactoredGradient(deltas, list(traj.inputs)), torch.stack([num_end, den_end])
 
