@@ -65,7 +65,8 @@ class Estimator:
 
     Attributes:
         name: registry name.
-        draw: ``(problem, u [B, m, U], **options) -> FactoredGradient | [B, D]``.
+        draw: ``(problem, u [B, m, U], **options) -> FactoredGradient | [B, D]``; derived from
+            ``from_states`` and ``unit`` when absent (one pass sampled from ``u[:, 0]``).
         summary: one line: the formula.
         unbiased: unbiased for the binary network's gradient.
         needs_loss_gradient: uses ``dL/dh`` (refuses losses without one).
@@ -97,7 +98,7 @@ class Estimator:
     """
 
     name: str
-    draw: Callable[..., FactoredGradient | Tensor]
+    draw: Callable[..., FactoredGradient | Tensor] | None = None
     summary: str = ""
     unbiased: bool = False
     needs_loss_gradient: bool = False
@@ -123,6 +124,10 @@ class Estimator:
             raise ValueError(f"noise must be 'discrete' or 'continuous', got {self.noise!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.draw is None and self.from_states is not None and self.unit is not None:
+            object.__setattr__(self, "draw", _state_draw(self))
+        if self.draw is None:
+            raise ValueError(f"estimator {self.name!r} needs draw, or from_states and unit")
         if self.outcomes is None and self.from_states is not None and self.unit is not None:
             object.__setattr__(self, "outcomes", _state_outcomes(self))
         if self.noise == "discrete" and self.outcomes is None:
@@ -135,6 +140,15 @@ class Estimator:
     def exact_supported(self, problem: Problem) -> bool:
         """Whether exact moments on ``problem`` are implemented (discrete noise, depth within reach)."""
         return self.noise == "discrete" and (self.exact_max_layers is None or problem.num_layers <= self.exact_max_layers)
+
+
+def _state_draw(est: Estimator):
+    """Draws of a state-based estimator: one pass sampled under ``est.unit`` from ``u[:, 0]``."""
+
+    def draw(problem: Problem, u: Tensor, **options):
+        return est.from_states(problem, sample_trajectory(problem, est.unit, u[:, 0]), **options)
+
+    return draw
 
 
 def _state_outcomes(est: Estimator):

@@ -255,14 +255,9 @@ def _reinmax_states(problem: Problem, traj: Trajectory, temperature: float) -> F
     return backpropagate(problem, traj, top, local)
 
 
-def _reinmax_draw(problem: Problem, u: Tensor, temperature: float) -> FactoredGradient:
-    return _reinmax_states(problem, sample_trajectory(problem, BINARY, u[:, 0]), temperature)
-
-
 REINMAX = register(Estimator(
     name="reinmax",
     summary="dL/db * (2 r (1 - r) - p (1 - p)/2), r = (b + sigmoid(a / tau))/2",
-    draw=_reinmax_draw,
     from_states=_reinmax_states,
     unit=BINARY,
     noise="discrete",

@@ -122,12 +122,6 @@ def _reinforce_draw(problem: Problem, u: Tensor, baseline, decay: float = RUNNIN
     return FactoredGradient(deltas, list(traj.inputs)), torch.stack([num_end, den_end])
 
 
-def _binary_draw(from_states):
-    def draw(problem: Problem, u: Tensor, **options) -> FactoredGradient:
-        return from_states(problem, sample_trajectory(problem, BINARY, u[:, 0]), **options)
-    return draw
-
-
 REINFORCE = register(Estimator(
     name="reinforce",
     summary="(h - p)(L - b): score function with a constant per-unit baseline b",
@@ -161,7 +155,6 @@ def _st_sigmoid_states(problem: Problem, traj: Trajectory) -> FactoredGradient:
 ST = register(Estimator(
     name="st",
     summary="dL/dh copied to dL/da (hard threshold treated as the identity)",
-    draw=_binary_draw(_st_states),
     from_states=_st_states,
     unit=BINARY,
     noise="discrete",
@@ -173,7 +166,6 @@ ST = register(Estimator(
 ST_SIGMOID = register(Estimator(
     name="st_sigmoid",
     summary="dL/dh * sigmoid'(a)",
-    draw=_binary_draw(_st_sigmoid_states),
     from_states=_st_sigmoid_states,
     unit=BINARY,
     noise="discrete",
@@ -194,14 +186,9 @@ def _sts_states(problem: Problem, traj: Trajectory) -> FactoredGradient:
     return backpropagate(problem, traj, top, local)
 
 
-def _sts_draw(problem: Problem, u: Tensor) -> FactoredGradient:
-    return _sts_states(problem, sample_trajectory(problem, STS, u[:, 0]))
-
-
 STS_ESTIMATOR = register(Estimator(
     name="sts",
     summary="backprop through h = b sqrt(p), b ~ Bernoulli(sqrt p) held fixed",
-    draw=_sts_draw,
     from_states=_sts_states,
     unit=STS,
     noise="discrete",
