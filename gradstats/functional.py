@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .numerics import safe_divide
-from .units import BINARY, STS, binary_residual, noise_quantile
+from .units import BINARY, STS, binary_residual, check_temperature, noise_quantile, relaxed
 
 __all__ = ["straight_through", "sts", "noisy_rectifier", "reinforce", "RunningBaseline", "gumbel_sigmoid",
            "st_gumbel", "reinmax", "arm", "disarm", "reinforce_loo"]
@@ -124,31 +124,24 @@ class RunningBaseline:
                                d * self.denominator + (1 - d) * sq.mean(0).cpu(), d)
 
 
-def _relaxed(a: Tensor, u: Tensor, temperature: float) -> Tensor:
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    return torch.sigmoid((a + torch.log1p(-u) - torch.log(u)) / temperature)
-
-
 def gumbel_sigmoid(a: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None,
                    temperature: float = 1.0) -> Tensor:
     """Relaxed sample ``sigmoid((a + l) / temperature)``, ``l = log(1 - u) - log(u)``, differentiable in ``a``."""
-    return _relaxed(a, _uniforms(a, u, generator), temperature)
+    return relaxed(a, _uniforms(a, u, generator), check_temperature(temperature))
 
 
 def st_gumbel(a: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None,
               temperature: float = 1.0) -> Tensor:
     """Hard sample ``1[u < sigmoid(a)]`` forward, the relaxed sample's gradient backward."""
     uu = _uniforms(a, u, generator)
-    soft = _relaxed(a, uu, temperature)
+    soft = relaxed(a, uu, check_temperature(temperature))
     return BINARY.sample(a.detach(), uu)[1] + (soft - soft.detach())
 
 
 def reinmax(a: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None,
             temperature: float = 1.0) -> Tensor:
     r"""Hard sample forward; backward :math:`dL/db\,(2r(1 - r) - p(1 - p)/2)`, :math:`r = (b + \sigma(a/\tau))/2`."""
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    temperature = check_temperature(temperature)
     b = BINARY.sample(a.detach(), _uniforms(a, u, generator))[1]
     r = (b + torch.sigmoid(a.detach() / temperature)) / 2
     r_grad = torch.sigmoid(torch.logit(r) - a.detach() + a)    # value r, derivative r (1 - r)

@@ -43,6 +43,8 @@ __all__ = [
     "noise_quantile",
     "NOISES",
     "binary_residual",
+    "check_temperature",
+    "relaxed",
 ]
 
 
@@ -67,6 +69,20 @@ def binary_residual(a: Tensor, h: Tensor) -> Tensor:
     form keeps every digit (it is also :math:`d \log P(h \mid a) / da`).
     """
     return torch.where(h > 0.5, torch.sigmoid(-a), -torch.sigmoid(a))
+
+
+def check_temperature(temperature) -> float:
+    """A relaxation temperature: a finite number > 0, else a ValueError naming it."""
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    return float(temperature)
+
+
+def relaxed(a: Tensor, u: Tensor, temperature: float) -> Tensor:
+    r"""Binary Concrete / Gumbel-sigmoid unit: :math:`\sigma((a + \ell)/\tau)`,
+    :math:`\ell = \log(1 - u) - \log u` logistic, so that :math:`1[a + \ell > 0] = 1[u < \sigma(a)]`,
+    the binary neuron's sample (Maddison et al. 2017; Jang et al. 2017)."""
+    return torch.sigmoid((a + torch.log1p(-u) - torch.log(u)) / temperature)
 
 
 def _gaussian_quantile(u: Tensor) -> Tensor:

@@ -18,7 +18,6 @@ variance. That costs ``1 + L`` loss evaluations for ``L`` layers.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -27,23 +26,16 @@ from torch import Tensor
 from .. import enumeration
 from ..numerics import positive_int
 from ..problems import FactoredGradient, Problem, Trajectory
-from ..units import BINARY, binary_residual
+from ..units import BINARY, binary_residual, check_temperature, relaxed
 from . import seed_paper  # noqa: F401  (the seed paper's estimators register first)
 from .base import Estimator, backpropagate, register, sample_trajectory
 
-__all__ = ["relaxed_logits", "antithetic_losses"]
+__all__ = ["antithetic_losses"]
 
 
 def _prepare_temperature(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
-    tau = options["temperature"]
-    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {tau!r}")
+    check_temperature(options["temperature"])
     return options
-
-
-def relaxed_logits(a: Tensor, u: Tensor, temperature: float) -> Tensor:
-    r""":math:`(a + \ell) / \tau` with :math:`\ell = \log(1 - u) - \log u` (logistic noise)."""
-    return (a + torch.log1p(-u) - torch.log(u)) / temperature
 
 
 # ---- Gumbel-sigmoid / binary Concrete ------------------------------------------------------
@@ -52,7 +44,7 @@ def _gumbel_draw(problem: Problem, u: Tensor, temperature: float) -> FactoredGra
     parts = problem.split_units(u[:, 0])
 
     def step(layer: int, a: Tensor):
-        h = torch.sigmoid(relaxed_logits(a, parts[layer], temperature))
+        h = relaxed(a, parts[layer], temperature)
         return h, h
 
     traj = problem.forward(step, u.shape[0], dtype=u.dtype, device=u.device)
@@ -80,7 +72,7 @@ def _st_gumbel_draw(problem: Problem, u: Tensor, temperature: float) -> Factored
     _, top = problem.loss.value_and_grad(traj.output)
     local = []
     for layer, a in enumerate(traj.logits):
-        soft = torch.sigmoid(relaxed_logits(a, parts[layer], temperature))
+        soft = relaxed(a, parts[layer], temperature)
         local.append(soft * (1 - soft) / temperature)
     return backpropagate(problem, traj, top, local)
 
