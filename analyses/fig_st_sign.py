@@ -18,6 +18,7 @@ import sys
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+import torch
 
 import gradstats as gs
 from analyses._runner import Analysis, tex_number
@@ -67,14 +68,8 @@ def compute(cell, config):
         rows.append({"estimator": name, "depth": cell["depth"], "seed": cell["seed"], "method": m.method,
                      "sign_agreement": float(right[considered].double().mean()) if considered.any() else float("nan"),
                      "coordinates": int(considered.sum()),
-                     "cosine": float(torch_cos(m.mean, g))})
+                     "cosine": float(torch.nn.functional.cosine_similarity(m.mean, g, dim=0))})
     return rows
-
-
-def torch_cos(a, b):
-    import torch
-
-    return torch.nn.functional.cosine_similarity(a, b, dim=0)
 
 
 def plot(frame, meta, config):

@@ -256,9 +256,6 @@ def _st_values(problem, estimator: str = "st") -> dict:
     return {"exact_gradient": g, "st_mean": mean, "wrong_sign_coordinates": [names[i] for i in torch.nonzero(wrong).flatten()]}
 
 
-_st_wrong = st_wrong_sign
-
-
 ST1_HOLDS_WHEN = ("a single layer whose loss is, in each unit, either multilinear on the binary cube (df/dh_i equals "
                   "f(h with h_i = 1) - f(h with h_i = 0) at every binary h) or sign-consistent (those derivatives and "
                   "differences share one strict sign); then E[ST_i] = E[df/dh_i] and g_i = p_i (1 - p_i) E[f(h_i = 1) - "
@@ -267,10 +264,10 @@ ST1_HOLDS_WHEN = ("a single layer whose loss is, in each unit, either multilinea
 
 
 def check_st1(settings: CheckSettings) -> Verdict:
-    general = search(single_layer_problems(max_units=3, loss_kinds=("polynomial", "readout")), _st_wrong, settings)
-    readout = search(_readout_single_layers(), _st_wrong, settings)
+    general = search(single_layer_problems(max_units=3, loss_kinds=("polynomial", "readout")), st_wrong_sign, settings)
+    readout = search(_readout_single_layers(), st_wrong_sign, settings)
     inside = search(single_layer_problems(max_units=4, loss_kinds=("multilinear", "monotone")),
-                    lambda p: not st_sign_condition(p) or _st_wrong(p), settings)
+                    lambda p: not st_sign_condition(p) or st_wrong_sign(p), settings)
     cases = general.tried + readout.tried + inside.tried
     data = {"searched_general": general.tried, "searched_readout": readout.tried, "searched_inside_class": inside.tried}
     if inside.found:
@@ -300,7 +297,7 @@ def check_st1(settings: CheckSettings) -> Verdict:
 
 def check_st2(settings: CheckSettings) -> Verdict:
     deep = networks(min_layers=2, max_layers=2, max_total_units=6, loss_kinds=("multilinear", "monotone"))
-    result = search(deep, _st_wrong, settings)
+    result = search(deep, st_wrong_sign, settings)
     if not result.found:
         return Verdict("inconclusive", cases=result.tried,
                        evidence=f"no two-layer network with a wrong ST sign among {result.tried} searched")
