@@ -4,7 +4,7 @@ Revisits Bengio, Léonard & Courville (2013), arXiv:1308.3432, on networks small
 enough that every binary state can be enumerated.
 """
 
-from . import claims, enumeration, estimators, functional, losses, metrics, problems, stats, units
+from . import claims, enumeration, estimators, functional, losses, metrics, problems, stats, training, units
 from .accumulators import Moments
 from .evaluation import evaluate
 from .exact import exact_gradient, exact_loss, exact_moments
@@ -25,6 +25,7 @@ __all__ = [
     "metrics",
     "problems",
     "stats",
+    "training",
     "units",
 ]
 

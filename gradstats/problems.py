@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .losses import Loss, as_loss, check_loss_output, polynomial, random_readout
+from .losses import Loss, as_loss, check_loss_output, polynomial, random_readout, readout_squared_error
+from .numerics import positive_int
 
-__all__ = ["Problem", "Trajectory", "FactoredGradient", "LayerSpec", "toy", "independent", "sbn"]
+__all__ = ["Problem", "Trajectory", "FactoredGradient", "LayerSpec", "toy", "independent", "sbn", "teacher_student"]
 
 
 @dataclass(frozen=True)
@@ -303,3 +304,36 @@ def sbn(sizes: Sequence[int], loss="squared_error", x=None, seed: int = 0, *,
         loss = random_readout(loss, sizes[-1], num_outputs, seed=int(seed) + 1)
     return Problem("sbn", layers, params, as_loss(loss), x=x,
                    description=f"sbn({'-'.join(map(str, sizes))}, seed={seed})")
+
+
+def teacher_student(sizes: Sequence[int], num_examples: int = 8, seed: int = 0, *, teacher_scale: float = 3.0,
+                    weight_scale: float = 1.0, num_outputs: int = 4) -> list[Problem]:
+    r"""A small supervised task: one :func:`sbn` problem per example, all with the same parameters.
+
+    A deterministic teacher of the same shape (weights N(0, s_T^2 / n_{l-1}),
+    biases N(0, s_T^2 / 4), ``s_T = teacher_scale``, units ``h = 1[a > 0]``)
+    maps inputs ``x_n ~ N(0, I)`` to codes ``h*_n``; example ``n``'s loss is
+    :math:`\lVert V h_L + d - y_n \rVert^2` with ``y_n = V h*_n + d`` and one
+    random readout ``V, d`` for all. The students' parameters are those of
+    ``sbn(sizes, seed=seed, weight_scale=weight_scale)``. The infimum of the
+    mean expected loss is 0 (the teacher, scaled towards determinism).
+    """
+    n = positive_int("num_examples", num_examples)
+    s_t = _finite_number("teacher_scale", teacher_scale)
+    if s_t <= 0:
+        raise ValueError(f"teacher_scale must be > 0, got {teacher_scale!r}")
+    student = sbn(sizes, seed=seed, weight_scale=weight_scale)   # validates sizes and weight_scale
+    g = torch.Generator().manual_seed(int(seed) + 7919)
+    inputs = torch.randn(n, sizes[0], generator=g, dtype=torch.float64)
+    h = inputs
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        weight = torch.randn(n_out, n_in, generator=g, dtype=torch.float64) * (s_t / math.sqrt(n_in))
+        bias = torch.randn(n_out, generator=g, dtype=torch.float64) * (s_t / 2)
+        h = (h @ weight.T + bias > 0).to(torch.float64)
+    v = torch.randn(num_outputs, sizes[-1], generator=g, dtype=torch.float64) / math.sqrt(sizes[-1])
+    d = torch.randn(num_outputs, generator=g, dtype=torch.float64)
+    targets = h @ v.T + d
+    name = f"teacher_student({'-'.join(map(str, sizes))}, seed={seed})"
+    return [Problem("sbn", student.layers, student.parameters,
+                    readout_squared_error(v, targets[i], bias=d), x=inputs[i], description=f"{name}[{i}]")
+            for i in range(n)]

@@ -1,0 +1,147 @@
+r"""Training through an estimator, scored by the exact objective.
+
+:func:`train` runs plain stochastic gradient descent,
+:math:`\theta_{k+1} = \theta_k - \eta\, \bar g_k`, where :math:`\bar g_k` is
+the mean of ``draws_per_step`` draws of an estimator at :math:`\theta_k`, and
+records the exact expected loss of the binary network
+:math:`J(\theta) = E[L(h)]` (by enumeration, :func:`gradstats.exact_loss`)
+along the way. So "which estimator trains better" is measured on the objective
+itself, with no evaluation noise. ``estimator="exact"`` descends the exact
+gradient: the noiseless, unbiased reference run.
+
+The draws of step ``k`` are draws ``k * B .. (k + 1) * B - 1`` of one seeded
+noise stream (:mod:`gradstats.noise`), so a run is a pure function of its
+arguments. Options that depend on the parameters (REINFORCE's exact optimal
+baseline, Eq. 10) are recomputed at every step; a stateful estimator (the
+running baseline) carries its state from step to step, as in the paper's
+training code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .estimators import get, resolve_options
+from .exact import exact_gradient, exact_loss
+from .noise import NoiseStream
+from .numerics import positive_int
+from .problems import FactoredGradient, Problem
+
+__all__ = ["EXACT", "TrainingRun", "dataset_loss", "train"]
+
+EXACT = "exact"
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One run of :func:`train`: ``loss[i]`` is the exact ``E[L]`` after ``steps[i]`` updates."""
+
+    estimator: str
+    learning_rate: float
+    draws_per_step: int        # per example
+    loss_evals_per_step: int   # over all examples
+    steps: tuple[int, ...]
+    loss: tuple[float, ...]
+    parameters: Tensor
+
+    @property
+    def final_loss(self) -> float:
+        return self.loss[-1]
+
+
+def _mean_gradient(gradient: FactoredGradient | Tensor) -> Tensor:
+    dense = gradient.dense() if isinstance(gradient, FactoredGradient) else gradient
+    return dense.mean(0)
+
+
+def _as_dataset(problems) -> list[Problem]:
+    examples = [problems] if isinstance(problems, Problem) else list(problems) if isinstance(problems, (list, tuple)) else None
+    if not examples or not all(isinstance(p, Problem) for p in examples):
+        raise ValueError(f"problems must be a Problem or a non-empty list of Problems, got {type(problems).__name__}")
+    first = examples[0]
+    for p in examples[1:]:
+        if p.parameter_shapes() != first.parameter_shapes() or p.layers != first.layers:
+            raise ValueError(f"every problem must have the same layers and parameters; {p.description} differs "
+                             f"from {first.description}")
+        if not torch.equal(p.flat_parameters(), first.flat_parameters()):
+            raise ValueError(f"every problem must start from the same parameter values; {p.description} differs "
+                             f"from {first.description}")
+    return examples
+
+
+def dataset_loss(problems) -> float:
+    """The exact mean expected loss ``(1/n) sum_n E[L_n]`` over a problem or a list of problems."""
+    examples = _as_dataset(problems)
+    return sum(exact_loss(p) for p in examples) / len(examples)
+
+
+def train(problems, estimator, *, steps: int, learning_rate: float, draws_per_step: int = 1,
+          seed: int = 0, record_every: int = 10, **options) -> TrainingRun:
+    """SGD on the shared parameters of ``problems`` with ``estimator``; the exact loss every ``record_every`` steps.
+
+    Args:
+        problems: a :class:`~gradstats.problems.Problem`, or a list of problems with the same
+            layers and starting parameters (a dataset, such as
+            :func:`~gradstats.problems.teacher_student`): the objective is the mean of their
+            expected losses, and every step draws for every example.
+        estimator: a registered name, an :class:`~gradstats.estimators.Estimator`, a user
+            callable, or ``"exact"`` for the exact gradient of the binary objective.
+        steps: updates to make.
+        learning_rate: the step size ``eta > 0``.
+        draws_per_step: draws per example averaged into one update (one draw is one gradient
+            estimate).
+        seed: the noise stream.
+        record_every: the exact loss is recorded before the first update, every
+            ``record_every`` updates, and after the last.
+        options: the estimator's options.
+    """
+    examples = _as_dataset(problems)
+    steps = positive_int("steps", steps)
+    draws = positive_int("draws_per_step", draws_per_step)
+    every = positive_int("record_every", record_every)
+    if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
+    exact = isinstance(estimator, str) and estimator == EXACT
+    first = examples[0]
+    if exact:
+        if options:
+            raise ValueError(f"estimator 'exact' takes no options, got {sorted(options)}")
+        name, loss_evals = EXACT, 2 ** first.num_units * len(examples)
+    else:
+        est = get(estimator)
+        resolved = [resolve_options(est, p, options) for p in examples]
+        name, loss_evals = est.name, est.loss_evals(first, resolved[0]) * draws * len(examples)
+        stream = NoiseStream(seed, (est.noise_per_unit(resolved[0]), first.num_units), torch.device("cpu"))
+        stateful, state = est.stateful(resolved[0]), None
+    per_step = draws * len(examples)
+    theta = first.flat_parameters().clone()
+    recorded_steps, recorded_loss = [0], [dataset_loss(examples)]
+    for k in range(steps):
+        if exact:
+            g = sum(exact_gradient(p) for p in examples) / len(examples)
+        else:
+            if k > 0 and est.prepare is not None:
+                resolved = [resolve_options(est, p, options) for p in examples]
+            u = stream.uniforms(k * per_step, (k + 1) * per_step)
+            g = torch.zeros_like(theta)
+            for i, (p, opts) in enumerate(zip(examples, resolved)):  # in draw order: a running state is shared
+                piece = u[i * draws:(i + 1) * draws]
+                if stateful:
+                    gradient, state = est.draw(p, piece, state=state, **opts)
+                else:
+                    gradient = est.draw(p, piece, **opts)
+                g += _mean_gradient(gradient)
+            g /= len(examples)
+        if not torch.isfinite(g).all():
+            raise ValueError(f"estimator {name!r} gave a non-finite gradient at step {k} of {first.description}")
+        theta = theta - learning_rate * g
+        examples = [p.with_parameters(theta) for p in examples]
+        if (k + 1) % every == 0 or k + 1 == steps:
+            recorded_steps.append(k + 1)
+            recorded_loss.append(dataset_loss(examples))
+    return TrainingRun(name, float(learning_rate), draws, loss_evals, tuple(recorded_steps),
+                       tuple(recorded_loss), theta)

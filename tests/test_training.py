@@ -1,0 +1,116 @@
+"""Training through an estimator, scored by the exact objective; the teacher-student task."""
+
+import itertools
+
+import pytest
+import torch
+
+import gradstats as gs
+from gradstats.noise import NoiseStream
+from gradstats.training import dataset_loss, train
+
+
+def all_states(n):
+    return torch.tensor(list(itertools.product((0.0, 1.0), repeat=n)), dtype=torch.float64)
+
+
+def test_teacher_student_shares_parameters_and_its_infimum_is_zero():
+    dataset = gs.problems.teacher_student([4, 3, 5], num_examples=6, seed=2)
+    assert len(dataset) == 6
+    theta = dataset[0].flat_parameters()
+    assert all(torch.equal(p.flat_parameters(), theta) for p in dataset)
+    assert len({tuple(p.x.tolist()) for p in dataset}) == 6
+    for p in dataset:  # the teacher's code has zero loss, and no code has less
+        assert float(p.loss(all_states(5)).min()) == pytest.approx(0.0, abs=1e-24)
+    again = gs.problems.teacher_student([4, 3, 5], num_examples=6, seed=2)
+    assert all(torch.equal(a.x, b.x) and a.loss.spec == b.loss.spec for a, b in zip(dataset, again))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_examples": 0}, "num_examples must be an integer >= 1"),
+    ({"teacher_scale": 0.0}, "teacher_scale must be > 0"),
+    ({"teacher_scale": float("nan")}, "teacher_scale must be a finite number"),
+])
+def test_teacher_student_bad_input(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        gs.problems.teacher_student([3, 2], **kwargs)
+
+
+def test_exact_training_is_gradient_descent_on_the_mean_loss():
+    dataset = gs.problems.teacher_student([3, 4], num_examples=3, seed=1)
+    run = train(dataset, "exact", steps=5, learning_rate=0.5, record_every=2)
+    theta = dataset[0].flat_parameters()
+    for _ in range(5):
+        theta = theta - 0.5 * sum(gs.exact_gradient(p.with_parameters(theta)) for p in dataset) / 3
+    assert torch.allclose(run.parameters, theta, rtol=0, atol=1e-13)
+    assert run.steps == (0, 2, 4, 5)
+    assert run.loss[-1] == pytest.approx(dataset_loss([p.with_parameters(theta) for p in dataset]), rel=1e-12)
+    assert all(b < a for a, b in zip(run.loss, run.loss[1:]))  # a small step on a smooth objective descends
+
+
+def test_a_step_is_the_mean_of_the_streams_draws_for_every_example():
+    dataset = gs.problems.teacher_student([3, 2, 3], num_examples=2, seed=0)
+    run = train(dataset, "st", steps=1, learning_rate=0.1, draws_per_step=4, seed=5)
+    u = NoiseStream(5, (1, dataset[0].num_units), torch.device("cpu")).uniforms(0, 8)
+    est = gs.estimators.get("st")
+    g = sum(est.draw(p, u[4 * i:4 * i + 4]).dense().mean(0) for i, p in enumerate(dataset)) / 2
+    assert torch.allclose(run.parameters, dataset[0].flat_parameters() - 0.1 * g, rtol=0, atol=1e-14)
+    assert run.loss_evals_per_step == 8 and run.draws_per_step == 4
+
+
+def test_an_unbiased_step_is_the_exact_step_within_its_standard_error():
+    # DisARM's exact variance gives the standard error of a mean of n draws; 5 standard errors per
+    # coordinate (failure rate below 6e-7 a coordinate, 15 coordinates); the seed is fixed.
+    problem = gs.problems.sbn([2, 5], seed=3)
+    n = 2**15
+    run = train(problem, "disarm", steps=1, learning_rate=1.0, draws_per_step=n, seed=11)
+    step = problem.flat_parameters() - run.parameters
+    exact = gs.moments(problem, "disarm")
+    assert torch.allclose(exact.mean, gs.exact_gradient(problem), atol=1e-12)
+    assert ((step - exact.mean).abs() <= 5 * (exact.var / n).sqrt() + 1e-12).all()
+
+
+def test_training_is_a_pure_function_of_its_seed_and_carries_a_running_baseline():
+    dataset = gs.problems.teacher_student([3, 3], num_examples=2, seed=4)
+    kw = dict(steps=6, learning_rate=0.3, draws_per_step=3, baseline="running", decay=0.9)
+    a, b = train(dataset, "reinforce", seed=1, **kw), train(dataset, "reinforce", seed=1, **kw)
+    assert torch.equal(a.parameters, b.parameters) and a.loss == b.loss
+    assert not torch.equal(a.parameters, train(dataset, "reinforce", seed=2, **kw).parameters)
+    fixed = train(dataset, "reinforce", seed=1, steps=6, learning_rate=0.3, draws_per_step=3, baseline=0.0)
+    assert not torch.equal(a.parameters, fixed.parameters)
+
+
+def test_optimal_baseline_is_recomputed_at_every_step():
+    problem = gs.problems.sbn([2, 3], seed=0)
+    run = train(problem, "reinforce", steps=2, learning_rate=1.0, draws_per_step=5, seed=0, baseline="optimal")
+    est = gs.estimators.get("reinforce")
+    u = NoiseStream(0, (1, 3), torch.device("cpu")).uniforms(0, 10)
+    theta = problem.flat_parameters()
+    for k in range(2):
+        current = problem.with_parameters(theta)
+        options = gs.estimators.resolve_options(est, current, {"baseline": "optimal"})
+        theta = theta - est.draw(current, u[5 * k:5 * k + 5], **options).dense().mean(0)
+    assert torch.allclose(run.parameters, theta, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"learning_rate": 0.0}, "learning_rate must be a finite number > 0"),
+    ({"learning_rate": float("inf")}, "learning_rate must be a finite number > 0"),
+    ({"steps": 0}, "steps must be an integer >= 1"),
+    ({"draws_per_step": -1}, "draws_per_step must be an integer >= 1"),
+    ({"record_every": 0}, "record_every must be an integer >= 1"),
+])
+def test_train_bad_input(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        train(gs.problems.toy(), "st", **{"steps": 2, "learning_rate": 0.1, **kwargs})
+
+
+def test_train_refuses_a_dataset_that_does_not_share_parameters():
+    with pytest.raises(ValueError, match="same parameter values"):
+        train([gs.problems.sbn([3, 2], seed=0), gs.problems.sbn([3, 2], seed=1)], "st", steps=1, learning_rate=0.1)
+    with pytest.raises(ValueError, match="same layers and parameters"):
+        train([gs.problems.sbn([3, 2], seed=0), gs.problems.sbn([3, 3], seed=0)], "st", steps=1, learning_rate=0.1)
+    with pytest.raises(ValueError, match="non-empty list of Problems"):
+        train([], "st", steps=1, learning_rate=0.1)
+    with pytest.raises(ValueError, match="takes no options"):
+        train(gs.problems.toy(), "exact", steps=1, learning_rate=0.1, baseline=0.0)
