@@ -108,6 +108,7 @@ def test_st3(verdict):
     row = verdict("ST3")
     assert row["status"] == "refuted"
     assert row["data"]["identity_wins"] < row["data"]["cases"] / 2 and row["data"]["p_value"] < 0.05
+    assert row["data"]["training_identity_wins"] == 0  # the sigmoid' variant trains better on every task
 
 
 @pytest.mark.parametrize("a", [-3.0, 0.0, 0.7, 4.0])
