@@ -1,17 +1,20 @@
 r"""Training through an estimator, scored by the exact objective.
 
 :func:`train` runs plain stochastic gradient descent,
-:math:`\theta_{k+1} = \theta_k - \eta\, \bar g_k`, where :math:`\bar g_k` is
-the mean of ``draws_per_step`` draws of an estimator at :math:`\theta_k`, and
-records the exact expected loss of the binary network
-:math:`J(\theta) = E[L(h)]` (by enumeration, :func:`gradstats.exact_loss`)
-along the way. So "which estimator trains better" is measured on the objective
-itself, with no evaluation noise. ``estimator="exact"`` descends the exact
-gradient: the noiseless, unbiased reference run.
+:math:`\theta_{k+1} = \theta_k - \eta\, \bar g_k`, on the parameters that
+a list of problems (a dataset: one input and loss each) shares. :math:`\bar g_k`
+is the mean over examples of the mean of ``draws_per_step`` draws of an
+estimator at :math:`\theta_k`. Along the way it records the exact objective
+of the binary network, :math:`J(\theta) = \frac1n \sum_n E[L_n(h)]` (by
+enumeration, :func:`gradstats.exact_loss`). So "which estimator trains
+better" is measured on the objective itself, with no evaluation noise.
+``estimator="exact"`` descends the exact gradient: the noiseless, unbiased
+reference run.
 
-The draws of step ``k`` are draws ``k * B .. (k + 1) * B - 1`` of one seeded
-noise stream (:mod:`gradstats.noise`), so a run is a pure function of its
-arguments. Options that depend on the parameters (REINFORCE's exact optimal
+With ``B = draws_per_step * n``, the draws of step ``k`` are draws
+``k * B .. (k + 1) * B - 1`` of one seeded noise stream
+(:mod:`gradstats.noise`), example by example, so a run is a pure function of
+its arguments. Options that depend on the parameters (REINFORCE's exact optimal
 baseline, Eq. 10) are recomputed at every step; a stateful estimator (the
 running baseline) carries its state from step to step, as in the paper's
 training code.

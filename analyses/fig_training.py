@@ -1,0 +1,152 @@
+"""Training through each estimator, scored by the exact expected loss of the binary network.
+
+Tasks: :func:`gradstats.problems.teacher_student` (8 examples; a deterministic
+teacher of the same shape; readout squared error, so the infimum of the loss
+is 0), with one stochastic layer (input 6 -> 8 units) and with two (6 -> 6 ->
+6), three task seeds each. Plain SGD for 400 steps from the same start, over a
+grid of learning rates; each step spends the same number of loss evaluations
+per example (6: six draws of a one-pass estimator, fewer of ARM, DisARM and
+leave-one-out). ``exact`` descends the exact gradient. Left: the final exact
+loss against the learning rate (mean over tasks). Right: the exact loss along
+training at each estimator's best learning rate.
+
+    python analyses/fig_training.py [--quick] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import sys
+
+import matplotlib.pyplot as plt
+import seaborn as sns
+
+import gradstats as gs
+from analyses._runner import Analysis, tex_number
+from gradstats.training import EXACT, train
+
+ARCHITECTURES = {"one layer": [6, 8], "two layers": [6, 6, 6]}
+ESTIMATORS = {  # label -> (name, options)
+    "exact": (EXACT, {}),
+    "st": ("st", {}),
+    "st_sigmoid": ("st_sigmoid", {}),
+    "sts": ("sts", {}),
+    "gumbel": ("gumbel", {"temperature": 1.0}),
+    "st_gumbel": ("st_gumbel", {"temperature": 1.0}),
+    "reinmax": ("reinmax", {"temperature": 1.0}),
+    "reinforce (running)": ("reinforce", {"baseline": "running", "decay": 0.99}),
+    "reinforce_loo": ("reinforce_loo", {"k": 2}),
+    "arm": ("arm", {}),
+    "disarm": ("disarm", {}),
+}
+LOSS_EVALS_PER_EXAMPLE = 6
+NUM_EXAMPLES = 8
+
+
+def task(architecture: str, task_seed: int):
+    return gs.problems.teacher_student(ARCHITECTURES[architecture], NUM_EXAMPLES, seed=task_seed)
+
+
+def draws_per_step(name: str, options: dict, problem) -> int:
+    if name == EXACT:
+        return 1
+    est = gs.estimators.get(name)
+    return max(1, LOSS_EVALS_PER_EXAMPLE // est.loss_evals(problem, gs.estimators.resolve_options(est, problem, options)))
+
+
+def cells(config):
+    quick = config.quick
+    architectures = ["one layer"] if quick else list(ARCHITECTURES)
+    labels = ["exact", "st", "st_sigmoid"] if quick else list(ESTIMATORS)
+    rates = [0.3, 3.0] if quick else [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
+    out = []
+    for arch in architectures:
+        for label in labels:
+            if label == "reinmax" and len(ARCHITECTURES[arch]) > 2:
+                continue  # defined for one stochastic layer
+            for task_seed in ([0] if quick else [0, 1, 2]):
+                for rate in rates:
+                    out.append({"architecture": arch, "estimator": label, "task": task_seed, "learning_rate": rate,
+                                "steps": 20 if quick else 400, "record_every": 5 if quick else 20,
+                                "seed": config.seed + task_seed})
+    return out
+
+
+def compute(cell, config):
+    problems = task(cell["architecture"], cell["task"])
+    name, options = ESTIMATORS[cell["estimator"]]
+    run = train(problems, name, steps=cell["steps"], learning_rate=cell["learning_rate"],
+                draws_per_step=draws_per_step(name, options, problems[0]), seed=cell["seed"],
+                record_every=cell["record_every"], **options)
+    return [{"step": s, "loss": v, "draws_per_step": run.draws_per_step, "loss_evals_per_step": run.loss_evals_per_step}
+            for s, v in zip(run.steps, run.loss)]
+
+
+def final_losses(frame):
+    """Final exact loss per (architecture, estimator, learning rate): mean and spread over tasks."""
+    last = frame[frame.step == frame.groupby(["cell_architecture", "cell_estimator", "cell_learning_rate", "cell_task"])
+                 .step.transform("max")]
+    return (last.groupby(["cell_architecture", "cell_estimator", "cell_learning_rate"]).loss
+            .agg(["mean", "min", "max"]).reset_index())
+
+
+def best_rates(frame):
+    """Each estimator's learning rate with the lowest mean final loss, per architecture."""
+    final = final_losses(frame)
+    return final.loc[final.groupby(["cell_architecture", "cell_estimator"])["mean"].idxmin()].set_index(
+        ["cell_architecture", "cell_estimator"])
+
+
+def plot(frame, meta, config):
+    architectures = list(dict.fromkeys(frame.cell_architecture))
+    labels = [label for label in ESTIMATORS if label in set(frame.cell_estimator)]
+    palette = dict(zip(labels, sns.color_palette("tab20", len(labels))))
+    final, best = final_losses(frame), best_rates(frame)
+    fig, axes = plt.subplots(len(architectures), 2, figsize=(9.6, 3.1 * len(architectures)), squeeze=False)
+    for row, arch in zip(axes, architectures):
+        for label in labels:
+            sub = final[(final.cell_architecture == arch) & (final.cell_estimator == label)]
+            if sub.empty:
+                continue
+            style = dict(color=palette[label], linewidth=2.0 if label in ("st", "st_sigmoid", "exact") else 1.0,
+                         linestyle="--" if label == "exact" else "-")
+            row[0].plot(sub.cell_learning_rate, sub["mean"], marker="o", markersize=3, label=label, **style)
+            rate = best.loc[(arch, label), "cell_learning_rate"]
+            row[0].plot([rate], [best.loc[(arch, label), "mean"]], marker="*", markersize=9, color=palette[label])
+            run = frame[(frame.cell_architecture == arch) & (frame.cell_estimator == label)
+                        & (frame.cell_learning_rate == rate)].groupby("step").loss.mean()
+            row[1].plot(run.index, run.values, label=f"{label} ({rate:g})", **style)
+        row[0].set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final exact E[L] (mean of tasks)",
+                   title=f"{arch}: after {int(frame.step.max())} steps (stars: best rate)")
+        row[1].set(yscale="log", xlabel="step", ylabel="exact E[L] (mean of tasks)",
+                   title=f"{arch}: at each estimator's best learning rate")
+        row[1].legend(ncol=2, fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def numbers(frame, config):
+    best = best_rates(frame)
+    macros = {}
+    for arch in dict.fromkeys(frame.cell_architecture):
+        prefix = "trainOne" if arch == "one layer" else "trainTwo"
+        for label, macro in (("exact", "Exact"), ("st", "St"), ("st_sigmoid", "StSigmoid")):
+            if (arch, label) in best.index:
+                macros[f"{prefix}{macro}Loss"] = tex_number(float(best.loc[(arch, label), "mean"]), 2)
+                macros[f"{prefix}{macro}Rate"] = tex_number(float(best.loc[(arch, label), "cell_learning_rate"]), 2)
+        sub = best.loc[arch]
+        winner = sub["mean"].idxmin()
+        macros[f"{prefix}BestEstimator"] = winner.replace("_", r"\_")
+        macros[f"{prefix}BestLoss"] = tex_number(float(sub.loc[winner, "mean"]), 2)
+        macros[f"{prefix}StartLoss"] = tex_number(float(frame[(frame.cell_architecture == arch)
+                                                              & (frame.step == 0)].loss.mean()), 3)
+    macros["trainSteps"] = str(int(frame.step.max()))
+    macros["trainRates"] = ", ".join(f"{r:g}" for r in sorted(set(frame.cell_learning_rate)))
+    macros["trainTasks"] = str(frame.cell_task.nunique())
+    return macros
+
+
+ANALYSIS = Analysis("fig_training", __doc__.splitlines()[0], cells, compute, plot, numbers)
+main = ANALYSIS.main
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
