@@ -62,6 +62,8 @@ def numbers(frame, config):
            "claimSTOneStMean": tex_number(st1["st_mean"][-1]), "claimSTOneGradient": tex_number(st1["exact_gradient"][-1]),
            "claimSTThreeWins": str(st3["identity_wins"]), "claimSTThreeCases": str(st3["cases"]),
            "claimSTThreeTrainWins": str(st3["training_identity_wins"]), "claimSTThreeTrainTasks": str(len(st3["training"])),
+           "claimSTThreeTrainMeanIdentity": tex_number(st3["training_mean_identity"], 2),
+           "claimSTThreeTrainMeanSigmoid": tex_number(st3["training_mean_sigmoid"], 2),
            "claimCOneWeightReduction": tex_number(100 * data["C1"]["weight_baseline_max_reduction"], 2),
            "claimGumbelBreaks": str(len(data["GUMBEL-T"]["bias_breaks"])),
            "claimDisarmToyRatio": tex_number(data["DISARM-V"]["toy_variance_ratio"])}

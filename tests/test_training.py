@@ -114,3 +114,14 @@ def test_train_refuses_a_dataset_that_does_not_share_parameters():
         train([], "st", steps=1, learning_rate=0.1)
     with pytest.raises(ValueError, match="takes no options"):
         train(gs.problems.toy(), "exact", steps=1, learning_rate=0.1, baseline=0.0)
+
+
+def test_a_user_callable_estimator_trains_like_the_registered_one():
+    def my_st(problem, u):
+        return gs.estimators.get("st").draw(problem, u).dense()
+
+    dataset = gs.problems.teacher_student([3, 4], num_examples=2, seed=3)
+    mine = train(dataset, my_st, steps=4, learning_rate=0.5, draws_per_step=3, seed=9)
+    theirs = train(dataset, "st", steps=4, learning_rate=0.5, draws_per_step=3, seed=9)
+    assert mine.estimator == "my_st"
+    assert torch.allclose(mine.parameters, theirs.parameters, rtol=0, atol=1e-14) and mine.loss == theirs.loss

@@ -334,7 +334,7 @@ def st3_training() -> list[dict]:
     """Each ST variant's best final exact loss over a learning-rate grid, per teacher-student task."""
     rows = []
     for arch, sizes in ST3_TRAINING_TASKS:
-        for task in (0, 1):
+        for task in (0, 1, 2):
             dataset = problems.teacher_student(sizes, 8, seed=task)
             best = {name: min(train(dataset, name, steps=ST3_TRAINING_STEPS, learning_rate=rate, draws_per_step=6,
                                     seed=task, record_every=ST3_TRAINING_STEPS).final_loss
@@ -360,8 +360,13 @@ def check_st3(settings: CheckSettings) -> Verdict:
                          lambda p: float((exact_mean(p, "st_sigmoid") - exact_gradient(p)).abs().max()) > 1e-10, settings)
     training = st3_training()
     trained_wins = sum(r["identity"] < r["sigmoid"] for r in training)
+    identity_mean = float(np.mean([r["identity"] for r in training]))
+    sigmoid_mean = float(np.mean([r["sigmoid"] for r in training]))
+    exceptions = [r["task"] for r in training if r["identity"] < r["sigmoid"]]
     alignment = "inconclusive" if p_value >= 0.05 else ("confirmed" if wins > n / 2 else "refuted")
-    trained = ("confirmed" if trained_wins == len(training) else "refuted" if trained_wins == 0 else "inconclusive")
+    # training favours a variant when it ends lower on most tasks and on average
+    trained = ("confirmed" if trained_wins > len(training) / 2 and identity_mean < sigmoid_mean else
+               "refuted" if trained_wins < len(training) / 2 and sigmoid_mean < identity_mean else "inconclusive")
     status = alignment if alignment == trained else "inconclusive"
     detail = "; ".join(f"depth {d}: identity better in {v['identity_wins']}/{v['cases']}, median cosine "
                        f"{v['median_cos_identity']:.3f} vs {v['median_cos_sigmoid']:.3f}" for d, v in by_depth.items())
@@ -371,15 +376,17 @@ def check_st3(settings: CheckSettings) -> Verdict:
         summary=(f"training reaches the lower exact loss with the identity variant on {trained_wins} of {len(training)} "
                  f"tasks; its mean is the better aligned in {wins} of {n} networks"),
         data={"identity_wins": wins, "cases": n, "p_value": p_value, "by_depth": by_depth,
-              "training": training, "training_identity_wins": trained_wins},
+              "training": training, "training_identity_wins": trained_wins,
+              "training_mean_identity": identity_mean, "training_mean_sigmoid": sigmoid_mean},
         holds_when=("" if status != "refuted" else
                     f"only in isolated cases: the identity variant is better aligned in {wins} of {n} networks "
                     f"({by_depth[1]['identity_wins']} on one layer) and trains better on {trained_wins} of "
-                    f"{len(training)} tasks; on one layer with a multilinear loss the sigmoid variant is exactly "
-                    "unbiased"),
+                    f"{len(training)} tasks ({'; '.join(exceptions) or 'none'}); on one layer with a multilinear loss "
+                    "the sigmoid variant is exactly unbiased"),
         evidence=(f"training (SGD, {ST3_TRAINING_STEPS} steps, 6 draws per example and step, each variant at its best "
                   f"learning rate of {', '.join(f'{r:g}' for r in ST3_TRAINING_RATES)}) on teacher-student tasks of 8 "
-                  f"examples, final exact expected loss identity vs sigmoid': {runs}. Gradient alignment: exact cosine "
+                  f"examples, final exact expected loss identity vs sigmoid': {runs} (means {identity_mean:.3g} vs "
+                  f"{sigmoid_mean:.3g}). Gradient alignment: exact cosine "
                   f"between each variant's mean and the exact gradient on {n} seeded networks (readout squared error "
                   f"and cross-entropy, weight scale 2): the identity variant is better aligned in {wins}/{n} "
                   f"(two-sided sign test p = {p_value:.2g}); {detail}. On a single layer with a multilinear loss the "
@@ -467,8 +474,8 @@ register(Claim("ST3", "Better results were actually obtained without multiplying
                f"{PAPER}, appendix A.4 (sec. 4, Eq. 13)",
                "our reading of 'better results', on networks small enough to enumerate: training with the identity "
                "variant reaches a lower exact expected loss (each variant at its best learning rate, teacher-student "
-               "tasks), and its mean is better aligned (cosine) with the exact gradient; confirmed or refuted only "
-               "when both agree",
+               "tasks: lower on most tasks and on average), and its mean is better aligned (cosine) with the exact "
+               "gradient; confirmed or refuted only when both agree",
                check_st3, "tests/claims/test_seed_paper.py::test_st3"))
 register(Claim("STS-G", "[the STS unit is] trained by ordinary back-propagation with b_i treated as a constant, "
                "[justified by] E[f(h_i)] = f(p_i) + o(sqrt(p_i))",
