@@ -96,6 +96,23 @@ def best_rates(frame):
         ["cell_architecture", "cell_estimator"])
 
 
+def paired_wins(frame, better: str, worse: str) -> tuple[int, int]:
+    """Tasks on which ``better`` ends below ``worse``, each at its best learning rate: (wins, tasks)."""
+    best = best_rates(frame)
+    last = frame[frame.step == frame.groupby(["cell_architecture", "cell_estimator", "cell_learning_rate", "cell_task"])
+                 .step.transform("max")]
+    wins = tasks = 0
+    for (arch, _task), sub in last.groupby(["cell_architecture", "cell_task"]):
+        if (arch, better) not in best.index or (arch, worse) not in best.index:
+            continue
+        final = {label: float(sub[(sub.cell_estimator == label)
+                                  & (sub.cell_learning_rate == best.loc[(arch, label), "cell_learning_rate"])].loss.iloc[0])
+                 for label in (better, worse)}
+        wins += final[better] < final[worse]
+        tasks += 1
+    return wins, tasks
+
+
 def plot(frame, meta, config):
     architectures = list(dict.fromkeys(frame.cell_architecture))
     labels = [label for label in ESTIMATORS if label in set(frame.cell_estimator)]
@@ -110,13 +127,16 @@ def plot(frame, meta, config):
             style = dict(color=palette[label], linewidth=2.0 if label in ("st", "st_sigmoid", "exact") else 1.0,
                          linestyle="--" if label == "exact" else "-")
             row[0].plot(sub.cell_learning_rate, sub["mean"], marker="o", markersize=3, label=label, **style)
+            if label in ("st", "st_sigmoid", "exact"):  # the spread over tasks of the three compared in the text
+                row[0].fill_between(sub.cell_learning_rate, sub["min"], sub["max"], color=palette[label], alpha=0.12,
+                                    linewidth=0)
             rate = best.loc[(arch, label), "cell_learning_rate"]
             row[0].plot([rate], [best.loc[(arch, label), "mean"]], marker="*", markersize=9, color=palette[label])
             run = frame[(frame.cell_architecture == arch) & (frame.cell_estimator == label)
                         & (frame.cell_learning_rate == rate)].groupby("step").loss.mean()
             row[1].plot(run.index, run.values, label=f"{label} ({rate:g})", **style)
         row[0].set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final exact E[L] (mean of tasks)",
-                   title=f"{arch}: after {int(frame.step.max())} steps (stars: best rate)")
+                   title=f"{arch}: after {int(frame.step.max())} steps (stars: best rate; bands: tasks' range)")
         row[1].set(yscale="log", xlabel="step", ylabel="exact E[L] (mean of tasks)",
                    title=f"{arch}: at each estimator's best learning rate")
         row[1].legend(ncol=2, fontsize=6)
@@ -139,6 +159,8 @@ def numbers(frame, config):
         macros[f"{prefix}BestLoss"] = tex_number(float(sub.loc[winner, "mean"]), 2)
         macros[f"{prefix}StartLoss"] = tex_number(float(frame[(frame.cell_architecture == arch)
                                                               & (frame.step == 0)].loss.mean()), 3)
+    wins, tasks = paired_wins(frame, "st_sigmoid", "st")
+    macros["trainStSigmoidWins"], macros["trainPairedTasks"] = str(wins), str(tasks)
     macros["trainSteps"] = str(int(frame.step.max()))
     macros["trainRates"] = ", ".join(f"{r:g}" for r in sorted(set(frame.cell_learning_rate)))
     macros["trainTasks"] = str(frame.cell_task.nunique())
