@@ -5,6 +5,8 @@
     gradstats moments --estimator st [--problem toy --target 0.45 --logit -1]
                       [--problem sbn --sizes 8,5,5 --loss squared_error --seed 0]
                       [--method exact|mc --num-samples N --device auto]
+    gradstats train --estimator st_sigmoid [--sizes 6,8 --examples 8 --task-seed 0]
+                    [--steps 400 --learning-rate 3 --draws-per-step 6 --seed 0 --record-every 20] [--json]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from . import estimators, problems
 from .exact import exact_gradient
 from .moments import moments
+from .training import train
 
 
 def _estimator_rows() -> list[dict]:
@@ -47,8 +50,7 @@ def _cmd_estimators(args) -> int:
 def _problem(args) -> problems.Problem:
     if args.problem == "toy":
         return problems.toy(args.target, args.logit)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    return problems.sbn(sizes, args.loss, seed=args.seed)
+    return problems.sbn(_sizes(args.sizes), args.loss, seed=args.seed)
 
 
 def _cmd_moments(args) -> int:
@@ -65,6 +67,30 @@ def _cmd_moments(args) -> int:
     cos = torch.nn.functional.cosine_similarity(m.mean, reference, dim=0)
     print(f"|bias| = {bias.norm():.5g}, |bias|/|g| = {bias.norm() / reference.norm():.5g}, "
           f"trace(cov) = {m.trace:.5g}, cos(mean, g) = {cos:.5g}")
+    return 0
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError as err:
+        raise ValueError(f"--sizes must be integers separated by commas, such as 6,8; got {text!r}") from err
+
+
+def _cmd_train(args) -> int:
+    dataset = problems.teacher_student(_sizes(args.sizes), args.examples, seed=args.task_seed)
+    run = train(dataset, args.estimator, steps=args.steps, learning_rate=args.learning_rate,
+                draws_per_step=args.draws_per_step, seed=args.seed, record_every=args.record_every)
+    if args.json:
+        print(json.dumps({"estimator": run.estimator, "learning_rate": run.learning_rate,
+                          "draws_per_step": run.draws_per_step, "loss_evals_per_step": run.loss_evals_per_step,
+                          "steps": list(run.steps), "exact_loss": list(run.loss)}, indent=2))
+        return 0
+    print(f"teacher_student({args.sizes}, {args.examples} examples, seed {args.task_seed}); {run.estimator}, "
+          f"SGD at {run.learning_rate:g}, {run.draws_per_step} draws per example and step")
+    print(f"{'step':>6s} {'exact E[L]':>12s}")
+    for step, value in zip(run.steps, run.loss):
+        print(f"{step:6d} {value:12.6g}")
     return 0
 
 
@@ -117,6 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     p_mom.add_argument("--num-samples", type=int, default=100_000)
     p_mom.add_argument("--device", default="auto")
     p_mom.set_defaults(run=_cmd_moments)
+    p_tr = sub.add_parser("train", help="SGD through an estimator on a teacher-student task, scored by the exact loss")
+    p_tr.add_argument("--estimator", required=True, help="a registered estimator, or 'exact' for the exact gradient")
+    p_tr.add_argument("--sizes", default="6,8", help="input size, then each stochastic layer's (default 6,8)")
+    p_tr.add_argument("--examples", type=int, default=8)
+    p_tr.add_argument("--task-seed", type=int, default=0)
+    p_tr.add_argument("--steps", type=int, default=400)
+    p_tr.add_argument("--learning-rate", type=float, default=3.0)
+    p_tr.add_argument("--draws-per-step", type=int, default=6, help="draws per example and step")
+    p_tr.add_argument("--seed", type=int, default=0, help="the noise stream")
+    p_tr.add_argument("--record-every", type=int, default=20)
+    p_tr.add_argument("--json", action="store_true")
+    p_tr.set_defaults(run=_cmd_train)
     p_cl = sub.add_parser("claims", help="check the claims of arXiv:1308.3432 and later work; print the verdicts")
     p_cl.add_argument("--json", action="store_true", help="a list of objects with id, status, statement, reference, "
                       "conditions, evidence, counterexample, holds_when, cases, data, test")

@@ -9,7 +9,9 @@ of the binary network, :math:`J(\theta) = \frac1n \sum_n E[L_n(h)]` (by
 enumeration, :func:`gradstats.exact_loss`). So "which estimator trains
 better" is measured on the objective itself, with no evaluation noise.
 ``estimator="exact"`` descends the exact gradient: the noiseless, unbiased
-reference run.
+reference run. The score is the binary network's objective whatever objective
+the estimator's own unit defines (STS, the relaxations, the noisy rectifier):
+the question asked is how well it trains the binary network.
 
 With ``B = draws_per_step * n``, the draws of step ``k`` are draws
 ``k * B .. (k + 1) * B - 1`` of one seeded noise stream

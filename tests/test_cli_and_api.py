@@ -31,6 +31,20 @@ def test_cli_bad_input_is_a_clear_error(capsys):
     assert "unknown estimator 'foo'; registered:" in capsys.readouterr().err
 
 
+def test_cli_train_prints_the_exact_loss_of_the_run(capsys):
+    argv = ["train", "--estimator", "st_sigmoid", "--sizes", "3,4", "--examples", "2", "--steps", "6",
+            "--record-every", "3", "--learning-rate", "1", "--json"]
+    assert cli.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    run = gs.training.train(gs.problems.teacher_student([3, 4], 2), "st_sigmoid", steps=6, learning_rate=1.0,
+                            draws_per_step=6, record_every=3)
+    assert out["steps"] == [0, 3, 6] and out["exact_loss"] == list(run.loss)
+    assert cli.main(["train", "--estimator", "st", "--sizes", "6,x"]) == 2
+    assert "--sizes must be integers separated by commas" in capsys.readouterr().err
+    assert cli.main(["train", "--estimator", "st", "--learning-rate", "-1"]) == 2
+    assert "learning_rate must be a finite number > 0" in capsys.readouterr().err
+
+
 def test_cli_claims_json_has_the_contract_keys(capsys):
     assert cli.main(["claims", "--json", "--id", "P2a", "--id", "ST1"]) == 0
     rows = json.loads(capsys.readouterr().out)
