@@ -25,7 +25,7 @@ test: lint
 	$(PY) -m pytest -q -n 2
 
 figures: $(STAMP)
-	$(PY) -m analyses.run_all
+	$(PY) -m analyses.run_all --jobs 0
 
 # The paper builds from the committed figures/ and paper/generated/ (make figures refreshes them).
 paper: tex

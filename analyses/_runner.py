@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,6 +48,7 @@ class Config:
     out: Path
     recompute: bool
     plot_only: bool
+    jobs: int = 1
 
     @property
     def results(self) -> Path:
@@ -71,11 +75,16 @@ def parse(name: str, description: str, argv: list[str] | None) -> Config:
     parser.add_argument("--out", type=Path, default=ROOT, help="root for results/, figures/, paper/generated/")
     parser.add_argument("--recompute", action="store_true", help="ignore cached cells")
     parser.add_argument("--plot-only", action="store_true", help="plot from saved results, compute nothing")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="worker processes for the cells (default 1; 0: one per CPU core)")
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
+    if args.jobs < 0:
+        parser.error(f"--jobs must be >= 0 (0: one per CPU core), got {args.jobs}")
+    jobs = args.jobs or os.cpu_count() or 1
     device = str(gs.noise.resolve_device(args.device)) if args.device else "cpu"
-    return Config(name, args.quick, args.seed, device, args.out.resolve(), args.recompute, args.plot_only)
+    return Config(name, args.quick, args.seed, device, args.out.resolve(), args.recompute, args.plot_only, jobs)
 
 
 def versions() -> dict:
@@ -108,27 +117,62 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def run_cells(config: Config, cells: list[dict], compute: Callable[[dict, Config], list[dict]]) -> pd.DataFrame:
-    """Compute (or load) every cell; return all rows, each tagged with its cell's config."""
+def _cached_rows(path: Path, cell: dict, config: Config) -> list[dict] | None:
+    if not path.exists() or config.recompute:
+        return None
+    stored = json.loads(path.read_text())
+    return stored["rows"] if stored["cell"] == json.loads(json.dumps(cell, default=str)) else None
+
+
+def _computed_rows(compute: Callable[[dict, Config], list[dict]], cell: dict, config: Config) -> tuple[list[dict], float]:
+    start = time.perf_counter()
+    rows = [{**{f"cell_{k}": v for k, v in cell.items() if k != "code"}, **r} for r in compute(cell, config)]
+    return rows, time.perf_counter() - start
+
+
+def _compute_in_worker(cell: dict, config: Config) -> tuple[list[dict], float]:
+    """A worker process computes a cell with the analysis module's own ``compute`` (found by name)."""
+    module = importlib.import_module(f"analyses.{config.name}")
+    return _computed_rows(module.ANALYSIS.compute, cell, config)
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def run_cells(config: Config, cells: list[dict], compute: Callable[[dict, Config], list[dict]],
+              parallel: bool = True) -> pd.DataFrame:
+    """Compute (or load) every cell; return all rows, in cell order, each tagged with its cell's config.
+
+    With ``config.jobs > 1`` (and ``parallel``) the cells not in the cache are computed by that
+    many worker processes of one thread each; each is written as soon as it is done.
+    """
     cache = config.results / "cells"
-    rows, computed = [], 0
-    show = sys.stderr.isatty()
     code = code_version(ROOT / "analyses" / f"{config.name}.py")
-    for cell in tqdm([{**c, "code": code} for c in cells], desc=config.name, unit="cell", disable=not show):
-        path = cache / f"{_key(cell)}.json"
-        if path.exists() and not config.recompute:
-            stored = json.loads(path.read_text())
-            if stored["cell"] == json.loads(json.dumps(cell, default=str)):
-                rows += stored["rows"]
-                continue
-        start = time.perf_counter()
-        cell_rows = [{**{f"cell_{k}": v for k, v in cell.items() if k != "code"}, **r} for r in compute(cell, config)]
-        atomic_write(path, json.dumps({"cell": cell, "rows": cell_rows, "seconds": time.perf_counter() - start},
-                                      default=float))
-        rows += cell_rows
-        computed += 1
-    print(f"  {config.name}: {len(cells)} cells, {computed} computed, {len(cells) - computed} from cache")
-    return pd.DataFrame(rows)
+    tagged = [{**c, "code": code} for c in cells]
+    paths = [cache / f"{_key(cell)}.json" for cell in tagged]
+    done = {i: rows for i, (cell, path) in enumerate(zip(tagged, paths))
+            if (rows := _cached_rows(path, cell, config)) is not None}
+    pending = [i for i in range(len(tagged)) if i not in done]
+    bar = tqdm(total=len(pending), desc=config.name, unit="cell", disable=not sys.stderr.isatty())
+
+    def store(i: int, rows: list[dict], seconds: float) -> None:
+        atomic_write(paths[i], json.dumps({"cell": tagged[i], "rows": rows, "seconds": seconds}, default=float))
+        done[i] = rows
+        bar.update(1)
+
+    with bar:
+        if parallel and config.jobs > 1 and len(pending) > 1:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(config.jobs, mp_context=context, initializer=_one_thread) as pool:
+                futures = {pool.submit(_compute_in_worker, tagged[i], config): i for i in pending}
+                for future in as_completed(futures):
+                    store(futures[future], *future.result())
+        else:
+            for i in pending:
+                store(i, *_computed_rows(compute, tagged[i], config))
+    print(f"  {config.name}: {len(cells)} cells, {len(pending)} computed, {len(cells) - len(pending)} from cache")
+    return pd.DataFrame([row for i in range(len(tagged)) for row in done[i]])
 
 
 def save_results(config: Config, frame: pd.DataFrame, extra: dict | None = None, seconds: float = 0.0) -> None:
@@ -201,12 +245,13 @@ class Analysis:
     compute: Callable[[dict, Config], list[dict]]
     plot: Callable[[pd.DataFrame, dict, Config], object]
     numbers: Callable[[pd.DataFrame, Config], dict[str, str]] | None = None
+    parallel: bool = True   # False where cells time themselves (they must not share the CPU)
 
     def main(self, argv: list[str] | None = None) -> Config:
         config = parse(self.name, self.description, argv)
         if not config.plot_only:
             start = time.perf_counter()
-            frame = run_cells(config, self.cells(config), self.compute)
+            frame = run_cells(config, self.cells(config), self.compute, parallel=self.parallel)
             save_results(config, frame, seconds=time.perf_counter() - start)
         frame, meta = load_results(config)
         style()

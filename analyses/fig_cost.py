@@ -116,7 +116,7 @@ def numbers(frame, config):
             "costExactMomentsSeconds": tex_number(largest.loc["exact ST moments (with covariance)", "seconds"], 2)}
 
 
-ANALYSIS = Analysis("fig_cost", __doc__.splitlines()[0], cells, compute, plot, numbers)
+ANALYSIS = Analysis("fig_cost", __doc__.splitlines()[0], cells, compute, plot, numbers, parallel=False)
 main = ANALYSIS.main
 
 if __name__ == "__main__":

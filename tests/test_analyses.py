@@ -80,3 +80,13 @@ def test_bad_arguments_are_clear(capsys):
     with pytest.raises(SystemExit):
         fig_toy.main(["--seed", "-1"])
     assert "--seed must be >= 0" in capsys.readouterr().err
+
+
+def test_cells_computed_by_worker_processes_give_the_same_results(tmp_path):
+    from analyses import fig_toy
+
+    one = fig_toy.main(["--quick", "--out", str(tmp_path / "one"), "--device", "cpu"])
+    two = fig_toy.main(["--quick", "--out", str(tmp_path / "two"), "--device", "cpu", "--jobs", "2"])
+    assert two.jobs == 2
+    a, b = pd.read_csv(one.results / "results.csv"), pd.read_csv(two.results / "results.csv")
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-12, atol=1e-15)  # in cell order, whichever finished first
