@@ -319,6 +319,7 @@ def teacher_student(sizes: Sequence[int], num_examples: int = 8, seed: int = 0, 
     mean expected loss is 0 (the teacher, scaled towards determinism).
     """
     n = positive_int("num_examples", num_examples)
+    positive_int("num_outputs", num_outputs)
     s_t = _finite_number("teacher_scale", teacher_scale)
     if s_t <= 0:
         raise ValueError(f"teacher_scale must be > 0, got {teacher_scale!r}")

@@ -30,6 +30,7 @@ def test_teacher_student_shares_parameters_and_its_infimum_is_zero():
     ({"num_examples": 0}, "num_examples must be an integer >= 1"),
     ({"teacher_scale": 0.0}, "teacher_scale must be > 0"),
     ({"teacher_scale": float("nan")}, "teacher_scale must be a finite number"),
+    ({"num_outputs": 0}, "num_outputs must be an integer >= 1"),
 ])
 def test_teacher_student_bad_input(kwargs, message):
     with pytest.raises(ValueError, match=message):
