@@ -7,8 +7,10 @@ is 0), with one stochastic layer (input 6 -> 8 units) and with two (6 -> 6 ->
 grid of learning rates; each step spends the same number of loss evaluations
 per example (6: six draws of a one-pass estimator, fewer of ARM, DisARM and
 leave-one-out). ``exact`` descends the exact gradient. Left: the final exact
-loss against the learning rate (mean over tasks). Right: the exact loss along
-training at each estimator's best learning rate.
+loss against the learning rate (mean over tasks). Middle: the exact loss along
+training at each estimator's best learning rate. Right: ST's two variants on
+20 more tasks per architecture (learning rates 0.3 to 30, each variant at its
+best mean rate), task by task, with a two-sided sign test.
 
     python analyses/fig_training.py [--quick] [--seed 0]
 """
@@ -18,7 +20,9 @@ from __future__ import annotations
 import sys
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import seaborn as sns
+from scipy import stats
 
 import gradstats as gs
 from analyses._runner import Analysis, tex_number
@@ -53,11 +57,16 @@ def draws_per_step(name: str, options: dict, problem) -> int:
     return max(1, LOSS_EVALS_PER_EXAMPLE // est.loss_evals(problem, gs.estimators.resolve_options(est, problem, options)))
 
 
+ST3_TASKS = range(10, 30)   # the paired identity-vs-sigmoid' study: 20 more tasks per architecture
+ST3_RATES = [0.3, 1.0, 3.0, 10.0, 30.0]
+
+
 def cells(config):
     quick = config.quick
     architectures = ["one layer"] if quick else list(ARCHITECTURES)
     labels = ["exact", "st", "st_sigmoid"] if quick else list(ESTIMATORS)
     rates = [0.3, 3.0] if quick else [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
+    steps = 20 if quick else 400
     out = []
     for arch in architectures:
         for label in labels:
@@ -65,8 +74,14 @@ def cells(config):
                 continue  # defined for one stochastic layer
             for task_seed in ([0] if quick else [0, 1, 2]):
                 for rate in rates:
-                    out.append({"architecture": arch, "estimator": label, "task": task_seed, "learning_rate": rate,
-                                "steps": 20 if quick else 400, "record_every": 5 if quick else 20,
+                    out.append({"study": "gallery", "architecture": arch, "estimator": label, "task": task_seed,
+                                "learning_rate": rate, "steps": steps, "record_every": 5 if quick else 20,
+                                "seed": config.seed + task_seed})
+        for label in ("st", "st_sigmoid"):
+            for task_seed in (ST3_TASKS[:2] if quick else ST3_TASKS):
+                for rate in ([1.0, 3.0] if quick else ST3_RATES):
+                    out.append({"study": "st3", "architecture": arch, "estimator": label, "task": task_seed,
+                                "learning_rate": rate, "steps": steps, "record_every": steps,
                                 "seed": config.seed + task_seed})
     return out
 
@@ -96,30 +111,50 @@ def best_rates(frame):
         ["cell_architecture", "cell_estimator"])
 
 
-def paired_wins(frame, better: str, worse: str) -> tuple[int, int]:
-    """Tasks on which ``better`` ends below ``worse``, each at its best learning rate: (wins, tasks)."""
+def gallery(frame):
+    return frame[frame.cell_study == "gallery"]
+
+
+def paired_finals(frame, first: str, second: str):
+    """Per (architecture, task): the final loss of ``first`` and of ``second``, each at its best (mean) rate."""
     best = best_rates(frame)
     last = frame[frame.step == frame.groupby(["cell_architecture", "cell_estimator", "cell_learning_rate", "cell_task"])
                  .step.transform("max")]
-    wins = tasks = 0
-    for (arch, _task), sub in last.groupby(["cell_architecture", "cell_task"]):
-        if (arch, better) not in best.index or (arch, worse) not in best.index:
+    rows = []
+    for (arch, task), sub in last.groupby(["cell_architecture", "cell_task"]):
+        if (arch, first) not in best.index or (arch, second) not in best.index:
             continue
-        final = {label: float(sub[(sub.cell_estimator == label)
-                                  & (sub.cell_learning_rate == best.loc[(arch, label), "cell_learning_rate"])].loss.iloc[0])
-                 for label in (better, worse)}
-        wins += final[better] < final[worse]
-        tasks += 1
-    return wins, tasks
+        rows.append({"architecture": arch, "task": task, **{
+            label: float(sub[(sub.cell_estimator == label)
+                             & (sub.cell_learning_rate == best.loc[(arch, label), "cell_learning_rate"])].loss.iloc[0])
+            for label in (first, second)}})
+    return pd.DataFrame(rows)
+
+
+def sign_test(pairs, better: str, worse: str) -> tuple[int, int, float]:
+    """Tasks on which ``better`` ends lower, of all tasks, and the two-sided sign test's p-value."""
+    wins, n = int((pairs[better] < pairs[worse]).sum()), len(pairs)
+    return wins, n, float(stats.binomtest(wins, n, 0.5).pvalue) if n else float("nan")
 
 
 def plot(frame, meta, config):
+    study = frame[frame.cell_study == "st3"]
+    frame = gallery(frame)
     architectures = list(dict.fromkeys(frame.cell_architecture))
     labels = [label for label in ESTIMATORS if label in set(frame.cell_estimator)]
     palette = dict(zip(labels, sns.color_palette("tab20", len(labels))))
     final, best = final_losses(frame), best_rates(frame)
-    fig, axes = plt.subplots(len(architectures), 2, figsize=(9.6, 3.1 * len(architectures)), squeeze=False)
+    pairs = paired_finals(study, "st", "st_sigmoid")
+    fig, axes = plt.subplots(len(architectures), 3, figsize=(13.5, 3.1 * len(architectures)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1, 0.62]})
     for row, arch in zip(axes, architectures):
+        sub = pairs[pairs.architecture == arch]
+        wins, n, p = sign_test(sub, "st_sigmoid", "st")
+        row[2].scatter(sub["st"], sub["st_sigmoid"], s=12, color=palette.get("st_sigmoid", "C1"))
+        low, high = min(sub["st"].min(), sub["st_sigmoid"].min()) * 0.8, max(sub["st"].max(), sub["st_sigmoid"].max()) * 1.25
+        row[2].plot([low, high], [low, high], color="black", linewidth=0.8, linestyle="--")
+        row[2].set(xscale="log", yscale="log", xlabel="final E[L], st (identity)", ylabel="final E[L], st_sigmoid",
+                   title=f"{n} more tasks: st_sigmoid lower on {wins}\n(below the diagonal; sign test p = {p:.2g})")
         for label in labels:
             sub = final[(final.cell_architecture == arch) & (final.cell_estimator == label)]
             if sub.empty:
@@ -145,6 +180,8 @@ def plot(frame, meta, config):
 
 
 def numbers(frame, config):
+    study = frame[frame.cell_study == "st3"]
+    frame = gallery(frame)
     best = best_rates(frame)
     macros = {}
     for arch in dict.fromkeys(frame.cell_architecture):
@@ -159,8 +196,15 @@ def numbers(frame, config):
         macros[f"{prefix}BestLoss"] = tex_number(float(sub.loc[winner, "mean"]), 2)
         macros[f"{prefix}StartLoss"] = tex_number(float(frame[(frame.cell_architecture == arch)
                                                               & (frame.step == 0)].loss.mean()), 3)
-    wins, tasks = paired_wins(frame, "st_sigmoid", "st")
+    wins, tasks, _ = sign_test(paired_finals(frame, "st", "st_sigmoid"), "st_sigmoid", "st")
     macros["trainStSigmoidWins"], macros["trainPairedTasks"] = str(wins), str(tasks)
+    pairs = paired_finals(study, "st", "st_sigmoid")
+    wins, tasks, p = sign_test(pairs, "st_sigmoid", "st")
+    macros["trainStudyWins"], macros["trainStudyTasks"], macros["trainStudyP"] = str(wins), str(tasks), tex_number(p, 2)
+    for arch, suffix in (("one layer", "One"), ("two layers", "Two")):
+        wins, tasks, p = sign_test(pairs[pairs.architecture == arch], "st_sigmoid", "st")
+        if tasks:
+            macros[f"trainStudyWins{suffix}"], macros[f"trainStudyP{suffix}"] = str(wins), tex_number(p, 2)
     macros["trainSteps"] = str(int(frame.step.max()))
     macros["trainRates"] = ", ".join(f"{r:g}" for r in sorted(set(frame.cell_learning_rate)))
     macros["trainTasks"] = str(frame.cell_task.nunique())
