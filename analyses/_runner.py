@@ -164,10 +164,18 @@ def run_cells(config: Config, cells: list[dict], compute: Callable[[dict, Config
     with bar:
         if parallel and config.jobs > 1 and len(pending) > 1:
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(config.jobs, mp_context=context, initializer=_one_thread) as pool:
-                futures = {pool.submit(_compute_in_worker, tagged[i], config): i for i in pending}
+            pool = ProcessPoolExecutor(config.jobs, mp_context=context, initializer=_one_thread)
+            futures = {pool.submit(_compute_in_worker, tagged[i], config): i for i in pending}
+            try:
                 for future in as_completed(futures):
                     store(futures[future], *future.result())
+            except BaseException:  # interrupted or failed: cancel what has not started, keep what has finished
+                pool.shutdown(wait=True, cancel_futures=True)
+                for future, i in futures.items():
+                    if i not in done and future.done() and not future.cancelled() and future.exception() is None:
+                        store(i, *future.result())
+                raise
+            pool.shutdown()
         else:
             for i in pending:
                 store(i, *_computed_rows(compute, tagged[i], config))

@@ -90,3 +90,29 @@ def test_cells_computed_by_worker_processes_give_the_same_results(tmp_path):
     assert two.jobs == 2
     a, b = pd.read_csv(one.results / "results.csv"), pd.read_csv(two.results / "results.csv")
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-12, atol=1e-15)  # in cell order, whichever finished first
+
+
+def test_a_failing_cell_in_a_worker_stops_the_run_and_keeps_the_finished_cells(tmp_path, monkeypatch):
+    from analyses import _runner
+
+    def compute(cell, config):
+        return [{"value": cell["i"]}]
+
+    monkeypatch.setattr(_runner, "_compute_in_worker", _value_or_fail)  # workers find it by name
+    config = _runner.Config("fig_toy", True, 0, "cpu", tmp_path, False, False, jobs=2)
+    with pytest.raises(ValueError, match="cell 3 fails"):
+        _runner.run_cells(config, [{"i": i} for i in range(6)], compute)
+    kept = list((config.results / "cells").glob("*.json"))
+    assert 1 <= len(kept) <= 5  # cell 3 starts only after cell 0 or 1 has finished, and finished cells are kept
+    frame = _runner.run_cells(_runner.Config("fig_toy", True, 0, "cpu", tmp_path, False, False, jobs=1),
+                              [{"i": i} for i in range(6) if i != 3], compute)
+    assert frame.value.tolist() == [0, 1, 2, 4, 5]
+
+
+def _value_or_fail(cell, config):
+    """A worker's compute: cell 3 fails."""
+    from analyses import _runner
+
+    if cell["i"] == 3:
+        raise ValueError("cell 3 fails")
+    return _runner._computed_rows(lambda c, _: [{"value": c["i"]}], cell, config)
