@@ -9,8 +9,10 @@ per example (6: six draws of a one-pass estimator, fewer of ARM, DisARM and
 leave-one-out). ``exact`` descends the exact gradient. Left: the final exact
 loss against the learning rate (mean over tasks). Middle: the exact loss along
 training at each estimator's best learning rate. Right: ST's two variants on
-20 more tasks per architecture (learning rates 0.3 to 30, each variant at its
-best mean rate), task by task, with a two-sided sign test.
+20 more tasks per architecture, task by task, each at its best mean rate, with
+plain SGD (rates 0.3 to 30) and with Adam (0.03 to 3), which rescales every
+coordinate and so takes the sigmoid' factor's overall scale out of the
+comparison; two-sided sign tests.
 
     python analyses/fig_training.py [--quick] [--seed 0]
 """
@@ -58,7 +60,7 @@ def draws_per_step(name: str, options: dict, problem) -> int:
 
 
 ST3_TASKS = range(10, 30)   # the paired identity-vs-sigmoid' study: 20 more tasks per architecture
-ST3_RATES = [0.3, 1.0, 3.0, 10.0, 30.0]
+ST3_RATES = {"sgd": [0.3, 1.0, 3.0, 10.0, 30.0], "adam": [0.03, 0.1, 0.3, 1.0, 3.0]}
 
 
 def cells(config):
@@ -74,15 +76,16 @@ def cells(config):
                 continue  # defined for one stochastic layer
             for task_seed in ([0] if quick else [0, 1, 2]):
                 for rate in rates:
-                    out.append({"study": "gallery", "architecture": arch, "estimator": label, "task": task_seed,
-                                "learning_rate": rate, "steps": steps, "record_every": 5 if quick else 20,
-                                "seed": config.seed + task_seed})
-        for label in ("st", "st_sigmoid"):
-            for task_seed in (ST3_TASKS[:2] if quick else ST3_TASKS):
-                for rate in ([1.0, 3.0] if quick else ST3_RATES):
-                    out.append({"study": "st3", "architecture": arch, "estimator": label, "task": task_seed,
-                                "learning_rate": rate, "steps": steps, "record_every": steps,
-                                "seed": config.seed + task_seed})
+                    out.append({"study": "gallery", "optimizer": "sgd", "architecture": arch, "estimator": label,
+                                "task": task_seed, "learning_rate": rate, "steps": steps,
+                                "record_every": 5 if quick else 20, "seed": config.seed + task_seed})
+        for optimizer, study_rates in ST3_RATES.items():
+            for label in ("st", "st_sigmoid"):
+                for task_seed in (ST3_TASKS[:2] if quick else ST3_TASKS):
+                    for rate in (study_rates[2:4] if quick else study_rates):
+                        out.append({"study": "st3", "optimizer": optimizer, "architecture": arch, "estimator": label,
+                                    "task": task_seed, "learning_rate": rate, "steps": steps, "record_every": steps,
+                                    "seed": config.seed + task_seed})
     return out
 
 
@@ -91,7 +94,7 @@ def compute(cell, config):
     name, options = ESTIMATORS[cell["estimator"]]
     run = train(problems, name, steps=cell["steps"], learning_rate=cell["learning_rate"],
                 draws_per_step=draws_per_step(name, options, problems[0]), seed=cell["seed"],
-                record_every=cell["record_every"], **options)
+                record_every=cell["record_every"], optimizer=cell["optimizer"], **options)
     return [{"step": s, "loss": v, "draws_per_step": run.draws_per_step, "loss_evals_per_step": run.loss_evals_per_step}
             for s, v in zip(run.steps, run.loss)]
 
@@ -131,6 +134,14 @@ def paired_finals(frame, first: str, second: str):
     return pd.DataFrame(rows)
 
 
+def study_pairs(frame):
+    """The ST3 study's pairs, per optimizer: each variant at its best mean rate for that optimizer."""
+    study = frame[frame.cell_study == "st3"]
+    parts = [paired_finals(study[study.cell_optimizer == optimizer], "st", "st_sigmoid").assign(optimizer=optimizer)
+             for optimizer in ST3_RATES if (study.cell_optimizer == optimizer).any()]
+    return pd.concat(parts, ignore_index=True)
+
+
 def sign_test(pairs, better: str, worse: str) -> tuple[int, int, float]:
     """Tasks on which ``better`` ends lower, of all tasks, and the two-sided sign test's p-value."""
     wins, n = int((pairs[better] < pairs[worse]).sum()), len(pairs)
@@ -138,23 +149,29 @@ def sign_test(pairs, better: str, worse: str) -> tuple[int, int, float]:
 
 
 def plot(frame, meta, config):
-    study = frame[frame.cell_study == "st3"]
+    pairs = study_pairs(frame)
     frame = gallery(frame)
     architectures = list(dict.fromkeys(frame.cell_architecture))
     labels = [label for label in ESTIMATORS if label in set(frame.cell_estimator)]
     palette = dict(zip(labels, sns.color_palette("tab20", len(labels))))
     final, best = final_losses(frame), best_rates(frame)
-    pairs = paired_finals(study, "st", "st_sigmoid")
     fig, axes = plt.subplots(len(architectures), 3, figsize=(13.5, 3.1 * len(architectures)), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 1, 0.62]})
     for row, arch in zip(axes, architectures):
         sub = pairs[pairs.architecture == arch]
-        wins, n, p = sign_test(sub, "st_sigmoid", "st")
-        row[2].scatter(sub["st"], sub["st_sigmoid"], s=12, color=palette.get("st_sigmoid", "C1"))
+        counts = []
+        for optimizer, marker in (("sgd", "o"), ("adam", "^")):
+            part = sub[sub.optimizer == optimizer]
+            wins, n, p = sign_test(part, "st_sigmoid", "st")
+            row[2].scatter(part["st"], part["st_sigmoid"], s=14, marker=marker, label=optimizer,
+                           facecolor=palette.get("st_sigmoid", "C1") if marker == "o" else "none",
+                           edgecolor=palette.get("st_sigmoid", "C1"))
+            counts.append(f"{optimizer} {wins}/{n} (p = {p:.2g})")
         low, high = min(sub["st"].min(), sub["st_sigmoid"].min()) * 0.8, max(sub["st"].max(), sub["st_sigmoid"].max()) * 1.25
         row[2].plot([low, high], [low, high], color="black", linewidth=0.8, linestyle="--")
+        row[2].legend(loc="lower right")
         row[2].set(xscale="log", yscale="log", xlabel="final E[L], st (identity)", ylabel="final E[L], st_sigmoid",
-                   title=f"{n} more tasks: st_sigmoid lower on {wins}\n(below the diagonal; sign test p = {p:.2g})")
+                   title="further tasks, st_sigmoid lower (below the\ndiagonal): " + ", ".join(counts))
         for label in labels:
             sub = final[(final.cell_architecture == arch) & (final.cell_estimator == label)]
             if sub.empty:
@@ -180,7 +197,7 @@ def plot(frame, meta, config):
 
 
 def numbers(frame, config):
-    study = frame[frame.cell_study == "st3"]
+    study = study_pairs(frame)
     frame = gallery(frame)
     best = best_rates(frame)
     macros = {}
@@ -198,13 +215,15 @@ def numbers(frame, config):
                                                               & (frame.step == 0)].loss.mean()), 3)
     wins, tasks, _ = sign_test(paired_finals(frame, "st", "st_sigmoid"), "st_sigmoid", "st")
     macros["trainStSigmoidWins"], macros["trainPairedTasks"] = str(wins), str(tasks)
-    pairs = paired_finals(study, "st", "st_sigmoid")
-    wins, tasks, p = sign_test(pairs, "st_sigmoid", "st")
-    macros["trainStudyWins"], macros["trainStudyTasks"], macros["trainStudyP"] = str(wins), str(tasks), tex_number(p, 2)
-    for arch, suffix in (("one layer", "One"), ("two layers", "Two")):
-        wins, tasks, p = sign_test(pairs[pairs.architecture == arch], "st_sigmoid", "st")
-        if tasks:
-            macros[f"trainStudyWins{suffix}"], macros[f"trainStudyP{suffix}"] = str(wins), tex_number(p, 2)
+    for optimizer, infix in (("sgd", ""), ("adam", "Adam")):
+        pairs = study[study.optimizer == optimizer]
+        wins, tasks, p = sign_test(pairs, "st_sigmoid", "st")
+        macros[f"trainStudy{infix}Wins"], macros[f"trainStudy{infix}Tasks"] = str(wins), str(tasks)
+        macros[f"trainStudy{infix}P"] = tex_number(p, 2)
+        for arch, suffix in (("one layer", "One"), ("two layers", "Two")):
+            wins, tasks, p = sign_test(pairs[pairs.architecture == arch], "st_sigmoid", "st")
+            if tasks:
+                macros[f"trainStudy{infix}Wins{suffix}"], macros[f"trainStudy{infix}P{suffix}"] = str(wins), tex_number(p, 2)
     macros["trainSteps"] = str(int(frame.step.max()))
     macros["trainRates"] = ", ".join(f"{r:g}" for r in sorted(set(frame.cell_learning_rate)))
     macros["trainTasks"] = str(frame.cell_task.nunique())

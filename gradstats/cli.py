@@ -6,7 +6,8 @@
                       [--problem sbn --sizes 8,5,5 --loss squared_error --seed 0]
                       [--method exact|mc --num-samples N --device auto]
     gradstats train --estimator st_sigmoid [--sizes 6,8 --examples 8 --task-seed 0]
-                    [--steps 400 --learning-rate 3 --draws-per-step 6 --seed 0 --record-every 20] [--json]
+                    [--steps 400 --learning-rate 3 --draws-per-step 6 --seed 0 --record-every 20]
+                    [--optimizer sgd|adam] [--json]
 """
 
 from __future__ import annotations
@@ -80,14 +81,15 @@ def _sizes(text: str) -> list[int]:
 def _cmd_train(args) -> int:
     dataset = problems.teacher_student(_sizes(args.sizes), args.examples, seed=args.task_seed)
     run = train(dataset, args.estimator, steps=args.steps, learning_rate=args.learning_rate,
-                draws_per_step=args.draws_per_step, seed=args.seed, record_every=args.record_every)
+                draws_per_step=args.draws_per_step, seed=args.seed, record_every=args.record_every,
+                optimizer=args.optimizer)
     if args.json:
-        print(json.dumps({"estimator": run.estimator, "learning_rate": run.learning_rate,
+        print(json.dumps({"estimator": run.estimator, "optimizer": run.optimizer, "learning_rate": run.learning_rate,
                           "draws_per_step": run.draws_per_step, "loss_evals_per_step": run.loss_evals_per_step,
                           "steps": list(run.steps), "exact_loss": list(run.loss)}, indent=2))
         return 0
     print(f"teacher_student({args.sizes}, {args.examples} examples, seed {args.task_seed}); {run.estimator}, "
-          f"SGD at {run.learning_rate:g}, {run.draws_per_step} draws per example and step")
+          f"{run.optimizer} at {run.learning_rate:g}, {run.draws_per_step} draws per example and step")
     print(f"{'step':>6s} {'exact E[L]':>12s}")
     for step, value in zip(run.steps, run.loss):
         print(f"{step:6d} {value:12.6g}")
@@ -153,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p_tr.add_argument("--draws-per-step", type=int, default=6, help="draws per example and step")
     p_tr.add_argument("--seed", type=int, default=0, help="the noise stream")
     p_tr.add_argument("--record-every", type=int, default=20)
+    p_tr.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     p_tr.add_argument("--json", action="store_true")
     p_tr.set_defaults(run=_cmd_train)
     p_cl = sub.add_parser("claims", help="check the claims of arXiv:1308.3432 and later work; print the verdicts")

@@ -1,7 +1,7 @@
 r"""Training through an estimator, scored by the exact objective.
 
 :func:`train` runs plain stochastic gradient descent,
-:math:`\theta_{k+1} = \theta_k - \eta\, \bar g_k`, on the parameters that
+:math:`\theta_{k+1} = \theta_k - \eta\, \bar g_k` (or Adam), on the parameters that
 a list of problems (a dataset: one input and loss each) shares. :math:`\bar g_k`
 is the mean over examples of the mean of ``draws_per_step`` draws of an
 estimator at :math:`\theta_k`. Along the way it records the exact objective
@@ -36,9 +36,10 @@ from .noise import NoiseStream
 from .numerics import positive_int
 from .problems import FactoredGradient, Problem
 
-__all__ = ["EXACT", "TrainingRun", "dataset_loss", "train"]
+__all__ = ["EXACT", "OPTIMIZERS", "TrainingRun", "dataset_loss", "train"]
 
 EXACT = "exact"
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class TrainingRun:
     """One run of :func:`train`: ``loss[i]`` is the exact ``E[L]`` after ``steps[i]`` updates."""
 
     estimator: str
+    optimizer: str
     learning_rate: float
     draws_per_step: int        # per example
     loss_evals_per_step: int   # over all examples
@@ -56,6 +58,23 @@ class TrainingRun:
     @property
     def final_loss(self) -> float:
         return self.loss[-1]
+
+
+class _Adam:
+    """Adam's step direction ``m_hat / (sqrt(v_hat) + eps)`` (Kingma & Ba 2015, Algorithm 1)."""
+
+    def __init__(self, dim: int, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+        self.m = torch.zeros(dim, dtype=torch.float64)
+        self.v = torch.zeros(dim, dtype=torch.float64)
+        self.beta1, self.beta2, self.eps, self.t = beta1, beta2, eps, 0
+
+    def direction(self, g: Tensor) -> Tensor:
+        self.t += 1
+        self.m = self.beta1 * self.m + (1 - self.beta1) * g
+        self.v = self.beta2 * self.v + (1 - self.beta2) * g.square()
+        m_hat = self.m / (1 - self.beta1 ** self.t)
+        v_hat = self.v / (1 - self.beta2 ** self.t)
+        return m_hat / (v_hat.sqrt() + self.eps)
 
 
 def _mean_gradient(gradient: FactoredGradient | Tensor) -> Tensor:
@@ -85,8 +104,8 @@ def dataset_loss(problems) -> float:
 
 
 def train(problems, estimator, *, steps: int, learning_rate: float, draws_per_step: int = 1,
-          seed: int = 0, record_every: int = 10, **options) -> TrainingRun:
-    """SGD on the shared parameters of ``problems`` with ``estimator``; the exact loss every ``record_every`` steps.
+          seed: int = 0, record_every: int = 10, optimizer: str = "sgd", **options) -> TrainingRun:
+    """SGD (or Adam) on the shared parameters of ``problems`` with ``estimator``; the exact loss every ``record_every`` steps.
 
     Args:
         problems: a :class:`~gradstats.problems.Problem`, or a list of problems with the same
@@ -102,6 +121,9 @@ def train(problems, estimator, *, steps: int, learning_rate: float, draws_per_st
         seed: the noise stream.
         record_every: the exact loss is recorded before the first update, every
             ``record_every`` updates, and after the last.
+        optimizer: ``"sgd"`` (plain steps) or ``"adam"`` (Kingma & Ba 2015, betas 0.9 and
+            0.999, eps 1e-8, with bias correction), which rescales each coordinate and so
+            takes the overall scale of an estimate out of the comparison.
         options: the estimator's options.
     """
     examples = _as_dataset(problems)
@@ -110,6 +132,8 @@ def train(problems, estimator, *, steps: int, learning_rate: float, draws_per_st
     every = positive_int("record_every", record_every)
     if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     exact = isinstance(estimator, str) and estimator == EXACT
     first = examples[0]
     if exact:
@@ -124,6 +148,7 @@ def train(problems, estimator, *, steps: int, learning_rate: float, draws_per_st
         stateful, state = est.stateful(resolved[0]), None
     per_step = draws * len(examples)
     theta = first.flat_parameters().clone()
+    adam = _Adam(theta.shape[0])
     recorded_steps, recorded_loss = [0], [dataset_loss(examples)]
     for k in range(steps):
         if exact:
@@ -143,10 +168,10 @@ def train(problems, estimator, *, steps: int, learning_rate: float, draws_per_st
             g /= len(examples)
         if not torch.isfinite(g).all():
             raise ValueError(f"estimator {name!r} gave a non-finite gradient at step {k} of {first.description}")
-        theta = theta - learning_rate * g
+        theta = theta - learning_rate * (g if optimizer == "sgd" else adam.direction(g))
         examples = [p.with_parameters(theta) for p in examples]
         if (k + 1) % every == 0 or k + 1 == steps:
             recorded_steps.append(k + 1)
             recorded_loss.append(dataset_loss(examples))
-    return TrainingRun(name, float(learning_rate), draws, loss_evals, tuple(recorded_steps),
+    return TrainingRun(name, optimizer, float(learning_rate), draws, loss_evals, tuple(recorded_steps),
                        tuple(recorded_loss), theta)

@@ -126,3 +126,18 @@ def test_a_user_callable_estimator_trains_like_the_registered_one():
     theirs = train(dataset, "st", steps=4, learning_rate=0.5, draws_per_step=3, seed=9)
     assert mine.estimator == "my_st"
     assert torch.allclose(mine.parameters, theirs.parameters, rtol=0, atol=1e-14) and mine.loss == theirs.loss
+
+
+def test_adam_matches_torchs_adam_on_the_exact_gradient():
+    dataset = gs.problems.teacher_student([3, 4], num_examples=2, seed=5)
+    run = train(dataset, "exact", steps=6, learning_rate=0.05, optimizer="adam")
+    theta = dataset[0].flat_parameters().clone().requires_grad_(True)
+    reference = torch.optim.Adam([theta], lr=0.05, betas=(0.9, 0.999), eps=1e-8)
+    for _ in range(6):
+        current = theta.detach()
+        theta.grad = sum(gs.exact_gradient(p.with_parameters(current)) for p in dataset) / 2
+        reference.step()
+    assert run.optimizer == "adam"
+    assert torch.allclose(run.parameters, theta.detach(), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        train(dataset, "st", steps=1, learning_rate=0.1, optimizer="rmsprop")
