@@ -97,10 +97,13 @@ def _as_dataset(problems) -> list[Problem]:
     return examples
 
 
+def _mean_exact_loss(examples: list[Problem]) -> float:
+    return sum(exact_loss(p) for p in examples) / len(examples)
+
+
 def dataset_loss(problems) -> float:
     """The exact mean expected loss ``(1/n) sum_n E[L_n]`` over a problem or a list of problems."""
-    examples = _as_dataset(problems)
-    return sum(exact_loss(p) for p in examples) / len(examples)
+    return _mean_exact_loss(_as_dataset(problems))
 
 
 def train(problems, estimator, *, steps: int, learning_rate: float, draws_per_step: int = 1,
@@ -149,7 +152,7 @@ def train(problems, estimator, *, steps: int, learning_rate: float, draws_per_st
     per_step = draws * len(examples)
     theta = first.flat_parameters().clone()
     adam = _Adam(theta.shape[0])
-    recorded_steps, recorded_loss = [0], [dataset_loss(examples)]
+    recorded_steps, recorded_loss = [0], [_mean_exact_loss(examples)]
     for k in range(steps):
         if exact:
             g = sum(exact_gradient(p) for p in examples) / len(examples)
@@ -172,6 +175,6 @@ def train(problems, estimator, *, steps: int, learning_rate: float, draws_per_st
         examples = [p.with_parameters(theta) for p in examples]
         if (k + 1) % every == 0 or k + 1 == steps:
             recorded_steps.append(k + 1)
-            recorded_loss.append(dataset_loss(examples))
+            recorded_loss.append(_mean_exact_loss(examples))
     return TrainingRun(name, optimizer, float(learning_rate), draws, loss_evals, tuple(recorded_steps),
                        tuple(recorded_loss), theta)
