@@ -99,10 +99,15 @@ def compute(cell, config):
             for s, v in zip(run.steps, run.loss)]
 
 
+def final_rows(frame):
+    """Each run's last recorded row."""
+    runs = frame.groupby(["cell_architecture", "cell_estimator", "cell_learning_rate", "cell_task"])
+    return frame[frame.step == runs.step.transform("max")]
+
+
 def final_losses(frame):
     """Final exact loss per (architecture, estimator, learning rate): mean and spread over tasks."""
-    last = frame[frame.step == frame.groupby(["cell_architecture", "cell_estimator", "cell_learning_rate", "cell_task"])
-                 .step.transform("max")]
+    last = final_rows(frame)
     return (last.groupby(["cell_architecture", "cell_estimator", "cell_learning_rate"]).loss
             .agg(["mean", "min", "max"]).reset_index())
 
@@ -121,8 +126,7 @@ def gallery(frame):
 def paired_finals(frame, first: str, second: str):
     """Per (architecture, task): the final loss of ``first`` and of ``second``, each at its best (mean) rate."""
     best = best_rates(frame)
-    last = frame[frame.step == frame.groupby(["cell_architecture", "cell_estimator", "cell_learning_rate", "cell_task"])
-                 .step.transform("max")]
+    last = final_rows(frame)
     rows = []
     for (arch, task), sub in last.groupby(["cell_architecture", "cell_task"]):
         if (arch, first) not in best.index or (arch, second) not in best.index:
