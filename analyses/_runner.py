@@ -22,6 +22,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -118,10 +119,19 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def _cached_rows(path: Path, cell: dict, config: Config) -> list[dict] | None:
+    """The rows cached for ``cell``; ``None`` (compute it) when absent, stale, or unreadable (said on stderr)."""
     if not path.exists() or config.recompute:
         return None
-    stored = json.loads(path.read_text())
-    return stored["rows"] if stored["cell"] == json.loads(json.dumps(cell, default=str)) else None
+    try:
+        stored = json.loads(path.read_text())
+        rows, same = stored["rows"], stored["cell"] == json.loads(json.dumps(cell, default=str))
+        if not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)):
+            raise TypeError("rows is not a list of objects")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        print(f"  {config.name}: cached cell {path} is unreadable ({type(err).__name__}: {err}); recomputing that cell",
+              file=sys.stderr)
+        return None
+    return rows if same else None
 
 
 def _computed_rows(compute: Callable[[dict, Config], list[dict]], cell: dict, config: Config) -> tuple[list[dict], float]:
@@ -136,8 +146,17 @@ def _compute_in_worker(cell: dict, config: Config) -> tuple[list[dict], float]:
     return _computed_rows(module.ANALYSIS.compute, cell, config)
 
 
-def _one_thread() -> None:
+def _exit_with_parent(parent: int) -> None:
+    while True:
+        if os.getppid() != parent:   # the parent died (even by SIGKILL): this worker must not outlive it
+            os._exit(1)
+        time.sleep(0.5)
+
+
+def _worker_setup(parent: int) -> None:
+    """Each worker computes with one thread, and exits as soon as the process that started it is gone."""
     torch.set_num_threads(1)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
 def run_cells(config: Config, cells: list[dict], compute: Callable[[dict, Config], list[dict]],
@@ -164,7 +183,8 @@ def run_cells(config: Config, cells: list[dict], compute: Callable[[dict, Config
     with bar:
         if parallel and config.jobs > 1 and len(pending) > 1:
             context = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(config.jobs, mp_context=context, initializer=_one_thread)
+            pool = ProcessPoolExecutor(config.jobs, mp_context=context, initializer=_worker_setup,
+                                       initargs=(os.getpid(),))
             futures = {pool.submit(_compute_in_worker, tagged[i], config): i for i in pending}
             try:
                 for future in as_completed(futures):

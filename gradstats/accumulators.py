@@ -93,6 +93,38 @@ class Summary:
             groups=add(self.groups, other.groups),
         )
 
+    def to_state(self) -> dict:
+        """Plain tensors, numbers and dicts (what a checkpoint stores)."""
+        return {"weight": float(self.weight), "count": int(self.count), "mean": self.mean, "m2": self.m2,
+                "comoment": self.comoment, "sign_agree": dict(self.sign_agree), "cosine": dict(self.cosine),
+                "descent": dict(self.descent), "cosine_m": {k: dict(v) for k, v in self.cosine_m.items()},
+                "groups": dict(self.groups)}
+
+    @staticmethod
+    def from_state(state: dict, dim: int, full_covariance: bool, where: str = "summary") -> Summary:
+        """The inverse of :meth:`to_state`, checking every shape against ``dim`` (a ValueError naming ``where``)."""
+        def tensor(value, shape, name):
+            if not (isinstance(value, Tensor) and tuple(value.shape) == shape and value.dtype == torch.float64):
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"{where}: {name} must be a float64 tensor of shape {shape}, got {got}")
+            return value
+
+        try:
+            comoment = state["comoment"]
+            if full_covariance:
+                tensor(comoment, (dim, dim), "comoment")
+            elif comoment is not None:
+                raise ValueError(f"{where}: a covariance was stored, none was asked for")
+            return Summary(
+                weight=float(state["weight"]), count=int(state["count"]),
+                mean=tensor(state["mean"], (dim,), "mean"), m2=tensor(state["m2"], (dim,), "m2"), comoment=comoment,
+                sign_agree={k: tensor(v, (dim,), "sign_agree") for k, v in state["sign_agree"].items()},
+                cosine=dict(state["cosine"]), descent=dict(state["descent"]),
+                cosine_m={k: dict(v) for k, v in state["cosine_m"].items()},
+                groups={int(k): int(v) for k, v in state["groups"].items()})
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{where}: not a stored summary ({type(err).__name__}: {err})") from err
+
     def cpu(self) -> Summary:
         def mv(d):
             return {k: (mv(v) if isinstance(v, dict) else v.cpu()) for k, v in d.items()}
@@ -240,11 +272,23 @@ class GradientAccumulator:
         self._pending: dict[int, list[list[_Part]]] = {}
 
     def state_dict(self) -> dict:
-        """What a checkpoint needs to resume this accumulator."""
-        return {"summary": self.summary, "position": self.position, "pending": self._pending}
+        """What a checkpoint needs to resume this accumulator: plain tensors, numbers and dicts."""
+        pending = {m: [[{"start": p.cols.start, "stop": p.cols.stop, "values": p.values, "x": p.x} for p in parts]
+                       for parts in layers] for m, layers in self._pending.items()}
+        return {"summary": self.summary.to_state(), "position": self.position, "pending": pending}
 
-    def load_state_dict(self, stored: dict) -> None:
-        self.summary, self.position, self._pending = stored["summary"], stored["position"], stored["pending"]
+    def load_state_dict(self, stored: dict, where: str = "accumulator") -> None:
+        """Resume from :meth:`state_dict`'s output, checking its shapes (a ValueError naming ``where``)."""
+        try:
+            summary = Summary.from_state(stored["summary"], self.dim, self.full, where)
+            position = int(stored["position"])
+            pending = {int(m): [[_Part(slice(int(p["start"]), int(p["stop"])), p["values"], p["x"]) for p in parts]
+                                for parts in layers] for m, layers in stored["pending"].items()}
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{where}: not a stored accumulator ({type(err).__name__}: {err})") from err
+        if position != summary.count or set(pending) - set(self.ms):
+            raise ValueError(f"{where}: inconsistent stored accumulator")
+        self.summary, self.position, self._pending = summary, position, pending
 
     # ---- per-draw metrics against one reference -----------------------------------
     def _inner_and_norm(self, layers: list[list[_Part]], ref: Tensor) -> tuple[Tensor, Tensor]:

@@ -16,11 +16,10 @@ import argparse
 import json
 import sys
 
-import torch
-
 from . import estimators, problems
 from .exact import exact_gradient
 from .moments import moments
+from .numerics import cosine, ratio_or_inf
 from .training import train
 
 
@@ -65,9 +64,9 @@ def _cmd_moments(args) -> int:
     print(f"{'coordinate':14s} {'exact grad':>12s} {'mean':>12s} {'bias':>12s} {'variance':>12s}")
     for name, g, mu, b, v in zip(problem.coordinate_names(), reference, m.mean, bias, m.var):
         print(f"{name:14s} {g:12.5g} {mu:12.5g} {b:12.5g} {v:12.5g}")
-    cos = torch.nn.functional.cosine_similarity(m.mean, reference, dim=0)
-    print(f"|bias| = {bias.norm():.5g}, |bias|/|g| = {bias.norm() / reference.norm():.5g}, "
-          f"trace(cov) = {m.trace:.5g}, cos(mean, g) = {cos:.5g}")
+    relative = ratio_or_inf(float(bias.norm()), float(reference.norm()))
+    print(f"|bias| = {bias.norm():.5g}, |bias|/|g| = {relative:.5g}, "
+          f"trace(cov) = {m.trace:.5g}, cos(mean, g) = {cosine(m.mean, reference):.5g}")
     return 0
 
 

@@ -29,7 +29,7 @@ from .exact import exact_gradient, exact_moments
 from .metrics import compute_metrics
 from .montecarlo import mc_moments
 from .numerics import positive_int
-from .problems import Problem
+from .problems import Problem, check_problem
 
 __all__ = ["evaluate", "REFERENCES"]
 
@@ -59,8 +59,7 @@ def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iter
     Columns: ``estimator, reference, reference_method, metric, layer, coordinate, M, value, stderr,
     method, num_samples, loss_evals_per_draw, seconds_per_draw``.
     """
-    if not isinstance(problem, Problem):
-        raise ValueError(f"problem must be a gradstats Problem, got {type(problem).__name__}")
+    check_problem(problem)
     refs = [reference] if isinstance(reference, str) else list(reference)
     for r in refs:
         if r not in REFERENCES:
@@ -69,8 +68,27 @@ def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iter
         raise ValueError(f"method must be 'auto', 'exact' or 'mc', got {method!r}")
     n = positive_int("num_samples", num_samples)
     ms = tuple(positive_int("ms entries", m) for m in ms)
-    ests: list[Estimator] = [get(e) for e in ([estimators] if isinstance(estimators, str) else estimators)]
+    if isinstance(estimators, (str, Estimator)) or callable(estimators):
+        estimators = [estimators]
+    try:
+        ests: list[Estimator] = [get(e) for e in estimators]
+    except TypeError as err:
+        raise ValueError(f"estimators must be a name, an Estimator, a callable or a list of them, "
+                         f"got {type(estimators).__name__}") from err
+    if not ests:
+        raise ValueError("estimators is empty: name at least one (gs.estimators.names() lists them)")
+    names = [e.name for e in ests]
+    if len(set(names)) != len(names):
+        raise ValueError(f"estimators names one estimator twice: {names}")
+    if options is not None and not isinstance(options, Mapping):
+        raise ValueError(f"options must be a dict estimator name -> its options, got {type(options).__name__}")
     options = dict(options or {})
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ValueError(f"options names estimator(s) {unknown} that are not being evaluated ({', '.join(names)})")
+    for name, opts in options.items():
+        if not isinstance(opts, Mapping):
+            raise ValueError(f"options[{name!r}] must be a dict of that estimator's options, got {type(opts).__name__}")
     mc_kw = dict(num_samples=n, seed=seed, device=device, progress=progress)
     if chunk_size is not None:
         mc_kw["chunk_size"] = chunk_size

@@ -16,6 +16,7 @@ indicators, as probability-weighted sums over the same states.
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -23,8 +24,9 @@ from torch import Tensor
 
 from . import enumeration
 from .accumulators import GradientAccumulator, Moments
-from .estimators import get, resolve_options
-from .problems import Problem
+from .estimators import NonFiniteError, check_gradient, get, resolve_options
+from .numerics import float64_vector, optional_bool
+from .problems import Problem, Trajectory, check_problem
 from .units import BINARY, STS, BernoulliUnit
 
 __all__ = ["exact_loss", "exact_gradient", "exact_moments", "OBJECTIVE_UNITS", "FULL_COVARIANCE_MAX_DIM"]
@@ -45,15 +47,45 @@ def _check_total(total: float, what: str) -> None:
         raise RuntimeError(f"enumerated probabilities of {what} sum to {total!r}, not 1")
 
 
+def _finite_losses(problem: Problem, traj: Trajectory, offset: int) -> torch.Tensor:
+    """The loss of every enumerated state of the chunk, or a NonFiniteError naming the first bad state."""
+    values = problem.loss(traj.output)
+    bad = ~torch.isfinite(values.detach())
+    if bool(bad.any()):
+        row = int(torch.nonzero(bad)[0])
+        state = traj.output[row].detach().tolist()
+        raise NonFiniteError(f"loss {problem.loss.name!r} is {float(values[row])} at enumerated state {offset + row} "
+                             f"(h = {[round(v, 6) for v in state]}) of {problem.description}")
+    return values
+
+
+def _modal_loss(problem: Problem, unit: BernoulliUnit) -> float:
+    r"""The loss of the greedy mode (each layer's indicators ``1[q(a) > 1/2]`` given the layer below).
+
+    Subtracting a constant ``c`` from the loss leaves the gradient unchanged
+    (:math:`\sum_s \nabla P(s) = 0`) and, with ``c`` near the losses of the likely states, removes the
+    cancellation between states whose losses differ little (the STS objective at ``a = -50``).
+    """
+    def step(layer: int, a: torch.Tensor):
+        b = (unit.log_q(a) > unit.log_1mq(a)).to(a.dtype)
+        return b, unit.value(a, b)
+
+    value = float(problem.loss(problem.forward(step, 1).output)[0])
+    return value if math.isfinite(value) else 0.0
+
+
 def exact_loss(problem: Problem, objective: str = "binary", *, chunk_size: int = enumeration.DEFAULT_CHUNK_SIZE,
                max_states: int = enumeration.DEFAULT_MAX_STATES) -> float:
-    """``E[L]`` under the binary (or STS) network, by enumeration."""
+    """``E[L]`` under the binary (or STS) network, by enumeration (a non-finite loss at any state
+    raises :class:`~gradstats.estimators.NonFiniteError` naming it)."""
+    check_problem(problem)
     unit = _unit(objective)
-    total, value = 0.0, torch.zeros((), dtype=torch.float64)
+    total, value, offset = 0.0, torch.zeros((), dtype=torch.float64), 0
     for traj in enumeration.trajectories(problem, unit, chunk_size=chunk_size, max_states=max_states):
         w = traj.log_prob.exp()
         total += float(w.sum())
-        value += w @ problem.loss(traj.output)
+        value += w @ _finite_losses(problem, traj, offset)
+        offset += w.shape[0]
     _check_total(total, problem.description)
     return float(value)
 
@@ -61,20 +93,33 @@ def exact_loss(problem: Problem, objective: str = "binary", *, chunk_size: int =
 def exact_gradient(problem: Problem, objective: str = "binary", *,
                    chunk_size: int = enumeration.DEFAULT_CHUNK_SIZE,
                    max_states: int = enumeration.DEFAULT_MAX_STATES) -> Tensor:
-    """``dE[L]/dtheta`` as a 1-D float64 tensor in ``problem.parameter_names()`` order."""
+    """``dE[L]/dtheta`` as a 1-D float64 tensor in ``problem.parameter_names()`` order.
+
+    A non-finite loss at any state, or a non-finite gradient from a chunk of states, raises
+    :class:`~gradstats.estimators.NonFiniteError` naming the state or the chunk.
+    """
+    check_problem(problem)
     unit = _unit(objective)
     leaves = {k: v.clone().requires_grad_(True) for k, v in problem.parameters.items()}
     grads = [torch.zeros_like(v) for v in leaves.values()]
-    total = 0.0
+    total, offset = 0.0, 0
+    centre = _modal_loss(problem, unit)
     with torch.enable_grad():
         for traj in enumeration.trajectories(problem, unit, parameters=leaves, chunk_size=chunk_size,
                                              max_states=max_states):
             w = traj.log_prob.exp()
             total += float(w.detach().sum())
-            chunk_value = w @ problem.loss(traj.output)
-            for acc, g in zip(grads, torch.autograd.grad(chunk_value, list(leaves.values()), allow_unused=True)):
-                if g is not None:
-                    acc += g
+            chunk_value = w @ (_finite_losses(problem, traj, offset) - centre)
+            for name, acc, g in zip(leaves, grads, torch.autograd.grad(chunk_value, list(leaves.values()),
+                                                                       allow_unused=True)):
+                if g is None:
+                    continue
+                if not bool(torch.isfinite(g).all()):
+                    raise NonFiniteError(f"the {objective} objective's gradient with respect to {name} is not finite "
+                                         f"over enumerated states {offset} to {offset + w.shape[0] - 1} of "
+                                         f"{problem.description} (a NaN or infinity from the loss's derivative)")
+                acc += g
+            offset += w.shape[0]
     _check_total(total, problem.description)
     return torch.cat([g.reshape(-1) for g in grads])
 
@@ -89,6 +134,13 @@ def exact_moments(problem: Problem, estimator, *, references: dict[str, Tensor] 
     exact too (``Moments.summary``).
     """
     start = time.perf_counter()
+    check_problem(problem)
+    full = optional_bool("full_covariance", full_covariance)
+    if references is not None and not isinstance(references, dict):
+        raise ValueError(f"references must be a dict name -> gradient [{problem.num_parameters}], "
+                         f"got {type(references).__name__}")
+    references = {str(k): float64_vector(f"references[{k!r}]", v, problem.num_parameters)
+                  for k, v in (references or {}).items()}
     est = get(estimator)
     if est.noise != "discrete":
         raise ValueError(f"estimator {est.name!r} has continuous noise: its moments need method='mc'")
@@ -100,10 +152,14 @@ def exact_moments(problem: Problem, estimator, *, references: dict[str, Tensor] 
     if est.stateful(resolved):
         raise ValueError(f"estimator {est.name!r} with these options draws from a stream (each draw depends on the draws "
                          "before it, as with baseline='running'): its moments need method='mc'")
-    full = problem.num_parameters <= FULL_COVARIANCE_MAX_DIM if full_covariance is None else bool(full_covariance)
+    full = problem.num_parameters <= FULL_COVARIANCE_MAX_DIM if full is None else full
     acc = GradientAccumulator(problem, references, full)
+    offset = 0
     for weights, gradient in est.outcomes(problem, chunk_size=chunk_size, max_states=max_states, **resolved):
+        check_gradient(est.name, problem, gradient, weights.shape[0],
+                       lambda row, first=offset: f"enumerated outcome {first + row}")
         acc.add(gradient, weights)
+        offset += weights.shape[0]
     _check_total(acc.summary.weight, problem.description)
     return Moments.from_summary(acc.summary, method="exact", estimator=est.name,
                                 loss_evals_per_draw=est.loss_evals(problem, resolved), seconds=time.perf_counter() - start)

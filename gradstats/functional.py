@@ -37,7 +37,19 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .numerics import safe_divide
-from .units import BINARY, STS, binary_residual, check_temperature, noise_quantile, relaxed
+from .units import (
+    BINARY,
+    STS,
+    antithetic,
+    binary_residual,
+    check_temperature,
+    noise_quantile,
+    reinmax_local_derivative,
+    relaxed,
+    relaxed_local_derivative,
+    sigmoid_derivative,
+    sts_local_derivative,
+)
 
 __all__ = ["straight_through", "sts", "noisy_rectifier", "reinforce", "RunningBaseline", "gumbel_sigmoid",
            "st_gumbel", "reinmax", "arm", "disarm", "reinforce_loo"]
@@ -51,20 +63,27 @@ def _uniforms(a: Tensor, u: Tensor | None, generator: torch.Generator | None) ->
     return torch.rand(a.shape, generator=generator, dtype=a.dtype, device=a.device)
 
 
+def _with_local_derivative(value: Tensor, a: Tensor, local: Tensor) -> Tensor:
+    """``value`` forward; backward ``dL/da = dL/dh * local`` (``local`` computed in a stable form, held fixed)."""
+    return value.detach() + (a - a.detach()) * local.detach()
+
+
 def straight_through(a: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None,
                      variant: str = "identity") -> Tensor:
     """Binary sample with the straight-through backward pass (``variant`` ``"identity"`` or ``"sigmoid"``)."""
     if variant not in ("identity", "sigmoid"):
         raise ValueError(f"variant must be 'identity' or 'sigmoid', got {variant!r}")
     hard = BINARY.sample(a.detach(), _uniforms(a, u, generator))[1]
-    soft = a if variant == "identity" else torch.sigmoid(a)
-    return hard + (soft - soft.detach())
+    if variant == "identity":
+        return hard + (a - a.detach())
+    return _with_local_derivative(hard, a, sigmoid_derivative(a.detach()))
 
 
 def sts(a: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
     """STS sample ``b * sqrt(sigmoid(a))``, ``b ~ Bernoulli(sqrt(sigmoid(a)))`` detached."""
-    b = STS.sample(a.detach(), _uniforms(a, u, generator))[0]
-    return STS.value(a, b)
+    ad = a.detach()
+    b = STS.sample(ad, _uniforms(a, u, generator))[0]
+    return _with_local_derivative(STS.value(ad, b), a, sts_local_derivative(ad, b))
 
 
 def noisy_rectifier(a: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None,
@@ -88,7 +107,10 @@ def reinforce(a: Tensor, *, u: Tensor | None = None, generator: torch.Generator 
     def surrogate(loss: Tensor, baseline: float | Tensor = 0.0) -> Tensor:
         if loss.shape != h.shape[:-1]:
             raise ValueError(f"loss must have shape {tuple(h.shape[:-1])} (one value per row of h), got {tuple(loss.shape)}")
-        centred = loss.detach()[..., None] - torch.as_tensor(baseline, dtype=a.dtype, device=a.device)
+        bar = torch.as_tensor(baseline, dtype=a.dtype, device=a.device)
+        if bar.ndim > 1 or (bar.ndim == 1 and bar.shape[0] != h.shape[-1]):
+            raise ValueError(f"baseline must be a number or {h.shape[-1]} numbers (one per unit), got shape {tuple(bar.shape)}")
+        centred = loss.detach()[..., None] - bar
         return (BINARY.log_prob(a, h) * centred).sum()
 
     return h, surrogate
@@ -127,26 +149,26 @@ class RunningBaseline:
 def gumbel_sigmoid(a: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None,
                    temperature: float = 1.0) -> Tensor:
     """Relaxed sample ``sigmoid((a + l) / temperature)``, ``l = log(1 - u) - log(u)``, differentiable in ``a``."""
-    return relaxed(a, _uniforms(a, u, generator), check_temperature(temperature))
+    temperature = check_temperature(temperature)
+    uu, ad = _uniforms(a, u, generator), a.detach()
+    return _with_local_derivative(relaxed(ad, uu, temperature), a, relaxed_local_derivative(ad, uu, temperature))
 
 
 def st_gumbel(a: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None,
               temperature: float = 1.0) -> Tensor:
     """Hard sample ``1[u < sigmoid(a)]`` forward, the relaxed sample's gradient backward."""
-    uu = _uniforms(a, u, generator)
-    soft = relaxed(a, uu, check_temperature(temperature))
-    return BINARY.sample(a.detach(), uu)[1] + (soft - soft.detach())
+    temperature = check_temperature(temperature)
+    uu, ad = _uniforms(a, u, generator), a.detach()
+    return _with_local_derivative(BINARY.sample(ad, uu)[1], a, relaxed_local_derivative(ad, uu, temperature))
 
 
 def reinmax(a: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None,
             temperature: float = 1.0) -> Tensor:
     r"""Hard sample forward; backward :math:`dL/db\,(2r(1 - r) - p(1 - p)/2)`, :math:`r = (b + \sigma(a/\tau))/2`."""
     temperature = check_temperature(temperature)
-    b = BINARY.sample(a.detach(), _uniforms(a, u, generator))[1]
-    r = (b + torch.sigmoid(a.detach() / temperature)) / 2
-    r_grad = torch.sigmoid(torch.logit(r) - a.detach() + a)    # value r, derivative r (1 - r)
-    pi2 = 2 * r_grad - torch.sigmoid(a) / 2
-    return b + (pi2 - pi2.detach())
+    ad = a.detach()
+    b = BINARY.sample(ad, _uniforms(a, u, generator))[1]
+    return _with_local_derivative(b, a, reinmax_local_derivative(ad, b, temperature))
 
 
 def _surrogate(a: Tensor, delta: Tensor) -> Tensor:
@@ -163,8 +185,8 @@ def arm(a: Tensor, loss_fn: Callable[[Tensor], Tensor], *, u: Tensor | None = No
         generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """ARM: sample ``b`` and a surrogate with gradient ``(f(b~) - f(b)) (u - 1/2)``, ``b~ = 1[1 - u < p]``."""
     uu = _uniforms(a, u, generator)
-    p = torch.sigmoid(a.detach())
-    b, b_anti = (uu < p).to(a.dtype), (1 - uu < p).to(a.dtype)
+    ad = a.detach()
+    b, b_anti = BINARY.sample(ad, uu)[1], antithetic(ad, uu)
     main, anti = _check_rows(loss_fn(b), b), _check_rows(loss_fn(b_anti), b)
     return b, _surrogate(a, (anti - main)[..., None] * (uu - 0.5))
 
@@ -174,8 +196,7 @@ def disarm(a: Tensor, loss_fn: Callable[[Tensor], Tensor], *, u: Tensor | None =
     """DisARM: sample ``b`` and a surrogate with gradient ``(f(b) - f(b~))/2 (-1)^b~ 1[b != b~] sigmoid(|a|)``."""
     uu = _uniforms(a, u, generator)
     ad = a.detach()
-    p = torch.sigmoid(ad)
-    b, b_anti = (uu < p).to(a.dtype), (1 - uu < p).to(a.dtype)
+    b, b_anti = BINARY.sample(ad, uu)[1], antithetic(ad, uu)
     main, anti = _check_rows(loss_fn(b), b), _check_rows(loss_fn(b_anti), b)
     sign = torch.where(b_anti > 0.5, -1.0, 1.0).to(a.dtype)
     delta = 0.5 * (main - anti)[..., None] * sign * (b != b_anti).to(a.dtype) * torch.sigmoid(ad.abs())

@@ -260,7 +260,9 @@ def random_readout(kind: str, num_inputs: int, num_outputs: int = 4, seed: int =
     for name, n in (("num_inputs", num_inputs), ("num_outputs", num_outputs)):
         if not (isinstance(n, int) and n >= 1):
             raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
-    g = torch.Generator().manual_seed(int(seed))
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2^64), got {seed!r}")
+    g = torch.Generator().manual_seed(seed)
     v = torch.randn(num_outputs, num_inputs, generator=g, dtype=torch.float64) / math.sqrt(num_inputs)
     if kind == "squared_error":
         return readout_squared_error(v, torch.randn(num_outputs, generator=g, dtype=torch.float64))

@@ -27,7 +27,14 @@ the delete-one-batch jackknife standard error over the contiguous batches of
 serves the nonlinear metrics (norms, cosines). With Monte Carlo moments the
 squared bias in ``mse`` is the unbiased :math:`\lVert \bar g - g \rVert^2 - \mathrm{tr}\,\hat\Sigma / n`
 (the plug-in ``bias_norm`` is kept as is, and is biased upwards by noise).
-``sign(0) = 0`` and the cosine of a zero vector is 0.
+Conventions at the edges (values, never silently 0):
+
+* ``sign(0) = 0``: a zero estimate agrees only with a zero gradient;
+* the cosine of a zero vector is 0; cosines of tiny or huge vectors are exact (both vectors
+  are rescaled by their largest entry first, with no eps clamp);
+* ``relative_bias`` against a zero reference is ``inf`` (0 when the bias is 0 too);
+* ``snr`` of a coordinate with zero variance is ``inf`` when its mean is nonzero, 0 when the
+  mean is 0.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import torch
 from torch import Tensor
 
 from .accumulators import Moments, Summary
-from .numerics import safe_divide
+from .numerics import cosine, float64_vector, ratio_or_inf
 from .problems import Problem
 
 __all__ = ["MetricValue", "compute_metrics", "COORDINATE_METRICS", "SCALAR_METRICS"]
@@ -68,8 +75,9 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
     var = s.m2 / s.weight if exact else s.m2 / max(n - 1, 1)
     mean = s.mean
     bias = mean - reference
-    out: dict[tuple, float | Tensor] = {("bias", 0, None): bias, ("variance", 0, None): var,
-                                        ("snr", 0, None): safe_divide(mean.abs(), var.sqrt())}
+    sd = var.sqrt()
+    snr = torch.where(sd > 0, mean.abs() / torch.where(sd > 0, sd, 1.0), torch.where(mean != 0, torch.inf, 0.0))
+    out: dict[tuple, float | Tensor] = {("bias", 0, None): bias, ("variance", 0, None): var, ("snr", 0, None): snr}
     layers = problem.coordinate_layers().to(mean.device)
     for layer in range(problem.num_layers + 1):
         sel = torch.ones_like(layers, dtype=torch.bool) if layer == 0 else layers == layer
@@ -79,12 +87,12 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
         trace = float(v.sum())
         bias2 = float(b.square().sum())
         out[("bias_norm", layer, None)] = math.sqrt(bias2)
-        out[("relative_bias", layer, None)] = float(safe_divide(b.norm(), g.norm()))
+        out[("relative_bias", layer, None)] = ratio_or_inf(math.sqrt(bias2), float(g.norm()))
         out[("variance_trace", layer, None)] = trace
         sq_bias = bias2 if exact else bias2 - trace / n
         for m in ms:
             out[("mse", layer, m)] = sq_bias + trace / m
-        out[("cosine_mean", layer, None)] = float(safe_divide(mu @ g, mu.norm() * g.norm()))
+        out[("cosine_mean", layer, None)] = cosine(mu, g)
         out[("sign_agreement_mean", layer, None)] = float((mu.sign() == g.sign()).to(torch.float64).mean())
         if name in s.sign_agree:
             out[("sign_agreement_draw", layer, None)] = float(s.sign_agree[name][sel].mean() / s.weight)
@@ -108,7 +116,9 @@ def compute_metrics(moments: Moments, problem: Problem, reference: Tensor, refer
     per-coordinate bias's error then adds it in quadrature (the two are independent). Other
     metrics' errors are conditional on the reference.
     """
-    reference = reference.to(torch.float64)
+    reference = float64_vector("reference", reference, problem.num_parameters)
+    if reference_stderr is not None:
+        reference_stderr = float64_vector("reference_stderr", reference_stderr, problem.num_parameters)
     exact = moments.method == "exact"
     full = _values(moments.summary, exact, problem, reference, reference_name, ms)
     errors: dict[tuple, float | Tensor] = {}

@@ -16,47 +16,57 @@ standard errors of any metric.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
+import contextlib
+import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from . import checkpoint as ckpt
 from .accumulators import GradientAccumulator, Moments
-from .estimators import get, resolve_options
+from .estimators import check_gradient, get, resolve_options
 from .noise import NoiseStream, resolve_device
-from .numerics import positive_int
-from .problems import Problem
+from .numerics import float64_vector, optional_bool, positive_int, seed_value
+from .problems import Problem, check_problem
 
-__all__ = ["mc_moments", "DEFAULT_CHUNK_SIZE", "FULL_COVARIANCE_MAX_DIM", "DEFAULT_BATCHES"]
+__all__ = ["mc_moments", "DEFAULT_CHUNK_SIZE", "FULL_COVARIANCE_MAX_DIM", "DEFAULT_BATCHES", "MAX_SAMPLES",
+           "LONG_RUN_SECONDS"]
 
 DEFAULT_CHUNK_SIZE = 2**16
 FULL_COVARIANCE_MAX_DIM = 64
 DEFAULT_BATCHES = 20
+MAX_SAMPLES = 2**53          # float64 counts and weights stay exact up to here
+LONG_RUN_SECONDS = 3600.0    # a run estimated to take longer says so once, through logging
+_ESTIMATE_AFTER_SECONDS = 2.0
+
+logger = logging.getLogger(__name__)
 
 
-def _signature(problem: Problem, est, resolved: dict, **settings) -> str:
-    """What a checkpoint must match to be resumed: the problem, the estimator and its options, the stream."""
-    def plain(value):
-        if isinstance(value, torch.Tensor):
-            return value.tolist()
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value if isinstance(value, (int, float, str, bool, type(None), list, tuple)) else repr(value)
-
-    payload = {"problem": problem.spec(), "estimator": est.name, "options": plain(resolved), **plain(settings)}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+def _piece_description(seed: int, offset: int):
+    return lambda row: f"draw {offset + row} (seed {seed})"
 
 
-def _save_checkpoint(path: Path, signature: str, position: int, batches, state) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save({"signature": signature, "position": position, "state": state,
-                "accumulators": [acc.state_dict() for acc in batches]}, tmp)
-    os.replace(tmp, path)
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """While a checkpointed run is in flight, SIGTERM raises SystemExit(143) so it saves like SIGINT
+    (only from the main thread, and only where SIGTERM still has its default action)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, device="auto",
@@ -67,84 +77,169 @@ def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, 
     """Monte Carlo moments (variance with ``n - 1``), standard errors and per-draw metrics.
 
     Args:
-        num_samples: draws (one draw is one gradient estimate).
-        seed: the noise stream; the same seed gives the same bits on the same device.
+        num_samples: draws (one draw is one gradient estimate), at most ``2^53``.
+        seed: the noise stream, an integer in ``[0, 2^63)``; the same seed gives the same bits
+            on the same device.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         chunk_size: draws computed at once (memory), not part of the result.
         dtype: per-draw arithmetic (accumulators are always float64).
-        full_covariance: defaults to ``D <= FULL_COVARIANCE_MAX_DIM``.
-        references: name -> gradient ``[D]`` for the per-draw metrics.
+        full_covariance: ``True``, ``False``, or ``None`` for ``D <= FULL_COVARIANCE_MAX_DIM``.
+        references: name -> gradient of shape ``[D]`` exactly, for the per-draw metrics.
         ms: group sizes for the cosine of the mean of ``M`` draws.
         num_batches: contiguous batches kept for jackknife standard errors.
-        progress: a tqdm bar; ``None`` shows it when stderr is a terminal.
+        progress: a tqdm bar; ``None`` shows it when stderr is a terminal. A run estimated to
+            take over an hour says so once through :mod:`logging` either way.
         checkpoint: a file to save the accumulators to (atomically, at most every
-            ``checkpoint_seconds`` and when interrupted); a run given an existing
-            checkpoint of the same problem, estimator, options and stream resumes from it,
-            with the same result as an uninterrupted run. Removed when the run completes.
+            ``checkpoint_seconds`` and when interrupted by an exception, Ctrl-C or SIGTERM); a
+            run given an existing checkpoint of the same problem, estimator, options, stream and
+            library resumes from it, with the same result as an uninterrupted run. Removed when
+            the run completes. See :mod:`gradstats.checkpoint` for what it stores and checks.
+
+    A draw whose gradient is not finite raises :class:`~gradstats.estimators.NonFiniteError`
+    naming its index.
     """
     start_time = time.perf_counter()
+    check_problem(problem)
     n = positive_int("num_samples", num_samples)
+    if n > MAX_SAMPLES:
+        raise ValueError(f"num_samples must be at most 2^53 = {MAX_SAMPLES:,} (float64 counts are exact up to there), "
+                         f"got {n:,}: merge the Moments of several seeds instead")
+    seed = seed_value("seed", seed)
     chunk = positive_int("chunk_size", chunk_size)
     k = min(positive_int("num_batches", num_batches), n)
-    for m in ms:
-        positive_int("ms entries", m)
+    ms = tuple(positive_int("ms entries", m) for m in ms)
+    full = optional_bool("full_covariance", full_covariance)
+    seconds_between_saves = ckpt.finite_positive_seconds("checkpoint_seconds", checkpoint_seconds)
+    dim = problem.num_parameters
+    if references is not None and not isinstance(references, dict):
+        raise ValueError(f"references must be a dict name -> gradient [{dim}], got {type(references).__name__}")
+    references = {str(name): float64_vector(f"references[{name!r}]", ref, dim) for name, ref in (references or {}).items()}
     dev = resolve_device(device)
     est = get(estimator)
     resolved = resolve_options(est, problem, options)
-    full = problem.num_parameters <= FULL_COVARIANCE_MAX_DIM if full_covariance is None else bool(full_covariance)
+    full = dim <= FULL_COVARIANCE_MAX_DIM if full is None else full
     stream = NoiseStream(seed, (est.noise_per_unit(resolved), problem.num_units), dev, dtype)
-    bounds = [round(i * n / k) for i in range(k + 1)]
-    batches = [GradientAccumulator(problem, references, full, tuple(ms), dev) for _ in range(k)]
-    stateful, state = est.stateful(resolved), None
-    position = 0
-    path = None if checkpoint is None else Path(checkpoint)
-    if path is not None:
-        signature = _signature(problem, est, resolved, n=n, seed=seed, device=str(dev), dtype=str(dtype), full=full,
-                               references=references or {}, ms=list(ms), batches=k)
-        if path.exists():
-            saved = torch.load(path, map_location=dev, weights_only=False)
-            if saved["signature"] != signature:
-                raise ValueError(f"checkpoint {str(path)!r} belongs to another run (problem, estimator, options or "
-                                 "stream differ): remove it or pass another path")
-            position, state = saved["position"], saved["state"]
-            for acc, stored in zip(batches, saved["accumulators"]):
-                acc.load_state_dict(stored)
-        last_save = time.perf_counter()
+    run = _Run(problem, est, resolved, stream, n, chunk, [round(i * n / k) for i in range(k + 1)],
+               [GradientAccumulator(problem, references, full, ms, dev) for _ in range(k)])
+    saver = None
+    if checkpoint is not None:
+        saver = _Checkpointer(Path(checkpoint), seconds_between_saves, dev, problem=problem, estimator=est,
+                              options=resolved, settings={"n": n, "seed": seed, "device": str(dev), "dtype": str(dtype),
+                                                          "full": full, "references": references, "ms": list(ms),
+                                                          "batches": k})
+        saver.resume(run)
     show = sys.stderr.isatty() if progress is None else bool(progress)
-    try:
-        with tqdm(total=n, initial=position, disable=not show, unit="draw", unit_scale=True, desc=est.name,
-                  leave=False) as bar:
-            batch = 0
-            for chunk_start in range(0, n, chunk):  # the same pieces as an uninterrupted run: the same bits
-                stop = min(chunk_start + chunk, n)
-                start = max(chunk_start, position)
-                while start < stop:
-                    while bounds[batch + 1] <= start:
-                        batch += 1
-                    piece = min(stop, bounds[batch + 1])
-                    u = stream.uniforms(start, piece)
-                    if stateful:
-                        gradient, new_state = est.draw(problem, u, state=state, **resolved)
-                    else:
-                        gradient, new_state = est.draw(problem, u, **resolved), None
-                    if isinstance(gradient, torch.Tensor) and gradient.shape != (piece - start, problem.num_parameters):
-                        raise ValueError(f"estimator {est.name!r} returned shape {tuple(gradient.shape)}, "
-                                         f"expected ({piece - start}, {problem.num_parameters})")
-                    batches[batch].add(gradient)
-                    state, position = new_state, piece
-                    bar.update(piece - start)
-                    start = piece
-                if path is not None and time.perf_counter() - last_save > checkpoint_seconds:
-                    _save_checkpoint(path, signature, position, batches, state)
-                    last_save = time.perf_counter()
-    except BaseException:
-        if path is not None and position > 0:
-            _save_checkpoint(path, signature, position, batches, state)
-        raise
-    if path is not None:
-        path.unlink(missing_ok=True)
-    total = batches[0].summary
-    for acc in batches[1:]:
+    with tqdm(total=n, initial=run.position, disable=not show, unit="draw", unit_scale=True, desc=est.name,
+              leave=False) as bar, _sigterm_as_exit():
+        try:
+            run.loop(bar.update, None if saver is None else lambda: saver.maybe_save(run))
+        except BaseException:
+            if saver is not None:
+                saver.save_after_interruption(run)
+            raise
+    if saver is not None:
+        saver.path.unlink(missing_ok=True)
+    total = run.batches[0].summary
+    for acc in run.batches[1:]:
         total = total.merged(acc.summary)
     return Moments.from_summary(total, method="mc", estimator=est.name, loss_evals_per_draw=est.loss_evals(problem, resolved),
-                                batches=tuple(acc.summary for acc in batches), seconds=time.perf_counter() - start_time)
+                                batches=tuple(acc.summary for acc in run.batches), seconds=time.perf_counter() - start_time)
+
+
+class _Run:
+    """The draws of one Monte Carlo run, cut into pieces that never straddle a chunk or a batch.
+
+    The pieces are the same whatever draw the run starts from, so a resumed run computes the
+    same bits as an uninterrupted one.
+    """
+
+    def __init__(self, problem, est, resolved, stream, n, chunk, bounds, batches):
+        self.problem, self.est, self.resolved, self.stream = problem, est, resolved, stream
+        self.n, self.chunk, self.bounds, self.batches = n, chunk, bounds, batches
+        self.stateful, self.state, self.position = est.stateful(resolved), None, 0
+
+    def pieces(self):
+        """``(batch, start, stop)`` of every piece from ``position`` on, and ``None`` after each chunk."""
+        batch = 0
+        for chunk_start in range(0, self.n, self.chunk):
+            stop = min(chunk_start + self.chunk, self.n)
+            start = max(chunk_start, self.position)
+            while start < stop:
+                while self.bounds[batch + 1] <= start:
+                    batch += 1
+                piece = min(stop, self.bounds[batch + 1])
+                yield batch, start, piece
+                start = piece
+            yield None
+
+    def loop(self, advance, after_chunk) -> None:
+        clock, first, warned = time.perf_counter(), self.position, False
+        for item in self.pieces():
+            if item is None:
+                if after_chunk is not None:
+                    after_chunk()
+                continue
+            batch, start, stop = item
+            u = self.stream.uniforms(start, stop)
+            if self.stateful:
+                gradient, state = self.est.draw(self.problem, u, state=self.state, **self.resolved)
+            else:
+                gradient, state = self.est.draw(self.problem, u, **self.resolved), None
+            check_gradient(self.est.name, self.problem, gradient, stop - start, _piece_description(self.stream.seed, start))
+            self.batches[batch].add(gradient)
+            self.state, self.position = state, stop
+            advance(stop - start)
+            elapsed = time.perf_counter() - clock
+            if not warned and elapsed > _ESTIMATE_AFTER_SECONDS:
+                warned = True
+                remaining = elapsed / (stop - first) * (self.n - stop)
+                if remaining > LONG_RUN_SECONDS:
+                    logger.warning("%s on %s: %s draws will take about %.1f hours more at %.3g draws/s",
+                                   self.est.name, self.problem.description, f"{self.n:,}", remaining / 3600,
+                                   (stop - first) / elapsed)
+
+
+class _Checkpointer:
+    """Saves a run's accumulators to ``path`` (plain tensors, signed) and resumes a run from it."""
+
+    def __init__(self, path: Path, every: float, device, **identity):
+        self.path, self.every, self.device = path, every, device
+        try:
+            self.signature = ckpt.signature(**identity)
+        except ckpt.UnidentifiableError as err:
+            raise ValueError(f"checkpoint={str(path)!r} cannot be used: {err}, so a saved run could not be told from "
+                             "another; run without a checkpoint, or give the loss and estimator plain values "
+                             "(numbers, tensors, functions)") from err
+        self.last = time.perf_counter()
+
+    def resume(self, run: _Run) -> None:
+        if not self.path.exists():
+            return
+        record = ckpt.load(self.path, self.signature, self.device)
+        where = f"checkpoint {str(self.path)!r}"
+        stored = record.get("accumulators")
+        position = record.get("position")
+        if not (isinstance(stored, list) and len(stored) == len(run.batches) and isinstance(position, int)
+                and 0 <= position <= run.n):
+            raise ValueError(f"{where} is damaged (position or batches out of range); it was left in place: "
+                             "remove it or pass another path")
+        for i, (acc, state) in enumerate(zip(run.batches, stored)):
+            acc.load_state_dict(state, f"{where}, batch {i}")
+        run.position, run.state = position, record.get("state")
+
+    def save(self, run: _Run) -> None:
+        if run.position == 0:
+            return
+        ckpt.save(self.path, self.signature, {"position": run.position, "state": run.state,
+                                              "accumulators": [acc.state_dict() for acc in run.batches]})
+        self.last = time.perf_counter()
+
+    def save_after_interruption(self, run: _Run) -> None:
+        try:
+            self.save(run)
+        except Exception:  # the interruption is what the caller must see; the failed save is logged
+            logger.exception("could not save checkpoint %s after the interruption", self.path)
+
+    def maybe_save(self, run: _Run) -> None:
+        if time.perf_counter() - self.last > self.every:
+            self.save(run)

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor
 
-__all__ = ["safe_divide", "positive_int"]
+__all__ = ["safe_divide", "cosine", "ratio_or_inf", "positive_int", "seed_value", "optional_bool", "float64_vector", "MAX_SEED"]
 
 
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` where ``den > 0``, else 0 (a ratio of averages before any weight has arrived)."""
     positive = den > 0
     return torch.where(positive, num / torch.where(positive, den, 1.0), 0.0)
+
+
+def cosine(x: Tensor, y: Tensor) -> float:
+    """``<x, y> / (|x| |y|)`` computed on ``x / max|x|`` and ``y / max|y|``, so that vectors of any
+    scale (1e-200 or 1e200) give their exact cosine; 0 when either vector is zero (no clamp by an eps)."""
+    sx, sy = x.abs().max(), y.abs().max()
+    if x.numel() == 0 or float(sx) == 0.0 or float(sy) == 0.0:
+        return 0.0
+    xs, ys = x / sx, y / sy
+    return float((xs @ ys) / (xs.norm() * ys.norm()))
+
+
+def ratio_or_inf(num: float, den: float) -> float:
+    """``num / den`` for ``den > 0``; for ``den == 0``: 0 when ``num == 0`` (nothing to compare), else inf."""
+    if den > 0:
+        return num / den
+    return 0.0 if num == 0 else math.inf
 
 
 def positive_int(name: str, value) -> int:
@@ -21,3 +41,35 @@ def positive_int(name: str, value) -> int:
     if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return value
+
+
+MAX_SEED = 2**63 - 1
+
+
+def seed_value(name: str, value) -> int:
+    """A seed: an integer in ``[0, 2^63)`` (no float is truncated), else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= int(value) <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer in [0, 2^63), got {value!r}")
+    return int(value)
+
+
+def optional_bool(name: str, value) -> bool | None:
+    """``True``, ``False`` or ``None``, else a ValueError naming ``name`` (no truthiness of strings or tensors)."""
+    if value is None or isinstance(value, bool):
+        return value
+    raise ValueError(f"{name} must be True, False or None, got {value!r}")
+
+
+def float64_vector(name: str, value, size: int) -> Tensor:
+    """``value`` as a finite float64 tensor of shape ``[size]`` exactly, else a ValueError naming ``name``."""
+    try:
+        t = torch.as_tensor(value).detach().to(device="cpu", dtype=torch.float64) \
+            if isinstance(value, Tensor) else torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{name} must be {size} numbers: {err}") from err
+    if tuple(t.shape) != (size,):
+        raise ValueError(f"{name} must have shape ({size},), got {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        bad = torch.nonzero(~torch.isfinite(t)).flatten().tolist()
+        raise ValueError(f"{name} must be finite, got non-finite entries at {bad}")
+    return t

@@ -25,9 +25,10 @@ import torch
 from torch import Tensor
 
 from .losses import Loss, as_loss, check_loss_output, polynomial, random_readout, readout_squared_error
-from .numerics import positive_int
+from .numerics import positive_int, seed_value
 
-__all__ = ["Problem", "Trajectory", "FactoredGradient", "LayerSpec", "toy", "independent", "sbn", "teacher_student"]
+__all__ = ["Problem", "Trajectory", "FactoredGradient", "LayerSpec", "check_problem", "toy", "independent", "sbn",
+           "teacher_student"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,9 @@ class Problem:
         self.kind = kind
         self.layers = tuple(layers)
         self.parameters = {k: v.detach().to(torch.float64) for k, v in parameters.items()}
+        for name, value in self.parameters.items():
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"parameter {name} must be finite, got non-finite entries")
         self.loss = loss
         self.x = x
         self.description = description or kind
@@ -219,6 +223,14 @@ class Problem:
         return Trajectory(inputs, logits, indicators, values)
 
 
+def check_problem(problem, name: str = "problem") -> Problem:
+    """``problem`` itself if it is a :class:`Problem`, else a ValueError naming ``name``."""
+    if not isinstance(problem, Problem):
+        raise ValueError(f"{name} must be a gradstats Problem (gs.problems.toy, independent, sbn or teacher_student), "
+                         f"got {type(problem).__name__}")
+    return problem
+
+
 # ---- constructors ----------------------------------------------------------------
 
 def _finite_vector(name: str, value) -> Tensor:
@@ -283,12 +295,13 @@ def sbn(sizes: Sequence[int], loss="squared_error", x=None, seed: int = 0, *,
     ``num_outputs`` outputs (:func:`gradstats.losses.random_readout`, same seed).
     """
     sizes = list(sizes) if isinstance(sizes, (list, tuple)) else sizes
-    if not (isinstance(sizes, list) and len(sizes) >= 2 and all(isinstance(n, int) and n >= 1 for n in sizes)):
+    if not (isinstance(sizes, list) and len(sizes) >= 2 and all(type(n) is int and n >= 1 for n in sizes)):
         raise ValueError(f"sizes must be a list [n_in, n_1, ..., n_L] of integers >= 1 with at least one layer, got {sizes!r}")
+    seed = seed_value("seed", seed)
     s = _finite_number("weight_scale", weight_scale)
     if s <= 0:
         raise ValueError(f"weight_scale must be > 0, got {weight_scale!r}")
-    g = torch.Generator().manual_seed(int(seed))
+    g = torch.Generator().manual_seed(seed)
     if x is None:
         x = torch.randn(sizes[0], generator=g, dtype=torch.float64)
     else:
@@ -301,7 +314,7 @@ def sbn(sizes: Sequence[int], loss="squared_error", x=None, seed: int = 0, *,
         params[f"W{li}"] = torch.randn(n_out, n_in, generator=g, dtype=torch.float64) * (s / math.sqrt(n_in))
         params[f"c{li}"] = torch.randn(n_out, generator=g, dtype=torch.float64) * (s / 2)
     if isinstance(loss, str):
-        loss = random_readout(loss, sizes[-1], num_outputs, seed=int(seed) + 1)
+        loss = random_readout(loss, sizes[-1], num_outputs, seed=seed + 1)
     return Problem("sbn", layers, params, as_loss(loss), x=x,
                    description=f"sbn({'-'.join(map(str, sizes))}, seed={seed})")
 
@@ -320,11 +333,12 @@ def teacher_student(sizes: Sequence[int], num_examples: int = 8, seed: int = 0, 
     """
     n = positive_int("num_examples", num_examples)
     positive_int("num_outputs", num_outputs)
+    seed = seed_value("seed", seed)
     s_t = _finite_number("teacher_scale", teacher_scale)
     if s_t <= 0:
         raise ValueError(f"teacher_scale must be > 0, got {teacher_scale!r}")
     student = sbn(sizes, seed=seed, weight_scale=weight_scale)   # validates sizes and weight_scale
-    g = torch.Generator().manual_seed(int(seed) + 7919)
+    g = torch.Generator().manual_seed(seed + 7919)
     inputs = torch.randn(n, sizes[0], generator=g, dtype=torch.float64)
     h = inputs
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):

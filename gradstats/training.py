@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .estimators import get, resolve_options
+from .estimators import NonFiniteError, check_gradient, get, resolve_options
 from .exact import exact_gradient, exact_loss
 from .noise import NoiseStream
-from .numerics import positive_int
+from .numerics import positive_int, seed_value
 from .problems import FactoredGradient, Problem
 
 __all__ = ["EXACT", "OPTIMIZERS", "TrainingRun", "dataset_loss", "train"]
@@ -133,7 +133,9 @@ def train(problems, estimator, *, steps: int, learning_rate: float, draws_per_st
     steps = positive_int("steps", steps)
     draws = positive_int("draws_per_step", draws_per_step)
     every = positive_int("record_every", record_every)
-    if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
+    seed = seed_value("seed", seed)
+    if isinstance(learning_rate, bool) or not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate)
+                                               and learning_rate > 0):
         raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
@@ -167,11 +169,15 @@ def train(problems, estimator, *, steps: int, learning_rate: float, draws_per_st
                     gradient, state = est.draw(p, piece, state=state, **opts)
                 else:
                     gradient = est.draw(p, piece, **opts)
+                first_draw = k * per_step + i * draws
+                check_gradient(name, p, gradient, draws,
+                               lambda row, d=first_draw, step=k: f"step {step}, draw {d + row} (seed {seed})")
                 g += _mean_gradient(gradient)
             g /= len(examples)
-        if not torch.isfinite(g).all():
-            raise ValueError(f"estimator {name!r} gave a non-finite gradient at step {k} of {first.description}")
         theta = theta - learning_rate * (g if optimizer == "sgd" else adam.direction(g))
+        if not torch.isfinite(theta).all():
+            raise NonFiniteError(f"the parameters overflowed at step {k} of {first.description} with {name!r} at "
+                                 f"learning rate {learning_rate:g}: lower the learning rate")
         examples = [p.with_parameters(theta) for p in examples]
         if (k + 1) % every == 0 or k + 1 == steps:
             recorded_steps.append(k + 1)

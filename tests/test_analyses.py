@@ -116,3 +116,100 @@ def _value_or_fail(cell, config):
     if cell["i"] == 3:
         raise ValueError("cell 3 fails")
     return _runner._computed_rows(lambda c, _: [{"value": c["i"]}], cell, config)
+
+
+def test_a_corrupted_cached_cell_is_named_and_recomputed_alone(tmp_path, capsys):
+    from analyses import _runner
+
+    computed = []
+
+    def compute(cell, config):
+        computed.append(cell["i"])
+        return [{"value": cell["i"]}]
+
+    config = _runner.Config("fig_toy", True, 0, "cpu", tmp_path, False, False, jobs=1)
+    cells = [{"i": i} for i in range(4)]
+    _runner.run_cells(config, cells, compute)
+    paths = sorted((config.results / "cells").glob("*.json"))
+    victim = next(p for p in paths if json.loads(p.read_text())["cell"]["i"] == 2)
+    victim.write_text(victim.read_text()[:25])   # truncated mid-way
+    computed.clear()
+    frame = _runner.run_cells(config, cells, compute)
+    assert computed == [2] and frame.value.tolist() == [0, 1, 2, 3]
+    assert f"cached cell {victim} is unreadable" in capsys.readouterr().err
+
+
+_KILLED_PARENT = """
+import sys, time
+from pathlib import Path
+from analyses import _runner
+
+
+def slow(cell, config):
+    time.sleep(120)
+    return [], 0.0
+
+
+if __name__ == "__main__":
+    _runner._compute_in_worker = slow
+    config = _runner.Config("fig_toy", True, 0, "cpu", Path(sys.argv[1]), False, False, jobs=2)
+    _runner.run_cells(config, [{"i": i} for i in range(4)], lambda c, _: [])
+"""
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"spawn_main" in cmdline:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_killing_the_runner_leaves_no_worker_behind(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "parent.py"
+    script.write_text(_KILLED_PARENT)
+    root = Path(__file__).resolve().parents[1]
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path / "out")], cwd=root,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        deadline = time.time() + 60
+        workers = []
+        while time.time() < deadline and len(workers) < 2:
+            time.sleep(0.2)
+            workers = _children(parent.pid)
+        assert len(workers) == 2, "the workers did not start"
+        time.sleep(2.0)   # the workers are computing their cells
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers)
+    finally:
+        parent.kill()
+        for w in _children(parent.pid):
+            os.kill(w, signal.SIGKILL)

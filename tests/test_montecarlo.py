@@ -1,6 +1,5 @@
 """Streaming Monte Carlo: agreement with exact moments, reproducibility, chunk invariance, errors."""
 
-import dataclasses
 
 import pytest
 import torch
@@ -71,7 +70,7 @@ def test_user_callable_estimator():
     ({"num_samples": -5}, "num_samples must be an integer >= 1"),
     ({"num_samples": 10, "chunk_size": 0}, "chunk_size must be an integer >= 1"),
     ({"num_samples": 10, "device": "tpu"}, "device must be"),
-    ({"num_samples": 10, "seed": -1}, "seed must be an integer >= 0"),
+    ({"num_samples": 10, "seed": -1}, r"seed must be an integer in \[0, 2\^63\)"),
     ({}, "method='mc' needs num_samples"),
     ({"num_samples": 10, "dtype": torch.float16}, "dtype must be torch.float32 or torch.float64"),
 ])
@@ -152,38 +151,46 @@ def test_running_baseline_is_unbiased_and_nearly_as_good_as_equation_10():
     assert m.trace < 0.2 * gs.moments(problem, "reinforce").trace
 
 
-def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_result(tmp_path):
+def _interrupt_at_piece(monkeypatch, fail_at):
+    """Count the pieces a run computes; raise KeyboardInterrupt at piece ``fail_at`` (outside the run's identity)."""
+    calls = {"n": 0}
+    check = gs.montecarlo.check_gradient
+
+    def counting(*args):
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise KeyboardInterrupt
+        return check(*args)
+
+    monkeypatch.setattr(gs.montecarlo, "check_gradient", counting)
+    return calls
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_result(tmp_path, monkeypatch):
     problem = gs.problems.sbn([3, 3, 2], seed=4)
     g = gs.exact_gradient(problem)
     kw = dict(method="mc", num_samples=50_000, seed=2, device="cpu", chunk_size=4096, references={"b": g}, ms=(10,),
               progress=False, baseline="running")
-    calls = {"n": 0, "fail_at": None}
-    draw = gs.estimators.get("reinforce").draw
-
-    def flaky(problem, u, **options):  # the same estimator, interrupted at its sixth call when asked
-        calls["n"] += 1
-        if calls["n"] == calls["fail_at"]:
-            raise KeyboardInterrupt
-        return draw(problem, u, **options)
-
-    flaky_estimator = dataclasses.replace(gs.estimators.get("reinforce"), draw=flaky)
-    reference = gs.moments(problem, flaky_estimator, **kw)
-    pieces, calls["n"], calls["fail_at"] = calls["n"], 0, 6
+    calls = _interrupt_at_piece(monkeypatch, None)
+    reference = gs.moments(problem, "reinforce", **kw)
+    pieces = calls["n"]
+    calls = _interrupt_at_piece(monkeypatch, 6)
     path = tmp_path / "run.ckpt"
     with pytest.raises(KeyboardInterrupt):
-        gs.moments(problem, flaky_estimator, checkpoint=path, **kw)
+        gs.moments(problem, "reinforce", checkpoint=path, **kw)
     assert path.exists()
-    resumed = gs.moments(problem, flaky_estimator, checkpoint=path, **kw)
-    assert calls["n"] == pieces + 1  # the resumed run skipped the five pieces already done
+    calls["n"] = -10**9   # no further interruption; count from the resumed piece on
+    resumed = gs.moments(problem, "reinforce", checkpoint=path, **kw)
+    assert calls["n"] + 10**9 == pieces - 5  # the resumed run skipped the five pieces already done
     assert torch.equal(resumed.mean, reference.mean) and torch.equal(resumed.var, reference.var)
     assert torch.equal(resumed.summary.cosine_m["b"][10], reference.summary.cosine_m["b"][10])
     assert not path.exists()
-    gs.moments(problem, "st", method="mc", num_samples=10, device="cpu", checkpoint=path, progress=False)
+    calls = _interrupt_at_piece(monkeypatch, 6)
     with pytest.raises(KeyboardInterrupt):
-        calls["n"] = 0
-        gs.moments(problem, flaky_estimator, checkpoint=path, **kw)
+        gs.moments(problem, "reinforce", checkpoint=path, **kw)
     with pytest.raises(ValueError, match="belongs to another run"):
         gs.moments(problem, "reinforce", checkpoint=path, **{**kw, "seed": 3})
+    assert path.exists()   # a refused checkpoint is kept
 
 
 def test_float32_draws_are_accumulated_in_float64():

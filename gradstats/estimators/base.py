@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .. import enumeration
@@ -44,6 +45,8 @@ __all__ = [
     "resolve_options",
     "sample_trajectory",
     "backpropagate",
+    "check_gradient",
+    "NonFiniteError",
     "OBJECTIVES",
 ]
 
@@ -244,3 +247,61 @@ def backpropagate(problem: Problem, trajectory: Trajectory, top: Tensor,
         if layer > 0:
             upstream = delta @ problem.parameters[weight].to(delta)
     return FactoredGradient(deltas, list(trajectory.inputs))
+
+
+class NonFiniteError(ValueError):
+    """A NaN or an infinity came out of a loss, an estimator or a user callable; the message says where."""
+
+
+def _first_bad_row(tensors: list[Tensor], rows: int) -> int | None:
+    bad = torch.zeros(rows, dtype=torch.bool, device=tensors[0].device if tensors else None)
+    for t in tensors:
+        if t.shape[0] == rows:
+            bad |= ~torch.isfinite(t.reshape(rows, -1)).all(1)
+        elif not bool(torch.isfinite(t).all()):  # a broadcast input shared by every row
+            return 0
+    return int(torch.nonzero(bad)[0]) if bool(bad.any()) else None
+
+
+def check_gradient(name: str, problem: Problem, gradient, rows: int, where) -> None:
+    """Raise unless ``gradient`` holds exactly ``rows`` finite per-draw gradients of ``problem``.
+
+    ``where(i)`` describes row ``i`` (a draw index with its seed, an enumerated outcome) for the
+    message of a :class:`NonFiniteError`.
+    """
+    dim = problem.num_parameters
+    if isinstance(gradient, Tensor):
+        if tuple(gradient.shape) != (rows, dim):
+            raise ValueError(f"estimator {name!r} returned shape {tuple(gradient.shape)}, expected ({rows}, {dim})")
+        tensors = [gradient]
+    elif isinstance(gradient, FactoredGradient):
+        if len(gradient.deltas) != problem.num_layers or len(gradient.inputs) != problem.num_layers:
+            raise ValueError(f"estimator {name!r} returned {len(gradient.deltas)} deltas and {len(gradient.inputs)} "
+                             f"inputs; {problem.description} has {problem.num_layers} layer(s)")
+        tensors = []
+        previous = problem.x.numel() if problem.x is not None else None
+        for layer, (spec, delta, inp) in enumerate(zip(problem.layers, gradient.deltas, gradient.inputs)):
+            if not (isinstance(delta, Tensor) and delta.ndim in (2, 3) and delta.shape[0] == rows
+                    and delta.shape[-1] == spec.size):
+                got = tuple(delta.shape) if isinstance(delta, Tensor) else type(delta).__name__
+                raise ValueError(f"estimator {name!r} returned deltas[{layer}] of shape {got}, expected "
+                                 f"({rows}, {spec.size}) or ({rows}, k, {spec.size})")
+            if (inp is None) != (spec.weight is None):
+                raise ValueError(f"estimator {name!r}: inputs[{layer}] must be "
+                                 f"{'None (the layer has no weights)' if spec.weight is None else 'a tensor'}")
+            if inp is not None:
+                expected = (*delta.shape[:-1], previous)
+                if not (isinstance(inp, Tensor) and inp.ndim == delta.ndim and inp.shape[0] in (1, rows)
+                        and tuple(inp.shape[1:]) == expected[1:]):
+                    got = tuple(inp.shape) if isinstance(inp, Tensor) else type(inp).__name__
+                    raise ValueError(f"estimator {name!r} returned inputs[{layer}] of shape {got}, expected {expected}")
+                tensors.append(inp)
+            tensors.append(delta)
+            previous = spec.size
+    else:
+        raise ValueError(f"estimator {name!r} must return a [B, D] tensor or a FactoredGradient, "
+                         f"got {type(gradient).__name__}")
+    bad = _first_bad_row(tensors, rows)
+    if bad is not None:
+        raise NonFiniteError(f"estimator {name!r} gave a non-finite gradient (NaN or infinity, from the loss or the "
+                             f"estimator) at {where(bad)} of {problem.description}")

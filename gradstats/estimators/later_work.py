@@ -26,7 +26,15 @@ from torch import Tensor
 from .. import enumeration
 from ..numerics import positive_int
 from ..problems import FactoredGradient, Problem, Trajectory
-from ..units import BINARY, binary_residual, check_temperature, relaxed
+from ..units import (
+    BINARY,
+    antithetic,
+    binary_residual,
+    check_temperature,
+    reinmax_local_derivative,
+    relaxed,
+    relaxed_local_derivative,
+)
 from . import seed_paper  # noqa: F401  (the seed paper's estimators register first)
 from .base import Estimator, backpropagate, register, sample_trajectory
 
@@ -49,7 +57,7 @@ def _gumbel_draw(problem: Problem, u: Tensor, temperature: float) -> FactoredGra
 
     traj = problem.forward(step, u.shape[0], dtype=u.dtype, device=u.device)
     _, top = problem.loss.value_and_grad(traj.output)
-    local = [h * (1 - h) / temperature for h in traj.values]
+    local = [relaxed_local_derivative(a, parts[layer], temperature) for layer, a in enumerate(traj.logits)]
     return backpropagate(problem, traj, top, local)
 
 
@@ -70,10 +78,7 @@ def _st_gumbel_draw(problem: Problem, u: Tensor, temperature: float) -> Factored
     parts = problem.split_units(u[:, 0])
     traj = sample_trajectory(problem, BINARY, u[:, 0])
     _, top = problem.loss.value_and_grad(traj.output)
-    local = []
-    for layer, a in enumerate(traj.logits):
-        soft = relaxed(a, parts[layer], temperature)
-        local.append(soft * (1 - soft) / temperature)
+    local = [relaxed_local_derivative(a, parts[layer], temperature) for layer, a in enumerate(traj.logits)]
     return backpropagate(problem, traj, top, local)
 
 
@@ -99,7 +104,7 @@ def antithetic_losses(problem: Problem, traj: Trajectory, u: Tensor) -> tuple[Te
     main = problem.loss(traj.output)
     anti = []
     for t in range(problem.num_layers):
-        h = (1 - parts[t] < torch.sigmoid(traj.logits[t])).to(u.dtype)
+        h = antithetic(traj.logits[t], parts[t])
         for layer in range(t + 1, problem.num_layers):
             a = problem.logits(layer, h, {k: v.to(u) for k, v in problem.parameters.items()})
             h = BINARY.sample(a, parts[layer])[1]
@@ -141,7 +146,7 @@ def _disarm_draw(problem: Problem, u: Tensor) -> FactoredGradient:
     deltas = []
     for t, f_anti in enumerate(anti):
         a, b = traj.logits[t], traj.indicators[t]
-        b_anti = (1 - parts[t] < torch.sigmoid(a)).to(a)
+        b_anti = antithetic(a, parts[t])
         deltas.append(_disarm_deltas(a, b, b_anti, main, f_anti))
     return FactoredGradient(deltas, list(traj.inputs))
 
@@ -240,10 +245,7 @@ REINFORCE_LOO = register(Estimator(
 
 def _reinmax_states(problem: Problem, traj: Trajectory, temperature: float) -> FactoredGradient:
     _, top = problem.loss.value_and_grad(traj.output)
-    local = []
-    for a, b in zip(traj.logits, traj.indicators):
-        r = (b + torch.sigmoid(a / temperature)) / 2
-        local.append(2 * r * (1 - r) - torch.sigmoid(a) * torch.sigmoid(-a) / 2)
+    local = [reinmax_local_derivative(a, b, temperature) for a, b in zip(traj.logits, traj.indicators)]
     return backpropagate(problem, traj, top, local)
 
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from .. import enumeration
 from ..numerics import safe_divide
 from ..problems import FactoredGradient, Problem, Trajectory
-from ..units import BINARY, NOISES, STS, binary_residual, noise_quantile
+from ..units import BINARY, NOISES, STS, binary_residual, noise_quantile, sigmoid_derivative, sts_local_derivative
 from .base import Estimator, backpropagate, register, sample_trajectory
 
 __all__ = ["optimal_baseline"]
@@ -148,7 +148,7 @@ def _st_states(problem: Problem, traj: Trajectory) -> FactoredGradient:
 
 def _st_sigmoid_states(problem: Problem, traj: Trajectory) -> FactoredGradient:
     _, top = problem.loss.value_and_grad(traj.output)
-    local = [torch.sigmoid(a) * torch.sigmoid(-a) for a in traj.logits]
+    local = [sigmoid_derivative(a) for a in traj.logits]
     return backpropagate(problem, traj, top, local)
 
 
@@ -179,10 +179,7 @@ ST_SIGMOID = register(Estimator(
 
 def _sts_states(problem: Problem, traj: Trajectory) -> FactoredGradient:
     _, top = problem.loss.value_and_grad(traj.output)
-    local = []
-    for a, b in zip(traj.logits, traj.indicators):
-        p = torch.sigmoid(a)
-        local.append(b * p.sqrt() * torch.sigmoid(-a) / 2)  # d(b sqrt(p))/da with b held fixed
+    local = [sts_local_derivative(a, b) for a, b in zip(traj.logits, traj.indicators)]  # b held fixed
     return backpropagate(problem, traj, top, local)
 
 

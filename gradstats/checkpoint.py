@@ -1,0 +1,242 @@
+r"""Checkpoint files of long runs: safe to load, and signed by everything the result depends on.
+
+A checkpoint holds plain tensors, numbers, strings, lists and dicts only, and
+is read with ``torch.load(..., weights_only=True)``, so loading a file never
+runs code from it. It carries a signature: the SHA-256 of a *fingerprint* of
+the run (the library's version and source, the problem, the estimator, its
+options and the noise stream). A run resumes only from a checkpoint with its
+own signature.
+
+:func:`fingerprint` turns a value into a JSON-able description that changes
+whenever the value could compute something else: tensors by dtype, shape and
+bytes; Python functions written by the user by their bytecode, constants,
+default arguments, closure values and the globals they read, recursively;
+functions of gradstats and of installed libraries by name, version and
+closure values; other objects by their class and attributes. Where identity
+cannot be established (an object with no inspectable state, such as a lock or
+a C extension object) it raises :class:`UnidentifiableError`, and a run that
+asked for a checkpoint is refused rather than risk resuming another run.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+import json
+import math
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["FORMAT", "UnidentifiableError", "fingerprint", "signature", "library_identity", "save", "load"]
+
+FORMAT = "gradstats-checkpoint/2"
+
+
+class UnidentifiableError(ValueError):
+    """A value whose identity (what it would compute) cannot be established."""
+
+
+@functools.lru_cache(maxsize=1)
+def library_identity() -> dict:
+    """The gradstats version and a hash of its source files: a checkpoint of other code is never resumed."""
+    from . import __version__
+
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return {"version": __version__, "source": digest.hexdigest()}
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _package_version(module_name: str) -> str | None:
+    top = sys.modules.get(module_name.split(".")[0])
+    return getattr(top, "__version__", None) if top is not None else None
+
+
+def _is_library_code(fn: types.FunctionType) -> bool:
+    """gradstats' own functions and installed third-party ones (identified by name and version)."""
+    module = getattr(fn, "__module__", None) or ""
+    if module == "gradstats" or module.startswith("gradstats."):
+        return True
+    filename = fn.__code__.co_filename
+    return module not in ("__main__", "") and "-packages" + os.sep in filename and _package_version(module) is not None
+
+
+class _Fingerprinter:
+    def __init__(self):
+        self.seen: dict[int, int] = {}
+
+    def __call__(self, value: Any, where: str) -> Any:
+        if value is None or isinstance(value, (bool, int, str)):
+            return [type(value).__name__, value]
+        if isinstance(value, float):
+            return ["float", repr(value)]
+        if isinstance(value, complex):
+            return ["complex", repr(value)]
+        if isinstance(value, bytes):
+            return ["bytes", hashlib.sha256(value).hexdigest()]
+        if isinstance(value, (torch.dtype, torch.device, torch.layout)):
+            return [type(value).__name__, str(value)]
+        if isinstance(value, enum.Enum):
+            return ["enum", self(type(value), where), value.name]
+        if isinstance(value, types.ModuleType):
+            return ["module", value.__name__, _package_version(value.__name__)]
+        if isinstance(value, type):
+            return ["class", value.__module__, value.__qualname__, _package_version(value.__module__)]
+        if isinstance(value, torch.Tensor):
+            return ["tensor", str(value.dtype), list(value.shape), _tensor_digest(value)]
+        if isinstance(value, np.ndarray):
+            digest = hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()
+            return ["ndarray", str(value.dtype), list(value.shape), digest]
+        if isinstance(value, np.generic):
+            return ["numpy", str(value.dtype), repr(value.item())]
+        if isinstance(value, torch.Generator):
+            return ["generator", str(value.device), _tensor_digest(value.get_state())]
+        if isinstance(value, (types.BuiltinFunctionType, types.BuiltinMethodType, types.WrapperDescriptorType,
+                              types.MethodWrapperType, types.MethodDescriptorType, np.ufunc)):
+            owner = getattr(value, "__self__", None)
+            owner_fp = None if owner is None or isinstance(owner, types.ModuleType) else self(owner, where)
+            return ["builtin", getattr(value, "__module__", None), getattr(value, "__qualname__", repr(value)), owner_fp]
+        key = id(value)
+        if key in self.seen:  # a cycle (an estimator whose draw closes over itself): its order of first visit
+            return ["seen", self.seen[key]]
+        self.seen[key] = len(self.seen)
+        if isinstance(value, (list, tuple)):
+            return [type(value).__name__, [self(v, f"{where}[{i}]") for i, v in enumerate(value)]]
+        if isinstance(value, (set, frozenset)):
+            return [type(value).__name__, sorted((self(v, where) for v in value), key=json.dumps)]
+        if isinstance(value, dict):
+            items = [[self(k, where), self(v, f"{where}[{k!r}]")] for k, v in value.items()]
+            return ["dict", sorted(items, key=lambda kv: json.dumps(kv[0]))]
+        if isinstance(value, functools.partial):
+            return ["partial", self(value.func, where), self(value.args, where), self(value.keywords, where)]
+        if isinstance(value, types.MethodType):
+            return ["method", self(value.__func__, where), self(value.__self__, where)]
+        if isinstance(value, types.FunctionType):
+            return self._function(value, where)
+        if isinstance(value, types.CodeType):
+            return self._code(value, where)
+        if isinstance(value, slice):
+            return ["slice", self(value.start, where), self(value.stop, where), self(value.step, where)]
+        state = getattr(value, "__dict__", None)
+        slots = [s for cls in type(value).__mro__ for s in getattr(cls, "__slots__", ()) if hasattr(value, s)]
+        if state is None and not slots:
+            raise UnidentifiableError(f"{where} holds an object of type {type(value).__module__}.{type(value).__qualname__} "
+                                      "whose identity cannot be established (no inspectable state)")
+        attributes = dict(state or {})
+        attributes.update({s: getattr(value, s) for s in slots})
+        return ["object", self(type(value), where), self(attributes, f"{where}.{type(value).__name__}")]
+
+    def _code(self, code: types.CodeType, where: str) -> list:
+        consts = [self._code(c, where) if isinstance(c, types.CodeType) else self(c, where) for c in code.co_consts]
+        return ["code", hashlib.sha256(code.co_code).hexdigest(), consts, list(code.co_names), code.co_argcount,
+                code.co_kwonlyargcount, code.co_flags]
+
+    def _function(self, fn: types.FunctionType, where: str) -> list:
+        name = f"{fn.__module__}.{fn.__qualname__}"
+        here = f"{where} ({name})"
+        closure = []
+        for var, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+            try:
+                contents = cell.cell_contents
+            except ValueError:  # an empty cell
+                closure.append([var, "empty"])
+                continue
+            closure.append([var, self(contents, f"{here}, closure variable {var!r}")])
+        defaults = [self(fn.__defaults__, here), self(fn.__kwdefaults__, here)]
+        if _is_library_code(fn):  # the library's own source or version stands for its code
+            return ["function", name, fn.__code__.co_firstlineno, _package_version(fn.__module__), defaults, closure]
+        names = set()
+        stack = [fn.__code__]
+        while stack:
+            code = stack.pop()
+            names.update(code.co_names)
+            stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+        referenced = [[n, self(fn.__globals__[n], f"{here}, global {n!r}")] for n in sorted(names) if n in fn.__globals__]
+        return ["function", name, self._code(fn.__code__, here), defaults, closure, referenced]
+
+
+def fingerprint(value: Any, where: str = "value") -> Any:
+    """A JSON-able description of ``value`` that changes when what it computes could change.
+
+    Raises :class:`UnidentifiableError` (a ValueError naming ``where``) when that cannot be established.
+    """
+    return _Fingerprinter()(value, where)
+
+
+def signature(**parts: Any) -> str:
+    """SHA-256 of the fingerprints of ``parts`` and of the library (version and source)."""
+    payload = {"format": FORMAT, "library": library_identity(),
+               **{name: fingerprint(value, name) for name, value in parts.items()}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, allow_nan=True).encode()).hexdigest()
+
+
+def _check_plain(value: Any, where: str) -> None:
+    if value is None or isinstance(value, (bool, int, str, torch.Tensor)):
+        return
+    if isinstance(value, float):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, (str, int)):
+                raise ValueError(f"{where} has a key of type {type(k).__name__}: a checkpoint stores str or int keys only")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    raise ValueError(f"{where} is a {type(value).__name__}: a checkpoint stores tensors, numbers, strings, "
+                     "lists and dicts only")
+
+
+def save(path: Path, signature: str, payload: dict) -> None:
+    """Write ``payload`` (plain values) with ``signature`` to ``path`` atomically (a temporary file, then a rename)."""
+    record = {"format": FORMAT, "signature": signature, **payload}
+    _check_plain(record, "the checkpoint")
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(record, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: Path, signature: str, device: torch.device) -> dict:
+    """The payload saved at ``path``; a ValueError naming the path (which is kept) when it cannot be
+    read, is not a gradstats checkpoint, or belongs to another run."""
+    try:
+        record = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # truncated, corrupted, or not written by torch.save of plain values
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read as a gradstats checkpoint ({type(err).__name__}: "
+                         f"{_first_line(err)}); it was left in place: remove it or pass another path") from err
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        found = record.get("format") if isinstance(record, dict) else type(record).__name__
+        raise ValueError(f"checkpoint {str(path)!r} is not a {FORMAT} file (found {found!r}); it was left in place: "
+                         "remove it or pass another path")
+    if record.get("signature") != signature:
+        raise ValueError(f"checkpoint {str(path)!r} belongs to another run (the problem, estimator, options, noise "
+                         "stream or library version differ); it was left in place: remove it or pass another path")
+    return record
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def finite_positive_seconds(name: str, value) -> float:
+    """A finite number of seconds > 0, else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+    return float(value)
