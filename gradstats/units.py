@@ -124,9 +124,12 @@ def reinmax_local_derivative(a: Tensor, b: Tensor, temperature: float) -> Tensor
 
 
 def check_temperature(temperature) -> float:
-    """A relaxation temperature: a finite number > 0, else a ValueError naming it."""
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    """A relaxation temperature: a finite number of at least float32's smallest normal (1.2e-38, so
+    that ``1 / temperature`` is finite in float32 and float64 alike), else a ValueError naming it."""
+    tiny = torch.finfo(torch.float32).tiny
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+                                             and temperature >= tiny):
+        raise ValueError(f"temperature must be a finite number >= {tiny:.3g}, got {temperature!r}")
     return float(temperature)
 
 

@@ -26,6 +26,7 @@ objective, loss evaluations per draw) are data that tests and engines read.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -254,6 +255,8 @@ class NonFiniteError(ValueError):
 
 
 def _first_bad_row(tensors: list[Tensor], rows: int) -> int | None:
+    if math.isfinite(float(sum(t.sum() for t in tensors))):   # one reduction: no NaN or infinity anywhere
+        return None
     bad = torch.zeros(rows, dtype=torch.bool, device=tensors[0].device if tensors else None)
     for t in tensors:
         if t.shape[0] == rows:
