@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import importlib
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -50,6 +51,12 @@ class Config:
     recompute: bool
     plot_only: bool
     jobs: int = 1
+    perturb: bool = False
+
+    @property
+    def rate_factor(self) -> float:
+        """What learning rates are multiplied by: ``1 + 1e-12`` in a perturbed run, else 1."""
+        return 1.0 + PERTURBATION if self.perturb else 1.0
 
     @property
     def results(self) -> Path:
@@ -78,6 +85,9 @@ def parse(name: str, description: str, argv: list[str] | None) -> Config:
     parser.add_argument("--plot-only", action="store_true", help="plot from saved results, compute nothing")
     parser.add_argument("--jobs", type=int, default=1,
                         help="worker processes for the cells (default 1; 0: one per CPU core)")
+    parser.add_argument("--perturb", action="store_true",
+                        help="a change that must not matter: learning rates and every problem's parameters times "
+                             "1 + 1e-12, another Monte Carlo chunk size (make check-figures)")
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
@@ -85,7 +95,33 @@ def parse(name: str, description: str, argv: list[str] | None) -> Config:
         parser.error(f"--jobs must be >= 0 (0: one per CPU core), got {args.jobs}")
     jobs = args.jobs or os.cpu_count() or 1
     device = str(gs.noise.resolve_device(args.device)) if args.device else "cpu"
-    return Config(name, args.quick, args.seed, device, args.out.resolve(), args.recompute, args.plot_only, jobs)
+    if args.perturb:
+        apply_perturbation()
+    return Config(name, args.quick, args.seed, device, args.out.resolve(), args.recompute, args.plot_only, jobs,
+                  args.perturb)
+
+
+PERTURBATION = 1e-12
+PERTURBED_CHUNK_SIZE = 2**16 - 4097
+
+
+def apply_perturbation() -> None:
+    """In this process: every Problem built from now on has its parameters (logits, weights) times
+    ``1 + PERTURBATION``, and Monte Carlo runs default to another chunk size. Results must not move
+    beyond their printed errors (``make check-figures``)."""
+    from gradstats import montecarlo, problems
+
+    original = problems.Problem.__init__
+    if getattr(original, "perturbed", False):
+        return
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.parameters = {k: v * (1.0 + PERTURBATION) for k, v in self.parameters.items()}
+
+    init.perturbed = True
+    problems.Problem.__init__ = init
+    montecarlo.mc_moments.__kwdefaults__["chunk_size"] = PERTURBED_CHUNK_SIZE
 
 
 def versions() -> dict:
@@ -136,7 +172,8 @@ def _cached_rows(path: Path, cell: dict, config: Config) -> list[dict] | None:
 
 def _computed_rows(compute: Callable[[dict, Config], list[dict]], cell: dict, config: Config) -> tuple[list[dict], float]:
     start = time.perf_counter()
-    rows = [{**{f"cell_{k}": v for k, v in cell.items() if k != "code"}, **r} for r in compute(cell, config)]
+    rows = [{**{f"cell_{k}": v for k, v in cell.items() if k not in ("code", "perturb")}, **r}
+            for r in compute(cell, config)]
     return rows, time.perf_counter() - start
 
 
@@ -153,9 +190,11 @@ def _exit_with_parent(parent: int) -> None:
         time.sleep(0.5)
 
 
-def _worker_setup(parent: int) -> None:
+def _worker_setup(parent: int, perturb: bool = False) -> None:
     """Each worker computes with one thread, and exits as soon as the process that started it is gone."""
     torch.set_num_threads(1)
+    if perturb:
+        apply_perturbation()
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
@@ -168,7 +207,7 @@ def run_cells(config: Config, cells: list[dict], compute: Callable[[dict, Config
     """
     cache = config.results / "cells"
     code = code_version(ROOT / "analyses" / f"{config.name}.py")
-    tagged = [{**c, "code": code} for c in cells]
+    tagged = [{**c, "code": code, **({"perturb": True} if config.perturb else {})} for c in cells]
     paths = [cache / f"{_key(cell)}.json" for cell in tagged]
     done = {i: rows for i, (cell, path) in enumerate(zip(tagged, paths))
             if (rows := _cached_rows(path, cell, config)) is not None}
@@ -184,7 +223,7 @@ def run_cells(config: Config, cells: list[dict], compute: Callable[[dict, Config
         if parallel and config.jobs > 1 and len(pending) > 1:
             context = multiprocessing.get_context("spawn")
             pool = ProcessPoolExecutor(config.jobs, mp_context=context, initializer=_worker_setup,
-                                       initargs=(os.getpid(),))
+                                       initargs=(os.getpid(), config.perturb))
             futures = {pool.submit(_compute_in_worker, tagged[i], config): i for i in pending}
             try:
                 for future in as_completed(futures):
@@ -251,15 +290,91 @@ def tex_number(value: float, digits: int = 3) -> str:
     return text
 
 
-def write_numbers(config: Config, numbers: dict[str, str]) -> Path:
-    """``paper/generated/NAME.tex``: one ``\\newcommand`` per number (macro names: letters only)."""
+KINDS = ("exact", "estimate", "timing")
+
+
+@dataclass(frozen=True)
+class Reported:
+    """A number the paper quotes, with what a rerun may do to it.
+
+    ``kind``: ``"exact"`` (enumeration or quadrature: a rerun gives it back to rounding),
+    ``"estimate"`` (Monte Carlo or training: a rerun gives it back within ``stderr``, which is
+    printed beside it), or ``"timing"`` (machine-dependent: not reproducible).
+    """
+
+    value: float
+    stderr: float = 0.0
+    kind: str = "exact"
+    digits: int = 3
+
+    def tex(self) -> str:
+        if self.kind == "estimate":
+            return format_estimate(self.value, self.stderr, tex=True)
+        return tex_number(self.value, self.digits)
+
+
+def exact(value: float, digits: int = 3) -> Reported:
+    return Reported(float(value), 0.0, "exact", digits)
+
+
+def estimate(value: float, stderr: float) -> Reported:
+    return Reported(float(value), float(stderr), "estimate")
+
+
+def timing(value: float, digits: int = 2) -> Reported:
+    return Reported(float(value), math.nan, "timing", digits)
+
+
+def _error_digits(stderr: float) -> tuple[int, float]:
+    """The decimal position to round to (as for ``round``) and the rounded error: one significant
+    digit, two when the error's leading digit is 1 or 2 (so 0.014 stays 0.014, 0.06 is 0.06)."""
+    exponent = math.floor(math.log10(stderr))
+    significant = 2 if stderr / 10**exponent < 3 else 1
+    places = significant - 1 - exponent
+    rounded = round(stderr, places)
+    if rounded >= 10 ** (exponent + 1) and significant == 1:   # 0.096 rounds to 0.1: one digit fewer
+        places -= 1
+    return places, round(stderr, places)
+
+
+def format_estimate(value: float, stderr: float, tex: bool = False) -> str:
+    """``value`` with its standard error, both rounded where the error's digits end:
+    ``0.134 +- 0.021`` (``\\pm`` in LaTeX), ``(1.34 +- 0.21) x 10^-5`` outside [1e-3, 1e4)."""
+    if not (math.isfinite(stderr) and stderr > 0):
+        return tex_number(value) if tex else f"{value:.3g}"
+    scale = max(abs(value), stderr)
+    shift = math.floor(math.log10(scale)) if (scale < 1e-3 or scale >= 1e4) else 0
+    v, s = value / 10**shift, stderr / 10**shift
+    places, s = _error_digits(s)
+    v = round(v, places)
+    text_v = f"{v:.{max(places, 0)}f}"
+    text_s = f"{s:.{max(places, 0)}f}"
+    pm = " \\pm " if tex else " ± "
+    if shift == 0:
+        return f"{text_v}{pm}{text_s}"
+    times = f" \\times 10^{{{shift}}}" if tex else f" x 10^{shift}"
+    return f"({text_v}{pm}{text_s}){times}"
+
+
+def write_numbers(config: Config, numbers: dict[str, str | Reported]) -> Path:
+    """``paper/generated/NAME.tex``: one ``\\newcommand`` per number (macro names: letters only), and
+    ``NAME.json`` beside it with each :class:`Reported` number's value, error and kind (what
+    ``make check-figures`` compares between reruns)."""
     lines = [f"% generated by analyses/{config.name}.py{' --quick' if config.quick else ''}; do not edit"]
+    records = {}
     for macro, value in numbers.items():
         if not macro.isalpha():
             raise ValueError(f"macro names must be letters only, got {macro!r}")
+        if isinstance(value, Reported):
+            if value.kind not in KINDS:
+                raise ValueError(f"{macro}: kind must be one of {KINDS}, got {value.kind!r}")
+            records[macro] = {"value": value.value, "stderr": value.stderr, "kind": value.kind}
+            value = value.tex()
         lines.append(f"\\newcommand{{\\{macro}}}{{{value}}}")
-    path = config.generated / f"{config.name}{'-quick' if config.quick else ''}.tex"
+    stem = f"{config.name}{'-quick' if config.quick else ''}"
+    path = config.generated / f"{stem}.tex"
     atomic_write(path, "\n".join(lines) + "\n")
+    atomic_write(config.generated / f"{stem}.json", json.dumps(records, indent=1, sort_keys=True) + "\n")
     return path
 
 

@@ -24,7 +24,7 @@ import seaborn as sns
 import torch
 
 import gradstats as gs
-from analyses._runner import Analysis, tex_number
+from analyses._runner import Analysis, timing
 
 
 def machine() -> str:
@@ -108,12 +108,12 @@ def numbers(frame, config):
     est = frame[(frame.cell_kind == "estimator") & (frame.device == "cpu")].set_index("estimator")
     exact = frame[frame.cell_kind == "exact"]
     largest = exact[exact.units == exact.units.max()].set_index("task")
-    return {"costStDrawsPerSecond": tex_number(est.loc["st", "draws_per_second"], 2),
+    return {"costStDrawsPerSecond": timing(est.loc["st", "draws_per_second"]),
             "costSlowestEstimator": est.draws_per_second.idxmin().replace("_", "\\_"),
-            "costSlowestDrawsPerSecond": tex_number(est.draws_per_second.min(), 2),
+            "costSlowestDrawsPerSecond": timing(est.draws_per_second.min()),
             "costExactUnits": str(int(exact.units.max())),
-            "costExactGradientSeconds": tex_number(largest.loc["exact gradient", "seconds"], 2),
-            "costExactMomentsSeconds": tex_number(largest.loc["exact ST moments (with covariance)", "seconds"], 2)}
+            "costExactGradientSeconds": timing(largest.loc["exact gradient", "seconds"]),
+            "costExactMomentsSeconds": timing(largest.loc["exact ST moments (with covariance)", "seconds"])}
 
 
 ANALYSIS = Analysis("fig_cost", __doc__.splitlines()[0], cells, compute, plot, numbers, parallel=False)

@@ -21,7 +21,7 @@ import seaborn as sns
 import torch
 
 import gradstats as gs
-from analyses._runner import Analysis, tex_number
+from analyses._runner import Analysis, estimate, exact
 from gradstats.claims.common import gradient_scale, wrong_sign_coordinates
 
 DEPTH_ESTIMATORS = ("st", "st_sigmoid", "sts", "st_gumbel", "gumbel", "reinforce", "arm")
@@ -97,10 +97,16 @@ def plot(frame, meta, config):
 def numbers(frame, config):
     region = frame[(frame.cell_kind == "region") & (frame.cell_estimator == "st")]
     depth = frame[frame.cell_kind == "depth"]
-    agree = depth.groupby(["estimator", "depth"]).sign_agreement.mean()
-    return {"stSignRegionShare": tex_number(region.wrong_sign.mean()),
-            "stSignDepthOne": tex_number(agree[("st", 1)]), "stSignDepthFour": tex_number(agree[("st", 4)]),
-            "stSigmoidSignDepthFour": tex_number(agree[("st_sigmoid", 4)]),
+    def share(estimator, d):
+        """Mean over networks; exact where every network's moments were, else with the spread over networks."""
+        rows = depth[(depth.estimator == estimator) & (depth.depth == d)]
+        if (rows.method == "exact").all():
+            return exact(rows.sign_agreement.mean())
+        return estimate(rows.sign_agreement.mean(), rows.sign_agreement.sem())
+
+    return {"stSignRegionShare": exact(region.wrong_sign.mean()),
+            "stSignDepthOne": share("st", 1), "stSignDepthFour": share("st", 4),
+            "stSigmoidSignDepthFour": share("st_sigmoid", 4),
             "stSignSeeds": str(depth.seed.nunique())}
 
 

@@ -23,7 +23,7 @@ import seaborn as sns
 import torch
 
 import gradstats as gs
-from analyses._runner import Analysis, tex_number
+from analyses._runner import Analysis, exact
 
 # name -> loss on h[..., 1]
 FUNCTIONS = {
@@ -82,12 +82,12 @@ def numbers(frame, config):
     for name, sub in frame[frame.cell_function != "h"].groupby("cell_function"):
         tail = sub[sub.p < 1e-3]
         slopes[name] = np.polyfit(np.log(tail.p), np.log(tail.error), 1)[0]
-    return {"stsSlopeSquare": tex_number(slopes["h^2"]), "stsSlopeCube": tex_number(slopes["h^3"]),
-            "stsRatioOwnSmallP": tex_number(small[small.cell_function.isin(["h", "h^2 + h", "exp(h)", "sin(h)"])]
+    return {"stsSlopeSquare": exact(slopes["h^2"]), "stsSlopeCube": exact(slopes["h^3"]),
+            "stsRatioOwnSmallP": exact(small[small.cell_function.isin(["h", "h^2 + h", "exp(h)", "sin(h)"])]
                                             .ratio_own.median()),
-            "stsRatioOwnSmallPSquare": tex_number(small[small.cell_function == "h^2"].ratio_own.iloc[0]),
-            "stsRatioBinaryLinear": tex_number(frame[frame.cell_function == "h"].ratio_binary.median()),
-            "stsSmallestP": tex_number(frame.p.min(), 2)}
+            "stsRatioOwnSmallPSquare": exact(small[small.cell_function == "h^2"].ratio_own.iloc[0]),
+            "stsRatioBinaryLinear": exact(frame[frame.cell_function == "h"].ratio_binary.median()),
+            "stsSmallestP": exact(frame.p.min(), 2)}
 
 
 ANALYSIS = Analysis("fig_sts", __doc__.splitlines()[0], cells, compute, plot, numbers)

@@ -18,7 +18,7 @@ import numpy as np
 import seaborn as sns
 
 import gradstats as gs
-from analyses._runner import Analysis, tex_number
+from analyses._runner import Analysis, exact
 
 TARGETS = (0.45, 0.499)
 
@@ -74,9 +74,9 @@ def numbers(frame, config):
     wrong = st[np.sign(st["mean"]) != np.sign(st.gradient)]
     st499 = frame[(frame.cell_estimator == "st") & (frame.cell_t == 0.499)]
     ratio = (st499["mean"].abs() / st499.gradient.abs()).median()
-    return {"toyStBiasAtZero": tex_number(at_zero.bias), "toyStGradientAtZero": tex_number(at_zero.gradient),
-            "toyStWrongSignMaxLogit": tex_number(wrong.logit.max() if len(wrong) else float("nan")),
-            "toyStMedianRatioNearHalf": tex_number(ratio),
+    return {"toyStBiasAtZero": exact(at_zero.bias), "toyStGradientAtZero": exact(at_zero.gradient),
+            "toyStWrongSignMaxLogit": exact(wrong.logit.max() if len(wrong) else float("nan")),
+            "toyStMedianRatioNearHalf": exact(ratio),
             "toyGridPoints": str(frame.logit.nunique())}
 
 

@@ -3,16 +3,29 @@
 Tasks: :func:`gradstats.problems.teacher_student` (8 examples; a deterministic
 teacher of the same shape; readout squared error, so the infimum of the loss
 is 0), with one stochastic layer (input 6 -> 8 units) and with two (6 -> 6 ->
-6), three task seeds each. Plain SGD for 400 steps from the same start, over a
-grid of learning rates; each step spends the same number of loss evaluations
-per example (6: six draws of a one-pass estimator, fewer of ARM, DisARM and
-leave-one-out). ``exact`` descends the exact gradient. Left: the final exact
-loss against the learning rate (mean over tasks). Middle: the exact loss along
-training at each estimator's best learning rate. Right: ST's two variants on
-20 more tasks per architecture, task by task, each at its best mean rate, with
-plain SGD (rates 0.3 to 30) and with Adam (0.03 to 3), which rescales every
-coordinate and so takes the sigmoid' factor's overall scale out of the
-comparison; two-sided sign tests.
+6). Plain SGD from the same start; each step spends the same number of loss
+evaluations per example (6: six draws of a one-pass estimator, fewer of ARM,
+DisARM and leave-one-out). ``exact`` descends the exact gradient.
+
+Protocol (a single trajectory at a large learning rate is chaotic: last-bit
+changes move its final loss by a factor of 5, so no result rests on one):
+
+* every result is a mean over tasks and over :data:`REPORT_SEEDS` noise seeds
+  per task, with its standard error over the noise (conditional on the tasks,
+  which a rerun reproduces exactly);
+* each estimator's learning rate is selected on other noise seeds
+  (:data:`SELECTION_SEEDS`) than the ones reported, so the reported loss carries
+  no winner's curse; the ST-variant study also selects on other *tasks*;
+* "best" is the set of estimators whose mean final loss is not significantly
+  above the lowest (one-sided z test at 5%, errors combined in quadrature).
+
+Left: the final exact loss against the learning rate on the selection seeds
+(stars: the selected rate). Middle: the exact loss along training at that rate
+on the report seeds (bands: one standard error). Right: ST's two variants on
+further tasks, each point a task's mean over noise seeds, each variant at the
+rate selected on held-out tasks, with plain SGD and with Adam (which rescales
+every coordinate and so takes the sigmoid' factor's overall scale out); sign
+tests and Wilcoxon signed-rank tests on the log ratio of the final losses.
 
     python analyses/fig_training.py [--quick] [--seed 0]
 """
@@ -22,12 +35,12 @@ from __future__ import annotations
 import sys
 
 import matplotlib.pyplot as plt
-import pandas as pd
+import numpy as np
 import seaborn as sns
 from scipy import stats
 
 import gradstats as gs
-from analyses._runner import Analysis, tex_number
+from analyses._runner import Analysis, estimate, exact
 from gradstats.training import EXACT, train
 
 ARCHITECTURES = {"one layer": [6, 8], "two layers": [6, 6, 6]}
@@ -59,178 +72,245 @@ def draws_per_step(name: str, options: dict, problem) -> int:
     return max(1, LOSS_EVALS_PER_EXAMPLE // est.loss_evals(problem, gs.estimators.resolve_options(est, problem, options)))
 
 
-ST3_TASKS = range(10, 30)   # the paired identity-vs-sigmoid' study: 20 more tasks per architecture
-ST3_RATES = {"sgd": [0.3, 1.0, 3.0, 10.0, 30.0], "adam": [0.03, 0.1, 0.3, 1.0, 3.0]}
+GALLERY_TASKS = (0, 1, 2)
+GALLERY_RATES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+ST3_SELECTION_TASKS = (30, 31, 32)   # the paired identity-vs-sigmoid' study selects its rates on these tasks
+ST3_TASKS = tuple(range(10, 20))     # and reports on these
+ST3_RATES = {"sgd": (0.3, 1.0, 3.0, 10.0, 30.0), "adam": (0.03, 0.1, 0.3, 1.0, 3.0)}
+SELECTION_SEEDS = (1000, 1001)
+REPORT_SEEDS = tuple(range(10))
+STEPS = 200
+SIGNIFICANCE_Z = 1.645                # one-sided 5 %: "not significantly worse than the best"
+
+
+def _grid(config):
+    """The studies' settings: (architectures, labels, tasks, rates, steps, selection seeds, report seeds, st3)."""
+    if config.quick:
+        return dict(architectures=["one layer"], labels=["exact", "st", "st_sigmoid"], tasks=(0,), rates=(0.3, 3.0),
+                    steps=20, selection=(1000,), report=tuple(range(4)), st3_selection=(30,), st3_tasks=(10, 11, 12),
+                    st3_rates={k: v[2:4] for k, v in ST3_RATES.items()})
+    return dict(architectures=list(ARCHITECTURES), labels=list(ESTIMATORS), tasks=GALLERY_TASKS, rates=GALLERY_RATES,
+                steps=STEPS, selection=SELECTION_SEEDS, report=REPORT_SEEDS, st3_selection=ST3_SELECTION_TASKS,
+                st3_tasks=ST3_TASKS, st3_rates=ST3_RATES)
+
+
+def _seeds(label: str, seeds: tuple) -> tuple:
+    return seeds[:1] if label == "exact" else seeds   # exact gradient descent has no noise
+
+
+def _selection_cells(config, grid) -> list[dict]:
+    out = []
+    for arch in grid["architectures"]:
+        for label in grid["labels"]:
+            if label == "reinmax" and len(ARCHITECTURES[arch]) > 2:
+                continue  # defined for one stochastic layer
+            for task_seed in grid["tasks"]:
+                for rate in grid["rates"]:
+                    for seed in _seeds(label, grid["selection"]):
+                        out.append(_cell("gallery", "select", "sgd", arch, label, task_seed, rate, seed, grid, config))
+        for optimizer, rates in grid["st3_rates"].items():
+            for label in ("st", "st_sigmoid"):
+                for task_seed in grid["st3_selection"]:
+                    for rate in rates:
+                        for seed in grid["selection"]:
+                            out.append(_cell("st3", "select", optimizer, arch, label, task_seed, rate, seed, grid, config))
+    return out
+
+
+def _cell(study, stage, optimizer, arch, label, task_seed, rate, seed, grid, config) -> dict:
+    steps = grid["steps"]
+    record = (5 if config.quick else 20) if (stage == "report" and study == "gallery") else steps
+    return {"study": study, "stage": stage, "optimizer": optimizer, "architecture": arch, "estimator": label,
+            "task": task_seed, "learning_rate": rate, "steps": steps, "record_every": record,
+            "seed": config.seed + seed}
 
 
 def cells(config):
-    quick = config.quick
-    architectures = ["one layer"] if quick else list(ARCHITECTURES)
-    labels = ["exact", "st", "st_sigmoid"] if quick else list(ESTIMATORS)
-    rates = [0.3, 3.0] if quick else [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
-    steps = 20 if quick else 400
-    out = []
-    for arch in architectures:
-        for label in labels:
-            if label == "reinmax" and len(ARCHITECTURES[arch]) > 2:
-                continue  # defined for one stochastic layer
-            for task_seed in ([0] if quick else [0, 1, 2]):
-                for rate in rates:
-                    out.append({"study": "gallery", "optimizer": "sgd", "architecture": arch, "estimator": label,
-                                "task": task_seed, "learning_rate": rate, "steps": steps,
-                                "record_every": 5 if quick else 20, "seed": config.seed + task_seed})
-        for optimizer, study_rates in ST3_RATES.items():
-            for label in ("st", "st_sigmoid"):
-                for task_seed in (ST3_TASKS[:2] if quick else ST3_TASKS):
-                    for rate in (study_rates[2:4] if quick else study_rates):
-                        out.append({"study": "st3", "optimizer": optimizer, "architecture": arch, "estimator": label,
-                                    "task": task_seed, "learning_rate": rate, "steps": steps, "record_every": steps,
-                                    "seed": config.seed + task_seed})
-    return out
+    """The selection cells, then (computed or cached first) the report cells at the selected rates."""
+    from analyses._runner import run_cells
+
+    grid = _grid(config)
+    selection = _selection_cells(config, grid)
+    chosen = selected_rates(run_cells(config, selection, compute))
+    report = []
+    for (study, optimizer, arch, label), rate in chosen.items():
+        tasks = grid["tasks"] if study == "gallery" else grid["st3_tasks"]
+        for task_seed in tasks:
+            for seed in _seeds(label, grid["report"]):
+                report.append(_cell(study, "report", optimizer, arch, label, task_seed, rate, seed, grid, config))
+    return selection + report
 
 
 def compute(cell, config):
     problems = task(cell["architecture"], cell["task"])
     name, options = ESTIMATORS[cell["estimator"]]
-    run = train(problems, name, steps=cell["steps"], learning_rate=cell["learning_rate"],
+    run = train(problems, name, steps=cell["steps"], learning_rate=cell["learning_rate"] * config.rate_factor,
                 draws_per_step=draws_per_step(name, options, problems[0]), seed=cell["seed"],
                 record_every=cell["record_every"], optimizer=cell["optimizer"], **options)
     return [{"step": s, "loss": v, "draws_per_step": run.draws_per_step, "loss_evals_per_step": run.loss_evals_per_step}
             for s, v in zip(run.steps, run.loss)]
 
 
+KEYS = ["cell_study", "cell_optimizer", "cell_architecture", "cell_estimator"]
+
+
 def final_rows(frame):
     """Each run's last recorded row."""
-    runs = frame.groupby(["cell_architecture", "cell_estimator", "cell_learning_rate", "cell_task"])
+    runs = frame.groupby([*KEYS, "cell_stage", "cell_learning_rate", "cell_task", "cell_seed"])
     return frame[frame.step == runs.step.transform("max")]
 
 
-def final_losses(frame):
-    """Final exact loss per (architecture, estimator, learning rate): mean and spread over tasks."""
-    last = final_rows(frame)
-    return (last.groupby(["cell_architecture", "cell_estimator", "cell_learning_rate"]).loss
-            .agg(["mean", "min", "max"]).reset_index())
+def selection_curves(frame):
+    """Mean final loss over selection tasks and seeds, per (study, optimizer, architecture, estimator, rate)."""
+    last = final_rows(frame[frame.cell_stage == "select"])
+    return last.groupby([*KEYS, "cell_learning_rate"]).loss.mean().reset_index()
 
 
-def best_rates(frame):
-    """Each estimator's learning rate with the lowest mean final loss, per architecture."""
-    final = final_losses(frame)
-    return final.loc[final.groupby(["cell_architecture", "cell_estimator"])["mean"].idxmin()].set_index(
-        ["cell_architecture", "cell_estimator"])
+def selected_rates(frame) -> dict:
+    """(study, optimizer, architecture, estimator) -> the rate with the lowest mean selection loss."""
+    curves = selection_curves(frame)
+    best = curves.loc[curves.groupby(KEYS).loss.idxmin()]
+    return {tuple(row[k] for k in KEYS): float(row.cell_learning_rate) for _, row in best.iterrows()}
 
 
-def gallery(frame):
-    return frame[frame.cell_study == "gallery"]
+def task_means(frame):
+    """Report stage: per (study, optimizer, architecture, estimator, task) the mean final loss over noise seeds,
+    its variance over seeds and the number of seeds."""
+    last = final_rows(frame[frame.cell_stage == "report"])
+    return last.groupby([*KEYS, "cell_task"]).loss.agg(["mean", "var", "count"]).reset_index()
 
 
-def paired_finals(frame, first: str, second: str):
-    """Per (architecture, task): the final loss of ``first`` and of ``second``, each at its best (mean) rate."""
-    best = best_rates(frame)
-    last = final_rows(frame)
-    rows = []
-    for (arch, task), sub in last.groupby(["cell_architecture", "cell_task"]):
-        if (arch, first) not in best.index or (arch, second) not in best.index:
-            continue
-        rows.append({"architecture": arch, "task": task, **{
-            label: float(sub[(sub.cell_estimator == label)
-                             & (sub.cell_learning_rate == best.loc[(arch, label), "cell_learning_rate"])].loss.iloc[0])
-            for label in (first, second)}})
-    return pd.DataFrame(rows)
+def reported(frame):
+    """Per (study, optimizer, architecture, estimator): mean over tasks of the task means, its standard error over
+    the noise (conditional on the tasks), and the rate it was trained at."""
+    per_task = task_means(frame)
+    per_task["var_of_mean"] = per_task["var"].fillna(0.0) / per_task["count"]
+    out = per_task.groupby(KEYS).agg(mean=("mean", "mean"), var_sum=("var_of_mean", "sum"), tasks=("mean", "size"))
+    out["stderr"] = out.var_sum.pow(0.5) / out.tasks
+    rates = frame[frame.cell_stage == "report"].groupby(KEYS).cell_learning_rate.first()
+    return out.join(rates).reset_index()
 
 
-def study_pairs(frame):
-    """The ST3 study's pairs, per optimizer: each variant at its best mean rate for that optimizer."""
-    study = frame[frame.cell_study == "st3"]
-    parts = [paired_finals(study[study.cell_optimizer == optimizer], "st", "st_sigmoid").assign(optimizer=optimizer)
-             for optimizer in ST3_RATES if (study.cell_optimizer == optimizer).any()]
-    return pd.concat(parts, ignore_index=True)
+def not_worse_than_best(table):
+    """The labels whose mean is not significantly above the lowest (one-sided z at 5 %), lowest first."""
+    best = table.loc[table["mean"].idxmin()]
+    z = (table["mean"] - best["mean"]) / (table.stderr.pow(2) + best.stderr**2).pow(0.5).clip(lower=1e-300)
+    keep = table[(z <= SIGNIFICANCE_Z) | (table.cell_estimator == best.cell_estimator)]
+    return keep.sort_values("mean")
 
 
-def sign_test(pairs, better: str, worse: str) -> tuple[int, int, float]:
-    """Tasks on which ``better`` ends lower, of all tasks, and the two-sided sign test's p-value."""
-    wins, n = int((pairs[better] < pairs[worse]).sum()), len(pairs)
-    return wins, n, float(stats.binomtest(wins, n, 0.5).pvalue) if n else float("nan")
+def paired(frame, study: str, optimizer: str, arch: str):
+    """Per task: each ST variant's mean final loss over noise seeds."""
+    per_task = task_means(frame)
+    sub = per_task[(per_task.cell_study == study) & (per_task.cell_optimizer == optimizer)
+                   & (per_task.cell_architecture == arch)]
+    return sub.pivot(index="cell_task", columns="cell_estimator", values="mean").dropna()
+
+
+def paired_tests(pairs) -> dict:
+    """Sign test and Wilcoxon signed-rank test (two-sided) of st_sigmoid against st over tasks."""
+    n = len(pairs)
+    wins = int((pairs["st_sigmoid"] < pairs["st"]).sum())
+    log_ratio = np.log(pairs["st_sigmoid"]) - np.log(pairs["st"])
+    sign_p = float(stats.binomtest(wins, n, 0.5).pvalue) if n else float("nan")
+    wilcoxon_p = float(stats.wilcoxon(log_ratio).pvalue) if n >= 2 and (log_ratio != 0).any() else float("nan")
+    return {"wins": wins, "tasks": n, "sign_p": sign_p, "wilcoxon_p": wilcoxon_p,
+            "median_ratio": float(np.exp(np.median(log_ratio))) if n else float("nan")}
 
 
 def plot(frame, meta, config):
-    pairs = study_pairs(frame)
-    frame = gallery(frame)
-    architectures = list(dict.fromkeys(frame.cell_architecture))
-    labels = [label for label in ESTIMATORS if label in set(frame.cell_estimator)]
+    table = reported(frame)
+    curves = selection_curves(frame)
+    gallery = frame[(frame.cell_study == "gallery") & (frame.cell_stage == "report")]
+    architectures = list(dict.fromkeys(gallery.cell_architecture))
+    labels = [label for label in ESTIMATORS if label in set(gallery.cell_estimator)]
     palette = dict(zip(labels, sns.color_palette("tab20", len(labels))))
-    final, best = final_losses(frame), best_rates(frame)
     fig, axes = plt.subplots(len(architectures), 3, figsize=(13.5, 3.1 * len(architectures)), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 1, 0.62]})
     for row, arch in zip(axes, architectures):
-        sub = pairs[pairs.architecture == arch]
         counts = []
         for optimizer, marker in (("sgd", "o"), ("adam", "^")):
-            part = sub[sub.optimizer == optimizer]
-            wins, n, p = sign_test(part, "st_sigmoid", "st")
-            row[2].scatter(part["st"], part["st_sigmoid"], s=14, marker=marker, label=optimizer,
+            pairs = paired(frame, "st3", optimizer, arch)
+            if pairs.empty:
+                continue
+            result = paired_tests(pairs)
+            row[2].scatter(pairs["st"], pairs["st_sigmoid"], s=14, marker=marker, label=optimizer,
                            facecolor=palette.get("st_sigmoid", "C1") if marker == "o" else "none",
                            edgecolor=palette.get("st_sigmoid", "C1"))
-            counts.append(f"{optimizer} {wins}/{n} (p = {p:.2g})")
-        low, high = min(sub["st"].min(), sub["st_sigmoid"].min()) * 0.8, max(sub["st"].max(), sub["st_sigmoid"].max()) * 1.25
-        row[2].plot([low, high], [low, high], color="black", linewidth=0.8, linestyle="--")
+            counts.append(f"{optimizer} {result['wins']}/{result['tasks']} (sign p = {result['sign_p']:.2g}, "
+                          f"Wilcoxon p = {result['wilcoxon_p']:.2g})")
+            low = min(pairs.min()) * 0.8
+            high = max(pairs.max()) * 1.25
+            row[2].plot([low, high], [low, high], color="black", linewidth=0.8, linestyle="--")
         row[2].legend(loc="lower right")
         row[2].set(xscale="log", yscale="log", xlabel="final E[L], st (identity)", ylabel="final E[L], st_sigmoid",
-                   title="further tasks, st_sigmoid lower (below the\ndiagonal): " + ", ".join(counts))
+                   title="further tasks (mean over seeds), st_sigmoid lower\nbelow the diagonal:\n" + "\n".join(counts))
         for label in labels:
-            sub = final[(final.cell_architecture == arch) & (final.cell_estimator == label)]
-            if sub.empty:
-                continue
             style = dict(color=palette[label], linewidth=2.0 if label in ("st", "st_sigmoid", "exact") else 1.0,
                          linestyle="--" if label == "exact" else "-")
-            row[0].plot(sub.cell_learning_rate, sub["mean"], marker="o", markersize=3, label=label, **style)
-            if label in ("st", "st_sigmoid", "exact"):  # the spread over tasks of the three compared in the text
-                row[0].fill_between(sub.cell_learning_rate, sub["min"], sub["max"], color=palette[label], alpha=0.12,
-                                    linewidth=0)
-            rate = best.loc[(arch, label), "cell_learning_rate"]
-            row[0].plot([rate], [best.loc[(arch, label), "mean"]], marker="*", markersize=9, color=palette[label])
-            run = frame[(frame.cell_architecture == arch) & (frame.cell_estimator == label)
-                        & (frame.cell_learning_rate == rate)].groupby("step").loss.mean()
-            row[1].plot(run.index, run.values, label=f"{label} ({rate:g})", **style)
-        row[0].set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final exact E[L] (mean of tasks)",
-                   title=f"{arch}: after {int(frame.step.max())} steps (stars: best rate; bands: tasks' range)")
-        row[1].set(yscale="log", xlabel="step", ylabel="exact E[L] (mean of tasks)",
-                   title=f"{arch}: at each estimator's best learning rate")
+            sel = curves[(curves.cell_study == "gallery") & (curves.cell_architecture == arch)
+                         & (curves.cell_estimator == label)]
+            if sel.empty:
+                continue
+            row[0].plot(sel.cell_learning_rate, sel.loss, marker="o", markersize=3, label=label, **style)
+            rep = table[(table.cell_study == "gallery") & (table.cell_architecture == arch) & (table.cell_estimator == label)]
+            rate = float(rep.cell_learning_rate.iloc[0])
+            row[0].plot([rate], [float(sel[sel.cell_learning_rate == rate].loss.iloc[0])], marker="*", markersize=9,
+                        color=palette[label])
+            runs = gallery[(gallery.cell_architecture == arch) & (gallery.cell_estimator == label)]
+            per_step = runs.groupby("step").loss
+            mean, err = per_step.mean(), per_step.sem().fillna(0.0)
+            row[1].plot(mean.index, mean.values, label=f"{label} ({rate:g})", **style)
+            row[1].fill_between(mean.index, (mean - err).clip(lower=1e-12), mean + err, color=palette[label], alpha=0.15,
+                                linewidth=0)
+        row[0].set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final exact E[L] (selection seeds)",
+                   title=f"{arch}: after {int(gallery.step.max())} steps (stars: selected rate)")
+        row[1].set(yscale="log", xlabel="step", ylabel="exact E[L] (report seeds, tasks)",
+                   title=f"{arch}: at the selected rate (bands: one standard error)")
         row[1].legend(ncol=2, fontsize=6)
     fig.tight_layout()
     return fig
 
 
 def numbers(frame, config):
-    study = study_pairs(frame)
-    frame = gallery(frame)
-    best = best_rates(frame)
+    table = reported(frame)
+    gallery = table[table.cell_study == "gallery"]
+    grid = _grid(config)
     macros = {}
-    for arch in dict.fromkeys(frame.cell_architecture):
+    for arch in dict.fromkeys(gallery.cell_architecture):
         prefix = "trainOne" if arch == "one layer" else "trainTwo"
+        sub = gallery[gallery.cell_architecture == arch]
+        by_label = sub.set_index("cell_estimator")
         for label, macro in (("exact", "Exact"), ("st", "St"), ("st_sigmoid", "StSigmoid")):
-            if (arch, label) in best.index:
-                macros[f"{prefix}{macro}Loss"] = tex_number(float(best.loc[(arch, label), "mean"]), 2)
-                macros[f"{prefix}{macro}Rate"] = tex_number(float(best.loc[(arch, label), "cell_learning_rate"]), 2)
-        sub = best.loc[arch]
-        winner = sub["mean"].idxmin()
-        macros[f"{prefix}BestEstimator"] = winner.replace("_", r"\_")
-        macros[f"{prefix}BestLoss"] = tex_number(float(sub.loc[winner, "mean"]), 2)
-        macros[f"{prefix}StartLoss"] = tex_number(float(frame[(frame.cell_architecture == arch)
-                                                              & (frame.step == 0)].loss.mean()), 3)
-    wins, tasks, _ = sign_test(paired_finals(frame, "st", "st_sigmoid"), "st_sigmoid", "st")
-    macros["trainStSigmoidWins"], macros["trainPairedTasks"] = str(wins), str(tasks)
+            if label in by_label.index:
+                macros[f"{prefix}{macro}Loss"] = estimate(by_label.loc[label, "mean"], by_label.loc[label, "stderr"])
+                macros[f"{prefix}{macro}Rate"] = exact(by_label.loc[label, "cell_learning_rate"], 2)
+        best = not_worse_than_best(sub)
+        first = best.iloc[0]
+        macros[f"{prefix}BestEstimator"] = first.cell_estimator.replace("_", r"\_")
+        macros[f"{prefix}BestLoss"] = estimate(first["mean"], first.stderr)
+        macros[f"{prefix}BestSet"] = ", ".join(label.replace("_", r"\_") for label in best.cell_estimator)
+        edge = [label for label, rate in zip(sub.cell_estimator, sub.cell_learning_rate)
+                if rate in (min(grid["rates"]), max(grid["rates"]))]
+        macros[f"{prefix}EdgeRates"] = ", ".join(label.replace("_", r"\_") for label in edge) or "none"
+        start = frame[(frame.cell_architecture == arch) & (frame.step == 0)].loss.mean()
+        macros[f"{prefix}StartLoss"] = exact(start, 3)
     for optimizer, infix in (("sgd", ""), ("adam", "Adam")):
-        pairs = study[study.optimizer == optimizer]
-        wins, tasks, p = sign_test(pairs, "st_sigmoid", "st")
-        macros[f"trainStudy{infix}Wins"], macros[f"trainStudy{infix}Tasks"] = str(wins), str(tasks)
-        macros[f"trainStudy{infix}P"] = tex_number(p, 2)
         for arch, suffix in (("one layer", "One"), ("two layers", "Two")):
-            wins, tasks, p = sign_test(pairs[pairs.architecture == arch], "st_sigmoid", "st")
-            if tasks:
-                macros[f"trainStudy{infix}Wins{suffix}"], macros[f"trainStudy{infix}P{suffix}"] = str(wins), tex_number(p, 2)
-    macros["trainSteps"] = str(int(frame.step.max()))
-    macros["trainRates"] = ", ".join(f"{r:g}" for r in sorted(set(frame.cell_learning_rate)))
-    macros["trainTasks"] = str(frame.cell_task.nunique())
+            pairs = paired(frame, "st3", optimizer, arch)
+            if pairs.empty:
+                continue
+            result = paired_tests(pairs)
+            macros[f"trainStudy{infix}Wins{suffix}"] = str(result["wins"])
+            macros[f"trainStudy{infix}P{suffix}"] = exact(result["sign_p"], 2)
+            macros[f"trainStudy{infix}WilcoxonP{suffix}"] = exact(result["wilcoxon_p"], 2)
+            macros[f"trainStudy{infix}Ratio{suffix}"] = exact(result["median_ratio"], 2)
+    macros["trainStudyTasks"] = str(len(grid["st3_tasks"]))
+    macros["trainSteps"] = str(grid["steps"])
+    macros["trainRates"] = ", ".join(f"{r:g}" for r in grid["rates"])
+    macros["trainTasks"] = str(len(grid["tasks"]))
+    macros["trainSeeds"] = str(len(grid["report"]))
+    macros["trainSelectionSeeds"] = str(len(grid["selection"]))
     return macros
 
 

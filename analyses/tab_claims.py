@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import sys
 
-from analyses._runner import Analysis, atomic_write, tex_number
+from analyses._runner import Analysis, atomic_write, estimate, exact
 from gradstats import claims
+from gradstats.claims import seed_paper as gs_claims_seed_paper
 
 
 def cells(config):
@@ -59,14 +60,15 @@ def numbers(frame, config):
            "claimsInconclusive": str(int((frame.status == "inconclusive").sum())),
            "claimsTotal": str(len(frame)),
            "claimSTOneLoss": _tex(st1["spec"]["loss"]["kind"]),
-           "claimSTOneStMean": tex_number(st1["st_mean"][-1]), "claimSTOneGradient": tex_number(st1["exact_gradient"][-1]),
+           "claimSTOneStMean": exact(st1["st_mean"][-1]), "claimSTOneGradient": exact(st1["exact_gradient"][-1]),
            "claimSTThreeWins": str(st3["identity_wins"]), "claimSTThreeCases": str(st3["cases"]),
            "claimSTThreeTrainWins": str(st3["training_identity_wins"]), "claimSTThreeTrainTasks": str(len(st3["training"])),
-           "claimSTThreeTrainMeanIdentity": tex_number(st3["training_mean_identity"], 2),
-           "claimSTThreeTrainMeanSigmoid": tex_number(st3["training_mean_sigmoid"], 2),
-           "claimCOneWeightReduction": tex_number(100 * data["C1"]["weight_baseline_max_reduction"], 2),
+           "claimSTThreeTrainMeanIdentity": estimate(st3["training_mean_identity"], st3["training_stderr_identity"]),
+           "claimSTThreeTrainMeanSigmoid": estimate(st3["training_mean_sigmoid"], st3["training_stderr_sigmoid"]),
+           "claimSTThreeTrainSeeds": str(len(gs_claims_seed_paper.ST3_REPORT_SEEDS)),
+           "claimCOneWeightReduction": exact(100 * data["C1"]["weight_baseline_max_reduction"], 2),
            "claimGumbelBreaks": str(len(data["GUMBEL-T"]["bias_breaks"])),
-           "claimDisarmToyRatio": tex_number(data["DISARM-V"]["toy_variance_ratio"])}
+           "claimDisarmToyRatio": exact(data["DISARM-V"]["toy_variance_ratio"])}
     words = dict(zip("0123456789", ("Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine")))
     for claim_id, r in rows.items():
         macro = "claimStatus" + "".join(words.get(ch, ch) for ch in claim_id.title() if ch.isalnum())

@@ -178,9 +178,17 @@ class Problem:
         return out
 
     def with_parameters(self, theta: Tensor) -> Problem:
-        """The same problem with the flattened parameters replaced by ``theta``."""
-        return Problem(self.kind, self.layers, self.unflatten(torch.as_tensor(theta, dtype=torch.float64)),
-                       self.loss, self.x, self.description)
+        """The same problem with the flattened parameters replaced by ``theta`` (finite, ``[D]``).
+
+        The layers, loss and input were checked when this problem was built, so only ``theta`` is.
+        """
+        theta = torch.as_tensor(theta, dtype=torch.float64)
+        if not bool(torch.isfinite(theta).all()):
+            raise ValueError(f"theta must be finite, got non-finite entries for {self.description}")
+        other = object.__new__(Problem)
+        other.__dict__.update(self.__dict__)
+        other.parameters = {k: v.detach().clone() for k, v in self.unflatten(theta).items()}
+        return other
 
     def split_units(self, t: Tensor) -> list[Tensor]:
         """Split the last dimension (``num_units``) into per-layer pieces."""

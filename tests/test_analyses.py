@@ -213,3 +213,27 @@ def test_killing_the_runner_leaves_no_worker_behind(tmp_path):
         parent.kill()
         for w in _children(parent.pid):
             os.kill(w, signal.SIGKILL)
+
+
+def test_numbers_are_printed_with_the_digits_their_error_supports():
+    from analyses._runner import format_estimate
+
+    assert format_estimate(0.1342, 0.021) == "0.134 ± 0.021"
+    assert format_estimate(0.1342, 0.0061) == "0.134 ± 0.006"
+    assert format_estimate(1.3e-5, 2.1e-6, tex=True) == r"(1.30 \pm 0.21) \times 10^{-5}"
+    assert format_estimate(-0.36212, 0.00012) == "-0.36212 ± 0.00012"
+    assert format_estimate(0.5, 0.0) == "0.5"   # an exact value keeps its significant digits
+
+
+def test_check_figures_compares_each_kind_by_its_own_rule():
+    from analyses.check_figures import compare
+
+    exact = {"kind": "exact", "stderr": 0.0}
+    assert compare({**exact, "value": 1.0}, {**exact, "value": 1.0 + 1e-9})[0]
+    assert not compare({**exact, "value": 1.0}, {**exact, "value": 1.001})[0]
+    est = {"kind": "estimate", "stderr": 0.01}
+    assert compare({**est, "value": 0.50}, {**est, "value": 0.55})[0]            # 0.05 <= 4 * 0.014
+    assert not compare({**est, "value": 0.50}, {**est, "value": 0.60})[0]
+    assert not compare({**est, "value": 0.5}, {**est, "value": 0.5, "stderr": float("nan")})[0]
+    timing = {"kind": "timing", "stderr": float("nan")}
+    assert compare({**timing, "value": 1.0}, {**timing, "value": 3.0})[0]
