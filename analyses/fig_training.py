@@ -40,7 +40,7 @@ import seaborn as sns
 from scipy import stats
 
 import gradstats as gs
-from analyses._runner import Analysis, estimate, exact
+from analyses._runner import Analysis, estimate, exact, tex_number
 from gradstats.training import EXACT, train
 
 ARCHITECTURES = {"one layer": [6, 8], "two layers": [6, 6, 6]}
@@ -228,7 +228,7 @@ def plot(frame, meta, config):
     fig, axes = plt.subplots(len(architectures), 3, figsize=(13.5, 3.1 * len(architectures)), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 1, 0.62]})
     for row, arch in zip(axes, architectures):
-        counts = []
+        counts, ends = [], []
         for optimizer, marker in (("sgd", "o"), ("adam", "^")):
             pairs = paired(frame, "st3", optimizer, arch)
             if pairs.empty:
@@ -239,8 +239,9 @@ def plot(frame, meta, config):
                            edgecolor=palette.get("st_sigmoid", "C1"))
             counts.append(f"{optimizer} {result['wins']}/{result['tasks']} (sign p = {result['sign_p']:.2g}, "
                           f"Wilcoxon p = {result['wilcoxon_p']:.2g})")
-            low = min(pairs.min()) * 0.8
-            high = max(pairs.max()) * 1.25
+            ends += [float(pairs.min().min()), float(pairs.max().max())]
+        if ends:
+            low, high = min(ends) * 0.8, max(ends) * 1.25
             row[2].plot([low, high], [low, high], color="black", linewidth=0.8, linestyle="--")
         row[2].legend(loc="lower right")
         row[2].set(xscale="log", yscale="log", xlabel="final E[L], st (identity)", ylabel="final E[L], st_sigmoid",
@@ -258,8 +259,12 @@ def plot(frame, meta, config):
             row[0].plot([rate], [float(sel[sel.cell_learning_rate == rate].loss.iloc[0])], marker="*", markersize=9,
                         color=palette[label])
             runs = gallery[(gallery.cell_architecture == arch) & (gallery.cell_estimator == label)]
-            per_step = runs.groupby("step").loss
-            mean, err = per_step.mean(), per_step.sem().fillna(0.0)
+            # mean over tasks and seeds; error over the noise only: per task the variance of its seeds' mean
+            per_task = runs.groupby(["step", "cell_task"]).loss.agg(["mean", "var", "count"])
+            per_task["var_of_mean"] = per_task["var"].fillna(0.0) / per_task["count"]
+            by_step = per_task.groupby(level="step")
+            mean = by_step["mean"].mean()
+            err = by_step["var_of_mean"].sum().pow(0.5) / by_step.size()
             row[1].plot(mean.index, mean.values, label=f"{label} ({rate:g})", **style)
             row[1].fill_between(mean.index, (mean - err).clip(lower=1e-12), mean + err, color=palette[label], alpha=0.15,
                                 linewidth=0)
@@ -293,8 +298,8 @@ def numbers(frame, config):
         edge = [label for label, rate in zip(sub.cell_estimator, sub.cell_learning_rate)
                 if rate in (min(grid["rates"]), max(grid["rates"]))]
         macros[f"{prefix}EdgeRates"] = ", ".join(label.replace("_", r"\_") for label in edge) or "none"
-        start = frame[(frame.cell_architecture == arch) & (frame.step == 0)].loss.mean()
-        macros[f"{prefix}StartLoss"] = exact(start, 3)
+        start = frame[(frame.cell_study == "gallery") & (frame.cell_architecture == arch) & (frame.step == 0)]
+        macros[f"{prefix}StartLoss"] = exact(start.loss.mean(), 3)
     for optimizer, infix in (("sgd", ""), ("adam", "Adam")):
         for arch, suffix in (("one layer", "One"), ("two layers", "Two")):
             pairs = paired(frame, "st3", optimizer, arch)
@@ -302,9 +307,10 @@ def numbers(frame, config):
                 continue
             result = paired_tests(pairs)
             macros[f"trainStudy{infix}Wins{suffix}"] = str(result["wins"])
-            macros[f"trainStudy{infix}P{suffix}"] = exact(result["sign_p"], 2)
-            macros[f"trainStudy{infix}WilcoxonP{suffix}"] = exact(result["wilcoxon_p"], 2)
-            macros[f"trainStudy{infix}Ratio{suffix}"] = exact(result["median_ratio"], 2)
+            # test outcomes over tasks (p-values, the median ratio): statistics of the task means, not measurements
+            macros[f"trainStudy{infix}P{suffix}"] = tex_number(result["sign_p"], 2)
+            macros[f"trainStudy{infix}WilcoxonP{suffix}"] = tex_number(result["wilcoxon_p"], 2)
+            macros[f"trainStudy{infix}Ratio{suffix}"] = tex_number(result["median_ratio"], 2)
     macros["trainStudyTasks"] = str(len(grid["st3_tasks"]))
     macros["trainSteps"] = str(grid["steps"])
     macros["trainRates"] = ", ".join(f"{r:g}" for r in grid["rates"])
