@@ -4,7 +4,9 @@ Revisits Bengio, Léonard & Courville (2013), arXiv:1308.3432, on networks small
 enough that every binary state can be enumerated.
 """
 
-from . import claims, enumeration, estimators, functional, losses, metrics, problems, stats, training, units
+import importlib
+
+from . import enumeration, estimators, functional, losses, metrics, problems, stats, training, units
 from .accumulators import Moments
 from .evaluation import evaluate
 from .exact import exact_gradient, exact_loss, exact_moments
@@ -30,3 +32,13 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# Imported on first use, so that `import gradstats` does not import hypothesis (the claims registry and the
+# public strategies need it; the instrument does not).
+_LAZY = ("claims", "testing")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

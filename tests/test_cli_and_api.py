@@ -72,3 +72,12 @@ def test_a_user_registers_a_claim():
         assert claims.run(["USER-1"])[0]["status"] == "confirmed"
     finally:
         claims._CLAIMS.pop("USER-1")
+
+
+def test_import_is_light_and_claims_load_on_first_use():
+    import subprocess
+    import sys
+
+    code = ("import sys, gradstats; heavy = [m for m in ('hypothesis', 'seaborn', 'matplotlib') if m in sys.modules]; "
+            "assert not heavy, heavy; gradstats.claims.run; assert 'hypothesis' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
