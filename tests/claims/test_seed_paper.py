@@ -130,3 +130,18 @@ def test_sts_g(verdict):
     problem = gs.problems.independent(gs.losses.power_sum([[1.0, 1.0]]), [math.log(0.3 / 0.7)])
     assert toy["backprop"] == pytest.approx(float(common.exact_mean(problem, "sts")), rel=1e-12)
     assert toy["own"] == pytest.approx(float(gs.exact_gradient(problem, "sts")), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_st_on_a_squared_error_readout_has_a_closed_form(seed):
+    # One layer, L = |V h + d - y|^2: E[ST_i] = 2 V_i.(V p + d - y), and the exact gradient is
+    # g_i = p_i (1 - p_i) (2 V_i.(V p - V_i p_i + d - y) + |V_i|^2), so
+    # E[ST_i] = g_i / (p_i (1 - p_i)) + (2 p_i - 1) |V_i|^2: the second term is what can flip ST's sign.
+    problem = gs.problems.sbn([3, 4], "squared_error", seed=seed, weight_scale=2.0)
+    mean, g = gs.moments(problem, "st").mean, gs.exact_gradient(problem)
+    a = problem.logits(0, problem.x[None], batch_size=1).reshape(-1)
+    p = torch.sigmoid(a)
+    v = torch.as_tensor(problem.loss.spec["weight"], dtype=torch.float64)
+    c = problem.layer_slices()[0][1]
+    expected = g[c] / (p * torch.sigmoid(-a)) + (2 * p - 1) * v.square().sum(0)
+    assert torch.allclose(mean[c], expected, rtol=1e-10, atol=1e-12)
