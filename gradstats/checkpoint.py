@@ -24,7 +24,6 @@ import enum
 import functools
 import hashlib
 import json
-import math
 import os
 import sys
 import types
@@ -234,9 +233,3 @@ def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:200] if text else ""
 
-
-def finite_positive_seconds(name: str, value) -> float:
-    """A finite number of seconds > 0, else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
-    return float(value)

@@ -25,7 +25,7 @@ from torch import Tensor
 from . import enumeration
 from .accumulators import GradientAccumulator, Moments
 from .estimators import NonFiniteError, check_gradient, get, resolve_options
-from .numerics import float64_vector, optional_bool
+from .numerics import float64_references, optional_bool
 from .problems import Problem, Trajectory, check_problem
 from .units import BINARY, STS, BernoulliUnit
 
@@ -136,11 +136,7 @@ def exact_moments(problem: Problem, estimator, *, references: dict[str, Tensor] 
     start = time.perf_counter()
     check_problem(problem)
     full = optional_bool("full_covariance", full_covariance)
-    if references is not None and not isinstance(references, dict):
-        raise ValueError(f"references must be a dict name -> gradient [{problem.num_parameters}], "
-                         f"got {type(references).__name__}")
-    references = {str(k): float64_vector(f"references[{k!r}]", v, problem.num_parameters)
-                  for k, v in (references or {}).items()}
+    references = float64_references(references, problem.num_parameters)
     est = get(estimator)
     if est.noise != "discrete":
         raise ValueError(f"estimator {est.name!r} has continuous noise: its moments need method='mc'")

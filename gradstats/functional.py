@@ -45,8 +45,8 @@ from .units import (
     check_temperature,
     noise_quantile,
     reinmax_local_derivative,
-    relaxed,
     relaxed_local_derivative,
+    relaxed_with_derivative,
     sigmoid_derivative,
     sts_local_derivative,
 )
@@ -150,8 +150,8 @@ def gumbel_sigmoid(a: Tensor, *, u: Tensor | None = None, generator: torch.Gener
                    temperature: float = 1.0) -> Tensor:
     """Relaxed sample ``sigmoid((a + l) / temperature)``, ``l = log(1 - u) - log(u)``, differentiable in ``a``."""
     temperature = check_temperature(temperature)
-    uu, ad = _uniforms(a, u, generator), a.detach()
-    return _with_local_derivative(relaxed(ad, uu, temperature), a, relaxed_local_derivative(ad, uu, temperature))
+    h, derivative = relaxed_with_derivative(a.detach(), _uniforms(a, u, generator), temperature)
+    return _with_local_derivative(h, a, derivative)
 
 
 def st_gumbel(a: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None,

@@ -31,7 +31,7 @@ from . import checkpoint as ckpt
 from .accumulators import GradientAccumulator, Moments
 from .estimators import check_gradient, get, resolve_options
 from .noise import NoiseStream, resolve_device
-from .numerics import float64_vector, optional_bool, positive_int, seed_value
+from .numerics import float64_references, optional_bool, positive_finite, positive_int, seed_value
 from .problems import Problem, check_problem
 
 __all__ = ["mc_moments", "DEFAULT_CHUNK_SIZE", "FULL_COVARIANCE_MAX_DIM", "DEFAULT_BATCHES", "MAX_SAMPLES",
@@ -109,11 +109,9 @@ def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, 
     k = min(positive_int("num_batches", num_batches), n)
     ms = tuple(positive_int("ms entries", m) for m in ms)
     full = optional_bool("full_covariance", full_covariance)
-    seconds_between_saves = ckpt.finite_positive_seconds("checkpoint_seconds", checkpoint_seconds)
+    seconds_between_saves = positive_finite("checkpoint_seconds", checkpoint_seconds, " of seconds")
     dim = problem.num_parameters
-    if references is not None and not isinstance(references, dict):
-        raise ValueError(f"references must be a dict name -> gradient [{dim}], got {type(references).__name__}")
-    references = {str(name): float64_vector(f"references[{name!r}]", ref, dim) for name, ref in (references or {}).items()}
+    references = float64_references(references, dim)
     dev = resolve_device(device)
     est = get(estimator)
     resolved = resolve_options(est, problem, options)

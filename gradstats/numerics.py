@@ -8,7 +8,8 @@ import numbers
 import torch
 from torch import Tensor
 
-__all__ = ["safe_divide", "cosine", "ratio_or_inf", "positive_int", "seed_value", "optional_bool", "float64_vector", "MAX_SEED"]
+__all__ = ["safe_divide", "cosine", "ratio_or_inf", "positive_int", "positive_finite", "seed_value", "optional_bool",
+           "float64_vector", "float64_references", "MAX_SEED"]
 
 
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
@@ -43,6 +44,13 @@ def positive_int(name: str, value) -> int:
     return value
 
 
+def positive_finite(name: str, value, unit: str = "") -> float:
+    """``value`` as a finite float > 0 (no bool), else a ValueError naming ``name`` (``unit``: " of seconds")."""
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number{unit} > 0, got {value!r}")
+    return float(value)
+
+
 MAX_SEED = 2**63 - 1
 
 
@@ -63,8 +71,8 @@ def optional_bool(name: str, value) -> bool | None:
 def float64_vector(name: str, value, size: int) -> Tensor:
     """``value`` as a finite float64 tensor of shape ``[size]`` exactly, else a ValueError naming ``name``."""
     try:
-        t = torch.as_tensor(value).detach().to(device="cpu", dtype=torch.float64) \
-            if isinstance(value, Tensor) else torch.as_tensor(value, dtype=torch.float64)
+        t = value.detach().to(device="cpu", dtype=torch.float64) if isinstance(value, Tensor) \
+            else torch.as_tensor(value, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"{name} must be {size} numbers: {err}") from err
     if tuple(t.shape) != (size,):
@@ -73,3 +81,12 @@ def float64_vector(name: str, value, size: int) -> Tensor:
         bad = torch.nonzero(~torch.isfinite(t)).flatten().tolist()
         raise ValueError(f"{name} must be finite, got non-finite entries at {bad}")
     return t
+
+
+def float64_references(references, size: int) -> dict[str, Tensor]:
+    """A dict name -> reference gradient, each checked by :func:`float64_vector` (``None``: no references)."""
+    if references is None:
+        return {}
+    if not isinstance(references, dict):
+        raise ValueError(f"references must be a dict name -> gradient [{size}], got {type(references).__name__}")
+    return {str(name): float64_vector(f"references[{name!r}]", ref, size) for name, ref in references.items()}

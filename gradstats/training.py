@@ -24,7 +24,6 @@ training code.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +32,7 @@ from torch import Tensor
 from .estimators import NonFiniteError, check_gradient, get, resolve_options
 from .exact import exact_gradient, exact_loss
 from .noise import NoiseStream
-from .numerics import positive_int, seed_value
+from .numerics import positive_finite, positive_int, seed_value
 from .problems import FactoredGradient, Problem
 
 __all__ = ["EXACT", "OPTIMIZERS", "TrainingRun", "dataset_loss", "train"]
@@ -134,9 +133,7 @@ def train(problems, estimator, *, steps: int, learning_rate: float, draws_per_st
     draws = positive_int("draws_per_step", draws_per_step)
     every = positive_int("record_every", record_every)
     seed = seed_value("seed", seed)
-    if isinstance(learning_rate, bool) or not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate)
-                                               and learning_rate > 0):
-        raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
+    learning_rate = positive_finite("learning_rate", learning_rate)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     exact = isinstance(estimator, str) and estimator == EXACT

@@ -51,6 +51,7 @@ __all__ = [
     "logistic_noise",
     "sts_local_derivative",
     "relaxed_local_derivative",
+    "relaxed_with_derivative",
     "reinmax_local_derivative",
 ]
 
@@ -107,11 +108,18 @@ def sts_local_derivative(a: Tensor, b: Tensor) -> Tensor:
     return b * sqrt_sigmoid(a) * torch.sigmoid(-a) / 2
 
 
-def relaxed_local_derivative(a: Tensor, u: Tensor, temperature: float) -> Tensor:
-    r""":math:`\partial \sigma(z) / \partial a = \sigma(z)\,\sigma(-z) / \tau`, :math:`z = (a + \ell) / \tau`
-    (the binary Concrete unit's derivative, in a form that stays exact when :math:`\sigma(z)` rounds to 1)."""
+def relaxed_with_derivative(a: Tensor, u: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    r"""The binary Concrete unit :math:`\sigma(z)`, :math:`z = (a + \ell) / \tau`, and its derivative
+    :math:`\partial \sigma(z) / \partial a = \sigma(z)\,\sigma(-z) / \tau`, in a form that stays exact when
+    :math:`\sigma(z)` rounds to 1."""
     z = (a + logistic_noise(u)) / temperature
-    return torch.sigmoid(z) * torch.sigmoid(-z) / temperature
+    h = torch.sigmoid(z)
+    return h, h * torch.sigmoid(-z) / temperature
+
+
+def relaxed_local_derivative(a: Tensor, u: Tensor, temperature: float) -> Tensor:
+    r""":math:`\partial \sigma(z) / \partial a` of :func:`relaxed_with_derivative` alone."""
+    return relaxed_with_derivative(a, u, temperature)[1]
 
 
 def reinmax_local_derivative(a: Tensor, b: Tensor, temperature: float) -> Tensor:

@@ -32,8 +32,8 @@ from ..units import (
     binary_residual,
     check_temperature,
     reinmax_local_derivative,
-    relaxed,
     relaxed_local_derivative,
+    relaxed_with_derivative,
 )
 from . import seed_paper  # noqa: F401  (the seed paper's estimators register first)
 from .base import Estimator, backpropagate, register, sample_trajectory
@@ -50,14 +50,15 @@ def _prepare_temperature(problem: Problem, options: dict[str, Any]) -> dict[str,
 
 def _gumbel_draw(problem: Problem, u: Tensor, temperature: float) -> FactoredGradient:
     parts = problem.split_units(u[:, 0])
+    local = []   # each layer's dh/da, computed with h in the forward pass (layer order)
 
     def step(layer: int, a: Tensor):
-        h = relaxed(a, parts[layer], temperature)
+        h, derivative = relaxed_with_derivative(a, parts[layer], temperature)
+        local.append(derivative)
         return h, h
 
     traj = problem.forward(step, u.shape[0], dtype=u.dtype, device=u.device)
     _, top = problem.loss.value_and_grad(traj.output)
-    local = [relaxed_local_derivative(a, parts[layer], temperature) for layer, a in enumerate(traj.logits)]
     return backpropagate(problem, traj, top, local)
 
 
