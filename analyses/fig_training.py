@@ -40,7 +40,7 @@ import seaborn as sns
 from scipy import stats
 
 import gradstats as gs
-from analyses._runner import Analysis, estimate, exact, tex_number
+from analyses._runner import Analysis, estimate, exact, run_cells, tex_number
 from gradstats.training import EXACT, train
 
 ARCHITECTURES = {"one layer": [6, 8], "two layers": [6, 6, 6]}
@@ -127,8 +127,6 @@ def _cell(study, stage, optimizer, arch, label, task_seed, rate, seed, grid, con
 
 def cells(config):
     """The selection cells, then (computed or cached first) the report cells at the selected rates."""
-    from analyses._runner import run_cells
-
     grid = _grid(config)
     selection = _selection_cells(config, grid)
     chosen = selected_rates(run_cells(config, selection, compute))
