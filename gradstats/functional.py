@@ -21,8 +21,8 @@ Estimators of later work (definitions and references in
 
 * :func:`gumbel_sigmoid` and :func:`st_gumbel` (relaxed sample; hard sample with
   the relaxed backward pass), :func:`reinmax` (hard sample, ReinMax backward);
-* :func:`arm`, :func:`disarm`, :func:`reinforce_loo`: they evaluate the loss at
-  several samples, so they take ``loss_fn`` and return ``(h, surrogate)``, a
+* :func:`arm`, :func:`disarm`, :func:`reinforce_loo`, :func:`local_expectation`:
+  they evaluate the loss at several samples, so they take ``loss_fn`` and return ``(h, surrogate)``, a
   scalar whose gradient with respect to ``a`` is the estimate (summed over rows).
 """
 
@@ -52,7 +52,7 @@ from .units import (
 )
 
 __all__ = ["straight_through", "sts", "noisy_rectifier", "reinforce", "RunningBaseline", "gumbel_sigmoid",
-           "st_gumbel", "reinmax", "arm", "disarm", "reinforce_loo"]
+           "st_gumbel", "reinmax", "arm", "disarm", "reinforce_loo", "local_expectation"]
 
 
 def _uniforms(a: Tensor, u: Tensor | None, generator: torch.Generator | None) -> Tensor:
@@ -218,3 +218,18 @@ def reinforce_loo(a: Tensor, loss_fn: Callable[[Tensor], Tensor], k: int = 2, *,
     centred = (loss - loss.mean(0, keepdim=True)) / (k - 1)
     delta = (binary_residual(a.detach().expand(shape), b) * centred[..., None]).sum(0)
     return b, _surrogate(a, delta)
+
+
+def local_expectation(a: Tensor, loss_fn: Callable[[Tensor], Tensor], *, u: Tensor | None = None,
+                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Local expectation: sample ``b`` and a surrogate with gradient ``sigma'(a_i) (f(b_i = 1) - f(b_i = 0))``,
+    the rest of ``b`` held fixed. ``loss_fn`` is called once on ``b`` and once on ``[N, *a.shape]``
+    (row ``i`` with unit ``i`` flipped): ``1 + N`` loss evaluations per example."""
+    ad = a.detach()
+    b = BINARY.sample(ad, _uniforms(a, u, generator))[1]
+    n = b.shape[-1]
+    eye = torch.eye(n, dtype=b.dtype, device=b.device).reshape(n, *([1] * (b.ndim - 1)), n)
+    flipped = b + eye - 2 * b * eye                                             # [N, *a.shape]
+    main, flips = _check_rows(loss_fn(b), b), _check_rows(loss_fn(flipped), flipped)
+    difference = (1 - 2 * b) * (torch.movedim(flips, 0, -1) - main[..., None])   # f(b_i = 1) - f(b_i = 0)
+    return b, _surrogate(a, sigmoid_derivative(ad) * difference)

@@ -178,14 +178,14 @@ def test_loo_is_unbiased_on_networks_exactly(problem, k):
     assert torch.allclose(m.mean, exact, rtol=0, atol=1e-10 * (1 + exact.abs().max()))
 
 
-@pytest.mark.parametrize("name", ["arm", "disarm", "reinforce_loo"])
+@pytest.mark.parametrize("name", ["arm", "disarm", "reinforce_loo", "local_expectation"])
 def test_unbiased_estimators_on_a_three_layer_network(name):
     # per coordinate within 5 standard errors of the exact gradient (5.7e-7 a coordinate, < 3e-5 all told)
     problem = gs.problems.sbn([3, 3, 2, 2], seed=4, weight_scale=2.0)
     exact = gs.exact_gradient(problem)
     m = gs.moments(problem, name, num_samples=400_000, seed=5, **MC)
     assert ((m.mean - exact).abs() <= 5 * m.mean_stderr + 1e-12).all()
-    assert m.loss_evals_per_draw == (4 if name != "reinforce_loo" else 2)
+    assert m.loss_evals_per_draw == {"reinforce_loo": 2, "local_expectation": 1 + 7}.get(name, 4)
 
 
 @settings(max_examples=6)
@@ -254,7 +254,7 @@ def test_drop_in_functions_backward_equals_the_estimator(name, make):
     assert torch.allclose(a.grad, expected, rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("name", ["arm", "disarm", "reinforce_loo"])
+@pytest.mark.parametrize("name", ["arm", "disarm", "reinforce_loo", "local_expectation"])
 def test_drop_in_surrogates_give_the_estimator(name):
     problem = gs.problems.independent(gs.losses.polynomial(0.4, 3.0), [0.3, -1.2, 2.0])
     u = torch.rand(300, 2, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
@@ -267,3 +267,15 @@ def test_drop_in_surrogates_give_the_estimator(name):
         expected = gs.estimators.get(name).draw(problem, u[:, :1]).dense()
     surrogate.backward()
     assert torch.allclose(a.grad, expected, rtol=1e-10, atol=1e-14)
+
+
+@settings(max_examples=10)
+@given(problem=networks(max_layers=1, max_total_units=4))
+def test_local_expectation_is_exact_in_mean_on_one_layer_with_at_most_reinforces_variance(problem):
+    exact = gs.exact_gradient(problem)
+    m = gs.moments(problem, "local_expectation")
+    assert torch.allclose(m.mean, exact, rtol=0, atol=1e-10 * (1 + exact.abs().max()))
+    # its variance is at most REINFORCE's with Eq. 10's baseline (it does the expectation over h_i exactly)
+    r = gs.moments(problem, "reinforce", baseline="optimal")
+    c = [i for _, s in problem.layer_slices() for i in range(s.start, s.stop)]
+    assert (m.var[c] <= r.var[c] * (1 + 1e-9) + 1e-14).all()

@@ -78,6 +78,8 @@ def per_draw(name, a, us):
     if name == "reinmax":
         r = (b + sig(a)) / 2
         return df(b) * (2 * r * (1 - r) - p * (1 - p) / 2)
+    if name == "local_expectation":
+        return p * (1 - p) * (f(1) - f(0))
     raise KeyError(name)
 
 
@@ -90,7 +92,7 @@ def exact_mean(name, a):
         return q * df(q) * q * (1 - p) / 2
     if name == "disarm":   # unbiased: the exact gradient
         return p * (1 - p) * (f(1) - f(0))
-    if name == "reinforce_loo":
+    if name in ("reinforce_loo", "local_expectation"):
         return p * (1 - p) * (f(1) - f(0))
     single = {"reinforce": lambda b: (b - p) * f(b), "st": df, "st_sigmoid": lambda b: df(b) * p * (1 - p),
               "reinmax": lambda b: df(b) * (2 * ((b + p) / 2) * (1 - (b + p) / 2) - p * (1 - p) / 2)}[name]
