@@ -109,10 +109,12 @@ def _cmd_claims(args) -> int:
         print(json.dumps(rows, indent=2, default=str))
         return 0
     for r in rows:
-        print(f"{r['id']:10s} {r['status'].upper():13s} {r['reference']}")
+        print(f"{r['id']:10s} {r['status'].upper():13s} ({r['kind']}) {r['reference']}")
+        if r["qualifier"]:
+            print(f"  qualifier:      {_short(r['qualifier'], 300)}")
         print(f"  finding:        {_short(r['summary'], 300)}")
-        print(f"  statement:      {_short(r['statement'], 200)}")
-        print(f"  conditions:     {_short(r['conditions'], 200)}")
+        print(f"  statement:      {_short(r['statement'], 300)}")
+        print(f"  reading:        {_short(r['reading'], 400)}")
         print(f"  evidence:       {_short(r['evidence'], 600)}")
         if r["holds_when"]:
             print(f"  holds when:     {_short(r['holds_when'], 400)}")

@@ -24,6 +24,7 @@ training code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +36,7 @@ from .noise import NoiseStream
 from .numerics import positive_finite, positive_int, seed_value
 from .problems import FactoredGradient, Problem
 
-__all__ = ["EXACT", "OPTIMIZERS", "TrainingRun", "dataset_loss", "train"]
+__all__ = ["EXACT", "OPTIMIZERS", "TrainingRun", "dataset_loss", "train", "next_rate", "select_rate"]
 
 EXACT = "exact"
 OPTIMIZERS = ("sgd", "adam")
@@ -181,3 +182,26 @@ def train(problems, estimator, *, steps: int, learning_rate: float, draws_per_st
             recorded_loss.append(_mean_exact_loss(examples))
     return TrainingRun(name, optimizer, float(learning_rate), draws, loss_evals, tuple(recorded_steps),
                        tuple(recorded_loss), theta)
+
+
+def next_rate(rate: float, up: bool) -> float:
+    """The learning-rate grid ..., 0.3, 1, 3, 10, 30, 100, ... continued one step up or down from ``rate``."""
+    leading_one = f"{rate:e}".startswith("1")
+    factor = (3.0 if leading_one else 10 / 3) if up else (0.3 if leading_one else 1 / 3)
+    return round(rate * factor, 12)
+
+
+def select_rate(score: Callable[[float], float], rates, max_extensions: int = 3) -> tuple[float, list, bool]:
+    """The rate with the lowest ``score(rate)``; while it is an end of the grid the grid is extended past it
+    (at most ``max_extensions`` times). Returns the rate, the grid tried and whether it still ends there."""
+    grid, scores = sorted(rates), {}
+    for _ in range(max_extensions + 1):
+        for rate in grid:
+            if rate not in scores:
+                scores[rate] = score(rate)
+        best = min(grid, key=scores.__getitem__)
+        if best not in (grid[0], grid[-1]):
+            return best, grid, False
+        grid = [next_rate(grid[0], up=False), *grid] if best == grid[0] else [*grid, next_rate(grid[-1], up=True)]
+    best = min(scores, key=scores.__getitem__)
+    return best, sorted(scores), best in (min(scores), max(scores))

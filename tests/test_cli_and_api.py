@@ -50,7 +50,7 @@ def test_cli_claims_json_has_the_contract_keys(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["id"] for r in rows] == ["P2a", "ST1"]
     for r in rows:
-        assert {"id", "status", "statement", "reference", "conditions", "evidence", "counterexample"} <= set(r)
+        assert {"id", "status", "qualifier", "kind", "statement", "reference", "reading", "evidence", "counterexample"} <= set(r)
         assert r["status"] in ("confirmed", "refuted", "inconclusive")
 
 

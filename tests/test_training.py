@@ -1,13 +1,14 @@
 """Training through an estimator, scored by the exact objective; the teacher-student task."""
 
 import itertools
+import math
 
 import pytest
 import torch
 
 import gradstats as gs
 from gradstats.noise import NoiseStream
-from gradstats.training import dataset_loss, train
+from gradstats.training import dataset_loss, next_rate, select_rate, train
 
 
 def all_states(n):
@@ -141,3 +142,11 @@ def test_adam_matches_torchs_adam_on_the_exact_gradient():
     assert torch.allclose(run.parameters, theta.detach(), rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="optimizer must be one of"):
         train(dataset, "st", steps=1, learning_rate=0.1, optimizer="rmsprop")
+
+
+def test_rate_selection_extends_the_grid_past_an_end():
+    grid = [1, 3, 10, 30, 100, 300, 1000]
+    assert select_rate(lambda r: (math.log(r) - math.log(300)) ** 2, (1, 3, 10, 30)) == (300.0, grid, False)
+    best, grid, at_edge = select_rate(lambda r: r, (1, 3, 10, 30), max_extensions=2)
+    assert best == min(grid) == 0.1 and at_edge
+    assert next_rate(30.0, up=True) == 100.0 and next_rate(1.0, up=False) == 0.3 and next_rate(0.3, up=False) == 0.1

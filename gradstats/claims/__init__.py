@@ -1,16 +1,21 @@
-"""The claims registry: statement, reference, conditions, and a check that returns a verdict.
+"""The claims registry: a quoted statement, its reading, and a check that returns a verdict.
 
-A :class:`Claim` quotes a statement, names where it is made, says under which
-conditions we assert it, and carries a check. The check returns a
-:class:`Verdict` for the claim *as the paper states it*: ``"confirmed"``,
-``"refuted"`` (with a minimal counterexample, shrunk by hypothesis, and the
-narrower conditions under which it does hold) or ``"inconclusive"``, with the
-evidence (exact values, or estimates with intervals, and the number of cases
-examined). Register your own with :func:`register`::
+A :class:`Claim` quotes its source verbatim (``statement``), names where it is
+made (``reference``), states the narrowest faithful ``reading`` that the check
+tests, says whether it is ``"mathematical"`` (a statement that can be checked
+exactly) or ``"empirical"`` (a report of what experiments showed: judged on its
+own task, else ``"inconclusive"`` with a proxy as evidence, never refuted by a
+proxy), and carries a check. The check returns a :class:`Verdict` on that
+reading: ``"confirmed"``, ``"refuted"`` (with a minimal counterexample, shrunk
+by hypothesis, and the narrower conditions under which it does hold) or
+``"inconclusive"``, with the evidence (exact values, or estimates with
+intervals, and the number of cases examined) and a ``qualifier`` that travels
+with the status wherever it is printed. Register your own with
+:func:`register`::
 
     from gradstats.claims import Claim, Verdict, register
 
-    register(Claim(id="MY1", statement="...", reference="...", conditions="...",
+    register(Claim(id="MY1", statement="...", reference="...", reading="...",
                    check=lambda settings: Verdict("confirmed", evidence="...")))
 
 ``gradstats claims`` prints the table; ``gradstats claims --json`` the list of
@@ -30,9 +35,11 @@ import hypothesis
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
 
-__all__ = ["Claim", "Verdict", "CheckSettings", "SearchResult", "register", "claims", "get", "run", "search", "STATUSES"]
+__all__ = ["Claim", "Verdict", "CheckSettings", "SearchResult", "register", "claims", "get", "run", "search", "STATUSES",
+           "KINDS"]
 
 STATUSES = ("confirmed", "refuted", "inconclusive")
+KINDS = ("mathematical", "empirical")
 
 
 @dataclass(frozen=True)
@@ -53,8 +60,9 @@ class Verdict:
     """The outcome of a check.
 
     Attributes:
-        status: one of :data:`STATUSES`, for the claim as stated.
+        status: one of :data:`STATUSES`, on the claim's reading.
         evidence: what was computed and found, in words and numbers.
+        qualifier: what must be read with the status (where it holds, where it fails), or "".
         summary: the finding in one line (defaults to the evidence's first clause).
         counterexample: a JSON-able description of a minimal counterexample (``None`` if none).
         holds_when: the narrower conditions under which the claim does hold (when refuted).
@@ -64,6 +72,7 @@ class Verdict:
 
     status: str
     evidence: str
+    qualifier: str = ""
     summary: str = ""
     counterexample: dict | None = None
     holds_when: str = ""
@@ -77,14 +86,19 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim: its id, quoted statement, reference, the conditions we assert it under, and its check."""
+    """A claim: its id, verbatim statement, reference, the reading its check tests, its kind and its check."""
 
     id: str
     statement: str
     reference: str
-    conditions: str
+    reading: str
     check: Callable[[CheckSettings], Verdict]
     test: str = ""
+    kind: str = "mathematical"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
 
 
 _CLAIMS: dict[str, Claim] = {}
@@ -113,15 +127,16 @@ def get(claim_id: str) -> Claim:
 
 
 def run(ids: list[str] | None = None, settings: CheckSettings | None = None) -> list[dict[str, Any]]:
-    """Check claims; one JSON-able row each with ``id, status, statement, reference, conditions,
+    """Check claims; one JSON-able row each with ``id, status, qualifier, kind, statement, reference, reading,
     evidence, summary, counterexample, holds_when, cases, data, test, seconds``."""
     settings = settings or CheckSettings()
     rows = []
     for claim in ([get(i) for i in ids] if ids else claims()):
         start = time.perf_counter()
         verdict = claim.check(settings)
-        rows.append({"id": claim.id, "status": verdict.status, "statement": claim.statement,
-                     "reference": claim.reference, "conditions": claim.conditions, "evidence": verdict.evidence,
+        rows.append({"id": claim.id, "status": verdict.status, "qualifier": verdict.qualifier, "kind": claim.kind,
+                     "statement": claim.statement, "reference": claim.reference, "reading": claim.reading,
+                     "evidence": verdict.evidence,
                      "summary": verdict.summary or verdict.evidence.split(";")[0],
                      "counterexample": verdict.counterexample, "holds_when": verdict.holds_when,
                      "cases": verdict.cases, "data": verdict.data, "test": claim.test,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -17,7 +18,7 @@ from ..moments import moments
 from ..noise import NoiseStream
 from ..numerics import safe_divide
 from ..testing import independent_problems, networks, single_layer_problems
-from ..training import train
+from ..training import select_rate, train
 from . import CheckSettings, Claim, Verdict, register, search
 from .common import describe, exact_mean, gradient_scale, loss_class, st_sign_condition, st_wrong_sign, wrong_sign_coordinates
 
@@ -189,11 +190,13 @@ def _c1_violation(case) -> bool:
     return bool(v_shift[unit] < v_best[unit] - 1e-12 * (1 + v_best[unit]))
 
 
-def weight_baseline_gap(problem) -> float:
-    """Largest relative variance reduction, over hidden-layer weights ``W_ij``, of the per-weight best
-    constant ``E[(h_i - p_i)^2 h_j^2 L] / E[(h_i - p_i)^2 h_j^2]`` over Eq. 10's per-unit one."""
+def weight_baseline_gap(problem) -> dict[str, float]:
+    """How much a hidden layer's weight ``W_ij`` gains from its own best constant baseline
+    ``E[r_i^2 h_j^2 L] / E[r_i^2 h_j^2]`` (``r_i = h_i - p_i``) over Eq. 10's per-unit one: the largest
+    relative drop, over those weights, of the estimate's second moment and of its variance (the mean,
+    the gradient, is the same under both baselines)."""
     best = optimal_baseline(problem)
-    gaps = [0.0]
+    out = {"second_moment": 0.0, "variance": 0.0}
     for layer in range(1, problem.num_layers):
         n_out, n_in = problem.layer_sizes[layer], problem.layer_sizes[layer - 1]
         sums = torch.zeros(4, n_out, n_in, dtype=torch.float64)
@@ -201,19 +204,24 @@ def weight_baseline_gap(problem) -> float:
         for traj in enumeration.trajectories(problem, units.BINARY):
             w = traj.log_prob.exp()
             loss = problem.loss(traj.output)
-            r2 = units.binary_residual(traj.logits[layer], traj.indicators[layer]).square()     # [C, n_out]
-            x2 = traj.inputs[layer].square()                                                    # [C, n_in]
-            weight = w[:, None, None] * r2[:, :, None] * x2[:, None, :]
+            r = units.binary_residual(traj.logits[layer], traj.indicators[layer])                # [C, n_out]
+            x = traj.inputs[layer]                                                              # [C, n_in]
+            weight = w[:, None, None] * r.square()[:, :, None] * x.square()[:, None, :]
             sums[0] += weight.sum(0)
             sums[1] += (weight * loss[:, None, None]).sum(0)
             sums[2] += (weight * loss[:, None, None] ** 2).sum(0)
-        den, num, sq = sums[0], sums[1], sums[2]
+            sums[3] += (w[:, None, None] * r[:, :, None] * x[:, None, :] * loss[:, None, None]).sum(0)   # the gradient
+        den, num, sq, mean = sums
         b_w = safe_divide(num, den)
-        mean_sq = sq - 2 * b_unit[:, None] * num + b_unit[:, None] ** 2 * den   # E[r^2 x^2 (L - b)^2], Eq. 10's b
+        unit_sq = sq - 2 * b_unit[:, None] * num + b_unit[:, None] ** 2 * den   # E[r^2 x^2 (L - b)^2], Eq. 10's b
         best_sq = sq - 2 * b_w * num + b_w**2 * den                               # the per-weight best b
-        reduction = safe_divide(mean_sq - best_sq, mean_sq)
-        gaps.append(float(reduction.max()))
-    return max(gaps)
+        out["second_moment"] = max(out["second_moment"], float(safe_divide(unit_sq - best_sq, unit_sq).max()))
+        unit_var = unit_sq - mean**2
+        out["variance"] = max(out["variance"], float(safe_divide(unit_sq - best_sq, unit_var).max()))
+    return out
+
+
+C1_GAP_SEEDS = range(5)
 
 
 def check_c1(settings: CheckSettings) -> Verdict:
@@ -227,17 +235,28 @@ def check_c1(settings: CheckSettings) -> Verdict:
         example = unbiased.example[0] if unbiased.found else optimal.example[0]
         return Verdict("refuted", evidence="a constant baseline that biases the estimator or beats Eq. 10",
                        counterexample=describe(example), cases=cases)
-    gaps = [weight_baseline_gap(problems.sbn([2, 3, 3], "squared_error", seed=s, weight_scale=2.0)) for s in range(5)]
+    gaps = [weight_baseline_gap(problems.sbn([2, 3, 3], "squared_error", seed=s, weight_scale=2.0)) for s in C1_GAP_SEEDS]
+    variance = [100 * g["variance"] for g in gaps]
+    second = [100 * g["second_moment"] for g in gaps]
+    per_seed = ", ".join(f"{v:.1f}" for v in variance)
     return Verdict(
         "confirmed", cases=cases,
-        summary="exact, for dL/da_i; a hidden layer's weights prefer a baseline weighted by h_j^2",
+        qualifier="per unit, for dL/da_i: a hidden layer's weight W_ij prefers its own baseline, weighted by h_j^2",
+        summary=(f"exact, for dL/da_i; a hidden layer's weight prefers a baseline weighted by h_j^2 (variance "
+                 f"{np.median(variance):.0f}% lower, median over seeds; up to {max(variance):.0f}%)"),
         evidence=(f"exact enumeration: on {unbiased.tried} random networks with random constant baselines (one per unit "
                   f"or shared) the estimator stays unbiased to 1e-10; on {optimal.tried} random (network, unit, shift) "
                   "cases no shifted constant lowers the variance of the unit's gradient (dL/da_i, i.e. its bias c_i) "
-                  "below Eq. 10's. Eq. 10 is per unit: for a weight W_ij of a hidden layer, whose estimate carries the "
-                  "factor h_j, the best constant weights by h_j^2 instead, and using it lowers that coordinate's "
-                  f"variance by up to {100 * max(gaps):.1f}% on five seeded 2-3-3 networks"),
-        data={"weight_baseline_max_reduction": max(gaps)},
+                  "below Eq. 10's. Eq. 10 is per unit: the estimate of a hidden layer's weight W_ij carries the factor "
+                  "h_j, so its best constant is E[(h_i - p_i)^2 h_j^2 L] / E[(h_i - p_i)^2 h_j^2], the per-coordinate "
+                  "optimal baseline of the policy-gradient literature (Greensmith, Bartlett & Baxter 2004; Peters & "
+                  "Schaal 2008). On five seeded 2-3-3 networks it lowers the variance of the most affected weight by "
+                  f"{per_seed}% (median {np.median(variance):.1f}%, largest {max(variance):.1f}%; the second moment by "
+                  f"median {np.median(second):.1f}%, largest {max(second):.1f}%). With inputs that vary from example to "
+                  "example the first layer's weights need the same x_j^2 weighting; with the fixed input used here "
+                  "Eq. 10 is already optimal for them"),
+        data={"weight_baseline_variance_reduction": variance, "weight_baseline_second_moment_reduction": second,
+              "weight_baseline_median_variance_reduction": float(np.median(variance))},
     )
 
 
@@ -284,6 +303,7 @@ def check_st1(settings: CheckSettings) -> Verdict:
         extra["single_layer_squared_error_readout"] = describe(readout.example, **_st_values(readout.example))
     return Verdict(
         "refuted", cases=cases, holds_when=ST1_HOLDS_WHEN, data=data,
+        qualifier="false in general; true for losses multilinear or sign-consistent in each unit",
         summary=(f"wrong sign on one unit ({example.loss.name}) and on a single layer with a squared-error readout; "
                  "holds for losses multilinear or sign-consistent in each unit"),
         counterexample={**describe(example, **_st_values(example)), "loss_class": loss_class(example), **extra},
@@ -292,7 +312,9 @@ def check_st1(settings: CheckSettings) -> Verdict:
                   + (f"; also on a single layer with a squared-error readout ({readout.tried} searched)" if readout.found
                      else "") +
                   f"; inside the class of 'holds when' no wrong sign in {inside.tried} random multilinear and monotone "
-                  "single-layer problems (a proof is in the condition's docstring)"),
+                  "single-layer problems (a proof is in the condition's docstring). The standard one-unit toy f(b) = "
+                  "(b - t)^2 (Tucker et al. 2017, REBAR) fails too: ST's mean 2(p - t) and the gradient p(1 - p)(1 - 2t) "
+                  "differ in sign whenever t lies between p and 1/2"),
     )
 
 
@@ -327,7 +349,8 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 ST3_TRAINING_TASKS = (("one layer", [6, 8]), ("two layers", [6, 6, 6]))
 ST3_TRAINING_TASK_SEEDS = (0, 1)
-ST3_TRAINING_RATES = (1.0, 3.0, 10.0, 30.0)
+ST3_TRAINING_RATES = (1.0, 3.0, 10.0, 30.0)   # extended while the selected rate sits at an end of the grid
+ST3_MAX_EXTENSIONS = 3
 ST3_TRAINING_STEPS = 100
 ST3_SELECTION_SEED = 1000          # the learning rate is selected on this noise seed ...
 ST3_REPORT_SEEDS = tuple(range(10))  # ... and the final losses reported on these
@@ -338,22 +361,28 @@ def _final_loss(dataset, name: str, rate: float, seed: int) -> float:
                  record_every=ST3_TRAINING_STEPS).final_loss
 
 
+def _selection_loss(tasks: tuple, name: str, rate: float) -> float:
+    """The mean final loss over ``tasks`` on the selection seed."""
+    return float(np.mean([_final_loss(d, name, rate, ST3_SELECTION_SEED) for d in tasks]))
+
+
 def st3_training() -> list[dict]:
-    """Per teacher-student task, each ST variant's final exact loss: mean and standard error over
-    :data:`ST3_REPORT_SEEDS` noise seeds, at the learning rate that had the lowest mean final loss over
-    the architecture's tasks on another seed (a single trajectory is chaotic at these rates)."""
+    """Per teacher-student task, each ST variant's final exact loss on every report seed, at the learning
+    rate with the lowest mean final loss over the architecture's tasks on another seed (a single trajectory
+    is chaotic at these rates). Both variants see the same uniforms on a seed, so the seeds pair them."""
     rows = []
     for arch, sizes in ST3_TRAINING_TASKS:
         datasets = {task: problems.teacher_student(sizes, 8, seed=task) for task in ST3_TRAINING_TASK_SEEDS}
-        rates = {name: min(ST3_TRAINING_RATES, key=lambda rate, name=name: float(np.mean(
-                     [_final_loss(d, name, rate, ST3_SELECTION_SEED) for d in datasets.values()])))
-                 for name in ("st", "st_sigmoid")}
+        chosen = {name: select_rate(functools.partial(_selection_loss, tuple(datasets.values()), name),
+                                    ST3_TRAINING_RATES, ST3_MAX_EXTENSIONS)
+                  for name in ("st", "st_sigmoid")}
         for task, dataset in datasets.items():
             row = {"task": f"{arch}, seed {task}"}
             for name, key in (("st", "identity"), ("st_sigmoid", "sigmoid")):
-                finals = np.array([_final_loss(dataset, name, rates[name], seed) for seed in ST3_REPORT_SEEDS])
-                row.update({key: float(finals.mean()), f"{key}_stderr": float(finals.std(ddof=1) / np.sqrt(len(finals))),
-                            f"{key}_rate": rates[name]})
+                rate, grid, at_edge = chosen[name]
+                finals = [_final_loss(dataset, name, rate, seed) for seed in ST3_REPORT_SEEDS]
+                row.update({key: float(np.mean(finals)), f"{key}_stderr": float(np.std(finals, ddof=1) / np.sqrt(len(finals))),
+                            f"{key}_finals": finals, f"{key}_rate": rate, f"{key}_grid": grid, f"{key}_at_edge": at_edge})
             rows.append(row)
     return rows
 
@@ -374,44 +403,55 @@ def check_st3(settings: CheckSettings) -> Verdict:
                          lambda p: float((exact_mean(p, "st_sigmoid") - exact_gradient(p)).abs().max()) > 1e-10, settings)
     training = st3_training()
     trained_wins = sum(r["identity"] < r["sigmoid"] for r in training)
+    log_ratios = np.log([x for r in training for x in r["identity_finals"]]) - \
+        np.log([x for r in training for x in r["sigmoid_finals"]])
+    wilcoxon_p = float(sps.wilcoxon(log_ratios).pvalue)
     identity_mean = float(np.mean([r["identity"] for r in training]))
     sigmoid_mean = float(np.mean([r["sigmoid"] for r in training]))
     identity_stderr = float(np.sqrt(sum(r["identity_stderr"] ** 2 for r in training)) / len(training))
     sigmoid_stderr = float(np.sqrt(sum(r["sigmoid_stderr"] ** 2 for r in training)) / len(training))
-    exceptions = [r["task"] for r in training if r["identity"] < r["sigmoid"]]
-    alignment = "inconclusive" if p_value >= 0.05 else ("confirmed" if wins > n / 2 else "refuted")
-    # training favours a variant when it ends lower on most tasks and on average
-    trained = ("confirmed" if trained_wins > len(training) / 2 and identity_mean < sigmoid_mean else
-               "refuted" if trained_wins < len(training) / 2 and sigmoid_mean < identity_mean else "inconclusive")
-    status = alignment if alignment == trained else "inconclusive"
+    def grid(values) -> str:
+        return ", ".join(f"{x:g}" for x in values)
+
+    rates = "; ".join(f"{r['task'].split(',')[0]}: identity {r['identity_rate']:g} (grid {grid(r['identity_grid'])}), "
+                      f"sigmoid' {r['sigmoid_rate']:g} (grid {grid(r['sigmoid_grid'])})"
+                      for r in training[::len(ST3_TRAINING_TASK_SEEDS)])
+    edges = [r["task"] for r in training if r["identity_at_edge"] or r["sigmoid_at_edge"]]
     detail = "; ".join(f"depth {d}: identity better in {v['identity_wins']}/{v['cases']}, median cosine "
                        f"{v['median_cos_identity']:.3f} vs {v['median_cos_sigmoid']:.3f}" for d, v in by_depth.items())
     runs = "; ".join(f"{r['task']}: {r['identity']:.3g} +- {r['identity_stderr']:.2g} vs {r['sigmoid']:.3g} +- "
                      f"{r['sigmoid_stderr']:.2g}" for r in training)
+    favoured = "identity" if np.median(log_ratios) < 0 else "sigmoid'"
     return Verdict(
-        status, cases=n + multilinear.tried + len(training),
-        summary=(f"training reaches the lower exact loss with the identity variant on {trained_wins} of {len(training)} "
-                 f"tasks; its mean is the better aligned in {wins} of {n} networks"),
+        "inconclusive", cases=n + multilinear.tried + len(training),
+        qualifier=("an empirical claim about the conditional-computation experiment, to be judged on that task; "
+                   f"on the teacher-student proxies the {favoured} variant trains to the lower loss"),
+        summary=(f"empirical, its own task not yet run; proxies: the identity variant ends lower on {trained_wins} of "
+                 f"{len(training)} tasks (Wilcoxon p = {wilcoxon_p:.2g} over seeds) and is better aligned in {wins} of {n} "
+                 "networks"),
         data={"identity_wins": wins, "cases": n, "p_value": p_value, "by_depth": by_depth,
-              "training": training, "training_identity_wins": trained_wins,
+              "training": training, "training_identity_wins": trained_wins, "training_wilcoxon_p": wilcoxon_p,
+              "training_median_log_ratio": float(np.median(log_ratios)), "training_rates_at_edge": edges,
               "training_mean_identity": identity_mean, "training_mean_sigmoid": sigmoid_mean,
               "training_stderr_identity": identity_stderr, "training_stderr_sigmoid": sigmoid_stderr},
-        holds_when=("" if status != "refuted" else
-                    f"only in isolated cases: the identity variant is better aligned in {wins} of {n} networks "
-                    f"({by_depth[1]['identity_wins']} on one layer) and trains better on {trained_wins} of "
-                    f"{len(training)} tasks ({'; '.join(exceptions) or 'none'}); on one layer with a multilinear loss "
-                    "the sigmoid variant is exactly unbiased"),
-        evidence=(f"training (SGD, {ST3_TRAINING_STEPS} steps, 6 draws per example and step, each variant at the "
-                  f"learning rate of {', '.join(f'{r:g}' for r in ST3_TRAINING_RATES)} selected on a held-out noise seed) "
-                  f"on teacher-student tasks of 8 examples, final exact expected loss identity vs sigmoid', mean and "
-                  f"standard error over {len(ST3_REPORT_SEEDS)} noise seeds: {runs} (means {identity_mean:.3g} +- "
-                  f"{identity_stderr:.2g} vs {sigmoid_mean:.3g} +- {sigmoid_stderr:.2g}). Gradient alignment: exact cosine "
-                  f"between each variant's mean and the exact gradient on {n} seeded networks (readout squared error "
-                  f"and cross-entropy, weight scale 2): the identity variant is better aligned in {wins}/{n} "
-                  f"(two-sided sign test p = {p_value:.2g}); {detail}. On a single layer with a multilinear loss the "
-                  f"sigmoid variant is exactly unbiased (E[ST_i] p_i (1 - p_i) = g_i; no exception in "
-                  f"{multilinear.tried} random cases)"
-                  + ("" if not multilinear.found else " (an exception was found)")),
+        evidence=("the sentence reports the paper's conditional-computation experiments (sec. 5, appendix A), so only "
+                  "that task can confirm or refute it; until it is reproduced the verdict is inconclusive and what "
+                  "follows is proxy evidence. Training (SGD, "
+                  f"{ST3_TRAINING_STEPS} steps, 6 draws per example and step) on teacher-student tasks of 8 examples, "
+                  f"each variant at the learning rate selected on a held-out noise seed ({rates}; the grid is extended "
+                  f"while the selected rate is at an end{'; still at an end: ' + ', '.join(edges) if edges else ''}): "
+                  f"final exact expected loss identity vs sigmoid', mean and standard error over "
+                  f"{len(ST3_REPORT_SEEDS)} noise seeds: {runs} (means {identity_mean:.3g} +- {identity_stderr:.2g} vs "
+                  f"{sigmoid_mean:.3g} +- {sigmoid_stderr:.2g}); Wilcoxon signed-rank test on the log ratio of the final "
+                  f"losses, paired by task and seed (both variants see the same uniforms): p = {wilcoxon_p:.2g}, median "
+                  f"ratio identity/sigmoid' {np.exp(np.median(log_ratios)):.3g}. Gradient alignment: exact cosine between "
+                  f"each variant's mean and the exact gradient on {n} seeded networks (readout squared error and "
+                  f"cross-entropy, weight scale 2): the identity variant is better aligned in {wins}/{n} (two-sided sign "
+                  f"test p = {p_value:.2g}); {detail}. On one layer this comparison is close to circular: with a "
+                  f"multilinear loss the sigmoid' variant is exactly unbiased there (E[ST_i] p_i (1 - p_i) = g_i; no "
+                  f"exception in {multilinear.tried} random cases)"
+                  + ("" if not multilinear.found else " (an exception was found)")
+                  + "; deeper networks are the informative part"),
     )
 
 
@@ -426,7 +466,12 @@ def sts_toy_ratios(f, df, p: float) -> dict[str, float]:
     return {"backprop": backprop, "own": own, "binary": binary, "ratio_own": backprop / own, "ratio_binary": backprop / binary}
 
 
+STS_DIRECTION_MIN_MEDIAN_COSINE = 0.9
+
+
 def check_sts_g(settings: CheckSettings) -> Verdict:
+    a = torch.linspace(-50, 50, 201, dtype=torch.float64)
+    first_moment = float(((_sts_law(a)[0] - torch.sigmoid(a)) / torch.sigmoid(a)).abs().max())
     linear = problems.independent(losses.multilinear({(0,): 1.0}, 1), [0.0])
     g_bin, g_sts = exact_gradient(linear), exact_gradient(linear, "sts")
     mean = exact_mean(linear, "sts")
@@ -439,66 +484,81 @@ def check_sts_g(settings: CheckSettings) -> Verdict:
         m = exact_mean(problem, "sts")
         cos_own.append(_cos(m, exact_gradient(problem, "sts")))
         cos_bin.append(_cos(m, exact_gradient(problem)))
+    median_bin = float(np.median(cos_bin))
+    ok = first_moment < 1e-13 and median_bin >= STS_DIRECTION_MIN_MEDIAN_COSINE
     return Verdict(
-        "refuted", cases=1 + len(limits) + 10,
-        summary="backprop gets half the gradient of a linear unit, and half the STS objective's as p -> 0 when f'(0) != 0",
+        "confirmed" if ok else "refuted", cases=201 + 1 + len(limits) + 10,
+        qualifier=(f"to first order in the mean (E[h] = p exactly) and in the direction of the back-propagated gradient "
+                   f"(median cosine {median_bin:.2f} with the binary gradient), not in its size: k/(k + 1) of the STS "
+                   "objective's gradient as p -> 0 when f(h) - f(0) ~ c h^k, one half whenever f'(0) != 0"),
+        summary=(f"E[h] = p exactly; back-propagation with b fixed: direction approximately right (median cosine "
+                 f"{median_bin:.2f}), size k/(k + 1) (half for a linear unit)"),
         counterexample=describe(linear, sts_backprop_mean=mean, sts_objective_gradient=g_sts, binary_gradient=g_bin),
-        holds_when=("the direction, not the size, on one unit with f monotone: the back-propagated mean is a positive "
-                    "multiple of both gradients there. Back-propagation with b fixed drops the score term "
-                    "d sqrt(p)/da (f(sqrt p) - f(0)), so as p -> 0 it gets k/(k + 1) of the STS objective's gradient "
-                    "when f(h) - f(0) ~ c h^k: one half whenever f'(0) != 0"),
-        evidence=(f"one unit, f(h) = h, a = 0: back-propagation gives {float(mean):.4f}, the STS objective's gradient and "
-                  f"the binary one are both {float(g_sts):.4f} (ratio 1/2 for every a). Ratio to the STS objective's "
-                  f"gradient at p = 1e-8: " + ", ".join(f"{k}: {v:.4f}" for k, v in limits.items()) +
-                  f". On ten seeded 3-3-3 networks (squared-error readout) the cosine of the back-propagated mean with "
-                  f"the STS objective's gradient has median {np.median(cos_own):.3f} (min {min(cos_own):.3f}), with the "
-                  f"binary gradient median {np.median(cos_bin):.3f} (min {min(cos_bin):.3f})"),
-        data={"ratio_own_at_1e-8": limits, "cos_own": cos_own, "cos_binary": cos_bin},
+        holds_when=("the expected output (the first moment) exactly; the back-propagated gradient in direction on the "
+                    "networks examined, and on one unit with f monotone it is a positive multiple of both gradients"),
+        evidence=(f"the unit's law gives E[h] = sqrt(p) sqrt(p) = p, the binary neuron's mean, to {first_moment:.0e} "
+                  f"(relative, a in [-50, 50]); E[f(h)] = f(p) + O(p^(3/2)) is P2c. The paper trains the unit by "
+                  f"back-propagating through sqrt(p) with b_i held fixed (sec. 2.2), which drops the score term "
+                  f"d sqrt(p)/da (f(sqrt p) - f(0)) of the STS objective's gradient: one unit, f(h) = h, a = 0: "
+                  f"back-propagation gives {float(mean):.4f}, the STS objective's gradient and the binary one are both "
+                  f"{float(g_sts):.4f} (ratio 1/2 for every a); ratio to the STS objective's gradient at p = 1e-8: "
+                  + ", ".join(f"{k}: {v:.4f}" for k, v in limits.items()) +
+                  f" (k/(k + 1)). On ten seeded 3-3-3 networks (squared-error readout) the cosine of the back-propagated "
+                  f"mean with the binary gradient has median {median_bin:.3f} (min {min(cos_bin):.3f}), with the STS "
+                  f"objective's gradient median {np.median(cos_own):.3f} (min {min(cos_own):.3f})"),
+        data={"first_moment_max_rel_error": first_moment, "ratio_own_at_1e-8": limits, "cos_own": cos_own,
+              "cos_binary": cos_bin, "median_cos_binary": median_bin},
     )
 
 
 register(Claim("P1", "(a) P(h_i > 0) = sigm(a_i), (b) E[h_i] = s_+(a_i), where s_+(x) = log(1 + exp(x)) is the softplus "
                "function and the random variable is z_i (given a fixed a_i)",
-               f"{PAPER}, sec. 2.1, Proposition 1", "noisy rectifier h = max(0, a + z) with logistic noise of scale 1",
+               f"{PAPER}, sec. 2.1, Proposition 1",
+               "the noisy rectifier h = max(0, a + z) with the logistic noise the proposition assumes (density "
+               "sigm(z)(1 - sigm(z))); both identities at every finite a",
                check_p1, "tests/claims/test_seed_paper.py::test_p1"))
 register(Claim("P2a", "E[h_i] = p_i", f"{PAPER}, sec. 2.2, Proposition 2 (a)",
-               "STS unit h = b sqrt(p), b ~ Bernoulli(sqrt p); any finite a", check_p2a,
+               "the STS unit h = b sqrt(p), b ~ Bernoulli(sqrt p); at every finite a", check_p2a,
                "tests/claims/test_seed_paper.py::test_p2a"))
 register(Claim("P2b", "P(h_i > 0) = sqrt(sigm(a_i))", f"{PAPER}, sec. 2.2, Proposition 2 (b)",
-               "STS unit; any finite a", check_p2b, "tests/claims/test_seed_paper.py::test_p2b"))
+               "the STS unit; at every finite a", check_p2b, "tests/claims/test_seed_paper.py::test_p2b"))
 register(Claim("P2c", "for any differentiable function f of h_i, we have E[f(h_i)] = f(p_i) + o(sqrt(p_i)) as p_i -> 0",
                f"{PAPER}, sec. 2.2, Proposition 2 (c)",
-               "STS unit; f differentiable at 0; the order of the error is measured next to the stated o(sqrt p)",
+               "the STS unit; f differentiable at 0; the order of the error is measured next to the stated o(sqrt p)",
                check_p2c, "tests/claims/test_seed_paper.py::test_p2c"))
-register(Claim("T1", "g_i = (h_i - sigm(a_i)) x L is an unbiased estimator of g_i = dE_{z_i,c_-i}[L | c_i]/da_i",
+register(Claim("T1", "g_i = (h_i - sigm(a_i)) × L is an unbiased estimator of g_i = dE_{z_i,c_-i}[L | c_i]/da_i",
                f"{PAPER}, sec. 3, Theorem 1",
-               "binary stochastic networks of any depth and any loss of the last layer; checked on every parameter",
+               "binary stochastic networks of any depth and any loss of the last layer; unbiased for every parameter "
+               "(the unit's bias and its incoming weights), exactly",
                check_t1, "tests/claims/test_seed_paper.py::test_t1"))
 register(Claim("C1", "for any (possibly unit-specific) constant Lbar_i the centered estimator (h_i - sigm(a_i))(L - Lbar_i), "
                "is also an unbiased estimator of g_i ... Furthermore, among all possible values of Lbar_i, the minimum "
-               "variance choice is [Eq. 10] Lbar_i = E[(h_i - sigm(a_i))^2 L] / E[(h_i - sigm(a_i))^2]",
-               f"{PAPER}, sec. 3, Corollary 1, Eq. 10",
-               "binary stochastic networks; the variance is that of the estimate of dL/da_i (the unit's bias c_i)",
+               "variance choice is Lbar_i = E[(h_i - sigm(a_i))^2 L] / E[(h_i - sigm(a_i))^2]",
+               f"{PAPER}, sec. 3, Corollary 1 and Eq. 10",
+               "binary stochastic networks; unbiased for every parameter with any constant baseline; Eq. 10 minimises "
+               "the variance of the estimate of g_i = dE[L]/da_i (the unit's bias), among constants",
                check_c1, "tests/claims/test_seed_paper.py::test_c1"))
 register(Claim("ST1", "It is clearly a biased estimator, but when considering a single layer of neurons, it has the right sign",
                f"{PAPER}, sec. 4",
-               "the paper gives none; we read 'right sign' as sign(E[ST_j]) = sign(g_j) on every coordinate j with "
-               "g_j != 0, exactly, for one layer of binary units (independent units or a layer with a fixed input)",
+               "the paper gives no conditions; we read 'right sign' as sign(E[ST_j]) = sign(g_j) on every coordinate j "
+               "with g_j != 0, exactly, for one layer of binary units (independent units or a layer with a fixed "
+               "input) and any differentiable loss",
                check_st1, "tests/claims/test_seed_paper.py::test_st1"))
 register(Claim("ST2", "(this is not guaranteed anymore when back-propagating through more hidden layers)",
                f"{PAPER}, sec. 4",
                "two layers of binary units with a loss from ST1's class; 'not guaranteed' is shown by a counterexample",
                check_st2, "tests/claims/test_seed_paper.py::test_st2"))
-register(Claim("ST3", "Better results were actually obtained without multiplying by the derivative of the sigmoid",
-               f"{PAPER}, appendix A.4 (sec. 4, Eq. 13)",
-               "our reading of 'better results', on networks small enough to enumerate: training with the identity "
-               "variant reaches a lower exact expected loss (each variant at its best learning rate, teacher-student "
-               "tasks: lower on most tasks and on average), and its mean is better aligned (cosine) with the exact "
-               "gradient; confirmed or refuted only when both agree",
-               check_st3, "tests/claims/test_seed_paper.py::test_st3"))
-register(Claim("STS-G", "[the STS unit is] trained by ordinary back-propagation with b_i treated as a constant, "
-               "[justified by] E[f(h_i)] = f(p_i) + o(sqrt(p_i))",
-               f"{PAPER}, sec. 2.2, Eq. 2, Proposition 2",
-               "our reading: the back-propagated gradient (b held fixed) matches, to first order as p -> 0, the gradient "
-               "of the STS objective E[L(h)] (and so, by Prop. 2, that of the binary objective)",
+register(Claim("ST3", "Better results were actually obtained without multiplying by the derivative of the sigmoid.",
+               f"{PAPER}, appendix A.4 (the conditional-computation experiments of sec. 5)",
+               "an empirical report: in the paper's conditional-computation experiment, training with the identity "
+               "variant gave better results than with the sigmoid' variant. Judged on that task; teacher-student "
+               "training and gradient alignment on enumerable networks are proxy evidence only",
+               check_st3, "tests/claims/test_seed_paper.py::test_st3", kind="empirical"))
+register(Claim("STS-G", "A second approach, introduced here, decomposes the operation of a binary stochastic neuron into a "
+               "stochastic binary part and a smooth differentiable part, which approximates the expected effect of the "
+               "pure stochatic binary neuron to first order.",
+               f"{PAPER}, abstract (the STS unit of sec. 2.2, Eq. 2, trained by back-propagation with b_i held fixed)",
+               "the STS unit's expected output equals the binary neuron's to first order (its mean, E[h] = p), and the "
+               "gradient back-propagated through the smooth part with b_i held fixed points where the binary "
+               "neuron's gradient points; we also measure its size",
                check_sts_g, "tests/claims/test_seed_paper.py::test_sts_g"))

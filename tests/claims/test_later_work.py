@@ -41,10 +41,11 @@ def test_arm_exact_variance_matches_monte_carlo():
 
 def test_gumbel_temperature(verdict):
     row = verdict("GUMBEL-T")
-    assert row["status"] == "refuted"
-    ce = row["counterexample"]
+    assert row["status"] == "confirmed" and not row["data"]["variance_breaks"]
+    assert row["data"]["monotone_below"] == 0.25 and abs(row["data"]["bias_order_median"] - 1) < 0.05
+    ce = row["counterexample"]   # above that temperature the |bias| can grow as the temperature falls
+    assert ce["from_temperature"] >= 0.5
     rows = later_work.gumbel_toy_moments(ce["target"], ce["logit"], (ce["from_temperature"], ce["to_temperature"]))
     (_, bias_hot, var_hot), (_, bias_cold, var_cold) = rows
-    assert bias_cold > bias_hot * 1.05   # the bias grew as the temperature fell (margin >> quadrature error)
+    assert abs(bias_cold) > abs(bias_hot) * 1.05   # margin >> quadrature error
     assert var_cold > var_hot
-    assert not row["data"]["variance_breaks"]

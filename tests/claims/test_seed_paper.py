@@ -73,12 +73,15 @@ def test_c1(verdict):
     row = verdict("C1")
     assert row["status"] == "confirmed" and row["cases"] >= 200
     # the per-weight refinement it reports is real: a hidden weight's variance can drop below Eq. 10's
-    assert row["data"]["weight_baseline_max_reduction"] > 0.01
+    assert max(row["data"]["weight_baseline_variance_reduction"]) > 1.0       # percent
+    # a variance drop is at least the second moment's drop (same numerator, smaller denominator)
+    for v, m in zip(row["data"]["weight_baseline_variance_reduction"], row["data"]["weight_baseline_second_moment_reduction"]):
+        assert v >= m - 1e-9
 
 
 def test_st1(verdict):
     row = verdict("ST1")
-    assert row["status"] == "refuted"
+    assert row["status"] == "refuted" and "multilinear or sign-consistent" in row["qualifier"]
     counterexample = rebuild(row["counterexample"]["spec"])
     assert counterexample.num_layers == 1
     assert common.st_wrong_sign(counterexample)              # exactly: E[ST] and g have opposite signs
@@ -106,11 +109,16 @@ def test_st2(verdict):
 
 def test_st3(verdict):
     row = verdict("ST3")
-    assert row["status"] == "refuted"
+    # an empirical claim about the conditional-computation experiment: never refuted by a proxy
+    assert row["kind"] == "empirical" and row["status"] == "inconclusive"
     assert row["data"]["identity_wins"] < row["data"]["cases"] / 2 and row["data"]["p_value"] < 0.05
-    data = row["data"]  # the sigmoid' variant trains better on most tasks and on average
+    data = row["data"]  # on the proxies the sigmoid' variant trains better on most tasks, on average and over seeds
     assert data["training_identity_wins"] < len(data["training"]) / 2
     assert data["training_mean_sigmoid"] < data["training_mean_identity"]
+    assert data["training_wilcoxon_p"] < 0.05 and data["training_median_log_ratio"] > 0
+    for r in data["training"]:   # the selected rates are inside their grids
+        assert not r["identity_at_edge"] and not r["sigmoid_at_edge"]
+        assert min(r["identity_grid"]) < r["identity_rate"] < max(r["identity_grid"])
 
 
 @pytest.mark.parametrize("a", [-3.0, 0.0, 0.7, 4.0])
@@ -123,7 +131,9 @@ def test_sts_g_linear_unit_gets_half_of_both_gradients(a):
 
 def test_sts_g(verdict):
     row = verdict("STS-G")
-    assert row["status"] == "refuted"
+    # first order in the mean and the direction; the size is k/(k + 1), and the qualifier says so
+    assert row["status"] == "confirmed" and "k/(k + 1)" in row["qualifier"]
+    assert row["data"]["first_moment_max_rel_error"] < 1e-13 and row["data"]["median_cos_binary"] > 0.9
     for ratio in row["data"]["ratio_own_at_1e-8"].values():
         assert math.isclose(ratio, 0.5, abs_tol=1e-3)
     toy = seed_paper.sts_toy_ratios(lambda h: h * h + h, lambda h: 2 * h + 1, 0.3)
