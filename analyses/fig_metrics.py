@@ -1,12 +1,23 @@
-"""Bias, variance, MSE(M) and cosine against M, per estimator and per layer, on random networks.
+"""MSE and cosine of the mean of draws at equal cost in loss evaluations, per estimator and per layer.
 
 Networks: input 6 -> 4 -> 4 binary units -> squared-error readout to 4,
 weight scale 2, several seeds. ``gs.evaluate`` gives every metric against the
 exact binary gradient: exact values where the noise is discrete, Monte Carlo
 (common random numbers, jackknife errors) otherwise; the cosine of the mean
-of M > 1 draws always comes from Monte Carlo. MSE(M) = |bias|^2 + tr(Cov)/M:
-its floor is the squared bias, its slope -1 part the variance. Bands: two
-standard errors of the mean over the seeds.
+of M > 1 draws always comes from Monte Carlo.
+
+Equal cost: a draw of estimator e costs c_e loss evaluations (1 for one-pass
+estimators and REINFORCE, 1 + L for ARM and DisARM on L layers, k for
+leave-one-out, 1 + U for the local expectation over U units), so a budget of
+B evaluations buys M = B / c_e draws; every curve is drawn against B = M c_e.
+MSE(M) = |bias|^2 + tr(Cov)/M: its floor is the squared bias, its slope -1
+part the variance. REINFORCE appears plain, with Eq. 10's per-unit baseline
+(computed exactly) and with the paper's running averages (Monte Carlo, the
+state carried across draws). The local-expectation estimator (every unit's
+two values summed exactly, the rest held fixed) is unbiased with the lowest
+variance per draw here, an oracle line for the score-function family.
+Bands: 95% bootstrap intervals of the mean over the seeded networks (so they
+stay inside the axis: positive MSE, cosines at most 1).
 
     python analyses/fig_metrics.py [--quick] [--seed 0] [--device auto]
 """
@@ -17,49 +28,75 @@ import sys
 
 import matplotlib.pyplot as plt
 import seaborn as sns
+from matplotlib.ticker import NullFormatter
 
 import gradstats as gs
 from analyses._runner import Analysis, Reported, estimate, exact
 
-MS = (1, 3, 10, 30, 100, 300, 1000)
+BUDGETS = (18, 54, 180, 540, 1800, 5400)   # loss evaluations; divisible by every cost here (1, 2, 3, 9)
+QUICK_BUDGETS = (18, 180)
+REPORT_BUDGET = 1800
+ORACLE = "local_expectation"
 
 
-def estimators():
-    return [n for n in gs.estimators.names() if gs.estimators.get(n).max_layers is None]
+def variants() -> dict[str, tuple[str, dict]]:
+    """label -> (estimator, options): every estimator defined on networks, REINFORCE also with the paper's baselines."""
+    out = {}
+    for name in gs.estimators.names():
+        if gs.estimators.get(name).max_layers is None:
+            out[name] = (name, {})
+            if name == "reinforce":
+                out["reinforce (Eq. 10)"] = (name, {"baseline": "optimal"})
+                out["reinforce (running)"] = (name, {"baseline": "running"})
+    return out
+
+
+def problem_for(seed: int):
+    return gs.problems.sbn([6, 4, 4], "squared_error", seed=seed, weight_scale=2.0)
 
 
 def cells(config):
     seeds = range(config.seed, config.seed + (1 if config.quick else 12))
-    n = 20_000 if config.quick else 400_000  # 20 batches of at least 1000: every M has a complete group
-    return [{"seed": s, "num_samples": n, "estimators": estimators()} for s in seeds]
+    n = 20_000 if config.quick else 400_000  # at least 20 groups of the largest M: a complete group for every M
+    budgets = QUICK_BUDGETS if config.quick else BUDGETS
+    return [{"seed": s, "num_samples": n, "variant": label, "budgets": list(budgets)}
+            for s in seeds for label in variants()]
 
 
 def compute(cell, config):
-    problem = gs.problems.sbn([6, 4, 4], "squared_error", seed=cell["seed"], weight_scale=2.0)
-    frame = gs.evaluate(problem, cell["estimators"], reference="binary", num_samples=cell["num_samples"], ms=MS,
-                        seed=cell["seed"], device=config.device, progress=False)
-    frame = frame[frame.coordinate == ""].drop(columns=["coordinate"])
+    problem = problem_for(cell["seed"])
+    name, options = variants()[cell["variant"]]
+    est = gs.estimators.get(name)
+    cost = est.loss_evals(problem, gs.estimators.resolve_options(est, problem, options))
+    ms = sorted({max(1, b // cost) for b in cell["budgets"]})
+    frame = gs.evaluate(problem, name, reference="binary", num_samples=cell["num_samples"], ms=ms, seed=cell["seed"],
+                        device=config.device, options={name: options} if options else None, progress=False)
+    frame = frame[(frame.coordinate == "") & frame.metric.isin(["mse", "cosine_m"])].drop(columns=["coordinate"])
+    frame = frame.assign(variant=cell["variant"], cost=float(cost), budget=frame.M.astype("float64") * cost)
     return frame.astype({"M": "float64", "num_samples": "float64"}).to_dict("records")
 
 
 def plot(frame, meta, config):
-    fig, axes = plt.subplots(2, 3, figsize=(9.6, 5.4), sharex=True)
-    names = estimators()
-    palette = dict(zip(names, sns.color_palette("tab20", len(names))))
+    fig, axes = plt.subplots(2, 3, figsize=(10.2, 5.6), sharex=True)
+    labels = list(dict.fromkeys(frame.variant))
+    palette = dict(zip(labels, sns.color_palette("tab20", len(labels))))
+    palette[ORACLE] = (0.0, 0.0, 0.0)
+    dashes = {label: (4, 2) if label == ORACLE else (1, 1) if label.startswith("reinforce (") else "" for label in labels}
     for col, layer in enumerate((0, 1, 2)):
         for row, metric in enumerate(("mse", "cosine_m")):
             sub = frame[(frame.metric == metric) & (frame.layer == layer)]
             ax = axes[row, col]
-            sns.lineplot(sub, x="M", y="value", hue="estimator", palette=palette, errorbar=("se", 2), seed=0, ax=ax,
-                         legend=(row == 0 and col == 2), linewidth=1, marker="o", markersize=3)
+            sns.lineplot(sub, x="budget", y="value", hue="variant", style="variant", dashes=dashes, palette=palette,
+                         errorbar=("ci", 95), n_boot=1000, seed=0, ax=ax, legend=(row == 0 and col == 2), linewidth=1,
+                         markers=False)
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
             if metric == "mse":
                 ax.set_yscale("log")
             ax.set_title(("all coordinates" if layer == 0 else f"layer {layer}") if row == 0 else "")
-            ax.set_ylabel(("MSE of the mean of M draws" if metric == "mse" else "cosine(mean of M draws, g)") if col == 0
-                          else "")
-            ax.set_xlabel("M (draws averaged)")
-    axes[0, 2].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), title="estimator")
+            ax.set_ylabel(("MSE of the mean" if metric == "mse" else "cosine(mean, g)") if col == 0 else "")
+            ax.set_xlabel("loss evaluations (M draws x cost)")
+    axes[0, 2].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), title="estimator", fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -74,18 +111,25 @@ def _mean_over_networks(rows) -> Reported:
 
 def numbers(frame, config):
     top = frame[frame.layer == 0]
-    at = top.groupby(["estimator", "metric", "M"], dropna=False).value.mean()
-    best_1000 = at.xs("mse", level="metric").xs(1000.0, level="M").idxmin()
+    budget = float(REPORT_BUDGET if not config.quick else max(QUICK_BUDGETS))
+    at = top[top.budget == budget].groupby(["variant", "metric"]).value.mean()
+    best = at.xs("mse", level="metric").idxmin()
 
-    def rows(estimator, metric, m):
-        return top[(top.estimator == estimator) & (top.metric == metric) & (top.M == m)]
+    def rows(label, metric):
+        return top[(top.variant == label) & (top.metric == metric) & (top.budget == budget)]
 
-    return {"metricsSeeds": str(frame.cell_seed.nunique()),
-            "metricsStCosOne": _mean_over_networks(rows("st", "cosine_m", 1.0)),
-            "metricsStCosThousand": _mean_over_networks(rows("st", "cosine_m", 1000.0)),
-            "metricsReinforceCosThousand": _mean_over_networks(rows("reinforce", "cosine_m", 1000.0)),
-            "metricsDisarmCosThousand": _mean_over_networks(rows("disarm", "cosine_m", 1000.0)),
-            "metricsBestMseThousand": best_1000.replace("_", "\\_")}
+    def tex(label):
+        return label.replace("_", "\\_")
+
+    out = {"metricsSeeds": str(frame.cell_seed.nunique()), "metricsBudget": str(int(budget)),
+           "metricsBestMse": tex(best)}
+    for label, macro in (("st", "St"), ("reinforce", "Reinforce"), ("reinforce (Eq. 10)", "ReinforceEqTen"),
+                         ("reinforce (running)", "ReinforceRunning"), ("disarm", "Disarm"), ("gumbel", "Gumbel"),
+                         (ORACLE, "Oracle")):
+        if not rows(label, "cosine_m").empty:
+            out[f"metrics{macro}Cos"] = _mean_over_networks(rows(label, "cosine_m"))
+            out[f"metrics{macro}Mse"] = _mean_over_networks(rows(label, "mse"))
+    return out
 
 
 ANALYSIS = Analysis("fig_metrics", __doc__.splitlines()[0], cells, compute, plot, numbers)

@@ -73,10 +73,11 @@ def numbers(frame, config):
     at_zero = st.iloc[(st.logit - 0).abs().argmin()]
     wrong = st[np.sign(st["mean"]) != np.sign(st.gradient)]
     st499 = frame[(frame.cell_estimator == "st") & (frame.cell_t == 0.499)]
-    ratio = (st499["mean"].abs() / st499.gradient.abs()).median()
+    ratio = (st499["mean"].abs() / st499.gradient.abs()).median()            # the median of |ratio|
+    signed = (st499["mean"] / st499.gradient).median()                        # and of the signed ratio
     return {"toyStBiasAtZero": exact(at_zero.bias), "toyStGradientAtZero": exact(at_zero.gradient),
             "toyStWrongSignMaxLogit": exact(wrong.logit.max() if len(wrong) else float("nan")),
-            "toyStMedianRatioNearHalf": exact(ratio),
+            "toyStMedianRatioNearHalf": exact(ratio), "toyStMedianSignedRatioNearHalf": exact(signed),
             "toyGridPoints": str(frame.logit.nunique())}
 
 

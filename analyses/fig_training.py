@@ -15,7 +15,10 @@ changes move its final loss by a factor of 5, so no result rests on one):
   which a rerun reproduces exactly);
 * each estimator's learning rate is selected on other noise seeds
   (:data:`SELECTION_SEEDS`) than the ones reported, so the reported loss carries
-  no winner's curse; the ST-variant study also selects on other *tasks*;
+  no winner's curse; the ST-variant study also selects on other *tasks*; a
+  rate selected at an end of its grid extends the grid past it (up to
+  :data:`MAX_GRID_EXTENSIONS` times), so no reported rate ends its grid unless
+  the figure's numbers say so;
 * "best" is the set of estimators whose mean final loss is not significantly
   above the lowest (one-sided z test at 5%, errors combined in quadrature).
 
@@ -41,7 +44,7 @@ from scipy import stats
 
 import gradstats as gs
 from analyses._runner import Analysis, estimate, exact, run_cells, tex_number
-from gradstats.training import EXACT, train
+from gradstats.training import EXACT, next_rate, train
 
 ARCHITECTURES = {"one layer": [6, 8], "two layers": [6, 6, 6]}
 ESTIMATORS = {  # label -> (name, options)
@@ -81,6 +84,7 @@ SELECTION_SEEDS = (1000, 1001)
 REPORT_SEEDS = tuple(range(10))
 STEPS = 200
 SIGNIFICANCE_Z = 1.645                # one-sided 5 %: "not significantly worse than the best"
+MAX_GRID_EXTENSIONS = 3               # a selected rate at an end of its grid extends the grid past it
 
 
 def _grid(config):
@@ -125,11 +129,34 @@ def _cell(study, stage, optimizer, arch, label, task_seed, rate, seed, grid, con
             "seed": config.seed + seed}
 
 
+def _extensions(selection: list[dict], chosen: dict, config) -> list[dict]:
+    """Selection cells one rate past each selected rate that sits at an end of the rates tried for its key."""
+    tried: dict[tuple, set] = {}
+    for c in selection:
+        tried.setdefault((c["study"], c["optimizer"], c["architecture"], c["estimator"]), set()).add(c["learning_rate"])
+    extra = []
+    for key, rate in chosen.items():
+        rates = sorted(tried[key])
+        if rate not in (rates[0], rates[-1]):
+            continue
+        new = next_rate(rate, up=rate == rates[-1])
+        extra += [{**c, "learning_rate": new} for c in selection
+                  if (c["study"], c["optimizer"], c["architecture"], c["estimator"]) == key and c["learning_rate"] == rate]
+    return extra
+
+
 def cells(config):
-    """The selection cells, then (computed or cached first) the report cells at the selected rates."""
+    """The selection cells (the rate grid extended while a selected rate sits at an end of it), then (computed
+    or cached first) the report cells at the selected rates."""
     grid = _grid(config)
     selection = _selection_cells(config, grid)
     chosen = selected_rates(run_cells(config, selection, compute))
+    for _ in range(0 if config.quick else MAX_GRID_EXTENSIONS):
+        extra = _extensions(selection, chosen, config)
+        if not extra:
+            break
+        selection += extra
+        chosen = selected_rates(run_cells(config, selection, compute))
     report = []
     for (study, optimizer, arch, label), rate in chosen.items():
         tasks = grid["tasks"] if study == "gallery" else grid["st3_tasks"]
@@ -293,8 +320,10 @@ def numbers(frame, config):
         macros[f"{prefix}BestEstimator"] = first.cell_estimator.replace("_", r"\_")
         macros[f"{prefix}BestLoss"] = estimate(first["mean"], first.stderr)
         macros[f"{prefix}BestSet"] = ", ".join(label.replace("_", r"\_") for label in best.cell_estimator)
+        tried = frame[(frame.cell_stage == "select") & (frame.cell_study == "gallery") & (frame.cell_architecture == arch)]
+        ends = tried.groupby("cell_estimator").cell_learning_rate.agg(["min", "max"])
         edge = [label for label, rate in zip(sub.cell_estimator, sub.cell_learning_rate)
-                if rate in (min(grid["rates"]), max(grid["rates"]))]
+                if rate in (ends.loc[label, "min"], ends.loc[label, "max"])]
         macros[f"{prefix}EdgeRates"] = ", ".join(label.replace("_", r"\_") for label in edge) or "none"
         start = frame[(frame.cell_study == "gallery") & (frame.cell_architecture == arch) & (frame.step == 0)]
         macros[f"{prefix}StartLoss"] = exact(start.loss.mean(), 3)
