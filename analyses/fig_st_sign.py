@@ -55,12 +55,8 @@ def compute(cell, config):
     scale = gradient_scale(problem)
     rows = []
     for name in cell["estimators"]:
-        est = gs.estimators.get(name)
-        if est.exact_supported(problem):
-            m = gs.moments(problem, name, full_covariance=False)
-        else:
-            m = gs.moments(problem, name, method="mc", num_samples=cell["num_samples"], seed=cell["seed"],
-                           device=config.device, full_covariance=False, progress=False)
+        m = gs.moments(problem, name, method="auto", num_samples=cell["num_samples"], seed=cell["seed"],
+                       device=config.device, full_covariance=False, progress=False)
         considered = g.abs() > 1e-9 * scale
         if m.mean_stderr is not None:  # Monte Carlo: count a coordinate only where its sign is resolved
             considered &= m.mean.abs() > 3 * m.mean_stderr

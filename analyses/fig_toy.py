@@ -36,11 +36,8 @@ def compute(cell, config):
     for a in cell["logits"]:
         problem = gs.problems.toy(cell["t"], a)
         g = float(gs.exact_gradient(problem))
-        if est.exact_supported(problem):
-            m = gs.moments(problem, est.name)
-        else:
-            m = gs.moments(problem, est.name, method="mc", num_samples=cell["num_samples"], seed=cell["seed"],
-                           device=config.device, progress=False)
+        m = gs.moments(problem, est.name, method="auto", num_samples=cell["num_samples"], seed=cell["seed"],
+                       device=config.device, progress=False)
         rows.append({"logit": a, "p": 1 / (1 + math.exp(-a)), "gradient": g, "mean": float(m.mean),
                      "bias": float(m.mean) - g, "sd": math.sqrt(float(m.var)),
                      "bias_stderr": 0.0 if m.mean_stderr is None else float(m.mean_stderr), "method": m.method})

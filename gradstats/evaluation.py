@@ -109,9 +109,7 @@ def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iter
                 own = mc_moments(problem, est, **{**mc_kw, "seed": seed + _OWN_REFERENCE_SEED_OFFSET},
                                  full_covariance=False, **opts)
                 references[r], ref_method[r], ref_stderr[r] = own.mean, "mc", own.mean_stderr
-        stateful = est.stateful({**(est.defaults or {}), **opts})
-        use_exact = (est.exact_supported(problem) and not stateful and method != "mc"
-                     and est.exact_state_count(problem, opts) <= max_states)
+        use_exact = method != "mc" and est.exact_possible(problem, opts, max_states)
         if method == "exact" and not use_exact:
             why = "continuous noise" if est.noise != "discrete" else "too many states or layers"
             raise ValueError(f"estimator {est.name!r} cannot be evaluated exactly on {problem.description} ({why}); "

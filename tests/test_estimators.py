@@ -156,3 +156,16 @@ def test_an_estimator_refuses_a_problem_kind_it_does_not_support():
     assert gs.moments(gs.problems.toy(), toy_only).mean.shape == (1,)
     with pytest.raises(ValueError, match="estimator 'st_toy_only' does not support 'sbn' problems \\(it supports: toy\\)"):
         gs.moments(gs.problems.sbn([2, 2], seed=0), toy_only)
+
+
+def test_method_auto_is_exact_where_it_can_be_and_monte_carlo_elsewhere():
+    deep = gs.problems.sbn([3, 3, 3], seed=0)
+    mc = {"num_samples": 2_000, "seed": 1, "device": "cpu", "progress": False}
+    exact = gs.moments(deep, "st", method="auto", **mc)
+    assert exact.method == "exact" and torch.equal(exact.mean, gs.moments(deep, "st").mean)
+    for name, options in (("gumbel", {}), ("disarm", {}), ("reinforce", {"baseline": "running"})):
+        auto = gs.moments(deep, name, method="auto", **mc, **options)   # continuous, exact on one layer only, stateful
+        assert auto.method == "mc" and torch.equal(auto.mean, gs.moments(deep, name, method="mc", **mc, **options).mean)
+    assert gs.moments(deep, "st", method="auto", max_states=2**5, **mc).method == "mc"   # over max_states
+    with pytest.raises(ValueError, match="need num_samples"):
+        gs.moments(deep, "gumbel", method="auto")

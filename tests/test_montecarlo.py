@@ -71,7 +71,7 @@ def test_user_callable_estimator():
     ({"num_samples": 10, "chunk_size": 0}, "chunk_size must be an integer >= 1"),
     ({"num_samples": 10, "device": "tpu"}, "device must be"),
     ({"num_samples": 10, "seed": -1}, r"seed must be an integer in \[0, 2\^63\)"),
-    ({}, "method='mc' needs num_samples"),
+    ({}, "Monte Carlo moments need num_samples"),
     ({"num_samples": 10, "dtype": torch.float16}, "dtype must be torch.float32 or torch.float64"),
 ])
 def test_bad_input(kwargs, match):

@@ -145,6 +145,12 @@ class Estimator:
         """Whether exact moments on ``problem`` are implemented (discrete noise, depth within reach)."""
         return self.noise == "discrete" and (self.exact_max_layers is None or problem.num_layers <= self.exact_max_layers)
 
+    def exact_possible(self, problem: Problem, options: Mapping[str, Any], max_states: int) -> bool:
+        """Whether exact moments with these options are implemented and within ``max_states`` outcomes
+        (a stateful estimator, such as REINFORCE's running baseline, has none)."""
+        return (self.exact_supported(problem) and not self.stateful({**(self.defaults or {}), **options})
+                and self.exact_state_count(problem, options) <= max_states)
+
 
 def _state_draw(est: Estimator):
     """Draws of a state-based estimator: one pass sampled under ``est.unit`` from ``u[:, 0]``."""
