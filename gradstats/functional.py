@@ -52,7 +52,7 @@ from .units import (
 )
 
 __all__ = ["straight_through", "sts", "noisy_rectifier", "reinforce", "RunningBaseline", "gumbel_sigmoid",
-           "st_gumbel", "reinmax", "arm", "disarm", "reinforce_loo", "local_expectation"]
+           "st_gumbel", "reinmax", "arm", "disarm", "reinforce_loo", "local_expectation", "pathwise"]
 
 
 def _uniforms(a: Tensor, u: Tensor | None, generator: torch.Generator | None) -> Tensor:
@@ -233,3 +233,13 @@ def local_expectation(a: Tensor, loss_fn: Callable[[Tensor], Tensor], *, u: Tens
     main, flips = _check_rows(loss_fn(b), b), _check_rows(loss_fn(flipped), flipped)
     difference = (1 - 2 * b) * (torch.movedim(flips, 0, -1) - main[..., None])   # f(b_i = 1) - f(b_i = 0)
     return b, _surrogate(a, sigmoid_derivative(ad) * difference)
+
+
+def pathwise(a: Tensor, local_derivative: Callable[[Tensor, Tensor], Tensor | float], *, u: Tensor | None = None,
+             generator: torch.Generator | None = None) -> Tensor:
+    """The drop-in of a :func:`gradstats.estimators.pathwise` estimator: the hard sample ``b = 1[u < sigmoid(a)]``,
+    whose backward pass multiplies ``dL/db`` by ``local_derivative(a, b)`` (held fixed)."""
+    ad = a.detach()
+    b = BINARY.sample(ad, _uniforms(a, u, generator))[1]
+    local = torch.as_tensor(local_derivative(ad, b), dtype=a.dtype, device=a.device).expand_as(a)
+    return _with_local_derivative(b, a, local)

@@ -169,3 +169,35 @@ def test_method_auto_is_exact_where_it_can_be_and_monte_carlo_elsewhere():
     assert gs.moments(deep, "st", method="auto", max_states=2**5, **mc).method == "mc"   # over max_states
     with pytest.raises(ValueError, match="need num_samples"):
         gs.moments(deep, "gumbel", method="auto")
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Registrations inside a test go to a copy of the registry, dropped after it."""
+    from gradstats.estimators import base
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+
+
+def test_a_users_pathwise_estimator_in_one_line_works_everywhere(scratch_registry):
+    half = gs.estimators.pathwise("half_st", lambda a, b: 0.5 * torch.ones_like(a))
+    net = gs.problems.sbn([3, 3, 2], seed=1, weight_scale=2.0)
+    exact = gs.moments(net, "half_st")                               # exact moments by enumeration
+    assert exact.method == "exact"
+    one = gs.problems.sbn([3, 3], seed=1, weight_scale=2.0)             # one layer: exactly half of ST
+    assert torch.allclose(gs.moments(one, "half_st").mean, 0.5 * gs.moments(one, "st").mean, rtol=1e-15, atol=0)
+    mc = gs.moments(net, half, method="mc", num_samples=50_000, seed=0, device="cpu", progress=False)
+    assert ((mc.mean - exact.mean).abs() <= 5 * mc.mean_stderr + 1e-12).all()   # 5.7e-7 a coordinate
+    frame = gs.evaluate(net, ["half_st", "st"], num_samples=2_000, ms=(1,), progress=False)
+    assert set(frame.estimator) == {"half_st", "st"}
+    # the drop-in: its backward pass is the estimator's draw
+    problem = gs.problems.independent(gs.losses.polynomial(0.4, 3.0), [0.3, -1.2, 2.0])
+    u = torch.rand(200, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    a = problem.parameters["logits"].expand(200, -1).clone().requires_grad_(True)
+    problem.loss(gs.functional.pathwise(a, lambda a, b: 0.5 * torch.ones_like(a), u=u)).sum().backward()
+    assert torch.allclose(a.grad, half.draw(problem, u[:, None]).dense(), rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="already registered"):
+        gs.estimators.pathwise("half_st", lambda a, b: 1.0)
+    assert gs.estimators.pathwise("half_st", lambda a, b: 1.0, replace=True).name == "half_st"   # a rerun cell
+    with pytest.raises(ValueError, match="local_derivative must be a function"):
+        gs.estimators.pathwise("broken", 0.5)

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .. import enumeration
 from ..problems import FactoredGradient, Problem, Trajectory
-from ..units import BernoulliUnit
+from ..units import BINARY, BernoulliUnit
 
 __all__ = [
     "Estimator",
@@ -175,12 +175,43 @@ def _state_outcomes(est: Estimator):
 _REGISTRY: dict[str, Estimator] = {}
 
 
-def register(estimator: Estimator) -> Estimator:
-    """Add ``estimator`` to the registry (a name may be registered once)."""
-    if estimator.name in _REGISTRY:
-        raise ValueError(f"an estimator named {estimator.name!r} is already registered")
+def register(estimator: Estimator, *, replace: bool = False) -> Estimator:
+    """Add ``estimator`` to the registry. A name is registered once, unless ``replace`` (so that a notebook cell
+    that registers an estimator can run twice)."""
+    if estimator.name in _REGISTRY and not replace:
+        raise ValueError(f"an estimator named {estimator.name!r} is already registered (replace=True replaces it)")
     _REGISTRY[estimator.name] = estimator
     return estimator
+
+
+def pathwise(name: str, local_derivative: Callable[[Tensor, Tensor], Tensor | float], *, summary: str | None = None,
+             reference: str | None = None, replace: bool = False) -> Estimator:
+    r"""Register a surrogate-derivative (pathwise) estimator of the binary neuron and return it.
+
+    Forward: the hard sample :math:`b = 1[u < \sigma(a)]`. Backward, layer by layer:
+    :math:`\partial L/\partial a = \partial L/\partial b \cdot s(a, b)` with
+    ``s = local_derivative(a, b)`` (a tensor shaped like ``a``, or a number), held
+    fixed (detached): straight-through is ``s = 1``, its A.4 variant
+    ``s = sigmoid'(a)`` (Bengio et al. 2013, sec. 4). Valid for losses with a
+    gradient, at any depth. Cost: one loss evaluation (and its gradient) a draw.
+    The noise is one Bernoulli draw per unit, so exact moments enumerate it; Monte
+    Carlo, ``gs.evaluate``, training and claims take the estimator like a built-in
+    one, and ``gradstats.functional.pathwise(a, local_derivative)`` is its drop-in.
+    """
+    if not callable(local_derivative):
+        raise ValueError(f"local_derivative must be a function (a, b) -> ds/da, got {type(local_derivative).__name__}")
+
+    def from_states(problem: Problem, traj: Trajectory) -> FactoredGradient:
+        _, top = problem.loss.value_and_grad(traj.output)
+        local = [torch.as_tensor(local_derivative(a, b), dtype=a.dtype, device=a.device).expand_as(a)
+                 for a, b in zip(traj.logits, traj.indicators)]
+        return backpropagate(problem, traj, top, local)
+
+    label = getattr(local_derivative, "__name__", "local_derivative")
+    return register(Estimator(name=name, summary=summary or f"dL/db * {label}(a, b), hard b forward",
+                              from_states=from_states, unit=BINARY, noise="discrete", needs_loss_gradient=True,
+                              objective="binary", reference=reference or "user-defined (gs.estimators.pathwise)"),
+                    replace=replace)
 
 
 def names() -> list[str]:

@@ -21,7 +21,7 @@ from .. import enumeration
 from ..numerics import safe_divide
 from ..problems import FactoredGradient, Problem, Trajectory
 from ..units import BINARY, NOISES, STS, binary_residual, noise_quantile, sigmoid_derivative, sts_local_derivative
-from .base import Estimator, backpropagate, register, sample_trajectory
+from .base import Estimator, backpropagate, pathwise, register, sample_trajectory
 
 __all__ = ["optimal_baseline"]
 
@@ -141,38 +141,22 @@ REINFORCE = register(Estimator(
 
 # ---- straight-through (sec. 4, Eq. 13; A.4) ------------------------------------------
 
-def _st_states(problem: Problem, traj: Trajectory) -> FactoredGradient:
-    _, top = problem.loss.value_and_grad(traj.output)
-    return backpropagate(problem, traj, top, [None] * problem.num_layers)
+def straight_through_derivative(a: Tensor, b: Tensor) -> Tensor:
+    """Straight-through (sec. 4, Eq. 13, after Hinton 2012, lecture 15b): the hard threshold's derivative is
+    taken to be 1, so dL/dh is copied to dL/da. Biased; one loss evaluation and its gradient a draw."""
+    return torch.ones_like(a)
 
 
-def _st_sigmoid_states(problem: Problem, traj: Trajectory) -> FactoredGradient:
-    _, top = problem.loss.value_and_grad(traj.output)
-    local = [sigmoid_derivative(a) for a in traj.logits]
-    return backpropagate(problem, traj, top, local)
+def sigmoid_derivative_variant(a: Tensor, b: Tensor) -> Tensor:
+    """Straight-through's variant of appendix A.4: dL/dh times sigmoid'(a) (exact on one layer for multilinear
+    losses). Biased in general; one loss evaluation and its gradient a draw."""
+    return sigmoid_derivative(a)
 
 
-ST = register(Estimator(
-    name="st",
-    summary="dL/dh copied to dL/da (hard threshold treated as the identity)",
-    from_states=_st_states,
-    unit=BINARY,
-    noise="discrete",
-    needs_loss_gradient=True,
-    objective="binary",
-    reference=f"{PAPER}, sec. 4, Eq. 13 (after Hinton 2012, lecture 15b)",
-))
-
-ST_SIGMOID = register(Estimator(
-    name="st_sigmoid",
-    summary="dL/dh * sigmoid'(a)",
-    from_states=_st_sigmoid_states,
-    unit=BINARY,
-    noise="discrete",
-    needs_loss_gradient=True,
-    objective="binary",
-    reference=f"{PAPER}, sec. 4 and appendix A.4",
-))
+ST = pathwise("st", straight_through_derivative, summary="dL/dh copied to dL/da (hard threshold treated as the identity)",
+              reference=f"{PAPER}, sec. 4, Eq. 13 (after Hinton 2012, lecture 15b)")
+ST_SIGMOID = pathwise("st_sigmoid", sigmoid_derivative_variant, summary="dL/dh * sigmoid'(a)",
+                      reference=f"{PAPER}, sec. 4 and appendix A.4")
 
 
 # ---- stochastic times smooth (sec. 2.2, Eq. 2) ----------------------------------------
