@@ -184,8 +184,11 @@ def register(estimator: Estimator, *, replace: bool = False) -> Estimator:
     return estimator
 
 
-def pathwise(name: str, local_derivative: Callable[[Tensor, Tensor], Tensor | float], *, summary: str | None = None,
-             reference: str | None = None, replace: bool = False) -> Estimator:
+def pathwise(name: str, local_derivative: Callable[..., Tensor | float], *, summary: str | None = None,
+             reference: str | None = None, replace: bool = False, unit: BernoulliUnit = BINARY,
+             objective: str = "binary", defaults: Mapping[str, Any] | None = None,
+             prepare: Callable[[Problem, dict[str, Any]], dict[str, Any]] | None = None,
+             max_layers: int | None = None) -> Estimator:
     r"""Register a surrogate-derivative (pathwise) estimator of the binary neuron and return it.
 
     Forward: the hard sample :math:`b = 1[u < \sigma(a)]`. Backward, layer by layer:
@@ -197,20 +200,26 @@ def pathwise(name: str, local_derivative: Callable[[Tensor, Tensor], Tensor | fl
     The noise is one Bernoulli draw per unit, so exact moments enumerate it; Monte
     Carlo, ``gs.evaluate``, training and claims take the estimator like a built-in
     one, and ``gradstats.functional.pathwise(a, local_derivative)`` is its drop-in.
+
+    The built-in ones take more: ``unit`` (the law of the hard sample, such as the STS unit's
+    :math:`b \sim \mathrm{Bernoulli}(\sqrt p)`) and its ``objective``; ``defaults`` (options passed to
+    ``local_derivative`` as keywords, such as ReinMax's temperature) with ``prepare`` to check them;
+    ``max_layers``.
     """
     if not callable(local_derivative):
         raise ValueError(f"local_derivative must be a function (a, b) -> ds/da, got {type(local_derivative).__name__}")
 
-    def from_states(problem: Problem, traj: Trajectory) -> FactoredGradient:
+    def from_states(problem: Problem, traj: Trajectory, **options) -> FactoredGradient:
         _, top = problem.loss.value_and_grad(traj.output)
-        local = [torch.as_tensor(local_derivative(a, b), dtype=a.dtype, device=a.device).expand_as(a)
+        local = [torch.as_tensor(local_derivative(a, b, **options), dtype=a.dtype, device=a.device).expand_as(a)
                  for a, b in zip(traj.logits, traj.indicators)]
         return backpropagate(problem, traj, top, local)
 
     label = getattr(local_derivative, "__name__", "local_derivative")
     return register(Estimator(name=name, summary=summary or f"dL/db * {label}(a, b), hard b forward",
-                              from_states=from_states, unit=BINARY, noise="discrete", needs_loss_gradient=True,
-                              objective="binary", reference=reference or "user-defined (gs.estimators.pathwise)"),
+                              from_states=from_states, unit=unit, noise="discrete", needs_loss_gradient=True,
+                              objective=objective, defaults=dict(defaults or {}), prepare=prepare,
+                              max_layers=max_layers, reference=reference or "user-defined (gs.estimators.pathwise)"),
                     replace=replace)
 
 

@@ -37,7 +37,7 @@ from ..units import (
     sigmoid_derivative,
 )
 from . import seed_paper  # noqa: F401  (the seed paper's estimators register first)
-from .base import Estimator, backpropagate, register, sample_trajectory
+from .base import Estimator, backpropagate, pathwise, register, sample_trajectory
 
 __all__ = ["antithetic_losses"]
 
@@ -245,26 +245,13 @@ REINFORCE_LOO = register(Estimator(
 
 # ---- ReinMax ---------------------------------------------------------------------------------
 
-def _reinmax_states(problem: Problem, traj: Trajectory, temperature: float) -> FactoredGradient:
-    _, top = problem.loss.value_and_grad(traj.output)
-    local = [reinmax_local_derivative(a, b, temperature) for a, b in zip(traj.logits, traj.indicators)]
-    return backpropagate(problem, traj, top, local)
-
-
-REINMAX = register(Estimator(
-    name="reinmax",
+REINMAX = pathwise(
+    "reinmax", reinmax_local_derivative,
     summary="dL/db * (2 r (1 - r) - p (1 - p)/2), r = (b + sigmoid(a / tau))/2",
-    from_states=_reinmax_states,
-    unit=BINARY,
-    noise="discrete",
-    needs_loss_gradient=True,
-    objective="binary",
-    defaults={"temperature": 1.0},
-    prepare=_prepare_temperature,
-    max_layers=1,
+    defaults={"temperature": 1.0}, prepare=_prepare_temperature, max_layers=1,
     reference="Liu, Dong, Liu, Yu & Gao 2023, Bridging Discrete and Backpropagation: "
               "Straight-Through and Beyond (NeurIPS); ReinMax for two categories",
-))
+)
 
 
 # ---- Local expectation (every unit's two values, the rest held fixed) -----------------------

@@ -161,22 +161,11 @@ ST_SIGMOID = pathwise("st_sigmoid", sigmoid_derivative_variant, summary="dL/dh *
 
 # ---- stochastic times smooth (sec. 2.2, Eq. 2) ----------------------------------------
 
-def _sts_states(problem: Problem, traj: Trajectory) -> FactoredGradient:
-    _, top = problem.loss.value_and_grad(traj.output)
-    local = [sts_local_derivative(a, b) for a, b in zip(traj.logits, traj.indicators)]  # b held fixed
-    return backpropagate(problem, traj, top, local)
-
-
-STS_ESTIMATOR = register(Estimator(
-    name="sts",
+STS_ESTIMATOR = pathwise(
+    "sts", sts_local_derivative, unit=STS, objective="sts",
     summary="backprop through h = b sqrt(p), b ~ Bernoulli(sqrt p) held fixed",
-    from_states=_sts_states,
-    unit=STS,
-    noise="discrete",
-    needs_loss_gradient=True,
-    objective="sts",
     reference=f"{PAPER}, sec. 2.2, Eq. 2, Proposition 2",
-))
+)
 
 
 # ---- noisy rectifier (sec. 2.1, Proposition 1) ----------------------------------------
