@@ -13,6 +13,21 @@ The flattened parameter vector is, layer by layer, ``W_l`` (row-major,
 names in that order. Every estimator here estimates :math:`dL/da_l` per draw
 (a *delta*); the gradient of ``W_l`` is then ``delta_l`` outer ``h_{l-1}``,
 which :class:`FactoredGradient` keeps without materialising it.
+
+The protocol the estimators, the exact engine and Monte Carlo rely on (a new
+problem family is a constructor that returns a :class:`Problem`; nothing else
+needs to change):
+
+* ``layers`` (:class:`LayerSpec`: size, weight and bias names), ``parameters``
+  (name -> float64 tensor, finite), ``x`` (the input or ``None``), ``loss`` (a
+  :class:`~gradstats.losses.Loss` on the last layer's rows, with
+  ``value_and_grad`` where the estimator needs ``dL/dh``);
+* :meth:`Problem.logits` (``a_l`` from the layer below), :meth:`Problem.forward`
+  (a pass given a per-layer sampling step), :meth:`Problem.split_units` (a
+  ``[B, U]`` tensor cut per layer) and :meth:`Problem.layer_slices` (where each
+  layer's ``W`` and ``c`` sit in the flat gradient);
+* :meth:`Problem.spec`, from which the problem can be rebuilt (what a
+  counterexample prints), and :meth:`Problem.with_parameters` (training).
 """
 
 from __future__ import annotations
