@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 import gradstats as gs
 from gradstats import cli
 
@@ -71,7 +73,25 @@ def test_a_user_registers_a_claim():
     try:
         assert claims.run(["USER-1"])[0]["status"] == "confirmed"
     finally:
-        claims._CLAIMS.pop("USER-1")
+        claims.registry._CLAIMS.pop("USER-1")
+
+
+def test_a_user_registers_a_claim_with_its_metadata_beside_the_check():
+    from gradstats import claims
+
+    @claims.claim("USER-2", statement="two plus two is four", reference="arithmetic", reading="always",
+                  kind="mathematical")
+    def check(settings):
+        return claims.Verdict("confirmed", evidence="2 + 2 == 4", qualifier="in base ten", cases=1)
+
+    try:
+        row = claims.run(["USER-2"])[0]
+        assert (row["status"], row["qualifier"], row["reading"], row["kind"]) == ("confirmed", "in base ten", "always",
+                                                                                  "mathematical")
+        with pytest.raises(ValueError, match="kind must be one of"):
+            claims.claim("USER-3", statement="", reference="", reading="", kind="anecdotal")(check)
+    finally:
+        claims.registry._CLAIMS.pop("USER-2")
 
 
 def test_import_is_light_and_claims_load_on_first_use():

@@ -19,8 +19,8 @@ from ..noise import NoiseStream
 from ..numerics import safe_divide
 from ..testing import independent_problems, networks, single_layer_problems
 from ..training import select_rate, train
-from . import CheckSettings, Claim, Verdict, register, search
 from .common import describe, exact_mean, gradient_scale, loss_class, st_sign_condition, st_wrong_sign, wrong_sign_coordinates
+from .registry import CheckSettings, Claim, Verdict, register, search
 
 PAPER = "arXiv:1308.3432"
 Z_MAX = 5.0  # Monte Carlo agreement: |z| <= 5, a two-sided failure rate of 5.7e-7 per comparison

@@ -1,0 +1,169 @@
+"""The claims registry: :class:`Claim`, :class:`Verdict`, :func:`register` and the :func:`claim` decorator,
+:func:`run`, and :func:`search` for counterexamples (hypothesis)."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import hypothesis
+from hypothesis import HealthCheck
+from hypothesis import strategies as st
+
+__all__ = ["Claim", "Verdict", "CheckSettings", "SearchResult", "register", "claim", "claims", "get", "run", "search",
+           "STATUSES", "KINDS"]
+
+STATUSES = ("confirmed", "refuted", "inconclusive")
+KINDS = ("mathematical", "empirical")
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """How hard a check searches: ``max_examples`` per hypothesis search; ``explore`` uses fresh randomness."""
+
+    max_examples: int = 150
+    explore: bool = False
+    seed: int = 0
+
+    @staticmethod
+    def exploring() -> CheckSettings:
+        return CheckSettings(max_examples=2000, explore=True)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of a check.
+
+    Attributes:
+        status: one of :data:`STATUSES`, on the claim's reading.
+        evidence: what was computed and found, in words and numbers.
+        qualifier: what must be read with the status (where it holds, where it fails), or "".
+        summary: the finding in one line (defaults to the evidence's first clause).
+        counterexample: a JSON-able description of a minimal counterexample (``None`` if none).
+        holds_when: the narrower conditions under which the claim does hold (when refuted).
+        cases: problem instances examined.
+        data: the numbers behind the evidence (JSON-able).
+    """
+
+    status: str
+    evidence: str
+    qualifier: str = ""
+    summary: str = ""
+    counterexample: dict | None = None
+    holds_when: str = ""
+    cases: int = 0
+    data: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim: its id, verbatim statement, reference, the reading its check tests, its kind and its check."""
+
+    id: str
+    statement: str
+    reference: str
+    reading: str
+    check: Callable[[CheckSettings], Verdict]
+    test: str = ""
+    kind: str = "mathematical"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+
+
+_CLAIMS: dict[str, Claim] = {}
+
+
+def register(claim: Claim) -> Claim:
+    """Add a claim (ids are unique)."""
+    if claim.id in _CLAIMS:
+        raise ValueError(f"a claim with id {claim.id!r} is already registered")
+    _CLAIMS[claim.id] = claim
+    return claim
+
+
+def claim(id: str, *, statement: str, reference: str, reading: str, test: str = "",
+          kind: str = "mathematical") -> Callable[[Callable[[CheckSettings], Verdict]], Callable[[CheckSettings], Verdict]]:
+    """Register the decorated check as the claim ``id``, its metadata written beside it::
+
+        @claim("MY1", statement="...", reference="...", reading="...")
+        def check_my1(settings: CheckSettings) -> Verdict: ...
+    """
+    def decorate(check: Callable[[CheckSettings], Verdict]) -> Callable[[CheckSettings], Verdict]:
+        register(Claim(id, statement, reference, reading, check, test, kind))
+        return check
+
+    return decorate
+
+
+def claims() -> list[Claim]:
+    """Every registered claim, in registration order."""
+    return list(_CLAIMS.values())
+
+
+def get(claim_id: str) -> Claim:
+    """The claim with this id (a ValueError lists the valid ids)."""
+    if claim_id not in _CLAIMS:
+        raise ValueError(f"unknown claim {claim_id!r}; registered: {', '.join(_CLAIMS)}")
+    return _CLAIMS[claim_id]
+
+
+def run(ids: list[str] | None = None, settings: CheckSettings | None = None) -> list[dict[str, Any]]:
+    """Check claims; one JSON-able row each with ``id, status, qualifier, kind, statement, reference, reading,
+    evidence, summary, counterexample, holds_when, cases, data, test, seconds``."""
+    settings = settings or CheckSettings()
+    rows = []
+    for claim in ([get(i) for i in ids] if ids else claims()):
+        start = time.perf_counter()
+        verdict = claim.check(settings)
+        rows.append({"id": claim.id, "status": verdict.status, "qualifier": verdict.qualifier, "kind": claim.kind,
+                     "statement": claim.statement, "reference": claim.reference, "reading": claim.reading,
+                     "evidence": verdict.evidence,
+                     "summary": verdict.summary or verdict.evidence.split(";")[0],
+                     "counterexample": verdict.counterexample, "holds_when": verdict.holds_when,
+                     "cases": verdict.cases, "data": verdict.data, "test": claim.test,
+                     "seconds": round(time.perf_counter() - start, 2)})
+    return rows
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A hypothesis search: the minimal counterexample found (``None`` if none) and the cases examined."""
+
+    example: Any
+    tried: int
+
+    @property
+    def found(self) -> bool:
+        return self.example is not None
+
+
+def search(strategy: st.SearchStrategy, is_counterexample: Callable[[Any], bool],
+           settings: CheckSettings) -> SearchResult:
+    """Search ``strategy`` for an example with ``is_counterexample``; a found one is shrunk to a minimal one.
+
+    Deterministic unless ``settings.explore``.
+    """
+    tried = 0
+
+    def condition(example) -> bool:
+        nonlocal tried
+        tried += 1
+        return bool(is_counterexample(example))
+
+    hyp_settings = hypothesis.settings(max_examples=settings.max_examples, derandomize=not settings.explore,
+                                       database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    try:
+        example = hypothesis.find(strategy, condition, settings=hyp_settings,
+                                  random=None if settings.explore else random.Random(settings.seed))
+    except hypothesis.errors.NoSuchExample:
+        return SearchResult(None, tried)
+    return SearchResult(example, tried)
