@@ -129,7 +129,7 @@ def _cell(study, stage, optimizer, arch, label, task_seed, rate, seed, grid, con
             "seed": config.seed + seed}
 
 
-def _extensions(selection: list[dict], chosen: dict, config) -> list[dict]:
+def _extensions(selection: list[dict], chosen: dict) -> list[dict]:
     """Selection cells one rate past each selected rate that sits at an end of the rates tried for its key."""
     tried: dict[tuple, set] = {}
     for c in selection:
@@ -152,7 +152,7 @@ def cells(config):
     selection = _selection_cells(config, grid)
     chosen = selected_rates(run_cells(config, selection, compute))
     for _ in range(0 if config.quick else MAX_GRID_EXTENSIONS):
-        extra = _extensions(selection, chosen, config)
+        extra = _extensions(selection, chosen)
         if not extra:
             break
         selection += extra

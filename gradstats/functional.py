@@ -43,6 +43,8 @@ from .units import (
     antithetic,
     binary_residual,
     check_temperature,
+    flip_each,
+    local_derivative_like,
     noise_quantile,
     reinmax_local_derivative,
     relaxed_local_derivative,
@@ -227,9 +229,7 @@ def local_expectation(a: Tensor, loss_fn: Callable[[Tensor], Tensor], *, u: Tens
     (row ``i`` with unit ``i`` flipped): ``1 + N`` loss evaluations per example."""
     ad = a.detach()
     b = BINARY.sample(ad, _uniforms(a, u, generator))[1]
-    n = b.shape[-1]
-    eye = torch.eye(n, dtype=b.dtype, device=b.device).reshape(n, *([1] * (b.ndim - 1)), n)
-    flipped = b + eye - 2 * b * eye                                             # [N, *a.shape]
+    flipped = flip_each(b, axis=0)                                              # [N, *a.shape]
     main, flips = _check_rows(loss_fn(b), b), _check_rows(loss_fn(flipped), flipped)
     difference = (1 - 2 * b) * (torch.movedim(flips, 0, -1) - main[..., None])   # f(b_i = 1) - f(b_i = 0)
     return b, _surrogate(a, sigmoid_derivative(ad) * difference)
@@ -241,5 +241,4 @@ def pathwise(a: Tensor, local_derivative: Callable[[Tensor, Tensor], Tensor | fl
     whose backward pass multiplies ``dL/db`` by ``local_derivative(a, b)`` (held fixed)."""
     ad = a.detach()
     b = BINARY.sample(ad, _uniforms(a, u, generator))[1]
-    local = torch.as_tensor(local_derivative(ad, b), dtype=a.dtype, device=a.device).expand_as(a)
-    return _with_local_derivative(b, a, local)
+    return _with_local_derivative(b, a, local_derivative_like(local_derivative(ad, b), a))

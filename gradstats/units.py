@@ -53,6 +53,8 @@ __all__ = [
     "relaxed_local_derivative",
     "relaxed_with_derivative",
     "reinmax_local_derivative",
+    "local_derivative_like",
+    "flip_each",
 ]
 
 
@@ -68,6 +70,22 @@ def sts(a: Tensor, u: Tensor) -> Tensor:
     :math:`\partial h / \partial a = b\,\sqrt{p}\,(1 - p) / 2`.
     """
     return STS.sample(a, u)[1]
+
+
+def local_derivative_like(value: Tensor | float, a: Tensor) -> Tensor:
+    """A surrogate derivative returned as a tensor or a number, as a tensor of ``a``'s shape, dtype and device."""
+    return torch.as_tensor(value, dtype=a.dtype, device=a.device).expand_as(a)
+
+
+def flip_each(h: Tensor, axis: int) -> Tensor:
+    """Binary ``h [..., n]`` with one unit flipped at a time (``h_i -> 1 - h_i``): the ``n`` flips stacked along a
+    new dimension at ``axis`` (``0`` gives ``[n, ..., n]``; ``-2`` gives ``[..., n, n]``)."""
+    n = h.shape[-1]
+    stacked = h.unsqueeze(axis)
+    shape = [1] * stacked.ndim
+    shape[axis], shape[-1] = n, n
+    eye = torch.eye(n, dtype=h.dtype, device=h.device).reshape(shape)
+    return stacked + eye - 2 * stacked * eye
 
 
 def binary_residual(a: Tensor, h: Tensor) -> Tensor:

@@ -69,3 +69,11 @@ def test_noisy_rectifier_gaussian_scale():
 def test_noisy_rectifier_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         gs.units.noisy_rectifier(torch.zeros(2), torch.rand(2), **kwargs)
+
+
+def test_flip_each_flips_exactly_one_unit_per_row_along_the_chosen_axis():
+    h = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    inner, outer = gs.units.flip_each(h, axis=-2), gs.units.flip_each(h, axis=0)   # [B, n, n] and [n, B, n]
+    assert inner.shape == (2, 3, 3) and outer.shape == (3, 2, 3)
+    assert torch.equal(inner, outer.transpose(0, 1))
+    assert torch.equal((inner != h[:, None, :]).to(torch.int64), torch.eye(3, dtype=torch.int64).expand(2, 3, 3))

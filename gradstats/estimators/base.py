@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .. import enumeration
 from ..problems import FactoredGradient, Problem, Trajectory
-from ..units import BINARY, BernoulliUnit
+from ..units import BINARY, BernoulliUnit, local_derivative_like
 
 __all__ = [
     "Estimator",
@@ -211,8 +211,7 @@ def pathwise(name: str, local_derivative: Callable[..., Tensor | float], *, summ
 
     def from_states(problem: Problem, traj: Trajectory, **options) -> FactoredGradient:
         _, top = problem.loss.value_and_grad(traj.output)
-        local = [torch.as_tensor(local_derivative(a, b, **options), dtype=a.dtype, device=a.device).expand_as(a)
-                 for a, b in zip(traj.logits, traj.indicators)]
+        local = [local_derivative_like(local_derivative(a, b, **options), a) for a, b in zip(traj.logits, traj.indicators)]
         return backpropagate(problem, traj, top, local)
 
     label = getattr(local_derivative, "__name__", "local_derivative")

@@ -31,6 +31,7 @@ from ..units import (
     antithetic,
     binary_residual,
     check_temperature,
+    flip_each,
     reinmax_local_derivative,
     relaxed_local_derivative,
     relaxed_with_derivative,
@@ -261,8 +262,7 @@ def _flipped_losses(problem: Problem, traj: Trajectory, layer: int, parts: list[
     resampled from the draw's own uniforms ``parts`` (common random numbers)."""
     h = traj.indicators[layer]
     batch, n = h.shape
-    eye = torch.eye(n, dtype=h.dtype, device=h.device)
-    flipped = (h[:, None, :] + eye - 2 * h[:, None, :] * eye).reshape(batch * n, n)   # h_i -> 1 - h_i
+    flipped = flip_each(h, axis=-2).reshape(batch * n, n)
     params = {k: v.to(h) for k, v in problem.parameters.items()}
     for upper in range(layer + 1, problem.num_layers):
         a = problem.logits(upper, flipped, params)

@@ -49,3 +49,13 @@ def test_gumbel_temperature(verdict):
     (_, bias_hot, var_hot), (_, bias_cold, var_cold) = rows
     assert abs(bias_cold) > abs(bias_hot) * 1.05   # margin >> quadrature error
     assert var_cold > var_hot
+
+
+def test_gumbel_temperature_is_confirmed_when_the_bias_never_rises(monkeypatch):
+    # a trade-off that holds on the whole grid: |bias| proportional to the temperature, variance its inverse
+    monkeypatch.setattr(later_work, "gumbel_toy_moments",
+                        lambda t, a, temperatures=later_work.GUMBEL_TEMPERATURES: [(tau, 0.1 * tau, 1 / tau)
+                                                                                  for tau in temperatures])
+    verdict = later_work.check_gumbel_temperature(None)
+    assert verdict.status == "confirmed" and verdict.data["monotone_below"] == later_work.GUMBEL_TEMPERATURES[0]
+    assert not verdict.data["bias_rises"] and abs(verdict.data["bias_order_median"] - 1) < 1e-9
