@@ -194,7 +194,12 @@ def next_rate(rate: float, up: bool) -> float:
 def select_rate(score: Callable[[float], float], rates, max_extensions: int = 3) -> tuple[float, list, bool]:
     """The rate with the lowest ``score(rate)``; while it is an end of the grid the grid is extended past it
     (at most ``max_extensions`` times). Returns the rate, the grid tried and whether it still ends there."""
-    grid, scores = sorted(rates), {}
+    grid = sorted(positive_finite("rates entries", rate) for rate in rates)
+    if len(grid) < 2:
+        raise ValueError(f"rates must hold at least two learning rates (an end needs an inside), got {list(rates)}")
+    if isinstance(max_extensions, bool) or not (isinstance(max_extensions, int) and max_extensions >= 0):
+        raise ValueError(f"max_extensions must be an integer >= 0, got {max_extensions!r}")
+    scores = {}
     for _ in range(max_extensions + 1):
         for rate in grid:
             if rate not in scores:

@@ -201,3 +201,8 @@ def test_a_users_pathwise_estimator_in_one_line_works_everywhere(scratch_registr
     assert gs.estimators.pathwise("half_st", lambda a, b: 1.0, replace=True).name == "half_st"   # a rerun cell
     with pytest.raises(ValueError, match="local_derivative must be a function"):
         gs.estimators.pathwise("broken", 0.5)
+    with pytest.raises(ValueError, match="name must be a non-empty string"):
+        gs.estimators.pathwise("", lambda a, b: 1.0)
+    # a number is a constant derivative: 1.0 is straight-through itself, exactly
+    constant = gs.estimators.pathwise("constant_one", lambda a, b: 1.0)
+    assert torch.equal(gs.moments(net, constant).mean, gs.moments(net, "st").mean)

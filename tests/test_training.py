@@ -150,3 +150,14 @@ def test_rate_selection_extends_the_grid_past_an_end():
     best, grid, at_edge = select_rate(lambda r: r, (1, 3, 10, 30), max_extensions=2)
     assert best == min(grid) == 0.1 and at_edge
     assert next_rate(30.0, up=True) == 100.0 and next_rate(1.0, up=False) == 0.3 and next_rate(0.3, up=False) == 0.1
+
+
+@pytest.mark.parametrize("rates, max_extensions, match", [
+    ((1.0,), 3, "rates must hold at least two"),
+    ((1.0, float("nan")), 3, "rates entries must be a finite number > 0"),
+    ((1.0, -3.0), 3, "rates entries must be a finite number > 0"),
+    ((1.0, 3.0), -1, "max_extensions must be an integer >= 0"),
+])
+def test_rate_selection_rejects_bad_grids(rates, max_extensions, match):
+    with pytest.raises(ValueError, match=match):
+        select_rate(lambda r: r, rates, max_extensions)

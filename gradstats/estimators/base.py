@@ -206,6 +206,8 @@ def pathwise(name: str, local_derivative: Callable[..., Tensor | float], *, summ
     ``local_derivative`` as keywords, such as ReinMax's temperature) with ``prepare`` to check them;
     ``max_layers``.
     """
+    if not (isinstance(name, str) and name):
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
     if not callable(local_derivative):
         raise ValueError(f"local_derivative must be a function (a, b) -> ds/da, got {type(local_derivative).__name__}")
 
