@@ -22,7 +22,8 @@ import torch
 
 import gradstats as gs
 from analyses._runner import Analysis, estimate, exact
-from gradstats.claims.common import gradient_scale, wrong_sign_coordinates
+from gradstats.claims.common import gradient_scale
+from gradstats.metrics import wrong_sign_coordinates
 
 DEPTH_ESTIMATORS = ("st", "st_sigmoid", "sts", "st_gumbel", "gumbel", "reinforce", "arm")
 

@@ -16,9 +16,11 @@ import sys
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+import torch
 
 import gradstats as gs
 from analyses._runner import Analysis, exact
+from gradstats.metrics import wrong_sign_coordinates
 
 TARGETS = (0.45, 0.499)
 
@@ -68,7 +70,8 @@ def plot(frame, meta, config):
 def numbers(frame, config):
     st = frame[(frame.cell_estimator == "st") & (frame.cell_t == 0.45)]
     at_zero = st.iloc[(st.logit - 0).abs().argmin()]
-    wrong = st[np.sign(st["mean"]) != np.sign(st.gradient)]
+    wrong = st[[bool(wrong_sign_coordinates(torch.tensor([m]), torch.tensor([g]))[0])
+                for m, g in zip(st["mean"], st.gradient)]]
     st499 = frame[(frame.cell_estimator == "st") & (frame.cell_t == 0.499)]
     ratio = (st499["mean"].abs() / st499.gradient.abs()).median()            # the median of |ratio|
     signed = (st499["mean"] / st499.gradient).median()                        # and of the signed ratio

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .numerics import safe_divide
+from .numerics import safe_divide, signs
 from .problems import FactoredGradient, Problem
 
 __all__ = ["Moments", "Summary", "GradientAccumulator"]
@@ -307,8 +307,8 @@ class GradientAccumulator:
         return safe_divide(inner_all, norm_all * ref_all), inner_all
 
     @staticmethod
-    def _sign_agreement(part: _Part, w: Tensor | None, ref: Tensor, total: float) -> Tensor:
-        s = ref.sign()
+    def _sign_agreement(part: _Part, w: Tensor | None, s: Tensor, total: float) -> Tensor:
+        """Per coordinate, the weight of draws whose raw sign equals the reference's sign ``s`` (-1, 0, 1)."""
         if part.x is None:
             agree = part.values.sign() == s
             return torch.count_nonzero(agree, dim=0).to(torch.float64) if w is None else w @ agree.to(torch.float64)
@@ -353,8 +353,9 @@ class GradientAccumulator:
         chunk = Summary(total, b, mean, m2, comoment)
         for name, ref in self.refs.items():
             agree = torch.empty_like(mean)
+            ref_sign = signs(ref)
             for p in parts:
-                agree[p.cols] = self._sign_agreement(p, w, ref[p.cols], total)
+                agree[p.cols] = self._sign_agreement(p, w, ref_sign[p.cols], total)
             cos, inner = self._cosines(layers, ref)
             positive = (inner > 0).to(torch.float64)
             chunk.sign_agree[name] = agree

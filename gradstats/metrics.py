@@ -14,7 +14,7 @@ mse                    :math:`\lVert \mu - g \rVert^2 + \mathrm{tr}\,\Sigma / M`
 cosine_mean            :math:`\cos(\mu, g)`
 cosine_draw            :math:`E[\cos(\hat g, g)]` for one draw
 cosine_m               :math:`E[\cos(\bar g_M, g)]`, the mean of ``M`` draws (Monte Carlo)
-sign_agreement_mean    fraction of coordinates with :math:`\mathrm{sign}\,\mu_j = \mathrm{sign}\,g_j`
+sign_agreement_mean    fraction of coordinates with :math:`\mathrm{sign}\,\mu_j = \mathrm{sign}\,g_j` (:func:`sign_agreement`)
 sign_agreement_draw    mean over ``j`` of :math:`P(\mathrm{sign}\,\hat g_j = \mathrm{sign}\,g_j)`
 descent                :math:`P(\langle \hat g, g \rangle > 0)`
 snr                    :math:`|\mu_j| / \sqrt{\Sigma_{jj}}` per coordinate
@@ -29,7 +29,9 @@ squared bias in ``mse`` is the unbiased :math:`\lVert \bar g - g \rVert^2 - \mat
 (the plug-in ``bias_norm`` is kept as is, and is biased upwards by noise).
 Conventions at the edges (values, never silently 0):
 
-* ``sign(0) = 0``: a zero estimate agrees only with a zero gradient;
+* ``sign(0) = 0``: a zero estimate agrees only with a zero gradient; a value within
+  ``SIGN_TOLERANCE`` (1e-9) times the larger of the two vectors' largest magnitudes is rounding and
+  counts as 0 (:func:`sign_agreement`); a single draw's sign is its raw sign;
 * the cosine of a zero vector is 0; cosines of tiny or huge vectors are exact (both vectors
   are rescaled by their largest entry first, with no eps clamp);
 * ``relative_bias`` against a zero reference is ``inf`` (0 when the bias is 0 too);
@@ -46,14 +48,33 @@ import torch
 from torch import Tensor
 
 from .accumulators import Moments, Summary
-from .numerics import cosine, float64_vector, ratio_or_inf
+from .numerics import SIGN_TOLERANCE, cosine, float64_vector, ratio_or_inf, signs
 from .problems import Problem
 
-__all__ = ["MetricValue", "compute_metrics", "COORDINATE_METRICS", "SCALAR_METRICS"]
+__all__ = ["MetricValue", "compute_metrics", "COORDINATE_METRICS", "SCALAR_METRICS", "SIGN_TOLERANCE", "signs",
+           "sign_scale", "sign_agreement", "wrong_sign_coordinates"]
 
 COORDINATE_METRICS = ("bias", "variance", "snr")
 SCALAR_METRICS = ("bias_norm", "relative_bias", "variance_trace", "mse", "cosine_mean", "cosine_draw", "cosine_m",
                   "sign_agreement_mean", "sign_agreement_draw", "descent")
+
+
+def sign_scale(*vectors: Tensor) -> float:
+    """The magnitude that sign tolerances are relative to: the largest entry of any of ``vectors``."""
+    return max([float(v.abs().max()) for v in vectors if v.numel()] + [0.0])
+
+
+def sign_agreement(estimate: Tensor, reference: Tensor, scale: float | None = None) -> Tensor:
+    """Per coordinate, whether ``estimate`` and ``reference`` have the same sign (bool ``[D]``), each sign taken
+    with :func:`~gradstats.numerics.signs`, relative to ``scale`` (default :func:`sign_scale` of both)."""
+    scale = sign_scale(estimate, reference) if scale is None else scale
+    return signs(estimate, scale) == signs(reference, scale)
+
+
+def wrong_sign_coordinates(estimate: Tensor, reference: Tensor, scale: float | None = None) -> Tensor:
+    """Coordinates where the reference is nonzero and the estimate's sign differs from it (bool ``[D]``)."""
+    scale = sign_scale(estimate, reference) if scale is None else scale
+    return (signs(reference, scale) != 0) & ~sign_agreement(estimate, reference, scale)
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,7 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
     snr = torch.where(sd > 0, mean.abs() / torch.where(sd > 0, sd, 1.0), torch.where(mean != 0, torch.inf, 0.0))
     out: dict[tuple, float | Tensor] = {("bias", 0, None): bias, ("variance", 0, None): var, ("snr", 0, None): snr}
     layers = problem.coordinate_layers().to(mean.device)
+    agree = sign_agreement(mean, reference)
     for layer in range(problem.num_layers + 1):
         sel = torch.ones_like(layers, dtype=torch.bool) if layer == 0 else layers == layer
         if layer > 0 and problem.num_layers == 1:
@@ -93,7 +115,7 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
         for m in ms:
             out[("mse", layer, m)] = sq_bias + trace / m
         out[("cosine_mean", layer, None)] = cosine(mu, g)
-        out[("sign_agreement_mean", layer, None)] = float((mu.sign() == g.sign()).to(torch.float64).mean())
+        out[("sign_agreement_mean", layer, None)] = float(agree[sel].to(torch.float64).mean())
         if name in s.sign_agree:
             out[("sign_agreement_draw", layer, None)] = float(s.sign_agree[name][sel].mean() / s.weight)
             out[("cosine_draw", layer, None)] = float(s.cosine[name][layer] / s.weight)

@@ -9,13 +9,24 @@ import torch
 from torch import Tensor
 
 __all__ = ["safe_divide", "cosine", "ratio_or_inf", "positive_int", "positive_finite", "seed_value", "optional_bool",
-           "float64_vector", "float64_references", "MAX_SEED"]
+           "float64_vector", "float64_references", "MAX_SEED", "SIGN_TOLERANCE", "signs"]
 
 
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` where ``den > 0``, else 0 (a ratio of averages before any weight has arrived)."""
     positive = den > 0
     return torch.where(positive, num / torch.where(positive, den, 1.0), 0.0)
+
+
+SIGN_TOLERANCE = 1e-9
+
+
+def signs(values: Tensor, scale: float | None = None) -> Tensor:
+    """``sign`` with magnitudes up to ``SIGN_TOLERANCE * scale`` counted as 0: rounding, not sign (``scale``
+    defaults to ``max |values|``). Sign agreement is defined on it in :mod:`gradstats.metrics`."""
+    if scale is None:
+        scale = float(values.abs().max()) if values.numel() else 0.0
+    return torch.where(values.abs() <= SIGN_TOLERANCE * scale, 0.0, values.sign())
 
 
 def cosine(x: Tensor, y: Tensor) -> float:

@@ -37,6 +37,7 @@ from scipy import stats as sps
 from torch import Tensor
 
 from .accumulators import Moments
+from .metrics import signs
 from .numerics import float64_vector
 
 __all__ = ["TestResult", "holm", "unbiasedness_test", "sign_test", "MIN_SAMPLES", "HOTELLING_SAMPLES_PER_RANK"]
@@ -160,12 +161,13 @@ def sign_test(moments: Moments, reference: Tensor, alpha: float = 0.05, alternat
     ``alternative="wrong"``: H0 ``E[g_hat_j] sign(g_j) >= 0``, rejected when the
     mean points the wrong way; ``"right"``: H0 ``E[g_hat_j] sign(g_j) <= 0``,
     rejected when the right sign is established. Coordinates with ``g_j = 0``
-    are not tested. The global p-value is Holm's smallest adjusted one.
+    (up to :data:`~gradstats.numerics.SIGN_TOLERANCE` of the largest) are not
+    tested. The global p-value is Holm's smallest adjusted one.
     """
     reference = _check(moments, reference, alpha)
     if alternative not in ("wrong", "right"):
         raise ValueError(f"alternative must be 'wrong' or 'right', got {alternative!r}")
-    s = reference.sign()
+    s = signs(reference)   # rounding-level coordinates count as 0 and are not tested
     t, untested = _t(moments.mean * s, moments.mean_stderr)
     tail = sps.t.cdf if alternative == "wrong" else sps.t.sf
     p = torch.from_numpy(tail(t.numpy(), moments.num_samples - 1))

@@ -52,7 +52,6 @@ __all__ = [
     "sts_local_derivative",
     "relaxed_local_derivative",
     "relaxed_with_derivative",
-    "reinmax_local_derivative",
     "local_derivative_like",
     "flip_each",
 ]
@@ -138,15 +137,6 @@ def relaxed_with_derivative(a: Tensor, u: Tensor, temperature: float) -> tuple[T
 def relaxed_local_derivative(a: Tensor, u: Tensor, temperature: float) -> Tensor:
     r""":math:`\partial \sigma(z) / \partial a` of :func:`relaxed_with_derivative` alone."""
     return relaxed_with_derivative(a, u, temperature)[1]
-
-
-def reinmax_local_derivative(a: Tensor, b: Tensor, temperature: float) -> Tensor:
-    r"""ReinMax's factor for two categories (Liu et al. 2023):
-    :math:`2 r (1 - r) - \sigma'(a) / 2` with :math:`r = (b + \sigma(a/\tau)) / 2`, computed as
-    :math:`(b + \sigma(a/\tau))(1 - b + \sigma(-a/\tau)) / 2 - \sigma(a)\sigma(-a)/2` so that
-    :math:`1 - r` is never formed by subtraction (the plain form has the wrong sign from ``a`` of
-    about 35 in float64)."""
-    return (b + torch.sigmoid(a / temperature)) * (1 - b + torch.sigmoid(-a / temperature)) / 2 - sigmoid_derivative(a) / 2
 
 
 def check_temperature(temperature) -> float:

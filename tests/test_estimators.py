@@ -1,6 +1,6 @@
 """The seed paper's estimators: closed forms on one unit, exact identities on networks."""
 
-import math
+import re
 
 import pytest
 import torch
@@ -134,11 +134,20 @@ def test_registry_flags():
         assert est.reference and est.summary, name
 
 
-def test_docstrings_cite_the_paper():
-    from gradstats.estimators import seed_paper
+def test_every_rule_is_documented_with_its_reference():
+    from gradstats.estimators import score_function, surrogate
 
-    assert "arXiv:1308.3432" in seed_paper.__doc__
-    assert math.isfinite(len(seed_paper.__doc__))
+    assert "arXiv:1308.3432" in surrogate.__doc__ and "arXiv:1308.3432" in score_function.__doc__
+    rules = [getattr(m, n) for m in (surrogate, score_function) for n in m.__all__ if n.endswith(("_rule", "_derivative",
+                                                                                              "_variant"))]
+    assert len(rules) == 12
+    for rule in rules:
+        assert re.search(r"(19|20)\d\d|arXiv", rule.__doc__), rule.__name__
+
+
+def test_built_ins_are_registered_in_the_order_figures_use():
+    assert gs.estimators.names()[:12] == ["reinforce", "st", "st_sigmoid", "sts", "noisy_rectifier", "gumbel",
+                                          "st_gumbel", "arm", "disarm", "reinforce_loo", "reinmax", "local_expectation"]
 
 
 @given(problem=independent_problems())
@@ -206,3 +215,18 @@ def test_a_users_pathwise_estimator_in_one_line_works_everywhere(scratch_registr
     # a number is a constant derivative: 1.0 is straight-through itself, exactly
     constant = gs.estimators.pathwise("constant_one", lambda a, b: 1.0)
     assert torch.equal(gs.moments(net, constant).mean, gs.moments(net, "st").mean)
+
+
+def test_the_running_baseline_folds_draws_one_step_each():
+    from gradstats.estimators import RunningBaseline
+
+    torch.manual_seed(0)
+    square, loss = torch.rand(3000, 2, dtype=torch.float64), torch.randn(3000, dtype=torch.float64)
+    start = RunningBaseline(torch.tensor([0.2, 0.0], dtype=torch.float64), torch.tensor([0.5, 0.0], dtype=torch.float64), 0.99)
+    seen, after = start.before_each(square, loss)
+    num, den = start.numerator.clone(), start.denominator.clone()
+    for i in range(len(loss)):
+        expected = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+        assert torch.allclose(seen[i], expected, rtol=1e-9, atol=1e-12), i
+        num, den = 0.99 * num + 0.01 * square[i] * loss[i], 0.99 * den + 0.01 * square[i]
+    assert torch.allclose(after.numerator, num, rtol=1e-9) and torch.allclose(after.denominator, den, rtol=1e-9)

@@ -167,3 +167,20 @@ def test_evaluate_falls_back_to_monte_carlo_past_the_enumeration_limit():
                      max_states=2**16, progress=False)
     methods = df[(df.metric == "bias_norm") & (df.layer == 0)].set_index("estimator").method
     assert methods["reinforce_loo"] == "mc" and methods["st"] == "exact"
+
+
+def test_sign_agreement_counts_rounding_as_zero():
+    from gradstats.metrics import sign_agreement, wrong_sign_coordinates
+
+    mean, reference = torch.tensor([1e-20, 1.0, -3.0]), torch.tensor([0.0, 2.0, 1.0])
+    assert sign_agreement(mean, reference).tolist() == [True, True, False]
+    assert wrong_sign_coordinates(mean, reference).tolist() == [False, False, True]
+    assert (mean.sign() == reference.sign()).tolist()[0] is False   # what the raw sign would have said
+
+
+def test_per_draw_sign_agreement_takes_a_rounding_level_reference_as_zero():
+    # f(h) = h_1: ST's draw for unit 0 is exactly 0
+    problem = gs.problems.independent(gs.losses.multilinear({(1,): 1.0}, 2), [0.3, -0.2])
+    rounding = torch.tensor([1e-20, 1.0], dtype=torch.float64)
+    m = gs.moments(problem, "st", references={"g": rounding})
+    assert m.summary.sign_agree["g"].tolist() == pytest.approx([1.0, 1.0])

@@ -1,4 +1,5 @@
-"""Helpers the claim checks share: sign comparisons, loss-class predicates, reporting."""
+"""Helpers the claim checks share: the scale of rounding, loss-class predicates, reporting (sign agreement
+itself is defined in :mod:`gradstats.metrics`)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,12 @@ import torch
 from torch import Tensor
 
 from ..exact import exact_gradient
+from ..metrics import SIGN_TOLERANCE, signs, wrong_sign_coordinates
 from ..moments import moments
 from ..problems import Problem
 
-__all__ = ["signs", "gradient_scale", "st_wrong_sign", "wrong_sign_coordinates", "binary_cube", "loss_class",
+__all__ = ["gradient_scale", "st_wrong_sign", "binary_cube", "loss_class",
            "st_sign_condition", "describe", "exact_mean"]
-
-SIGN_TOLERANCE = 1e-9
-
-
-def signs(values: Tensor, scale: float) -> Tensor:
-    """``sign`` with magnitudes up to ``SIGN_TOLERANCE * scale`` counted as 0 (rounding, not sign)."""
-    return torch.where(values.abs() <= SIGN_TOLERANCE * scale, 0.0, values.sign())
 
 
 def gradient_scale(problem: Problem) -> float:
@@ -29,14 +24,6 @@ def gradient_scale(problem: Problem) -> float:
     value, grad = problem.loss.value_and_grad(h) if problem.loss.differentiable else (problem.loss(h), h * 0)
     x = 0.0 if problem.x is None else float(problem.x.abs().max())
     return max(float(value.abs().max()), float(grad.abs().max()), 1e-300) * (1 + x)
-
-
-def wrong_sign_coordinates(mean: Tensor, reference: Tensor, scale: float | None = None) -> Tensor:
-    """Coordinates where the reference is nonzero and the mean's sign differs from it (bool ``[D]``)."""
-    if scale is None:
-        scale = max(float(reference.abs().max()), float(mean.abs().max()), 1e-300)
-    s_ref, s_mean = signs(reference, scale), signs(mean, scale)
-    return (s_ref != 0) & (s_mean != s_ref)
 
 
 def exact_mean(problem: Problem, estimator: str, **options) -> Tensor:

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
-from .. import enumeration, losses, problems, units
+from .. import losses, problems, units
+from ..estimators.score_function import arm_exact_moments
 from ..exact import exact_gradient
 from ..moments import moments
 from ..testing import networks, single_layer_problems
@@ -91,45 +92,9 @@ def check_reinmax_quadratic(settings: CheckSettings) -> Verdict:
 
 # ---- DisARM's variance against ARM's --------------------------------------------------------
 
-def arm_exact_variance(problem) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Exact per-coordinate mean and variance of ARM on one stochastic layer.
-
-    On each of the ``3^N`` cells of ``u`` (cut at :math:`\min(p, 1-p)` and :math:`\max(p, 1-p)`)
-    the pair :math:`(b, \tilde b)` is fixed, so ARM's coordinate ``i`` is
-    :math:`\Delta f\,(u_i - 1/2)` with :math:`u_i` uniform on its interval: its conditional mean
-    and second moment are those of :math:`u_i - 1/2` times :math:`\Delta f` and :math:`\Delta f^2`.
-    """
-    if problem.num_layers != 1:
-        raise ValueError("arm_exact_variance needs one stochastic layer")
-    n = problem.num_units
-    total = enumeration.check_enumerable(n, base=3, noun="antithetic cells", what=f"arm on {problem.description}")
-    x = None if problem.x is None else problem.x[None]
-    a = problem.logits(0, x, batch_size=1).reshape(-1)
-    lo, hi = torch.sigmoid(-a.abs()), torch.sigmoid(a.abs())
-    upper = (a >= 0).double()
-    edges = torch.stack([torch.zeros_like(a), lo, hi, torch.ones_like(a)])          # [4, N]
-    cell_b = torch.stack([torch.ones_like(a), upper, torch.zeros_like(a)])
-    cell_anti = torch.stack([torch.zeros_like(a), upper, torch.ones_like(a)])
-    left, right = edges[:-1] - 0.5, edges[1:] - 0.5                                  # [3, N], shifted by 1/2
-    width = right - left
-    m1 = torch.where(width > 0, (left + right) / 2, 0.0)
-    m2 = torch.where(width > 0, (right**3 - left**3) / (3 * torch.where(width > 0, width, 1.0)), 0.0)
-    digits = (torch.arange(total)[:, None] // 3 ** torch.arange(n)) % 3
-    cols = torch.arange(n).expand_as(digits)
-    prob = width[digits, cols].prod(1)
-    diff = problem.loss(cell_anti[digits, cols]) - problem.loss(cell_b[digits, cols])      # f(b~) - f(b)
-    mean_c = (prob * diff) @ m1[digits, cols]
-    second_c = (prob * diff**2) @ m2[digits, cols]
-    if problem.x is None:
-        return mean_c, second_c - mean_c**2
-    mean = torch.cat([torch.outer(mean_c, problem.x).reshape(-1), mean_c])
-    second = torch.cat([torch.outer(second_c, problem.x**2).reshape(-1), second_c])
-    return mean, second - mean**2
-
-
 def check_disarm_variance(settings: CheckSettings) -> Verdict:
     def violates(p) -> bool:
-        _, arm_var = arm_exact_variance(p)
+        _, arm_var = arm_exact_moments(p)
         disarm_var = moments(p, "disarm", full_covariance=False).var
         return bool((disarm_var > arm_var + 1e-12 * (1 + arm_var.abs())).any())
 
@@ -138,7 +103,7 @@ def check_disarm_variance(settings: CheckSettings) -> Verdict:
         return Verdict("refuted", cases=found.tried, evidence="a coordinate where DisARM's variance exceeds ARM's",
                        counterexample=describe(found.example))
     toy = problems.toy(0.45, -1.0)
-    ratio = float(moments(toy, "disarm").var / arm_exact_variance(toy)[1])
+    ratio = float(moments(toy, "disarm").var / arm_exact_moments(toy)[1])
     return Verdict(
         "confirmed", cases=found.tried, summary="exact, per coordinate, one layer (Rao-Blackwellisation)",
         qualifier=f"never more variance, coordinate by coordinate; how much less depends on the problem (ratio "

@@ -14,12 +14,13 @@ from scipy import stats as sps
 from .. import enumeration, losses, problems, units
 from ..estimators import optimal_baseline
 from ..exact import exact_gradient
+from ..metrics import wrong_sign_coordinates
 from ..moments import moments
 from ..noise import NoiseStream
 from ..numerics import safe_divide
 from ..testing import independent_problems, networks, single_layer_problems
 from ..training import select_rate, train
-from .common import describe, exact_mean, gradient_scale, loss_class, st_sign_condition, st_wrong_sign, wrong_sign_coordinates
+from .common import describe, exact_mean, gradient_scale, loss_class, st_sign_condition, st_wrong_sign
 from .registry import CheckSettings, Claim, Verdict, register, search
 
 PAPER = "arXiv:1308.3432"

@@ -46,6 +46,9 @@ __all__ = [
     "resolve_options",
     "sample_trajectory",
     "backpropagate",
+    "backpropagate_loss",
+    "make_pathwise",
+    "pathwise",
     "check_gradient",
     "NonFiniteError",
     "OBJECTIVES",
@@ -184,6 +187,28 @@ def register(estimator: Estimator, *, replace: bool = False) -> Estimator:
     return estimator
 
 
+def make_pathwise(name: str, local_derivative: Callable[..., Tensor | float], *, summary: str | None = None,
+                  reference: str | None = None, unit: BernoulliUnit = BINARY, objective: str = "binary",
+                  defaults: Mapping[str, Any] | None = None,
+                  prepare: Callable[[Problem, dict[str, Any]], dict[str, Any]] | None = None,
+                  max_layers: int | None = None) -> Estimator:
+    """The :class:`Estimator` that :func:`pathwise` registers, unregistered."""
+    if not (isinstance(name, str) and name):
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if not callable(local_derivative):
+        raise ValueError(f"local_derivative must be a function (a, b) -> ds/da, got {type(local_derivative).__name__}")
+
+    def from_states(problem: Problem, traj: Trajectory, **options) -> FactoredGradient:
+        local = [local_derivative_like(local_derivative(a, b, **options), a) for a, b in zip(traj.logits, traj.indicators)]
+        return backpropagate_loss(problem, traj, local)
+
+    label = getattr(local_derivative, "__name__", "local_derivative")
+    return Estimator(name=name, summary=summary or f"dL/db * {label}(a, b), hard b forward",
+                     from_states=from_states, unit=unit, noise="discrete", needs_loss_gradient=True,
+                     objective=objective, defaults=dict(defaults or {}), prepare=prepare,
+                     max_layers=max_layers, reference=reference or "user-defined (gs.estimators.pathwise)")
+
+
 def pathwise(name: str, local_derivative: Callable[..., Tensor | float], *, summary: str | None = None,
              reference: str | None = None, replace: bool = False, unit: BernoulliUnit = BINARY,
              objective: str = "binary", defaults: Mapping[str, Any] | None = None,
@@ -201,26 +226,13 @@ def pathwise(name: str, local_derivative: Callable[..., Tensor | float], *, summ
     Carlo, ``gs.evaluate``, training and claims take the estimator like a built-in
     one, and ``gradstats.functional.pathwise(a, local_derivative)`` is its drop-in.
 
-    The built-in ones take more: ``unit`` (the law of the hard sample, such as the STS unit's
-    :math:`b \sim \mathrm{Bernoulli}(\sqrt p)`) and its ``objective``; ``defaults`` (options passed to
+    The built-in ones (:mod:`.surrogate`) take more: ``unit`` (the law of the hard sample, such as the STS
+    unit's :math:`b \sim \mathrm{Bernoulli}(\sqrt p)`) and its ``objective``; ``defaults`` (options passed to
     ``local_derivative`` as keywords, such as ReinMax's temperature) with ``prepare`` to check them;
     ``max_layers``.
     """
-    if not (isinstance(name, str) and name):
-        raise ValueError(f"name must be a non-empty string, got {name!r}")
-    if not callable(local_derivative):
-        raise ValueError(f"local_derivative must be a function (a, b) -> ds/da, got {type(local_derivative).__name__}")
-
-    def from_states(problem: Problem, traj: Trajectory, **options) -> FactoredGradient:
-        _, top = problem.loss.value_and_grad(traj.output)
-        local = [local_derivative_like(local_derivative(a, b, **options), a) for a, b in zip(traj.logits, traj.indicators)]
-        return backpropagate(problem, traj, top, local)
-
-    label = getattr(local_derivative, "__name__", "local_derivative")
-    return register(Estimator(name=name, summary=summary or f"dL/db * {label}(a, b), hard b forward",
-                              from_states=from_states, unit=unit, noise="discrete", needs_loss_gradient=True,
-                              objective=objective, defaults=dict(defaults or {}), prepare=prepare,
-                              max_layers=max_layers, reference=reference or "user-defined (gs.estimators.pathwise)"),
+    return register(make_pathwise(name, local_derivative, summary=summary, reference=reference, unit=unit,
+                                  objective=objective, defaults=defaults, prepare=prepare, max_layers=max_layers),
                     replace=replace)
 
 
@@ -295,6 +307,12 @@ def backpropagate(problem: Problem, trajectory: Trajectory, top: Tensor,
         if layer > 0:
             upstream = delta @ problem.parameters[weight].to(delta)
     return FactoredGradient(deltas, list(trajectory.inputs))
+
+
+def backpropagate_loss(problem: Problem, trajectory: Trajectory, local: list[Tensor | None]) -> FactoredGradient:
+    """:func:`backpropagate` from the loss's gradient at the trajectory's output (every pathwise estimator)."""
+    _, top = problem.loss.value_and_grad(trajectory.output)
+    return backpropagate(problem, trajectory, top, local)
 
 
 class NonFiniteError(ValueError):

@@ -6,6 +6,7 @@ from hypothesis import given
 
 import gradstats as gs
 from gradstats.claims import later_work
+from gradstats.estimators.score_function import arm_exact_moments
 from gradstats.testing import single_layer_problems
 
 
@@ -30,10 +31,10 @@ def test_disarm_variance(verdict):
     assert row["status"] == "confirmed" and row["cases"] >= 100
 
 
-def test_arm_exact_variance_matches_monte_carlo():
+def test_arm_exact_moments_match_monte_carlo():
     # mean exact (the gradient); variance against 1e6 draws within 3 % (> 10 standard errors of a sample variance)
     problem = gs.problems.sbn([2, 3], "squared_error", seed=3, weight_scale=2.0)
-    mean, var = later_work.arm_exact_variance(problem)
+    mean, var = arm_exact_moments(problem)
     assert torch.allclose(mean, gs.exact_gradient(problem), rtol=1e-10, atol=1e-13)
     mc = gs.moments(problem, "arm", method="mc", num_samples=1_000_000, seed=0, device="cpu", progress=False)
     assert torch.allclose(mc.var, var, rtol=0.03)

@@ -56,14 +56,14 @@ def _hex(values) -> list[str]:
 
 
 def table() -> dict:
-    from gradstats.claims.later_work import arm_exact_variance
+    from gradstats.estimators.score_function import arm_exact_moments
 
     out = {}
     for name, problem in problems().items():
         out[name] = {"exact gradient": {"mean": _hex(gs.exact_gradient(problem))},
                      "exact gradient (STS objective)": {"mean": _hex(gs.exact_gradient(problem, "sts"))}}
         if problem.num_layers == 1:
-            mean, var = arm_exact_variance(problem)
+            mean, var = arm_exact_moments(problem)
             out[name]["arm (its 3^N cells)"] = {"mean": _hex(mean), "var": _hex(var)}
         for label, (estimator, options) in CASES.items():
             if applies(estimator, problem):
