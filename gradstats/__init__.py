@@ -6,25 +6,31 @@ enough that every binary state can be enumerated.
 
 import importlib
 
-from . import enumeration, estimators, functional, losses, metrics, problems, stats, training, units
+from . import datasets, enumeration, estimators, functional, losses, metrics, problems, stats, training, units
 from .accumulators import Moments
 from .evaluation import evaluate
 from .exact import exact_gradient, exact_loss, exact_moments
+from .gradient_stats import GradientStats, estimate_reference, gradient_stats, per_draw_gradients
 from .moments import moments
 
 __all__ = [
+    "GradientStats",
     "Moments",
     "claims",
+    "datasets",
     "enumeration",
     "evaluate",
     "estimators",
     "exact_gradient",
     "exact_loss",
     "exact_moments",
+    "estimate_reference",
     "functional",
+    "gradient_stats",
     "losses",
     "moments",
     "metrics",
+    "per_draw_gradients",
     "problems",
     "stats",
     "training",

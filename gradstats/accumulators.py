@@ -125,13 +125,17 @@ class Summary:
         except (KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"{where}: not a stored summary ({type(err).__name__}: {err})") from err
 
-    def cpu(self) -> Summary:
+    def to(self, device) -> Summary:
+        """The same summary with its tensors on ``device``."""
         def mv(d):
-            return {k: (mv(v) if isinstance(v, dict) else v.cpu()) for k, v in d.items()}
+            return {k: (mv(v) if isinstance(v, dict) else v.to(device)) for k, v in d.items()}
 
-        return Summary(self.weight, self.count, self.mean.cpu(), self.m2.cpu(),
-                       None if self.comoment is None else self.comoment.cpu(),
+        return Summary(self.weight, self.count, self.mean.to(device), self.m2.to(device),
+                       None if self.comoment is None else self.comoment.to(device),
                        mv(self.sign_agree), mv(self.cosine), mv(self.descent), mv(self.cosine_m), dict(self.groups))
+
+    def cpu(self) -> Summary:
+        return self.to("cpu")
 
 
 @dataclass(frozen=True)

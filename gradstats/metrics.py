@@ -90,8 +90,9 @@ class MetricValue:
 
 
 def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: str,
-            ms: tuple[int, ...]) -> dict[tuple, float | Tensor]:
-    """Every metric from a summary, keyed by ``(metric, layer, m)``; per-coordinate ones are ``[D]`` tensors."""
+            ms: tuple[int, ...], reference_var: Tensor | None = None) -> dict[tuple, float | Tensor]:
+    """Every metric from a summary, keyed by ``(metric, layer, m)``; per-coordinate ones are ``[D]`` tensors.
+    ``reference_var`` (the squared standard error of an estimated reference) is taken out of the squared bias."""
     n = s.count
     var = s.m2 / s.weight if exact else s.m2 / max(n - 1, 1)
     mean = s.mean
@@ -101,6 +102,8 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
     out: dict[tuple, float | Tensor] = {("bias", 0, None): bias, ("variance", 0, None): var, ("snr", 0, None): snr}
     layers = problem.coordinate_layers().to(mean.device)
     agree = sign_agreement(mean, reference)
+    # an estimated reference's sign counts only where it is resolved (|g_j| > 3 standard errors)
+    resolved = torch.ones_like(agree) if reference_var is None else reference.abs() > 3 * reference_var.sqrt()
     for layer in range(problem.num_layers + 1):
         sel = torch.ones_like(layers, dtype=torch.bool) if layer == 0 else layers == layer
         if layer > 0 and problem.num_layers == 1:
@@ -112,12 +115,15 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
         out[("relative_bias", layer, None)] = ratio_or_inf(math.sqrt(bias2), float(g.norm()))
         out[("variance_trace", layer, None)] = trace
         sq_bias = bias2 if exact else bias2 - trace / n
+        if reference_var is not None:
+            sq_bias -= float(reference_var[sel].sum())
         for m in ms:
             out[("mse", layer, m)] = sq_bias + trace / m
         out[("cosine_mean", layer, None)] = cosine(mu, g)
-        out[("sign_agreement_mean", layer, None)] = float(agree[sel].to(torch.float64).mean())
+        counted = sel & resolved
+        out[("sign_agreement_mean", layer, None)] = float(agree[counted].to(torch.float64).mean())
         if name in s.sign_agree:
-            out[("sign_agreement_draw", layer, None)] = float(s.sign_agree[name][sel].mean() / s.weight)
+            out[("sign_agreement_draw", layer, None)] = float(s.sign_agree[name][counted].mean() / s.weight)
             out[("cosine_draw", layer, None)] = float(s.cosine[name][layer] / s.weight)
             out[("descent", layer, None)] = float(s.descent[name][layer] / s.weight)
             for m in ms:
@@ -128,37 +134,71 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
     return out
 
 
+def _with_reference_error(errors: dict, full: dict, bias: Tensor, reference_var: Tensor, problem: Problem,
+                          exact: bool) -> dict:
+    r"""Errors of ``bias_norm`` and ``mse`` with an estimated reference's variance added in quadrature (delta
+    method: :math:`\partial \lVert b \rVert / \partial g_j = -b_j / \lVert b \rVert`,
+    :math:`\partial \lVert b \rVert^2 / \partial g_j = -2 b_j`); the reference is independent of the draws."""
+    out = dict(errors)
+    layers = problem.coordinate_layers().to(bias.device)
+    for key in full:
+        metric, layer = key[0], key[1]
+        if metric not in ("bias_norm", "mse"):
+            continue
+        sel = torch.ones_like(layers, dtype=torch.bool) if layer == 0 else layers == layer
+        b, var = bias[sel], reference_var[sel]
+        if metric == "bias_norm":
+            norm = float(b.norm())
+            extra = float((b.square() * var).sum()) / norm**2 if norm > 0 else float(var.sum())
+        else:
+            extra = float((4 * b.square() * var).sum())
+        base = out.get(key, 0.0 if exact else math.nan)
+        out[key] = math.sqrt(float(base) ** 2 + extra)
+    return out
+
+
 def compute_metrics(moments: Moments, problem: Problem, reference: Tensor, reference_name: str,
                     ms: tuple[int, ...] = (1, 10, 100, 1000), reference_stderr: Tensor | None = None
                     ) -> list[MetricValue]:
     """Every metric of ``moments`` against ``reference`` (its per-draw metrics need
     ``moments`` to have been computed with ``references={reference_name: reference}``).
 
-    A reference that is itself a Monte Carlo estimate passes its ``reference_stderr``; the
-    per-coordinate bias's error then adds it in quadrature (the two are independent). Other
+    A reference that is itself a Monte Carlo estimate passes its ``reference_stderr``: the
+    per-coordinate bias's error adds it in quadrature (the two are independent), so do
+    ``bias_norm``'s and ``mse``'s (delta method), and ``mse``'s squared bias has the reference's
+    variance taken out, as it has the estimate's; the sign agreements count only the coordinates
+    whose reference sign is resolved (:math:`|g_j| > 3` standard errors; NaN when none is). Other
     metrics' errors are conditional on the reference.
     """
     reference = float64_vector("reference", reference, problem.num_parameters)
     if reference_stderr is not None:
         reference_stderr = float64_vector("reference_stderr", reference_stderr, problem.num_parameters)
     exact = moments.method == "exact"
-    full = _values(moments.summary, exact, problem, reference, reference_name, ms)
+    reference_var = None if reference_stderr is None else reference_stderr.square()
+    full = _values(moments.summary, exact, problem, reference, reference_name, ms, reference_var)
     errors: dict[tuple, float | Tensor] = {}
     k = len(moments.batches)
     if not exact and k >= 2:
+        batches = moments.batches
+        before = [batches[0]]                       # before[i]: batches 0..i merged; after[i]: batches i..k-1
+        for b in batches[1:]:
+            before.append(before[-1].merged(b))
+        after = [batches[-1]]
+        for b in reversed(batches[:-1]):
+            after.append(b.merged(after[-1]))
+        after.reverse()
         leave_one_out = []
         for i in range(k):
-            rest = None
-            for j, b in enumerate(moments.batches):
-                if j != i:
-                    rest = b if rest is None else rest.merged(b)
-            leave_one_out.append(_values(rest, False, problem, reference, reference_name, ms))
+            rest = after[1] if i == 0 else before[-2] if i == k - 1 else before[i - 1].merged(after[i + 1])
+            leave_one_out.append(_values(rest, False, problem, reference, reference_name, ms, reference_var))
         for key in full:
             vals = [loo[key] for loo in leave_one_out if key in loo]
             if len(vals) < 2:
                 continue
             stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in vals])
             errors[key] = ((len(vals) - 1) / len(vals) * (stacked - stacked.mean(0)).square().sum(0)).sqrt()
+    if reference_var is not None:
+        errors = _with_reference_error(errors, full, moments.mean - reference, reference_var, problem, exact)
     names = problem.coordinate_names()
     rows = []
     for (metric, layer, m), value in full.items():

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["BLOCK", "resolve_device", "block_seed", "NoiseStream"]
+__all__ = ["BLOCK", "resolve_device", "block_seed", "NoiseStream", "uniforms_as"]
 
 BLOCK = 2**16
 
@@ -40,6 +40,14 @@ def block_seed(seed: int, block: int) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
+def uniforms_as(u: Tensor, dtype: torch.dtype) -> Tensor:
+    """float64 uniforms in [0, 1) as ``dtype``: for float32, rounded down to its grid ``k / 2^24`` so that none
+    becomes 1.0 (the same uniforms in both precisions, up to that rounding)."""
+    if dtype == torch.float32:
+        return (u * 2.0**24).floor_().div_(2.0**24).to(torch.float32)
+    return u.to(dtype)
+
+
 class NoiseStream:
     """Uniforms ``[n, *shape]`` in [0, 1) for draw indices ``[start, stop)`` of one seeded stream."""
 
@@ -56,9 +64,7 @@ class NoiseStream:
             return self._cached[1]
         g = torch.Generator(device=self.device).manual_seed(block_seed(self.seed, k))
         block = torch.rand((BLOCK, *self.shape), generator=g, device=self.device, dtype=torch.float64)
-        if self.dtype == torch.float32:
-            # the same uniforms, rounded down to the float32 grid k / 2^24 so none becomes 1.0
-            block = (block * 2.0**24).floor_().div_(2.0**24).to(torch.float32)
+        block = uniforms_as(block, self.dtype)
         self._cached = (k, block)
         return block
 

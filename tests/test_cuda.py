@@ -28,3 +28,13 @@ def test_cuda_same_seed_same_bits():
     assert torch.equal(a.mean, b.mean) and torch.equal(a.var, b.var)
     c = gs.moments(problem, "st", chunk_size=12345, **kw)
     assert torch.allclose(a.mean, c.mean, rtol=1e-12, atol=1e-14)
+
+
+def test_gradient_stats_on_cuda_matches_the_cpu():
+    torch.manual_seed(0)
+    draws = torch.randn(3000, 7, dtype=torch.float64)
+    ref = torch.zeros(7, dtype=torch.float64)
+    cpu = gs.GradientStats(reference=ref).update(draws)
+    cuda = gs.GradientStats(reference=ref).update(draws.cuda())
+    assert torch.allclose(cuda.mean.cpu(), cpu.mean, rtol=1e-12) and torch.allclose(cuda.var.cpu(), cpu.var, rtol=1e-10)
+    assert cpu.merge(cuda).count == 6000

@@ -1,0 +1,506 @@
+r"""Gradient statistics of any model: a streaming, mergeable accumulator that needs no :class:`Problem`.
+
+Feed :class:`GradientStats` per-draw gradients (``[B, D]``, or a dict parameter name ->
+``[B, *shape]``, on any device) and read the metrics of :mod:`gradstats.metrics` against
+a reference, with the same names, definitions and delete-one-batch jackknife standard
+errors as ``gs.evaluate``. Every statistic is accumulated in float64 with the pairwise
+update of Chan, Golub & LeVeque (1979); memory is ``O(D)`` per batch (the full
+covariance only when asked).
+
+Batches for the jackknife are contiguous runs of draws of one size ``s``, a power of two:
+when a new chunk would make more than ``2 num_batches`` of them, neighbours are merged
+pairwise and ``s`` doubles, so between ``num_batches`` and ``2 num_batches`` batches
+remain once there are enough draws, however the draws arrive.
+
+:func:`per_draw_gradients` turns a loss closure over parameters and explicit uniforms
+into batched per-draw gradients (``torch.func.vmap`` of ``torch.func.grad``, no loop of
+backward passes); :func:`gradient_stats` streams them into a :class:`GradientStats`, and
+:func:`estimate_reference` gives a high-precision reference with its standard error from
+an unbiased estimator where the model is too large to enumerate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Mapping
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .accumulators import GradientAccumulator, Moments, Summary
+from .metrics import compute_metrics
+from .noise import uniforms_as
+from .numerics import positive_int, seed_value
+from .problems import FactoredGradient
+
+__all__ = ["GradientStats", "ParameterLayout", "per_draw_gradients", "gradient_stats", "estimate_reference"]
+
+_REFERENCE = "reference"
+
+
+class ParameterLayout:
+    """How the ``D`` flat coordinates split into named groups (parameter tensors), in order.
+
+    It is the part of the Problem protocol that the accumulators and the metrics read:
+    ``num_parameters``, ``num_layers`` (here: groups), ``layer_slices``,
+    ``coordinate_layers`` and ``coordinate_names``.
+    """
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]]):
+        if not shapes:
+            raise ValueError("a gradient needs at least one parameter tensor")
+        self.shapes = {str(k): tuple(int(n) for n in v) for k, v in shapes.items()}
+        self.names = list(self.shapes)
+        self.sizes = [math.prod(s) for s in self.shapes.values()]
+        self.num_parameters = sum(self.sizes)
+        self.num_layers = len(self.names)
+        self.description = f"{self.num_parameters} coordinates in {self.num_layers} group(s)"
+        starts = [0]
+        for size in self.sizes:
+            starts.append(starts[-1] + size)
+        self._slices = [slice(a, b) for a, b in zip(starts[:-1], starts[1:])]
+
+    @classmethod
+    def of(cls, value: Tensor | Mapping[str, Tensor], batched: bool) -> ParameterLayout:
+        """The layout of a flat tensor (one group, ``"all"``) or a dict of tensors (leading draw axis if ``batched``)."""
+        if isinstance(value, Tensor):
+            if value.ndim != (2 if batched else 1):
+                raise ValueError(f"expected a tensor of shape {'[B, D]' if batched else '[D]'}, got {tuple(value.shape)}")
+            return cls({"all": (value.shape[-1],)})
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                if not isinstance(v, Tensor) or (batched and v.ndim < 1):
+                    raise ValueError(f"{k!r}: expected a tensor{' with a leading draw axis' if batched else ''}, "
+                                     f"got {type(v).__name__ if not isinstance(v, Tensor) else tuple(v.shape)}")
+            return cls({k: tuple(v.shape[1:] if batched else v.shape) for k, v in value.items()})
+        raise ValueError(f"expected a tensor or a dict name -> tensor, got {type(value).__name__}")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ParameterLayout) and self.shapes == other.shapes
+
+    def layer_slices(self) -> list[tuple[None, slice]]:
+        return [(None, s) for s in self._slices]
+
+    def coordinate_layers(self) -> Tensor:
+        return torch.cat([torch.full((n,), i + 1) for i, n in enumerate(self.sizes)])
+
+    def coordinate_names(self) -> list[str]:
+        names = []
+        for name, shape in self.shapes.items():
+            if len(self.names) == 1 and name == "all":
+                names += [str(i) for i in range(self.num_parameters)]
+                continue
+            for index in torch.cartesian_prod(*[torch.arange(n) for n in shape]).reshape(math.prod(shape), -1):
+                names.append(f"{name}[{','.join(str(int(i)) for i in index)}]")
+        return names
+
+    def flatten(self, value: Tensor | Mapping[str, Tensor], name: str, batched: bool) -> Tensor:
+        """``value`` as ``[B, D]`` (``batched``) or ``[D]``, checked against the layout (a ValueError naming ``name``)."""
+        try:
+            layout = ParameterLayout.of(value, batched)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from err
+        if isinstance(value, Tensor):
+            if len(self.names) != 1 or self.num_parameters != value.shape[-1]:
+                raise ValueError(f"{name} has {value.shape[-1]} coordinates; expected {self.description} "
+                                 f"({', '.join(self.names)})")
+            return value
+        if layout != self:
+            raise ValueError(f"{name} has parameters {layout.shapes}; expected {self.shapes}")
+        parts = [value[k] for k in self.names]
+        if batched:
+            rows = {p.shape[0] for p in parts}
+            if len(rows) != 1:
+                raise ValueError(f"{name}: every tensor needs the same number of draws, got {sorted(rows)}")
+            return torch.cat([p.reshape(p.shape[0], -1) for p in parts], 1)
+        return torch.cat([p.reshape(-1) for p in parts])
+
+    def split(self, value: Tensor | Mapping[str, Tensor], name: str) -> list[Tensor]:
+        """Batched ``value`` as one ``[B, size]`` view per group, checked against the layout (no copy)."""
+        try:
+            layout = ParameterLayout.of(value, batched=True)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from err
+        if isinstance(value, Tensor):
+            self.flatten(value, name, batched=True)
+            return list(value.split(self.sizes, 1))
+        if layout != self:
+            raise ValueError(f"{name} has parameters {layout.shapes}; expected {self.shapes}")
+        parts = [value[k].reshape(value[k].shape[0], -1) for k in self.names]
+        if len({p.shape[0] for p in parts}) != 1:
+            raise ValueError(f"{name}: every tensor needs the same number of draws, got {sorted({p.shape[0] for p in parts})}")
+        return parts
+
+    def unflatten(self, flat: Tensor) -> Tensor | dict[str, Tensor]:
+        """``[D]`` back to a dict of tensors (or the tensor itself for one unnamed group)."""
+        if self.names == ["all"]:
+            return flat
+        return {k: flat[s].reshape(self.shapes[k]) for k, s in zip(self.names, self._slices)}
+
+
+class GradientStats:
+    """Streaming, mergeable statistics of per-draw gradients, and their metrics against a reference.
+
+    Args:
+        reference: the gradient the draws estimate, ``[D]`` or a dict name -> tensor (one per
+            parameter tensor); ``None`` for moments alone.
+        reference_stderr: the reference's standard error where it is itself an estimate (same shape);
+            the bias, its norm and the MSE then carry it (the other metrics are conditional on the reference).
+        full_covariance: also accumulate the ``[D, D]`` covariance (``O(D^2)`` memory).
+        num_batches: the fewest contiguous batches the jackknife standard errors use (at most twice as
+            many are kept).
+
+    ``update(grads)`` folds in a chunk of draws: a tensor ``[B, D]`` or a dict name -> ``[B, *shape]``
+    (such as per-draw gradients of ``model.named_parameters()``).
+    """
+
+    def __init__(self, reference: Tensor | Mapping[str, Tensor] | None = None,
+                 reference_stderr: Tensor | Mapping[str, Tensor] | None = None, full_covariance: bool = False,
+                 num_batches: int = 20):
+        if not isinstance(full_covariance, bool):
+            raise ValueError(f"full_covariance must be True or False, got {full_covariance!r}")
+        self.num_batches = positive_int("num_batches", num_batches)
+        if self.num_batches < 2:
+            raise ValueError(f"num_batches must be at least 2 (the jackknife leaves one batch out), got {num_batches}")
+        if reference_stderr is not None and reference is None:
+            raise ValueError("reference_stderr was given without a reference")
+        self.full_covariance = full_covariance
+        self._given_reference, self._given_stderr = reference, reference_stderr
+        self.layout: ParameterLayout | None = None
+        self.reference: Tensor | None = None
+        self.reference_stderr: Tensor | None = None
+        if reference is not None:
+            self._set_layout(ParameterLayout.of(reference, batched=False))
+        self._batches: list[GradientAccumulator] = []
+        self._batch_size = 1
+        self._full: GradientAccumulator | None = None
+        self._device = None
+
+    # ---- layout and reference --------------------------------------------------------------
+    def _set_layout(self, layout: ParameterLayout) -> None:
+        self.layout = layout
+        if self._given_reference is not None:
+            self.reference = self._vector(self._given_reference, "reference")
+        if self._given_stderr is not None:
+            self.reference_stderr = self._vector(self._given_stderr, "reference_stderr")
+            if bool((self.reference_stderr < 0).any()):
+                raise ValueError("reference_stderr must be >= 0")
+
+    def _vector(self, value, name: str) -> Tensor:
+        flat = self.layout.flatten(value, name, batched=False).detach().to("cpu", torch.float64)
+        if not bool(torch.isfinite(flat).all()):
+            raise ValueError(f"{name} must be finite")
+        return flat
+
+    def _accumulator(self, full: bool = False) -> GradientAccumulator:
+        refs = {} if full or self.reference is None else {_REFERENCE: self.reference}
+        return GradientAccumulator(self.layout, refs, full_covariance=full, device=self._device)
+
+    # ---- folding in draws ------------------------------------------------------------------
+    def update(self, grads: Tensor | Mapping[str, Tensor]) -> GradientStats:
+        """Fold in a chunk of per-draw gradients ``[B, D]`` or a dict name -> ``[B, *shape]``; returns ``self``.
+
+        A chunk with a non-finite value (NaN or infinity) is refused whole, with the draw named, and the
+        statistics are left as they were."""
+        if self.layout is None:
+            self._set_layout(ParameterLayout.of(grads, batched=True))
+        parts = [p.detach() for p in self.layout.split(grads, "grads")]
+        if not all(p.is_floating_point() for p in parts):
+            raise ValueError(f"grads must be floating point, got {[p.dtype for p in parts]}")
+        if self._device is None:
+            self._adopt(parts[0].device)
+        parts = [p.to(self._device) for p in parts]
+        rows = parts[0].shape[0]
+        if rows == 0:
+            return self
+        saved = (list(self._batches), [b.summary for b in self._batches], self._batch_size,
+                 None if self._full is None else self._full.summary)
+        while math.ceil((self.count + rows) / self._batch_size) > 2 * self.num_batches:
+            self._halve_batches()
+        first = max(len(self._batches) - 1, 0)
+        start = 0
+        while start < rows:
+            if not self._batches or self._batches[-1].summary.count == self._batch_size:
+                self._batches.append(self._accumulator())
+            take = min(self._batch_size - self._batches[-1].summary.count, rows - start)
+            self._batches[-1].add(self._piece(parts, start, start + take))
+            start += take
+        if self.full_covariance:
+            if self._full is None:
+                self._full = self._accumulator(full=True)
+            self._full.add(self._piece(parts, 0, rows))
+        touched = [b.summary for b in self._batches[first:]]
+        if not all(bool(torch.isfinite(t.mean).all() and torch.isfinite(t.m2).all()) for t in touched):
+            self._restore(saved)
+            rows_bad = torch.nonzero(~torch.stack([torch.isfinite(p).all(1) for p in parts]).all(0)).flatten()
+            if len(rows_bad) == 0:
+                raise ValueError("grads: the chunk's statistics overflow float64 (values near 1e154 or beyond); "
+                                 "the chunk was not added")
+            bad = int(rows_bad[0])
+            raise ValueError(f"grads has a non-finite value (NaN or infinity) in draw {bad} of this chunk "
+                             f"(draw {self.count + bad} overall); the chunk was not added")
+        return self
+
+    def _piece(self, parts: list[Tensor], start: int, stop: int) -> FactoredGradient:
+        """Rows ``start:stop`` of the chunk, one dense block per group (the accumulator's layer parts)."""
+        return FactoredGradient([p[start:stop] for p in parts], [None] * len(parts))
+
+    def _restore(self, saved) -> None:
+        batches, summaries, batch_size, full = saved
+        self._batches, self._batch_size = batches, batch_size
+        for acc, summary in zip(batches, summaries):
+            acc.summary, acc.position = summary, summary.count
+        if self._full is not None:
+            if full is None:
+                self._full = None
+            else:
+                self._full.summary, self._full.position = full, full.count
+
+    def _adopt(self, device) -> None:
+        """Accumulate on ``device`` from now on, moving what is stored there (after a load or a merge)."""
+        self._device = device
+        if self.reference is not None:
+            self.reference = self.reference.to(device)
+        batches, self._batches = self._batches, []
+        for b in batches:
+            acc = self._accumulator()
+            acc.summary, acc.position = b.summary.to(device), b.summary.count
+            self._batches.append(acc)
+        if self._full is not None:
+            full, self._full = self._full, self._accumulator(full=True)
+            self._full.summary = full.summary.to(device)
+
+    def _halve_batches(self) -> None:
+        """Merge neighbouring batches pairwise; the batch size doubles."""
+        merged = []
+        for i in range(0, len(self._batches), 2):
+            pair = self._batches[i:i + 2]
+            acc = pair[0]
+            if len(pair) == 2:
+                acc.summary = acc.summary.merged(pair[1].summary)
+                acc.position = acc.summary.count
+            merged.append(acc)
+        self._batches = merged
+        self._batch_size *= 2
+
+    # ---- results ---------------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        """Draws folded in so far."""
+        return sum(b.summary.count for b in self._batches)
+
+    def _summary(self) -> Summary:
+        if not self._batches:
+            raise ValueError("no draws yet: call update(grads) first")
+        total = self._batches[0].summary
+        for b in self._batches[1:]:
+            total = total.merged(b.summary)
+        if self._full is not None:
+            total = dataclasses.replace(total, comoment=self._full.summary.comoment)
+        return total
+
+    @property
+    def moments(self) -> Moments:
+        """The :class:`~gradstats.Moments` of the draws (``method="mc"``; ``loss_evals_per_draw`` 0: unknown here)."""
+        return Moments.from_summary(self._summary(), method="mc", estimator="GradientStats", loss_evals_per_draw=0,
+                                    batches=tuple(b.summary for b in self._batches))
+
+    @property
+    def mean(self) -> Tensor | dict[str, Tensor]:
+        """The mean gradient, shaped like the input (``[D]`` or a dict)."""
+        moments = self.moments
+        return self.layout.unflatten(moments.mean)
+
+    @property
+    def var(self) -> Tensor | dict[str, Tensor]:
+        """Per-coordinate variance of one draw (``n - 1`` denominator)."""
+        moments = self.moments
+        return self.layout.unflatten(moments.var)
+
+    @property
+    def mean_stderr(self) -> Tensor | dict[str, Tensor]:
+        """Standard error of :attr:`mean`."""
+        moments = self.moments
+        return self.layout.unflatten(moments.mean_stderr)
+
+    def to_frame(self, ms: tuple[int, ...] = (1, 10, 100, 1000), per_coordinate: bool = False) -> pd.DataFrame:
+        """Tidy metrics: columns ``metric, group, M, value, stderr, count`` (and ``coordinate`` when
+        ``per_coordinate``). ``group`` is ``"all"`` for every coordinate and the parameter's name for its
+        part; metric names and definitions are those of ``gs.evaluate`` (:mod:`gradstats.metrics`), with
+        jackknife standard errors. ``cosine_m`` of ``M > 1`` draws is not accumulated here. Without a
+        reference only ``variance_trace`` (and per coordinate ``variance``) is given."""
+        ms = tuple(positive_int("ms entries", m) for m in ms)
+        moments = self.moments
+        reference = self.reference.cpu() if self.reference is not None else torch.zeros(self.layout.num_parameters,
+                                                                                      dtype=torch.float64)
+        rows = compute_metrics(moments, self.layout, reference, _REFERENCE, ms, reference_stderr=self.reference_stderr)
+        if self.reference is None:
+            rows = [r for r in rows if r.metric in ("variance_trace", "variance")]
+        if not per_coordinate:
+            rows = [r for r in rows if not r.coordinate]
+        groups = ["all", *self.layout.names] if self.layout.num_layers > 1 else ["all"]
+        frame = pd.DataFrame([{"metric": r.metric, "group": groups[r.layer], "M": r.m, "value": r.value,
+                               "stderr": r.stderr, "count": moments.num_samples,
+                               **({"coordinate": r.coordinate} if per_coordinate else {})} for r in rows])
+        frame["M"] = frame["M"].astype("Int64")
+        return frame
+
+    # ---- combining and storing ---------------------------------------------------------------
+    def _check_compatible(self, other: GradientStats) -> None:
+        if not isinstance(other, GradientStats):
+            raise ValueError(f"can only merge another GradientStats, got {type(other).__name__}")
+        if self.full_covariance != other.full_covariance:
+            raise ValueError("cannot merge statistics with and without a full covariance")
+        if self.layout is not None and other.layout is not None and self.layout != other.layout:
+            raise ValueError(f"cannot merge gradients of different layouts: {self.layout.shapes} and {other.layout.shapes}")
+        for name in ("reference", "reference_stderr"):
+            a, b = getattr(self, name), getattr(other, name)
+            if (a is None) != (b is None) or (a is not None and not torch.equal(a.cpu(), b.cpu())):
+                raise ValueError(f"cannot merge statistics against different {name}s")
+
+    def merge(self, other: GradientStats) -> GradientStats:
+        """A new GradientStats holding the draws of both (the work of several processes or devices)."""
+        self._check_compatible(other)
+        out = GradientStats(self._given_reference, self._given_stderr, self.full_covariance, self.num_batches)
+        out.load_state_dict(self.state_dict())
+        if other.count == 0:
+            return out
+        if out.layout is None:
+            out._set_layout(other.layout)
+        for b in other._batches:
+            acc = out._accumulator()
+            acc.summary, acc.position = b.summary.cpu(), b.summary.count
+            out._batches.append(acc)
+        out._batch_size = max(out._batch_size, other._batch_size)
+        while len(out._batches) > 2 * out.num_batches:
+            out._halve_batches()
+        if other._full is not None:
+            if out._full is None:
+                out._full = out._accumulator(full=True)
+            out._full.summary = out._full.summary.merged(other._full.summary.cpu())
+        return out
+
+    def state_dict(self) -> dict:
+        """Plain tensors (on the CPU), numbers and dicts: what :meth:`load_state_dict` restores."""
+        return {"version": 1, "layout": None if self.layout is None else dict(self.layout.shapes),
+                "batch_size": self._batch_size, "num_batches": self.num_batches,
+                "full_covariance": self.full_covariance,
+                "reference": None if self.reference is None else self.reference.cpu(),
+                "reference_stderr": None if self.reference_stderr is None else self.reference_stderr.cpu(),
+                "batches": [b.summary.cpu().to_state() for b in self._batches],
+                "full": None if self._full is None else self._full.summary.cpu().to_state()}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore :meth:`state_dict`'s output into this (empty or not) GradientStats, checking it first."""
+        try:
+            if state["version"] != 1 or state["full_covariance"] != self.full_covariance:
+                raise ValueError("a stored GradientStats of another version or covariance setting")
+            layout = None if state["layout"] is None else ParameterLayout(state["layout"])
+            if self.layout is not None and layout is not None and layout != self.layout:
+                raise ValueError(f"stored layout {layout.shapes} differs from {self.layout.shapes}")
+            for name in ("reference", "reference_stderr"):
+                mine, stored = getattr(self, name), state[name]
+                if (mine is None) != (stored is None) or (mine is not None and not torch.equal(mine.cpu(), stored)):
+                    raise ValueError(f"the stored {name} differs from this one's")
+            batch_size = positive_int("batch_size", int(state["batch_size"]))
+            if layout is not None and self.layout is None:
+                self._set_layout(layout)
+            dim = 0 if layout is None else layout.num_parameters
+            summaries = [Summary.from_state(s, dim, False, f"batch {i}") for i, s in enumerate(state["batches"])]
+            full = None if state["full"] is None else Summary.from_state(state["full"], dim, True, "full covariance")
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"not a stored GradientStats ({type(err).__name__}: {err})") from err
+        self._device = None
+        self._batches = []
+        for s in summaries:
+            acc = self._accumulator()
+            acc.summary, acc.position = s, s.count
+            self._batches.append(acc)
+        self._batch_size = batch_size
+        self._full = None
+        if full is not None:
+            self._full = self._accumulator(full=True)
+            self._full.summary = full
+
+    def __repr__(self) -> str:
+        layout = "no draws yet" if self.layout is None else self.layout.description
+        return (f"GradientStats({self.count} draws, {layout}, reference={'yes' if self.reference is not None else 'no'}, "
+                f"{len(self._batches)} batches)")
+
+
+# ---- per-draw gradients of a user's model ------------------------------------------------------
+
+def per_draw_gradients(loss: Callable[..., Tensor], params: Mapping[str, Tensor], num_draws: int, *,
+                       noise_shape: tuple[int, ...] | Mapping[str, tuple[int, ...]], chunk_size: int = 256,
+                       seed: int = 0, dtype: torch.dtype | None = None) -> Iterator[dict[str, Tensor]]:
+    r"""Per-draw gradients of ``loss(params, u)`` with respect to ``params``, a chunk of draws at a time.
+
+    ``loss(params, u)`` returns one draw's scalar loss (a surrogate whose gradient is the estimate, for
+    the score-function drop-ins) given explicit uniforms ``u`` of ``noise_shape`` (a tuple, or a dict
+    name -> tuple for several noise tensors), for example a model built with :mod:`gradstats.functional`
+    drop-ins that take ``u=``. Draw ``i`` gets its own uniforms; the chunk's gradients come from one
+    ``torch.func.vmap`` of ``torch.func.grad`` (no loop of backward passes), on the parameters' device.
+    The uniforms come from a ``torch.Generator`` seeded with ``seed`` on the CPU, in draw order, so a run
+    is the same for any ``chunk_size`` and device (in float32 they are rounded down to its grid, so none
+    is 1). Yields dicts name -> ``[b, *shape]``.
+    """
+    from torch.func import grad, vmap
+
+    num_draws = positive_int("num_draws", num_draws)
+    chunk_size = positive_int("chunk_size", chunk_size)
+    seed = seed_value("seed", seed)
+    if not isinstance(params, Mapping) or not params or not all(isinstance(v, Tensor) for v in params.values()):
+        raise ValueError("params must be a non-empty dict name -> tensor (e.g. dict(model.named_parameters()))")
+    if not callable(loss):
+        raise ValueError(f"loss must be a function (params, u) -> scalar, got {type(loss).__name__}")
+    shapes = noise_shape if isinstance(noise_shape, Mapping) else {None: noise_shape}
+    for k, shape in shapes.items():
+        if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 1 for n in shape)):
+            raise ValueError(f"noise_shape{'' if k is None else f'[{k!r}]'} must be a tuple of positive integers, "
+                             f"got {shape!r}")
+    detached = {k: v.detach() for k, v in params.items()}
+    first = next(iter(detached.values()))
+    dtype = dtype or first.dtype
+    generator = torch.Generator().manual_seed(seed)
+    per_draw = vmap(grad(loss), in_dims=(None, 0), randomness="different")
+    for start in range(0, num_draws, chunk_size):
+        rows = min(chunk_size, num_draws - start)
+        noise = {k: uniforms_as(torch.rand((rows, *shape), generator=generator, dtype=torch.float64), dtype)
+                 .to(first.device) for k, shape in shapes.items()}
+        yield per_draw(detached, noise[None] if None in noise else noise)
+
+
+def gradient_stats(loss: Callable[..., Tensor], params: Mapping[str, Tensor], num_draws: int, *,
+                   noise_shape, chunk_size: int = 256, seed: int = 0, dtype: torch.dtype | None = None,
+                   progress: bool = False, **stats_options) -> GradientStats:
+    """:func:`per_draw_gradients` streamed into a :class:`GradientStats` (``stats_options``: its arguments)."""
+    stats = GradientStats(**stats_options)
+    chunks = per_draw_gradients(loss, params, num_draws, noise_shape=noise_shape, chunk_size=chunk_size, seed=seed,
+                                dtype=dtype)
+    if progress:
+        from tqdm.auto import tqdm
+        chunks = tqdm(chunks, total=math.ceil(num_draws / chunk_size), unit="chunk")
+    for chunk in chunks:
+        stats.update(chunk)
+    return stats
+
+
+def estimate_reference(loss: Callable[..., Tensor], params: Mapping[str, Tensor], num_draws: int, *,
+                       noise_shape, chunk_size: int = 256, seed: int = 0, dtype: torch.dtype | None = None,
+                       progress: bool = False) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    r"""A high-precision reference gradient where enumeration is impossible: the mean of ``num_draws`` draws
+    of an *unbiased* estimator and its standard error, ``(mean, stderr)`` as dicts name -> tensor.
+
+    ``loss(params, u)`` must be the surrogate of an unbiased estimator of the gradient wanted, e.g. built with
+    :func:`gradstats.functional.reinforce_loo` or :func:`gradstats.functional.disarm` (whose surrogates'
+    gradients are unbiased for the binary network), so that the mean converges to the true gradient at the
+    rate its standard error states. Pass both to ``GradientStats(reference=mean, reference_stderr=stderr)``:
+    the bias, its norm and the MSE then carry the reference's error; use a seed the estimators under test do
+    not use.
+    """
+    stats = gradient_stats(loss, params, num_draws, noise_shape=noise_shape, chunk_size=chunk_size, seed=seed,
+                           dtype=dtype, progress=progress)
+    mean, stderr = stats.moments.mean, stats.moments.mean_stderr
+    return stats.layout.unflatten(mean), stats.layout.unflatten(stderr)

@@ -1,0 +1,184 @@
+"""GradientStats: gradient statistics of any model, with no Problem; per-draw gradients of a user's loss."""
+
+import pandas as pd
+import pytest
+import torch
+
+import gradstats as gs
+import gradstats.functional as gf
+from gradstats.metrics import compute_metrics
+from gradstats.montecarlo import mc_moments
+from gradstats.noise import NoiseStream
+
+N, PIECE, BATCHES = 4096, 128, 32
+
+
+def _draws(problem, estimator, seed=3):
+    """The per-draw gradients mc_moments uses for ``seed``, dense, in pieces of PIECE draws."""
+    est = gs.estimators.get(estimator)
+    options = gs.estimators.resolve_options(est, problem, {})
+    stream = NoiseStream(seed, (est.noise_per_unit(options), problem.num_units), torch.device("cpu"))
+    for start in range(0, N, PIECE):
+        dense = est.draw(problem, stream.uniforms(start, start + PIECE), **options).dense()
+        yield dict(zip(problem.parameters, dense.split([v.numel() for v in problem.parameters.values()], 1)))
+
+
+@pytest.mark.parametrize("estimator", ["gumbel", "reinforce", "st"])
+def test_the_same_draws_give_the_metrics_of_evaluate(estimator):
+    problem = gs.problems.sbn([3, 2], seed=1)
+    g = gs.exact_gradient(problem)
+    parts = g.split([v.numel() for v in problem.parameters.values()])
+    stats = gs.GradientStats(reference=dict(zip(problem.parameters, parts)), num_batches=BATCHES // 2)
+    for chunk in _draws(problem, estimator):
+        stats.update(chunk)
+    assert stats.count == N and len(stats._batches) == BATCHES
+    mine = stats.to_frame(ms=(1, 10))
+    theirs = gs.evaluate(problem, estimator, method="mc", num_samples=N, seed=3, ms=(1, 10), device="cpu")
+    theirs = theirs[(theirs.coordinate == "") & ~((theirs.metric == "cosine_m") & (theirs.M > 1))]
+    assert set(mine.group) == {"all", *problem.parameters}   # one group per parameter tensor
+    overall = mine[mine.group == "all"]
+    assert len(overall) == len(theirs[theirs.layer == 0])
+    for row in overall.itertuples():
+        match = theirs[(theirs.metric == row.metric) & (theirs.layer == 0)
+                       & (theirs.M.fillna(-1) == (-1 if pd.isna(row.M) else row.M))]
+        assert len(match) == 1, row
+        assert row.value == pytest.approx(float(match.value.iloc[0]), rel=1e-10, abs=1e-12), row.metric
+    # standard errors: the same 32 contiguous batches as mc_moments with num_batches=32
+    m = mc_moments(problem, estimator, num_samples=N, seed=3, num_batches=BATCHES, references={"binary": g},
+                   full_covariance=False, device="cpu")
+    expected = {(v.metric, v.m): v.stderr for v in compute_metrics(m, problem, g, "binary", (1, 10)) if v.layer == 0
+                and not v.coordinate}
+    for row in overall.itertuples():
+        key = (row.metric, None if pd.isna(row.M) else row.M)
+        assert row.stderr == pytest.approx(expected[key], rel=1e-8, abs=1e-14), key
+
+
+def test_dict_input_keeps_parameter_shapes_and_groups():
+    torch.manual_seed(0)
+    ref = {"w": torch.zeros(2, 3), "b": torch.zeros(2)}
+    stats = gs.GradientStats(reference=ref)
+    draws = {"w": torch.randn(500, 2, 3) + 1.0, "b": torch.randn(500, 2)}
+    stats.update(draws)
+    assert stats.mean["w"].shape == (2, 3) and stats.var["b"].shape == (2,)
+    assert torch.allclose(stats.mean["w"], draws["w"].double().mean(0))
+    assert torch.allclose(stats.var["b"], draws["b"].double().var(0))
+    assert torch.allclose(stats.mean_stderr["b"], (draws["b"].double().var(0) / 500).sqrt())
+    frame = stats.to_frame()
+    assert set(frame.group) == {"all", "w", "b"}
+    assert set(frame.columns) >= {"metric", "group", "value", "stderr", "M"}
+
+
+def test_merge_and_state_dict_give_back_the_same_statistics():
+    torch.manual_seed(1)
+    draws = torch.randn(3000, 5, dtype=torch.float64) + torch.arange(5.0, dtype=torch.float64)
+    ref = torch.arange(5.0, dtype=torch.float64) + 0.1
+    whole = gs.GradientStats(reference=ref).update(draws)
+    first, second = gs.GradientStats(reference=ref).update(draws[:1000]), gs.GradientStats(reference=ref).update(draws[1000:])
+    merged = first.merge(second)
+    assert merged.count == 3000 and first.count == 1000          # merge returns a new object
+    assert torch.allclose(merged.mean, whole.mean, rtol=1e-12) and torch.allclose(merged.var, whole.var, rtol=1e-10)
+    a, b = merged.to_frame(), whole.to_frame()
+    assert a.value.to_numpy() == pytest.approx(b.value.to_numpy(), rel=1e-9)
+    restored = gs.GradientStats(reference=ref)
+    restored.load_state_dict(whole.state_dict())
+    assert restored.to_frame().equals(b)
+    restored.update(draws[:10])
+    assert restored.count == 3010
+
+
+def test_an_estimated_reference_widens_the_bias_errors_and_leaves_the_squared_bias_unbiased():
+    torch.manual_seed(2)
+    draws = torch.randn(20000, 4, dtype=torch.float64)
+    ref = torch.zeros(4, dtype=torch.float64)
+    exact = gs.GradientStats(reference=ref).update(draws).to_frame()
+    noisy = gs.GradientStats(reference=ref, reference_stderr=torch.full((4,), 0.01, dtype=torch.float64)).update(draws)
+    noisy = noisy.to_frame()
+
+    def row(frame, metric, m=None):
+        sel = frame[(frame.metric == metric) & (frame.group == "all")]
+        return sel[sel.M == m].iloc[0] if m is not None else sel.iloc[0]
+
+    assert row(noisy, "bias_norm").stderr > row(exact, "bias_norm").stderr
+    assert row(noisy, "mse", 1000).stderr > row(exact, "mse", 1000).stderr
+    # the squared bias has 4 * 0.01^2 of reference variance taken out
+    assert row(exact, "mse", 1).value - row(noisy, "mse", 1).value == pytest.approx(4e-4, rel=1e-9)
+
+
+@pytest.mark.parametrize("kwargs, update, match", [
+    ({"num_batches": 1}, None, "num_batches"),
+    ({"reference_stderr": torch.ones(3)}, None, "without a reference"),
+    ({"reference": torch.zeros(3)}, torch.zeros(5, 4), "grads has 4 coordinates"),
+    ({}, torch.tensor([[0.0, float("nan")]]), "non-finite value .* draw 0"),
+    ({"reference": {"w": torch.zeros(2)}}, {"v": torch.zeros(5, 2)}, "grads has parameters"),
+    ({}, {"w": torch.zeros(5, 2), "b": torch.zeros(4, 1)}, "same number of draws"),
+])
+def test_bad_input_is_named(kwargs, update, match):
+    with pytest.raises(ValueError, match=match):
+        gs.GradientStats(**kwargs).update(update if update is not None else torch.zeros(2, 3))
+
+
+def test_no_draws_yet_is_an_error_not_a_zero():
+    with pytest.raises(ValueError, match="no draws yet"):
+        _ = gs.GradientStats().mean
+
+
+def _model_loss(params, u):
+    """A two-layer straight-through network on one input, its loss for one draw of uniforms ``u [2, 3]``."""
+    x = torch.tensor([0.5, -1.0, 2.0], dtype=params["w1"].dtype)
+    h1 = gf.straight_through(x @ params["w1"], u=u[0])
+    h2 = gf.straight_through(h1 @ params["w2"], u=u[1])
+    return (h2.sum() - 1.0) ** 2
+
+
+def test_per_draw_gradients_equal_a_loop_of_backward_passes_and_do_not_depend_on_the_chunk():
+    torch.manual_seed(3)
+    params = {"w1": torch.randn(3, 3, dtype=torch.float64), "w2": torch.randn(3, 3, dtype=torch.float64)}
+    chunks = list(gs.per_draw_gradients(_model_loss, params, 10, noise_shape=(2, 3), chunk_size=4, seed=5))
+    batched = {k: torch.cat([c[k] for c in chunks]) for k in params}
+    u = torch.rand((10, 2, 3), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for i in range(10):
+        leaf = {k: v.clone().requires_grad_() for k, v in params.items()}
+        _model_loss(leaf, u[i]).backward()
+        for k in params:
+            assert torch.allclose(batched[k][i], leaf[k].grad, rtol=1e-12, atol=1e-14), (k, i)
+    other = list(gs.per_draw_gradients(_model_loss, params, 10, noise_shape=(2, 3), chunk_size=7, seed=5))
+    assert torch.equal(torch.cat([c["w1"] for c in other]), batched["w1"])
+
+
+def test_estimate_reference_is_the_mean_of_an_unbiased_estimator_with_its_error():
+    # one unit, f(b) = (b - 0.3)^2: the exact gradient is sigma'(a) (f(1) - f(0)) = sigma'(a) * 0.4
+    a0 = torch.tensor([0.2], dtype=torch.float64)
+
+    def loo(params, u):
+        _, surrogate = gf.reinforce_loo(params["a"], lambda b: ((b - 0.3) ** 2).sum(-1), k=4, u=u)
+        return surrogate
+
+    mean, stderr = gs.estimate_reference(loo, {"a": a0}, 20000, noise_shape=(4, 1), chunk_size=5000, seed=1)
+    exact = torch.sigmoid(a0) * torch.sigmoid(-a0) * 0.4
+    assert abs(float(mean["a"] - exact)) < 4 * float(stderr["a"])   # fails with probability about 6e-5
+    assert 0 < float(stderr["a"]) < 0.01
+
+
+def test_sign_agreement_against_an_estimated_reference_counts_only_resolved_signs():
+    draws = torch.tensor([[1.0, -0.5]], dtype=torch.float64).repeat(100, 1) + 0.01 * torch.randn(100, 2, dtype=torch.float64)
+    ref = torch.tensor([1.0, 0.001], dtype=torch.float64)
+    plain = gs.GradientStats(reference=ref).update(draws).to_frame()
+    noisy = gs.GradientStats(reference=ref, reference_stderr=torch.full((2,), 0.01, dtype=torch.float64)).update(draws)
+    noisy = noisy.to_frame()
+    for frame, expected in ((plain, 0.5), (noisy, 1.0)):
+        for metric in ("sign_agreement_mean", "sign_agreement_draw"):
+            assert float(frame[frame.metric == metric].value.iloc[0]) == pytest.approx(expected), metric
+
+
+def test_a_refused_chunk_leaves_the_statistics_as_they_were():
+    stats = gs.GradientStats().update(torch.ones(50, 2, dtype=torch.float64))
+    before = stats.state_dict()
+    bad = torch.zeros(80, 2, dtype=torch.float64)
+    bad[63, 1] = float("inf")
+    with pytest.raises(ValueError, match="draw 63 of this chunk .draw 113 overall"):
+        stats.update(bad)
+    after = stats.state_dict()
+    assert stats.count == 50 and after["batch_size"] == before["batch_size"]
+    assert all(torch.equal(a["mean"], b["mean"]) for a, b in zip(after["batches"], before["batches"]))
+    with pytest.raises(ValueError, match="overflow"):
+        stats.update(torch.full((4, 2), 1e300, dtype=torch.float64) * torch.tensor([[1.0], [-1.0], [1.0], [-1.0]]))
