@@ -6,7 +6,7 @@ enough that every binary state can be enumerated.
 
 import importlib
 
-from . import datasets, enumeration, estimators, functional, losses, metrics, problems, stats, training, units
+from . import conditional, datasets, enumeration, estimators, functional, losses, metrics, problems, stats, training, units
 from .accumulators import Moments
 from .evaluation import evaluate
 from .exact import exact_gradient, exact_loss, exact_moments
@@ -17,6 +17,7 @@ __all__ = [
     "GradientStats",
     "Moments",
     "claims",
+    "conditional",
     "datasets",
     "enumeration",
     "evaluate",

@@ -127,6 +127,33 @@ def _cmd_claims(args) -> int:
     return 0
 
 
+def _cmd_conditional(args) -> int:
+    from . import conditional, datasets
+
+    data = datasets.digits() if args.data == "digits" else datasets.mnist(args.data)
+    gates = args.estimators or (conditional.PAPER_FOUR if args.quick else conditional.GATES)
+    seeds = args.seeds if args.seeds is not None else (2 if args.quick else 10)
+    base = conditional.Settings(gates[0], epochs=args.epochs or (20 if args.quick else 40),
+                                learning_rate=0.3 if args.quick else 0.1)
+    say = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    results = conditional.run_study(data, gates, seeds=seeds, base=base, select=not args.quick, device=args.device,
+                                    progress=say)
+    rows = [r.row() for r in results]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    summary = conditional.compare_with(results)
+    print(f"{data!r}; test error over {seeds} seed(s), % (mean +- s.e.); paired with st: Wilcoxon p")
+    for gate, row in summary.items():
+        paired = (f"  diff {100 * row['difference']:+.2f} +- {100 * row['difference_stderr']:.2f}, p = {row['wilcoxon_p']:.3g}"
+                  if "difference" in row else "")
+        sparsity = sum(r.sparsity for r in results if r.gate == gate) / row["seeds"]
+        published = conditional.PUBLISHED_TEST_ERROR.get(gate)
+        print(f"  {gate:16s} {100 * row['mean']:6.2f} +- {100 * row['stderr']:.2f}  sparsity {sparsity:.3f}"
+              f"  (paper, MNIST: {published if published is not None else '-'}){paired}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gradstats", description="Statistics of gradient estimators "
                                      "for stochastic neurons against exact references (arXiv:1308.3432).")
@@ -165,6 +192,19 @@ def main(argv: list[str] | None = None) -> int:
     p_cl.add_argument("--explore", action="store_true", help="search longer, with fresh randomness")
     p_cl.add_argument("--id", action="append", help="check only this claim (repeatable)")
     p_cl.set_defaults(run=_cmd_claims)
+    p_cc = sub.add_parser("conditional", help="the seed paper's conditional-computation experiment (sec. 5): "
+                          "a gated network trained through each estimator, test error over seeds")
+    p_cc.add_argument("--quick", action="store_true", help="the paper's four estimators, 2 seeds, 20 epochs, no "
+                      "selection (rate 0.3)")
+    p_cc.add_argument("--estimators", nargs="+", help="gates to train (default: all; see gradstats.conditional.GATES)")
+    p_cc.add_argument("--seeds", type=int, help="seeds at the selected setting (default 10; 2 with --quick)")
+    p_cc.add_argument("--epochs", type=int, help="training epochs (default 40; 20 with --quick)")
+    p_cc.add_argument("--data", default="digits", help="'digits' (scikit-learn's, bundled) or a directory holding "
+                      "MNIST's four IDX files")
+    p_cc.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    p_cc.add_argument("--json", action="store_true", help="a list of rows: estimator, seed, test_error, valid_error, "
+                      "sparsity (fractions), learning_rate, gater_rate_scale, train_sparsity, best_epoch")
+    p_cc.set_defaults(run=_cmd_conditional)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
