@@ -53,6 +53,7 @@ tex:
 bench: $(STAMP)
 	$(PY) benchmarks/exact.py
 	$(PY) benchmarks/montecarlo.py
+	$(PY) benchmarks/byom.py
 
 clean-venv:
 	rm -rf $(VENV)
