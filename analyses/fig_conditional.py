@@ -127,7 +127,10 @@ def numbers(frame, config):
            "condBest": min(summary, key=lambda g: summary[g]["mean"]).replace("_", "\\_"),
            "condStRank": str(1 + sorted(summary, key=lambda g: summary[g]["mean"]).index("st"))
            if "st" in summary else "-",
-           "condGates": str(len(summary)), "condSparsity": tex_number(rep.sparsity.mean(), 3)}
+           "condGates": str(len(summary)), "condSparsity": tex_number(rep.sparsity.mean(), 3),
+           "condRates": ", ".join(f"{r:g}" for r in cc.RATES),
+           "condEdgeRates": ", ".join(g.replace("_", "\\_") for g, (r, _) in sorted(chosen.items())
+                                      if r in (min(cc.RATES), max(cc.RATES))) or "none"}
     for gate, row in summary.items():
         key = "".join(part.capitalize() for part in gate.split("_"))
         out[f"cond{key}Error"] = estimate(100 * row["mean"], 100 * row["stderr"])

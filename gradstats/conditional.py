@@ -53,7 +53,7 @@ GATES = PATHWISE + SCORE + BASELINES
 PAPER_FOUR = ("noisy_rectifier", "sts", "st", "reinforce")
 RECTIFIERS = ("noisy_rectifier", "rectifier")
 # The paper's table (Fig. 2, right): test error in percent, one run each, on MNIST.
-RATES = (0.1, 0.3, 1.0)                 # the learning-rate grid every gate is selected from
+RATES = (0.1, 0.3, 1.0, 3.0)            # the learning-rate grid every gate is selected from
 GATER_RATE_SCALES = (1.0, 0.01)         # score-function gates also try the paper's smaller gater rate
 SELECTION_SEEDS = (1000, 1001)          # validation runs per setting (the reported seeds are 0, 1, ...)
 PUBLISHED_TEST_ERROR = {"noisy_rectifier": 1.87, "st": 1.39, "sts": 1.96, "reinforce": 1.89, "rectifier": 1.60,
