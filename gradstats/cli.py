@@ -134,7 +134,7 @@ def _cmd_conditional(args) -> int:
     gates = args.estimators or (conditional.PAPER_FOUR if args.quick else conditional.GATES)
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else 10)
     base = conditional.Settings(gates[0], epochs=args.epochs or (20 if args.quick else 40),
-                                learning_rate=0.3 if args.quick else 0.1)
+                                learning_rate=1.0 if args.quick else 0.1)
     say = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
     results = conditional.run_study(data, gates, seeds=seeds, base=base, select=not args.quick, device=args.device,
                                     progress=say)
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p_cc = sub.add_parser("conditional", help="the seed paper's conditional-computation experiment (sec. 5): "
                           "a gated network trained through each estimator, test error over seeds")
     p_cc.add_argument("--quick", action="store_true", help="the paper's four estimators, 2 seeds, 20 epochs, no "
-                      "selection (rate 0.3)")
+                      "selection (rate 1, the rate most gates select)")
     p_cc.add_argument("--estimators", nargs="+", help="gates to train (default: all; see gradstats.conditional.GATES)")
     p_cc.add_argument("--seeds", type=int, help="seeds at the selected setting (default 10; 2 with --quick)")
     p_cc.add_argument("--epochs", type=int, help="training epochs (default 40; 20 with --quick)")
