@@ -20,11 +20,11 @@ from gradstats.claims import seed_paper as gs_claims_seed_paper
 
 
 def cells(config):
-    return [{"claim": c.id, "max_examples": 30 if config.quick else 150} for c in claims.claims()]
+    return [{"claim": c.id, "max_examples": 30 if config.quick else 150, "quick": config.quick} for c in claims.claims()]
 
 
 def compute(cell, config):
-    row = claims.run([cell["claim"]], claims.CheckSettings(max_examples=cell["max_examples"]))[0]
+    row = claims.run([cell["claim"]], claims.CheckSettings(max_examples=cell["max_examples"], quick=cell["quick"]))[0]
     return [{**{k: row[k] for k in ("id", "status", "qualifier", "kind", "statement", "reference", "reading",
                                     "evidence", "summary", "holds_when", "cases", "test")},
              "counterexample": json.dumps(row["counterexample"], default=str),
@@ -81,6 +81,14 @@ def numbers(frame, config):
            "claimSTOneLoss": _loss_formula(st1["spec"]["loss"]),
            "claimSTOneStMean": exact(st1["st_mean"][-1]), "claimSTOneGradient": exact(st1["exact_gradient"][-1]),
            "claimSTThreeWins": str(st3["identity_wins"]), "claimSTThreeCases": str(st3["cases"]),
+           "claimSTThreeCondIdentity": estimate(100 * st3["conditional"]["identity"],
+                                                100 * st3["conditional"]["identity_stderr"]),
+           "claimSTThreeCondSigmoid": estimate(100 * st3["conditional"]["sigmoid"],
+                                               100 * st3["conditional"]["sigmoid_stderr"]),
+           "claimSTThreeCondDiff": estimate(100 * st3["conditional"]["difference"],
+                                            100 * st3["conditional"]["difference_stderr"]),
+           "claimSTThreeCondP": tex_number(st3["conditional"]["wilcoxon_p"], 2),
+           "claimSTThreeCondSeeds": str(st3["conditional"]["seeds"]),
            "claimSTThreeTrainWins": str(st3["training_identity_wins"]), "claimSTThreeTrainTasks": str(len(st3["training"])),
            "claimSTThreeTrainMeanIdentity": estimate(st3["training_mean_identity"], st3["training_stderr_identity"]),
            "claimSTThreeTrainMeanSigmoid": estimate(st3["training_mean_sigmoid"], st3["training_stderr_sigmoid"]),

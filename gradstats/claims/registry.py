@@ -22,11 +22,13 @@ KINDS = ("mathematical", "empirical")
 
 @dataclass(frozen=True)
 class CheckSettings:
-    """How hard a check searches: ``max_examples`` per hypothesis search; ``explore`` uses fresh randomness."""
+    """How hard a check searches: ``max_examples`` per hypothesis search; ``explore`` uses fresh randomness;
+    ``quick`` shrinks the training an empirical check runs (a smoke run: its numbers are not the reported ones)."""
 
     max_examples: int = 150
     explore: bool = False
     seed: int = 0
+    quick: bool = False
 
     @staticmethod
     def exploring() -> CheckSettings:
