@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_montecarlo.py tests/test_stats.py tests/test_gradient_stats.py
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_montecarlo.py tests/test_stats.py tests/test_gradient_stats.py tests/test_conditional.py
 python3 benchmarks/montecarlo.py --device cuda --draws 1e8 --chunk-size 4194304 --vmap-draws 1048576
 python3 benchmarks/byom.py --device cuda --draws 16384 --chunk 1024 --loop-draws 512
+python3 -m gradstats.cli conditional --quick --device cuda

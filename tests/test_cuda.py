@@ -38,3 +38,11 @@ def test_gradient_stats_on_cuda_matches_the_cpu():
     cuda = gs.GradientStats(reference=ref).update(draws.cuda())
     assert torch.allclose(cuda.mean.cpu(), cpu.mean, rtol=1e-12) and torch.allclose(cuda.var.cpu(), cpu.var, rtol=1e-10)
     assert cpu.merge(cuda).count == 6000
+
+
+def test_conditional_trains_on_cuda():
+    from gradstats import conditional, datasets
+
+    for gate in ("st", "reinforce", "disarm"):
+        result = conditional.train_gated(datasets.digits(), conditional.Settings(gate, epochs=1), seed=0, device="cuda")
+        assert 0 <= result.test_error <= 1 and 0 < result.sparsity <= 0.2
