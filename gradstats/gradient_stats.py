@@ -96,8 +96,9 @@ class ParameterLayout:
                 names.append(f"{name}[{','.join(str(int(i)) for i in index)}]")
         return names
 
-    def flatten(self, value: Tensor | Mapping[str, Tensor], name: str, batched: bool) -> Tensor:
-        """``value`` as ``[B, D]`` (``batched``) or ``[D]``, checked against the layout (a ValueError naming ``name``)."""
+    def split(self, value: Tensor | Mapping[str, Tensor], name: str, batched: bool = True) -> list[Tensor]:
+        """``value`` as one view per group, ``[B, size]`` (``batched``) or ``[size]``, checked against the layout
+        (a ValueError naming ``name``)."""
         try:
             layout = ParameterLayout.of(value, batched)
         except ValueError as err:
@@ -106,32 +107,19 @@ class ParameterLayout:
             if len(self.names) != 1 or self.num_parameters != value.shape[-1]:
                 raise ValueError(f"{name} has {value.shape[-1]} coordinates; expected {self.description} "
                                  f"({', '.join(self.names)})")
-            return value
+            return list(value.split(self.sizes, -1))
         if layout != self:
             raise ValueError(f"{name} has parameters {layout.shapes}; expected {self.shapes}")
-        parts = [value[k] for k in self.names]
-        if batched:
-            rows = {p.shape[0] for p in parts}
-            if len(rows) != 1:
-                raise ValueError(f"{name}: every tensor needs the same number of draws, got {sorted(rows)}")
-            return torch.cat([p.reshape(p.shape[0], -1) for p in parts], 1)
-        return torch.cat([p.reshape(-1) for p in parts])
-
-    def split(self, value: Tensor | Mapping[str, Tensor], name: str) -> list[Tensor]:
-        """Batched ``value`` as one ``[B, size]`` view per group, checked against the layout (no copy)."""
-        try:
-            layout = ParameterLayout.of(value, batched=True)
-        except ValueError as err:
-            raise ValueError(f"{name}: {err}") from err
-        if isinstance(value, Tensor):
-            self.flatten(value, name, batched=True)
-            return list(value.split(self.sizes, 1))
-        if layout != self:
-            raise ValueError(f"{name} has parameters {layout.shapes}; expected {self.shapes}")
+        if not batched:
+            return [value[k].reshape(-1) for k in self.names]
         parts = [value[k].reshape(value[k].shape[0], -1) for k in self.names]
         if len({p.shape[0] for p in parts}) != 1:
             raise ValueError(f"{name}: every tensor needs the same number of draws, got {sorted({p.shape[0] for p in parts})}")
         return parts
+
+    def flatten(self, value: Tensor | Mapping[str, Tensor], name: str) -> Tensor:
+        """One ``[D]`` gradient (a tensor or a dict), checked against the layout."""
+        return torch.cat(self.split(value, name, batched=False))
 
     def unflatten(self, flat: Tensor) -> Tensor | dict[str, Tensor]:
         """``[D]`` back to a dict of tensors (or the tensor itself for one unnamed group)."""
@@ -189,7 +177,7 @@ class GradientStats:
                 raise ValueError("reference_stderr must be >= 0")
 
     def _vector(self, value, name: str) -> Tensor:
-        flat = self.layout.flatten(value, name, batched=False).detach().to("cpu", torch.float64)
+        flat = self.layout.flatten(value, name).detach().to("cpu", torch.float64)
         if not bool(torch.isfinite(flat).all()):
             raise ValueError(f"{name} must be finite")
         return flat
