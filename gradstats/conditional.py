@@ -203,6 +203,8 @@ def _step_loss(settings: Settings, params: dict[str, Tensor], x: Tensor, y: Tens
     a = _gater(params, x)
     expert = x @ params["We"] + params["be"]
     n = len(y)
+    copies = (2,) if settings.gate == "reinforce_loo" else ()     # leave-one-out draws two samples
+    u = torch.rand((*copies, *a.shape), generator=generator, device=a.device, dtype=a.dtype)
     if settings.gate in SCORE:
         rest = {k: v.detach() for k, v in params.items()}
         expert_fixed = expert.detach()
@@ -212,27 +214,20 @@ def _step_loss(settings: Settings, params: dict[str, Tensor], x: Tensor, y: Tens
                                    y.repeat(b.numel() // (n * a.shape[1])), reduction="none").reshape(b.shape[:-1])
 
         if settings.gate == "reinforce":
-            u = torch.rand(a.shape, generator=generator, device=a.device, dtype=a.dtype)
             b, surrogate = gf.reinforce(a, u=u)
             losses = per_example(b)
-            value = baseline.value().to(a) if baseline is not None else 0.0
-            gater_term = surrogate(losses, value) / n
+            gater_term = surrogate(losses, baseline.value().to(a))
             baseline = baseline.update(b, torch.sigmoid(a), losses)
             fit = F.cross_entropy(_readout(params, b, expert), y)
         elif settings.gate == "reinforce_loo":
-            u = torch.rand((2, *a.shape), generator=generator, device=a.device, dtype=a.dtype)
             b, gater_term = gf.reinforce_loo(a, per_example, k=2, u=u)
-            gater_term = gater_term / n
             fit = torch.stack([F.cross_entropy(_readout(params, bj, expert), y) for bj in b]).mean()
         else:
-            u = torch.rand(a.shape, generator=generator, device=a.device, dtype=a.dtype)
             b, gater_term = gf.disarm(a, per_example, u=u)
-            gater_term = gater_term / n
             fit = F.cross_entropy(_readout(params, b, expert), y)
         on = (b > 0).to(a.dtype).mean()
-        objective = fit + gater_term
+        objective = fit + gater_term / n
     else:
-        u = torch.rand(a.shape, generator=generator, device=a.device, dtype=a.dtype)
         gate = gate_values(settings, a, u)
         # the fraction on: nonzero gates; for the relaxed and noisy-sigmoid gates (never exactly 0) their mean value
         on = gate.mean() if settings.gate in ("gumbel", "sigmoid_noise") else (gate != 0).to(a.dtype).mean()
@@ -270,20 +265,20 @@ def test_gates(settings: Settings, a: Tensor, threshold: float) -> Tensor:
     return on
 
 
-def _error(settings: Settings, params: Mapping[str, Tensor], x: Tensor, y: Tensor, threshold: float
+def _error(settings: Settings, params: Mapping[str, Tensor], a: Tensor, x: Tensor, y: Tensor, threshold: float
            ) -> tuple[float, float]:
-    """Classification error and the fraction of gates on, with thresholded deterministic gates."""
+    """Classification error and the fraction of gates on, with thresholded deterministic gates (``a``: the gate
+    pre-activations of ``x``, :func:`_scores`)."""
     with torch.no_grad():
-        a = _scores(params, x)
         gates = test_gates(settings, a, threshold)
         logits = _readout(params, gates, x @ params["We"] + params["be"])
         return float((logits.argmax(1) != y).to(torch.float64).mean()), float((gates != 0).to(torch.float64).mean())
 
 
-def _threshold(settings: Settings, params: Mapping[str, Tensor], x_valid: Tensor) -> float:
+def _threshold(settings: Settings, a_valid: Tensor) -> float:
     """The ``1 - sparsity`` quantile of the gate pre-activations over the validation set (at least 0 for the
     rectifiers, whose gates are off at or below 0 whatever the threshold)."""
-    a = _scores(params, x_valid).flatten().to(torch.float64)
+    a = a_valid.flatten().to(torch.float64)
     sparsity = settings.sparsity
     if settings.gate in RECTIFIERS:
         return max(0.0, _quantile(a, 1 - sparsity))
@@ -337,16 +332,16 @@ def train_gated(data: Split, settings: Settings, seed: int = 0, *, device="auto"
         if not all(bool(torch.isfinite(v).all()) for v in params.values()):
             break   # diverged: keep the best evaluation so far
         if epoch % settings.eval_every == 0 or epoch == settings.epochs:
-            threshold = _threshold(settings, params, xv)
-            valid_error, _ = _error(settings, params, xv, yv, threshold)
+            a_valid = _scores(params, xv)
+            valid_error, _ = _error(settings, params, a_valid, xv, yv, _threshold(settings, a_valid))
             history.append((epoch, valid_error))
             if valid_error < best[0]:
                 best = (valid_error, {k: v.detach().clone() for k, v in params.items()}, epoch)
     if best[1] is None:
         return Result(settings.gate, seed, settings, math.nan, math.nan, math.nan, math.nan, 0, tuple(history))
     kept = best[1]
-    threshold = _threshold(settings, kept, xv)
-    test_error, sparsity = _error(settings, kept, xt, yt, threshold)
+    threshold = _threshold(settings, _scores(kept, xv))
+    test_error, sparsity = _error(settings, kept, _scores(kept, xt), xt, yt, threshold)
     return Result(settings.gate, seed, settings, best[0], test_error, sparsity,
                   sum(on_fraction) / max(len(on_fraction), 1), best[2], tuple(history))
 
