@@ -9,7 +9,10 @@ sample of every unit for the minibatch. Prints draws per second of
 * a per-draw loop of backward passes on the same uniforms, its gradients stacked per chunk into the
   same ``GradientStats`` (what research code does without vmap),
 
-and their ratio, after checking that both give the same mean gradient.
+and their ratio, after checking that both give the same mean gradient. Both paths feed the same
+``GradientStats.update``, so it also times that update alone on chunks computed beforehand: the loop's
+time per draw over the update's time per draw is the largest ratio any path that materialises
+per-draw gradients can reach against this loop here (Amdahl's bound).
 
     python benchmarks/byom.py [--draws 2048] [--chunk 32] [--loop-draws 256] [--threads 2] [--device cpu]
 """
@@ -81,6 +84,20 @@ def run_loop(params, loss, noise, draws, chunk, device) -> tuple[float, gs.Gradi
     return time.perf_counter() - start, stats
 
 
+def run_update(params, loss, noise, draws, chunk) -> float:
+    """Seconds for ``GradientStats.update`` alone on ``draws`` per-draw gradients computed beforehand."""
+    chunks = list(gs.per_draw_gradients(loss, params, min(draws, 8 * chunk), noise_shape=noise, chunk_size=chunk,
+                                        seed=1))
+    stats = gs.GradientStats()
+    start = time.perf_counter()
+    done = 0
+    while done < draws:
+        for grads in chunks:
+            stats.update(grads)
+            done += next(iter(grads.values())).shape[0]
+    return (time.perf_counter() - start) * draws / done
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=2048, help="draws for the vmap path")
@@ -105,10 +122,15 @@ def main(argv=None) -> None:
     run_vmap(params, loss, noise, args.chunk, args.chunk, device)  # warm up
     t_vmap, stats = run_vmap(params, loss, noise, args.draws, args.chunk, device)
     t_loop, _ = run_loop(params, loss, noise, args.loop_draws, args.chunk, device)
+    t_update = run_update(params, loss, noise, args.draws, args.chunk) if device.type == "cpu" else None
     rate_vmap, rate_loop = args.draws / t_vmap, args.loop_draws / t_loop
     print(f"  gs.gradient_stats (vmap):   {rate_vmap:10.1f} draws/s ({args.draws} draws in {t_vmap:.2f} s)")
     print(f"  per-draw backward loop:     {rate_loop:10.1f} draws/s ({args.loop_draws} draws in {t_loop:.2f} s)")
     print(f"  ratio vmap / loop:          {rate_vmap / rate_loop:10.1f}x")
+    if t_update is not None:
+        rate_update = args.draws / t_update
+        print(f"  GradientStats.update alone: {rate_update:10.1f} draws/s (shared by both paths)")
+        print(f"  bound on the ratio (loop time / update time): {rate_update / rate_loop:.1f}x")
     print(f"  ({stats})")
 
 
