@@ -44,7 +44,7 @@ from .numerics import positive_finite, positive_int, seed_value
 
 __all__ = ["GATES", "PAPER_FOUR", "PUBLISHED_TEST_ERROR", "RATES", "GATER_RATE_SCALES", "Architecture", "Settings",
            "Result", "architecture_for", "initial_parameters", "gate_values", "train_gated", "test_gates", "grid",
-           "run_study", "compare_with"]
+           "run_study", "compare_with", "GATER", "GRADIENT_GATES", "gater_gradient", "reinforce_baseline"]
 
 PATHWISE = ("st", "st_sigmoid", "sts", "noisy_rectifier", "gumbel", "st_gumbel", "reinmax")
 SCORE = ("reinforce", "reinforce_loo", "disarm")
@@ -126,6 +126,7 @@ class Result:
     train_sparsity: float
     best_epoch: int
     history: tuple[tuple[int, float], ...] = field(default=())   # (epoch, validation error)
+    snapshots: Mapping[int, Mapping[str, Tensor]] = field(default_factory=dict, repr=False, compare=False)
 
     def row(self) -> dict:
         return {"estimator": self.gate, "seed": self.seed, "learning_rate": self.settings.learning_rate,
@@ -293,9 +294,16 @@ def _quantile(a: Tensor, q: float) -> float:
     return float(a.kthvalue(max(1, int(round(q * a.numel())))).values)
 
 
-def train_gated(data: Split, settings: Settings, seed: int = 0, *, device="auto", dtype=torch.float32) -> Result:
-    """Train the gated network on ``data`` through ``settings.gate`` and score it (validation-selected epoch)."""
+def train_gated(data: Split, settings: Settings, seed: int = 0, *, device="auto", dtype=torch.float32,
+                checkpoints: tuple[int, ...] = ()) -> Result:
+    """Train the gated network on ``data`` through ``settings.gate`` and score it (validation-selected epoch).
+
+    ``checkpoints``: epochs after which the parameters are kept in ``Result.snapshots`` (CPU copies;
+    0 is the initialisation), for :func:`gater_gradient`."""
     seed = seed_value("seed", seed)
+    checkpoints = tuple(checkpoints)
+    if not all(isinstance(e, int) and 0 <= e <= settings.epochs for e in checkpoints):
+        raise ValueError(f"checkpoints must be epochs in 0..{settings.epochs} (settings.epochs), got {checkpoints}")
     dev = resolve_device(device)
     arch = architecture_for(data.num_inputs, data.num_classes)
     params = initial_parameters(arch, seed, dev, dtype, 0.0 if settings.gate in RECTIFIERS else math.log(0.1 / 0.9))
@@ -316,6 +324,13 @@ def train_gated(data: Split, settings: Settings, seed: int = 0, *, device="auto"
     best = (math.inf, None, 0)
     history = []
     on_fraction = []
+    snapshots = {}
+
+    def keep(epoch: int) -> None:
+        if epoch in checkpoints:
+            snapshots[epoch] = {k: v.detach().to("cpu", copy=True) for k, v in params.items()}
+
+    keep(0)
     for epoch in range(1, settings.epochs + 1):
         order = torch.randperm(len(y), generator=order_gen).to(dev)
         on_fraction = []
@@ -331,6 +346,7 @@ def train_gated(data: Split, settings: Settings, seed: int = 0, *, device="auto"
                 l1_weight *= 1.01 if on_fraction[-1] > settings.sparsity else 1 / 1.01
         if not all(bool(torch.isfinite(v).all()) for v in params.values()):
             break   # diverged: keep the best evaluation so far
+        keep(epoch)
         if epoch % settings.eval_every == 0 or epoch == settings.epochs:
             a_valid = _scores(params, xv)
             valid_error, _ = _error(settings, params, a_valid, xv, yv, _threshold(settings, a_valid))
@@ -338,12 +354,13 @@ def train_gated(data: Split, settings: Settings, seed: int = 0, *, device="auto"
             if valid_error < best[0]:
                 best = (valid_error, {k: v.detach().clone() for k, v in params.items()}, epoch)
     if best[1] is None:
-        return Result(settings.gate, seed, settings, math.nan, math.nan, math.nan, math.nan, 0, tuple(history))
+        return Result(settings.gate, seed, settings, math.nan, math.nan, math.nan, math.nan, 0, tuple(history),
+                      snapshots)
     kept = best[1]
     threshold = _threshold(settings, _scores(kept, xv))
     test_error, sparsity = _error(settings, kept, _scores(kept, xt), xt, yt, threshold)
     return Result(settings.gate, seed, settings, best[0], test_error, sparsity,
-                  sum(on_fraction) / max(len(on_fraction), 1), best[2], tuple(history))
+                  sum(on_fraction) / max(len(on_fraction), 1), best[2], tuple(history), snapshots)
 
 
 def grid(gate: str, base: Settings | None = None) -> list[Settings]:
@@ -407,3 +424,82 @@ def compare_with(results: list[Result], reference: str = "st") -> dict[str, dict
             row["wilcoxon_p"] = float(sps.wilcoxon(nonzero.numpy()).pvalue) if len(nonzero) >= 2 else math.nan
         out[gate] = row
     return out
+
+
+# ---- the gater's gradient, as each estimator sees it -------------------------------------------------------
+GATER = ("Wg1", "bg1", "Wg2", "bg2")
+# gates whose training value is (or relaxes) a Bernoulli(sigmoid(a)) gate, so that they estimate the same gradient
+GRADIENT_GATES = ("st", "st_sigmoid", "reinmax", "st_gumbel", "gumbel", "reinforce", "reinforce_loo", "disarm")
+
+
+def _binary_loss(params: Mapping[str, Tensor], x: Tensor, y: Tensor):
+    """Per-example cross-entropy of binary gates ``b [..., n, gates]`` (the expert and readout held fixed)."""
+    rest = {k: params[k].detach() for k in ("We", "be", "Wo", "bo")}
+    expert = x @ rest["We"] + rest["be"]
+    n, classes = len(y), rest["Wo"].shape[1]
+
+    def per_example(b: Tensor) -> Tensor:
+        logits = _readout(rest, b, expert).reshape(-1, classes)
+        return F.cross_entropy(logits, y.repeat(logits.shape[0] // n), reduction="none").reshape(b.shape[:-1])
+
+    return per_example
+
+
+def gater_gradient(gate: str, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *, temperature: float = 1.0,
+                   baseline: Tensor | float = 0.0):
+    r"""``(loss, noise_shape)`` for :func:`gradstats.per_draw_gradients`: one draw of ``gate``'s estimate of the
+    gradient, with respect to the gater's parameters (:data:`GATER`), of
+
+    .. math:: \nabla_\theta\, E_{b \sim \mathrm{Bernoulli}(\sigma(a_\theta(x)))}
+              \Big[\tfrac1n \sum_{e} \mathrm{CE}\big(W_o^\top (b_e \odot H_e) + b_o,\; y_e\big)\Big],
+
+    the minibatch ``x, y``'s cross-entropy with binary gates, the expert ``H = x W_e + b_e`` and the readout
+    held at ``params`` (their gradients do not depend on the estimator; the sparsity penalty, a function of
+    :math:`\sigma(a)` alone, is left out). ``loss(gater_params, u)`` takes a dict of the four gater tensors
+    and uniforms of ``noise_shape``. ``gate`` is one of :data:`GRADIENT_GATES`: the pathwise ones through
+    the drop-ins of :mod:`gradstats.functional` (``gumbel`` is the relaxed surrogate of the same gates,
+    biased by construction), ``reinforce`` with the fixed per-unit ``baseline`` (unbiased; see
+    :func:`reinforce_baseline`), ``reinforce_loo`` with two samples, ``disarm`` (unbiased)."""
+    if gate not in GRADIENT_GATES:
+        raise ValueError(f"gate must be one of {', '.join(GRADIENT_GATES)} (gates of Bernoulli units), got {gate!r}")
+    settings = Settings(gate, temperature=temperature)
+    rest = {k: params[k].detach() for k in ("We", "be", "Wo", "bo")}
+    expert = x @ rest["We"] + rest["be"]
+    per_example = _binary_loss(params, x, y)
+    n, gates = len(y), params["Wg2"].shape[1]
+    shape = (2, n, gates) if gate == "reinforce_loo" else (n, gates)
+
+    def loss(gater: Mapping[str, Tensor], u: Tensor) -> Tensor:
+        a = _gater(gater, x)
+        if gate == "reinforce":
+            b, surrogate = gf.reinforce(a, u=u)
+            return surrogate(per_example(b), baseline) / n
+        if gate == "reinforce_loo":
+            return gf.reinforce_loo(a, per_example, k=2, u=u)[1] / n
+        if gate == "disarm":
+            return gf.disarm(a, per_example, u=u)[1] / n
+        return F.cross_entropy(_readout(rest, gate_values(settings, a, u), expert), y)
+
+    return loss, shape
+
+
+def reinforce_baseline(params: Mapping[str, Tensor], x: Tensor, y: Tensor, draws: int = 1024, seed: int = 0,
+                       chunk: int = 256) -> Tensor:
+    r"""The per-unit baseline the paper's running averages track (eq. 10), from ``draws`` samples of the gates:
+    :math:`\bar L_i = \sum (b_i - p_i)^2 L / \sum (b_i - p_i)^2` over draws and the minibatch's examples
+    (``L`` the example's cross-entropy, as in :func:`gater_gradient`). Fixed before the draws it serves, it
+    keeps REINFORCE unbiased. Returns ``[gates]``."""
+    draws, chunk = positive_int("draws", draws), positive_int("chunk", chunk)
+    per_example = _binary_loss(params, x, y)
+    generator = torch.Generator().manual_seed(seed_value("seed", seed))
+    with torch.no_grad():
+        p = torch.sigmoid(_gater(params, x))
+        num = torch.zeros(p.shape[1], dtype=torch.float64)
+        den = torch.zeros(p.shape[1], dtype=torch.float64)
+        for lo in range(0, draws, chunk):
+            u = torch.rand((min(chunk, draws - lo), *p.shape), generator=generator, dtype=torch.float64).to(p)
+            b = (u < p).to(p)
+            sq = (b - p).square().to(torch.float64)
+            num += (sq * per_example(b).to(torch.float64).unsqueeze(-1)).sum((0, 1))
+            den += sq.sum((0, 1))
+    return torch.where(den > 0, num / den.clamp_min(1e-300), 0.0).to(p)
