@@ -328,7 +328,8 @@ class GradientStats:
             rows = [r for r in rows if r.metric in ("variance_trace", "variance")]
         if not per_coordinate:
             rows = [r for r in rows if not r.coordinate]
-        groups = ["all", *self.layout.names] if self.layout.num_layers > 1 else ["all"]
+        # rows of layer 0 are the aggregate; a coordinate's row carries its group (1-based), "all" for one group
+        groups = ["all", *self.layout.names] if self.layout.num_layers > 1 else ["all", "all"]
         frame = pd.DataFrame([{"metric": r.metric, "group": groups[r.layer], "M": r.m, "value": r.value,
                                "stderr": r.stderr, "count": moments.num_samples,
                                **({"coordinate": r.coordinate} if per_coordinate else {})} for r in rows])

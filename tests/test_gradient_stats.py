@@ -66,6 +66,21 @@ def test_dict_input_keeps_parameter_shapes_and_groups():
     frame = stats.to_frame()
     assert set(frame.group) == {"all", "w", "b"}
     assert set(frame.columns) >= {"metric", "group", "value", "stderr", "M"}
+    coords = stats.to_frame(per_coordinate=True)
+    bias = coords[(coords.metric == "bias") & (coords.coordinate != "")]
+    assert list(bias.group) == ["w"] * 6 + ["b"] * 2
+    assert torch.allclose(torch.tensor(bias.value.to_numpy()),
+                          torch.cat([draws["w"].double().mean(0).flatten(), draws["b"].double().mean(0)]))
+
+
+def test_per_coordinate_rows_of_one_flat_tensor():
+    torch.manual_seed(1)
+    draws = torch.randn(400, 3, dtype=torch.float64)
+    stats = gs.GradientStats(reference=torch.zeros(3, dtype=torch.float64)).update(draws)
+    coords = stats.to_frame(per_coordinate=True)
+    var = coords[(coords.metric == "variance") & (coords.coordinate != "")]
+    assert set(var.group) == {"all"} and list(var.coordinate) == ["0", "1", "2"]
+    assert torch.allclose(torch.tensor(var.value.to_numpy()), draws.var(0))
 
 
 def test_merge_and_state_dict_give_back_the_same_statistics():
