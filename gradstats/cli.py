@@ -154,6 +154,29 @@ def _cmd_conditional(args) -> int:
     return 0
 
 
+def _cmd_audit(args) -> int:
+    from . import audit
+
+    say = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        rows = audit.audit(args.peer, quick=args.quick, estimators=args.estimators, max_draws=args.max_draws,
+                           seed=args.seed, progress=say)
+    except ImportError as err:
+        print(f"gradstats: error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([r.row() for r in rows], indent=2))
+        return 0
+    print(f"{args.peer} {audit.PINNED[args.peer]} against gradstats (Holm at {audit.ALPHA} per row; power "
+          f"{audit.POWER} against a {audit.RELATIVE_BIAS:.0%} bias)")
+    for r in rows:
+        print(f"  {r.status:12s} {r.estimator:58s} claims {r.claims_to_be:13s} {r.problem:18s} "
+              f"max|z| {r.max_abs_z:9.3g}  off by {r.relative_discrepancy:.2%}  ({r.draws:,} draws)")
+    counts = {s: sum(r.status == s for r in rows) for s in audit.STATUSES}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gradstats", description="Statistics of gradient estimators "
                                      "for stochastic neurons against exact references (arXiv:1308.3432).")
@@ -205,6 +228,17 @@ def main(argv: list[str] | None = None) -> int:
     p_cc.add_argument("--json", action="store_true", help="a list of rows: estimator, seed, test_error, valid_error, "
                       "sparsity (fractions), learning_rate, gater_rate_scale, train_sparsity, best_epoch")
     p_cc.set_defaults(run=_cmd_conditional)
+    p_au = sub.add_parser("audit", help="audit a peer library's estimators against gradstats' exact values "
+                          "(needs pip install 'gradstats[audit]')")
+    p_au.add_argument("peer", choices=["storchastic", "pyro"], help="the library audited (pinned version: gradstats.audit)")
+    p_au.add_argument("--quick", action="store_true", help="two problems, at most 100,000 draws per row")
+    p_au.add_argument("--estimators", nargs="+", help="the peer's estimator names as listed (default: all)")
+    p_au.add_argument("--max-draws", type=int, help="draws per row at most (default 20 million; 50,000 for a "
+                      "stateful estimator; --quick: 100,000 and 20,000)")
+    p_au.add_argument("--seed", type=int, default=0)
+    p_au.add_argument("--json", action="store_true", help="a list of rows: peer, estimator, claims_to_be, status, "
+                      "max_abs_z, problem, draws, draws_for_power, relative_discrepancy, notes")
+    p_au.set_defaults(run=_cmd_audit)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -1,0 +1,430 @@
+r"""Peer libraries' estimators audited against gradstats' exact values: gradstats as referee.
+
+A peer estimator runs in its own code on problems of independent Bernoulli units that gradstats
+solves exactly (:func:`gradstats.problems.toy`, :func:`gradstats.problems.independent`). Its
+per-draw gradients with respect to the logits are batched where the peer allows it: each draw gets
+its own row of logits inside an independent plate, so one backward pass yields a chunk of draws.
+A stateful peer estimator (a running baseline) is driven as its users drive it, one draw per call.
+
+Each is compared with what it claims to be (:attr:`PeerEstimator.claims_to_be`): the exact gradient
+for an estimator sold as unbiased, else a gradstats estimator's exact moments (enumeration) or Monte
+Carlo moments (continuous noise). Per coordinate, the mean (and, against exact moments, the
+variance) is tested by a z-score; the tests of one (estimator, problem) are Holm-corrected at
+:data:`ALPHA`. The number of draws is chosen from a pilot of the peer's own draws so that a bias of
+:data:`RELATIVE_BIAS` of the target's norm in any coordinate is detected with power
+:data:`POWER`, up to ``max_draws``. Verdicts: ``disagrees`` (a test rejects), ``agrees`` (none
+does, at that power) or ``inconclusive`` (none does, below that power).
+
+Peers, pinned (``pip install gradstats[audit]``): storchastic 0.3.7 (:func:`storchastic_estimators`) and
+pyro-ppl 1.9.2 (:func:`pyro_estimators`, its ``TraceGraph_ELBO``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from scipy import stats as sps
+from torch import Tensor
+
+from .estimators import get
+from .exact import exact_gradient
+from .gradient_stats import GradientStats
+from .losses import multilinear
+from .moments import moments
+from .numerics import positive_int
+from .problems import Problem, independent, toy
+
+__all__ = ["PINNED", "STATUSES", "ALPHA", "POWER", "RELATIVE_BIAS", "PeerEstimator", "AuditRow",
+           "storchastic_estimators", "pyro_estimators", "PEERS", "audit_problems", "peer_gradients", "audit_one", "audit", "closed_form_gradient",
+           "moving_average_simulation"]
+
+PINNED = {"storchastic": "0.3.7", "pyro": "1.9.2"}
+STATUSES = ("agrees", "disagrees", "inconclusive")
+ALPHA = 0.01            # familywise error of the tests of one (estimator, problem), Holm
+POWER = 0.99            # to detect a bias of RELATIVE_BIAS
+RELATIVE_BIAS = 0.01
+PILOT_DRAWS = 4096
+BURN_IN = 400           # calls discarded before a stateful estimator's draws are kept (0.95^400 < 1e-8)
+PYRO_BURN_IN = 200      # pyro's decaying average (beta 0.9): 0.9^200 < 1e-9
+
+
+@dataclass(frozen=True)
+class PeerEstimator:
+    """One configuration of a peer library's estimator.
+
+    ``claims_to_be`` is ``"exact"`` (it is sold as unbiased) or a gradstats estimator name, with
+    gradstats ``options``; ``build(n)`` makes the peer's object for ``n`` units; ``sequential`` marks a stateful
+    estimator driven one draw per call; ``dtype`` is what the peer computes in."""
+
+    peer: str
+    name: str
+    claims_to_be: str
+    build: Callable[[int], object] = field(repr=False, compare=False)
+    options: dict = field(default_factory=dict)
+    sequential: bool = False
+    dtype: torch.dtype = torch.float64
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One (peer estimator, problem) verdict; ``row()`` is what ``gradstats audit --json`` prints."""
+
+    peer: str
+    estimator: str
+    claims_to_be: str
+    status: str
+    max_abs_z: float
+    problem: str
+    draws: int
+    draws_for_power: int
+    relative_discrepancy: float
+    notes: str
+
+    def row(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _require_storchastic():
+    try:
+        import storch
+    except ImportError as err:
+        raise ImportError("auditing storchastic needs it installed: pip install 'gradstats[audit]' "
+                          f"(storchastic=={PINNED['storchastic']})") from err
+    if getattr(storch, "__version__", PINNED["storchastic"]) != PINNED["storchastic"]:
+        warnings.warn(f"the audit is pinned to storchastic {PINNED['storchastic']}, found {storch.__version__}",
+                      stacklevel=2)
+    return storch
+
+
+def storchastic_estimators() -> list[PeerEstimator]:
+    """Every storchastic 0.3.7 estimator that accepts Bernoulli units (``storch.method``), with what it claims.
+
+    Quirks needed to run them, documented here: ``GumbelSoftmax`` anneals its temperature at every
+    call by default (``annealing_rate=1e-5``), so the audit pins it (``annealing_rate=0``, temperature 1);
+    ``RELAX``'s default control variate is a float32 network and fails on float64 logits, so it runs
+    in float32 with ``in_dim`` the number of units; ``LAX`` needs ``rsample`` and refuses Bernoulli units.
+    """
+    storch = _require_storchastic()
+    m = storch.method
+    peer = "storchastic"
+    return [
+        PeerEstimator(peer, "ScoreFunction()", "exact", lambda n: m.ScoreFunction("z"),
+                      notes="REINFORCE without a baseline"),
+        PeerEstimator(peer, "ScoreFunction(baseline_factory='moving_average')", "exact",
+                      lambda n: m.ScoreFunction("z", baseline_factory="moving_average"), sequential=True,
+                      notes="stateful: one draw per call, as in a training loop with one cost per step"),
+        PeerEstimator(peer, "ScoreFunction(n_samples=2, baseline_factory='batch_average')", "reinforce_loo",
+                      lambda n: m.ScoreFunction("z", n_samples=2, baseline_factory="batch_average"), {"k": 2}),
+        PeerEstimator(peer, "ScoreFunction(n_samples=4, baseline_factory='batch_average')", "reinforce_loo",
+                      lambda n: m.ScoreFunction("z", n_samples=4, baseline_factory="batch_average"), {"k": 4}),
+        PeerEstimator(peer, "ARM()", "arm", lambda n: m.ARM("z")),
+        PeerEstimator(peer, "DisARM()", "disarm", lambda n: m.DisARM("z")),
+        PeerEstimator(peer, "GumbelSoftmax(annealing_rate=0)", "gumbel",
+                      lambda n: m.GumbelSoftmax("z", annealing_rate=0.0), {"temperature": 1.0}),
+        PeerEstimator(peer, "GumbelSoftmax(straight_through=True, annealing_rate=0)", "st_gumbel",
+                      lambda n: m.GumbelSoftmax("z", straight_through=True, annealing_rate=0.0), {"temperature": 1.0}),
+        PeerEstimator(peer, "REBAR()", "exact", lambda n: m.REBAR("z")),
+        PeerEstimator(peer, "RELAX(in_dim=N)", "exact", lambda n: m.RELAX("z", in_dim=n), dtype=torch.float32,
+                      notes="float32 (its control variate network is float32)"),
+        PeerEstimator(peer, "RaoBlackwellSF(n_samples=2)", "exact", lambda n: m.RaoBlackwellSF("z", n_samples=2)),
+        PeerEstimator(peer, "Expect()", "exact", lambda n: m.Expect("z"), notes="exact enumeration"),
+        PeerEstimator(peer, "ScoreFunctionWOR(k=2, biased=False)", "exact",
+                      lambda n: m.ScoreFunctionWOR("z", k=2, biased=False)),
+        PeerEstimator(peer, "UnorderedSetEstimator(k=2)", "exact", lambda n: m.UnorderedSetEstimator("z", k=2)),
+    ]
+
+
+def _require_pyro():
+    try:
+        import pyro
+    except ImportError as err:
+        raise ImportError(f"auditing pyro needs it installed: pip install 'gradstats[audit]' (pyro-ppl=={PINNED['pyro']})"
+                          ) from err
+    if pyro.__version__ != PINNED["pyro"]:
+        warnings.warn(f"the audit is pinned to pyro {PINNED['pyro']}, found {pyro.__version__}", stacklevel=2)
+    return pyro
+
+
+def pyro_estimators() -> list[PeerEstimator]:
+    """pyro's score-function path: ``TraceGraph_ELBO`` on a guide of Bernoulli units, without a baseline and
+    with its decaying-average baseline (``baseline_beta`` 0.9, stateful).
+
+    Driven as its users drive it: the guide samples ``z ~ Bernoulli(logits)`` and the model samples the
+    same law (logits detached) and adds ``pyro.factor(-f(z))``, so the gradient of the loss (minus the
+    ELBO) with respect to the guide's logits is that of :math:`E[f(z)]` (the KL term's gradient is 0 where
+    the two laws are equal; its per-draw score adds variance, not bias). Each draw has its own row of
+    logits in a ``pyro.plate``; pyro keeps one running average per row, so rows are independent chains
+    and one call advances them all (a chain's successive draws are uncorrelated: each centred draw
+    has mean zero given the past)."""
+    _require_pyro()
+    return [PeerEstimator("pyro", "TraceGraph_ELBO()", "exact", lambda n: {},
+                          notes="no baseline"),
+            PeerEstimator("pyro", "TraceGraph_ELBO(use_decaying_avg_baseline, baseline_beta=0.9)", "exact",
+                          lambda n: {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}},
+                          sequential=True, notes="stateful: one running average per row, advanced by each call")]
+
+
+PEERS = {"storchastic": storchastic_estimators, "pyro": pyro_estimators}
+
+
+def audit_problems(quick: bool = False) -> list[Problem]:
+    """The problems, smallest first (so the first disagreement is the minimal counterexample): the toy
+    ``f(b) = (b - t)^2`` at three ``(t, a)``, and three units with a multilinear loss (interactions)."""
+    toys = [toy(0.45, 0.0), toy(0.1, 1.5), toy(0.8, -2.0)]
+    loss = multilinear({(0,): 1.0, (1,): -0.5, (2,): 0.3, (0, 1): 2.0, (1, 2): -1.5, (0, 1, 2): 0.8}, 3)
+    three = independent(loss, [0.3, -1.0, 0.8])
+    return [toys[0], three] if quick else [*toys, three]
+
+
+def _logits(problem: Problem) -> Tensor:
+    if len(problem.layers) != 1 or len(problem.parameters) != 1:
+        raise ValueError(f"the audit drives one layer of independent units (toy, independent), got {problem}")
+    return next(iter(problem.parameters.values())).reshape(-1)
+
+
+def _storchastic_chunk(estimator: PeerEstimator, problem: Problem, rows: int, seed: int) -> Tensor:
+    """``rows`` per-draw gradients ``[rows, N]`` from one backward pass: draw ``i`` has its own logits
+    ``param[i]`` in the independent plate ``draws``; storch averages the cost over that plate, hence
+    the factor ``rows``."""
+    storch = _require_storchastic()
+    from torch.distributions import Bernoulli
+
+    logits = _logits(problem)
+    torch.manual_seed(seed)
+    method = estimator.build(len(logits))
+    param = logits.to(estimator.dtype).expand(rows, -1).clone().requires_grad_(True)
+    try:
+        sample = method(Bernoulli(logits=storch.denote_independent(param, 0, "draws")))
+        cost = storch.deterministic(lambda h: problem.loss(h.to(estimator.dtype)))(sample)
+        storch.add_cost(cost, "cost")
+        storch.backward()
+    finally:
+        storch.reset()
+    return param.grad.detach().to(torch.float64) * rows
+
+
+def _storchastic_sequential(estimator: PeerEstimator, problem: Problem, draws: int, seed: int) -> Tensor:
+    """One call per draw on one estimator object (its state carried), after :data:`BURN_IN` calls."""
+    storch = _require_storchastic()
+    from torch.distributions import Bernoulli
+
+    logits = _logits(problem)
+    torch.manual_seed(seed)
+    method = estimator.build(len(logits))
+    out = torch.empty(draws, len(logits), dtype=torch.float64)
+    for i in range(-BURN_IN, draws):
+        param = logits.to(estimator.dtype).clone().requires_grad_(True)
+        try:
+            sample = method(Bernoulli(logits=param))
+            storch.add_cost(storch.deterministic(lambda h: problem.loss(h.to(estimator.dtype)))(sample), "cost")
+            storch.backward()
+        finally:
+            storch.reset()
+        if i >= 0:
+            out[i] = param.grad.detach().to(torch.float64)
+    return out
+
+
+def _pyro_draws(estimator: PeerEstimator, problem: Problem, rows: int, calls: int, burn_in: int, seed: int) -> Tensor:
+    """``calls`` calls of ``TraceGraph_ELBO.loss_and_grads`` on ``rows`` rows after ``burn_in`` calls:
+    ``[calls * rows, N]`` in call order (pyro sums the loss over the plate: no factor)."""
+    pyro = _require_pyro()
+    import pyro.distributions as dist
+    from pyro.infer import TraceGraph_ELBO
+
+    logits = _logits(problem)
+    pyro.set_rng_seed(seed)
+    pyro.clear_param_store()
+    param = logits.to(estimator.dtype).expand(rows, -1).clone().requires_grad_(True)
+    infer = estimator.build(len(logits))
+
+    def model():
+        with pyro.plate("draws", rows):
+            z = pyro.sample("z", dist.Bernoulli(logits=param.detach()).to_event(1))
+            pyro.factor("cost", -problem.loss(z))
+
+    def guide():
+        with pyro.plate("draws", rows):
+            pyro.sample("z", dist.Bernoulli(logits=param).to_event(1), infer=infer)
+
+    elbo = TraceGraph_ELBO()
+    out = []
+    try:
+        for call in range(burn_in + calls):
+            param.grad = None
+            elbo.loss_and_grads(model, guide)
+            if call >= burn_in:
+                out.append(param.grad.detach().to(torch.float64).clone())
+    finally:
+        pyro.clear_param_store()
+    return torch.cat(out)
+
+
+def peer_gradients(estimator: PeerEstimator, problem: Problem, num_draws: int, seed: int = 0,
+                   chunk_size: int = 50_000) -> Iterable[Tensor]:
+    """The peer's per-draw gradients with respect to the problem's logits, ``[b, N]`` chunks (draw order fixed
+    by ``seed`` and ``chunk_size``)."""
+    num_draws, chunk_size = positive_int("num_draws", num_draws), positive_int("chunk_size", chunk_size)
+    if estimator.peer not in PINNED:
+        raise ValueError(f"no adapter for peer {estimator.peer!r}; peers: {', '.join(PINNED)}")
+    if estimator.peer == "pyro":
+        # stateful: min(chunk, draws) chains, each call one draw of every chain; else one call per chunk
+        rows = min(chunk_size, num_draws) if estimator.sequential else None
+        for i, lo in enumerate(range(0, num_draws, chunk_size if rows is None else 10 * rows)):
+            if rows is None:
+                yield _pyro_draws(estimator, problem, min(chunk_size, num_draws - lo), 1, 0, seed * 1_000_003 + i)
+            else:
+                calls = math.ceil(min(10 * rows, num_draws - lo) / rows)
+                yield _pyro_draws(estimator, problem, rows, calls, PYRO_BURN_IN, seed * 1_000_003 + i)[
+                    :num_draws - lo]
+        return
+    if estimator.sequential:
+        for i, lo in enumerate(range(0, num_draws, chunk_size)):
+            yield _storchastic_sequential(estimator, problem, min(chunk_size, num_draws - lo), seed * 1_000_003 + i)
+        return
+    for i, lo in enumerate(range(0, num_draws, chunk_size)):
+        yield _storchastic_chunk(estimator, problem, min(chunk_size, num_draws - lo), seed * 1_000_003 + i)
+
+
+def _target(estimator: PeerEstimator, problem: Problem, reference_draws: int, seed: int):
+    """What the peer claims to be: ``(mean, mean_stderr or None, variance or None)``: the exact gradient; a
+    gradstats estimator's exact moments; or, for one with continuous noise, the exact gradient when it is
+    unbiased, else its Monte Carlo mean (with its standard error)."""
+    if estimator.claims_to_be == "exact":
+        return exact_gradient(problem), None, None
+    if get(estimator.claims_to_be).noise == "discrete":
+        m = moments(problem, estimator.claims_to_be, method="exact", **estimator.options)
+        return m.mean, None, m.var
+    if get(estimator.claims_to_be).unbiased:
+        return exact_gradient(problem), None, None
+    m = moments(problem, estimator.claims_to_be, method="mc", num_samples=reference_draws, seed=seed,
+                device="cpu", **estimator.options)
+    return m.mean, m.mean_stderr, None
+
+
+def _z(gap: float, stderr: float, scale: float) -> float:
+    """``gap / stderr``, or 0 for a gap at rounding level (``1e-12`` of ``scale``): an exact peer's mean
+    differs from the exact one by rounding, with a spread of rounding too."""
+    if abs(gap) <= 1e-12 * max(1.0, abs(scale)):
+        return 0.0
+    return gap / stderr if stderr > 0 else math.inf
+
+
+def audit_one(estimator: PeerEstimator, problem: Problem, *, max_draws: int = 2_000_000, seed: int = 0,
+              chunk_size: int = 50_000) -> AuditRow:
+    """The verdict on one peer estimator on one problem (see the module's docstring)."""
+    mean_t, se_t, var_t = _target(estimator, problem, max_draws, seed + 17)
+    tests = len(mean_t) * (2 if var_t is not None else 1)       # z-scores of means (and variances)
+    pilot = torch.cat(list(peer_gradients(estimator, problem, min(PILOT_DRAWS, max_draws), seed + 1, chunk_size)))
+    z_needed = sps.norm.ppf(1 - ALPHA / (2 * tests)) + sps.norm.ppf(POWER)
+    # a bias of RELATIVE_BIAS |g| in the noisiest coordinate is found with probability POWER
+    detectable = RELATIVE_BIAS * float(mean_t.norm())
+    sd = float(pilot.std(0).max())
+    needed = 1 if sd == 0 else (max_draws if detectable == 0 else int(math.ceil((z_needed * sd / detectable) ** 2)))
+    draws = min(max(needed, PILOT_DRAWS), max_draws)
+    stats = GradientStats(reference=mean_t, reference_stderr=se_t)
+    for chunk in peer_gradients(estimator, problem, draws, seed + 2, chunk_size):
+        stats.update(chunk)
+    frame = stats.to_frame(ms=(1,), per_coordinate=True)
+    coords = frame[frame.coordinate != ""]
+    bias = coords[coords.metric == "bias"]
+    z = [_z(g, e, float(t)) for g, e, t in zip(bias.value, bias.stderr, mean_t)]
+    if var_t is not None:
+        var = coords[coords.metric == "variance"]
+        z += [_z(g - float(v), e, float(v)) for g, v, e in zip(var.value, var_t, var.stderr)]
+    # Holm at ALPHA: some test rejects exactly when the smallest p-value is below ALPHA / (number of tests)
+    rejects = min(float(2 * sps.norm.sf(abs(v))) for v in z) <= ALPHA / len(z)
+    notes = [estimator.notes] if estimator.notes else []
+    mean_p = torch.as_tensor(stats.mean, dtype=torch.float64).reshape(-1)
+    discrepancy = float((mean_p - mean_t).norm() / mean_t.norm().clamp_min(1e-300))
+    status = "disagrees" if rejects else ("agrees" if draws >= needed else "inconclusive")
+    if status == "disagrees":
+        notes.append(f"peer mean {_rounded(mean_p)} vs {estimator.claims_to_be} {_rounded(mean_t)}")
+        notes += _independent_checks(estimator, problem, mean_p)
+    elif status == "inconclusive":
+        notes.append(f"{needed:,} draws needed for power {POWER} against a {RELATIVE_BIAS:.0%} bias; "
+                     f"max_draws is {max_draws:,}")
+    return AuditRow(estimator.peer, estimator.name, estimator.claims_to_be, status,
+                    max((abs(v) for v in z), default=0.0), problem.description, draws, needed, discrepancy,
+                    "; ".join(notes))
+
+
+def _rounded(values: Tensor) -> list[float]:
+    return [float(f"{float(v):.4g}") for v in values]
+
+
+def closed_form_gradient(problem: Problem) -> float:
+    r"""One unit: :math:`p(1 - p)(f(1) - f(0))`, written out (no enumeration engine), for the referee's own check."""
+    a = float(_logits(problem)[0])
+    p = 1 / (1 + math.exp(-a))
+    f = problem.loss(torch.tensor([[1.0], [0.0]], dtype=torch.float64))
+    return p * (1 - p) * float(f[0] - f[1])
+
+
+def moving_average_simulation(problem: Problem, decay: float = 0.95, draws: int = 200_000, seed: int = 0,
+                              update_first: bool = True) -> tuple[float, float]:
+    r"""A plain loop of REINFORCE on one unit with an exponential moving-average baseline: per draw,
+    :math:`(f(b) - \bar L)(b - p)`, with :math:`\bar L` updated by the draw's own cost before it is used
+    (``update_first``, what storchastic 0.3.7's ``MovingAverageBaseline`` does) or after. Mean and its
+    standard error. Updated first, the mean is :math:`\mathrm{decay}` times the gradient: the draw's
+    own cost enters its baseline with weight ``1 - decay``."""
+    a = float(_logits(problem)[0])
+    p = 1 / (1 + math.exp(-a))
+    f = problem.loss(torch.tensor([[1.0], [0.0]], dtype=torch.float64))
+    f1, f0 = float(f[0]), float(f[1])
+    generator = torch.Generator().manual_seed(seed)
+    b = (torch.rand(draws + BURN_IN, generator=generator, dtype=torch.float64) < p).tolist()
+    average, out = 0.0, []
+    for i, bit in enumerate(b):
+        cost = f1 if bit else f0
+        if update_first:
+            average = decay * average + (1 - decay) * cost
+        if i >= BURN_IN:
+            out.append((cost - average) * ((1.0 if bit else 0.0) - p))
+        if not update_first:
+            average = decay * average + (1 - decay) * cost
+    values = torch.tensor(out, dtype=torch.float64)
+    return float(values.mean()), float(values.std() / math.sqrt(len(values)))
+
+
+def _independent_checks(estimator: PeerEstimator, problem: Problem, mean_p: Tensor) -> list[str]:
+    """Which side is right, from computations that share no code with either: the closed form on one unit,
+    and for the moving-average baseline a plain simulation of its update order."""
+    if len(_logits(problem)) != 1:
+        return []
+    notes = [f"closed form p(1-p)(f(1)-f(0)) = {closed_form_gradient(problem):.6g}"]
+    if "moving_average" in estimator.name:
+        first, first_se = moving_average_simulation(problem, update_first=True)
+        after, after_se = moving_average_simulation(problem, update_first=False)
+        notes.append(f"plain simulation, baseline updated with the draw's own cost before use: {first:.5g} +- "
+                     f"{first_se:.2g} (peer {float(mean_p[0]):.5g}); updated after use: {after:.5g} +- {after_se:.2g}")
+    return notes
+
+
+def audit(peer: str = "storchastic", *, quick: bool = False, estimators: Iterable[str] | None = None,
+          max_draws: int | None = None, seed: int = 0, progress=None) -> list[AuditRow]:
+    """Every estimator of ``peer`` on every problem of :func:`audit_problems` (``quick``: two problems, at
+    most 100,000 draws, 20,000 for storchastic's stateful one; else at most 20 million, 50,000 for it)."""
+    if peer not in PEERS:
+        raise ValueError(f"peer must be one of {', '.join(PEERS)}, got {peer!r}")
+    chosen = PEERS[peer]()
+    if estimators is not None:
+        wanted = list(estimators)
+        unknown = [w for w in wanted if w not in {e.name for e in chosen}]
+        if unknown:
+            raise ValueError(f"unknown estimator(s) {unknown}; choose from {[e.name for e in chosen]}")
+        chosen = [e for e in chosen if e.name in wanted]
+    rows = []
+    for est in chosen:
+        for problem in audit_problems(quick):
+            slow = est.sequential and est.peer == "storchastic"        # a loop of single calls
+            limit = max_draws or ((20_000 if slow else 100_000) if quick else (50_000 if slow else 20_000_000))
+            rows.append(audit_one(est, problem, max_draws=limit, seed=seed))
+            if progress is not None:
+                progress(f"{est.name} on {problem.description}: {rows[-1].status} (max |z| {rows[-1].max_abs_z:.1f})")
+    return rows
