@@ -38,9 +38,9 @@ from .moments import moments
 from .numerics import positive_int
 from .problems import Problem, independent, toy
 
-__all__ = ["PINNED", "STATUSES", "ALPHA", "POWER", "RELATIVE_BIAS", "PeerEstimator", "AuditRow",
-           "storchastic_estimators", "pyro_estimators", "PEERS", "audit_problems", "peer_gradients", "audit_one", "audit", "closed_form_gradient",
-           "moving_average_simulation"]
+__all__ = ["PINNED", "STATUSES", "ALPHA", "POWER", "RELATIVE_BIAS", "PeerEstimator", "AuditRow", "PEERS",
+           "storchastic_estimators", "pyro_estimators", "audit_problems", "peer_gradients", "audit_one", "audit",
+           "closed_form_gradient", "moving_average_simulation"]
 
 PINNED = {"storchastic": "0.3.7", "pyro": "1.9.2"}
 STATUSES = ("agrees", "disagrees", "inconclusive")
@@ -48,8 +48,11 @@ ALPHA = 0.01            # familywise error of the tests of one (estimator, probl
 POWER = 0.99            # to detect a bias of RELATIVE_BIAS
 RELATIVE_BIAS = 0.01
 PILOT_DRAWS = 4096
-BURN_IN = 400           # calls discarded before a stateful estimator's draws are kept (0.95^400 < 1e-8)
-PYRO_BURN_IN = 200      # pyro's decaying average (beta 0.9): 0.9^200 < 1e-9
+# calls discarded before a stateful estimator's draws are kept, so that its variance is the steady state's
+# (0.95^100 and 0.9^50 are below 0.01); its mean does not depend on them
+BURN_IN = 100
+PYRO_BURN_IN = 50
+PYRO_CALLS = 50         # calls per chunk of pyro's stateful estimator: each advances every chain (row) once
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class AuditRow:
     draws: int
     draws_for_power: int
     relative_discrepancy: float
+    relative_discrepancy_stderr: float
     notes: str
 
     def row(self) -> dict:
@@ -273,15 +277,15 @@ def peer_gradients(estimator: PeerEstimator, problem: Problem, num_draws: int, s
     if estimator.peer not in PINNED:
         raise ValueError(f"no adapter for peer {estimator.peer!r}; peers: {', '.join(PINNED)}")
     if estimator.peer == "pyro":
-        # stateful: min(chunk, draws) chains, each call one draw of every chain; else one call per chunk
-        rows = min(chunk_size, num_draws) if estimator.sequential else None
-        for i, lo in enumerate(range(0, num_draws, chunk_size if rows is None else 10 * rows)):
-            if rows is None:
+        if not estimator.sequential:            # one call per chunk
+            for i, lo in enumerate(range(0, num_draws, chunk_size)):
                 yield _pyro_draws(estimator, problem, min(chunk_size, num_draws - lo), 1, 0, seed * 1_000_003 + i)
-            else:
-                calls = math.ceil(min(10 * rows, num_draws - lo) / rows)
-                yield _pyro_draws(estimator, problem, rows, calls, PYRO_BURN_IN, seed * 1_000_003 + i)[
-                    :num_draws - lo]
+            return
+        # stateful: chunks of `rows` chains, each advanced PYRO_CALLS times after the burn-in
+        rows = max(1, min(chunk_size, math.ceil(num_draws / PYRO_CALLS)))
+        for i, lo in enumerate(range(0, num_draws, rows * PYRO_CALLS)):
+            yield _pyro_draws(estimator, problem, rows, PYRO_CALLS, PYRO_BURN_IN, seed * 1_000_003 + i)[
+                :num_draws - lo]
         return
     if estimator.sequential:
         for i, lo in enumerate(range(0, num_draws, chunk_size)):
@@ -307,10 +311,13 @@ def _target(estimator: PeerEstimator, problem: Problem, reference_draws: int, se
     return m.mean, m.mean_stderr, None
 
 
+ROUNDING = 1e-6   # storchastic weights a plate's rows by 1/n in float32, even for float64 logits
+
+
 def _z(gap: float, stderr: float, scale: float) -> float:
-    """``gap / stderr``, or 0 for a gap at rounding level (``1e-12`` of ``scale``): an exact peer's mean
-    differs from the exact one by rounding, with a spread of rounding too."""
-    if abs(gap) <= 1e-12 * max(1.0, abs(scale)):
+    """``gap / stderr``, or 0 for a gap at rounding level (:data:`ROUNDING` of ``scale``): an exact peer's
+    mean differs from the exact one by rounding, with a spread of rounding too."""
+    if abs(gap) <= ROUNDING * abs(scale):
         return 0.0
     return gap / stderr if stderr > 0 else math.inf
 
@@ -320,28 +327,34 @@ def audit_one(estimator: PeerEstimator, problem: Problem, *, max_draws: int = 2_
     """The verdict on one peer estimator on one problem (see the module's docstring)."""
     mean_t, se_t, var_t = _target(estimator, problem, max_draws, seed + 17)
     tests = len(mean_t) * (2 if var_t is not None else 1)       # z-scores of means (and variances)
-    pilot = torch.cat(list(peer_gradients(estimator, problem, min(PILOT_DRAWS, max_draws), seed + 1, chunk_size)))
+    pilot_draws = min(PILOT_DRAWS, max(max_draws // 4, 256))
+    pilot = torch.cat(list(peer_gradients(estimator, problem, pilot_draws, seed + 1, chunk_size)))
     z_needed = sps.norm.ppf(1 - ALPHA / (2 * tests)) + sps.norm.ppf(POWER)
     # a bias of RELATIVE_BIAS |g| in the noisiest coordinate is found with probability POWER
     detectable = RELATIVE_BIAS * float(mean_t.norm())
     sd = float(pilot.std(0).max())
     needed = 1 if sd == 0 else (max_draws if detectable == 0 else int(math.ceil((z_needed * sd / detectable) ** 2)))
-    draws = min(max(needed, PILOT_DRAWS), max_draws)
+    draws = min(max(needed, pilot_draws), max_draws)
     stats = GradientStats(reference=mean_t, reference_stderr=se_t)
     for chunk in peer_gradients(estimator, problem, draws, seed + 2, chunk_size):
         stats.update(chunk)
     frame = stats.to_frame(ms=(1,), per_coordinate=True)
     coords = frame[frame.coordinate != ""]
     bias = coords[coords.metric == "bias"]
-    z = [_z(g, e, float(t)) for g, e, t in zip(bias.value, bias.stderr, mean_t)]
+    z = [_z(g, e, float(mean_t.norm())) for g, e in zip(bias.value, bias.stderr)]
     if var_t is not None:
         var = coords[coords.metric == "variance"]
-        z += [_z(g - float(v), e, float(v)) for g, v, e in zip(var.value, var_t, var.stderr)]
+        z += [_z(g - float(v), e, float(var_t.max())) for g, v, e in zip(var.value, var_t, var.stderr)]
     # Holm at ALPHA: some test rejects exactly when the smallest p-value is below ALPHA / (number of tests)
     rejects = min(float(2 * sps.norm.sf(abs(v))) for v in z) <= ALPHA / len(z)
     notes = [estimator.notes] if estimator.notes else []
     mean_p = torch.as_tensor(stats.mean, dtype=torch.float64).reshape(-1)
-    discrepancy = float((mean_p - mean_t).norm() / mean_t.norm().clamp_min(1e-300))
+    gap, norm = mean_p - mean_t, mean_t.norm().clamp_min(1e-300)
+    se = torch.tensor(list(bias.stderr), dtype=torch.float64)
+    discrepancy = float(gap.norm() / norm)
+    # delta method for |gap| / |target| (its error where the gap is resolved; the largest one's where it is 0)
+    spread = (gap / gap.norm()).square() @ se.square() if float(gap.norm()) > 0 else se.square().max()
+    discrepancy_se = float(spread.sqrt() / norm)
     status = "disagrees" if rejects else ("agrees" if draws >= needed else "inconclusive")
     if status == "disagrees":
         notes.append(f"peer mean {_rounded(mean_p)} vs {estimator.claims_to_be} {_rounded(mean_t)}")
@@ -351,7 +364,7 @@ def audit_one(estimator: PeerEstimator, problem: Problem, *, max_draws: int = 2_
                      f"max_draws is {max_draws:,}")
     return AuditRow(estimator.peer, estimator.name, estimator.claims_to_be, status,
                     max((abs(v) for v in z), default=0.0), problem.description, draws, needed, discrepancy,
-                    "; ".join(notes))
+                    discrepancy_se, "; ".join(notes))
 
 
 def _rounded(values: Tensor) -> list[float]:
