@@ -4,7 +4,7 @@
 pyro-ppl 1.9.2) on problems gradstats solves exactly (the toy at three (t, a), three units with a
 multilinear loss), per-draw gradients batched in a plate, and tests its mean per coordinate (and,
 against a gradstats estimator with exact moments, its variance) with Holm at 0.01, with enough
-draws to detect a 1% bias with power 0.99 (up to 20 million; 50,000 for storchastic's stateful
+draws to detect a 1% bias with power 0.99 (up to 20 million; 20,000 for storchastic's stateful
 moving-average baseline, driven one draw per call). The figure shows how far each peer's mean is
 from the claimed one, relative to the claimed gradient's norm; the table gives the verdicts.
 
@@ -41,7 +41,7 @@ def compute(cell, config):
     est = {e.name: e for e in audit.PEERS[cell["peer"]]()}[cell["estimator"]]
     problem = audit.audit_problems(config.quick)[cell["problem"]]
     slow = est.sequential and est.peer == "storchastic"
-    limit = (1_500 if slow else 20_000) if config.quick else (50_000 if slow else 20_000_000)
+    limit = (1_500 if slow else 20_000) if config.quick else (20_000 if slow else 20_000_000)
     return [audit.audit_one(est, problem, max_draws=limit, seed=config.seed).row()]
 
 
