@@ -40,8 +40,7 @@ def cells(config):
 def compute(cell, config):
     est = {e.name: e for e in audit.PEERS[cell["peer"]]()}[cell["estimator"]]
     problem = audit.audit_problems(config.quick)[cell["problem"]]
-    slow = est.sequential and est.peer == "storchastic"
-    limit = (1_500 if slow else 20_000) if config.quick else (20_000 if slow else 20_000_000)
+    limit = min(est.draw_limit(config.quick), 20_000) if config.quick else est.draw_limit(False)
     return [audit.audit_one(est, problem, max_draws=limit, seed=config.seed).row()]
 
 

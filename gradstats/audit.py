@@ -36,7 +36,7 @@ from .gradient_stats import GradientStats
 from .losses import multilinear
 from .moments import moments
 from .numerics import positive_int
-from .problems import Problem, independent, toy
+from .problems import Problem, independent, sbn, toy
 
 __all__ = ["PINNED", "STATUSES", "ALPHA", "POWER", "RELATIVE_BIAS", "PeerEstimator", "AuditRow", "PEERS",
            "storchastic_estimators", "pyro_estimators", "audit_problems", "peer_gradients", "audit_one", "audit",
@@ -71,6 +71,14 @@ class PeerEstimator:
     sequential: bool = False
     dtype: torch.dtype = torch.float64
     notes: str = ""
+    max_draws: int | None = None     # a cap the peer needs (see notes)
+
+    def draw_limit(self, quick: bool) -> int:
+        """The most draws one (estimator, problem) gets: 20 million (100,000 quick); 20,000 (1,500 quick) when
+        driven one call per draw; the peer's own cap where it has one."""
+        slow = self.sequential and self.peer == "storchastic"        # a loop of single calls
+        limit = (1_500 if slow else 100_000) if quick else (20_000 if slow else 20_000_000)
+        return limit if self.max_draws is None else min(limit, self.max_draws)
 
 
 @dataclass(frozen=True)
@@ -134,7 +142,8 @@ def storchastic_estimators() -> list[PeerEstimator]:
                       lambda n: m.GumbelSoftmax("z", straight_through=True, annealing_rate=0.0), {"temperature": 1.0}),
         PeerEstimator(peer, "REBAR()", "exact", lambda n: m.REBAR("z")),
         PeerEstimator(peer, "RELAX(in_dim=N)", "exact", lambda n: m.RELAX("z", in_dim=n), dtype=torch.float32,
-                      notes="float32 (its control variate network is float32)"),
+                      notes="float32 (its control variate network is float32); at most 2 million draws (memory "
+                      "grows by about 1 kB per draw across calls)", max_draws=2_000_000),
         PeerEstimator(peer, "RaoBlackwellSF(n_samples=2)", "exact", lambda n: m.RaoBlackwellSF("z", n_samples=2)),
         PeerEstimator(peer, "Expect()", "exact", lambda n: m.Expect("z"), notes="exact enumeration"),
         PeerEstimator(peer, "ScoreFunctionWOR(k=2, biased=False)", "exact",
@@ -181,92 +190,125 @@ PEERS = {"storchastic": storchastic_estimators, "pyro": pyro_estimators}
 
 def audit_problems(quick: bool = False) -> list[Problem]:
     """The problems, smallest first (so the first disagreement is the minimal counterexample): the toy
-    ``f(b) = (b - t)^2`` at three ``(t, a)``, and three units with a multilinear loss (interactions)."""
+    ``f(b) = (b - t)^2`` at three ``(t, a)``, three units with a multilinear loss (interactions), and a
+    network: 3 inputs, 2 binary units, a readout's squared error (``sbn([3, 2])``, 8 parameters)."""
     toys = [toy(0.45, 0.0), toy(0.1, 1.5), toy(0.8, -2.0)]
     loss = multilinear({(0,): 1.0, (1,): -0.5, (2,): 0.3, (0, 1): 2.0, (1, 2): -1.5, (0, 1, 2): 0.8}, 3)
     three = independent(loss, [0.3, -1.0, 0.8])
-    return [toys[0], three] if quick else [*toys, three]
+    network = sbn([3, 2], "squared_error", seed=0)
+    return [toys[0], three] if quick else [*toys, three, network]
+
+
+def _one_layer(problem: Problem):
+    if len(problem.layers) != 1:
+        raise ValueError(f"the audit drives one stochastic layer (toy, independent, one-layer sbn), got {problem}")
+    return problem.layers[0]
 
 
 def _logits(problem: Problem) -> Tensor:
-    if len(problem.layers) != 1 or len(problem.parameters) != 1:
-        raise ValueError(f"the audit drives one layer of independent units (toy, independent), got {problem}")
-    return next(iter(problem.parameters.values())).reshape(-1)
+    """The problem's logits ``[N]``."""
+    spec = _one_layer(problem)
+    return problem.logits(0, None if spec.weight is None else problem.x[None]).reshape(-1)
+
+
+class _Rows:
+    """Per-draw copies of a one-layer problem's parameters (``[rows, *shape]`` leaves) and the logits they give:
+    :math:`a_i = W_i x + c_i` (``a_i = c_i`` without input), so that one backward pass yields every draw's
+    gradient, flattened in ``problem.parameter_names()`` order."""
+
+    def __init__(self, problem: Problem, rows: int, dtype: torch.dtype):
+        self.spec, self.x = _one_layer(problem), problem.x
+        self.names = problem.parameter_names()
+        self.leaves = {k: problem.parameters[k].to(dtype).expand(rows, *problem.parameters[k].shape).clone()
+                       .requires_grad_(True) for k in self.names}
+
+    def logits(self) -> Tensor:
+        a = self.leaves[self.spec.bias]
+        if self.spec.weight is not None:
+            weight = self.leaves[self.spec.weight]
+            a = a + torch.einsum("bij,j->bi", weight, self.x.to(weight.dtype))
+        return a
+
+    def gradients(self, scale: float = 1.0) -> Tensor:
+        return torch.cat([self.leaves[k].grad.detach().flatten(1) for k in self.names], 1).to(torch.float64) * scale
+
+
+def _storch_cost(storch, problem: Problem, dtype: torch.dtype):
+    return storch.deterministic(lambda h: problem.loss(h.to(dtype)))
 
 
 def _storchastic_chunk(estimator: PeerEstimator, problem: Problem, rows: int, seed: int) -> Tensor:
-    """``rows`` per-draw gradients ``[rows, N]`` from one backward pass: draw ``i`` has its own logits
-    ``param[i]`` in the independent plate ``draws``; storch averages the cost over that plate, hence
-    the factor ``rows``."""
+    """``rows`` per-draw gradients ``[rows, D]`` from one backward pass: draw ``i`` has its own parameters and
+    logits in the independent plate ``draws``; storch averages the cost over that plate, hence the factor
+    ``rows``."""
     storch = _require_storchastic()
     from torch.distributions import Bernoulli
 
-    logits = _logits(problem)
     torch.manual_seed(seed)
-    method = estimator.build(len(logits))
-    param = logits.to(estimator.dtype).expand(rows, -1).clone().requires_grad_(True)
+    method = estimator.build(_one_layer(problem).size)
+    draws = _Rows(problem, rows, estimator.dtype)
     try:
-        sample = method(Bernoulli(logits=storch.denote_independent(param, 0, "draws")))
-        cost = storch.deterministic(lambda h: problem.loss(h.to(estimator.dtype)))(sample)
-        storch.add_cost(cost, "cost")
+        sample = method(Bernoulli(logits=storch.denote_independent(draws.logits(), 0, "draws")))
+        storch.add_cost(_storch_cost(storch, problem, estimator.dtype)(sample), "cost")
         storch.backward()
     finally:
         storch.reset()
-    return param.grad.detach().to(torch.float64) * rows
+    return draws.gradients(rows)
 
 
-def _storchastic_sequential(estimator: PeerEstimator, problem: Problem, draws: int, seed: int) -> Tensor:
-    """One call per draw on one estimator object (its state carried), after :data:`BURN_IN` calls."""
+def _storchastic_sequential(estimator: PeerEstimator, problem: Problem, draws: int, seed: int,
+                            burn_in: int = BURN_IN) -> Tensor:
+    """One call per draw on one estimator object (its state carried), after ``burn_in`` calls: how a training
+    loop with one draw per step drives it (and the per-draw loop of research code)."""
     storch = _require_storchastic()
     from torch.distributions import Bernoulli
 
-    logits = _logits(problem)
     torch.manual_seed(seed)
-    method = estimator.build(len(logits))
-    out = torch.empty(draws, len(logits), dtype=torch.float64)
-    for i in range(-BURN_IN, draws):
-        param = logits.to(estimator.dtype).clone().requires_grad_(True)
+    method = estimator.build(_one_layer(problem).size)
+    out = []
+    for i in range(-burn_in, draws):
+        one = _Rows(problem, 1, estimator.dtype)
         try:
-            sample = method(Bernoulli(logits=param))
-            storch.add_cost(storch.deterministic(lambda h: problem.loss(h.to(estimator.dtype)))(sample), "cost")
+            sample = method(Bernoulli(logits=one.logits()[0]))
+            storch.add_cost(_storch_cost(storch, problem, estimator.dtype)(sample), "cost")
             storch.backward()
         finally:
             storch.reset()
         if i >= 0:
-            out[i] = param.grad.detach().to(torch.float64)
-    return out
+            out.append(one.gradients())
+    return torch.cat(out)
 
 
 def _pyro_draws(estimator: PeerEstimator, problem: Problem, rows: int, calls: int, burn_in: int, seed: int) -> Tensor:
     """``calls`` calls of ``TraceGraph_ELBO.loss_and_grads`` on ``rows`` rows after ``burn_in`` calls:
-    ``[calls * rows, N]`` in call order (pyro sums the loss over the plate: no factor)."""
+    ``[calls * rows, D]`` in call order (pyro sums the loss over the plate: no factor)."""
     pyro = _require_pyro()
     import pyro.distributions as dist
     from pyro.infer import TraceGraph_ELBO
 
-    logits = _logits(problem)
     pyro.set_rng_seed(seed)
     pyro.clear_param_store()
-    param = logits.to(estimator.dtype).expand(rows, -1).clone().requires_grad_(True)
-    infer = estimator.build(len(logits))
+    draws = _Rows(problem, rows, estimator.dtype)
+    infer = estimator.build(_one_layer(problem).size)
 
     def model():
         with pyro.plate("draws", rows):
-            z = pyro.sample("z", dist.Bernoulli(logits=param.detach()).to_event(1))
+            z = pyro.sample("z", dist.Bernoulli(logits=draws.logits().detach()).to_event(1))
             pyro.factor("cost", -problem.loss(z))
 
     def guide():
         with pyro.plate("draws", rows):
-            pyro.sample("z", dist.Bernoulli(logits=param).to_event(1), infer=infer)
+            pyro.sample("z", dist.Bernoulli(logits=draws.logits()).to_event(1), infer=infer)
 
     elbo = TraceGraph_ELBO()
     out = []
     try:
         for call in range(burn_in + calls):
-            param.grad = None
+            for leaf in draws.leaves.values():
+                leaf.grad = None
             elbo.loss_and_grads(model, guide)
             if call >= burn_in:
-                out.append(param.grad.detach().to(torch.float64).clone())
+                out.append(draws.gradients())
     finally:
         pyro.clear_param_store()
     return torch.cat(out)
@@ -411,7 +453,7 @@ def moving_average_simulation(problem: Problem, decay: float = 0.95, draws: int 
 def _independent_checks(estimator: PeerEstimator, problem: Problem, mean_p: Tensor) -> list[str]:
     """Which side is right, from computations that share no code with either: the closed form on one unit,
     and for the moving-average baseline a plain simulation of its update order."""
-    if len(_logits(problem)) != 1:
+    if problem.num_parameters != 1:
         return []
     notes = [f"closed form p(1-p)(f(1)-f(0)) = {closed_form_gradient(problem):.6g}"]
     if "moving_average" in estimator.name:
@@ -424,8 +466,8 @@ def _independent_checks(estimator: PeerEstimator, problem: Problem, mean_p: Tens
 
 def audit(peer: str = "storchastic", *, quick: bool = False, estimators: Iterable[str] | None = None,
           max_draws: int | None = None, seed: int = 0, progress=None) -> list[AuditRow]:
-    """Every estimator of ``peer`` on every problem of :func:`audit_problems` (``quick``: two problems, at
-    most 100,000 draws, 20,000 for storchastic's stateful one; else at most 20 million, 20,000 for it)."""
+    """Every estimator of ``peer`` on every problem of :func:`audit_problems` (``quick``: two problems) with
+    :meth:`PeerEstimator.draw_limit` draws at most (or ``max_draws``)."""
     if peer not in PEERS:
         raise ValueError(f"peer must be one of {', '.join(PEERS)}, got {peer!r}")
     chosen = PEERS[peer]()
@@ -438,9 +480,7 @@ def audit(peer: str = "storchastic", *, quick: bool = False, estimators: Iterabl
     rows = []
     for est in chosen:
         for problem in audit_problems(quick):
-            slow = est.sequential and est.peer == "storchastic"        # a loop of single calls
-            limit = max_draws or ((20_000 if slow else 100_000) if quick else (20_000 if slow else 20_000_000))
-            rows.append(audit_one(est, problem, max_draws=limit, seed=seed))
+            rows.append(audit_one(est, problem, max_draws=max_draws or est.draw_limit(quick), seed=seed))
             if progress is not None:
                 progress(f"{est.name} on {problem.description}: {rows[-1].status} (max |z| {rows[-1].max_abs_z:.1f})")
     return rows

@@ -231,10 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     p_au = sub.add_parser("audit", help="audit a peer library's estimators against gradstats' exact values "
                           "(needs pip install 'gradstats[audit]')")
     p_au.add_argument("peer", choices=["storchastic", "pyro"], help="the library audited (pinned version: gradstats.audit)")
-    p_au.add_argument("--quick", action="store_true", help="two problems, at most 100,000 draws per row")
+    p_au.add_argument("--quick", action="store_true", help="two problems, at most 100,000 draws per row (1,500 "
+                      "for a stateful estimator driven one call per draw)")
     p_au.add_argument("--estimators", nargs="+", help="the peer's estimator names as listed (default: all)")
     p_au.add_argument("--max-draws", type=int, help="draws per row at most (default 20 million; 20,000 for a "
-                      "stateful estimator; --quick: 100,000 and 20,000)")
+                      "stateful estimator driven one call per draw; --quick: 100,000 and 1,500; RELAX: 2 million)")
     p_au.add_argument("--seed", type=int, default=0)
     p_au.add_argument("--json", action="store_true", help="a list of rows: peer, estimator, claims_to_be, status, "
                       "max_abs_z, problem, draws, draws_for_power, relative_discrepancy, notes")
