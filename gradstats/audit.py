@@ -10,7 +10,8 @@ Each is compared with what it claims to be (:attr:`PeerEstimator.claims_to_be`):
 for an estimator sold as unbiased, else a gradstats estimator's exact moments (enumeration) or Monte
 Carlo moments (continuous noise). Per coordinate, the mean (and, against exact moments, the
 variance) is tested by a z-score; the tests of one (estimator, problem) are Holm-corrected at
-:data:`ALPHA`. The number of draws is chosen from a pilot of the peer's own draws so that a bias of
+:data:`ALPHA` split over the :data:`LOOKS` (after 10%, 30% and all of the planned draws; a
+disagreement stops the draws early). The number of draws is chosen from a pilot of the peer's own draws so that a bias of
 :data:`RELATIVE_BIAS` of the target's norm in any coordinate is detected with power
 :data:`POWER`, up to ``max_draws``. Verdicts: ``disagrees`` (a test rejects), ``agrees`` (none
 does, at that power) or ``inconclusive`` (none does, below that power).
@@ -48,6 +49,7 @@ ALPHA = 0.01            # familywise error of the tests of one (estimator, probl
 POWER = 0.99            # to detect a bias of RELATIVE_BIAS
 RELATIVE_BIAS = 0.01
 PILOT_DRAWS = 4096
+LOOKS = (0.1, 0.3, 1.0)  # fractions of the planned draws at which the tests run (Bonferroni over the looks)
 # calls discarded before a stateful estimator's draws are kept, so that its variance is the steady state's
 # (0.95^100 and 0.9^50 are below 0.01); its mean does not depend on them
 BURN_IN = 100
@@ -72,6 +74,7 @@ class PeerEstimator:
     dtype: torch.dtype = torch.float64
     notes: str = ""
     max_draws: int | None = None     # a cap the peer needs (see notes)
+    chunk_size: int = 50_000         # draws per backward pass (smaller where the peer's memory needs it)
 
     def draw_limit(self, quick: bool) -> int:
         """The most draws one (estimator, problem) gets: 20 million (100,000 quick); 20,000 (1,500 quick) when
@@ -149,9 +152,10 @@ def storchastic_estimators() -> list[PeerEstimator]:
         PeerEstimator(peer, "ScoreFunctionWOR(k=2, biased=False)", "exact",
                       lambda n: m.ScoreFunctionWOR("z", k=2, biased=False)),
         PeerEstimator(peer, "UnorderedSetEstimator(k=2)", "exact", lambda n: m.UnorderedSetEstimator("z", k=2),
-                      notes="its leave-one-out probabilities by numerical integration (1000 points)"),
+                      notes="its leave-one-out probabilities by numerical integration (1000 points); chunks of "
+                      "1,000 draws (its memory grows with draws x points)", chunk_size=1_000),
         PeerEstimator(peer, "UnorderedSetEstimator(k=2, exact_integration=True)", "exact",
-                      lambda n: m.UnorderedSetEstimator("z", k=2, exact_integration=True)),
+                      lambda n: m.UnorderedSetEstimator("z", k=2, exact_integration=True), chunk_size=1_000),
     ]
 
 
@@ -368,30 +372,41 @@ def _z(gap: float, stderr: float, scale: float) -> float:
 
 
 def audit_one(estimator: PeerEstimator, problem: Problem, *, max_draws: int = 2_000_000, seed: int = 0,
-              chunk_size: int = 50_000) -> AuditRow:
-    """The verdict on one peer estimator on one problem (see the module's docstring)."""
+              chunk_size: int | None = None) -> AuditRow:
+    """The verdict on one peer estimator on one problem (see the module's docstring); ``chunk_size`` defaults
+    to the estimator's."""
+    chunk_size = estimator.chunk_size if chunk_size is None else chunk_size
     mean_t, se_t, var_t = _target(estimator, problem, max_draws, seed + 17)
     tests = len(mean_t) * (2 if var_t is not None else 1)       # z-scores of means (and variances)
+    level = ALPHA / len(LOOKS)                                   # Bonferroni over the looks
     pilot_draws = min(PILOT_DRAWS, max(max_draws // 4, 256))
     pilot = torch.cat(list(peer_gradients(estimator, problem, pilot_draws, seed + 1, chunk_size)))
-    z_needed = sps.norm.ppf(1 - ALPHA / (2 * tests)) + sps.norm.ppf(POWER)
-    # a bias of RELATIVE_BIAS |g| in the noisiest coordinate is found with probability POWER
+    z_needed = sps.norm.ppf(1 - level / (2 * tests)) + sps.norm.ppf(POWER)
+    # a bias of RELATIVE_BIAS |g| in the noisiest coordinate is found with probability POWER (at the last look)
     detectable = RELATIVE_BIAS * float(mean_t.norm())
     sd = float(pilot.std(0).max())
     needed = 1 if sd == 0 else (max_draws if detectable == 0 else int(math.ceil((z_needed * sd / detectable) ** 2)))
-    draws = min(max(needed, pilot_draws), max_draws)
+    planned = min(max(needed, pilot_draws), max_draws)
     stats = GradientStats(reference=mean_t, reference_stderr=se_t)
-    for chunk in peer_gradients(estimator, problem, draws, seed + 2, chunk_size):
-        stats.update(chunk)
-    frame = stats.to_frame(ms=(1,), per_coordinate=True)
-    coords = frame[frame.coordinate != ""]
-    bias = coords[coords.metric == "bias"]
-    z = [_z(g, e, float(mean_t.norm())) for g, e in zip(bias.value, bias.stderr)]
-    if var_t is not None:
-        var = coords[coords.metric == "variance"]
-        z += [_z(g - float(v), e, float(var_t.max())) for g, v, e in zip(var.value, var_t, var.stderr)]
-    # Holm at ALPHA: some test rejects exactly when the smallest p-value is below ALPHA / (number of tests)
-    rejects = min(float(2 * sps.norm.sf(abs(v))) for v in z) <= ALPHA / len(z)
+    done = 0
+    for look, fraction in enumerate(LOOKS):
+        stop = max(done, math.ceil(fraction * planned))
+        if stop > done:
+            for chunk in peer_gradients(estimator, problem, stop - done, seed * len(LOOKS) + look + 2, chunk_size):
+                stats.update(chunk)
+            done = stop
+        frame = stats.to_frame(ms=(1,), per_coordinate=True)
+        coords = frame[frame.coordinate != ""]
+        bias = coords[coords.metric == "bias"]
+        z = [_z(g, e, float(mean_t.norm())) for g, e in zip(bias.value, bias.stderr)]
+        if var_t is not None:
+            var = coords[coords.metric == "variance"]
+            z += [_z(g - float(v), e, float(var_t.max())) for g, v, e in zip(var.value, var_t, var.stderr)]
+        # Holm at `level`: some test rejects exactly when the smallest p-value is below level / (number of tests)
+        rejects = min(float(2 * sps.norm.sf(abs(v))) for v in z) <= level / len(z)
+        if rejects:
+            break
+    draws = done
     notes = [estimator.notes] if estimator.notes else []
     mean_p = torch.as_tensor(stats.mean, dtype=torch.float64).reshape(-1)
     gap, norm = mean_p - mean_t, mean_t.norm().clamp_min(1e-300)
