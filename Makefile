@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/exact.py
 	$(PY) benchmarks/montecarlo.py
 	$(PY) benchmarks/byom.py
+	$(PY) benchmarks/audit.py
 
 clean-venv:
 	rm -rf $(VENV)
