@@ -69,14 +69,16 @@ def main(argv=None) -> None:
     peers = {"storchastic": {e.name: e for e in audit.storchastic_estimators()}["ScoreFunction()"],
              "pyro": {e.name: e for e in audit.pyro_estimators()}["TraceGraph_ELBO()"]}
     for peer, est in peers.items():
-        seconds, stats = timed(lambda: streamed(audit.peer_gradients(est, problem, args.peer_draws, seed=1,
-                                                                     chunk_size=2**15)))
+        chunks = audit.peer_gradients(est, problem, args.peer_draws, seed=1, chunk_size=2**15)
+        seconds, stats = timed(lambda chunks=chunks: streamed(chunks))
         check(f"{peer} batched", stats.moments.mean, stats.moments.mean_stderr, exact)
         rows.append((f"{peer} batched (plate)", args.peer_draws / seconds))
         if peer == "storchastic":
-            loop = lambda: audit._storchastic_sequential(est, problem, args.loop_draws, seed=2, burn_in=0)  # noqa: E731
+            def loop(est=est):
+                return audit._storchastic_sequential(est, problem, args.loop_draws, seed=2, burn_in=0)
         else:
-            loop = lambda: audit._pyro_draws(est, problem, 1, args.loop_draws, 0, seed=2)  # noqa: E731
+            def loop(est=est):
+                return audit._pyro_draws(est, problem, 1, args.loop_draws, 0, seed=2)
         seconds, draws = timed(loop)
         check(f"{peer} loop", draws.mean(0), draws.std(0) / len(draws) ** 0.5, exact)
         rows.append((f"{peer} per-draw loop", args.loop_draws / seconds))
