@@ -73,13 +73,7 @@ def main(argv=None) -> None:
         seconds, stats = timed(lambda chunks=chunks: streamed(chunks))
         check(f"{peer} batched", stats.moments.mean, stats.moments.mean_stderr, exact)
         rows.append((f"{peer} batched (plate)", args.peer_draws / seconds))
-        if peer == "storchastic":
-            def loop(est=est):
-                return audit._storchastic_sequential(est, problem, args.loop_draws, seed=2, burn_in=0)
-        else:
-            def loop(est=est):
-                return audit._pyro_draws(est, problem, 1, args.loop_draws, 0, seed=2)
-        seconds, draws = timed(loop)
+        seconds, draws = timed(lambda est=est: audit.peer_loop_gradients(est, problem, args.loop_draws, seed=2))
         check(f"{peer} loop", draws.mean(0), draws.std(0) / len(draws) ** 0.5, exact)
         rows.append((f"{peer} per-draw loop", args.loop_draws / seconds))
     ours_rate = rows[0][1]

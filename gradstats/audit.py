@@ -40,8 +40,8 @@ from .numerics import positive_int
 from .problems import Problem, independent, sbn, toy
 
 __all__ = ["PINNED", "STATUSES", "ALPHA", "POWER", "RELATIVE_BIAS", "PeerEstimator", "AuditRow", "PEERS",
-           "storchastic_estimators", "pyro_estimators", "audit_problems", "peer_gradients", "audit_one", "audit",
-           "closed_form_gradient", "moving_average_simulation"]
+           "storchastic_estimators", "pyro_estimators", "audit_problems", "peer_gradients", "peer_loop_gradients",
+           "audit_one", "audit", "closed_form_gradient", "moving_average_simulation"]
 
 PINNED = {"storchastic": "0.3.7", "pyro": "1.9.2"}
 STATUSES = ("agrees", "disagrees", "inconclusive")
@@ -342,6 +342,15 @@ def peer_gradients(estimator: PeerEstimator, problem: Problem, num_draws: int, s
         return
     for i, lo in enumerate(range(0, num_draws, chunk_size)):
         yield _storchastic_chunk(estimator, problem, min(chunk_size, num_draws - lo), seed * 1_000_003 + i)
+
+
+def peer_loop_gradients(estimator: PeerEstimator, problem: Problem, num_draws: int, seed: int = 0) -> Tensor:
+    """``[num_draws, D]`` per-draw gradients from the loop the peer's users write: one call and one backward
+    pass per draw, no plate (what the batched path of :func:`peer_gradients` is checked and timed against)."""
+    num_draws = positive_int("num_draws", num_draws)
+    if estimator.peer == "pyro":
+        return _pyro_draws(estimator, problem, 1, num_draws, 0, seed)
+    return _storchastic_sequential(estimator, problem, num_draws, seed, burn_in=0)
 
 
 def _target(estimator: PeerEstimator, problem: Problem, reference_draws: int, seed: int):

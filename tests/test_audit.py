@@ -30,7 +30,7 @@ def test_batched_draws_follow_the_peers_own_one_draw_per_call_usage():
     standard errors (chance failure below 1e-5)."""
     est = ESTIMATORS["ARM()"]
     batched = torch.cat(list(audit.peer_gradients(est, TOY, 4000, seed=1)))
-    looped = audit._storchastic_sequential(est, TOY, 600, seed=2)
+    looped = audit.peer_loop_gradients(est, TOY, 600, seed=2)
     se = math.sqrt(float(batched.var()) / len(batched) + float(looped.var()) / len(looped))
     assert abs(float(batched.mean() - looped.mean())) < 4.5 * se
     assert batched.shape == (4000, 1) and looped.shape == (600, 1)
