@@ -77,10 +77,10 @@ class PeerEstimator:
     chunk_size: int = 50_000         # draws per backward pass (smaller where the peer's memory needs it)
 
     def draw_limit(self, quick: bool) -> int:
-        """The most draws one (estimator, problem) gets: 20 million (100,000 quick); 20,000 (1,500 quick) when
+        """The most draws one (estimator, problem) gets: 20 million (100,000 quick); 10,000 (1,500 quick) when
         driven one call per draw; the peer's own cap where it has one."""
         slow = self.sequential and self.peer == "storchastic"        # a loop of single calls
-        limit = (1_500 if slow else 100_000) if quick else (20_000 if slow else 20_000_000)
+        limit = (1_500 if slow else 100_000) if quick else (10_000 if slow else 20_000_000)
         return limit if self.max_draws is None else min(limit, self.max_draws)
 
 

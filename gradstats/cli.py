@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p_au.add_argument("--quick", action="store_true", help="two problems, at most 100,000 draws per row (1,500 "
                       "for a stateful estimator driven one call per draw)")
     p_au.add_argument("--estimators", nargs="+", help="the peer's estimator names as listed (default: all)")
-    p_au.add_argument("--max-draws", type=int, help="draws per row at most (default 20 million; 20,000 for a "
+    p_au.add_argument("--max-draws", type=int, help="draws per row at most (default 20 million; 10,000 for a "
                       "stateful estimator driven one call per draw; --quick: 100,000 and 1,500; RELAX: 2 million)")
     p_au.add_argument("--seed", type=int, default=0)
     p_au.add_argument("--json", action="store_true", help="a list of rows: peer, estimator, claims_to_be, status, "
