@@ -104,3 +104,35 @@ def test_pyro_decaying_average_baseline_uses_the_old_average_and_agrees():
     assert row.status != "disagrees" and row.relative_discrepancy < 0.01, row
     draws = torch.cat(list(audit.peer_gradients(est, TOY, 3000, seed=4, chunk_size=1000)))
     assert draws.shape == (3000, 1) and torch.isfinite(draws).all()
+
+
+def test_storchastic_disarm_averages_its_pair_instead_of_differencing():
+    """The diagnosis in the README: one discordant DisARM draw of storchastic 0.3.7 on the toy is
+    (-1)^b~ (1/2) sigmoid(|a|) (f(b) + f(b~)) / 2, not the published (1/2) (f(b) - f(b~)) (-1)^b~ sigmoid(|a|)."""
+    import storch
+    from torch.distributions import Bernoulli
+
+    a, t = 0.3, 0.45
+    f = {1.0: (1 - t) ** 2, 0.0: t**2}
+    half_sig = 0.5 / (1 + math.exp(-abs(a)))
+    method = storch.method.DisARM("z")
+    discordant = 0
+    for seed in range(40):
+        torch.manual_seed(seed)
+        param = torch.tensor([a], dtype=torch.float64, requires_grad=True)
+        try:
+            z = method(Bernoulli(logits=param))
+            storch.add_cost(((z.float() - t) ** 2).sum(-1), "cost")
+            storch.backward()
+            b, b_anti = (float(v) for v in z._tensor.flatten())
+        finally:
+            storch.reset()
+        if b == b_anti:
+            assert float(param.grad) == 0.0
+            continue
+        discordant += 1
+        sign = -1.0 if b_anti == 1.0 else 1.0
+        assert float(param.grad) == pytest.approx(sign * half_sig * (f[b] + f[b_anti]) / 2, rel=1e-6)
+        published = 0.5 * (f[b] - f[b_anti]) * sign * 2 * half_sig
+        assert float(param.grad) != pytest.approx(published, rel=1e-3)
+    assert discordant >= 5
