@@ -1,7 +1,7 @@
 # `make test` and `make figures` set everything up on first use: a .venv in the
 # repository root with torch's CPU build where there is no CUDA (torch==2.13.0
 # resolves to a CPU wheel on the project's machines; an unpinned torch would
-# pull a multi-GB CUDA build), then gradstats in editable mode with its dev and audit extras.
+# pull a multi-GB CUDA build), then gradstats in editable mode with its dev, audit and distributed extras.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -20,7 +20,7 @@ STATISTICAL_TESTS := tests/test_montecarlo.py tests/test_metrics.py tests/test_s
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,audit]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,audit,distributed]'
 	touch $(STAMP)
 
 lint: $(STAMP)

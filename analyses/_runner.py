@@ -52,6 +52,7 @@ class Config:
     plot_only: bool
     jobs: int = 1
     perturb: bool = False
+    scheduler: str | None = None     # a Dask scheduler's address, or "local" for a LocalCluster of `jobs` workers
 
     @property
     def rate_factor(self) -> float:
@@ -85,6 +86,10 @@ def parse(name: str, description: str, argv: list[str] | None) -> Config:
     parser.add_argument("--plot-only", action="store_true", help="plot from saved results, compute nothing")
     parser.add_argument("--jobs", type=int, default=1,
                         help="worker processes for the cells (default 1; 0: one per CPU core)")
+    parser.add_argument("--scheduler", default=None,
+                        help="compute the cells on a Dask cluster: a running scheduler's address (tcp://host:8786; "
+                        "start workers in the repository root), or 'local' for a LocalCluster of --jobs workers "
+                        "(needs the distributed extra)")
     parser.add_argument("--perturb", action="store_true",
                         help="a change that must not matter: learning rates and every problem's parameters times "
                              "1 + 1e-12, another Monte Carlo chunk size (make check-figures)")
@@ -98,7 +103,7 @@ def parse(name: str, description: str, argv: list[str] | None) -> Config:
     if args.perturb:
         apply_perturbation()
     return Config(name, args.quick, args.seed, device, args.out.resolve(), args.recompute, args.plot_only, jobs,
-                  args.perturb)
+                  args.perturb, args.scheduler)
 
 
 PERTURBATION = 1e-12
@@ -183,6 +188,35 @@ def _compute_in_worker(cell: dict, config: Config) -> tuple[list[dict], float]:
     return _computed_rows(module.ANALYSIS.compute, cell, config)
 
 
+def _compute_on_dask(cell: dict, config: Config) -> tuple[list[dict], float]:
+    """A Dask task: one thread, the perturbation if asked, then the worker computation."""
+    torch.set_num_threads(1)
+    if config.perturb:
+        apply_perturbation()
+    return _compute_in_worker(cell, config)
+
+
+_DASK_CLIENTS: dict[tuple[str, int], object] = {}
+
+
+def dask_executor(scheduler: str, jobs: int):
+    """A ``concurrent.futures`` executor on a Dask cluster (one client per scheduler, kept for the process):
+    ``"local"`` starts a LocalCluster of ``jobs`` single-threaded worker processes."""
+    try:
+        import distributed
+    except ImportError as err:
+        raise SystemExit("--scheduler needs Dask's distributed: pip install 'gradstats[distributed]'") from err
+    key = (scheduler, jobs)
+    if key not in _DASK_CLIENTS:
+        if scheduler == "local":
+            from gradstats.sweep import local_cluster
+
+            _DASK_CLIENTS[key] = distributed.Client(local_cluster(jobs))
+        else:
+            _DASK_CLIENTS[key] = distributed.Client(scheduler)
+    return _DASK_CLIENTS[key].get_executor()
+
+
 def _exit_with_parent(parent: int) -> None:
     while True:
         if os.getppid() != parent:   # the parent died (even by SIGKILL): this worker must not outlive it
@@ -220,7 +254,19 @@ def run_cells(config: Config, cells: list[dict], compute: Callable[[dict, Config
         bar.update(1)
 
     with bar:
-        if parallel and config.jobs > 1 and len(pending) > 1:
+        if parallel and config.scheduler and pending:
+            executor = dask_executor(config.scheduler, config.jobs)
+            futures = {executor.submit(_compute_on_dask, tagged[i], config): i for i in pending}
+            try:
+                for future in as_completed(futures):
+                    store(futures[future], *future.result())
+            except BaseException:  # interrupted or failed: keep what has finished, cancel the rest
+                for future, i in futures.items():
+                    if i not in done and future.done() and not future.cancelled() and future.exception() is None:
+                        store(i, *future.result())
+                    future.cancel()
+                raise
+        elif parallel and config.jobs > 1 and len(pending) > 1:
             context = multiprocessing.get_context("spawn")
             pool = ProcessPoolExecutor(config.jobs, mp_context=context, initializer=_worker_setup,
                                        initargs=(os.getpid(), config.perturb))

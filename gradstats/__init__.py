@@ -12,6 +12,7 @@ from .evaluation import evaluate
 from .exact import exact_gradient, exact_loss, exact_moments
 from .gradient_stats import GradientStats, estimate_reference, gradient_stats, per_draw_gradients
 from .moments import moments
+from .sweep import sweep
 
 __all__ = [
     "GradientStats",
@@ -34,6 +35,7 @@ __all__ = [
     "per_draw_gradients",
     "problems",
     "stats",
+    "sweep",
     "training",
     "units",
 ]
@@ -42,7 +44,7 @@ __version__ = "0.1.0"
 
 # Imported on first use, so that `import gradstats` does not import hypothesis (the claims registry and the
 # public strategies need it; the instrument does not).
-_LAZY = ("claims", "testing")
+_LAZY = ("audit", "claims", "testing")
 
 
 def __getattr__(name: str):

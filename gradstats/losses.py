@@ -17,6 +17,7 @@ Built-ins:
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Callable
 
 import torch
@@ -72,6 +73,20 @@ class Loss:
     def __call__(self, h: Tensor) -> Tensor:
         return self.fn(h)
 
+    def __reduce__(self):
+        """Sent to another process (pickled) as its ``spec`` and rebuilt there by :func:`from_spec`; a loss
+        from a module-level function travels as that function; a lambda or a local function cannot."""
+        if self.spec.get("kind") in _BUILDERS:
+            return from_spec, (self.spec,)
+        try:
+            pickle.dumps(self.fn)
+        except (pickle.PicklingError, AttributeError, TypeError) as err:
+            raise TypeError(
+                f"loss {self.name!r} cannot be sent to another process: its function is a lambda or a local "
+                "function. Build it with gradstats.losses (polynomial, multilinear, readout_squared_error, ...) or "
+                f"define it at module level in an importable file ({err})") from None
+        return _rebuild_callable, (self.fn, self._grad, self.differentiable, self.name, self.num_inputs, self.spec)
+
     def __repr__(self) -> str:
         return f"Loss({self.name})"
 
@@ -91,6 +106,18 @@ class Loss:
                 )
             (grad,) = torch.autograd.grad(value.sum(), leaf)
         return value.detach(), grad
+
+
+def _rebuild_callable(fn, grad, differentiable, name, num_inputs, spec) -> Loss:
+    return Loss(fn, grad=grad, differentiable=differentiable, name=name, num_inputs=num_inputs, spec=spec)
+
+
+def from_spec(spec: dict) -> Loss:
+    """The loss a builder of this module made, rebuilt from its ``spec`` (the same values, bit for bit)."""
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind not in _BUILDERS:
+        raise ValueError(f"spec must be a dict whose kind is one of {sorted(_BUILDERS)}, got {spec!r}")
+    return _BUILDERS[kind](spec)
 
 
 def as_loss(loss: Loss | Callable[[Tensor], Tensor]) -> Loss:
@@ -205,7 +232,8 @@ def multilinear(coefficients: dict[tuple[int, ...], float], num_inputs: int) -> 
         return terms @ coef.to(h)
 
     return Loss(fn, name=f"multilinear ({len(subsets)} terms)", num_inputs=num_inputs,
-                spec={"kind": "multilinear", "coefficients": {",".join(map(str, k)): float(coefficients[k]) for k in subsets}})
+                spec={"kind": "multilinear", "num_inputs": num_inputs,
+                      "coefficients": {",".join(map(str, k)): float(coefficients[k]) for k in subsets}})
 
 
 def softplus_ridge(weights, directions, offsets, scales) -> Loss:
@@ -246,6 +274,16 @@ def power_sum(coefficients) -> Loss:
     return Loss(fn, name=f"power sum (degree {c.shape[1]})", num_inputs=c.shape[0],
                 spec={"kind": "power_sum", "coefficients": c.tolist()})
 
+
+_BUILDERS = {
+    "polynomial": lambda s: polynomial(s["target"], s["power"]),
+    "readout_squared_error": lambda s: readout_squared_error(s["weight"], s["target"], s["bias"]),
+    "readout_cross_entropy": lambda s: readout_cross_entropy(s["weight"], s["label"], s["bias"]),
+    "multilinear": lambda s: multilinear({tuple(int(i) for i in k.split(",") if i != ""): v
+                                          for k, v in s["coefficients"].items()}, s["num_inputs"]),
+    "softplus_ridge": lambda s: softplus_ridge(s["weights"], s["directions"], s["offsets"], s["scales"]),
+    "power_sum": lambda s: power_sum(s["coefficients"]),
+}
 
 READOUTS = ("squared_error", "cross_entropy")
 

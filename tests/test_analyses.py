@@ -92,6 +92,19 @@ def test_cells_computed_by_worker_processes_give_the_same_results(tmp_path):
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-12, atol=1e-15)  # in cell order, whichever finished first
 
 
+def test_cells_computed_on_a_dask_local_cluster_give_the_same_results(tmp_path):
+    pytest.importorskip("distributed", reason="the distributed extra is not installed")
+    from analyses import fig_toy
+
+    one = fig_toy.main(["--quick", "--out", str(tmp_path / "one"), "--device", "cpu"])
+    two = fig_toy.main(["--quick", "--out", str(tmp_path / "two"), "--device", "cpu", "--jobs", "2",
+                        "--scheduler", "local"])
+    assert two.scheduler == "local"
+    a, b = pd.read_csv(one.results / "results.csv"), pd.read_csv(two.results / "results.csv")
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-12, atol=1e-15)
+    assert len(list((two.results / "cells").glob("*.json"))) == len(a.drop_duplicates([c for c in a if c.startswith("cell_")]))
+
+
 def test_a_failing_cell_in_a_worker_stops_the_run_and_keeps_the_finished_cells(tmp_path, monkeypatch):
     from analyses import _runner
 

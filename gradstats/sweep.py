@@ -1,0 +1,162 @@
+r"""Grids of evaluations on any executor: ``gs.sweep``.
+
+A sweep is every (problem, estimator, option set) evaluated like :func:`gradstats.evaluate`, as
+independent tasks. They run in this process (``executor=None``) or on any
+:class:`concurrent.futures.Executor`: a process pool, or a Dask cluster through
+``distributed.Client(...).get_executor()``. Each task's seed is spawned from one root seed
+(:class:`numpy.random.SeedSequence`), so the frame is the same bit for bit whatever runs it and however
+many workers there are. Problems travel to other processes by pickling (a built-in problem's loss
+travels as its spec; see :class:`gradstats.losses.Loss`).
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .evaluation import evaluate
+from .numerics import seed_value
+from .problems import Problem
+
+__all__ = ["sweep", "local_cluster", "Task", "TASK_COLUMNS"]
+
+TASK_COLUMNS = ["task", "problem", "problem_index", "options", "task_seed"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One evaluation of a sweep: its index, the problem, one estimator with one option set, its seed."""
+
+    index: int
+    problem_index: int
+    problem: Problem
+    estimator: str
+    options: dict
+    seed: int
+
+    def run(self, evaluate_kwargs: Mapping) -> pd.DataFrame:
+        """``gs.evaluate`` of this task, with the columns that say which task it is (``device="auto"`` picks
+        the worker's own device; the frame's tensors are plain numbers on the client)."""
+        frame = evaluate(self.problem, [self.estimator], seed=self.seed,
+                         options={self.estimator: self.options} if self.options else None, **evaluate_kwargs)
+        described = {"task": self.index, "problem": self.problem.description, "problem_index": self.problem_index,
+                     "options": json.dumps(self.options, sort_keys=True), "task_seed": self.seed}
+        return frame.assign(**described)[TASK_COLUMNS + list(frame.columns)]
+
+
+# Dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its workers by default; fixing it turns off glibc's adaptive
+# mmap threshold, and torch's allocation-heavy Monte Carlo then runs about 3 times slower. Kept: one thread.
+WORKER_ENVIRON = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
+
+
+def local_cluster(n_workers: int = 2, **kwargs):
+    """A Dask ``LocalCluster`` of ``n_workers`` single-threaded worker processes set up for torch (without
+    the ``MALLOC_TRIM_THRESHOLD_`` Dask's nanny would give them, which slows gradstats about 3x); needs the
+    ``distributed`` extra. Use ``distributed.Client(local_cluster(...)).get_executor()`` with :func:`sweep`."""
+    try:
+        import dask
+        import distributed
+    except ImportError as err:
+        raise ImportError("a Dask cluster needs pip install 'gradstats[distributed]'") from err
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": dict(WORKER_ENVIRON)}):
+        return distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=None, **kwargs)
+
+
+def _run(task: Task, evaluate_kwargs: Mapping) -> pd.DataFrame:
+    return task.run(evaluate_kwargs)
+
+
+def _tasks(problems, estimators, options, seed: int) -> list[Task]:
+    problems = [problems] if isinstance(problems, Problem) else list(problems)
+    if not problems or not all(isinstance(p, Problem) for p in problems):
+        raise ValueError("problems must be a gradstats Problem or a non-empty list of them")
+    estimators = [estimators] if isinstance(estimators, str) else list(estimators)
+    if not estimators or not all(isinstance(e, str) for e in estimators):
+        raise ValueError("estimators must be registered estimator names (strings), so that tasks can travel")
+    options = {} if options is None else dict(options)
+    unknown = sorted(set(options) - set(estimators))
+    if unknown:
+        raise ValueError(f"options names estimator(s) {unknown} that are not swept; swept: {estimators}")
+    grid = []
+    for pi, problem in enumerate(problems):
+        for name in estimators:
+            sets = options.get(name, [{}])
+            sets = [sets] if isinstance(sets, Mapping) else list(sets)
+            if not sets or not all(isinstance(o, Mapping) for o in sets):
+                raise ValueError(f"options[{name!r}] must be a dict or a list of dicts (option sets)")
+            grid += [(pi, problem, name, dict(o)) for o in sets]
+    states = np.random.SeedSequence(seed).spawn(len(grid))
+    return [Task(i, pi, problem, name, opts, int(states[i].generate_state(1, dtype=np.uint32)[0]))
+            for i, (pi, problem, name, opts) in enumerate(grid)]
+
+
+def sweep(problems: Problem | Sequence[Problem], estimators: str | Iterable[str], *,
+          executor: Executor | None = None, options: Mapping[str, Mapping | Sequence[Mapping]] | None = None,
+          seed: int = 0, progress: bool | None = None, **evaluate_kwargs) -> pd.DataFrame:
+    """Every (problem, estimator, option set) evaluated like ``gs.evaluate``; their tidy frames concatenated.
+
+    Args:
+        problems: a Problem or a list of them.
+        estimators: registered estimator names.
+        executor: ``None`` (this process), or any :class:`concurrent.futures.Executor` (a process pool; a
+            Dask client's ``client.get_executor()``).
+        options: estimator name -> an option set (dict) or a list of them; each option set is a task.
+        seed: the root seed; task ``i`` gets the ``i``-th seed spawned from it (``SeedSequence``), so the
+            frame does not depend on the executor or the number of workers.
+        progress: a progress bar over tasks (default: when stderr is a terminal).
+        evaluate_kwargs: passed to ``gs.evaluate`` (``reference``, ``num_samples``, ``ms``, ``method``,
+            ``device``, ...).
+
+    Returns the rows of every task in task order, with columns ``task, problem, problem_index, options``
+    (JSON), ``task_seed`` before those of ``gs.evaluate``. A failed task does not stop the others; the
+    failures (task, problem, estimator, options, error) are in ``frame.attrs["failures"]`` and reported
+    with a warning.
+    """
+    seed = seed_value("seed", seed)
+    if executor is not None and not isinstance(executor, Executor):
+        raise ValueError(f"executor must be None or a concurrent.futures.Executor, got {type(executor).__name__}")
+    tasks = _tasks(problems, estimators, options, seed)
+    frames: dict[int, pd.DataFrame] = {}
+    failures = []
+    bar = tqdm(total=len(tasks), desc="sweep", unit="task", disable=progress is False if progress is not None
+               else None)
+
+    def failed(task: Task, err: BaseException) -> None:
+        failures.append({"task": task.index, "problem": task.problem.description, "estimator": task.estimator,
+                         "options": task.options, "error": f"{type(err).__name__}: {err}",
+                         "traceback": "".join(traceback.format_exception(err))})
+
+    with bar:
+        if executor is None:
+            for task in tasks:
+                try:
+                    frames[task.index] = task.run(evaluate_kwargs)
+                except Exception as err:  # noqa: BLE001 - reported with its parameters, the others kept
+                    failed(task, err)
+                bar.update(1)
+        else:
+            futures = {executor.submit(_run, task, evaluate_kwargs): task for task in tasks}
+            for future, task in futures.items():
+                try:
+                    frames[task.index] = future.result()
+                except Exception as err:  # noqa: BLE001
+                    failed(task, err)
+                bar.update(1)
+    out = pd.concat([frames[i] for i in sorted(frames)], ignore_index=True) if frames else pd.DataFrame(
+        columns=TASK_COLUMNS)
+    out.attrs["failures"] = failures
+    if failures:
+        import warnings
+
+        lines = "; ".join(f"task {f['task']} ({f['problem']}, {f['estimator']}, {f['options']}): {f['error']}"
+                          for f in failures)
+        warnings.warn(f"{len(failures)} of {len(tasks)} sweep task(s) failed: {lines}", stacklevel=2)
+    return out
