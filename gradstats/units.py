@@ -212,7 +212,14 @@ class BernoulliUnit:
         return torch.where(b > 0.5, self.log_q(a), self.log_1mq(a))
 
 
-BINARY = BernoulliUnit(
+class _BinaryUnit(BernoulliUnit):
+    def log_prob(self, a: Tensor, b: Tensor) -> Tensor:
+        """:math:`\log P(b \mid a) = b a + \log\sigma(-a)` (as :math:`\log\sigma(a) = a + \log\sigma(-a)`): one
+        log-sigmoid per unit instead of two and a select, which is what enumeration spends its time on."""
+        return b * a + F.logsigmoid(-a)
+
+
+BINARY = _BinaryUnit(
     name="binary",
     q=torch.sigmoid,
     log_q=F.logsigmoid,
