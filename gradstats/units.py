@@ -214,7 +214,7 @@ class BernoulliUnit:
 
 class _BinaryUnit(BernoulliUnit):
     def log_prob(self, a: Tensor, b: Tensor) -> Tensor:
-        """:math:`\log P(b \mid a) = b a + \log\sigma(-a)` (as :math:`\log\sigma(a) = a + \log\sigma(-a)`): one
+        r""":math:`\log P(b \mid a) = b a + \log\sigma(-a)` (as :math:`\log\sigma(a) = a + \log\sigma(-a)`): one
         log-sigmoid per unit instead of two and a select, which is what enumeration spends its time on."""
         return b * a + F.logsigmoid(-a)
 
