@@ -207,13 +207,7 @@ def _step_loss(settings: Settings, params: dict[str, Tensor], x: Tensor, y: Tens
     copies = (2,) if settings.gate == "reinforce_loo" else ()     # leave-one-out draws two samples
     u = torch.rand((*copies, *a.shape), generator=generator, device=a.device, dtype=a.dtype)
     if settings.gate in SCORE:
-        rest = {k: v.detach() for k, v in params.items()}
-        expert_fixed = expert.detach()
-
-        def per_example(b: Tensor) -> Tensor:     # the loss the gates' estimator sees: values, held fixed
-            return F.cross_entropy(_readout(rest, b, expert_fixed).reshape(-1, rest["Wo"].shape[1]),
-                                   y.repeat(b.numel() // (n * a.shape[1])), reduction="none").reshape(b.shape[:-1])
-
+        per_example = _per_example_loss({k: params[k].detach() for k in ("Wo", "bo")}, expert.detach(), y)
         if settings.gate == "reinforce":
             b, surrogate = gf.reinforce(a, u=u)
             losses = per_example(b)
@@ -432,17 +426,22 @@ GATER = ("Wg1", "bg1", "Wg2", "bg2")
 GRADIENT_GATES = ("st", "st_sigmoid", "reinmax", "st_gumbel", "gumbel", "reinforce", "reinforce_loo", "disarm")
 
 
-def _binary_loss(params: Mapping[str, Tensor], x: Tensor, y: Tensor):
-    """Per-example cross-entropy of binary gates ``b [..., n, gates]`` (the expert and readout held fixed)."""
-    rest = {k: params[k].detach() for k in ("We", "be", "Wo", "bo")}
-    expert = x @ rest["We"] + rest["be"]
-    n, classes = len(y), rest["Wo"].shape[1]
+def _per_example_loss(readout: Mapping[str, Tensor], expert: Tensor, y: Tensor):
+    """Per-example cross-entropy of binary gates ``b [..., n, gates]``, the expert values ``expert [n, gates]``
+    and the readout ``Wo, bo`` held fixed: the loss the score-function gates' estimators see."""
+    n, classes = len(y), readout["Wo"].shape[1]
 
     def per_example(b: Tensor) -> Tensor:
-        logits = _readout(rest, b, expert).reshape(-1, classes)
+        logits = _readout(readout, b, expert).reshape(-1, classes)
         return F.cross_entropy(logits, y.repeat(logits.shape[0] // n), reduction="none").reshape(b.shape[:-1])
 
     return per_example
+
+
+def _held_fixed(params: Mapping[str, Tensor], x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """The readout's parameters and the expert's values of ``x``, detached."""
+    rest = {k: params[k].detach() for k in ("We", "be", "Wo", "bo")}
+    return rest, x @ rest["We"] + rest["be"]
 
 
 def gater_gradient(gate: str, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *, temperature: float = 1.0,
@@ -463,9 +462,8 @@ def gater_gradient(gate: str, params: Mapping[str, Tensor], x: Tensor, y: Tensor
     if gate not in GRADIENT_GATES:
         raise ValueError(f"gate must be one of {', '.join(GRADIENT_GATES)} (gates of Bernoulli units), got {gate!r}")
     settings = Settings(gate, temperature=temperature)
-    rest = {k: params[k].detach() for k in ("We", "be", "Wo", "bo")}
-    expert = x @ rest["We"] + rest["be"]
-    per_example = _binary_loss(params, x, y)
+    rest, expert = _held_fixed(params, x)
+    per_example = _per_example_loss(rest, expert, y)
     n, gates = len(y), params["Wg2"].shape[1]
     shape = (2, n, gates) if gate == "reinforce_loo" else (n, gates)
 
@@ -490,7 +488,7 @@ def reinforce_baseline(params: Mapping[str, Tensor], x: Tensor, y: Tensor, draws
     (``L`` the example's cross-entropy, as in :func:`gater_gradient`). Fixed before the draws it serves, it
     keeps REINFORCE unbiased. Returns ``[gates]``."""
     draws, chunk = positive_int("draws", draws), positive_int("chunk", chunk)
-    per_example = _binary_loss(params, x, y)
+    per_example = _per_example_loss(*_held_fixed(params, x), y)
     generator = torch.Generator().manual_seed(seed_value("seed", seed))
     with torch.no_grad():
         p = torch.sigmoid(_gater(params, x))
