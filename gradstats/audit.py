@@ -325,23 +325,24 @@ def peer_gradients(estimator: PeerEstimator, problem: Problem, num_draws: int, s
     num_draws, chunk_size = positive_int("num_draws", num_draws), positive_int("chunk_size", chunk_size)
     if estimator.peer not in PINNED:
         raise ValueError(f"no adapter for peer {estimator.peer!r}; peers: {', '.join(PINNED)}")
-    if estimator.peer == "pyro":
-        if not estimator.sequential:            # one call per chunk
-            for i, lo in enumerate(range(0, num_draws, chunk_size)):
-                yield _pyro_draws(estimator, problem, min(chunk_size, num_draws - lo), 1, 0, seed * 1_000_003 + i)
-            return
+    if estimator.peer == "pyro" and estimator.sequential:
         # stateful: chunks of `rows` chains, each advanced PYRO_CALLS times after the burn-in
         rows = max(1, min(chunk_size, math.ceil(num_draws / PYRO_CALLS)))
         for i, lo in enumerate(range(0, num_draws, rows * PYRO_CALLS)):
             yield _pyro_draws(estimator, problem, rows, PYRO_CALLS, PYRO_BURN_IN, seed * 1_000_003 + i)[
                 :num_draws - lo]
         return
-    if estimator.sequential:
-        for i, lo in enumerate(range(0, num_draws, chunk_size)):
-            yield _storchastic_sequential(estimator, problem, min(chunk_size, num_draws - lo), seed * 1_000_003 + i)
-        return
+    if estimator.peer == "pyro":                    # one call per chunk
+        def draw(rows, chunk_seed):
+            return _pyro_draws(estimator, problem, rows, 1, 0, chunk_seed)
+    elif estimator.sequential:                      # one call per draw, the state carried within the chunk
+        def draw(rows, chunk_seed):
+            return _storchastic_sequential(estimator, problem, rows, chunk_seed)
+    else:                                           # one backward pass per chunk
+        def draw(rows, chunk_seed):
+            return _storchastic_chunk(estimator, problem, rows, chunk_seed)
     for i, lo in enumerate(range(0, num_draws, chunk_size)):
-        yield _storchastic_chunk(estimator, problem, min(chunk_size, num_draws - lo), seed * 1_000_003 + i)
+        yield draw(min(chunk_size, num_draws - lo), seed * 1_000_003 + i)
 
 
 def peer_loop_gradients(estimator: PeerEstimator, problem: Problem, num_draws: int, seed: int = 0) -> Tensor:
@@ -440,12 +441,17 @@ def _rounded(values: Tensor) -> list[float]:
     return [float(f"{float(v):.4g}") for v in values]
 
 
+def _one_unit(problem: Problem) -> tuple[float, float, float]:
+    """``(p, f(1), f(0))`` of a one-unit problem, written out with no enumeration engine."""
+    a = float(_logits(problem)[0])
+    f = problem.loss(torch.tensor([[1.0], [0.0]], dtype=torch.float64))
+    return 1 / (1 + math.exp(-a)), float(f[0]), float(f[1])
+
+
 def closed_form_gradient(problem: Problem) -> float:
     r"""One unit: :math:`p(1 - p)(f(1) - f(0))`, written out (no enumeration engine), for the referee's own check."""
-    a = float(_logits(problem)[0])
-    p = 1 / (1 + math.exp(-a))
-    f = problem.loss(torch.tensor([[1.0], [0.0]], dtype=torch.float64))
-    return p * (1 - p) * float(f[0] - f[1])
+    p, f1, f0 = _one_unit(problem)
+    return p * (1 - p) * (f1 - f0)
 
 
 def moving_average_simulation(problem: Problem, decay: float = 0.95, draws: int = 200_000, seed: int = 0,
@@ -455,10 +461,7 @@ def moving_average_simulation(problem: Problem, decay: float = 0.95, draws: int 
     (``update_first``, what storchastic 0.3.7's ``MovingAverageBaseline`` does) or after. Mean and its
     standard error. Updated first, the mean is :math:`\mathrm{decay}` times the gradient: the draw's
     own cost enters its baseline with weight ``1 - decay``."""
-    a = float(_logits(problem)[0])
-    p = 1 / (1 + math.exp(-a))
-    f = problem.loss(torch.tensor([[1.0], [0.0]], dtype=torch.float64))
-    f1, f0 = float(f[0]), float(f[1])
+    p, f1, f0 = _one_unit(problem)
     generator = torch.Generator().manual_seed(seed)
     b = (torch.rand(draws + BURN_IN, generator=generator, dtype=torch.float64) < p).tolist()
     average, out = 0.0, []
