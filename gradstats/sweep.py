@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import traceback
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -70,10 +71,6 @@ def local_cluster(n_workers: int = 2, **kwargs):
                                         dashboard_address=None, **kwargs)
 
 
-def _run(task: Task, evaluate_kwargs: Mapping) -> pd.DataFrame:
-    return task.run(evaluate_kwargs)
-
-
 def _tasks(problems, estimators, options, seed: int) -> list[Task]:
     problems = [problems] if isinstance(problems, Problem) else list(problems)
     if not problems or not all(isinstance(p, Problem) for p in problems):
@@ -126,8 +123,7 @@ def sweep(problems: Problem | Sequence[Problem], estimators: str | Iterable[str]
     tasks = _tasks(problems, estimators, options, seed)
     frames: dict[int, pd.DataFrame] = {}
     failures = []
-    bar = tqdm(total=len(tasks), desc="sweep", unit="task", disable=progress is False if progress is not None
-               else None)
+    bar = tqdm(total=len(tasks), desc="sweep", unit="task", disable=None if progress is None else not progress)
 
     def failed(task: Task, err: BaseException) -> None:
         failures.append({"task": task.index, "problem": task.problem.description, "estimator": task.estimator,
@@ -143,7 +139,7 @@ def sweep(problems: Problem | Sequence[Problem], estimators: str | Iterable[str]
                     failed(task, err)
                 bar.update(1)
         else:
-            futures = {executor.submit(_run, task, evaluate_kwargs): task for task in tasks}
+            futures = {executor.submit(task.run, evaluate_kwargs): task for task in tasks}
             for future, task in futures.items():
                 try:
                     frames[task.index] = future.result()
@@ -154,8 +150,6 @@ def sweep(problems: Problem | Sequence[Problem], estimators: str | Iterable[str]
         columns=TASK_COLUMNS)
     out.attrs["failures"] = failures
     if failures:
-        import warnings
-
         lines = "; ".join(f"task {f['task']} ({f['problem']}, {f['estimator']}, {f['options']}): {f['error']}"
                           for f in failures)
         warnings.warn(f"{len(failures)} of {len(tasks)} sweep task(s) failed: {lines}", stacklevel=2)
