@@ -230,3 +230,15 @@ def test_the_running_baseline_folds_draws_one_step_each():
         assert torch.allclose(seen[i], expected, rtol=1e-9, atol=1e-12), i
         num, den = 0.99 * num + 0.01 * square[i] * loss[i], 0.99 * den + 0.01 * square[i]
     assert torch.allclose(after.numerator, num, rtol=1e-9) and torch.allclose(after.denominator, den, rtol=1e-9)
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "logistic"])
+def test_a_uniform_of_zero_switches_a_noisy_rectifier_off_instead_of_giving_nan(noise):
+    # u = 0 gives z = -inf (about one uniform in 2^24 in float32): h = max(0, a - inf) = 0, not -inf * 0 = NaN
+    problem = gs.problems.sbn([3, 4, 2], seed=1)
+    u = torch.rand(6, 1, problem.num_units, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    u[2, 0, 1] = 0.0
+    for dtype in (torch.float64, torch.float32):
+        g = gs.estimators.get("noisy_rectifier").draw(problem, u.to(dtype), noise=noise)
+        assert all(bool(torch.isfinite(d).all()) for d in g.deltas)
+        assert float(g.deltas[0][2, 1]) == 0.0   # the unit is off: no gradient through it

@@ -125,7 +125,7 @@ def noisy_rectifier_rule(a: Tensor, u: Tensor, noise: str = "gaussian", scale: f
     unit from the binary neuron. Returns ``(1[a + z > 0], h, s)``."""
     pre = a + noise_quantile(u, noise, scale)
     on = (pre > 0).to(a.dtype)
-    return on, pre * on, on
+    return on, torch.relu(pre), on    # relu, not pre * on: u = 0 gives z = -inf, and -inf * 0 is NaN
 
 
 def gumbel_rule(a: Tensor, u: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
