@@ -6,17 +6,21 @@ per-coordinate variance, per-draw sign agreement and cosine against the
 exact gradient. Prints draws per second for
 
 * gradstats (``gs.moments(..., method="mc")``, factored statistics, nothing
-  materialised per draw),
+  materialised per draw), eager and fused (``fuse=True``: each chunk's draws and
+  statistics compiled into one function; timed after a first call that compiles,
+  whose time is printed), in float64 and with float32 per-draw arithmetic,
 * a per-draw autograd loop (what most research code does),
 * ``torch.func.vmap(grad)`` (per-draw gradients materialised, then reduced),
 
 their ratios, and the share of the memory-bandwidth roofline: the draws per
 second at which merely writing a materialised float64 per-draw gradient
 (``8 D`` bytes) would saturate the bandwidth measured here by a large copy.
-Then one row per registered estimator. Each baseline's mean is checked
-against the exact ST mean (within 5 standard errors) before it is timed.
+Then one row per registered estimator, eager, and fused for those named by
+``--fused``. Each path's mean is checked against the exact ST mean (within 5
+standard errors) before it is timed.
 
-    python benchmarks/montecarlo.py [--draws 4194304] [--device cpu] [--threads 2]
+    python benchmarks/montecarlo.py [--draws 4194304] [--estimator-draws N] [--device cpu] [--threads 2]
+        [--fused st,noisy_rectifier]
 """
 
 from __future__ import annotations
@@ -103,6 +107,9 @@ def main(argv=None):
     parser.add_argument("--chunk-size", type=int, default=2**16)
     parser.add_argument("--loop-draws", type=int, default=2000)
     parser.add_argument("--vmap-draws", type=int, default=2**16)
+    parser.add_argument("--estimator-draws", type=float, default=None, help="draws per estimator (default: --draws)")
+    parser.add_argument("--fused", default="st,noisy_rectifier,reinforce,disarm",
+                        help="estimators timed on the fused path too (each compiles once; '' for none)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = gs.noise.resolve_device(args.device)
@@ -115,11 +122,21 @@ def main(argv=None):
     print(f"W1: sbn [8, 16] -> readout 4, squared error, ST; D = {d}; {device.type} ({name}), "
           f"torch {torch.__version__}, {args.threads} CPU threads")
 
-    def ours(estimator="st", draws=n):
+    def ours(estimator="st", draws=n, fuse=False, dtype=torch.float64):
         return gs.moments(problem, estimator, method="mc", num_samples=draws, seed=0, device=device,
-                          chunk_size=args.chunk_size, references={"binary": g}, full_covariance=False, progress=False)
+                          chunk_size=args.chunk_size, references={"binary": g}, full_covariance=False, progress=False,
+                          fuse=fuse, dtype=dtype)
+
+    def compiled(estimator="st", dtype=torch.float64):
+        """Compile (timed) and check the fused path; returns the compilation's seconds."""
+        start = time.perf_counter()
+        m = ours(estimator, min(n, 2**20), True, dtype)
+        if estimator == "st":
+            check(f"gradstats fused {dtype}", m.mean, exact, min(n, 2**20))
+        return time.perf_counter() - start
 
     check("gradstats", ours(draws=min(n, 2**20)).mean, exact, min(n, 2**20))
+    compile_seconds = {dtype: compiled("st", dtype) for dtype in (torch.float64, torch.float32)}
     params = {k: v.to(device) for k, v in problem.parameters.items()}
     gen = torch.Generator(device=device).manual_seed(0)
     u_loop = torch.rand(args.loop_draws, 16, generator=gen, device=device, dtype=torch.float64)
@@ -128,20 +145,42 @@ def main(argv=None):
     check("vmap(grad)", vmap_draws(problem, params, u_vmap).mean(0), exact, args.vmap_draws)
 
     r_ours = rate(lambda: ours(), n, device, repeat=3)
+    r_fused = {dtype: rate(lambda dtype=dtype: ours(fuse=True, dtype=dtype), n, device, repeat=3) for dtype in compile_seconds}
     r_loop = rate(lambda: reduce_dense(loop_draws(problem, params, u_loop), g.to(device)), args.loop_draws, device, 1)
     r_vmap = rate(lambda: reduce_dense(vmap_draws(problem, params, u_vmap), g.to(device)), args.vmap_draws, device)
+    stream = gs.noise.NoiseStream(0, (1, problem.num_units), device)
+
+    def noise_only():
+        for start in range(0, n, args.chunk_size):
+            stream.uniforms(start, min(start + args.chunk_size, n))
+
+    r_noise = rate(noise_only, n, device)
     bw = bandwidth(device)
     roofline = bw / (8 * d)
     print(f"memory bandwidth (copy): {bw / 1e9:.1f} GB/s -> roofline {roofline:.3g} draws/s "
           f"for {8 * d} bytes of materialised float64 gradient per draw")
     print(f"{'method':28s} {'draws/s':>10s} {'vs loop':>9s} {'vs vmap':>9s} {'of roofline':>12s}")
-    for label, r in (("gradstats (streaming)", r_ours), ("per-draw autograd loop", r_loop), ("torch.func vmap(grad)", r_vmap)):
+    for label, r in (("gradstats (streaming)", r_ours), ("gradstats fused", r_fused[torch.float64]),
+                     ("gradstats fused, float32", r_fused[torch.float32]), ("per-draw autograd loop", r_loop),
+                     ("torch.func vmap(grad)", r_vmap)):
         print(f"{label:28s} {r:10.3g} {r / r_loop:8.0f}x {r / r_vmap:8.2f}x {r / roofline:11.0%}")
-    print(f"\nper estimator (gradstats, {n:,} draws, same statistics):")
-    print(f"{'estimator':18s} {'draws/s':>10s} {'loss evals/draw':>16s}")
+    print(f"the noise stream alone (no gradients, no statistics): {r_noise:.3g} draws/s")
+    print("fused: compiled once per process in " + ", ".join(f"{s:.1f} s ({str(t).replace('torch.', '')})"
+                                                              for t, s in compile_seconds.items()))
+    fused = [e for e in args.fused.split(",") if e]
+    per = int(args.estimator_draws or n)
+    print(f"\nper estimator (gradstats, {per:,} draws, same statistics; fused after its compilation):")
+    print(f"{'estimator':18s} {'eager draws/s':>14s} {'fused draws/s':>14s} {'compile s':>10s} {'loss evals/draw':>16s}")
     for est in gs.estimators.names():
-        m = ours(est)
-        print(f"{est:18s} {n / m.seconds:10.3g} {m.loss_evals_per_draw:16d}")
+        m = ours(est, per)
+        row = f"{est:18s} {per / m.seconds:14.3g}"
+        if est in fused:
+            seconds = compiled(est)
+            # best of two: the first run may still compile for piece sizes the warm-up did not meet
+            row += f" {rate(lambda est=est: ours(est, per, fuse=True), per, device):14.3g} {seconds:10.1f}"
+        else:
+            row += f" {'':>14s} {'':>10s}"
+        print(f"{row} {m.loss_evals_per_draw:16d}")
 
 
 if __name__ == "__main__":

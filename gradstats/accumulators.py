@@ -269,6 +269,7 @@ class GradientAccumulator:
         self.dim = problem.num_parameters
         self.device = device
         self.refs = {k: v.to(device=device, dtype=torch.float64) for k, v in (references or {}).items()}
+        self.ref_signs = {k: signs(v) for k, v in self.refs.items()}
         self.full = full_covariance
         self.ms = tuple(m for m in ms if m > 1)
         self.summary = Summary.empty(self.dim, full_covariance, device)
@@ -332,49 +333,67 @@ class GradientAccumulator:
     def add(self, gradient: FactoredGradient | Tensor, weights: Tensor | None = None) -> None:
         """Merge a chunk of per-draw gradients (``weights [B]``: probabilities; ``None``: ones)."""
         layers = _parts(self.problem, gradient)
-        parts = [p for ps in layers for p in ps]
-        b = parts[0].values.shape[0]
+        b = layers[0][0].values.shape[0]
         w = None if weights is None else weights.to(torch.float64)
         total = float(b) if w is None else float(w.sum())
         if total == 0.0:
             return
+        self.add_statistics(b, total, self.statistics(layers, w, total))
+        if w is None and self.ms and self.refs:
+            self._add_groups(layers, b)
+
+    def statistics(self, layers: list[list[_Part]], w: Tensor | None, total) -> tuple:
+        """A chunk's sums as tensors only, ``(mean, m2, comoment, {name: (sign_agree, cosine, descent)})``: no
+        synchronisation with the device, so a compiled caller (:mod:`gradstats.montecarlo`'s fused path) can
+        fuse it with the draws."""
+        parts = [p for ps in layers for p in ps]
         mean = torch.empty(self.dim, dtype=torch.float64, device=self.device)
         m2 = torch.empty_like(mean)
         for p in parts:
-            v = p.values.to(torch.float64)
+            v = p.values
             mv = v.mean(0) if w is None else (w @ v) / total
             c = (v - mv).square()
             sv = c.sum(0) if w is None else w @ c
             if p.x is None:
                 mean[p.cols], m2[p.cols] = mv, sv
             else:
-                x = p.x.to(torch.float64)
-                mean[p.cols], m2[p.cols] = torch.outer(mv, x).reshape(-1), torch.outer(sv, x.square()).reshape(-1)
+                mean[p.cols], m2[p.cols] = torch.outer(mv, p.x).reshape(-1), torch.outer(sv, p.x.square()).reshape(-1)
         comoment = None
         if self.full:
-            dense = torch.cat([p.dense().to(torch.float64) for p in parts], 1) - mean
+            dense = torch.cat([p.dense() for p in parts], 1) - mean
             comoment = (dense.T * w) @ dense if w is not None else dense.T @ dense
-        chunk = Summary(total, b, mean, m2, comoment)
+        metrics = {}
         for name, ref in self.refs.items():
             agree = torch.empty_like(mean)
-            ref_sign = signs(ref)
+            ref_sign = self.ref_signs[name]
             for p in parts:
                 agree[p.cols] = self._sign_agreement(p, w, ref_sign[p.cols], total)
             cos, inner = self._cosines(layers, ref)
             positive = (inner > 0).to(torch.float64)
-            chunk.sign_agree[name] = agree
-            chunk.cosine[name] = cos.sum(0) if w is None else w @ cos
-            chunk.descent[name] = positive.sum(0) if w is None else w @ positive
-        if w is None and self.ms and self.refs:
-            self._add_groups(chunk, layers, b)
-        self.position += b
+            metrics[name] = (agree, cos.sum(0) if w is None else w @ cos, positive.sum(0) if w is None else w @ positive)
+        return mean, m2, comoment, metrics
+
+    def draw_statistics(self, gradient: FactoredGradient | Tensor) -> tuple:
+        """:meth:`statistics` of a chunk of unweighted draws."""
+        layers = _parts(self.problem, gradient)
+        return self.statistics(layers, None, layers[0][0].values.shape[0])
+
+    def add_statistics(self, count: int, total: float, statistics: tuple) -> None:
+        """Merge the output of :meth:`statistics` for ``count`` draws of total weight ``total``."""
+        mean, m2, comoment, metrics = statistics
+        chunk = Summary(total, count, mean, m2, comoment)
+        for name, (agree, cos, descent) in metrics.items():
+            chunk.sign_agree[name], chunk.cosine[name], chunk.descent[name] = agree, cos, descent
+        self.position += count
         self.summary = self.summary.merged(chunk)
 
-    def _add_groups(self, chunk: Summary, layers: list[list[_Part]], b: int) -> None:
-        """Cosines of the means of complete groups of ``M`` draws, carrying a partial group to the next chunk."""
+    def _add_groups(self, layers: list[list[_Part]], b: int) -> None:
+        """Cosines of the means of complete groups of ``M`` draws (the ``b`` just added), carrying a partial group
+        to the next chunk."""
+        position = self.position - b
         for m in self.ms:
-            first = self.position // m
-            segment = (torch.arange(self.position, self.position + b, device=layers[0][0].values.device) // m) - first
+            first = position // m
+            segment = (torch.arange(position, position + b, device=layers[0][0].values.device) // m) - first
             num = int(segment[-1]) + 1
             sums = [[p.segment_sums(segment, num) for p in parts] for parts in layers]
             if m in self._pending:
@@ -382,8 +401,8 @@ class GradientAccumulator:
                     for p, q in zip(parts, prev):
                         p.values[0] += q.values[0]
             sizes = torch.bincount(segment, minlength=num)
-            if self.position % m:
-                sizes[0] += self.position % m
+            if position % m:
+                sizes[0] += position % m
             complete = sizes == m
             if not bool(complete[-1]):
                 self._pending[m] = [[_Part(p.cols, p.values[-1:].clone(), p.x) for p in parts] for parts in sums]
@@ -391,5 +410,6 @@ class GradientAccumulator:
             count = int(complete.sum())
             for name, ref in self.refs.items():
                 cos = self._cosines(means, ref)[0] if count else torch.zeros(len(layers) + 1, device=self.device)
-                chunk.cosine_m.setdefault(name, {})[m] = cos.reshape(-1, len(layers) + 1).sum(0).to(torch.float64)
-            chunk.groups[m] = count
+                sums_m = self.summary.cosine_m.setdefault(name, {})
+                sums_m[m] = sums_m.get(m, 0) + cos.reshape(-1, len(layers) + 1).sum(0).to(torch.float64)
+            self.summary.groups[m] = self.summary.groups.get(m, 0) + count

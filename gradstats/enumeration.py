@@ -16,10 +16,19 @@ from .numerics import positive_int
 from .problems import Problem, Trajectory
 from .units import BernoulliUnit
 
-__all__ = ["DEFAULT_MAX_STATES", "DEFAULT_CHUNK_SIZE", "check_enumerable", "trajectories"]
+__all__ = ["DEFAULT_MAX_STATES", "DEFAULT_CHUNK_SIZE", "DEVICE_CHUNK_SIZE", "chunk_size_for", "check_enumerable",
+           "trajectories"]
 
 DEFAULT_MAX_STATES = 2**24
 DEFAULT_CHUNK_SIZE = 2**16
+DEVICE_CHUNK_SIZE = 2**21   # on a GPU: states per batched pass, enough to fill the card
+
+
+def chunk_size_for(device: torch.device, chunk_size: int | None) -> int:
+    """``chunk_size``, or the default for ``device`` when it is ``None``."""
+    if chunk_size is None:
+        return DEFAULT_CHUNK_SIZE if device.type == "cpu" else DEVICE_CHUNK_SIZE
+    return positive_int("chunk_size", chunk_size)
 
 
 def _bytes(n: float) -> str:
@@ -48,23 +57,27 @@ def check_enumerable(num_bits: int, max_states: int = DEFAULT_MAX_STATES, bytes_
 
 def trajectories(problem: Problem, unit: BernoulliUnit, *, copies: int = 1,
                  parameters: dict[str, torch.Tensor] | None = None,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 max_states: int = DEFAULT_MAX_STATES) -> Iterator[Trajectory]:
+                 chunk_size: int | None = DEFAULT_CHUNK_SIZE, max_states: int = DEFAULT_MAX_STATES,
+                 device: torch.device | str = "cpu") -> Iterator[Trajectory]:
     """Every joint state of ``copies`` independent passes, in chunks, with ``log_prob``.
 
     With ``copies = k`` the batch holds ``k`` stacked passes per state
     (``[C * k, ...]``, copy-major within a state) and ``log_prob`` is the joint
-    log-probability of the ``k`` passes, shape ``[C]``.
+    log-probability of the ``k`` passes, shape ``[C]``. The states are made and run on
+    ``device`` (``parameters``, when given, must be there already); ``chunk_size=None`` picks
+    the device's default.
     """
-    chunk_size = positive_int("chunk_size", chunk_size)
+    device = torch.device(device)
+    chunk_size = chunk_size_for(device, chunk_size)
     num_bits = problem.num_units * copies
     total = check_enumerable(num_bits, max_states, bytes_per_state=8 * (problem.num_units + problem.num_parameters),
                              what=problem.description if copies == 1 else f"{copies} copies of {problem.description}")
-    shifts = torch.arange(num_bits)
+    shifts = torch.arange(num_bits, device=device)
     for start in range(0, total, chunk_size):
-        index = torch.arange(start, min(start + chunk_size, total))
+        index = torch.arange(start, min(start + chunk_size, total), device=device)
         bits = ((index[:, None] >> shifts) & 1).to(torch.float64).reshape(-1, problem.num_units)
-        trajectory = problem.forward(_given_states(problem.split_units(bits), unit), bits.shape[0], parameters)
+        trajectory = problem.forward(_given_states(problem.split_units(bits), unit), bits.shape[0], parameters,
+                                     device=device)
         log_prob = sum(unit.log_prob(a, b).sum(-1) for a, b in zip(trajectory.logits, trajectory.indicators))
         trajectory.log_prob = log_prob.reshape(-1, copies).sum(-1)
         yield trajectory

@@ -12,6 +12,10 @@ is the sum of the chunks' gradients), so both the score part and the pathwise
 part are included. :func:`exact_moments` gives the mean, per-coordinate
 variance and covariance of an estimator whose randomness is one pass of
 indicators, as probability-weighted sums over the same states.
+
+Every function takes ``device=``: the states are made, run and summed there
+(``"auto"``: CUDA when present), in float64, ``chunk_size`` states at a time
+(``None``: 2^16 on the CPU, 2^21 on a GPU). Results come back on the CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import Tensor
 from . import enumeration
 from .accumulators import GradientAccumulator, Moments
 from .estimators import NonFiniteError, check_gradient, get, resolve_options
+from .noise import resolve_device
 from .numerics import float64_references, optional_bool
 from .problems import Problem, Trajectory, check_problem
 from .units import BINARY, STS, BernoulliUnit
@@ -74,14 +79,15 @@ def _modal_loss(problem: Problem, unit: BernoulliUnit) -> float:
     return value if math.isfinite(value) else 0.0
 
 
-def exact_loss(problem: Problem, objective: str = "binary", *, chunk_size: int = enumeration.DEFAULT_CHUNK_SIZE,
-               max_states: int = enumeration.DEFAULT_MAX_STATES) -> float:
+def exact_loss(problem: Problem, objective: str = "binary", *, chunk_size: int | None = None,
+               max_states: int = enumeration.DEFAULT_MAX_STATES, device="cpu") -> float:
     """``E[L]`` under the binary (or STS) network, by enumeration (a non-finite loss at any state
     raises :class:`~gradstats.estimators.NonFiniteError` naming it)."""
     check_problem(problem)
     unit = _unit(objective)
-    total, value, offset = 0.0, torch.zeros((), dtype=torch.float64), 0
-    for traj in enumeration.trajectories(problem, unit, chunk_size=chunk_size, max_states=max_states):
+    dev = resolve_device(device)
+    total, value, offset = 0.0, torch.zeros((), dtype=torch.float64, device=dev), 0
+    for traj in enumeration.trajectories(problem, unit, chunk_size=chunk_size, max_states=max_states, device=dev):
         w = traj.log_prob.exp()
         total += float(w.sum())
         value += w @ _finite_losses(problem, traj, offset)
@@ -90,23 +96,23 @@ def exact_loss(problem: Problem, objective: str = "binary", *, chunk_size: int =
     return float(value)
 
 
-def exact_gradient(problem: Problem, objective: str = "binary", *,
-                   chunk_size: int = enumeration.DEFAULT_CHUNK_SIZE,
-                   max_states: int = enumeration.DEFAULT_MAX_STATES) -> Tensor:
-    """``dE[L]/dtheta`` as a 1-D float64 tensor in ``problem.parameter_names()`` order.
+def exact_gradient(problem: Problem, objective: str = "binary", *, chunk_size: int | None = None,
+                   max_states: int = enumeration.DEFAULT_MAX_STATES, device="cpu") -> Tensor:
+    """``dE[L]/dtheta`` as a 1-D float64 tensor in ``problem.parameter_names()`` order (on the CPU).
 
     A non-finite loss at any state, or a non-finite gradient from a chunk of states, raises
     :class:`~gradstats.estimators.NonFiniteError` naming the state or the chunk.
     """
     check_problem(problem)
     unit = _unit(objective)
-    leaves = {k: v.clone().requires_grad_(True) for k, v in problem.parameters.items()}
+    dev = resolve_device(device)
+    leaves = {k: v.to(dev).clone().requires_grad_(True) for k, v in problem.parameters.items()}
     grads = [torch.zeros_like(v) for v in leaves.values()]
     total, offset = 0.0, 0
     centre = _modal_loss(problem, unit)
     with torch.enable_grad():
         for traj in enumeration.trajectories(problem, unit, parameters=leaves, chunk_size=chunk_size,
-                                             max_states=max_states):
+                                             max_states=max_states, device=dev):
             w = traj.log_prob.exp()
             total += float(w.detach().sum())
             chunk_value = w @ (_finite_losses(problem, traj, offset) - centre)
@@ -121,12 +127,12 @@ def exact_gradient(problem: Problem, objective: str = "binary", *,
                 acc += g
             offset += w.shape[0]
     _check_total(total, problem.description)
-    return torch.cat([g.reshape(-1) for g in grads])
+    return torch.cat([g.reshape(-1) for g in grads]).cpu()
 
 
 def exact_moments(problem: Problem, estimator, *, references: dict[str, Tensor] | None = None,
-                  full_covariance: bool | None = None, chunk_size: int = enumeration.DEFAULT_CHUNK_SIZE,
-                  max_states: int = enumeration.DEFAULT_MAX_STATES, **options) -> Moments:
+                  full_covariance: bool | None = None, chunk_size: int | None = None,
+                  max_states: int = enumeration.DEFAULT_MAX_STATES, device="cpu", **options) -> Moments:
     """Exact mean, variance and covariance of a discrete-noise estimator's per-draw gradient.
 
     ``full_covariance`` defaults to ``D <= FULL_COVARIANCE_MAX_DIM``. With
@@ -137,6 +143,8 @@ def exact_moments(problem: Problem, estimator, *, references: dict[str, Tensor] 
     check_problem(problem)
     full = optional_bool("full_covariance", full_covariance)
     references = float64_references(references, problem.num_parameters)
+    dev = resolve_device(device)
+    chunk_size = enumeration.chunk_size_for(dev, chunk_size)
     est = get(estimator)
     if est.noise != "discrete":
         raise ValueError(f"estimator {est.name!r} has continuous noise: its moments need method='mc'")
@@ -149,9 +157,10 @@ def exact_moments(problem: Problem, estimator, *, references: dict[str, Tensor] 
         raise ValueError(f"estimator {est.name!r} with these options draws from a stream (each draw depends on the draws "
                          "before it, as with baseline='running'): its moments need method='mc'")
     full = problem.num_parameters <= FULL_COVARIANCE_MAX_DIM if full is None else full
-    acc = GradientAccumulator(problem, references, full)
+    acc = GradientAccumulator(problem, references, full, device=dev)
     offset = 0
-    for weights, gradient in est.outcomes(problem, chunk_size=chunk_size, max_states=max_states, **resolved):
+    for weights, gradient in est.outcomes(problem, chunk_size=chunk_size, max_states=max_states, device=dev,
+                                          **resolved):
         check_gradient(est.name, problem, gradient, weights.shape[0],
                        lambda row, first=offset: f"enumerated outcome {first + row}")
         acc.add(gradient, weights)

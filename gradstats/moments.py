@@ -12,18 +12,18 @@ from .problems import Problem
 __all__ = ["moments", "METHODS"]
 
 METHODS = ("exact", "mc", "auto")
-_MC_ONLY = {"num_samples", "seed", "device", "dtype", "ms", "num_batches", "progress", "checkpoint",
-            "checkpoint_seconds", "chunk_size"}       # chunk_size: draws per chunk, not states per chunk
-_ENGINE_OPTIONS = _MC_ONLY | {"references", "full_covariance", "max_states"}
+_MC_ONLY = {"num_samples", "seed", "dtype", "ms", "num_batches", "progress", "checkpoint",
+            "checkpoint_seconds", "chunk_size", "fuse"}       # chunk_size: draws per chunk, not states per chunk
+_ENGINE_OPTIONS = _MC_ONLY | {"device", "references", "full_covariance", "max_states"}
 
 
 def moments(problem: Problem, estimator, method: str = "exact", **kwargs) -> Moments:
     """Moments of ``estimator`` (a registered name, an Estimator or a callable) on ``problem``.
 
-    ``method="exact"`` enumerates (discrete noise only; options ``chunk_size``,
-    ``max_states``, ``full_covariance``); ``method="mc"`` streams Monte Carlo
+    ``method="exact"`` enumerates (discrete noise only; options ``device``,
+    ``chunk_size``, ``max_states``, ``full_covariance``); ``method="mc"`` streams Monte Carlo
     draws (options ``num_samples``, ``seed``, ``device``, ``chunk_size``,
-    ``dtype``, ``full_covariance``); ``method="auto"`` is exact where the
+    ``dtype``, ``full_covariance``, ``fuse``); ``method="auto"`` is exact where the
     estimator and the problem allow it within ``max_states`` outcomes, else Monte
     Carlo (then ``num_samples`` is needed; Monte Carlo options are ignored when
     the result is exact). Other keyword arguments are the estimator's options.

@@ -9,6 +9,15 @@ does not depend on ``chunk_size`` beyond float rounding.
 A stateful estimator (REINFORCE with ``baseline="running"``) gets its state
 carried from piece to piece in draw order, so it too is chunk-invariant.
 
+The fused path (``fuse=True``) compiles each chunk's draws and its statistics
+into one function with ``torch.compile``, so the per-draw gradients are reduced
+where they are made instead of in many passes over memory, and the host checks
+and merges one piece while the device computes the next. Same statistics, same
+noise; only float rounding differs. The compilation takes 10 to 50 seconds, once
+per problem, estimator and dtype in a process, so it pays on long runs or many
+runs of one problem (benchmarks/montecarlo.py prints both rates and the
+compilation's time).
+
 The draws are also summarised in ``num_batches`` contiguous batches (fixed by
 ``num_samples`` alone), from which :mod:`gradstats.metrics` computes jackknife
 standard errors of any metric.
@@ -43,6 +52,8 @@ DEFAULT_BATCHES = 20
 MAX_SAMPLES = 2**53          # float64 counts and weights stay exact up to here
 LONG_RUN_SECONDS = 3600.0    # a run estimated to take longer says so once, through logging
 _ESTIMATE_AFTER_SECONDS = 2.0
+FUSED_RECOMPILE_LIMIT = 64   # specialisations of the fused function per process (torch's default of 8 is reached
+                             # by a few estimators, each compiled for pieces above and below a size threshold)
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +84,8 @@ def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, 
                chunk_size: int = DEFAULT_CHUNK_SIZE, dtype: torch.dtype = torch.float64,
                full_covariance: bool | None = None, references: dict[str, torch.Tensor] | None = None,
                ms: tuple[int, ...] = (), num_batches: int = DEFAULT_BATCHES, progress: bool | None = None,
-               checkpoint: str | Path | None = None, checkpoint_seconds: float = 30.0, **options) -> Moments:
+               checkpoint: str | Path | None = None, checkpoint_seconds: float = 30.0, fuse: bool = False,
+               **options) -> Moments:
     """Monte Carlo moments (variance with ``n - 1``), standard errors and per-draw metrics.
 
     Args:
@@ -94,6 +106,8 @@ def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, 
             run given an existing checkpoint of the same problem, estimator, options, stream and
             library resumes from it, with the same result as an uninterrupted run. Removed when
             the run completes. See :mod:`gradstats.checkpoint` for what it stores and checks.
+        fuse: compile each chunk's draws and statistics into one function (``torch.compile``;
+            see the module docstring). A stateful estimator, or ``ms``, always runs eager.
 
     A draw whose gradient is not finite raises :class:`~gradstats.estimators.NonFiniteError`
     naming its index.
@@ -116,9 +130,10 @@ def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, 
     est = get(estimator)
     resolved = resolve_options(est, problem, options)
     full = dim <= FULL_COVARIANCE_MAX_DIM if full is None else full
+    fuse = optional_bool("fuse", fuse) and not est.stateful(resolved) and not ms
     stream = NoiseStream(seed, (est.noise_per_unit(resolved), problem.num_units), dev, dtype)
     run = _Run(problem, est, resolved, stream, n, chunk, [round(i * n / k) for i in range(k + 1)],
-               [GradientAccumulator(problem, references, full, ms, dev) for _ in range(k)])
+               [GradientAccumulator(problem, references, full, ms, dev) for _ in range(k)], fuse)
     saver = None
     if checkpoint is not None:
         saver = _Checkpointer(Path(checkpoint), seconds_between_saves, dev, problem=problem, estimator=est,
@@ -151,10 +166,12 @@ class _Run:
     same bits as an uninterrupted one.
     """
 
-    def __init__(self, problem, est, resolved, stream, n, chunk, bounds, batches):
+    def __init__(self, problem, est, resolved, stream, n, chunk, bounds, batches, fuse=False):
         self.problem, self.est, self.resolved, self.stream = problem, est, resolved, stream
         self.n, self.chunk, self.bounds, self.batches = n, chunk, bounds, batches
         self.stateful, self.state, self.position = est.stateful(resolved), None, 0
+        self.fused = _fused_statistics(problem, est, resolved, batches[0]) if fuse else None
+        self.pending = None   # the fused path's last piece, launched but not yet checked and merged
 
     def pieces(self):
         """``(batch, start, stop)`` of every piece from ``position`` on, and ``None`` after each chunk."""
@@ -174,11 +191,16 @@ class _Run:
         clock, first, warned = time.perf_counter(), self.position, False
         for item in self.pieces():
             if item is None:
+                if self.fused is not None:
+                    self._merge_pending(advance)
                 if after_chunk is not None:
                     after_chunk()
                 continue
             batch, start, stop = item
             u = self.stream.uniforms(start, stop)
+            if self.fused is not None:
+                self._fused_piece(u, batch, start, stop, first, advance)
+                continue
             if self.stateful:
                 gradient, state = self.est.draw(self.problem, u, state=self.state, **self.resolved)
             else:
@@ -195,6 +217,40 @@ class _Run:
                     logger.warning("%s on %s: %s draws will take about %.1f hours more at %.3g draws/s",
                                    self.est.name, self.problem.description, f"{self.n:,}", remaining / 3600,
                                    (stop - first) / elapsed)
+
+    def _fused_piece(self, u, batch, start, stop, first, advance) -> None:
+        """Launch a piece's fused statistics, then merge the piece before it (so the device computes one piece
+        while the host checks and merges the other). The first piece is checked whole (shapes, values); later
+        ones through their mean, which a NaN or infinity in any draw reaches."""
+        with torch._dynamo.config.patch(recompile_limit=FUSED_RECOMPILE_LIMIT):
+            statistics = self.fused(u)
+        if start == first:
+            check_gradient(self.est.name, self.problem, self.est.draw(self.problem, u, **self.resolved), stop - start,
+                           _piece_description(self.stream.seed, start))
+        self._merge_pending(advance)
+        self.pending = (batch, start, stop, statistics, torch.isfinite(statistics[0]).all())
+
+    def _merge_pending(self, advance) -> None:
+        if self.pending is None:
+            return
+        batch, start, stop, statistics, finite = self.pending
+        self.pending = None
+        if not bool(finite):
+            check_gradient(self.est.name, self.problem,
+                           self.est.draw(self.problem, self.stream.uniforms(start, stop), **self.resolved),
+                           stop - start, _piece_description(self.stream.seed, start))
+        self.batches[batch].add_statistics(stop - start, float(stop - start), statistics)
+        self.position = stop
+        advance(stop - start)
+
+
+def _fused_statistics(problem, est, resolved, accumulator: GradientAccumulator):
+    """``u -> accumulator.statistics`` of the draws ``est.draw(problem, u)``, compiled as one function (shapes
+    dynamic, so pieces of any length share one compilation)."""
+    def draw_statistics(u):
+        return accumulator.draw_statistics(est.draw(problem, u, **resolved))
+
+    return torch.compile(draw_statistics, dynamic=True)
 
 
 class _Checkpointer:

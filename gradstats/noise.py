@@ -58,11 +58,12 @@ class NoiseStream:
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
         self.seed, self.shape, self.device, self.dtype = seed, tuple(shape), device, dtype
         self._cached: tuple[int, Tensor] | None = None
+        self._generator = torch.Generator(device=device)   # reseeded for each block
 
     def _block(self, k: int) -> Tensor:
         if self._cached is not None and self._cached[0] == k:
             return self._cached[1]
-        g = torch.Generator(device=self.device).manual_seed(block_seed(self.seed, k))
+        g = self._generator.manual_seed(block_seed(self.seed, k))
         block = torch.rand((BLOCK, *self.shape), generator=g, device=self.device, dtype=torch.float64)
         block = uniforms_as(block, self.dtype)
         self._cached = (k, block)

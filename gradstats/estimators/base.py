@@ -89,8 +89,8 @@ class Estimator:
         copies: independent passes one draw uses (``k`` for leave-one-out).
         outcomes_per_unit: outcomes the exact engine enumerates per unit and pass (2 for
             Bernoulli states, 3 for DisARM's antithetic cells).
-        outcomes: ``(problem, chunk_size=, max_states=, **options)`` yielding
-            ``(probabilities [C], gradients)`` over every outcome of the noise, for
+        outcomes: ``(problem, chunk_size=, max_states=, device=, **options)`` yielding
+            ``(probabilities [C], gradients)`` on ``device`` over every outcome of the noise, for
             exact moments; derived from ``from_states`` and ``unit`` when absent.
         loss_evals: loss evaluations per draw, from the problem and the options.
         noise_per_unit: uniforms per unit per draw (``m``), from the options.
@@ -167,9 +167,9 @@ def _state_draw(est: Estimator):
 def _state_outcomes(est: Estimator):
     """Exact outcomes of a state-based estimator: every joint state of its ``copies`` passes."""
 
-    def outcomes(problem: Problem, *, chunk_size: int, max_states: int, **options):
+    def outcomes(problem: Problem, *, chunk_size: int, max_states: int, device="cpu", **options):
         for traj in enumeration.trajectories(problem, est.unit, copies=est.copies(options),
-                                             chunk_size=chunk_size, max_states=max_states):
+                                             chunk_size=chunk_size, max_states=max_states, device=device):
             yield traj.log_prob.exp(), est.from_states(problem, traj, **options)
 
     return outcomes

@@ -394,15 +394,17 @@ def antithetic_cells(problem: Problem, *, chunk_size: int = enumeration.DEFAULT_
     return a, chunks()
 
 
-def _disarm_outcomes(problem: Problem, *, chunk_size: int, max_states: int):
-    """Exact outcomes of DisARM on one stochastic layer: its rule on each of the ``3^N`` antithetic cells."""
+def _disarm_outcomes(problem: Problem, *, chunk_size: int, max_states: int, device="cpu"):
+    """Exact outcomes of DisARM on one stochastic layer: its rule on each of the ``3^N`` antithetic cells (made
+    on the CPU, summed on ``device``)."""
     a, cells = antithetic_cells(problem, chunk_size=chunk_size, max_states=max_states,
                                 what=f"disarm on {problem.description}")
+    a = a.to(device)
+    x = None if problem.x is None else problem.x.to(device)
     for cell in cells:
-        rows = len(cell.probability)
-        delta = disarm_rule(a.expand_as(cell.b), cell.b, cell.b_antithetic, problem.loss(cell.b),
-                            problem.loss(cell.b_antithetic))
-        yield cell.probability, FactoredGradient([delta], [None if problem.x is None else problem.x.expand(rows, -1)])
+        b, b_antithetic, probability = cell.b.to(device), cell.b_antithetic.to(device), cell.probability.to(device)
+        delta = disarm_rule(a.expand_as(b), b, b_antithetic, problem.loss(b), problem.loss(b_antithetic))
+        yield probability, FactoredGradient([delta], [None if x is None else x.expand(len(probability), -1)])
 
 
 def arm_exact_moments(problem: Problem, **cell_options) -> tuple[Tensor, Tensor]:
