@@ -1,7 +1,7 @@
 """Throughput beside the peers: per-draw gradient statistics of REINFORCE on W1, gradstats against
 storchastic 0.3.7 and pyro 1.9.2.
 
-Workload W1 (DESIGN.md section 7: input 8 -> 16 binary units -> readout to 4 outputs, squared error),
+Workload W1 (README, Performance: input 8 -> 16 binary units -> readout to 4 outputs, squared error),
 with the estimator every library has: REINFORCE without a baseline (gradstats ``reinforce``,
 storchastic ``ScoreFunction()``, pyro ``TraceGraph_ELBO()``). Draws per second of
 

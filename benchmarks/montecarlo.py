@@ -1,6 +1,6 @@
 """W1: Monte Carlo throughput of streaming gradient statistics.
 
-Workload (DESIGN.md section 7): input 8 -> 16 binary units -> linear readout
+Workload (README, Performance): input 8 -> 16 binary units -> linear readout
 to 4 outputs, squared error; straight-through; each draw feeds the mean,
 per-coordinate variance, per-draw sign agreement and cosine against the
 exact gradient. Prints draws per second for

@@ -4,7 +4,7 @@ A chunk of per-draw gradients (weights: the probabilities of enumerated
 outcomes, or ones for Monte Carlo draws) is reduced to a :class:`Summary`:
 total weight, mean, centred second moments (per coordinate, and the full
 covariance when asked), and, against each reference gradient ``g``, the sums
-of the per-draw metrics of DESIGN.md section 5: ``1[sign g_hat_j = sign g_j]``
+of the per-draw metrics of :mod:`gradstats.metrics`: ``1[sign g_hat_j = sign g_j]``
 per coordinate, ``cos(g_hat, g)`` and ``1[<g_hat, g> > 0]`` (overall and per
 layer), and ``cos`` of the mean of ``M`` consecutive draws. Summaries merge
 with the pairwise update of Chan, Golub & LeVeque (1979),
@@ -176,6 +176,24 @@ class Moments:
     def trace(self) -> float:
         """``trace(Cov[g_hat])``."""
         return float(self.var.sum())
+
+    def __repr__(self) -> str:
+        size = f"num_samples={self.num_samples:,}" if self.method == "mc" else f"num_outcomes={self.num_outcomes:,}"
+        return (f"Moments(estimator={self.estimator!r}, method={self.method!r}, D={self.mean.numel()}, {size}, "
+                f"|mean|={float(self.mean.norm()):.6g}, trace={self.trace:.6g}, seconds={self.seconds:.3g})")
+
+    def to_frame(self, coordinate_names: list[str] | None = None):
+        """One row per coordinate: ``coordinate, mean, var, mean_stderr`` (NaN for exact moments, which have
+        none). ``coordinate_names`` (such as ``problem.coordinate_names()``) label the rows; default 0..D-1."""
+        import pandas as pd
+
+        dim = self.mean.numel()
+        names = list(range(dim)) if coordinate_names is None else list(coordinate_names)
+        if len(names) != dim:
+            raise ValueError(f"coordinate_names must have D = {dim} entries, got {len(names)}")
+        stderr = self.mean_stderr.tolist() if self.mean_stderr is not None else [float("nan")] * dim
+        return pd.DataFrame({"coordinate": names, "mean": self.mean.tolist(), "var": self.var.tolist(),
+                             "mean_stderr": stderr})
 
     @staticmethod
     def from_summary(summary: Summary, *, method: str, estimator: str, loss_evals_per_draw: int,

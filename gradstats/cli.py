@@ -4,7 +4,7 @@
     gradstats claims [--json] [--explore] [--id ST1]
     gradstats moments --estimator st [--problem toy --target 0.45 --logit -1]
                       [--problem sbn --sizes 8,5,5 --loss squared_error --seed 0]
-                      [--method exact|mc --num-samples N --device auto]
+                      [--method exact|mc --num-samples N --device auto] [--json]
     gradstats train --estimator st_sigmoid [--sizes 6,8 --examples 8 --task-seed 0]
                     [--steps 400 --learning-rate 3 --draws-per-step 6 --seed 0 --record-every 20]
                     [--optimizer sgd|adam] [--json]
@@ -40,10 +40,13 @@ def _cmd_estimators(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'name':16s} {'noise':10s} {'unbiased':8s} {'dL/dh':5s} {'objective':15s} summary")
+    print(f"{'name':18s} {'noise':10s} {'unbiased':8s} {'dL/dh':5s} {'objective':15s} {'max layers':10s} options")
     for r in rows:
-        print(f"{r['name']:16s} {r['noise']:10s} {str(r['unbiased']):8s} {str(r['needs_dL_dh']):5s} "
-              f"{r['objective']:15s} {r['summary']}")
+        options = ", ".join(f"{k}={v!r}" for k, v in r["options"].items()) or "-"
+        layers = "any" if r["max_layers"] is None else str(r["max_layers"])
+        print(f"{r['name']:18s} {r['noise']:10s} {str(r['unbiased']):8s} {str(r['needs_dL_dh']):5s} "
+              f"{r['objective']:15s} {layers:10s} {options}")
+        print(f"{'':18s} {r['summary']}")
     return 0
 
 
@@ -59,12 +62,26 @@ def _cmd_moments(args) -> int:
     m = moments(problem, args.estimator, method=args.method, **kwargs)
     reference = exact_gradient(problem)
     bias = m.mean - reference
+    relative = ratio_or_inf(float(bias.norm()), float(reference.norm()))
+    if args.json:
+        stderr = m.mean_stderr.tolist() if m.mean_stderr is not None else [0.0] * len(reference)
+        print(json.dumps({
+            "problem": repr(problem), "estimator": m.estimator, "method": m.method, "num_samples": m.num_samples,
+            "seed": args.seed if m.method == "mc" else None,
+            "coordinates": [{"name": name, "exact_gradient": float(g), "mean": float(mu), "mean_stderr": se,
+                             "bias": float(b), "variance": float(v)}
+                            for name, g, mu, se, b, v in zip(problem.coordinate_names(), reference, m.mean, stderr,
+                                                             bias, m.var)],
+            "bias_norm": float(bias.norm()), "relative_bias": relative, "variance_trace": m.trace,
+            "cosine_mean": cosine(m.mean, reference)}, indent=2))
+        return 0
     print(f"{problem!r}, estimator {m.estimator}, method {m.method}"
           + (f", {m.num_samples:,} draws" if m.num_samples else ""))
-    print(f"{'coordinate':14s} {'exact grad':>12s} {'mean':>12s} {'bias':>12s} {'variance':>12s}")
-    for name, g, mu, b, v in zip(problem.coordinate_names(), reference, m.mean, bias, m.var):
-        print(f"{name:14s} {g:12.5g} {mu:12.5g} {b:12.5g} {v:12.5g}")
-    relative = ratio_or_inf(float(bias.norm()), float(reference.norm()))
+    stderr = m.mean_stderr if m.mean_stderr is not None else [0.0] * len(reference)
+    print(f"{'coordinate':14s} {'exact grad':>12s} {'mean':>12s} {'stderr':>10s} {'bias':>12s} {'variance':>12s}"
+          + ("  (exact: stderr 0)" if m.method == "exact" else ""))
+    for name, g, mu, se, b, v in zip(problem.coordinate_names(), reference, m.mean, stderr, bias, m.var):
+        print(f"{name:14s} {g:12.5g} {mu:12.5g} {float(se):10.3g} {b:12.5g} {v:12.5g}")
     print(f"|bias| = {bias.norm():.5g}, |bias|/|g| = {relative:.5g}, "
           f"trace(cov) = {m.trace:.5g}, cos(mean, g) = {cosine(m.mean, reference):.5g}")
     return 0
@@ -182,32 +199,37 @@ def main(argv: list[str] | None = None) -> int:
                                      "for stochastic neurons against exact references (arXiv:1308.3432).")
     sub = parser.add_subparsers(dest="command", required=True)
     p_est = sub.add_parser("estimators", help="list the registered estimators and their flags")
-    p_est.add_argument("--json", action="store_true")
+    p_est.add_argument("--json", action="store_true", help="a list of objects with every flag and the reference")
     p_est.set_defaults(run=_cmd_estimators)
     p_mom = sub.add_parser("moments", help="an estimator's moments against the exact gradient")
-    p_mom.add_argument("--estimator", required=True)
-    p_mom.add_argument("--problem", choices=["toy", "sbn"], default="toy")
-    p_mom.add_argument("--target", type=float, default=0.45)
-    p_mom.add_argument("--logit", type=float, default=0.0)
-    p_mom.add_argument("--sizes", default="8,5,5")
-    p_mom.add_argument("--loss", default="squared_error")
-    p_mom.add_argument("--seed", type=int, default=0)
-    p_mom.add_argument("--method", choices=["exact", "mc"], default="exact")
-    p_mom.add_argument("--num-samples", type=int, default=100_000)
-    p_mom.add_argument("--device", default="auto")
+    p_mom.add_argument("--estimator", required=True, help="a registered estimator (gradstats estimators lists them)")
+    p_mom.add_argument("--problem", choices=["toy", "sbn"], default="toy",
+                       help="toy: one unit with f(h) = (h - t)^2; sbn: a stochastic binary network")
+    p_mom.add_argument("--target", type=float, default=0.45, help="toy: the target t (default 0.45)")
+    p_mom.add_argument("--logit", type=float, default=0.0, help="toy: the unit's logit a (default 0)")
+    p_mom.add_argument("--sizes", default="8,5,5", help="sbn: input size, then each stochastic layer's (default 8,5,5)")
+    p_mom.add_argument("--loss", default="squared_error", help="sbn: squared_error or cross_entropy of a random "
+                       "readout (default squared_error)")
+    p_mom.add_argument("--seed", type=int, default=0, help="sbn: the network's seed; mc: the noise stream's too")
+    p_mom.add_argument("--method", choices=["exact", "mc"], default="exact",
+                       help="exact: by enumeration (discrete noise); mc: streaming Monte Carlo")
+    p_mom.add_argument("--num-samples", type=int, default=100_000, help="mc: draws (default 100,000)")
+    p_mom.add_argument("--device", default="auto", help="mc: auto (CUDA when present), cpu, cuda")
+    p_mom.add_argument("--json", action="store_true", help="per coordinate: exact gradient, mean, its standard "
+                       "error, bias, variance; then the aggregates")
     p_mom.set_defaults(run=_cmd_moments)
     p_tr = sub.add_parser("train", help="SGD through an estimator on a teacher-student task, scored by the exact loss")
     p_tr.add_argument("--estimator", required=True, help="a registered estimator, or 'exact' for the exact gradient")
     p_tr.add_argument("--sizes", default="6,8", help="input size, then each stochastic layer's (default 6,8)")
-    p_tr.add_argument("--examples", type=int, default=8)
-    p_tr.add_argument("--task-seed", type=int, default=0)
-    p_tr.add_argument("--steps", type=int, default=400)
-    p_tr.add_argument("--learning-rate", type=float, default=3.0)
+    p_tr.add_argument("--examples", type=int, default=8, help="training examples (default 8)")
+    p_tr.add_argument("--task-seed", type=int, default=0, help="the teacher and inputs' seed")
+    p_tr.add_argument("--steps", type=int, default=400, help="parameter updates (default 400)")
+    p_tr.add_argument("--learning-rate", type=float, default=3.0, help="step size (default 3)")
     p_tr.add_argument("--draws-per-step", type=int, default=6, help="draws per example and step")
     p_tr.add_argument("--seed", type=int, default=0, help="the noise stream")
-    p_tr.add_argument("--record-every", type=int, default=20)
-    p_tr.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
-    p_tr.add_argument("--json", action="store_true")
+    p_tr.add_argument("--record-every", type=int, default=20, help="steps between exact evaluations of E[L]")
+    p_tr.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="default sgd")
+    p_tr.add_argument("--json", action="store_true", help="the settings and the exact loss at each recorded step")
     p_tr.set_defaults(run=_cmd_train)
     p_cl = sub.add_parser("claims", help="check the claims of arXiv:1308.3432 and later work; print the verdicts")
     p_cl.add_argument("--json", action="store_true", help="a list of objects with id, status, statement, reference, "

@@ -88,6 +88,9 @@ class Loss:
         return _rebuild_callable, (self.fn, self._grad, self.differentiable, self.name, self.num_inputs, self.spec)
 
     def __repr__(self) -> str:
+        """For a loss a builder of this module made, an expression that rebuilds it bit for bit."""
+        if self.spec.get("kind") in _BUILDERS:
+            return f"gs.losses.from_spec({self.spec!r})"
         return f"Loss({self.name})"
 
     def value_and_grad(self, h: Tensor) -> tuple[Tensor, Tensor]:

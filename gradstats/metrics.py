@@ -1,4 +1,4 @@
-r"""Metrics of an estimator against a reference gradient (DESIGN.md section 5), with errors.
+r"""Metrics of an estimator against a reference gradient, with errors.
 
 ``g`` is the reference, :math:`\mu = E[\hat g]`, :math:`\Sigma = \mathrm{Cov}[\hat g]`.
 

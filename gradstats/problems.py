@@ -120,9 +120,14 @@ class Problem:
         self.loss = loss
         self.x = x
         self.description = description or kind
+        self.rebuild: str | None = None   # set by the constructors: a call that builds this problem again
         check_loss_output(loss, self.layers[-1].size)
 
     def __repr__(self) -> str:
+        """The call that rebuilds the problem exactly (``gs.problems.sbn([3, 2], loss=..., seed=0, ...)``) where
+        its constructor and loss can be written down; else a short description."""
+        if self.rebuild is not None:
+            return self.rebuild
         return f"Problem({self.description}, D={self.num_parameters}, units={self.layer_sizes})"
 
     def spec(self) -> dict:
@@ -203,6 +208,7 @@ class Problem:
         other = object.__new__(Problem)
         other.__dict__.update(self.__dict__)
         other.parameters = {k: v.detach().clone() for k, v in self.unflatten(theta).items()}
+        other.rebuild = None
         return other
 
     def split_units(self, t: Tensor) -> list[Tensor]:
@@ -283,8 +289,10 @@ def toy(target: float = 0.45, logit: float = 0.0) -> Problem:
     """
     t = _finite_number("target", target)
     a = _finite_number("logit", logit)
-    return Problem("toy", [LayerSpec(1, None, "logit")], {"logit": torch.tensor([a], dtype=torch.float64)},
-                   polynomial(t, 2), description=f"toy(t={t:g}, a={a:g})")
+    problem = Problem("toy", [LayerSpec(1, None, "logit")], {"logit": torch.tensor([a], dtype=torch.float64)},
+                      polynomial(t, 2), description=f"toy(t={t:g}, a={a:g})")
+    problem.rebuild = f"gs.problems.toy(target={t!r}, logit={a!r})"
+    return problem
 
 
 def independent(loss, logits=None, *, probs=None) -> Problem:
@@ -302,13 +310,20 @@ def independent(loss, logits=None, *, probs=None) -> Problem:
         a = torch.logit(p)
     else:
         a = _finite_vector("logits", logits)
-    return Problem("independent", [LayerSpec(a.numel(), None, "logits")], {"logits": a}, as_loss(loss),
-                   description=f"independent(N={a.numel()})")
+    problem = Problem("independent", [LayerSpec(a.numel(), None, "logits")], {"logits": a}, as_loss(loss),
+                      description=f"independent(N={a.numel()})")
+    if _rebuildable(problem.loss):
+        problem.rebuild = f"gs.problems.independent({problem.loss!r}, logits={a.tolist()!r})"
+    return problem
+
+
+def _rebuildable(loss: Loss) -> bool:
+    return repr(loss).startswith("gs.losses.from_spec(")
 
 
 def sbn(sizes: Sequence[int], loss="squared_error", x=None, seed: int = 0, *,
         weight_scale: float = 1.0, num_outputs: int = 4) -> Problem:
-    r"""Stochastic binary network ``x -> h_1 -> ... -> h_L -> loss``.
+    r"""Stochastic binary network: input ``x``, stochastic layers ``h_1`` to ``h_L``, then the loss.
 
     ``sizes = [n_0, n_1, ..., n_L]``: input size then each stochastic layer's.
     Parameters ``W_l`` (entries N(0, s^2 / n_{l-1})) and ``c_l`` (entries
@@ -325,6 +340,7 @@ def sbn(sizes: Sequence[int], loss="squared_error", x=None, seed: int = 0, *,
     if s <= 0:
         raise ValueError(f"weight_scale must be > 0, got {weight_scale!r}")
     g = torch.Generator().manual_seed(seed)
+    x_argument = x
     if x is None:
         x = torch.randn(sizes[0], generator=g, dtype=torch.float64)
     else:
@@ -336,10 +352,17 @@ def sbn(sizes: Sequence[int], loss="squared_error", x=None, seed: int = 0, *,
         layers.append(LayerSpec(n_out, f"W{li}", f"c{li}"))
         params[f"W{li}"] = torch.randn(n_out, n_in, generator=g, dtype=torch.float64) * (s / math.sqrt(n_in))
         params[f"c{li}"] = torch.randn(n_out, generator=g, dtype=torch.float64) * (s / 2)
+    loss_argument = loss
     if isinstance(loss, str):
         loss = random_readout(loss, sizes[-1], num_outputs, seed=seed + 1)
-    return Problem("sbn", layers, params, as_loss(loss), x=x,
-                   description=f"sbn({'-'.join(map(str, sizes))}, seed={seed})")
+    problem = Problem("sbn", layers, params, as_loss(loss), x=x,
+                      description=f"sbn({'-'.join(map(str, sizes))}, seed={seed})")
+    if isinstance(loss_argument, str) or _rebuildable(problem.loss):
+        loss_text = repr(loss_argument) if isinstance(loss_argument, str) else repr(problem.loss)
+        given_x = "" if x_argument is None else f", x={x.tolist()!r}"
+        problem.rebuild = (f"gs.problems.sbn({sizes!r}, loss={loss_text}{given_x}, seed={seed}, weight_scale={s!r}, "
+                           f"num_outputs={num_outputs})")
+    return problem
 
 
 def teacher_student(sizes: Sequence[int], num_examples: int = 8, seed: int = 0, *, teacher_scale: float = 3.0,

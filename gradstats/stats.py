@@ -78,6 +78,28 @@ class TestResult:
         """Whether the global null is rejected at ``alpha``."""
         return self.global_p < self.alpha
 
+    @property
+    def pvalue(self) -> float:
+        """The global p-value (``global_p``), under scipy's name."""
+        return self.global_p
+
+    def __repr__(self) -> str:
+        return (f"TestResult(global_method={self.global_method!r}, pvalue={self.global_p:.4g}, alpha={self.alpha:g}, "
+                f"reject={self.reject}, rejected={int(self.rejected.sum())} of {self.rejected.numel()} coordinates)")
+
+    def to_frame(self, coordinate_names: list[str] | None = None):
+        """One row per coordinate: ``coordinate, statistic, p_value, adjusted, rejected, untested``."""
+        import pandas as pd
+
+        dim = self.statistic.numel()
+        names = list(range(dim)) if coordinate_names is None else list(coordinate_names)
+        if len(names) != dim:
+            raise ValueError(f"coordinate_names must have D = {dim} entries, got {len(names)}")
+        untested = self.untested.tolist() if self.untested is not None else [False] * dim
+        return pd.DataFrame({"coordinate": names, "statistic": self.statistic.tolist(), "p_value": self.p_values.tolist(),
+                             "adjusted": self.adjusted.tolist(), "rejected": self.rejected.tolist(),
+                             "untested": untested})
+
 
 def holm(p_values: Tensor) -> Tensor:
     """Holm step-down adjusted p-values (monotone, capped at 1)."""

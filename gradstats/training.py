@@ -59,6 +59,17 @@ class TrainingRun:
     def final_loss(self) -> float:
         return self.loss[-1]
 
+    def __repr__(self) -> str:
+        return (f"TrainingRun(estimator={self.estimator!r}, optimizer={self.optimizer!r}, "
+                f"learning_rate={self.learning_rate:g}, steps={self.steps[-1]}, loss {self.loss[0]:.6g} -> "
+                f"{self.final_loss:.6g}, D={self.parameters.numel()})")
+
+    def to_frame(self):
+        """The exact ``E[L]`` after each recorded number of updates: columns ``step, loss``."""
+        import pandas as pd
+
+        return pd.DataFrame({"step": list(self.steps), "loss": list(self.loss)})
+
 
 class _Adam:
     """Adam's step direction ``m_hat / (sqrt(v_hat) + eps)`` (Kingma & Ba 2015, Algorithm 1)."""

@@ -101,3 +101,43 @@ def test_import_is_light_and_claims_load_on_first_use():
     code = ("import sys, gradstats; heavy = [m for m in ('hypothesis', 'seaborn', 'matplotlib') if m in sys.modules]; "
             "assert not heavy, heavy; gradstats.claims.run; assert 'hypothesis' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_result_objects_print_short_and_give_frames():
+    from gradstats.stats import unbiasedness_test
+    from gradstats.training import train
+
+    net = gs.problems.sbn([3, 2], seed=0)
+    exact = gs.moments(net, "st")
+    mc = gs.moments(net, "st", method="mc", num_samples=1000, seed=0, progress=False)
+    assert repr(exact).startswith("Moments(estimator='st', method='exact', D=8, num_outcomes=4,")
+    assert "num_samples=1,000" in repr(mc) and "\n" not in repr(mc)
+    frame = mc.to_frame(net.coordinate_names())
+    assert list(frame.columns) == ["coordinate", "mean", "var", "mean_stderr"] and frame["coordinate"][0] == "W1[0,0]"
+    assert frame["mean"].tolist() == mc.mean.tolist() and exact.to_frame()["mean_stderr"].isna().all()
+    with pytest.raises(ValueError, match="coordinate_names must have D = 8 entries"):
+        mc.to_frame(["a"])
+    test = unbiasedness_test(mc, gs.exact_gradient(net))
+    assert test.pvalue == test.global_p and repr(test).startswith("TestResult(global_method='holm', pvalue=")
+    assert list(test.to_frame().columns) == ["coordinate", "statistic", "p_value", "adjusted", "rejected", "untested"]
+    run = train(gs.problems.teacher_student([3, 2], num_examples=2), "st", steps=20, learning_rate=1.0)
+    assert "\n" not in repr(run) and "tensor" not in repr(run)
+    assert run.to_frame()["loss"].tolist() == list(run.loss)
+
+
+def test_cli_moments_json_gives_standard_errors_and_rebuilds_its_problem(capsys):
+    assert cli.main(["moments", "--estimator", "st", "--problem", "sbn", "--sizes", "3,2", "--method", "mc",
+                     "--num-samples", "3000", "--seed", "1", "--device", "cpu", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    problem = eval(out["problem"], {"gs": gs})
+    exact = gs.exact_gradient(problem)
+    assert [c["exact_gradient"] for c in out["coordinates"]] == exact.tolist()
+    m = gs.moments(problem, "st", method="mc", num_samples=3000, seed=1, device="cpu", progress=False)
+    assert [c["mean_stderr"] for c in out["coordinates"]] == m.mean_stderr.tolist()
+    assert out["num_samples"] == 3000 and out["relative_bias"] >= 0
+
+
+def test_cli_estimators_table_shows_the_flags(capsys):
+    assert cli.main(["estimators"]) == 0
+    out = capsys.readouterr().out
+    assert "max layers" in out and "options" in out and "temperature=1.0" in out

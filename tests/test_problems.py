@@ -2,8 +2,11 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gradstats as gs
+from gradstats.testing import independent_problems, networks
 
 
 def test_sbn_parameter_order_and_shapes():
@@ -80,3 +83,22 @@ def test_builtin_loss_gradients_match_autograd():
         plain = gs.losses.Loss(loss.fn)  # same function, gradient by autograd
         value2, grad2 = plain.value_and_grad(h)
         assert torch.allclose(value, value2, rtol=1e-14) and torch.allclose(grad, grad2, rtol=1e-12, atol=1e-14)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.one_of(networks(), independent_problems()))
+def test_a_printed_problem_rebuilds_exactly(problem):
+    # hypothesis prints a counterexample's repr: evaluating it must give the same problem, bit for bit
+    again = eval(repr(problem), {"gs": gs})
+    assert again.layer_sizes == problem.layer_sizes and again.parameter_names() == problem.parameter_names()
+    assert all(torch.equal(again.parameters[k], v) for k, v in problem.parameters.items())
+    assert (again.x is None) == (problem.x is None) and (problem.x is None or torch.equal(again.x, problem.x))
+    h = torch.rand(7, problem.layer_sizes[-1], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.loss(h), problem.loss(h))
+
+
+def test_problems_that_cannot_be_written_down_say_what_they_are():
+    problem = gs.problems.sbn([3, 2], loss=lambda h: h.sum(-1), seed=0)
+    assert repr(problem).startswith("Problem(sbn(3-2, seed=0)")
+    moved = gs.problems.sbn([3, 2], seed=0).with_parameters(torch.zeros(8, dtype=torch.float64))
+    assert repr(moved).startswith("Problem(")
