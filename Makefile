@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 
 TEX_PACKAGES := texlive-latex-base texlive-latex-recommended latexmk
 
-.PHONY: test test-streams check-figures lint figures paper tex bench clean-venv
+.PHONY: test test-streams check-figures lint figures paper tex bench docs clean-venv
 
 # The tests whose assertions are on random quantities, rerun on other noise streams (tests/conftest.py):
 # an assertion that holds only by the luck of the default stream fails here.
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(PY) -m ruff check gradstats tests analyses benchmarks
+	$(PY) -m ruff check gradstats tests analyses benchmarks examples docs
 
 test: lint
 	$(PY) -m pytest -q -n 2
@@ -49,6 +49,16 @@ tex:
 	@command -v latexmk >/dev/null && command -v pdflatex >/dev/null || { \
 	  echo "installing $(TEX_PACKAGES)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEX_PACKAGES); }
+
+# The documentation site (docs/_build/html/index.html): API reference, guides, and the gallery, built by running
+# examples/plot_*.py; any warning fails the build.
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,audit,distributed,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	MPLBACKEND=Agg $(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
 bench: $(STAMP)
 	$(PY) benchmarks/exact.py

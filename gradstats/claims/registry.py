@@ -94,11 +94,9 @@ def register(claim: Claim) -> Claim:
 
 def claim(id: str, *, statement: str, reference: str, reading: str, test: str = "",
           kind: str = "mathematical") -> Callable[[Callable[[CheckSettings], Verdict]], Callable[[CheckSettings], Verdict]]:
-    """Register the decorated check as the claim ``id``, its metadata written beside it::
-
-        @claim("MY1", statement="...", reference="...", reading="...")
-        def check_my1(settings: CheckSettings) -> Verdict: ...
-    """
+    """Register the decorated check as the claim ``id``, its metadata written beside it: put
+    ``@claim("MY1", statement=..., reference=..., reading=...)`` above
+    ``def check_my1(settings: CheckSettings) -> Verdict``."""
     def decorate(check: Callable[[CheckSettings], Verdict]) -> Callable[[CheckSettings], Verdict]:
         register(Claim(id, statement, reference, reading, check, test, kind))
         return check

@@ -1,0 +1,49 @@
+"""The documentation's code runs: every python block of the guides, each on its own in a fresh interpreter,
+and every example script (the docs build runs them too, through sphinx-gallery)."""
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _guide_blocks() -> list[tuple[str, str]]:
+    blocks = []
+    for path in sorted((ROOT / "docs" / "guides").glob("*.rst")):
+        for i, match in enumerate(re.finditer(r"\.\. code-block:: python\n\n((?:(?:   .*)?\n)+)", path.read_text())):
+            blocks.append((f"{path.stem}[{i}]", textwrap.dedent(match.group(1))))
+    return blocks
+
+
+GUIDE_BLOCKS = _guide_blocks()
+EXAMPLES = sorted((ROOT / "examples").glob("plot_*.py"))
+
+
+def _run(path: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(path)], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MPLBACKEND": "Agg"})
+
+
+def test_the_guides_and_examples_are_there():
+    assert {name.split("[")[0] for name, _ in GUIDE_BLOCKS} >= {"own_estimator", "own_model", "tidy_table", "claims"}
+    assert len(EXAMPLES) >= 3
+
+
+@pytest.mark.parametrize("name, code", GUIDE_BLOCKS, ids=[name for name, _ in GUIDE_BLOCKS])
+def test_guide_block_runs_on_its_own(name, code, tmp_path):
+    script = tmp_path / "block.py"
+    script.write_text(code)
+    done = _run(script, tmp_path)
+    assert done.returncode == 0, f"guide block {name} failed:\n{code}\n{done.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_runs(example, tmp_path):
+    done = _run(example, tmp_path)
+    assert done.returncode == 0, f"{example.name} failed:\n{done.stderr[-3000:]}"
