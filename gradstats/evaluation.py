@@ -18,6 +18,7 @@ bias's standard error includes the reference's).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -56,8 +57,11 @@ def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iter
             ``"exact"`` or ``"mc"``.
         options: estimator name -> its options.
 
-    Columns: ``estimator, reference, reference_method, metric, layer, coordinate, M, value, stderr,
-    method, num_samples, loss_evals_per_draw, seconds_per_draw``.
+    Columns: ``estimator, options, reference, reference_method, metric, layer, coordinate, M, value, stderr,
+    method, num_samples, loss_evals_per_draw, seconds_per_draw``; ``options`` is the JSON of the options
+    given (``"{}"`` for none), so frames of one estimator with several option sets can be concatenated.
+    ``layer`` 0 is every layer together and ``coordinate`` ``""`` the aggregate over coordinates (the
+    documentation's guide "Reading the tidy table" describes every column).
     """
     check_problem(problem)
     refs = [reference] if isinstance(reference, str) else list(reference)
@@ -122,12 +126,14 @@ def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iter
             main = mc_moments(problem, est, references=references, ms=ms, full_covariance=False, **mc_kw, **opts)
             extra = None
         seconds_per_draw = (extra or main).seconds / n if (extra or main).num_samples else float("nan")
+        options_json = json.dumps(opts, sort_keys=True, default=repr)
         for r, g in references.items():
             rows = compute_metrics(main, problem, g, r, ms, reference_stderr=ref_stderr.get(r))
             if extra is not None:
                 rows += [v for v in compute_metrics(extra, problem, g, r, ms) if v.metric == "cosine_m" and v.m > 1]
             frame = pd.DataFrame([{
-                "estimator": est.name, "reference": r, "reference_method": ref_method[r], "metric": v.metric,
+                "estimator": est.name, "options": options_json, "reference": r, "reference_method": ref_method[r],
+                "metric": v.metric,
                 "layer": v.layer, "coordinate": v.coordinate, "M": v.m, "value": v.value, "stderr": v.stderr,
                 "method": "mc" if (v.metric == "cosine_m" and v.m and v.m > 1) else main.method,
                 "num_samples": n if (main.method == "mc" or (v.metric == "cosine_m" and v.m and v.m > 1)) else None,

@@ -49,7 +49,7 @@ class Task:
                          options={self.estimator: self.options} if self.options else None, **evaluate_kwargs)
         described = {"task": self.index, "problem": self.problem.description, "problem_index": self.problem_index,
                      "options": json.dumps(self.options, sort_keys=True), "task_seed": self.seed}
-        return frame.assign(**described)[TASK_COLUMNS + list(frame.columns)]
+        return frame.assign(**described)[TASK_COLUMNS + [c for c in frame.columns if c not in TASK_COLUMNS]]
 
 
 # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its workers by default; fixing it turns off glibc's adaptive

@@ -106,7 +106,7 @@ def test_evaluate_is_tidy_and_consistent():
     problem = gs.problems.sbn([3, 3, 2], seed=1)
     df = gs.evaluate(problem, ["reinforce", "st", "sts", "noisy_rectifier"], reference=["binary", "own"],
                      num_samples=4000, ms=(1, 10), progress=False)
-    assert list(df.columns) == ["estimator", "reference", "reference_method", "metric", "layer", "coordinate", "M",
+    assert list(df.columns) == ["estimator", "options", "reference", "reference_method", "metric", "layer", "coordinate", "M",
                                 "value", "stderr", "method", "num_samples", "loss_evals_per_draw", "seconds_per_draw"]
     one = df[(df.coordinate == "") & (df.layer == 0) & (df.reference == "binary")].set_index(["estimator", "metric", "M"])
     assert one.loc[("reinforce", "bias_norm", pd_na()), "value"] < 1e-12  # unbiased, exactly
@@ -184,3 +184,15 @@ def test_per_draw_sign_agreement_takes_a_rounding_level_reference_as_zero():
     rounding = torch.tensor([1e-20, 1.0], dtype=torch.float64)
     m = gs.moments(problem, "st", references={"g": rounding})
     assert m.summary.sign_agree["g"].tolist() == pytest.approx([1.0, 1.0])
+
+
+def test_one_estimator_with_two_option_sets_shares_a_frame():
+    import json
+
+    import pandas as pd
+
+    problem = gs.problems.sbn([3, 2], seed=0)
+    frames = [gs.evaluate(problem, "reinforce_loo", options={"reinforce_loo": {"k": k}}, progress=False) for k in (2, 4)]
+    frame = pd.concat(frames, ignore_index=True)
+    assert sorted(json.loads(o)["k"] for o in frame["options"].unique()) == [2, 4]
+    assert gs.evaluate(problem, "st", progress=False)["options"].unique().tolist() == ["{}"]
