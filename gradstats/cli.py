@@ -1,7 +1,7 @@
 """The ``gradstats`` command.
 
     gradstats estimators [--json]
-    gradstats claims [--json] [--explore] [--id ST1]
+    gradstats claims [--json] [--explore] [--quick] [--id ST1] [--no-cache] [--cache-dir DIR]
     gradstats moments --estimator st [--problem toy --target 0.45 --logit -1]
                       [--problem sbn --sizes 8,5,5 --loss squared_error --seed 0]
                       [--method exact|mc --num-samples N --device auto] [--json]
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 from . import estimators, problems
 from .exact import exact_gradient
@@ -117,28 +119,54 @@ def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def _claims_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gradstats" / "claims"
+
+
+def _print_claim(r: dict) -> None:
+    reading = " (on our reading)" if r["status"] == "refuted" else ""
+    print(f"{r['id']:10s} {r['status'].upper()}{reading} ({r['kind']}) {r['reference']}")
+    if r["qualifier"]:
+        print(f"  qualifier:      {_short(r['qualifier'], 300)}")
+    print(f"  finding:        {_short(r['summary'], 300)}")
+    print(f"  statement:      {_short(r['statement'], 300)}")
+    print(f"  reading:        {_short(r['reading'], 400)}")
+    print(f"  evidence:       {_short(r['evidence'], 600)}")
+    if r["holds_when"]:
+        print(f"  holds when:     {_short(r['holds_when'], 400)}")
+    if r["counterexample"]:
+        ce = {k: v for k, v in r["counterexample"].items() if k != "spec"}
+        print(f"  counterexample: {json.dumps(ce, default=str)}")
+    when = "from the cache" if r.get("cached") else f"{r['seconds']} s"
+    print(f"  cases: {r['cases']}, {when}; test: {r['test']}; rerun: gradstats claims --id {r['id']}", flush=True)
+
+
 def _cmd_claims(args) -> int:
     from . import claims
 
-    settings = claims.CheckSettings.exploring() if args.explore else claims.CheckSettings()
-    rows = claims.run(args.id or None, settings)
+    if args.explore:
+        settings = claims.CheckSettings.exploring()
+    else:
+        settings = claims.CheckSettings(max_examples=30, quick=True) if args.quick else claims.CheckSettings()
+    ids = args.id or [c.id for c in claims.claims()]
+    for claim_id in ids:
+        claims.get(claim_id)                  # an unknown id fails before any check runs
+    done = 0
+
+    def report(row: dict) -> None:
+        nonlocal done
+        done += 1
+        print(f"[{done}/{len(ids)}] {row['id']}: {row['status']}", file=sys.stderr, flush=True)
+        if not args.json:
+            _print_claim(row)
+
+    if args.quick and not args.json:
+        print("quick: 30 examples per search and shortened training (a smoke run; the reported verdicts are "
+              "without --quick)")
+    rows = claims.run(ids, settings, on_row=report, cache_dir=None if args.no_cache else args.cache_dir)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
-    for r in rows:
-        print(f"{r['id']:10s} {r['status'].upper():13s} ({r['kind']}) {r['reference']}")
-        if r["qualifier"]:
-            print(f"  qualifier:      {_short(r['qualifier'], 300)}")
-        print(f"  finding:        {_short(r['summary'], 300)}")
-        print(f"  statement:      {_short(r['statement'], 300)}")
-        print(f"  reading:        {_short(r['reading'], 400)}")
-        print(f"  evidence:       {_short(r['evidence'], 600)}")
-        if r["holds_when"]:
-            print(f"  holds when:     {_short(r['holds_when'], 400)}")
-        if r["counterexample"]:
-            ce = {k: v for k, v in r["counterexample"].items() if k != "spec"}
-            print(f"  counterexample: {_short(json.dumps(ce, default=str), 400)}")
-        print(f"  cases: {r['cases']}, {r['seconds']} s; test: {r['test']}; rerun: gradstats claims --id {r['id']}")
     counts = {s: sum(r["status"] == s for r in rows) for s in claims.STATUSES}
     print(", ".join(f"{n} {s}" for s, n in counts.items()))
     return 0
@@ -236,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
                       "conditions, evidence, counterexample, holds_when, cases, data, test")
     p_cl.add_argument("--explore", action="store_true", help="search longer, with fresh randomness")
     p_cl.add_argument("--id", action="append", help="check only this claim (repeatable)")
+    p_cl.add_argument("--quick", action="store_true", help="30 examples per search and shortened training: a "
+                      "smoke run, not the reported verdicts")
+    p_cl.add_argument("--cache-dir", type=Path, default=_claims_cache_dir(),
+                      help="where verdicts are kept, keyed by claim, settings and gradstats' source "
+                      "(default $XDG_CACHE_HOME/gradstats/claims or ~/.cache/gradstats/claims)")
+    p_cl.add_argument("--no-cache", action="store_true", help="check every claim again, and keep nothing")
     p_cl.set_defaults(run=_cmd_claims)
     p_cc = sub.add_parser("conditional", help="the seed paper's conditional-computation experiment (sec. 5): "
                           "a gated network trained through each estimator, test error over seeds")

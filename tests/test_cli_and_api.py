@@ -48,7 +48,7 @@ def test_cli_train_prints_the_exact_loss_of_the_run(capsys):
 
 
 def test_cli_claims_json_has_the_contract_keys(capsys):
-    assert cli.main(["claims", "--json", "--id", "P2a", "--id", "ST1"]) == 0
+    assert cli.main(["claims", "--json", "--no-cache", "--id", "P2a", "--id", "ST1"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["id"] for r in rows] == ["P2a", "ST1"]
     for r in rows:
@@ -57,10 +57,10 @@ def test_cli_claims_json_has_the_contract_keys(capsys):
 
 
 def test_cli_claims_table_and_unknown_id(capsys):
-    assert cli.main(["claims", "--id", "P1"]) == 0
+    assert cli.main(["claims", "--no-cache", "--id", "P1"]) == 0
     out = capsys.readouterr().out
     assert "P1" in out and "CONFIRMED" in out and "gradstats claims --id P1" in out
-    assert cli.main(["claims", "--id", "P9"]) == 2
+    assert cli.main(["claims", "--no-cache", "--id", "P9"]) == 2
     assert "unknown claim 'P9'" in capsys.readouterr().err
 
 
@@ -141,3 +141,18 @@ def test_cli_estimators_table_shows_the_flags(capsys):
     assert cli.main(["estimators"]) == 0
     out = capsys.readouterr().out
     assert "max layers" in out and "options" in out and "temperature=1.0" in out
+
+
+def test_cli_claims_stream_their_verdicts_and_reuse_them_from_the_cache(capsys, tmp_path):
+    args = ["claims", "--id", "P1", "--id", "P2a", "--cache-dir", str(tmp_path)]
+    assert cli.main(args) == 0
+    first = capsys.readouterr()
+    assert "[1/2] P1: confirmed" in first.err and "[2/2] P2a:" in first.err
+    assert first.out.index("P1 ") < first.out.index("P2a ") and "from the cache" not in first.out
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    assert cli.main(args + ["--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["cached"] for r in rows] == [True, True] and rows[0]["status"] == "confirmed"
+    assert cli.main(args + ["--json", "--quick"]) == 0       # other settings: checked again, cached apart
+    assert [r["cached"] for r in json.loads(capsys.readouterr().out)] == [False, False]
+    assert len(list(tmp_path.glob("*.json"))) == 4

@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import hypothesis
@@ -116,22 +121,67 @@ def get(claim_id: str) -> Claim:
     return _CLAIMS[claim_id]
 
 
-def run(ids: list[str] | None = None, settings: CheckSettings | None = None) -> list[dict[str, Any]]:
+def run(ids: list[str] | None = None, settings: CheckSettings | None = None, *,
+        on_row: Callable[[dict[str, Any]], None] | None = None,
+        cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Check claims; one JSON-able row each with ``id, status, qualifier, kind, statement, reference, reading,
-    evidence, summary, counterexample, holds_when, cases, data, test, seconds``."""
+    evidence, summary, counterexample, holds_when, cases, data, test, seconds, cached``.
+
+    ``on_row(row)`` is called as each verdict is ready (before the next check starts). With ``cache_dir``,
+    the verdict of a built-in claim under derandomized settings is stored there, keyed by the claim, the
+    settings and a hash of gradstats' source (:func:`gradstats.checkpoint.library_identity`), and read back
+    instead of rechecked while all three are unchanged; ``cached`` says which rows were.
+    """
     settings = settings or CheckSettings()
     rows = []
     for claim in ([get(i) for i in ids] if ids else claims()):
-        start = time.perf_counter()
-        verdict = claim.check(settings)
-        rows.append({"id": claim.id, "status": verdict.status, "qualifier": verdict.qualifier, "kind": claim.kind,
-                     "statement": claim.statement, "reference": claim.reference, "reading": claim.reading,
-                     "evidence": verdict.evidence,
-                     "summary": verdict.summary or verdict.evidence.split(";")[0],
-                     "counterexample": verdict.counterexample, "holds_when": verdict.holds_when,
-                     "cases": verdict.cases, "data": verdict.data, "test": claim.test,
-                     "seconds": round(time.perf_counter() - start, 2)})
+        path = _cache_path(claim, settings, cache_dir)
+        row = _read_cached(path)
+        if row is None:
+            start = time.perf_counter()
+            verdict = claim.check(settings)
+            row = {"id": claim.id, "status": verdict.status, "qualifier": verdict.qualifier, "kind": claim.kind,
+                   "statement": claim.statement, "reference": claim.reference, "reading": claim.reading,
+                   "evidence": verdict.evidence,
+                   "summary": verdict.summary or verdict.evidence.split(";")[0],
+                   "counterexample": verdict.counterexample, "holds_when": verdict.holds_when,
+                   "cases": verdict.cases, "data": verdict.data, "test": claim.test,
+                   "seconds": round(time.perf_counter() - start, 2), "cached": False}
+            if path is not None:
+                _write_cached(path, row)
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
     return rows
+
+
+def _cache_path(claim: Claim, settings: CheckSettings, cache_dir: str | Path | None) -> Path | None:
+    """Where a verdict is cached, or ``None``: no cache asked for, fresh randomness, or a check outside gradstats
+    (whose code the source hash does not cover)."""
+    if cache_dir is None or settings.explore or not getattr(claim.check, "__module__", "").startswith("gradstats."):
+        return None
+    from ..checkpoint import library_identity
+
+    key = json.dumps({"library": library_identity(), "claim": claim.id, "settings": dataclasses.asdict(settings)},
+                     sort_keys=True)
+    return Path(cache_dir) / f"{claim.id}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
+def _read_cached(path: Path | None) -> dict[str, Any] | None:
+    if path is None or not path.exists():
+        return None
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None          # a damaged entry is rechecked and rewritten
+    return {**row, "cached": True} if isinstance(row, dict) and "status" in row else None
+
+
+def _write_cached(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(row, default=str))
+    os.replace(temporary, path)
 
 
 @dataclass(frozen=True)
