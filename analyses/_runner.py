@@ -189,10 +189,8 @@ def _compute_in_worker(cell: dict, config: Config) -> tuple[list[dict], float]:
 
 
 def _compute_on_dask(cell: dict, config: Config) -> tuple[list[dict], float]:
-    """A Dask task: one thread, the perturbation if asked, then the worker computation."""
-    torch.set_num_threads(1)
-    if config.perturb:
-        apply_perturbation()
+    """A Dask task: the worker's set-up (idempotent: Dask workers outlive tasks), then the worker computation."""
+    _single_threaded(config.perturb)
     return _compute_in_worker(cell, config)
 
 
@@ -224,12 +222,32 @@ def _exit_with_parent(parent: int) -> None:
         time.sleep(0.5)
 
 
-def _worker_setup(parent: int, perturb: bool = False) -> None:
-    """Each worker computes with one thread, and exits as soon as the process that started it is gone."""
+def _single_threaded(perturb: bool) -> None:
+    """A worker computes with one thread, perturbed when ``make check-figures`` asks."""
     torch.set_num_threads(1)
     if perturb:
         apply_perturbation()
+
+
+def _worker_setup(parent: int, perturb: bool = False) -> None:
+    """Each pool worker is single-threaded, and exits as soon as the process that started it is gone."""
+    _single_threaded(perturb)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _gather(futures: dict, store: Callable, done: dict, stop: Callable[[], None]) -> None:
+    """Store each cell as its future completes. Interrupted or failed: ``stop()`` the executor, keep what has
+    finished, cancel the rest, and re-raise."""
+    try:
+        for future in as_completed(futures):
+            store(futures[future], *future.result())
+    except BaseException:
+        stop()
+        for future, i in futures.items():
+            if i not in done and future.done() and not future.cancelled() and future.exception() is None:
+                store(i, *future.result())
+            future.cancel()
+        raise
 
 
 def run_cells(config: Config, cells: list[dict], compute: Callable[[dict, Config], list[dict]],
@@ -256,30 +274,15 @@ def run_cells(config: Config, cells: list[dict], compute: Callable[[dict, Config
     with bar:
         if parallel and config.scheduler and pending:
             executor = dask_executor(config.scheduler, config.jobs)
-            futures = {executor.submit(_compute_on_dask, tagged[i], config): i for i in pending}
-            try:
-                for future in as_completed(futures):
-                    store(futures[future], *future.result())
-            except BaseException:  # interrupted or failed: keep what has finished, cancel the rest
-                for future, i in futures.items():
-                    if i not in done and future.done() and not future.cancelled() and future.exception() is None:
-                        store(i, *future.result())
-                    future.cancel()
-                raise
+            _gather({executor.submit(_compute_on_dask, tagged[i], config): i for i in pending}, store, done,
+                    stop=lambda: None)
         elif parallel and config.jobs > 1 and len(pending) > 1:
             context = multiprocessing.get_context("spawn")
             pool = ProcessPoolExecutor(config.jobs, mp_context=context, initializer=_worker_setup,
                                        initargs=(os.getpid(), config.perturb))
-            futures = {pool.submit(_compute_in_worker, tagged[i], config): i for i in pending}
-            try:
-                for future in as_completed(futures):
-                    store(futures[future], *future.result())
-            except BaseException:  # interrupted or failed: cancel what has not started, keep what has finished
-                pool.shutdown(wait=True, cancel_futures=True)
-                for future, i in futures.items():
-                    if i not in done and future.done() and not future.cancelled() and future.exception() is None:
-                        store(i, *future.result())
-                raise
+            # interrupted: cancel what has not started and let the running cells finish, then keep them
+            _gather({pool.submit(_compute_in_worker, tagged[i], config): i for i in pending}, store, done,
+                    stop=lambda: pool.shutdown(wait=True, cancel_futures=True))
             pool.shutdown()
         else:
             for i in pending:

@@ -20,7 +20,8 @@ from gradstats.claims import seed_paper as gs_claims_seed_paper
 
 
 def cells(config):
-    return [{"claim": c.id, "max_examples": 30 if config.quick else 150, "quick": config.quick} for c in claims.claims()]
+    settings = claims.CheckSettings.smoke() if config.quick else claims.CheckSettings()
+    return [{"claim": c.id, "max_examples": settings.max_examples, "quick": settings.quick} for c in claims.claims()]
 
 
 def compute(cell, config):

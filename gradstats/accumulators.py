@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .numerics import safe_divide, signs
+from .numerics import coordinate_labels, safe_divide, signs
 from .problems import FactoredGradient, Problem
 
 __all__ = ["Moments", "Summary", "GradientAccumulator"]
@@ -188,12 +188,9 @@ class Moments:
         import pandas as pd
 
         dim = self.mean.numel()
-        names = list(range(dim)) if coordinate_names is None else list(coordinate_names)
-        if len(names) != dim:
-            raise ValueError(f"coordinate_names must have D = {dim} entries, got {len(names)}")
         stderr = self.mean_stderr.tolist() if self.mean_stderr is not None else [float("nan")] * dim
-        return pd.DataFrame({"coordinate": names, "mean": self.mean.tolist(), "var": self.var.tolist(),
-                             "mean_stderr": stderr})
+        return pd.DataFrame({"coordinate": coordinate_labels(coordinate_names, dim), "mean": self.mean.tolist(),
+                             "var": self.var.tolist(), "mean_stderr": stderr})
 
     @staticmethod
     def from_summary(summary: Summary, *, method: str, estimator: str, loss_evals_per_draw: int,

@@ -65,8 +65,8 @@ def _cmd_moments(args) -> int:
     reference = exact_gradient(problem)
     bias = m.mean - reference
     relative = ratio_or_inf(float(bias.norm()), float(reference.norm()))
+    stderr = m.mean_stderr.tolist() if m.mean_stderr is not None else [0.0] * len(reference)   # exact: 0
     if args.json:
-        stderr = m.mean_stderr.tolist() if m.mean_stderr is not None else [0.0] * len(reference)
         print(json.dumps({
             "problem": repr(problem), "estimator": m.estimator, "method": m.method, "num_samples": m.num_samples,
             "seed": args.seed if m.method == "mc" else None,
@@ -79,11 +79,10 @@ def _cmd_moments(args) -> int:
         return 0
     print(f"{problem!r}, estimator {m.estimator}, method {m.method}"
           + (f", {m.num_samples:,} draws" if m.num_samples else ""))
-    stderr = m.mean_stderr if m.mean_stderr is not None else [0.0] * len(reference)
     print(f"{'coordinate':14s} {'exact grad':>12s} {'mean':>12s} {'stderr':>10s} {'bias':>12s} {'variance':>12s}"
           + ("  (exact: stderr 0)" if m.method == "exact" else ""))
     for name, g, mu, se, b, v in zip(problem.coordinate_names(), reference, m.mean, stderr, bias, m.var):
-        print(f"{name:14s} {g:12.5g} {mu:12.5g} {float(se):10.3g} {b:12.5g} {v:12.5g}")
+        print(f"{name:14s} {g:12.5g} {mu:12.5g} {se:10.3g} {b:12.5g} {v:12.5g}")
     print(f"|bias| = {bias.norm():.5g}, |bias|/|g| = {relative:.5g}, "
           f"trace(cov) = {m.trace:.5g}, cos(mean, g) = {cosine(m.mean, reference):.5g}")
     return 0
@@ -147,10 +146,8 @@ def _cmd_claims(args) -> int:
     if args.explore:
         settings = claims.CheckSettings.exploring()
     else:
-        settings = claims.CheckSettings(max_examples=30, quick=True) if args.quick else claims.CheckSettings()
-    ids = args.id or [c.id for c in claims.claims()]
-    for claim_id in ids:
-        claims.get(claim_id)                  # an unknown id fails before any check runs
+        settings = claims.CheckSettings.smoke() if args.quick else claims.CheckSettings()
+    ids = args.id or [c.id for c in claims.claims()]    # claims.run refuses an unknown id before any check runs
     done = 0
 
     def report(row: dict) -> None:
@@ -161,8 +158,8 @@ def _cmd_claims(args) -> int:
             _print_claim(row)
 
     if args.quick and not args.json:
-        print("quick: 30 examples per search and shortened training (a smoke run; the reported verdicts are "
-              "without --quick)")
+        print(f"quick: {settings.max_examples} examples per search and shortened training (a smoke run; the "
+              "reported verdicts are without --quick)")
     rows = claims.run(ids, settings, on_row=report, cache_dir=None if args.no_cache else args.cache_dir)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))

@@ -73,10 +73,15 @@ class Loss:
     def __call__(self, h: Tensor) -> Tensor:
         return self.fn(h)
 
+    @property
+    def from_builder(self) -> bool:
+        """Whether a builder of this module made it, so that :func:`from_spec` rebuilds it from ``spec``."""
+        return self.spec.get("kind") in _BUILDERS
+
     def __reduce__(self):
         """Sent to another process (pickled) as its ``spec`` and rebuilt there by :func:`from_spec`; a loss
         from a module-level function travels as that function; a lambda or a local function cannot."""
-        if self.spec.get("kind") in _BUILDERS:
+        if self.from_builder:
             return from_spec, (self.spec,)
         try:
             pickle.dumps(self.fn)
@@ -89,7 +94,7 @@ class Loss:
 
     def __repr__(self) -> str:
         """For a loss a builder of this module made, an expression that rebuilds it bit for bit."""
-        if self.spec.get("kind") in _BUILDERS:
+        if self.from_builder:
             return f"gs.losses.from_spec({self.spec!r})"
         return f"Loss({self.name})"
 

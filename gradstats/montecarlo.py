@@ -13,7 +13,7 @@ The fused path (``fuse=True``) compiles each chunk's draws and its statistics
 into one function with ``torch.compile``, so the per-draw gradients are reduced
 where they are made instead of in many passes over memory, and the host checks
 and merges one piece while the device computes the next. Same statistics, same
-noise; only float rounding differs. The compilation takes 10 to 50 seconds, once
+noise; only float rounding differs. The compilation takes 1.5 to 50 seconds, once
 per problem, estimator and dtype in a process, so it pays on long runs or many
 runs of one problem (benchmarks/montecarlo.py prints both rates and the
 compilation's time).

@@ -8,8 +8,8 @@ import numbers
 import torch
 from torch import Tensor
 
-__all__ = ["safe_divide", "cosine", "ratio_or_inf", "positive_int", "positive_finite", "seed_value", "optional_bool",
-           "float64_vector", "float64_references", "MAX_SEED", "SIGN_TOLERANCE", "signs"]
+__all__ = ["safe_divide", "cosine", "ratio_or_inf", "coordinate_labels", "positive_int", "positive_finite", "seed_value",
+           "optional_bool", "float64_vector", "float64_references", "MAX_SEED", "SIGN_TOLERANCE", "signs"]
 
 
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
@@ -77,6 +77,14 @@ def optional_bool(name: str, value) -> bool | None:
     if value is None or isinstance(value, bool):
         return value
     raise ValueError(f"{name} must be True, False or None, got {value!r}")
+
+
+def coordinate_labels(coordinate_names, dim: int) -> list:
+    """``coordinate_names`` as a list of ``dim`` row labels (``0 .. dim-1`` when ``None``), else a ValueError."""
+    names = list(range(dim)) if coordinate_names is None else list(coordinate_names)
+    if len(names) != dim:
+        raise ValueError(f"coordinate_names must have D = {dim} entries, got {len(names)}")
+    return names
 
 
 def float64_vector(name: str, value, size: int) -> Tensor:

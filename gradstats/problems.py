@@ -312,13 +312,9 @@ def independent(loss, logits=None, *, probs=None) -> Problem:
         a = _finite_vector("logits", logits)
     problem = Problem("independent", [LayerSpec(a.numel(), None, "logits")], {"logits": a}, as_loss(loss),
                       description=f"independent(N={a.numel()})")
-    if _rebuildable(problem.loss):
+    if problem.loss.from_builder:
         problem.rebuild = f"gs.problems.independent({problem.loss!r}, logits={a.tolist()!r})"
     return problem
-
-
-def _rebuildable(loss: Loss) -> bool:
-    return repr(loss).startswith("gs.losses.from_spec(")
 
 
 def sbn(sizes: Sequence[int], loss="squared_error", x=None, seed: int = 0, *,
@@ -357,8 +353,8 @@ def sbn(sizes: Sequence[int], loss="squared_error", x=None, seed: int = 0, *,
         loss = random_readout(loss, sizes[-1], num_outputs, seed=seed + 1)
     problem = Problem("sbn", layers, params, as_loss(loss), x=x,
                       description=f"sbn({'-'.join(map(str, sizes))}, seed={seed})")
-    if isinstance(loss_argument, str) or _rebuildable(problem.loss):
-        loss_text = repr(loss_argument) if isinstance(loss_argument, str) else repr(problem.loss)
+    if isinstance(loss_argument, str) or problem.loss.from_builder:
+        loss_text = repr(loss_argument if isinstance(loss_argument, str) else problem.loss)
         given_x = "" if x_argument is None else f", x={x.tolist()!r}"
         problem.rebuild = (f"gs.problems.sbn({sizes!r}, loss={loss_text}{given_x}, seed={seed}, weight_scale={s!r}, "
                            f"num_outputs={num_outputs})")

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .accumulators import Moments
 from .metrics import signs
-from .numerics import float64_vector
+from .numerics import coordinate_labels, float64_vector
 
 __all__ = ["TestResult", "holm", "unbiasedness_test", "sign_test", "MIN_SAMPLES", "HOTELLING_SAMPLES_PER_RANK"]
 
@@ -92,13 +92,10 @@ class TestResult:
         import pandas as pd
 
         dim = self.statistic.numel()
-        names = list(range(dim)) if coordinate_names is None else list(coordinate_names)
-        if len(names) != dim:
-            raise ValueError(f"coordinate_names must have D = {dim} entries, got {len(names)}")
         untested = self.untested.tolist() if self.untested is not None else [False] * dim
-        return pd.DataFrame({"coordinate": names, "statistic": self.statistic.tolist(), "p_value": self.p_values.tolist(),
-                             "adjusted": self.adjusted.tolist(), "rejected": self.rejected.tolist(),
-                             "untested": untested})
+        return pd.DataFrame({"coordinate": coordinate_labels(coordinate_names, dim), "statistic": self.statistic.tolist(),
+                             "p_value": self.p_values.tolist(), "adjusted": self.adjusted.tolist(),
+                             "rejected": self.rejected.tolist(), "untested": untested})
 
 
 def holm(p_values: Tensor) -> Tensor:

@@ -11,7 +11,6 @@ travels as its spec; see :class:`gradstats.losses.Loss`).
 
 from __future__ import annotations
 
-import json
 import traceback
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,12 +42,13 @@ class Task:
     seed: int
 
     def run(self, evaluate_kwargs: Mapping) -> pd.DataFrame:
-        """``gs.evaluate`` of this task, with the columns that say which task it is (``device="auto"`` picks
-        the worker's own device; the frame's tensors are plain numbers on the client)."""
+        """``gs.evaluate`` of this task, with the columns that say which task it is (``options``, the JSON of
+        the option set, is evaluate's own column; ``device="auto"`` picks the worker's own device; the frame's
+        tensors are plain numbers on the client)."""
         frame = evaluate(self.problem, [self.estimator], seed=self.seed,
                          options={self.estimator: self.options} if self.options else None, **evaluate_kwargs)
         described = {"task": self.index, "problem": self.problem.description, "problem_index": self.problem_index,
-                     "options": json.dumps(self.options, sort_keys=True), "task_seed": self.seed}
+                     "task_seed": self.seed}
         return frame.assign(**described)[TASK_COLUMNS + [c for c in frame.columns if c not in TASK_COLUMNS]]
 
 

@@ -39,6 +39,12 @@ class CheckSettings:
     def exploring() -> CheckSettings:
         return CheckSettings(max_examples=2000, explore=True)
 
+    @staticmethod
+    def smoke() -> CheckSettings:
+        """A quick run: 30 examples per search and shortened training (``gradstats claims --quick``, the
+        analyses' ``--quick``)."""
+        return CheckSettings(max_examples=30, quick=True)
+
 
 @dataclass(frozen=True)
 class Verdict:
