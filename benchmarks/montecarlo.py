@@ -15,12 +15,14 @@ exact gradient. Prints draws per second for
 their ratios, and the share of the memory-bandwidth roofline: the draws per
 second at which merely writing a materialised float64 per-draw gradient
 (``8 D`` bytes) would saturate the bandwidth measured here by a large copy.
-Then one row per registered estimator, eager, and fused for those named by
-``--fused``. Each path's mean is checked against the exact ST mean (within 5
-standard errors) before it is timed.
+Then the fused rate at other chunk sizes (``--fused-chunks``), a profile of one
+fused run (``--profile``: wall time against the device's busy time, and the
+kernels that take it), and one row per registered estimator, eager, and fused
+for those named by ``--fused``. Each path's mean is checked against the exact
+ST mean (within 5 standard errors) before it is timed.
 
     python benchmarks/montecarlo.py [--draws 4194304] [--estimator-draws N] [--device cpu] [--threads 2]
-        [--fused st,noisy_rectifier]
+        [--fused st,noisy_rectifier] [--fused-chunks 16777216] [--profile]
 """
 
 from __future__ import annotations
@@ -99,6 +101,30 @@ def rate(fn, draws: int, device: torch.device, repeat: int = 2) -> float:
     return draws / best
 
 
+def profile(fn, draws: int, device: torch.device, top: int = 12) -> None:
+    """Wall time of ``fn`` against the time the device (or, on the CPU, the operators) was busy, and where."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    fn()
+    sync(device)
+    with torch_profile(activities=activities) as prof:
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        wall = time.perf_counter() - start
+    if device.type == "cuda":   # kernels only (an operator's device time is that of the kernels it launched)
+        events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+        key = "self_device_time_total"
+    else:
+        events, key = list(prof.key_averages()), "self_cpu_time_total"
+    busy = sum(getattr(e, key) for e in events) / 1e6
+    print(f"\nprofile of one fused ST run, {draws:,} draws: wall {wall:.3f} s ({draws / wall:.3g} draws/s under the "
+          f"profiler), {device.type} busy {busy:.3f} s ({busy / wall:.0%})")
+    for e in sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]:
+        print(f"  {getattr(e, key) / 1e6:8.4f} s {e.count:7d} calls  {e.key[:90]}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=float, default=2**22)
@@ -110,6 +136,8 @@ def main(argv=None):
     parser.add_argument("--estimator-draws", type=float, default=None, help="draws per estimator (default: --draws)")
     parser.add_argument("--fused", default="st,noisy_rectifier,reinforce,disarm",
                         help="estimators timed on the fused path too (each compiles once; '' for none)")
+    parser.add_argument("--fused-chunks", default="", help="other chunk sizes to time the fused ST path at (comma-separated)")
+    parser.add_argument("--profile", action="store_true", help="profile one fused ST run of the draws (at most 2^26)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = gs.noise.resolve_device(args.device)
@@ -122,9 +150,9 @@ def main(argv=None):
     print(f"W1: sbn [8, 16] -> readout 4, squared error, ST; D = {d}; {device.type} ({name}), "
           f"torch {torch.__version__}, {args.threads} CPU threads")
 
-    def ours(estimator="st", draws=n, fuse=False, dtype=torch.float64):
+    def ours(estimator="st", draws=n, fuse=False, dtype=torch.float64, chunk_size=args.chunk_size):
         return gs.moments(problem, estimator, method="mc", num_samples=draws, seed=0, device=device,
-                          chunk_size=args.chunk_size, references={"binary": g}, full_covariance=False, progress=False,
+                          chunk_size=chunk_size, references={"binary": g}, full_covariance=False, progress=False,
                           fuse=fuse, dtype=dtype)
 
     def compiled(estimator="st", dtype=torch.float64):
@@ -167,6 +195,12 @@ def main(argv=None):
     print(f"the noise stream alone (no gradients, no statistics): {r_noise:.3g} draws/s")
     print("fused: compiled once per process in " + ", ".join(f"{s:.1f} s ({str(t).replace('torch.', '')})"
                                                               for t, s in compile_seconds.items()))
+    for chunk in (int(c) for c in args.fused_chunks.split(",") if c):
+        ours(fuse=True, draws=min(n, 4 * chunk), chunk_size=chunk)   # piece sizes this chunk meets may compile anew
+        r = rate(lambda c=chunk: ours(fuse=True, chunk_size=c), n, device)
+        print(f"gradstats fused, chunks of {chunk:,}: {r:.3g} draws/s")
+    if args.profile:
+        profile(lambda: ours(fuse=True, draws=min(n, 2**26)), min(n, 2**26), device)
     fused = [e for e in args.fused.split(",") if e]
     per = int(args.estimator_draws or n)
     print(f"\nper estimator (gradstats, {per:,} draws, same statistics; fused after its compilation):")

@@ -212,6 +212,25 @@ class Moments:
         )
 
 
+_SPLIT_ROWS = 2**12   # rows per block of a compiled column sum's first stage
+
+
+def _column_sums(x: Tensor) -> Tensor:
+    """``x.sum(0)`` over draws (float64 counts of a boolean ``x``). Compiled for a GPU, it is written as two
+    stages, over blocks of :data:`_SPLIT_ROWS` rows and then over blocks, so that the kernel spreads a chunk's
+    draws over the device however few columns there are (eager code, and compiled CPU code whose reductions
+    already split over threads, keep torch's own reduction)."""
+    if not (torch.compiler.is_compiling() and x.device.type == "cuda"):
+        return torch.count_nonzero(x, dim=0).to(torch.float64) if x.dtype == torch.bool else x.sum(0)
+    x = x.to(torch.float64) if x.dtype == torch.bool else x
+    x = torch.nn.functional.pad(x, (0, 0) * (x.ndim - 1) + (0, (-x.shape[0]) % _SPLIT_ROWS))
+    return x.reshape(-1, _SPLIT_ROWS, *x.shape[1:]).sum(1).sum(0)
+
+
+def _column_means(x: Tensor) -> Tensor:
+    return x.mean(0) if x.device.type != "cuda" or not torch.compiler.is_compiling() else _column_sums(x) / x.shape[0]
+
+
 @dataclass
 class _Part:
     """Columns ``cols`` of per-draw gradients: dense ``values [B, k]``, or ``values [B, n] (x) x`` for constant ``x``."""
@@ -331,10 +350,10 @@ class GradientAccumulator:
         """Per coordinate, the weight of draws whose raw sign equals the reference's sign ``s`` (-1, 0, 1)."""
         if part.x is None:
             agree = part.values.sign() == s
-            return torch.count_nonzero(agree, dim=0).to(torch.float64) if w is None else w @ agree.to(torch.float64)
+            return _column_sums(agree) if w is None else w @ agree.to(torch.float64)
         d = part.values
         if w is None:
-            pos, neg = torch.count_nonzero(d > 0, dim=0).to(torch.float64), torch.count_nonzero(d < 0, dim=0).to(torch.float64)
+            pos, neg = _column_sums(d > 0), _column_sums(d < 0)
         else:
             pos, neg = w @ (d > 0).to(torch.float64), w @ (d < 0).to(torch.float64)
         zero = total - pos - neg
@@ -366,9 +385,9 @@ class GradientAccumulator:
         m2 = torch.empty_like(mean)
         for p in parts:
             v = p.values
-            mv = v.mean(0) if w is None else (w @ v) / total
+            mv = _column_means(v) if w is None else (w @ v) / total
             c = (v - mv).square()
-            sv = c.sum(0) if w is None else w @ c
+            sv = _column_sums(c) if w is None else w @ c
             if p.x is None:
                 mean[p.cols], m2[p.cols] = mv, sv
             else:
@@ -385,7 +404,8 @@ class GradientAccumulator:
                 agree[p.cols] = self._sign_agreement(p, w, ref_sign[p.cols], total)
             cos, inner = self._cosines(layers, ref)
             positive = (inner > 0).to(torch.float64)
-            metrics[name] = (agree, cos.sum(0) if w is None else w @ cos, positive.sum(0) if w is None else w @ positive)
+            metrics[name] = (agree, _column_sums(cos) if w is None else w @ cos,
+                             _column_sums(positive) if w is None else w @ positive)
         return mean, m2, comoment, metrics
 
     def draw_statistics(self, gradient: FactoredGradient | Tensor) -> tuple:

@@ -39,14 +39,16 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .accumulators import GradientAccumulator, Moments
 from .estimators import check_gradient, get, resolve_options
-from .noise import NoiseStream, resolve_device
+from .noise import NoiseStream, resolve_device, uniforms_as
 from .numerics import float64_references, optional_bool, positive_finite, positive_int, seed_value
 from .problems import Problem, check_problem
 
-__all__ = ["mc_moments", "DEFAULT_CHUNK_SIZE", "FULL_COVARIANCE_MAX_DIM", "DEFAULT_BATCHES", "MAX_SAMPLES",
+__all__ = ["mc_moments", "default_chunk_size", "DEFAULT_CHUNK_SIZE", "FULL_COVARIANCE_MAX_DIM", "DEFAULT_BATCHES", "MAX_SAMPLES",
            "LONG_RUN_SECONDS"]
 
-DEFAULT_CHUNK_SIZE = 2**16
+DEFAULT_CHUNK_SIZE = 2**16         # draws per chunk on the CPU
+DEVICE_CHUNK_BYTES = 2**33         # a GPU chunk's float64 noise and gradients at most (8 GiB) ...
+DEVICE_CHUNK_SHARE = 8             # ... and at most this fraction of the device's free memory
 FULL_COVARIANCE_MAX_DIM = 64
 DEFAULT_BATCHES = 20
 MAX_SAMPLES = 2**53          # float64 counts and weights stay exact up to here
@@ -80,8 +82,22 @@ def _sigterm_as_exit():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def default_chunk_size(device: torch.device, values_per_draw: int, free_bytes: int | None = None) -> int:
+    """Draws per chunk when none is given: :data:`DEFAULT_CHUNK_SIZE` on the CPU; on a GPU the largest power of
+    two whose ``values_per_draw`` float64 values a draw (its uniforms and its gradient) fit in
+    :data:`DEVICE_CHUNK_BYTES` and in ``1 / DEVICE_CHUNK_SHARE`` of ``free_bytes`` (the device's free memory
+    when ``None``), and at least :data:`DEFAULT_CHUNK_SIZE`. Large chunks because each chunk costs kernel
+    launches and a merge on the host, which small chunks leave the device waiting for."""
+    if device.type == "cpu":
+        return DEFAULT_CHUNK_SIZE
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    draws = min(DEVICE_CHUNK_BYTES, free_bytes // DEVICE_CHUNK_SHARE) // (8 * max(1, values_per_draw))
+    return max(DEFAULT_CHUNK_SIZE, 1 << (max(1, draws).bit_length() - 1))
+
+
 def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, device="auto",
-               chunk_size: int = DEFAULT_CHUNK_SIZE, dtype: torch.dtype = torch.float64,
+               chunk_size: int | None = None, dtype: torch.dtype = torch.float64,
                full_covariance: bool | None = None, references: dict[str, torch.Tensor] | None = None,
                ms: tuple[int, ...] = (), num_batches: int = DEFAULT_BATCHES, progress: bool | None = None,
                checkpoint: str | Path | None = None, checkpoint_seconds: float = 30.0, fuse: bool = False,
@@ -93,7 +109,8 @@ def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, 
         seed: the noise stream, an integer in ``[0, 2^63)``; the same seed gives the same bits
             on the same device.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
-        chunk_size: draws computed at once (memory), not part of the result.
+        chunk_size: draws computed at once (memory), not part of the result; ``None``:
+            :func:`default_chunk_size` (2^16 on the CPU, millions on a GPU).
         dtype: per-draw arithmetic (accumulators are always float64).
         full_covariance: ``True``, ``False``, or ``None`` for ``D <= FULL_COVARIANCE_MAX_DIM``.
         references: name -> gradient of shape ``[D]`` exactly, for the per-draw metrics.
@@ -119,7 +136,7 @@ def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, 
         raise ValueError(f"num_samples must be at most 2^53 = {MAX_SAMPLES:,} (float64 counts are exact up to there), "
                          f"got {n:,}: merge the Moments of several seeds instead")
     seed = seed_value("seed", seed)
-    chunk = positive_int("chunk_size", chunk_size)
+    chunk = None if chunk_size is None else positive_int("chunk_size", chunk_size)
     k = min(positive_int("num_batches", num_batches), n)
     ms = tuple(positive_int("ms entries", m) for m in ms)
     full = optional_bool("full_covariance", full_covariance)
@@ -131,9 +148,13 @@ def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, 
     resolved = resolve_options(est, problem, options)
     full = dim <= FULL_COVARIANCE_MAX_DIM if full is None else full
     fuse = optional_bool("fuse", fuse) and not est.stateful(resolved) and not ms
-    stream = NoiseStream(seed, (est.noise_per_unit(resolved), problem.num_units), dev, dtype)
+    # the fused path converts float64 uniforms to float32 inside its compiled function (one pass less)
+    noise_shape = (est.noise_per_unit(resolved), problem.num_units)
+    if chunk is None:
+        chunk = default_chunk_size(dev, noise_shape[0] * noise_shape[1] + dim * (2 if full else 1))
+    stream = NoiseStream(seed, noise_shape, dev, torch.float64 if fuse else dtype)
     run = _Run(problem, est, resolved, stream, n, chunk, [round(i * n / k) for i in range(k + 1)],
-               [GradientAccumulator(problem, references, full, ms, dev) for _ in range(k)], fuse)
+               [GradientAccumulator(problem, references, full, ms, dev) for _ in range(k)], dtype if fuse else None)
     saver = None
     if checkpoint is not None:
         saver = _Checkpointer(Path(checkpoint), seconds_between_saves, dev, problem=problem, estimator=est,
@@ -166,11 +187,13 @@ class _Run:
     same bits as an uninterrupted one.
     """
 
-    def __init__(self, problem, est, resolved, stream, n, chunk, bounds, batches, fuse=False):
+    def __init__(self, problem, est, resolved, stream, n, chunk, bounds, batches, fused_dtype=None):
         self.problem, self.est, self.resolved, self.stream = problem, est, resolved, stream
         self.n, self.chunk, self.bounds, self.batches = n, chunk, bounds, batches
         self.stateful, self.state, self.position = est.stateful(resolved), None, 0
-        self.fused = _fused_statistics(problem, est, resolved, batches[0]) if fuse else None
+        # fused: the stream gives float64 uniforms, converted to the per-draw dtype where they are used
+        self.fused_dtype = fused_dtype
+        self.fused = None if fused_dtype is None else _fused_statistics(problem, est, resolved, batches[0], fused_dtype)
         self.pending = None   # the fused path's last piece, launched but not yet checked and merged
 
     def pieces(self):
@@ -225,10 +248,14 @@ class _Run:
         with torch._dynamo.config.patch(recompile_limit=FUSED_RECOMPILE_LIMIT):
             statistics = self.fused(u)
         if start == first:
-            check_gradient(self.est.name, self.problem, self.est.draw(self.problem, u, **self.resolved), stop - start,
-                           _piece_description(self.stream.seed, start))
+            self._check_piece(u, start, stop)
         self._merge_pending(advance)
         self.pending = (batch, start, stop, statistics, torch.isfinite(statistics[0]).all())
+
+    def _check_piece(self, u, start, stop) -> None:
+        """Draw a piece eagerly and check it whole (shapes, values), naming a bad draw."""
+        gradient = self.est.draw(self.problem, uniforms_as(u, self.fused_dtype), **self.resolved)
+        check_gradient(self.est.name, self.problem, gradient, stop - start, _piece_description(self.stream.seed, start))
 
     def _merge_pending(self, advance) -> None:
         if self.pending is None:
@@ -236,19 +263,17 @@ class _Run:
         batch, start, stop, statistics, finite = self.pending
         self.pending = None
         if not bool(finite):
-            check_gradient(self.est.name, self.problem,
-                           self.est.draw(self.problem, self.stream.uniforms(start, stop), **self.resolved),
-                           stop - start, _piece_description(self.stream.seed, start))
+            self._check_piece(self.stream.uniforms(start, stop), start, stop)
         self.batches[batch].add_statistics(stop - start, float(stop - start), statistics)
         self.position = stop
         advance(stop - start)
 
 
-def _fused_statistics(problem, est, resolved, accumulator: GradientAccumulator):
-    """``u -> accumulator.statistics`` of the draws ``est.draw(problem, u)``, compiled as one function (shapes
-    dynamic, so pieces of any length share one compilation)."""
+def _fused_statistics(problem, est, resolved, accumulator: GradientAccumulator, dtype: torch.dtype):
+    """``u -> accumulator.statistics`` of the draws ``est.draw(problem, uniforms_as(u, dtype))`` for float64
+    uniforms ``u``, compiled as one function (shapes dynamic, so pieces of any length share one compilation)."""
     def draw_statistics(u):
-        return accumulator.draw_statistics(est.draw(problem, u, **resolved))
+        return accumulator.draw_statistics(est.draw(problem, uniforms_as(u, dtype), **resolved))
 
     return torch.compile(draw_statistics, dynamic=True)
 

@@ -19,12 +19,7 @@ torch.set_num_threads(1)
 # default stream's luck fails here (`make test-streams` runs the statistical tests on streams 1 and 2).
 _STREAM = int(os.environ.get("GRADSTATS_TEST_STREAM", "0"))
 if _STREAM:
-    import numpy as np
-
     import gradstats.noise
 
-    def _block_seed(seed: int, block: int) -> int:
-        state = np.random.SeedSequence([int(seed), int(block), _STREAM]).generate_state(2, np.uint32)
-        return (int(state[0]) << 31) ^ int(state[1])
-
-    gradstats.noise.block_seed = _block_seed
+    _block_seeds = gradstats.noise.block_seeds
+    gradstats.noise.block_seeds = lambda seed, first, count, extra=(): _block_seeds(seed, first, count, (*extra, _STREAM))

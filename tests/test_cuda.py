@@ -30,6 +30,19 @@ def test_cuda_same_seed_same_bits():
     assert torch.allclose(a.mean, c.mean, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_cuda_stream_equals_its_definition(dtype):
+    """Whole blocks are drawn into the chunk's tensor (``out=``); the bits must be those of a block drawn alone."""
+    from gradstats.noise import BLOCK, NoiseStream, block_seed, uniforms_as
+    stream = NoiseStream(3, (1, 5), torch.device("cuda"), dtype)
+    for start, stop in ((7, 3 * BLOCK + 11), (3 * BLOCK + 11, 3 * BLOCK + 12), (0, 64 * BLOCK)):
+        blocks = [torch.rand((BLOCK, 1, 5), generator=torch.Generator("cuda").manual_seed(block_seed(3, k)),
+                             device="cuda", dtype=torch.float64) for k in range(start // BLOCK, (stop - 1) // BLOCK + 1)]
+        offset = start // BLOCK * BLOCK
+        expected = uniforms_as(torch.cat(blocks)[start - offset:stop - offset], dtype)
+        assert torch.equal(stream.uniforms(start, stop), expected), (start, stop)
+
+
 def test_gradient_stats_on_cuda_matches_the_cpu():
     torch.manual_seed(0)
     draws = torch.randn(3000, 7, dtype=torch.float64)

@@ -211,3 +211,13 @@ def test_float32_draws_are_accumulated_in_float64():
     assert u.dtype == torch.float32 and float(u.max()) < 1.0
     nr = gs.moments(problem, "noisy_rectifier", dtype=torch.float32, **kw)
     assert torch.isfinite(nr.mean).all()
+
+
+def test_the_default_chunk_is_small_on_the_cpu_and_sized_by_memory_on_a_gpu():
+    from gradstats.montecarlo import DEFAULT_CHUNK_SIZE, default_chunk_size
+    cuda = torch.device("cuda")
+    assert default_chunk_size(torch.device("cpu"), 160) == DEFAULT_CHUNK_SIZE
+    # W1: 16 uniforms and 144 gradient coordinates a draw, 8 GiB -> 2^22 draws; a smaller card's free memory binds
+    assert default_chunk_size(cuda, 160, free_bytes=140 * 2**30) == 2**22
+    assert default_chunk_size(cuda, 160, free_bytes=8 * 2**30) == 2**19
+    assert default_chunk_size(cuda, 10**9, free_bytes=2**30) == DEFAULT_CHUNK_SIZE   # never below the CPU's
