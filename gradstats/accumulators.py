@@ -222,6 +222,12 @@ def _column_sums(x: Tensor) -> Tensor:
     already split over threads, keep torch's own reduction)."""
     if not (torch.compiler.is_compiling() and x.device.type == "cuda"):
         return torch.count_nonzero(x, dim=0).to(torch.float64) if x.dtype == torch.bool else x.sum(0)
+    return _blocked_column_sums(x)
+
+
+def _blocked_column_sums(x: Tensor) -> Tensor:
+    """``x.sum(0)`` in two stages: zero rows pad ``x`` to whole blocks of :data:`_SPLIT_ROWS` rows, each block
+    is summed, then the blocks (booleans are summed as float64 counts)."""
     x = x.to(torch.float64) if x.dtype == torch.bool else x
     x = torch.nn.functional.pad(x, (0, 0) * (x.ndim - 1) + (0, (-x.shape[0]) % _SPLIT_ROWS))
     return x.reshape(-1, _SPLIT_ROWS, *x.shape[1:]).sum(1).sum(0)

@@ -91,3 +91,16 @@ def test_fuse_is_checked_and_left_out_where_it_cannot_apply():
         a = gs.moments(problem, name, fuse=True, **refs, **extra, **kw)
         b = gs.moments(problem, name, fuse=False, **refs, **extra, **kw)
         assert torch.equal(a.mean, b.mean) and a.summary.groups == b.summary.groups
+
+
+def test_the_blocked_column_sums_of_compiled_gpu_code_equal_the_plain_sums():
+    """Compiled for a GPU, column sums over draws are two-stage (``_blocked_column_sums``); the same function,
+    compiled here with dynamic shapes, must give the plain sums for any number of rows."""
+    from gradstats.accumulators import _SPLIT_ROWS, _blocked_column_sums
+    blocked = torch.compile(_blocked_column_sums, dynamic=True)
+    gen = torch.Generator().manual_seed(0)
+    for rows in (1, 7, _SPLIT_ROWS - 1, _SPLIT_ROWS, 3 * _SPLIT_ROWS + 5):
+        x = torch.randn(rows, 3, generator=gen, dtype=torch.float64)
+        assert torch.allclose(blocked(x), x.sum(0), rtol=1e-12, atol=1e-12)
+        assert torch.equal(blocked(x > 0), torch.count_nonzero(x > 0, dim=0).to(torch.float64))
+        assert torch.allclose(blocked(x[:, 0]), x[:, 0].sum(), rtol=1e-12, atol=1e-12)
