@@ -316,6 +316,20 @@ def style() -> None:
                   rc={"figure.dpi": 150, "savefig.bbox": "tight", "axes.titlesize": 9, "legend.fontsize": 7})
 
 
+PAPER_TEXT_WIDTH_INCHES = (21.0 - 2 * 2.3) / 2.54   # A4 less the paper's 2.3 cm margins: every figure's width
+MIN_POINTS_ON_PAGE = 7.0
+
+
+def smallest_text_on_page(fig) -> float:
+    """The smallest visible text of ``fig``, in points, once the saved figure (tight bounding box) is scaled
+    to the paper's text width, as ``includegraphics[width=\\linewidth]`` sets it."""
+    from matplotlib.text import Text
+
+    width = fig.get_tightbbox(fig.canvas.get_renderer()).width
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    return min(sizes) * PAPER_TEXT_WIDTH_INCHES / width
+
+
 def save_figure(config: Config, fig, stem: str | None = None) -> list[Path]:
     config.figures.mkdir(parents=True, exist_ok=True)
     stem = stem or config.figure_name

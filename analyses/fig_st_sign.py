@@ -70,24 +70,41 @@ def compute(cell, config):
 
 
 def plot(frame, meta, config):
-    fig, axes = plt.subplots(1, 3, figsize=(9.0, 2.9), gridspec_kw={"width_ratios": [1, 1, 1.5]})
-    region = frame[frame.cell_kind == "region"]
-    for ax, est in zip(axes[:2], ("st", "st_sigmoid")):
-        sub = region[region.cell_estimator == est].pivot_table(index="t", columns="p", values="wrong_sign", aggfunc="max")
-        ax.imshow(sub.to_numpy(dtype=float), origin="lower", aspect="auto", cmap="Reds", vmin=0, vmax=1.3,
-                  extent=[sub.columns.min(), sub.columns.max(), sub.index.min(), sub.index.max()])
-        p = np.linspace(0.01, 0.99, 200)
-        ax.plot(p, p, color="black", linewidth=0.6, linestyle="--")
-        ax.axhline(0.5, color="black", linewidth=0.6, linestyle=":")
-        ax.set_xlabel("p = sigmoid(a)")
-        ax.set_ylabel("target t" if est == "st" else "")
-        ax.set_title(f"{est}: wrong sign in red")
+    """Left: ST's wrong-sign region for t in [0, 1] (the sigmoid variant's is the same region: its mean is ST's
+    times sigmoid'(a) > 0). Right: sign agreement against depth, a line per estimator with a band of one
+    standard error over networks."""
+    fig, axes = plt.subplots(1, 2, figsize=(6.5, 2.9), gridspec_kw={"width_ratios": [1, 1.35]})
+    region = frame[(frame.cell_kind == "region") & (frame.cell_estimator == "st")]
+    sub = region.pivot_table(index="t", columns="p", values="wrong_sign", aggfunc="max")
+    ax = axes[0]
+    ax.pcolormesh(sub.columns, sub.index, sub.to_numpy(dtype=float), cmap="Reds", vmin=0, vmax=1.3, shading="nearest",
+                  rasterized=True)
+    p = np.linspace(0.01, 0.99, 200)
+    ax.plot(p, p, color="black", linewidth=0.8, linestyle="--")
+    ax.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
+    ax.text(0.03, 0.52, "t = 1/2", fontsize=7, va="bottom")
+    ax.text(0.58, 0.66, "t = p", fontsize=7, rotation=45, va="bottom", ha="center")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="p = sigmoid(a)", ylabel="target t", title="ST's wrong sign (red)")
     depth = frame[frame.cell_kind == "depth"].astype({"depth": int})
-    sns.pointplot(depth, x="depth", y="sign_agreement", hue="estimator", ax=axes[2], dodge=0.4, errorbar=("ci", 95),
-                  seed=0, markersize=3, linewidth=1)
-    axes[2].set_ylabel("share of coordinates, right sign")
-    axes[2].set_title("random networks (mean, 95% CI over seeds)")
-    axes[2].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), title="estimator")
+    summary = depth.groupby(["estimator", "depth"]).sign_agreement.agg(["mean", "sem"]).reset_index()
+    colours = dict(zip(DEPTH_ESTIMATORS, sns.color_palette("colorblind", len(DEPTH_ESTIMATORS))))
+    ax = axes[1]
+    for name in DEPTH_ESTIMATORS:
+        rows = summary[summary.estimator == name]
+        if rows.empty:
+            continue
+        exact_rows = (depth[depth.estimator == name].method == "exact").all()
+        under = name == "reinforce"   # drawn wide beneath arm, which it overlaps where both are right everywhere
+        ax.plot(rows.depth, rows["mean"], marker="o", markersize=5 if under else 3, color=colours[name],
+                linewidth=3.5 if under else 1.2, linestyle="--" if exact_rows else "-", label=name,
+                zorder=1 if under else 2)
+        ax.fill_between(rows.depth, rows["mean"] - rows["sem"], rows["mean"] + rows["sem"], color=colours[name],
+                        alpha=0.2, linewidth=0)
+    ax.set(xticks=[1, 2, 3, 4], xlabel="stochastic layers", ylabel="share of coordinates\nwith the right sign",
+           title=f"random networks ({depth.seed.nunique()} per depth)")
+    ax.plot([], [], color="0.3", linestyle="--", label="(dashed: exact)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.tight_layout()
     return fig
 
 
@@ -101,7 +118,13 @@ def numbers(frame, config):
             return exact(rows.sign_agreement.mean())
         return estimate(rows.sign_agreement.mean(), rows.sign_agreement.sem())
 
+    sigmoid = frame[(frame.cell_kind == "region") & (frame.cell_estimator == "st_sigmoid")]
+    same = region.set_index(["p", "t"]).wrong_sign.equals(sigmoid.set_index(["p", "t"]).wrong_sign.reindex(
+        region.set_index(["p", "t"]).index))
+    outside = region[(region.t < 0) | (region.t > 1)]
     return {"stSignRegionShare": exact(region.wrong_sign.mean()),
+            "stSigmoidSameRegion": "the same" if same else "not the same",
+            "stSignWrongOutsideUnit": str(int(outside.wrong_sign.sum())),
             "stSignDepthOne": share("st", 1), "stSignDepthFour": share("st", 4),
             "stSigmoidSignDepthFour": share("st_sigmoid", 4),
             "stSignSeeds": str(depth.seed.nunique())}

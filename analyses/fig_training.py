@@ -243,46 +243,36 @@ def paired_tests(pairs) -> dict:
             "median_ratio": float(np.exp(np.median(log_ratio))) if n else float("nan")}
 
 
+HIGHLIGHTED = ("exact", "st", "st_sigmoid", "gumbel", "st_gumbel", "reinforce_loo")   # in colour; the rest grey
+
+
 def plot(frame, meta, config):
+    """Columns: the architectures. Rows: the learning-rate selection, training at the selected rate, and ST's two
+    variants on further tasks. A few estimators in colour, the others grey; one legend below the panels."""
     table = reported(frame)
     curves = selection_curves(frame)
     gallery = frame[(frame.cell_study == "gallery") & (frame.cell_stage == "report")]
     architectures = list(dict.fromkeys(gallery.cell_architecture))
     labels = [label for label in ESTIMATORS if label in set(gallery.cell_estimator)]
-    palette = dict(zip(labels, sns.color_palette("tab20", len(labels))))
-    fig, axes = plt.subplots(len(architectures), 3, figsize=(13.5, 3.1 * len(architectures)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1, 0.62]})
-    for row, arch in zip(axes, architectures):
-        counts, ends = [], []
-        for optimizer, marker in (("sgd", "o"), ("adam", "^")):
-            pairs = paired(frame, "st3", optimizer, arch)
-            if pairs.empty:
-                continue
-            result = paired_tests(pairs)
-            row[2].scatter(pairs["st"], pairs["st_sigmoid"], s=14, marker=marker, label=optimizer,
-                           facecolor=palette.get("st_sigmoid", "C1") if marker == "o" else "none",
-                           edgecolor=palette.get("st_sigmoid", "C1"))
-            counts.append(f"{optimizer} {result['wins']}/{result['tasks']} (sign p = {result['sign_p']:.2g}, "
-                          f"Wilcoxon p = {result['wilcoxon_p']:.2g})")
-            ends += [float(pairs.min().min()), float(pairs.max().max())]
-        if ends:
-            low, high = min(ends) * 0.8, max(ends) * 1.25
-            row[2].plot([low, high], [low, high], color="black", linewidth=0.8, linestyle="--")
-        row[2].legend(loc="lower right")
-        row[2].set(xscale="log", yscale="log", xlabel="final E[L], st (identity)", ylabel="final E[L], st_sigmoid",
-                   title="further tasks (mean over seeds), st_sigmoid lower\nbelow the diagonal:\n" + "\n".join(counts))
+    colours = dict(zip(HIGHLIGHTED[1:], sns.color_palette("colorblind", len(HIGHLIGHTED) - 1)), exact="black")
+    fig, axes = plt.subplots(3, len(architectures), figsize=(6.5, 6.8), squeeze=False)
+
+    def style(label):
+        if label in colours:
+            return dict(color=colours[label], linewidth=1.6, linestyle="--" if label == "exact" else "-", zorder=3)
+        return dict(color="0.65", linewidth=0.9, linestyle="-", zorder=2)
+
+    for col, arch in zip(axes.T, architectures):
         for label in labels:
-            style = dict(color=palette[label], linewidth=2.0 if label in ("st", "st_sigmoid", "exact") else 1.0,
-                         linestyle="--" if label == "exact" else "-")
             sel = curves[(curves.cell_study == "gallery") & (curves.cell_architecture == arch)
                          & (curves.cell_estimator == label)]
             if sel.empty:
                 continue
-            row[0].plot(sel.cell_learning_rate, sel.loss, marker="o", markersize=3, label=label, **style)
+            col[0].plot(sel.cell_learning_rate, sel.loss, marker="o", markersize=2.5, **style(label))
             rep = table[(table.cell_study == "gallery") & (table.cell_architecture == arch) & (table.cell_estimator == label)]
             rate = float(rep.cell_learning_rate.iloc[0])
-            row[0].plot([rate], [float(sel[sel.cell_learning_rate == rate].loss.iloc[0])], marker="*", markersize=9,
-                        color=palette[label])
+            col[0].plot([rate], [float(sel[sel.cell_learning_rate == rate].loss.iloc[0])], marker="*", markersize=8,
+                        color=style(label)["color"], zorder=4)
             runs = gallery[(gallery.cell_architecture == arch) & (gallery.cell_estimator == label)]
             # mean over tasks and seeds; error over the noise only: per task the variance of its seeds' mean
             per_task = runs.groupby(["step", "cell_task"]).loss.agg(["mean", "var", "count"])
@@ -290,15 +280,36 @@ def plot(frame, meta, config):
             by_step = per_task.groupby(level="step")
             mean = by_step["mean"].mean()
             err = by_step["var_of_mean"].sum().pow(0.5) / by_step.size()
-            row[1].plot(mean.index, mean.values, label=f"{label} ({rate:g})", **style)
-            row[1].fill_between(mean.index, (mean - err).clip(lower=1e-12), mean + err, color=palette[label], alpha=0.15,
-                                linewidth=0)
-        row[0].set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final exact E[L] (selection seeds)",
-                   title=f"{arch}: after {int(gallery.step.max())} steps (stars: selected rate)")
-        row[1].set(yscale="log", xlabel="step", ylabel="exact E[L] (report seeds, tasks)",
-                   title=f"{arch}: at the selected rate (bands: one standard error)")
-        row[1].legend(ncol=2, fontsize=6)
-    fig.tight_layout()
+            col[1].plot(mean.index, mean.values, **style(label))
+            col[1].fill_between(mean.index, (mean - err).clip(lower=1e-12), mean + err, color=style(label)["color"],
+                                alpha=0.2, linewidth=0)
+        col[0].set(xscale="log", yscale="log", xlabel="learning rate", title=f"{arch}: selecting the rate")
+        col[1].set(yscale="log", xlabel="step", title=f"{arch}: at the selected rate")
+        ends = []
+        for optimizer, marker in (("sgd", "o"), ("adam", "^")):
+            pairs = paired(frame, "st3", optimizer, arch)
+            if pairs.empty:
+                continue
+            col[2].scatter(pairs["st"], pairs["st_sigmoid"], s=14, marker=marker, label=optimizer.upper() if optimizer == "sgd"
+                           else "Adam", facecolor=colours["st_sigmoid"] if marker == "o" else "none",
+                           edgecolor=colours["st_sigmoid"])
+            ends += [float(pairs.min().min()), float(pairs.max().max())]
+        if ends:
+            low, high = min(ends) * 0.8, max(ends) * 1.25
+            col[2].plot([low, high], [low, high], color="black", linewidth=0.8, linestyle="--", zorder=0)
+            col[2].set(xlim=(low, high), ylim=(low, high))
+            col[2].legend(loc="upper left", title="optimizer", title_fontsize=7)
+        col[2].set(xscale="log", yscale="log", xlabel="final E[L], st", title=f"{arch}: ST variants, further tasks")
+    axes[0, 0].set_ylabel("final exact E[L]\n(selection seeds)")
+    axes[1, 0].set_ylabel("exact E[L]\n(report seeds and tasks)")
+    axes[2, 0].set_ylabel("final E[L], st_sigmoid")
+    handles = [plt.Line2D([], [], **{k: v for k, v in style(label).items() if k != "zorder"}, label=label)
+               for label in labels if label in colours]
+    others = [label for label in labels if label not in colours]
+    if others:
+        handles.append(plt.Line2D([], [], color="0.65", linewidth=0.9, label="grey: " + ", ".join(others)))
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 0.0))
     return fig
 
 

@@ -41,6 +41,46 @@ def _tex(text: str) -> str:
     return "".join(_TEX.get(ch, ch) for ch in str(text))
 
 
+# The registry writes its qualifiers in plain text (for the terminal); the table sets their mathematics as LaTeX.
+# Each rule turns a match into a maths span; rules apply in order to the text that no earlier rule took.
+_MATHS = [
+    (r"([+-]?\d+(?:\.\d+)?) \+- (\d+(?:\.\d+)?)", r"\1 \\pm \2"),
+    (r"\b(\d(?:\.\d+)?)e([+-]?\d+)\b", r"\1 \\times 10^{\2}"),
+    (r"O\(p\^\((\d+)/(\d+)\)\)", r"O(p^{\1/\2})"),
+    (r"o\(sqrt p\)", r"o(\\sqrt{p})"),
+    (r"\bo\(p\)", r"o(p)"),
+    (r"\bd([A-Za-z])/d([a-z])_([a-z])\b", r"\\partial \1/\\partial \2_\3"),
+    (r"\b([A-Za-z])_([a-z]{1,2})\^(\d)(?![A-Za-z])", r"\1_{\2}^{\3}"),
+    (r"\b([A-Za-z])_([a-z]{1,2})(?![A-Za-z])", r"\1_{\2}"),
+    (r"\b([a-z]) -> (\d+)", r"\1 \\to \2"),
+    (r"f\(h\) - f\(0\) ~ c h\^k", r"f(h) - f(0) \\sim c\\,h^k"),
+    (r"f'\(0\) != 0", r"f'(0) \\neq 0"),
+    (r"\bk/\(k \+ 1\)", r"k/(k + 1)"),
+    (r"E\[h\] = p", r"E[h] = p"),
+    (r"\b([a-z])\^(\d)\b", r"\1^\2"),
+    (r"\|bias\|", r"|\\mathrm{bias}|"),
+    (r"\b([atp]) = (-?\d+(?:\.\d+)?)", r"\1 = \2"),
+]
+
+
+def _tex_with_maths(text: str) -> str:
+    """Plain text for LaTeX, its mathematics (by :data:`_MATHS`) set as inline maths, the rest escaped."""
+    segments = [(False, str(text))]
+    for pattern, replacement in _MATHS:
+        out = []
+        for is_maths, part in segments:
+            if is_maths:
+                out.append((True, part))
+                continue
+            last = 0
+            for m in re.finditer(pattern, part):
+                out += [(False, part[last:m.start()]), (True, m.expand(replacement))]
+                last = m.end()
+            out.append((False, part[last:]))
+        segments = out
+    return "".join(f"${part}$" if is_maths else _tex(part) for is_maths, part in segments if part)
+
+
 def _short_source(reference: str) -> str:
     """The reference up to its year (later work) or its first remark in parentheses (the seed paper, this
     project); a part label such as "(a)" stays."""
@@ -56,7 +96,8 @@ def plot(frame, meta, config):
     for _, r in frame.iterrows():
         kind = " (empirical)" if r.kind == "empirical" else ""
         text = r.qualifier if isinstance(r.qualifier, str) and r.qualifier else r.summary
-        lines.append(f"{_tex(r.id)} & {_tex(_short_source(r.reference))} & \\textbf{{{r.status}}}{kind}: {_tex(text)} \\\\")
+        lines.append(f"{_tex(r.id)} & {_tex(_short_source(r.reference))} & \\textbf{{{r.status}}}{kind}: "
+                     f"{_tex_with_maths(text)} \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     atomic_write(config.generated / f"tab_claims_table{'-quick' if config.quick else ''}.tex", "\n".join(lines) + "\n")
     return None
@@ -108,7 +149,7 @@ def numbers(frame, config):
            "claimGumbelMonotoneBelow": f"{data['GUMBEL-T']['monotone_below']:g}",
            "claimGumbelBiasOrder": exact(data["GUMBEL-T"]["bias_order_median"], 2),
            "claimStsMedianCosine": exact(data["STS-G"]["median_cos_binary"], 2),
-           "claimStOneQualifier": _tex(rows["ST1"].qualifier),
+           "claimStOneQualifier": _tex_with_maths(rows["ST1"].qualifier),
            "claimDisarmToyRatio": exact(data["DISARM-V"]["toy_variance_ratio"])}
     words = dict(zip("0123456789", ("Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine")))
     for claim_id, r in rows.items():
