@@ -24,8 +24,8 @@ gs.estimators.pathwise("half_st", half, replace=True)
 net = gs.problems.sbn([8, 5, 5], loss="squared_error", seed=0)
 frame = gs.evaluate(net, ["st", "st_sigmoid", "half_st"], progress=False)   # exact: discrete noise
 
-# layer 0 is the aggregate over all layers; coordinate "" is the aggregate over coordinates
-rows = frame.query("layer == 0 and coordinate == '' and reference == 'binary' "
+# scope 'all layers': the aggregate over every coordinate of every layer
+rows = frame.query("scope == 'all layers' and reference == 'binary' "
                    "and metric in ['cosine_draw', 'relative_bias', 'sign_agreement_draw']")
 table = rows.pivot(index="estimator", columns="metric", values="value")
 print(table.round(4).to_string())

@@ -42,6 +42,11 @@ def _enumerable(problem: Problem, max_states: int) -> bool:
     return 2**problem.num_units <= max_states
 
 
+def _scope(layer: int, coordinate: str) -> str:
+    """What a metric's row aggregates, in words."""
+    return "coordinate" if coordinate else "all layers" if layer == 0 else "layer"
+
+
 def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iterable[str] = "binary", *,
              num_samples: int = 100_000, ms: tuple[int, ...] = (1, 10, 100, 1000), seed: int = 0, device="auto",
              chunk_size: int | None = None, method: str = "auto", options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -57,11 +62,12 @@ def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iter
             ``"exact"`` or ``"mc"``.
         options: estimator name -> its options.
 
-    Columns: ``estimator, options, reference, reference_method, metric, layer, coordinate, M, value, stderr,
-    method, num_samples, loss_evals_per_draw, seconds_per_draw``; ``options`` is the JSON of the options
+    Columns: ``estimator, options, reference, reference_method, metric, scope, layer, coordinate, M, value,
+    stderr, method, num_samples, loss_evals_per_draw, seconds_per_draw``; ``options`` is the JSON of the options
     given (``"{}"`` for none), so frames of one estimator with several option sets can be concatenated.
-    ``layer`` 0 is every layer together and ``coordinate`` ``""`` the aggregate over coordinates (the
-    documentation's guide "Reading the tidy table" describes every column).
+    ``scope`` says in words what a row aggregates: ``"all layers"`` (``layer`` 0, ``coordinate`` ``""``),
+    ``"layer"`` (one layer's coordinates together) or ``"coordinate"`` (one coordinate). The documentation's
+    guide "Reading the tidy table" describes every column.
     """
     check_problem(problem)
     refs = [reference] if isinstance(reference, str) else list(reference)
@@ -133,7 +139,7 @@ def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iter
                 rows += [v for v in compute_metrics(extra, problem, g, r, ms) if v.metric == "cosine_m" and v.m > 1]
             frame = pd.DataFrame([{
                 "estimator": est.name, "options": options_json, "reference": r, "reference_method": ref_method[r],
-                "metric": v.metric,
+                "metric": v.metric, "scope": _scope(v.layer, v.coordinate),
                 "layer": v.layer, "coordinate": v.coordinate, "M": v.m, "value": v.value, "stderr": v.stderr,
                 "method": "mc" if (v.metric == "cosine_m" and v.m and v.m > 1) else main.method,
                 "num_samples": n if (main.method == "mc" or (v.metric == "cosine_m" and v.m and v.m > 1)) else None,

@@ -106,8 +106,13 @@ def test_evaluate_is_tidy_and_consistent():
     problem = gs.problems.sbn([3, 3, 2], seed=1)
     df = gs.evaluate(problem, ["reinforce", "st", "sts", "noisy_rectifier"], reference=["binary", "own"],
                      num_samples=4000, ms=(1, 10), progress=False)
-    assert list(df.columns) == ["estimator", "options", "reference", "reference_method", "metric", "layer", "coordinate", "M",
-                                "value", "stderr", "method", "num_samples", "loss_evals_per_draw", "seconds_per_draw"]
+    assert list(df.columns) == ["estimator", "options", "reference", "reference_method", "metric", "scope", "layer",
+                                "coordinate", "M", "value", "stderr", "method", "num_samples", "loss_evals_per_draw",
+                                "seconds_per_draw"]
+    # the scope names what each row aggregates
+    assert ((df.scope == "all layers") == ((df.layer == 0) & (df.coordinate == ""))).all()
+    assert ((df.scope == "layer") == ((df.layer > 0) & (df.coordinate == ""))).all()
+    assert ((df.scope == "coordinate") == (df.coordinate != "")).all()
     one = df[(df.coordinate == "") & (df.layer == 0) & (df.reference == "binary")].set_index(["estimator", "metric", "M"])
     assert one.loc[("reinforce", "bias_norm", pd_na()), "value"] < 1e-12  # unbiased, exactly
     for est in ["reinforce", "st", "sts"]:
