@@ -72,9 +72,10 @@ def compute(cell, config):
 
 
 def plot(frame, meta, config):
-    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.0))
+    fig, grid = plt.subplots(2, 2, figsize=(6.3, 4.8))
+    axes = [grid[0, 0], grid[0, 1], grid[1, 0]]
     toy = frame[frame.cell_kind == "toy"]
-    palette = sns.color_palette("tab10", 4)
+    palette = sns.color_palette("colorblind", 4)
     for color, (a, sub) in zip(palette, toy.groupby("cell_logit")):
         curve, best = sub[~sub.optimal.astype(bool)], sub[sub.optimal.astype(bool)]
         axes[0].plot(curve.baseline, curve.variance, color=color, linewidth=1, label=f"a = {a:g}")
@@ -90,12 +91,21 @@ def plot(frame, meta, config):
     axes[1].legend()
     run = frame[frame.cell_kind == "running"]
     for color, (_unit, sub) in zip(palette, run.groupby("unit")):
-        for decay, part in sub.groupby("cell_decay"):
-            axes[2].plot(part.step, part.value, color=color, linewidth=0.8 if decay == 0.99 else 0.4,
-                         alpha=1.0 if decay == 0.99 else 0.6)
+        for decay, part in sub.groupby("cell_decay"):   # mean over seeds, band: the seeds' standard deviation
+            by_step = part.groupby("step").value.agg(["mean", "std"])
+            axes[2].plot(by_step.index, by_step["mean"], color=color, linewidth=1.4 if decay == 0.99 else 0.7,
+                         linestyle="-" if decay == 0.99 else ":")
+            axes[2].fill_between(by_step.index, by_step["mean"] - by_step["std"], by_step["mean"] + by_step["std"],
+                                 color=color, alpha=0.25 if decay == 0.99 else 0.1, linewidth=0)
         axes[2].axhline(float(sub.eq10.iloc[0]), color=color, linestyle="--", linewidth=0.8)
     axes[2].set(xlabel="training step (minibatch of 32)", ylabel="running baseline",
-                title="running averages (thin: decay 0.9; thick: 0.99)")
+                title=f"running averages, {run.cell_seed.nunique()} seeds")
+    grid[1, 1].axis("off")
+    grid[1, 1].legend(handles=[plt.Line2D([], [], color="0.3", linewidth=1.4, label="decay 0.99 (mean over seeds)"),
+                               plt.Line2D([], [], color="0.3", linewidth=0.7, linestyle=":", label="decay 0.9"),
+                               plt.Line2D([], [], color="0.3", linewidth=0.8, linestyle="--", label="Eq. 10"),
+                               plt.matplotlib.patches.Patch(color="0.3", alpha=0.25, label="band: the seeds' sd")],
+                      loc="center left", title="bottom left: one colour a unit", frameon=False)
     fig.tight_layout()
     return fig
 

@@ -1,9 +1,9 @@
 """Cost: Monte Carlo draws per second and exact enumeration time against network size.
 
-Left: draws/s of streaming statistics (mean, variance, per-draw sign
+Top left: draws/s of streaming statistics (mean, variance, per-draw sign
 agreement and cosine against the exact gradient) for ST on input 8 -> n
-binary units -> squared-error readout to 4, against n. Middle: draws/s of
-every estimator at n = 16 (workload W1). Right: wall time of the exact
+binary units -> squared-error readout to 4, against n. Bottom: draws/s of
+every estimator at n = 16 (workload W1). Top right: wall time of the exact
 gradient and of exact ST moments (mean, variance, full covariance) against
 the number of joint states 2^U, networks 8 -> U/2 -> U/2. Each timing is the
 best of two runs on the device named in the legend; cells are keyed by the
@@ -84,22 +84,23 @@ def compute(cell, config):
 
 
 def plot(frame, meta, config):
-    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.0))
+    fig, mosaic = plt.subplot_mosaic("AC;BB", figsize=(6.3, 5.2), height_ratios=[1, 1.1])
+    axes = [mosaic["A"], mosaic["B"], mosaic["C"]]
     width = frame[frame.cell_kind == "width"]
     sns.lineplot(width, x="width", y="draws_per_second", hue="device", marker="o", ax=axes[0])
     axes[0].set_xscale("log", base=2)
     axes[0].set_xticks(sorted(width.width.unique()), [str(int(n)) for n in sorted(width.width.unique())])
     axes[0].minorticks_off()
     axes[0].set(yscale="log", xlabel="binary units n (8 -> n -> 4)", ylabel="draws per second",
-                title=f"ST, streaming statistics ({meta['versions']['machine']})")
+                title=f"ST, streaming ({meta['versions']['machine']})")
     est = frame[frame.cell_kind == "estimator"]
     sns.barplot(est, y="estimator", x="draws_per_second", hue="device", ax=axes[1], orient="h")
-    axes[1].set(xlabel="draws per second", ylabel="", title="every estimator, W1 (n = 16)")
+    axes[1].set(xlabel="draws per second", ylabel="", title="every estimator, W1 (n = 16)", xscale="log")
     exact = frame[frame.cell_kind == "exact"]
     sns.lineplot(exact, x="states", y="seconds", hue="task", marker="o", ax=axes[2])
     axes[2].set(xscale="log", yscale="log", xlabel="joint states 2^U", ylabel="seconds (CPU)",
-                title="exact enumeration, 8 -> U/2 -> U/2")
-    axes[2].legend(fontsize=6)
+                title="exact, 8 -> U/2 -> U/2")
+    axes[2].legend(loc="upper left")
     fig.tight_layout()
     return fig
 

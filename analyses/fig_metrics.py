@@ -77,9 +77,10 @@ def compute(cell, config):
 
 
 def plot(frame, meta, config):
-    fig, axes = plt.subplots(2, 3, figsize=(10.2, 5.6), sharex=True)
+    fig, axes = plt.subplots(2, 3, figsize=(6.3, 5.4), sharex=True)
     labels = list(dict.fromkeys(frame.variant))
-    palette = dict(zip(labels, sns.color_palette("tab20", len(labels))))
+    distinct = sns.color_palette("colorblind") + [(0.0, 0.0, 0.5), (0.35, 0.2, 0.0), (0.6, 0.6, 0.0)]
+    palette = dict(zip([label for label in labels if label != ORACLE], distinct))
     palette[ORACLE] = (0.0, 0.0, 0.0)
     dashes = {label: (4, 2) if label == ORACLE else (1, 1) if label.startswith("reinforce (") else "" for label in labels}
     for col, layer in enumerate((0, 1, 2)):
@@ -95,9 +96,11 @@ def plot(frame, meta, config):
                 ax.set_yscale("log")
             ax.set_title(("all coordinates" if layer == 0 else f"layer {layer}") if row == 0 else "")
             ax.set_ylabel(("MSE of the mean" if metric == "mse" else "cosine(mean, g)") if col == 0 else "")
-            ax.set_xlabel("loss evaluations (M draws x cost)")
-    axes[0, 2].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), title="estimator", fontsize=7)
-    fig.tight_layout()
+            ax.set_xlabel("loss evaluations" if row == 1 else "")
+    handles, names = axes[0, 2].get_legend_handles_labels()
+    axes[0, 2].get_legend().remove()
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    fig.legend(handles, names, loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, 0.0))
     return fig
 
 

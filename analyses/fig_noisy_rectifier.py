@@ -1,9 +1,9 @@
 """The noisy rectifier: Proposition 1, and its gradient against the binary neuron's.
 
-h = max(0, a + z). Left two panels: Monte Carlo E[h] and P(h > 0) (2 standard
+h = max(0, a + z). Top panels: Monte Carlo E[h] and P(h > 0) (2 standard
 errors, too small to see) against softplus(a) and sigmoid(a), for logistic
 noise (Proposition 1's assumption) and Gaussian noise of scale 1 (what the
-experiments used). Right: on one unit with f(h) = (h - t)^2, t = 0.45, the
+experiments used). Bottom left: on one unit with f(h) = (h - t)^2, t = 0.45, the
 estimator's Monte Carlo mean, the exact gradient of its own objective
 E[f(max(0, a + z))] (midpoint rule over u, 1e6 points), and the exact
 gradient of the binary neuron's objective.
@@ -60,8 +60,9 @@ def compute(cell, config):
 
 
 def plot(frame, meta, config):
-    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.0))
-    colors = dict(zip(("logistic", "gaussian"), sns.color_palette("tab10", 2)))
+    fig, grid = plt.subplots(2, 2, figsize=(6.3, 4.6))
+    axes = [grid[0, 0], grid[0, 1], grid[1, 0]]
+    colors = dict(zip(("logistic", "gaussian"), sns.color_palette("colorblind", 2)))
     ref = frame[frame.cell_noise == "logistic"]
     axes[0].plot(ref.logit, ref.softplus, color="black", linewidth=0.8, label="softplus(a)")
     axes[1].plot(ref.logit, ref.sigmoid, color="black", linewidth=0.8, label="sigmoid(a)")
@@ -77,8 +78,10 @@ def plot(frame, meta, config):
     axes[0].set(xlabel="a", ylabel="E[h]", title="Prop. 1(b): E[h] = softplus(a)")
     axes[1].set(xlabel="a", ylabel="P(h > 0)", title="Prop. 1(a): P(h > 0) = sigmoid(a)")
     axes[2].set(xlabel="a", ylabel="gradient", title="f(h) = (h - 0.45)^2")
-    for ax in axes:
-        ax.legend(fontsize=6)
+    for ax in axes[:2]:
+        ax.legend(loc="upper left")
+    grid[1, 1].axis("off")
+    grid[1, 1].legend(*axes[2].get_legend_handles_labels(), loc="center left", frameon=False)
     fig.tight_layout()
     return fig
 

@@ -1,9 +1,9 @@
 """STS: how fast E[f(h)] approaches f(p), and what its back-propagated gradient is worth.
 
-Left: |E[f(h)] - f(p)| for the STS unit against p on log-log axes, exact
+Top: |E[f(h)] - f(p)| for the STS unit against p on log-log axes, exact
 (``gs.exact_loss(..., "sts")``), with reference slopes 1/2 (the paper's
 o(sqrt p) bound), 3/2 and 2 (f(h) = h is left out: its error is exactly 0).
-Right: on one unit, the exact mean of the STS estimator (back-propagation
+Bottom: on one unit, the exact mean of the STS estimator (back-propagation
 with b held fixed) divided by the exact gradient of the STS objective and of
 the binary objective. As p -> 0 the first ratio tends to k/(k + 1) when
 f(h) - f(0) ~ c h^k: 1/2 whenever f'(0) != 0. The y axes show [-0.6, 1.6], so the ratio's pole where
@@ -57,19 +57,26 @@ def compute(cell, config):
 
 
 def plot(frame, meta, config):
-    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.0))
-    palette = dict(zip(FUNCTIONS, sns.color_palette("tab10", len(FUNCTIONS))))
+    """Top left: the error's order against p; top right: the legend; bottom: the STS mean over the exact
+    gradient of the STS objective and of the binary one."""
+    fig, axes = plt.subplots(2, 2, figsize=(6.3, 4.6))
+    palette = dict(zip(FUNCTIONS, sns.color_palette("colorblind", len(FUNCTIONS))))
     err = frame[frame.cell_function != "h"]  # E[h] = p exactly: its error is rounding
-    sns.lineplot(err, x="p", y="error", hue="cell_function", palette=palette, ax=axes[0], linewidth=1)
+    sns.lineplot(err, x="p", y="error", hue="cell_function", palette=palette, ax=axes[0, 0], linewidth=1.2)
     p = np.array([1e-7, 1e-1])
     for slope, style in ((0.5, ":"), (1.5, "--"), (2.0, "-.")):
-        axes[0].plot(p, 1e-2 * (p / 1e-1) ** slope, color="black", linestyle=style, linewidth=0.7, label=f"slope {slope:g}")
-    axes[0].set(xscale="log", yscale="log", xlabel="p", ylabel="|E[f(h)] - f(p)|", title="Prop. 2(c): the error's order")
-    axes[0].legend(fontsize=6, ncol=2)
-    for ax, col, ref in ((axes[1], "ratio_own", "STS objective"), (axes[2], "ratio_binary", "binary objective")):
-        sns.lineplot(frame, x="p", y=col, hue="cell_function", palette=palette, ax=ax, linewidth=1, legend=False)
-        ax.axhline(0.5, color="black", linestyle=":", linewidth=0.7)
-        ax.axhline(1.0, color="black", linewidth=0.5)
+        axes[0, 0].plot(p, 1e-2 * (p / 1e-1) ** slope, color="black", linestyle=style, linewidth=0.8,
+                        label=f"p^{slope:g}")
+    axes[0, 0].set(xscale="log", yscale="log", xlabel="p", ylabel="|E[f(h)] - f(p)|", title="Prop. 2(c): the error's order")
+    axes[0, 0].get_legend().remove()
+    handles = [plt.Line2D([], [], color=palette[f], linewidth=1.2, label=f) for f in FUNCTIONS if f in set(frame.cell_function)]
+    handles += [h for h in axes[0, 0].get_lines() if h.get_label().startswith("p^")]
+    axes[0, 1].axis("off")
+    axes[0, 1].legend(handles=handles, loc="center", ncol=2, title="f(h); top left: slopes", frameon=False)
+    for ax, col, ref in ((axes[1, 0], "ratio_own", "STS objective"), (axes[1, 1], "ratio_binary", "binary objective")):
+        sns.lineplot(frame, x="p", y=col, hue="cell_function", palette=palette, ax=ax, linewidth=1.2, legend=False)
+        ax.axhline(0.5, color="black", linestyle=":", linewidth=0.8)
+        ax.axhline(1.0, color="black", linewidth=0.6)
         ax.set(xscale="log", xlabel="p", ylabel="STS mean / exact gradient" if col == "ratio_own" else "",
                title=f"against the {ref}", ylim=(-0.6, 1.6))
     fig.tight_layout()
