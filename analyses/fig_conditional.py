@@ -113,26 +113,27 @@ def plot(frame, meta, config):
     order = sorted(summary, key=lambda g: summary[g]["mean"])
     _table(summary, order, config)
     rep["test error (%)"] = 100 * rep.test_error
-    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.6), gridspec_kw={"width_ratios": [2.2, 2.2, 1.2]})
+    fig, mosaic = plt.subplot_mosaic("AA;BC", figsize=(6.3, 6.4), width_ratios=[1.7, 1])
+    axes = [mosaic["A"], mosaic["B"], mosaic["C"]]
     palette = {g: ("#d62728" if g == "st" else "#1f77b4" if g in cc.PAPER_FOUR else
                    "#7f7f7f" if g in cc.BASELINES else "#2ca02c") for g in cc.GATES}
     sns.stripplot(rep, y="cell_gate", x="test error (%)", order=order, hue="cell_gate", palette=palette, ax=axes[0],
                   size=2.5, alpha=0.5, legend=False)
     sns.pointplot(rep, y="cell_gate", x="test error (%)", order=order, color="black", errorbar=("se", 2),
                   linestyle="none", markersize=3, ax=axes[0])
-    axes[0].set(ylabel="", title=f"digits: test error, {rep.cell_seed.nunique()} seeds (mean, 2 s.e.)")
+    axes[0].set(ylabel="", title=f"digits: test error, {rep.cell_seed.nunique()} seeds (mean, two s.e.)")
     diffs = [(g, 100 * summary[g]["difference"], 100 * summary[g]["difference_stderr"], summary[g]["wilcoxon_p"])
              for g in order if "difference" in summary[g]]
     for i, (g, d, e, p) in enumerate(diffs):
         axes[1].errorbar(d, i, xerr=2 * e, fmt="o", color=palette[g], markersize=3)
-        axes[1].annotate(f"p={p:.2g}", (d, i), xytext=(4, 3), textcoords="offset points", fontsize=6)
+        axes[1].annotate(f"p={p:.2g}", (d, i), xytext=(4, 3), textcoords="offset points", fontsize=7)
     axes[1].axvline(0, color="black", linewidth=0.6)
     axes[1].set(yticks=range(len(diffs)), yticklabels=[g for g, *_ in diffs], ylim=(len(diffs) - 0.5, -0.5),
-                xlabel="test error minus ST's (%, same seeds)", title="paired with straight-through (Wilcoxon)")
+                xlabel="test error minus ST's (%)", title="paired with ST (Wilcoxon p)")
     published = [(g, v) for g, v in cc.PUBLISHED_TEST_ERROR.items()]
     axes[2].barh([g for g, _ in published], [v for _, v in published], color=[palette[g] for g, _ in published])
     axes[2].invert_yaxis()
-    axes[2].set(xlabel="test error (%)", title="the paper, MNIST (one run)")
+    axes[2].set(xlabel="test error (%)", title="the paper: MNIST, one run")
     fig.tight_layout()
     return fig
 

@@ -176,7 +176,7 @@ def plot(frame, meta, config):
     data = frame[frame.group.isin(list(LAYERS)) & (frame.estimator != "reference")].copy()
     data["layer"] = data.group.map(LAYERS)
     data["trained"] = data.cell_step.map(lambda s: f"step {s}")
-    fig, axes = plt.subplots(len(PANELS), 2, figsize=(9.6, 9.0), sharex=True)
+    fig, axes = plt.subplots(len(PANELS), 2, figsize=(6.3, 8.4), sharex=True)
     order = list(ESTIMATORS)
     steps = sorted(data.cell_step.unique())
     palette = dict(zip([f"step {s}" for s in steps], sns.color_palette("crest", len(steps))))
@@ -191,10 +191,11 @@ def plot(frame, meta, config):
             ax.tick_params(axis="x", rotation=45, labelsize=7)
             if metric == "cosine_mean":
                 ax.axhline(1.0, color="black", linewidth=0.5)
-    axes[0, 1].legend(loc="lower left", fontsize=7, title="ST-trained to", title_fontsize=7)
-    fig.suptitle(f"Digits, two layers of {HIDDEN[0]} binary units: each estimator against an unbiased DisARM "
-                 "reference (means over initialisations; bars 2 s.e.)", fontsize=9)
-    fig.tight_layout()
+    handles, names = axes[0, 1].get_legend_handles_labels()
+    axes[0, 1].get_legend().remove()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False, bbox_to_anchor=(0.5, 0.0),
+               title="ST-trained to")
     return fig
 
 

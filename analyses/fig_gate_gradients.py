@@ -108,8 +108,8 @@ def plot(frame, meta, config):
     data = frame[frame.estimator.isin(cc.GRADIENT_GATES)]
     data = data[data.group.isin(list(LAYERS))]
     data = pd.concat([data, _with_relative_variance(frame[frame.group.isin(list(LAYERS))])])
-    fig, axes = plt.subplots(len(PANELS), 2, figsize=(9.6, 9.0), sharex=True)
-    palette = dict(zip(cc.GRADIENT_GATES, sns.color_palette("tab10", len(cc.GRADIENT_GATES))))
+    fig, axes = plt.subplots(len(PANELS), 2, figsize=(6.3, 8.0), sharex=True)
+    palette = dict(zip(cc.GRADIENT_GATES, sns.color_palette("colorblind", len(cc.GRADIENT_GATES))))
     epochs = sorted(data.cell_epoch.unique())
     for row, (metric, label, scale) in enumerate(PANELS):
         for col, group in enumerate(LAYERS):
@@ -124,10 +124,10 @@ def plot(frame, meta, config):
                    xticks=range(len(epochs)), xticklabels=[str(int(e)) for e in epochs])
             if metric == "cosine_mean":
                 ax.axhline(1.0, color="black", linewidth=0.5)
-    axes[0, 1].legend(loc="lower left", fontsize=7, ncol=2)
-    fig.suptitle("Conditional computation on the digits: each estimator's gater gradient against an unbiased "
-                 "DisARM reference (means over training seeds; bands 2 s.e.)", fontsize=9)
-    fig.tight_layout()
+    handles, names = axes[0, 1].get_legend_handles_labels()
+    axes[0, 1].get_legend().remove()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.legend(handles, names, loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, 0.0))
     return fig
 
 

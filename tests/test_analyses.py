@@ -50,11 +50,6 @@ def test_quick_run_then_plot_from_saved_results_only(name, tmp_path):
         check_legible(module, config)
 
 
-# Figures drawn before the 7-point rule, at 9.6 inches for a 6.5-inch text width: to be redrawn (strict, so a
-# redrawn figure must leave this list).
-NOT_YET_LEGIBLE = {"fig_conditional", "fig_digits", "fig_gate_gradients"}
-
-
 def check_legible(module, config):
     """No text of the figure is under 7 points once it is set at the paper's text width."""
     import matplotlib.pyplot as plt
@@ -67,10 +62,7 @@ def check_legible(module, config):
         smallest = smallest_text_on_page(fig)
     finally:
         plt.close(fig)
-    if module.ANALYSIS.name in NOT_YET_LEGIBLE:
-        assert smallest < MIN_POINTS_ON_PAGE, f"{module.ANALYSIS.name} is legible now: take it off NOT_YET_LEGIBLE"
-    else:
-        assert smallest >= MIN_POINTS_ON_PAGE, f"{module.ANALYSIS.name}: text of {smallest:.1f} pt on the page"
+    assert smallest >= MIN_POINTS_ON_PAGE, f"{module.ANALYSIS.name}: text of {smallest:.1f} pt on the page"
 
 
 def test_cells_are_cached_and_an_interrupted_run_keeps_what_it_computed(tmp_path):
