@@ -176,7 +176,7 @@ def plot(frame, meta, config):
     data = frame[frame.group.isin(list(LAYERS)) & (frame.estimator != "reference")].copy()
     data["layer"] = data.group.map(LAYERS)
     data["trained"] = data.cell_step.map(lambda s: f"step {s}")
-    fig, axes = plt.subplots(len(PANELS), 2, figsize=(6.3, 8.4), sharex=True)
+    fig, axes = plt.subplots(len(PANELS), 2, figsize=(6.3, 7.0), sharex=True)
     order = list(ESTIMATORS)
     steps = sorted(data.cell_step.unique())
     palette = dict(zip([f"step {s}" for s in steps], sns.color_palette("crest", len(steps))))

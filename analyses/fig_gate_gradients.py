@@ -108,7 +108,7 @@ def plot(frame, meta, config):
     data = frame[frame.estimator.isin(cc.GRADIENT_GATES)]
     data = data[data.group.isin(list(LAYERS))]
     data = pd.concat([data, _with_relative_variance(frame[frame.group.isin(list(LAYERS))])])
-    fig, axes = plt.subplots(len(PANELS), 2, figsize=(6.3, 8.0), sharex=True)
+    fig, axes = plt.subplots(len(PANELS), 2, figsize=(6.3, 7.3), sharex=True)
     palette = dict(zip(cc.GRADIENT_GATES, sns.color_palette("colorblind", len(cc.GRADIENT_GATES))))
     epochs = sorted(data.cell_epoch.unique())
     for row, (metric, label, scale) in enumerate(PANELS):
