@@ -119,8 +119,8 @@ def numbers(frame, config):
         return estimate(rows.sign_agreement.mean(), rows.sign_agreement.sem())
 
     sigmoid = frame[(frame.cell_kind == "region") & (frame.cell_estimator == "st_sigmoid")]
-    same = region.set_index(["p", "t"]).wrong_sign.equals(sigmoid.set_index(["p", "t"]).wrong_sign.reindex(
-        region.set_index(["p", "t"]).index))
+    ours = region.set_index(["p", "t"]).wrong_sign
+    same = ours.equals(sigmoid.set_index(["p", "t"]).wrong_sign.reindex(ours.index))
     outside = region[(region.t < 0) | (region.t > 1)]
     return {"stSignRegionShare": exact(region.wrong_sign.mean()),
             "stSigmoidSameRegion": "the same" if same else "not the same",

@@ -57,6 +57,12 @@ FAMILIES = {"pathwise (biased)": PATHWISE, "unbiased": UNBIASED}
 OFF_AXIS = "noisy_rectifier"   # its bias grows with the logit, so it is drawn to the pathwise panels' edge and named
 
 
+def _note(ax, text: str) -> None:
+    """A remark in a panel's lower right corner, on white."""
+    ax.text(0.97, 0.04, text, transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+
+
 def plot(frame, meta, config):
     """Rows: each family's bias, then each family's standard deviation; columns: the targets. Bands: two
     standard errors of the Monte Carlo estimates (exact values have none)."""
@@ -73,7 +79,7 @@ def plot(frame, meta, config):
                 ax.axhline(0.0, color="0.6", linewidth=0.8, zorder=0)
             for name in (m for m in members if m in in_frame):
                 sub = frame[(frame.cell_t == t) & (frame.cell_estimator == name)].sort_values("logit")
-                err = 2 * sub[f"{metric}_stderr"] if f"{metric}_stderr" in sub else 0 * sub[metric]
+                err = 2 * sub[f"{metric}_stderr"]
                 ax.plot(sub.logit, sub[metric], color=colours[name], linewidth=1.2, label=name)
                 ax.fill_between(sub.logit, sub[metric] - err, sub[metric] + err, color=colours[name], alpha=0.25,
                                 linewidth=0)
@@ -87,8 +93,7 @@ def plot(frame, meta, config):
             axes[r, 0].set_ylim(low - pad, high + pad)
             top = frame[frame.cell_estimator == OFF_AXIS].bias.max()
             for ax in axes[r]:
-                ax.text(0.97, 0.04, f"{OFF_AXIS} leaves the axis\n(bias up to {top:.3g})", transform=ax.transAxes,
-                        ha="right", va="bottom", fontsize=7, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+                _note(ax, f"{OFF_AXIS} leaves the axis\n(bias up to {top:.3g})")
         if metric == "sd":
             sds = frame[frame.cell_estimator.isin(members)]
             low = sds[sds.sd > 0].sd
@@ -96,8 +101,7 @@ def plot(frame, meta, config):
             # a standard deviation that is 0 up to rounding has no place on a log axis: say so
             zero = [m for m in members if m in in_frame and (sds[sds.cell_estimator == m].sd <= 1e-12 * low.max()).all()]
             for ax in axes[r] if zero else ():
-                ax.text(0.97, 0.04, "0 (up to rounding): " + ", ".join(zero), transform=ax.transAxes, ha="right",
-                        va="bottom", fontsize=7, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+                _note(ax, "0 (up to rounding): " + ", ".join(zero))
         axes[r, 0].set_ylabel(f"{'bias' if metric == 'bias' else 'standard deviation'}\n{family}")
         if metric == "bias":
             axes[r, -1].legend(loc="upper left", bbox_to_anchor=(1.03, 1.0), frameon=False)

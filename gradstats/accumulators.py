@@ -215,14 +215,18 @@ class Moments:
 _SPLIT_ROWS = 2**12   # rows per block of a compiled column sum's first stage
 
 
+def _two_stage(x: Tensor) -> bool:
+    """Whether column sums of ``x`` are written in two stages: when compiled for a GPU (eager code, and compiled
+    CPU code whose reductions already split over threads, keep torch's own reduction)."""
+    return x.device.type == "cuda" and torch.compiler.is_compiling()
+
+
 def _column_sums(x: Tensor) -> Tensor:
-    """``x.sum(0)`` over draws (float64 counts of a boolean ``x``). Compiled for a GPU, it is written as two
-    stages, over blocks of :data:`_SPLIT_ROWS` rows and then over blocks, so that the kernel spreads a chunk's
-    draws over the device however few columns there are (eager code, and compiled CPU code whose reductions
-    already split over threads, keep torch's own reduction)."""
-    if not (torch.compiler.is_compiling() and x.device.type == "cuda"):
-        return torch.count_nonzero(x, dim=0).to(torch.float64) if x.dtype == torch.bool else x.sum(0)
-    return _blocked_column_sums(x)
+    """``x.sum(0)`` over draws (float64 counts of a boolean ``x``); in two stages where :func:`_two_stage`, so
+    that the compiled kernel spreads a chunk's draws over the device however few columns there are."""
+    if _two_stage(x):
+        return _blocked_column_sums(x)
+    return torch.count_nonzero(x, dim=0).to(torch.float64) if x.dtype == torch.bool else x.sum(0)
 
 
 def _blocked_column_sums(x: Tensor) -> Tensor:
@@ -234,7 +238,7 @@ def _blocked_column_sums(x: Tensor) -> Tensor:
 
 
 def _column_means(x: Tensor) -> Tensor:
-    return x.mean(0) if x.device.type != "cuda" or not torch.compiler.is_compiling() else _column_sums(x) / x.shape[0]
+    return _blocked_column_sums(x) / x.shape[0] if _two_stage(x) else x.mean(0)
 
 
 @dataclass

@@ -148,10 +148,10 @@ def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, 
     resolved = resolve_options(est, problem, options)
     full = dim <= FULL_COVARIANCE_MAX_DIM if full is None else full
     fuse = optional_bool("fuse", fuse) and not est.stateful(resolved) and not ms
-    # the fused path converts float64 uniforms to float32 inside its compiled function (one pass less)
     noise_shape = (est.noise_per_unit(resolved), problem.num_units)
     if chunk is None:
         chunk = default_chunk_size(dev, noise_shape[0] * noise_shape[1] + dim * (2 if full else 1))
+    # the fused path converts float64 uniforms to float32 inside its compiled function (one pass less)
     stream = NoiseStream(seed, noise_shape, dev, torch.float64 if fuse else dtype)
     run = _Run(problem, est, resolved, stream, n, chunk, [round(i * n / k) for i in range(k + 1)],
                [GradientAccumulator(problem, references, full, ms, dev) for _ in range(k)], dtype if fuse else None)
