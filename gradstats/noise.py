@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .numerics import positive_int, seed_value
+
 __all__ = ["BLOCK", "resolve_device", "block_seed", "block_seeds", "NoiseStream", "uniforms_as"]
 
 BLOCK = 2**16
@@ -99,7 +101,9 @@ def block_seed(seed: int, block: int) -> int:
 
 def block_seeds(seed: int, first: int, count: int, extra: tuple[int, ...] = ()) -> list[int]:
     """:func:`block_seed` of blocks ``first .. first + count - 1``, computed together (``extra``: further
-    entropy after the block's, as the tests' alternative streams add)."""
+    entropy after the block's, as the tests' alternative streams add). Each argument is checked, naming it."""
+    seed, first, count = seed_value("seed", seed), seed_value("first", first), positive_int("count", count)
+    extra = tuple(seed_value("extra entries", e) for e in extra)
     blocks = np.arange(first, first + count, dtype=np.uint64)
     seeds = np.empty(count, dtype=np.uint64)
     tail = [w for e in extra for w in _uint32_words(int(e))]

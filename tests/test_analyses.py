@@ -50,6 +50,25 @@ def test_quick_run_then_plot_from_saved_results_only(name, tmp_path):
         check_legible(module, config)
 
 
+def test_the_smallest_text_on_the_page_is_the_smallest_visible_font_scaled_to_the_text_width():
+    import matplotlib.pyplot as plt
+
+    from analyses._runner import PAPER_TEXT_WIDTH_INCHES, smallest_text_on_page
+
+    fig, ax = plt.subplots(figsize=(4.0, 3.0))
+    ax.set_title("title", fontsize=12)
+    ax.tick_params(labelsize=9)
+    small = ax.text(0.5, 0.5, "small", fontsize=5)
+    ax.text(0.5, 0.2, "   ", fontsize=2)                     # empty text is not text on the page
+    try:
+        scale = PAPER_TEXT_WIDTH_INCHES / fig.get_tightbbox(fig.canvas.get_renderer()).width
+        assert smallest_text_on_page(fig) == pytest.approx(5 * scale)
+        small.set_visible(False)                              # neither is hidden text
+        assert smallest_text_on_page(fig) == pytest.approx(9 * scale)
+    finally:
+        plt.close(fig)
+
+
 def check_legible(module, config):
     """No text of the figure is under 7 points once it is set at the paper's text width."""
     import matplotlib.pyplot as plt

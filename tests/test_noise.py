@@ -29,6 +29,17 @@ def test_block_seeds_across_the_two_word_block_numbers():
     assert block_seed(0, 0) == seed_sequence_seed(0, 0)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    ({"seed": -1}, "seed must be an integer"), ({"seed": 1.5}, "seed must be an integer"),
+    ({"first": -3}, "first must be an integer"), ({"count": 0}, "count must be an integer >= 1"),
+    ({"extra": (-1,)}, "extra entries must be an integer"),
+])
+def test_block_seeds_refuse_bad_arguments_by_name(kwargs, match):
+    arguments = {"seed": 0, "first": 0, "count": 2, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        block_seeds(**arguments)
+
+
 def definition(seed: int, shape: tuple, start: int, stop: int, dtype=torch.float64) -> torch.Tensor:
     """One generator per block, each block drawn whole, then cut (what the stream must equal)."""
     blocks = []
