@@ -22,6 +22,7 @@ pyro-ppl 1.9.2 (:func:`pyro_estimators`, its ``TraceGraph_ELBO``).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -104,6 +105,7 @@ class AuditRow:
         return dict(self.__dict__)
 
 
+@functools.cache   # the version is checked (and a mismatch said) once, not at every chunk
 def _require_storchastic():
     try:
         import storch
@@ -159,6 +161,7 @@ def storchastic_estimators() -> list[PeerEstimator]:
     ]
 
 
+@functools.cache
 def _require_pyro():
     try:
         import pyro

@@ -136,3 +136,21 @@ def test_storchastic_disarm_averages_its_pair_instead_of_differencing():
         published = 0.5 * (f[b] - f[b_anti]) * sign * 2 * half_sig
         assert float(param.grad) != pytest.approx(published, rel=1e-3)
     assert discordant >= 5
+
+
+def test_a_peer_version_other_than_the_pinned_one_is_said_once(monkeypatch):
+    import sys
+    import types
+    import warnings
+
+    monkeypatch.setitem(sys.modules, "storch", types.SimpleNamespace(__version__="0.0.1"))
+    audit._require_storchastic.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            audit._require_storchastic()
+            audit._require_storchastic()
+        assert [str(w.message) for w in caught] == [
+            f"the audit is pinned to storchastic {audit.PINNED['storchastic']}, found 0.0.1"]
+    finally:
+        audit._require_storchastic.cache_clear()
