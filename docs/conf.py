@@ -20,7 +20,6 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
-    "sphinx.ext.napoleon",            # the Google-style "Args:" and "Attributes:" sections of older docstrings
     "numpydoc",
     "sphinx_gallery.gen_gallery",
 ]
@@ -30,7 +29,6 @@ autodoc_typehints = "none"            # signatures carry them; numpydoc renders 
 autodoc_default_options = {"members": False}
 numpydoc_show_class_members = False
 numpydoc_validation_checks: set[str] = set()
-napoleon_numpy_docstring = False     # numpydoc reads those
 default_role = "code"                 # `x` in a docstring is code, as in numpy's and scipy's
 
 sphinx_gallery_conf = {

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .numerics import coordinate_labels, safe_divide, signs
+from .numerics import coordinate_labels, safe_divide, signs, summary_text
 from .problems import FactoredGradient, Problem
 
 __all__ = ["Moments", "Summary", "GradientAccumulator"]
@@ -142,21 +142,34 @@ class Summary:
 class Moments:
     """First and second moments of one estimator's per-draw gradient.
 
-    Attributes:
-        mean: ``E[g_hat]``, ``[D]`` float64.
-        var: per-coordinate variance, ``[D]`` (``n - 1`` denominator for Monte Carlo).
-        cov: full covariance ``[D, D]`` (``None`` when not asked for or D is large).
-        num_samples: Monte Carlo draws used; ``None`` for exact moments.
-        mean_stderr: standard error of ``mean`` (Monte Carlo only).
-        loss_evals_per_draw: loss evaluations one draw needs.
-        method: ``"exact"`` or ``"mc"``.
-        estimator: the estimator's name.
-        num_outcomes: enumerated outcomes (exact only).
-        summary: the statistics all of the above come from, with the per-draw
-            metrics against each reference that was given.
-        batches: Monte Carlo only: summaries of contiguous batches of draws
-            (for jackknife standard errors of any metric).
-        seconds: wall time.
+    Attributes
+    ----------
+    mean
+        ``E[g_hat]``, ``[D]`` float64.
+    var
+        Per-coordinate variance, ``[D]`` (``n - 1`` denominator for Monte Carlo).
+    cov
+        Full covariance ``[D, D]`` (``None`` when not asked for or D is large).
+    num_samples
+        Monte Carlo draws used; ``None`` for exact moments.
+    mean_stderr
+        Standard error of ``mean`` (Monte Carlo only).
+    loss_evals_per_draw
+        Loss evaluations one draw needs.
+    method
+        ``"exact"`` or ``"mc"``.
+    estimator
+        The estimator's name.
+    num_outcomes
+        Enumerated outcomes (exact only).
+    statistics
+        The accumulated statistics all of the above come from, with
+        the per-draw metrics against each reference that was given.
+    batches
+        Monte Carlo only: summaries of contiguous batches of draws
+        (for jackknife standard errors of any metric).
+    seconds
+        Wall time.
     """
 
     mean: Tensor
@@ -168,7 +181,7 @@ class Moments:
     method: str
     estimator: str
     num_outcomes: int | None = None
-    summary: Summary | None = None
+    statistics: Summary | None = None
     batches: tuple[Summary, ...] = ()
     seconds: float = float("nan")
 
@@ -181,6 +194,16 @@ class Moments:
         size = f"num_samples={self.num_samples:,}" if self.method == "mc" else f"num_outcomes={self.num_outcomes:,}"
         return (f"Moments(estimator={self.estimator!r}, method={self.method!r}, D={self.mean.numel()}, {size}, "
                 f"|mean|={float(self.mean.norm()):.6g}, trace={self.trace:.6g}, seconds={self.seconds:.3g})")
+
+    def summary(self, coordinate_names: list[str] | None = None, max_rows: int = 20) -> str:
+        """A readable account: how the moments were computed, ``|mean|`` and ``trace(Cov)``, then
+        :meth:`to_frame` (at most ``max_rows`` rows). Print it: ``print(moments.summary())``."""
+        how = (f"Monte Carlo, {self.num_samples:,} draws" if self.method == "mc"
+               else f"exact, over {self.num_outcomes:,} outcomes")
+        evals = f"{self.loss_evals_per_draw} loss evaluation{'s' * (self.loss_evals_per_draw != 1)} per draw"
+        return summary_text([f"Moments of {self.estimator!r}: {how}, {evals}, {self.seconds:.3g} s",
+                             f"D = {self.mean.numel()}, |mean| = {float(self.mean.norm()):.6g}, "
+                             f"trace(Cov) = {self.trace:.6g}"], self.to_frame(coordinate_names), max_rows)
 
     def to_frame(self, coordinate_names: list[str] | None = None):
         """One row per coordinate: ``coordinate, mean, var, mean_stderr`` (NaN for exact moments, which have
@@ -208,7 +231,7 @@ class Moments:
             cov=None if summary.comoment is None else summary.comoment / cov_den,
             num_samples=n, mean_stderr=stderr, loss_evals_per_draw=loss_evals_per_draw, method=method,
             estimator=estimator, num_outcomes=summary.count if method == "exact" else None,
-            summary=summary, batches=tuple(b.cpu() for b in batches), seconds=seconds,
+            statistics=summary, batches=tuple(b.cpu() for b in batches), seconds=seconds,
         )
 
 
@@ -299,12 +322,17 @@ def _parts(problem: Problem, gradient: FactoredGradient | Tensor) -> list[list[_
 class GradientAccumulator:
     """Streams chunks of per-draw gradients into a :class:`Summary`.
 
-    Args:
-        problem: gives the parameter layout.
-        references: name -> reference gradient ``[D]`` for the per-draw metrics.
-        full_covariance: also accumulate the ``[D, D]`` covariance.
-        ms: group sizes ``M`` for the cosine of the mean of ``M`` consecutive draws
-            (unweighted draws only; groups are aligned to the first draw added).
+    Parameters
+    ----------
+    problem
+        Gives the parameter layout.
+    references
+        Name -> reference gradient ``[D]`` for the per-draw metrics.
+    full_covariance
+        Also accumulate the ``[D, D]`` covariance.
+    ms
+        Group sizes ``M`` for the cosine of the mean of ``M`` consecutive draws
+        (unweighted draws only; groups are aligned to the first draw added).
     """
 
     def __init__(self, problem: Problem, references: dict[str, Tensor] | None = None, full_covariance: bool = False,

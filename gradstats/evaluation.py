@@ -53,14 +53,21 @@ def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iter
              max_states: int = enumeration.DEFAULT_MAX_STATES, progress: bool | None = None) -> pd.DataFrame:
     """Tidy metrics: one row per (estimator, reference, metric, layer[, coordinate][, M]).
 
-    Args:
-        estimators: names, :class:`Estimator` objects or callables.
-        reference: ``"binary"``, ``"own"``, or both.
-        num_samples: Monte Carlo draws per estimator (continuous noise; cosine of ``M`` draws).
-        ms: the ``M`` of ``mse`` and ``cosine_m``.
-        method: ``"auto"`` (exact where the noise is discrete and the states enumerable),
-            ``"exact"`` or ``"mc"``.
-        options: estimator name -> its options.
+    Parameters
+    ----------
+    estimators
+        Names, :class:`Estimator` objects or callables.
+    reference
+        ``"binary"``, ``"own"``, or both.
+    num_samples
+        Monte Carlo draws per estimator (continuous noise; cosine of ``M`` draws).
+    ms
+        The ``M`` of ``mse`` and ``cosine_m``.
+    method
+        ``"auto"`` (exact where the noise is discrete and the states enumerable),
+        ``"exact"`` or ``"mc"``.
+    options
+        Estimator name -> its options.
 
     Columns: ``estimator, options, reference, reference_method, metric, scope, layer, coordinate, M, value,
     stderr, method, num_samples, loss_evals_per_draw, seconds_per_draw``; ``options`` is the JSON of the options

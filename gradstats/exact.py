@@ -137,7 +137,7 @@ def exact_moments(problem: Problem, estimator, *, references: dict[str, Tensor] 
 
     ``full_covariance`` defaults to ``D <= FULL_COVARIANCE_MAX_DIM``. With
     ``references`` (name -> gradient), the per-draw metrics against each are
-    exact too (``Moments.summary``).
+    exact too (``Moments.statistics``).
     """
     start = time.perf_counter()
     check_problem(problem)

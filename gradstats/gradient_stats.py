@@ -131,14 +131,19 @@ class ParameterLayout:
 class GradientStats:
     """Streaming, mergeable statistics of per-draw gradients, and their metrics against a reference.
 
-    Args:
-        reference: the gradient the draws estimate, ``[D]`` or a dict name -> tensor (one per
-            parameter tensor); ``None`` for moments alone.
-        reference_stderr: the reference's standard error where it is itself an estimate (same shape);
-            the bias, its norm and the MSE then carry it (the other metrics are conditional on the reference).
-        full_covariance: also accumulate the ``[D, D]`` covariance (``O(D^2)`` memory).
-        num_batches: the fewest contiguous batches the jackknife standard errors use (at most twice as
-            many are kept).
+    Parameters
+    ----------
+    reference
+        The gradient the draws estimate, ``[D]`` or a dict name -> tensor (one per
+        parameter tensor); ``None`` for moments alone.
+    reference_stderr
+        The reference's standard error where it is itself an estimate (same shape);
+        the bias, its norm and the MSE then carry it (the other metrics are conditional on the reference).
+    full_covariance
+        Also accumulate the ``[D, D]`` covariance (``O(D^2)`` memory).
+    num_batches
+        The fewest contiguous batches the jackknife standard errors use (at most twice as
+        many are kept).
 
     ``update(grads)`` folds in a chunk of draws: a tensor ``[B, D]`` or a dict name -> ``[B, *shape]``
     (such as per-draw gradients of ``model.named_parameters()``).

@@ -39,16 +39,23 @@ __all__ = [
 class Loss:
     """A row-wise loss ``h[..., N] -> [...]`` with an optional analytic gradient.
 
-    Args:
-        fn: the loss; must act on each row of ``h`` separately.
-        grad: optional ``h -> dL/dh``; autograd is used when absent.
-        differentiable: whether ``dL/dh`` exists; estimators that need it refuse
-            a loss marked ``False``.
-        name: shown in tables and errors.
-        num_inputs: the ``N`` it expects, when fixed (readouts); checked against
-            the network's last layer.
-        spec: a JSON-able description that rebuilds it (kind and parameters),
-            reported with counterexamples.
+    Parameters
+    ----------
+    fn
+        The loss; must act on each row of ``h`` separately.
+    grad
+        Optional ``h -> dL/dh``; autograd is used when absent.
+    differentiable
+        Whether ``dL/dh`` exists; estimators that need it refuse
+        a loss marked ``False``.
+    name
+        Shown in tables and errors.
+    num_inputs
+        The ``N`` it expects, when fixed (readouts); checked against
+        the network's last layer.
+    spec
+        A JSON-able description that rebuilds it (kind and parameters),
+        reported with counterexamples.
     """
 
     def __init__(

@@ -175,7 +175,7 @@ def compute_metrics(moments: Moments, problem: Problem, reference: Tensor, refer
         reference_stderr = float64_vector("reference_stderr", reference_stderr, problem.num_parameters)
     exact = moments.method == "exact"
     reference_var = None if reference_stderr is None else reference_stderr.square()
-    full = _values(moments.summary, exact, problem, reference, reference_name, ms, reference_var)
+    full = _values(moments.statistics, exact, problem, reference, reference_name, ms, reference_var)
     errors: dict[tuple, float | Tensor] = {}
     k = len(moments.batches)
     if not exact and k >= 2:

@@ -104,27 +104,40 @@ def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, 
                **options) -> Moments:
     """Monte Carlo moments (variance with ``n - 1``), standard errors and per-draw metrics.
 
-    Args:
-        num_samples: draws (one draw is one gradient estimate), at most ``2^53``.
-        seed: the noise stream, an integer in ``[0, 2^63)``; the same seed gives the same bits
-            on the same device.
-        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
-        chunk_size: draws computed at once (memory), not part of the result; ``None``:
-            :func:`default_chunk_size` (2^16 on the CPU, millions on a GPU).
-        dtype: per-draw arithmetic (accumulators are always float64).
-        full_covariance: ``True``, ``False``, or ``None`` for ``D <= FULL_COVARIANCE_MAX_DIM``.
-        references: name -> gradient of shape ``[D]`` exactly, for the per-draw metrics.
-        ms: group sizes for the cosine of the mean of ``M`` draws.
-        num_batches: contiguous batches kept for jackknife standard errors.
-        progress: a tqdm bar; ``None`` shows it when stderr is a terminal. A run estimated to
-            take over an hour says so once through :mod:`logging` either way.
-        checkpoint: a file to save the accumulators to (atomically, at most every
-            ``checkpoint_seconds`` and when interrupted by an exception, Ctrl-C or SIGTERM); a
-            run given an existing checkpoint of the same problem, estimator, options, stream and
-            library resumes from it, with the same result as an uninterrupted run. Removed when
-            the run completes. See :mod:`gradstats.checkpoint` for what it stores and checks.
-        fuse: compile each chunk's draws and statistics into one function (``torch.compile``;
-            see the module docstring). A stateful estimator, or ``ms``, always runs eager.
+    Parameters
+    ----------
+    num_samples
+        Draws (one draw is one gradient estimate), at most ``2^53``.
+    seed
+        The noise stream, an integer in ``[0, 2^63)``; the same seed gives the same bits
+        on the same device.
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    chunk_size
+        Draws computed at once (memory), not part of the result; ``None``:
+        :func:`default_chunk_size` (2^16 on the CPU, millions on a GPU).
+    dtype
+        Per-draw arithmetic (accumulators are always float64).
+    full_covariance
+        ``True``, ``False``, or ``None`` for ``D <= FULL_COVARIANCE_MAX_DIM``.
+    references
+        Name -> gradient of shape ``[D]`` exactly, for the per-draw metrics.
+    ms
+        Group sizes for the cosine of the mean of ``M`` draws.
+    num_batches
+        Contiguous batches kept for jackknife standard errors.
+    progress
+        A tqdm bar; ``None`` shows it when stderr is a terminal. A run estimated to
+        take over an hour says so once through :mod:`logging` either way.
+    checkpoint
+        A file to save the accumulators to (atomically, at most every
+        ``checkpoint_seconds`` and when interrupted by an exception, Ctrl-C or SIGTERM); a
+        run given an existing checkpoint of the same problem, estimator, options, stream and
+        library resumes from it, with the same result as an uninterrupted run. Removed when
+        the run completes. See :mod:`gradstats.checkpoint` for what it stores and checks.
+    fuse
+        Compile each chunk's draws and statistics into one function (``torch.compile``;
+        see the module docstring). A stateful estimator, or ``ms``, always runs eager.
 
     A draw whose gradient is not finite raises :class:`~gradstats.estimators.NonFiniteError`
     naming its index.

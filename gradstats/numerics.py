@@ -8,8 +8,8 @@ import numbers
 import torch
 from torch import Tensor
 
-__all__ = ["safe_divide", "cosine", "ratio_or_inf", "coordinate_labels", "positive_int", "positive_finite", "seed_value",
-           "optional_bool", "float64_vector", "float64_references", "MAX_SEED", "SIGN_TOLERANCE", "signs"]
+__all__ = ["safe_divide", "cosine", "ratio_or_inf", "coordinate_labels", "summary_text", "positive_int", "positive_finite",
+           "seed_value", "optional_bool", "float64_vector", "float64_references", "MAX_SEED", "SIGN_TOLERANCE", "signs"]
 
 
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
@@ -85,6 +85,14 @@ def coordinate_labels(coordinate_names, dim: int) -> list:
     if len(names) != dim:
         raise ValueError(f"coordinate_names must have D = {dim} entries, got {len(names)}")
     return names
+
+
+def summary_text(lines: list[str], frame, max_rows: int) -> str:
+    """A result's ``summary()``: its ``lines`` of facts, then ``frame`` as text (at most ``max_rows`` rows, the
+    first and last kept, six significant digits, the index dropped)."""
+    max_rows = positive_int("max_rows", max_rows)
+    table = frame.to_string(index=False, max_rows=max_rows, min_rows=max_rows, float_format=lambda x: f"{x:.6g}")
+    return "\n".join([*lines, table])
 
 
 def float64_vector(name: str, value, size: int) -> Tensor:

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .accumulators import Moments
 from .metrics import signs
-from .numerics import coordinate_labels, float64_vector
+from .numerics import coordinate_labels, float64_vector, summary_text
 
 __all__ = ["TestResult", "holm", "unbiasedness_test", "sign_test", "MIN_SAMPLES", "HOTELLING_SAMPLES_PER_RANK"]
 
@@ -50,17 +50,26 @@ HOTELLING_SAMPLES_PER_RANK = 100
 class TestResult:
     """Per-coordinate and global outcome of a test.
 
-    Attributes:
-        statistic: per-coordinate t values ``[D]`` (``n - 1`` degrees of freedom).
-        p_values: per-coordinate p-values ``[D]``.
-        adjusted: Holm-adjusted p-values ``[D]``.
-        rejected: coordinates rejected at ``alpha`` after Holm ``[D]`` (bool).
-        global_p: the global p-value (Holm's smallest adjusted p, or Hotelling's).
-        global_method: ``"holm"`` or ``"hotelling"``.
-        alpha: the level.
-        untested: coordinates whose draws were all equal, off the reference ``[D]`` (bool):
-            not tested (see the module's note); for Hotelling, ``untested_directions`` counts
-            such directions of the covariance's null space.
+    Attributes
+    ----------
+    statistic
+        Per-coordinate t values ``[D]`` (``n - 1`` degrees of freedom).
+    p_values
+        Per-coordinate p-values ``[D]``.
+    adjusted
+        Holm-adjusted p-values ``[D]``.
+    rejected
+        Coordinates rejected at ``alpha`` after Holm ``[D]`` (bool).
+    global_p
+        The global p-value (Holm's smallest adjusted p, or Hotelling's).
+    global_method
+        ``"holm"`` or ``"hotelling"``.
+    alpha
+        The level.
+    untested
+        Coordinates whose draws were all equal, off the reference ``[D]`` (bool):
+        not tested (see the module's note); for Hotelling, ``untested_directions`` counts
+        such directions of the covariance's null space.
     """
 
     statistic: Tensor
@@ -86,6 +95,18 @@ class TestResult:
     def __repr__(self) -> str:
         return (f"TestResult(global_method={self.global_method!r}, pvalue={self.global_p:.4g}, alpha={self.alpha:g}, "
                 f"reject={self.reject}, rejected={int(self.rejected.sum())} of {self.rejected.numel()} coordinates)")
+
+    def summary(self, coordinate_names: list[str] | None = None, max_rows: int = 20) -> str:
+        """A readable account: the global verdict, how many coordinates were rejected and untested, then
+        :meth:`to_frame` (at most ``max_rows`` rows). Print it: ``print(result.summary())``."""
+        dim = self.statistic.numel()
+        verdict = "rejected" if self.reject else "not rejected"
+        untested = int(self.untested.sum()) if self.untested is not None else 0
+        directions = f", {self.untested_directions} untested directions" if self.untested_directions else ""
+        return summary_text([f"Global test ({self.global_method}): p = {self.global_p:.4g}, {verdict} at "
+                             f"alpha = {self.alpha:g}",
+                             f"{int(self.rejected.sum())} of {dim} coordinates rejected after Holm, {untested} untested"
+                             f"{directions}"], self.to_frame(coordinate_names), max_rows)
 
     def to_frame(self, coordinate_names: list[str] | None = None):
         """One row per coordinate: ``coordinate, statistic, p_value, adjusted, rejected, untested``."""

@@ -100,22 +100,33 @@ def sweep(problems: Problem | Sequence[Problem], estimators: str | Iterable[str]
           seed: int = 0, progress: bool | None = None, **evaluate_kwargs) -> pd.DataFrame:
     """Every (problem, estimator, option set) evaluated like ``gs.evaluate``; their tidy frames concatenated.
 
-    Args:
-        problems: a Problem or a list of them.
-        estimators: registered estimator names.
-        executor: ``None`` (this process), or any :class:`concurrent.futures.Executor` (a process pool; a
-            Dask client's ``client.get_executor()``).
-        options: estimator name -> an option set (dict) or a list of them; each option set is a task.
-        seed: the root seed; task ``i`` gets the ``i``-th seed spawned from it (``SeedSequence``), so the
-            frame does not depend on the executor or the number of workers.
-        progress: a progress bar over tasks (default: when stderr is a terminal).
-        evaluate_kwargs: passed to ``gs.evaluate`` (``reference``, ``num_samples``, ``ms``, ``method``,
-            ``device``, ...).
+    Parameters
+    ----------
+    problems
+        A Problem or a list of them.
+    estimators
+        Registered estimator names.
+    executor
+        ``None`` (this process), or any :class:`concurrent.futures.Executor` (a process pool; a
+        Dask client's ``client.get_executor()``).
+    options
+        Estimator name -> an option set (dict) or a list of them; each option set is a task.
+    seed
+        The root seed; task ``i`` gets the ``i``-th seed spawned from it (``SeedSequence``), so the
+        frame does not depend on the executor or the number of workers.
+    progress
+        A progress bar over tasks (default: when stderr is a terminal).
+    **evaluate_kwargs
+        Passed to ``gs.evaluate`` (``reference``, ``num_samples``, ``ms``, ``method``,
+        ``device``, ...).
 
-    Returns the rows of every task in task order, with columns ``task, problem, problem_index, options``
-    (JSON), ``task_seed`` before those of ``gs.evaluate``. A failed task does not stop the others; the
-    failures (task, problem, estimator, options, error) are in ``frame.attrs["failures"]`` and reported
-    with a warning.
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of every task in task order, with columns ``task, problem, problem_index, options``
+        (JSON), ``task_seed`` before those of ``gs.evaluate``. A failed task does not stop the others; the
+        failures (task, problem, estimator, options, error) are in ``frame.attrs["failures"]`` and reported
+        with a warning.
     """
     seed = seed_value("seed", seed)
     if executor is not None and not isinstance(executor, Executor):

@@ -33,7 +33,7 @@ from torch import Tensor
 from .estimators import NonFiniteError, check_gradient, get, resolve_options
 from .exact import exact_gradient, exact_loss
 from .noise import NoiseStream
-from .numerics import positive_finite, positive_int, seed_value
+from .numerics import positive_finite, positive_int, seed_value, summary_text
 from .problems import FactoredGradient, Problem
 
 __all__ = ["EXACT", "OPTIMIZERS", "TrainingRun", "dataset_loss", "train", "next_rate", "select_rate"]
@@ -63,6 +63,20 @@ class TrainingRun:
         return (f"TrainingRun(estimator={self.estimator!r}, optimizer={self.optimizer!r}, "
                 f"learning_rate={self.learning_rate:g}, steps={self.steps[-1]}, loss {self.loss[0]:.6g} -> "
                 f"{self.final_loss:.6g}, D={self.parameters.numel()})")
+
+    def summary(self, max_rows: int = 20) -> str:
+        """A readable account: the estimator and optimiser, the draws and loss evaluations a step costs, the exact
+        ``E[L]`` at the start, the end and its lowest, then :meth:`to_frame` (at most ``max_rows`` rows). Print it:
+        ``print(run.summary())``."""
+        lowest = min(range(len(self.loss)), key=self.loss.__getitem__)
+        draws = "the exact gradient" if self.estimator == EXACT else \
+            f"{self.draws_per_step} draw{'s' * (self.draws_per_step != 1)} per example"
+        evals = f"{self.loss_evals_per_step} loss evaluation{'s' * (self.loss_evals_per_step != 1)}"
+        return summary_text([f"Training with {self.estimator!r}: {self.optimizer}, learning rate {self.learning_rate:g}, "
+                             f"{draws} and {evals} per step, D = {self.parameters.numel()}",
+                             f"exact E[L]: {self.loss[0]:.6g} at step {self.steps[0]}, {self.final_loss:.6g} at step "
+                             f"{self.steps[-1]}, lowest {self.loss[lowest]:.6g} at step {self.steps[lowest]}"],
+                            self.to_frame(), max_rows)
 
     def to_frame(self):
         """The exact ``E[L]`` after each recorded number of updates: columns ``step, loss``."""
@@ -121,24 +135,34 @@ def train(problems, estimator, *, steps: int, learning_rate: float, draws_per_st
           seed: int = 0, record_every: int = 10, optimizer: str = "sgd", **options) -> TrainingRun:
     """SGD (or Adam) on the shared parameters of ``problems`` with ``estimator``; the exact loss every ``record_every`` steps.
 
-    Args:
-        problems: a :class:`~gradstats.problems.Problem`, or a list of problems with the same
-            layers and starting parameters (a dataset, such as
-            :func:`~gradstats.problems.teacher_student`): the objective is the mean of their
-            expected losses, and every step draws for every example.
-        estimator: a registered name, an :class:`~gradstats.estimators.Estimator`, a user
-            callable, or ``"exact"`` for the exact gradient of the binary objective.
-        steps: updates to make.
-        learning_rate: the step size ``eta > 0``.
-        draws_per_step: draws per example averaged into one update (one draw is one gradient
-            estimate).
-        seed: the noise stream.
-        record_every: the exact loss is recorded before the first update, every
-            ``record_every`` updates, and after the last.
-        optimizer: ``"sgd"`` (plain steps) or ``"adam"`` (Kingma & Ba 2015, betas 0.9 and
-            0.999, eps 1e-8, with bias correction), which rescales each coordinate and so
-            takes the overall scale of an estimate out of the comparison.
-        options: the estimator's options.
+    Parameters
+    ----------
+    problems
+        A :class:`~gradstats.problems.Problem`, or a list of problems with the same
+        layers and starting parameters (a dataset, such as
+        :func:`~gradstats.problems.teacher_student`): the objective is the mean of their
+        expected losses, and every step draws for every example.
+    estimator
+        A registered name, an :class:`~gradstats.estimators.Estimator`, a user
+        callable, or ``"exact"`` for the exact gradient of the binary objective.
+    steps
+        Updates to make.
+    learning_rate
+        The step size ``eta > 0``.
+    draws_per_step
+        Draws per example averaged into one update (one draw is one gradient
+        estimate).
+    seed
+        The noise stream.
+    record_every
+        The exact loss is recorded before the first update, every
+        ``record_every`` updates, and after the last.
+    optimizer
+        ``"sgd"`` (plain steps) or ``"adam"`` (Kingma & Ba 2015, betas 0.9 and
+        0.999, eps 1e-8, with bias correction), which rescales each coordinate and so
+        takes the overall scale of an estimate out of the comparison.
+    **options
+        The estimator's options.
     """
     examples = _as_dataset(problems)
     steps = positive_int("steps", steps)

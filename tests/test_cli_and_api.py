@@ -125,6 +125,40 @@ def test_result_objects_print_short_and_give_frames():
     assert run.to_frame()["loss"].tolist() == list(run.loss)
 
 
+
+def test_result_summaries_state_how_they_were_computed_and_show_a_bounded_table():
+    from gradstats.stats import unbiasedness_test
+    from gradstats.training import train
+
+    net = gs.problems.sbn([3, 2], seed=0)
+    names = net.coordinate_names()
+    mc = gs.moments(net, "st", method="mc", num_samples=1000, seed=0, progress=False)
+    text = mc.summary(names, max_rows=4)
+    lines = text.splitlines()
+    assert lines[0].startswith("Moments of 'st': Monte Carlo, 1,000 draws, 1 loss evaluation per draw")
+    assert f"trace(Cov) = {mc.trace:.6g}" in lines[1]
+    # header, two rows from each end and the ellipsis row: 8 coordinates shown as 4
+    assert lines[2].split() == ["coordinate", "mean", "var", "mean_stderr"] and len(lines) == 2 + 1 + 4 + 1
+    assert lines[3].split()[0] == names[0] and lines[-1].split()[0] == names[-1] and "..." in lines[5]
+    assert len(mc.summary(names, max_rows=100).splitlines()) == 2 + 1 + 8
+    assert "exact, over 4 outcomes" in gs.moments(net, "st").summary()
+    with pytest.raises(ValueError, match="max_rows"):
+        mc.summary(max_rows=0)
+
+    test = unbiasedness_test(mc, gs.exact_gradient(net))
+    first, second = test.summary().splitlines()[:2]
+    assert first == f"Global test (holm): p = {test.pvalue:.4g}, {'rejected' if test.reject else 'not rejected'} at alpha = 0.05"
+    assert second.startswith(f"{int(test.rejected.sum())} of 8 coordinates rejected after Holm")
+
+    data = gs.problems.teacher_student([3, 2], num_examples=2)
+    run = train(data, "st", steps=20, learning_rate=1.0, record_every=5)
+    lines = run.summary().splitlines()
+    assert lines[0].startswith("Training with 'st': sgd, learning rate 1, 1 draw per example and ")
+    low = min(run.loss)
+    assert lines[1].endswith(f"lowest {low:.6g} at step {run.steps[run.loss.index(low)]}") and len(lines) == 2 + 1 + 5
+    exact = train(data, "exact", steps=5, learning_rate=1.0)
+    assert "the exact gradient and " in exact.summary().splitlines()[0]
+
 def test_cli_moments_json_gives_standard_errors_and_rebuilds_its_problem(capsys):
     assert cli.main(["moments", "--estimator", "st", "--problem", "sbn", "--sizes", "3,2", "--method", "mc",
                      "--num-samples", "3000", "--seed", "1", "--device", "cpu", "--json"]) == 0

@@ -73,8 +73,8 @@ def test_exact_enumeration_on_cuda_matches_the_cpu():
         assert torch.allclose(a.mean, b.mean, rtol=1e-10, atol=1e-14), name
         assert torch.allclose(a.var, b.var, rtol=1e-8, atol=1e-14), name
         if name != "reinforce_loo":   # see the next test
-            assert torch.allclose(a.summary.sign_agree["g"], b.summary.sign_agree["g"], rtol=1e-10), name
-            assert torch.allclose(a.summary.cosine["g"], b.summary.cosine["g"], rtol=1e-10), name
+            assert torch.allclose(a.statistics.sign_agree["g"], b.statistics.sign_agree["g"], rtol=1e-10), name
+            assert torch.allclose(a.statistics.cosine["g"], b.statistics.cosine["g"], rtol=1e-10), name
 
 
 @pytest.mark.xfail(strict=True, reason="LOO's per-draw gradient is exactly 0 on the CPU where its two passes coincide; "
@@ -84,7 +84,7 @@ def test_loo_sign_agreement_on_cuda_matches_the_cpu():
     refs = {"g": gs.exact_gradient(problem)}
     a = gs.moments(problem, "reinforce_loo", device="cuda", references=refs)
     b = gs.moments(problem, "reinforce_loo", references=refs)
-    assert torch.allclose(a.summary.sign_agree["g"], b.summary.sign_agree["g"], rtol=1e-6)
+    assert torch.allclose(a.statistics.sign_agree["g"], b.statistics.sign_agree["g"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["st", "noisy_rectifier", "disarm"])
@@ -95,6 +95,6 @@ def test_the_fused_path_on_cuda_gives_the_eager_statistics(name):
     eager, fused = gs.moments(problem, name, fuse=False, **kw), gs.moments(problem, name, fuse=True, **kw)
     assert torch.allclose(fused.mean, eager.mean, rtol=1e-10, atol=1e-14)
     assert torch.allclose(fused.var, eager.var, rtol=1e-9, atol=1e-14)
-    assert torch.allclose(fused.summary.cosine["g"], eager.summary.cosine["g"], rtol=1e-9)
+    assert torch.allclose(fused.statistics.cosine["g"], eager.statistics.cosine["g"], rtol=1e-9)
     single = gs.moments(problem, name, fuse=True, dtype=torch.float32, **kw)
     assert torch.allclose(single.mean, eager.mean, rtol=1e-4, atol=1e-5)

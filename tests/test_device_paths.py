@@ -24,7 +24,7 @@ def test_exact_functions_take_a_device_and_a_device_sized_chunk():
         a = gs.moments(small, name, device="cpu", chunk_size=50, references={"g": gs.exact_gradient(small)})
         b = gs.moments(small, name, references={"g": gs.exact_gradient(small)})
         assert torch.allclose(a.mean, b.mean, rtol=1e-12, atol=1e-15) and torch.allclose(a.var, b.var, rtol=1e-10, atol=1e-15)
-        assert a.summary.sign_agree["g"].tolist() == pytest.approx(b.summary.sign_agree["g"].tolist(), rel=1e-12)
+        assert a.statistics.sign_agree["g"].tolist() == pytest.approx(b.statistics.sign_agree["g"].tolist(), rel=1e-12)
 
 
 def test_exact_functions_refuse_a_bad_device():
@@ -51,7 +51,7 @@ def test_the_fused_path_gives_the_eager_statistics(name):
     assert torch.allclose(fused.var, eager.var, rtol=1e-9, atol=1e-14)
     assert torch.allclose(fused.cov, eager.cov, rtol=1e-9, atol=1e-14)
     for field in ("sign_agree", "cosine", "descent"):
-        assert torch.allclose(getattr(fused.summary, field)["g"], getattr(eager.summary, field)["g"], rtol=1e-9)
+        assert torch.allclose(getattr(fused.statistics, field)["g"], getattr(eager.statistics, field)["g"], rtol=1e-9)
     for a, b in zip(fused.batches, eager.batches):   # the jackknife batches too
         assert a.count == b.count and torch.allclose(a.mean, b.mean, rtol=1e-10, atol=1e-14)
 
@@ -90,7 +90,7 @@ def test_fuse_is_checked_and_left_out_where_it_cannot_apply():
         refs = {"references": {"g": gs.exact_gradient(problem)}}
         a = gs.moments(problem, name, fuse=True, **refs, **extra, **kw)
         b = gs.moments(problem, name, fuse=False, **refs, **extra, **kw)
-        assert torch.equal(a.mean, b.mean) and a.summary.groups == b.summary.groups
+        assert torch.equal(a.mean, b.mean) and a.statistics.groups == b.statistics.groups
 
 
 def test_the_blocked_column_sums_of_compiled_gpu_code_equal_the_plain_sums():

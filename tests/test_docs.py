@@ -47,3 +47,11 @@ def test_guide_block_runs_on_its_own(name, code, tmp_path):
 def test_example_runs(example, tmp_path):
     done = _run(example, tmp_path)
     assert done.returncode == 0, f"{example.name} failed:\n{done.stderr[-3000:]}"
+
+
+def test_docstrings_use_numpydoc_sections_only():
+    """The docs build renders numpydoc sections; a Google-style ``Args:`` header would print as plain text."""
+    google = re.compile(r"^\s+(Args|Arguments|Attributes|Returns|Raises|Yields|Examples?|Notes?):\s*$", re.M)
+    found = [f"{path.relative_to(ROOT)}: {m.group(1)}:" for path in sorted((ROOT / "gradstats").rglob("*.py"))
+             for m in google.finditer(path.read_text())]
+    assert not found, found

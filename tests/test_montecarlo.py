@@ -105,7 +105,7 @@ def test_memory_is_bounded_by_the_chunk_not_the_draws(monkeypatch):
     monkeypatch.setattr(NoiseStream, "uniforms", lambda self, a, b: largest.append(b - a) or original(self, a, b))
     problem = gs.problems.sbn([4, 3], seed=0)
     m = gs.moments(problem, "st", method="mc", num_samples=2**20, chunk_size=4096, device="cpu", progress=False)
-    assert m.num_samples == 2**20 and m.summary.count == 2**20
+    assert m.num_samples == 2**20 and m.statistics.count == 2**20
     assert max(largest) <= 4096 and sum(largest) == 2**20
 
 
@@ -183,7 +183,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_result(tmp
     resumed = gs.moments(problem, "reinforce", checkpoint=path, **kw)
     assert calls["n"] + 10**9 == pieces - 5  # the resumed run skipped the five pieces already done
     assert torch.equal(resumed.mean, reference.mean) and torch.equal(resumed.var, reference.var)
-    assert torch.equal(resumed.summary.cosine_m["b"][10], reference.summary.cosine_m["b"][10])
+    assert torch.equal(resumed.statistics.cosine_m["b"][10], reference.statistics.cosine_m["b"][10])
     assert not path.exists()
     calls = _interrupt_at_piece(monkeypatch, 6)
     with pytest.raises(KeyboardInterrupt):
@@ -201,10 +201,10 @@ def test_float32_draws_are_accumulated_in_float64():
     kw = dict(method="mc", num_samples=50_000, seed=1, device="cpu", references={"b": g}, ms=(10,), progress=False)
     m64 = gs.moments(problem, "st", **kw)
     m32 = gs.moments(problem, "st", dtype=torch.float32, **kw)
-    assert m32.mean.dtype == torch.float64 and m32.summary.cosine["b"].dtype == torch.float64
+    assert m32.mean.dtype == torch.float64 and m32.statistics.cosine["b"].dtype == torch.float64
     assert torch.allclose(m32.mean, m64.mean, rtol=1e-4, atol=1e-5)
-    assert m32.summary.cosine["b"][0] / m32.summary.weight == pytest.approx(
-        float(m64.summary.cosine["b"][0] / m64.summary.weight), abs=1e-3)
+    assert m32.statistics.cosine["b"][0] / m32.statistics.weight == pytest.approx(
+        float(m64.statistics.cosine["b"][0] / m64.statistics.weight), abs=1e-3)
     from gradstats.noise import NoiseStream
 
     u = NoiseStream(0, (8,), torch.device("cpu"), torch.float32).uniforms(0, 2**16)

@@ -50,15 +50,24 @@ class CheckSettings:
 class Verdict:
     """The outcome of a check.
 
-    Attributes:
-        status: one of :data:`STATUSES`, on the claim's reading.
-        evidence: what was computed and found, in words and numbers.
-        qualifier: what must be read with the status (where it holds, where it fails), or "".
-        summary: the finding in one line (defaults to the evidence's first clause).
-        counterexample: a JSON-able description of a minimal counterexample (``None`` if none).
-        holds_when: the narrower conditions under which the claim does hold (when refuted).
-        cases: problem instances examined.
-        data: the numbers behind the evidence (JSON-able).
+    Attributes
+    ----------
+    status
+        One of :data:`STATUSES`, on the claim's reading.
+    evidence
+        What was computed and found, in words and numbers.
+    qualifier
+        What must be read with the status (where it holds, where it fails), or "".
+    summary
+        The finding in one line (defaults to the evidence's first clause).
+    counterexample
+        A JSON-able description of a minimal counterexample (``None`` if none).
+    holds_when
+        The narrower conditions under which the claim does hold (when refuted).
+    cases
+        Problem instances examined.
+    data
+        The numbers behind the evidence (JSON-able).
     """
 
     status: str

@@ -70,38 +70,60 @@ def _never(options: Mapping[str, Any]) -> bool:
 class Estimator:
     """A registered gradient estimator and its capability flags.
 
-    Attributes:
-        name: registry name.
-        draw: ``(problem, u [B, m, U], **options) -> FactoredGradient | [B, D]``; derived from
-            ``from_states`` and ``unit`` when absent (one pass sampled from ``u[:, 0]``).
-        summary: one line: the formula.
-        unbiased: unbiased for the binary network's gradient.
-        needs_loss_gradient: uses ``dL/dh`` (refuses losses without one).
-        noise: ``"discrete"`` (exact moments by enumeration) or ``"continuous"``.
-        objective: the objective its own unit defines (one of :data:`OBJECTIVES`).
-        reference: where it is defined.
-        defaults: its options and their default values; ``None`` passes any option
-            through (user callables).
-        kinds: problem kinds it supports.
-        from_states: per-draw gradient from given indicator states: ``copies``
-            independent passes per draw, stacked draw-major (``[B * copies, ...]``).
-        unit: the law of the states that ``from_states`` is enumerated under.
-        copies: independent passes one draw uses (``k`` for leave-one-out).
-        outcomes_per_unit: outcomes the exact engine enumerates per unit and pass (2 for
-            Bernoulli states, 3 for DisARM's antithetic cells).
-        outcomes: ``(problem, chunk_size=, max_states=, device=, **options)`` yielding
-            ``(probabilities [C], gradients)`` on ``device`` over every outcome of the noise, for
-            exact moments; derived from ``from_states`` and ``unit`` when absent.
-        loss_evals: loss evaluations per draw, from the problem and the options.
-        noise_per_unit: uniforms per unit per draw (``m``), from the options.
-        max_layers: the deepest network it is defined for (``None``: any).
-        exact_max_layers: the deepest network its exact moments are implemented for.
-        stateful: whether, with these options, a draw depends on the draws before it
-            (REINFORCE's running baseline); then ``draw`` takes ``state=`` and returns
-            ``(gradient, state)``, the Monte Carlo engine carries the state across chunks in
-            draw order, and exact moments do not exist.
-        prepare: ``(problem, options) -> options``: validates and resolves options
-            that depend on the problem (such as an exact optimal baseline).
+    Attributes
+    ----------
+    name
+        Registry name.
+    draw
+        ``(problem, u [B, m, U], **options) -> FactoredGradient | [B, D]``; derived from
+        ``from_states`` and ``unit`` when absent (one pass sampled from ``u[:, 0]``).
+    summary
+        One line: the formula.
+    unbiased
+        Unbiased for the binary network's gradient.
+    needs_loss_gradient
+        Uses ``dL/dh`` (refuses losses without one).
+    noise
+        ``"discrete"`` (exact moments by enumeration) or ``"continuous"``.
+    objective
+        The objective its own unit defines (one of :data:`OBJECTIVES`).
+    reference
+        Where it is defined.
+    defaults
+        Its options and their default values; ``None`` passes any option
+        through (user callables).
+    kinds
+        Problem kinds it supports.
+    from_states
+        Per-draw gradient from given indicator states: ``copies``
+        independent passes per draw, stacked draw-major (``[B * copies, ...]``).
+    unit
+        The law of the states that ``from_states`` is enumerated under.
+    copies
+        Independent passes one draw uses (``k`` for leave-one-out).
+    outcomes_per_unit
+        Outcomes the exact engine enumerates per unit and pass (2 for
+        Bernoulli states, 3 for DisARM's antithetic cells).
+    outcomes
+        ``(problem, chunk_size=, max_states=, device=, **options)`` yielding
+        ``(probabilities [C], gradients)`` on ``device`` over every outcome of the noise, for
+        exact moments; derived from ``from_states`` and ``unit`` when absent.
+    loss_evals
+        Loss evaluations per draw, from the problem and the options.
+    noise_per_unit
+        Uniforms per unit per draw (``m``), from the options.
+    max_layers
+        The deepest network it is defined for (``None``: any).
+    exact_max_layers
+        The deepest network its exact moments are implemented for.
+    stateful
+        Whether, with these options, a draw depends on the draws before it
+        (REINFORCE's running baseline); then ``draw`` takes ``state=`` and returns
+        ``(gradient, state)``, the Monte Carlo engine carries the state across chunks in
+        draw order, and exact moments do not exist.
+    prepare
+        ``(problem, options) -> options``: validates and resolves options
+        that depend on the problem (such as an exact optimal baseline).
     """
 
     name: str
