@@ -147,8 +147,6 @@ class NoiseStream:
     def _fill(self, k: int, out: Tensor | None = None) -> Tensor:
         """Block ``k``'s float64 uniforms, written into ``out`` when given (the same bits either way)."""
         g = self._generator.manual_seed(self._seed(k))
-        if out is None:
-            return torch.rand((BLOCK, *self.shape), generator=g, device=self.device, dtype=torch.float64)
         return torch.rand((BLOCK, *self.shape), generator=g, device=self.device, dtype=torch.float64, out=out)
 
     def uniforms(self, start: int, stop: int) -> Tensor:
