@@ -30,7 +30,7 @@ from torch.nn import functional as F
 import gradstats as gs
 import gradstats.functional as gf
 from analyses._runner import Analysis, estimate, exact
-from gradstats.estimators.score_function import leave_one_out_rule
+from gradstats.estimators.score_function import leave_one_out_rule, tied_losses
 
 HIDDEN = (64, 64)
 MINIBATCH = 32
@@ -106,8 +106,9 @@ def closure(name: str, x, y):
         a2 = b1 @ p["W2"] + p["c2"]
         b2 = (u["2"] < torch.sigmoid(a2.detach())).to(a2)
         losses = _readout(b2.reshape(k * n, -1), {key: v.detach() for key, v in p.items()}, y.repeat(k)).reshape(k, n)
+        losses = tied_losses(losses, b2, axis=0)                                  # equal outputs, equal losses
         d1 = leave_one_out_rule(a1.detach().expand_as(b1), b1, losses, axis=0)
-        d2 = leave_one_out_rule(a2.detach(), b2, losses, axis=0)
+        d2 = leave_one_out_rule(a2.detach(), b2, losses, axis=0, inputs=b1)   # layer 2's inputs differ per pass
         readout = _readout(b2.reshape(k * n, -1), p, y.repeat(k)).mean()
         return ((d1.detach() * a1).sum() + (d2.detach() * a2).sum()) / n + readout
 

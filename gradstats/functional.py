@@ -19,7 +19,9 @@ Score function and antithetic (they need the loss, so they return the sample and
   :class:`RunningBaseline` holds the paper's running estimate of Eq. 10;
 * :func:`arm`, :func:`disarm`, :func:`reinforce_loo`, :func:`local_expectation`, on one layer of
   units: they evaluate ``loss_fn`` at several samples and return ``(h, surrogate)``, a scalar whose
-  gradient with respect to ``a`` is the estimate (summed over rows).
+  gradient with respect to ``a`` is the estimate (summed over rows). ``loss_fn`` must act on each
+  row of ``h`` alone: rows that are equal are given one loss value (the first's), so that the
+  differences between them are exactly 0 however the device rounds.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .estimators.score_function import (
     leave_one_out_rule,
     local_expectation_rule,
     reinforce_rule,
+    tied_losses,
 )
 from .estimators.surrogate import (
     gumbel_rule,
@@ -157,7 +160,8 @@ def _check_rows(loss: Tensor, h: Tensor) -> Tensor:
 def _antithetic_pair(a: Tensor, loss_fn, u: Tensor | None, generator: torch.Generator | None):
     uu, ad = _uniforms(a, u, generator), a.detach()
     b, b_anti = BINARY.sample(ad, uu)[1], antithetic(ad, uu)
-    return uu, b, b_anti, _check_rows(loss_fn(b), b), _check_rows(loss_fn(b_anti), b)
+    main, anti = _check_rows(loss_fn(b), b), _check_rows(loss_fn(b_anti), b)
+    return uu, b, b_anti, main, torch.where((b == b_anti).all(-1), main, anti)   # equal rows, equal losses
 
 
 def arm(a: Tensor, loss_fn: Callable[[Tensor], Tensor], *, u: Tensor | None = None,
@@ -186,7 +190,8 @@ def reinforce_loo(a: Tensor, loss_fn: Callable[[Tensor], Tensor], k: int = 2, *,
     uu = u.to(a) if u is not None else torch.rand(shape, generator=generator, dtype=a.dtype, device=a.device)
     ad = a.detach().expand(shape)
     b = BINARY.sample(ad, uu)[1]
-    return b, _surrogate(a, leave_one_out_rule(ad, b, _check_rows(loss_fn(b), b), axis=0).sum(0))
+    loss = tied_losses(_check_rows(loss_fn(b), b), b, axis=0)   # equal rows, equal losses
+    return b, _surrogate(a, leave_one_out_rule(ad, b, loss, axis=0).sum(0))
 
 
 def local_expectation(a: Tensor, loss_fn: Callable[[Tensor], Tensor], *, u: Tensor | None = None,

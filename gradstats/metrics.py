@@ -31,7 +31,13 @@ Conventions at the edges (values, never silently 0):
 
 * ``sign(0) = 0``: a zero estimate agrees only with a zero gradient; a value within
   ``SIGN_TOLERANCE`` (1e-9) times the larger of the two vectors' largest magnitudes is rounding and
-  counts as 0 (:func:`sign_agreement`); a single draw's sign is its raw sign;
+  counts as 0 (:func:`sign_agreement`); a single draw's sign is its raw sign, so an estimator's
+  draw that is 0 in exact arithmetic must be 0 in floating point: passes that reach the same output
+  are given one loss value (:func:`~gradstats.estimators.score_function.tied_losses`), and
+  leave-one-out's terms of a unit whose samples agree are 0, on every device. A zero that comes
+  from a coincidence of loss values at *different* outputs (a loss symmetric in some units, or
+  leave-one-out with ``k >= 3`` whose losses satisfy a linear relation) keeps the loss's rounding,
+  about 1e-16 of it, and that residue's sign counts;
 * the cosine of a zero vector is 0; cosines of tiny or huge vectors are exact (both vectors
   are rescaled by their largest entry first, with no eps clamp);
 * ``relative_bias`` against a zero reference is ``inf`` (0 when the bias is 0 too);

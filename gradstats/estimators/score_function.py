@@ -19,6 +19,13 @@ the layers above resampled from the *same* uniforms gives ``f(b~)``. Any couplin
 of the two branches keeps the estimate unbiased, and sharing the uniforms lowers
 its variance. The local-expectation estimator resamples the layers above its flips
 the same way.
+
+Equal outputs, equal losses: wherever two passes reach the same output (every
+unit of the last layer), their losses are given the same value
+(:func:`tied_losses`), so the rules' differences between them are exactly 0 on
+every device, as they are in exact arithmetic. A device may round one row
+differently at different positions of a batch (CUDA does), and a residue of
+1e-17 would otherwise count as a sign in a draw's sign agreement.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from .base import Estimator, sample_trajectory
 __all__ = [
     "reinforce_rule",
     "leave_one_out_rule",
+    "tied_losses",
     "arm_rule",
     "disarm_rule",
     "local_expectation_rule",
@@ -72,7 +80,7 @@ def reinforce_rule(a: Tensor, h: Tensor, loss: Tensor, baseline: Tensor | float)
     return binary_residual(a, h) * (loss[..., None] - baseline)
 
 
-def leave_one_out_rule(a: Tensor, b: Tensor, loss: Tensor, axis: int) -> Tensor:
+def leave_one_out_rule(a: Tensor, b: Tensor, loss: Tensor, axis: int, inputs: Tensor | None = None) -> Tensor:
     r"""REINFORCE with the leave-one-out baseline over ``k`` samples (Kool, van Hoof & Welling 2019;
     Mnih & Rezende 2016): per sample ``j``,
     :math:`\frac{1}{k - 1}(f_j - \bar f)(b_j - p)`, where :math:`\bar f` is the mean of the ``k`` losses; the
@@ -82,10 +90,26 @@ def leave_one_out_rule(a: Tensor, b: Tensor, loss: Tensor, axis: int) -> Tensor:
     ``b`` holds the ``k`` samples along ``axis`` (``[..., k, ..., n]``), ``loss`` their losses (``b``'s shape
     without the unit axis); returns the ``k`` terms, before the sum. Losses are values (held fixed).
     Unbiased for ``k >= 2``, any loss. Cost: ``k`` loss evaluations.
+
+    Exact zeros stay exact: :math:`f_j - \bar f` is computed as :math:`\frac1k \sum_i (f_j - f_i)`, so equal
+    losses give 0 and two samples give exact negatives; and a unit whose ``k`` samples agree (logit, state
+    and, when the terms will be multiplied by per-sample ``inputs`` ``[..., k, ..., m]``, input row) has
+    terms that sum to :math:`(b - p) \sum_j (f_j - \bar f) = 0`, returned as 0 rather than as rounding.
     """
+    axis = axis % loss.ndim
     k = loss.shape[axis]
-    centred = (loss - loss.mean(axis, keepdim=True)) / (k - 1)
-    return binary_residual(a, b) * centred[..., None]
+    f = loss.movedim(axis, -1)
+    centred = (f[..., :, None] - f[..., None, :]).sum(-1).movedim(-1, axis) / (k * (k - 1))
+    terms = binary_residual(a, b) * centred[..., None]
+    agree = _agree(a, axis) & _agree(b, axis)
+    if inputs is not None:
+        agree = agree & _agree(inputs, axis).all(-1, keepdim=True)
+    return torch.where(agree, 0.0, terms)
+
+
+def _agree(t: Tensor, axis: int) -> Tensor:
+    """Whether every sample along ``axis`` equals the first (kept as an axis of size 1)."""
+    return (t == t.narrow(axis, 0, 1)).all(axis, keepdim=True)
 
 
 def arm_rule(u: Tensor, loss: Tensor, loss_antithetic: Tensor) -> Tensor:
@@ -120,6 +144,28 @@ def local_expectation_rule(a: Tensor, h: Tensor, loss: Tensor, flipped_losses: T
     unbiased for any loss. Cost: ``1 + n`` loss evaluations for ``n`` units.
     """
     return sigmoid_derivative(a) * ((1 - 2 * h) * (flipped_losses - loss[..., None]))
+
+
+# ---- equal outputs, equal losses ----------------------------------------------------------------
+
+def tied_losses(loss: Tensor, outputs: Tensor, axis: int) -> Tensor:
+    """``loss`` with each of the ``k`` passes along ``axis`` given the loss of the first pass whose output
+    equals its own (every unit; ``outputs`` is ``loss``'s shape plus the unit axis).
+
+    Equal outputs have equal losses in exact arithmetic; tied, the differences the rules take between them
+    are exactly 0 on every device (module docstring).
+    """
+    f, out = loss.movedim(axis, -1), outputs.movedim(axis, -2)                     # [..., k], [..., k, n]
+    k = f.shape[-1]
+    same = (out[..., :, None, :] == out[..., None, :, :]).all(-1)                 # [..., k (j), k (i)]
+    index = torch.arange(k, device=f.device)
+    first = torch.where(same, index, k).amin(-1)                                   # first i with out_i == out_j
+    return f.gather(-1, first).movedim(-1, axis)
+
+
+def _tied_to(loss: Tensor, outputs: Tensor, reference_loss: Tensor, reference_outputs: Tensor) -> Tensor:
+    """``loss``, or ``reference_loss`` where ``outputs`` equal ``reference_outputs`` (every unit; broadcast)."""
+    return torch.where((outputs == reference_outputs).all(-1), reference_loss, loss)
 
 
 # ---- baselines ------------------------------------------------------------------------------------
@@ -286,12 +332,14 @@ def _prepare_loo(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _loo_states(problem: Problem, traj: Trajectory, k: int) -> FactoredGradient:
-    loss = problem.loss(traj.output).reshape(-1, k)                       # [B, k]
+    draws = (-1, k, traj.output.shape[-1])
+    loss = tied_losses(problem.loss(traj.output).reshape(-1, k), traj.output.reshape(draws), axis=1)   # [B, k]
     deltas, inputs = [], []
     for a, h, inp in zip(traj.logits, traj.indicators, traj.inputs):
         draws = (loss.shape[0], k, -1)
-        deltas.append(leave_one_out_rule(a.reshape(draws), h.reshape(draws), loss, axis=1))
-        inputs.append(None if inp is None else inp.reshape(draws))
+        inp = None if inp is None else inp.reshape(draws)
+        deltas.append(leave_one_out_rule(a.reshape(draws), h.reshape(draws), loss, axis=1, inputs=inp))
+        inputs.append(inp)
     return FactoredGradient(deltas, inputs)
 
 
@@ -322,7 +370,8 @@ REINFORCE_LOO = Estimator(
 
 def antithetic_losses(problem: Problem, traj: Trajectory, u: Tensor) -> tuple[Tensor, list[Tensor]]:
     """``f(b)`` of the main pass and, per layer ``t``, ``f`` with layer ``t`` antithetic and the
-    layers above resampled from the same uniforms ``u [B, U]``."""
+    layers above resampled from the same uniforms ``u [B, U]``; where the two reach the same output, the same
+    loss value (:func:`tied_losses`)."""
     parts = problem.split_units(u)
     main = problem.loss(traj.output)
     anti = []
@@ -331,7 +380,7 @@ def antithetic_losses(problem: Problem, traj: Trajectory, u: Tensor) -> tuple[Te
         for layer in range(t + 1, problem.num_layers):
             a = problem.logits(layer, h, {k: v.to(u) for k, v in problem.parameters.items()})
             h = BINARY.sample(a, parts[layer])[1]
-        anti.append(problem.loss(h))
+        anti.append(_tied_to(problem.loss(h), h, main, traj.output))
     return main, anti
 
 
@@ -472,9 +521,11 @@ DISARM = Estimator(
 
 # ---- local expectation (every unit's two values, the rest held fixed) ------------------------------
 
-def _flipped_losses(problem: Problem, traj: Trajectory, layer: int, parts: list[Tensor] | None) -> Tensor:
+def _flipped_losses(problem: Problem, traj: Trajectory, layer: int, parts: list[Tensor] | None,
+                    main: Tensor) -> Tensor:
     """``f`` with unit ``i`` of ``layer`` flipped, for every ``i``: ``[B, n]``. The units above are
-    resampled from the draw's own uniforms ``parts`` (common random numbers)."""
+    resampled from the draw's own uniforms ``parts`` (common random numbers); a flip that leaves the output
+    as it was gets the draw's own loss ``main`` (:func:`tied_losses`)."""
     h = traj.indicators[layer]
     batch, n = h.shape
     flipped = flip_each(h, axis=-2).reshape(batch * n, n)
@@ -482,13 +533,14 @@ def _flipped_losses(problem: Problem, traj: Trajectory, layer: int, parts: list[
     for upper in range(layer + 1, problem.num_layers):
         a = problem.logits(upper, flipped, params)
         flipped = BINARY.sample(a, parts[upper].repeat_interleave(n, 0))[1]
-    return problem.loss(flipped).reshape(batch, n)
+    losses = problem.loss(flipped).reshape(batch, n)
+    return _tied_to(losses, flipped.reshape(batch, n, -1), main[:, None], traj.output[:, None])
 
 
 def _local_expectation_deltas(problem: Problem, traj: Trajectory, parts: list[Tensor] | None) -> FactoredGradient:
     """:func:`local_expectation_rule` on every layer, the layers above each flip resampled from ``parts``."""
     main = problem.loss(traj.output)
-    deltas = [local_expectation_rule(a, h, main, _flipped_losses(problem, traj, layer, parts))
+    deltas = [local_expectation_rule(a, h, main, _flipped_losses(problem, traj, layer, parts, main))
               for layer, (a, h) in enumerate(zip(traj.logits, traj.indicators))]
     return FactoredGradient(deltas, list(traj.inputs))
 
