@@ -92,24 +92,24 @@ def leave_one_out_rule(a: Tensor, b: Tensor, loss: Tensor, axis: int, inputs: Te
     Unbiased for ``k >= 2``, any loss. Cost: ``k`` loss evaluations.
 
     Exact zeros stay exact: :math:`f_j - \bar f` is computed as :math:`\frac1k \sum_i (f_j - f_i)`, so equal
-    losses give 0 and two samples give exact negatives; and a unit whose ``k`` samples agree (logit, state
-    and, when the terms will be multiplied by per-sample ``inputs`` ``[..., k, ..., m]``, input row) has
-    terms that sum to :math:`(b - p) \sum_j (f_j - \bar f) = 0`, returned as 0 rather than as rounding.
+    losses give 0 and two samples give exact negatives; and a unit whose ``k`` samples agree has terms that
+    sum to :math:`(b - p) \sum_j (f_j - \bar f) = 0`, returned as 0 rather than as rounding. The samples
+    agree where their states do and, when the terms will be multiplied by per-sample ``inputs``
+    ``[..., k, ..., m]`` (a weight gradient), their input rows, which fix the logits; without ``inputs``,
+    where their logits do.
     """
     axis = axis % loss.ndim
     k = loss.shape[axis]
     f = loss.movedim(axis, -1)
     centred = (f[..., :, None] - f[..., None, :]).sum(-1).movedim(-1, axis) / (k * (k - 1))
     terms = binary_residual(a, b) * centred[..., None]
-    agree = _agree(a, axis) & _agree(b, axis)
-    if inputs is not None:
-        agree = agree & _agree(inputs, axis).all(-1, keepdim=True)
-    return torch.where(agree, 0.0, terms)
+    agree = _agree(b, axis) & (_agree(a, axis) if inputs is None else _agree(inputs, axis).all(-1, keepdim=True))
+    return terms.mul_(agree.logical_not())        # 0 where they agree (a multiplication: faster than a where)
 
 
 def _agree(t: Tensor, axis: int) -> Tensor:
     """Whether every sample along ``axis`` equals the first (kept as an axis of size 1)."""
-    return (t == t.narrow(axis, 0, 1)).all(axis, keepdim=True)
+    return (t.narrow(axis, 1, t.shape[axis] - 1) == t.narrow(axis, 0, 1)).all(axis, keepdim=True)
 
 
 def arm_rule(u: Tensor, loss: Tensor, loss_antithetic: Tensor) -> Tensor:
@@ -156,11 +156,11 @@ def tied_losses(loss: Tensor, outputs: Tensor, axis: int) -> Tensor:
     are exactly 0 on every device (module docstring).
     """
     f, out = loss.movedim(axis, -1), outputs.movedim(axis, -2)                     # [..., k], [..., k, n]
-    k = f.shape[-1]
-    same = (out[..., :, None, :] == out[..., None, :, :]).all(-1)                 # [..., k (j), k (i)]
-    index = torch.arange(k, device=f.device)
-    first = torch.where(same, index, k).amin(-1)                                   # first i with out_i == out_j
-    return f.gather(-1, first).movedim(-1, axis)
+    tied, rows = list(f.unbind(-1)), out.unbind(-2)
+    for j in range(1, len(tied)):
+        for i in reversed(range(j)):                                              # the first equal pass wins
+            tied[j] = _tied_to(tied[j], rows[j], tied[i], rows[i])
+    return torch.stack(tied, -1).movedim(-1, axis)
 
 
 def _tied_to(loss: Tensor, outputs: Tensor, reference_loss: Tensor, reference_outputs: Tensor) -> Tensor:
@@ -285,9 +285,15 @@ def _is_running(baseline) -> bool:
     return isinstance(baseline, str) and baseline == "running"
 
 
+def _shared_logits(a: Tensor) -> Tensor:
+    """``a``, or its first row where every row is one view (stride 0: a first layer's logits, its input shared),
+    so that the per-unit work on the logits is done once, not once per draw."""
+    return a[:1] if a.stride(0) == 0 else a
+
+
 def _reinforce_states(problem: Problem, traj: Trajectory, baseline: Tensor, decay: float = RUNNING_DECAY) -> FactoredGradient:
     loss = problem.loss(traj.output)
-    deltas = [reinforce_rule(a, h, loss, b.to(loss))
+    deltas = [reinforce_rule(_shared_logits(a), h, loss, b.to(loss))
               for a, h, b in zip(traj.logits, traj.indicators, problem.split_units(baseline))]
     return FactoredGradient(deltas, list(traj.inputs))
 
@@ -337,8 +343,10 @@ def _loo_states(problem: Problem, traj: Trajectory, k: int) -> FactoredGradient:
     deltas, inputs = [], []
     for a, h, inp in zip(traj.logits, traj.indicators, traj.inputs):
         draws = (loss.shape[0], k, -1)
+        a = _shared_logits(a)
+        a = a.reshape(1, 1, -1) if a.shape[0] == 1 else a.reshape(draws)
         inp = None if inp is None else inp.reshape(draws)
-        deltas.append(leave_one_out_rule(a.reshape(draws), h.reshape(draws), loss, axis=1, inputs=inp))
+        deltas.append(leave_one_out_rule(a, h.reshape(draws), loss, axis=1, inputs=inp))
         inputs.append(inp)
     return FactoredGradient(deltas, inputs)
 
