@@ -6,8 +6,9 @@ same output (leave-one-out, ARM, DisARM, local expectation on deep networks), an
 ``k`` terms cancel. A device may round one row of a batch differently at different positions (CUDA
 does): :func:`rounded_by_position` imitates that on the CPU by scaling each row's loss by
 ``1 + j * 2^-52``, ``j`` in {0, 1, 2} set by its position and the call, so that equal outputs get losses
-one or two ulps apart. Every check here is exact (no tolerance on a sign), and each fails on the
-code that differenced those losses as they came and took leave-one-out's mean as ``sum / k``.
+one or two ulps apart. Every check here is exact (no tolerance on a sign), and each, bar the check of
+that instrument, fails on the code that differenced those losses as they came and took leave-one-out's
+mean as ``sum / k``.
 """
 
 import itertools
@@ -117,7 +118,7 @@ def test_tied_losses_gives_equal_outputs_the_first_pass_loss():
     assert torch.equal(tied_losses(loss.T, outputs.permute(1, 0, 2), axis=0), torch.tensor([[1.0], [2.0], [1.0], [2.0]]))
 
 
-@pytest.mark.parametrize("dropin", ["arm", "disarm", "reinforce_loo"])
+@pytest.mark.parametrize("dropin", ["arm", "reinforce_loo"])   # one-layer DisARM: 1[b != b~] gives its zeros
 def test_dropins_give_the_same_signs_however_the_device_rounds_the_loss(dropin):
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(5, dtype=torch.float64, generator=gen)
