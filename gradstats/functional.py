@@ -161,7 +161,8 @@ def _antithetic_pair(a: Tensor, loss_fn, u: Tensor | None, generator: torch.Gene
     uu, ad = _uniforms(a, u, generator), a.detach()
     b, b_anti = BINARY.sample(ad, uu)[1], antithetic(ad, uu)
     main, anti = _check_rows(loss_fn(b), b), _check_rows(loss_fn(b_anti), b)
-    return uu, b, b_anti, main, torch.where((b == b_anti).all(-1), main, anti)   # equal rows, equal losses
+    anti = tied_losses(torch.stack([main, anti]), torch.stack([b, b_anti]), axis=0)[1]   # equal rows, equal losses
+    return uu, b, b_anti, main, anti
 
 
 def arm(a: Tensor, loss_fn: Callable[[Tensor], Tensor], *, u: Tensor | None = None,

@@ -305,10 +305,11 @@ def _reinforce_draw(problem: Problem, u: Tensor, baseline, decay: float = RUNNIN
     loss = problem.loss(traj.output)
     if state is None:
         state = torch.zeros(2, problem.num_units, dtype=u.dtype, device=u.device)
-    square = torch.cat([binary_residual(a, h) for a, h in zip(traj.logits, traj.indicators)], 1).square()
+    logits = [_shared_logits(a) for a in traj.logits]
+    square = torch.cat([binary_residual(a, h) for a, h in zip(logits, traj.indicators)], 1).square()
     running, after = RunningBaseline(state[0], state[1], decay).before_each(square, loss)
     deltas = [reinforce_rule(a, h, loss, b)
-              for a, h, b in zip(traj.logits, traj.indicators, problem.split_units(running))]
+              for a, h, b in zip(logits, traj.indicators, problem.split_units(running))]
     return FactoredGradient(deltas, list(traj.inputs)), torch.stack([after.numerator, after.denominator])
 
 
@@ -338,8 +339,8 @@ def _prepare_loo(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _loo_states(problem: Problem, traj: Trajectory, k: int) -> FactoredGradient:
-    draws = (-1, k, traj.output.shape[-1])
-    loss = tied_losses(problem.loss(traj.output).reshape(-1, k), traj.output.reshape(draws), axis=1)   # [B, k]
+    outputs = traj.output.reshape(-1, k, traj.output.shape[-1])
+    loss = tied_losses(problem.loss(traj.output).reshape(-1, k), outputs, axis=1)   # [B, k]
     deltas, inputs = [], []
     for a, h, inp in zip(traj.logits, traj.indicators, traj.inputs):
         draws = (loss.shape[0], k, -1)
