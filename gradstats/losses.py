@@ -257,7 +257,16 @@ def softplus_ridge(weights, directions, offsets, scales) -> Loss:
     :math:`s_i = \pm 1` for every value of the other units (strictly where some
     :math:`w_k v_{ki} > 0`).
 
-    Args: ``scales`` ``w [K]``, ``weights`` ``v [K, N]``, ``directions`` ``s [N]``, ``offsets`` ``o [K]``.
+    Parameters
+    ----------
+    weights : array_like, shape [K, N]
+        :math:`v`, entrywise ``>= 0``.
+    directions : array_like, shape [N]
+        :math:`s`, each ``-1`` or ``+1``.
+    offsets : array_like, shape [K]
+        :math:`o`.
+    scales : array_like, shape [K]
+        :math:`w`, each ``> 0``.
     """
     v = _finite_tensor("weights", weights, ndim=2)
     s = _finite_tensor("directions", directions, ndim=1)
