@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 
 TEX_PACKAGES := texlive-latex-base texlive-latex-recommended latexmk
 
-.PHONY: test test-streams check-figures lint figures paper tex bench docs clean-venv
+.PHONY: test test-slow test-streams check-figures lint figures paper tex bench docs clean-venv
 
 # The tests whose assertions are on random quantities, rerun on other noise streams (tests/conftest.py):
 # an assertion that holds only by the luck of the default stream fails here.
@@ -27,11 +27,15 @@ lint: $(STAMP)
 	$(PY) -m ruff check gradstats tests analyses benchmarks examples docs
 
 test: lint
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 -m "not slow"
+
+# The long studies among the tests (the calibration suite of the statistical tests); CI runs them too.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m slow
 
 test-streams: $(STAMP)
-	GRADSTATS_TEST_STREAM=1 $(PY) -m pytest -q -n 2 $(STATISTICAL_TESTS)
-	GRADSTATS_TEST_STREAM=2 $(PY) -m pytest -q -n 2 $(STATISTICAL_TESTS)
+	GRADSTATS_TEST_STREAM=1 $(PY) -m pytest -q -n 2 -m "not slow" $(STATISTICAL_TESTS)
+	GRADSTATS_TEST_STREAM=2 $(PY) -m pytest -q -n 2 -m "not slow" $(STATISTICAL_TESTS)
 
 figures: $(STAMP)
 	$(PY) -m analyses.run_all --jobs 0

@@ -3,7 +3,9 @@ r"""Weighted streaming statistics of per-draw gradients, in float64, and the :cl
 A chunk of per-draw gradients (weights: the probabilities of enumerated
 outcomes, or ones for Monte Carlo draws) is reduced to a :class:`Summary`:
 total weight, mean, centred second moments (per coordinate, and the full
-covariance when asked), and, against each reference gradient ``g``, the sums
+covariance when asked), centred third and fourth moments per coordinate (the
+skewness and kurtosis that say whether a standard error can be trusted,
+:mod:`gradstats.stats`), and, against each reference gradient ``g``, the sums
 of the per-draw metrics of :mod:`gradstats.metrics`: ``1[sign g_hat_j = sign g_j]``
 per coordinate, ``cos(g_hat, g)`` and ``1[<g_hat, g> > 0]`` (overall and per
 layer), and ``cos`` of the mean of ``M`` consecutive draws. Summaries merge
@@ -12,11 +14,22 @@ with the pairwise update of Chan, Golub & LeVeque (1979),
 .. math:: \delta = m_b - m_a,\quad m = m_a + \delta\,w_b / w,\quad
           M_2 = M_{2,a} + M_{2,b} + \delta\delta^\top w_a w_b / w,
 
-so no large sums of squares are ever differenced.
+and its extension to the third and fourth moments (Pébay 2008, "Formulas for
+robust, one-pass parallel computation of covariances and arbitrary-order
+statistical moments", Sandia report SAND2008-6212, Eqs. 2.1-2.2),
+
+.. math:: M_3 = M_{3,a} + M_{3,b} + \delta^3 \frac{w_a w_b (w_a - w_b)}{w^2}
+              + 3\delta \frac{w_a M_{2,b} - w_b M_{2,a}}{w},
+
+.. math:: M_4 = M_{4,a} + M_{4,b} + \delta^4 \frac{w_a w_b (w_a^2 - w_a w_b + w_b^2)}{w^3}
+              + 6\delta^2 \frac{w_a^2 M_{2,b} + w_b^2 M_{2,a}}{w^2}
+              + 4\delta \frac{w_a M_{3,b} - w_b M_{3,a}}{w},
+
+so no large sums of powers are ever differenced.
 
 Structure is used, not materialised: a weight gradient ``delta (x) x`` whose
 input ``x`` is the same for every draw (a network's first layer) has mean
-``mean(delta) (x) x``, centred second moment ``M2(delta) (x) x^2``, sign
+``mean(delta) (x) x``, centred ``k``-th moments ``Mk(delta) (x) x^k``, sign
 agreement from the sign counts of ``delta``, and inner product
 ``delta . (G x)`` with the reference, all at the cost of the ``delta``s.
 Conventions: ``sign(0) = 0`` (a zero estimate agrees only with a zero
@@ -25,6 +38,7 @@ gradient); the cosine of a zero vector is 0.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -50,6 +64,8 @@ class Summary:
     count: int
     mean: Tensor
     m2: Tensor
+    m3: Tensor
+    m4: Tensor
     comoment: Tensor | None = None
     sign_agree: dict[str, Tensor] = field(default_factory=dict)
     cosine: dict[str, Tensor] = field(default_factory=dict)
@@ -60,8 +76,8 @@ class Summary:
     @staticmethod
     def empty(dim: int, full_covariance: bool, device=None) -> Summary:
         z = torch.zeros(dim, dtype=torch.float64, device=device)
-        return Summary(0.0, 0, z, z.clone(), torch.zeros(dim, dim, dtype=torch.float64, device=device)
-                       if full_covariance else None)
+        return Summary(0.0, 0, z, z.clone(), z.clone(), z.clone(),
+                       torch.zeros(dim, dim, dtype=torch.float64, device=device) if full_covariance else None)
 
     def merged(self, other: Summary) -> Summary:
         """The summary of both sets of draws."""
@@ -69,9 +85,11 @@ class Summary:
             return self
         if self.weight == 0:
             return other
-        total = self.weight + other.weight
+        wa, wb = self.weight, other.weight
+        total = wa + wb
         delta = other.mean - self.mean
-        factor = self.weight * other.weight / total
+        factor = wa * wb / total
+        d2 = delta.square()
         comoment = None
         if self.comoment is not None and other.comoment is not None:
             comoment = self.comoment + other.comoment + torch.outer(delta, delta) * factor
@@ -82,8 +100,13 @@ class Summary:
         return Summary(
             weight=total,
             count=self.count + other.count,
-            mean=self.mean + delta * (other.weight / total),
-            m2=self.m2 + other.m2 + delta.square() * factor,
+            mean=self.mean + delta * (wb / total),
+            m2=self.m2 + other.m2 + d2 * factor,
+            m3=self.m3 + other.m3 + d2 * delta * (factor * (wa - wb) / total)
+            + 3 * delta * (wa * other.m2 - wb * self.m2) / total,
+            m4=self.m4 + other.m4 + d2.square() * (factor * (wa * wa - wa * wb + wb * wb) / total**2)
+            + 6 * d2 * (wa * wa * other.m2 + wb * wb * self.m2) / total**2
+            + 4 * delta * (wa * other.m3 - wb * self.m3) / total,
             comoment=comoment,
             sign_agree=add(self.sign_agree, other.sign_agree),
             cosine=add(self.cosine, other.cosine),
@@ -96,13 +119,17 @@ class Summary:
     def to_state(self) -> dict:
         """Plain tensors, numbers and dicts (what a checkpoint stores)."""
         return {"weight": float(self.weight), "count": int(self.count), "mean": self.mean, "m2": self.m2,
-                "comoment": self.comoment, "sign_agree": dict(self.sign_agree), "cosine": dict(self.cosine),
+                "m3": self.m3, "m4": self.m4, "comoment": self.comoment, "sign_agree": dict(self.sign_agree),
+                "cosine": dict(self.cosine),
                 "descent": dict(self.descent), "cosine_m": {k: dict(v) for k, v in self.cosine_m.items()},
                 "groups": dict(self.groups)}
 
     @staticmethod
-    def from_state(state: dict, dim: int, full_covariance: bool, where: str = "summary") -> Summary:
-        """The inverse of :meth:`to_state`, checking every shape against ``dim`` (a ValueError naming ``where``)."""
+    def from_state(state: dict, dim: int, full_covariance: bool, where: str = "summary",
+                   unweighted: bool = True) -> Summary:
+        """The inverse of :meth:`to_state`, checking every shape against ``dim`` and every invariant
+        (:meth:`check`; ``unweighted``: Monte Carlo draws, whose weight is their count), a ValueError naming
+        ``where``."""
         def tensor(value, shape, name):
             if not (isinstance(value, Tensor) and tuple(value.shape) == shape and value.dtype == torch.float64):
                 got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
@@ -115,23 +142,96 @@ class Summary:
                 tensor(comoment, (dim, dim), "comoment")
             elif comoment is not None:
                 raise ValueError(f"{where}: a covariance was stored, none was asked for")
-            return Summary(
-                weight=float(state["weight"]), count=int(state["count"]),
-                mean=tensor(state["mean"], (dim,), "mean"), m2=tensor(state["m2"], (dim,), "m2"), comoment=comoment,
-                sign_agree={k: tensor(v, (dim,), "sign_agree") for k, v in state["sign_agree"].items()},
-                cosine=dict(state["cosine"]), descent=dict(state["descent"]),
-                cosine_m={k: dict(v) for k, v in state["cosine_m"].items()},
-                groups={int(k): int(v) for k, v in state["groups"].items()})
-        except (KeyError, TypeError, AttributeError) as err:
+            count, weight = state["count"], state["weight"]
+            if isinstance(count, bool) or not isinstance(count, int):
+                raise ValueError(f"{where}: count must be an integer, got {count!r}")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                raise ValueError(f"{where}: weight must be a number, got {weight!r}")
+            summary = Summary(
+                weight=float(weight), count=count,
+                mean=tensor(state["mean"], (dim,), "mean"), m2=tensor(state["m2"], (dim,), "m2"),
+                m3=tensor(state["m3"], (dim,), "m3"), m4=tensor(state["m4"], (dim,), "m4"), comoment=comoment,
+                sign_agree={str(k): tensor(v, (dim,), "sign_agree") for k, v in state["sign_agree"].items()},
+                cosine={str(k): v for k, v in state["cosine"].items()},
+                descent={str(k): v for k, v in state["descent"].items()},
+                cosine_m={str(k): {int(m): c for m, c in v.items()} for k, v in state["cosine_m"].items()},
+                groups={int(k): v for k, v in state["groups"].items()})
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
+            if isinstance(err, ValueError) and str(err).startswith(where):
+                raise
             raise ValueError(f"{where}: not a stored summary ({type(err).__name__}: {err})") from err
+        summary.check(where, unweighted)
+        return summary
+
+    def check(self, where: str = "summary", unweighted: bool = True) -> None:
+        """The invariants of a summary that was stored or sent, a ValueError naming ``where`` and the first that
+        fails: a count >= 0 (the weight equal to it for ``unweighted`` draws), a finite weight >= 0, finite
+        moments, second and fourth moments >= 0 (and the covariance's diagonal), per-draw sums within what
+        ``weight`` draws allow (sign agreement and descent in ``[0, weight]``, cosines in ``[-weight, weight]``),
+        and group counts >= 0."""
+        def fail(what: str):
+            raise ValueError(f"{where}: {what}; refused (a damaged or altered record)")
+
+        if self.count < 0:
+            fail(f"count {self.count} < 0")
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            fail(f"weight {self.weight!r} is not a finite number >= 0")
+        if unweighted and self.weight != self.count:
+            fail(f"weight {self.weight!r} differs from the count {self.count} of unweighted draws")
+        slack = 1e-9 * max(self.weight, 1.0)
+        for name in ("mean", "m2", "m3", "m4"):
+            if not bool(torch.isfinite(getattr(self, name)).all()):
+                fail(f"{name} is not finite")
+        for name in ("m2", "m4"):
+            value = getattr(self, name)
+            if bool((value < -1e-9 * value.abs().max().clamp_min(1e-300)).any()):
+                fail(f"{name} has negative entries (a negative variance)")
+        if self.comoment is not None:
+            diagonal = self.comoment.diagonal()
+            if not bool(torch.isfinite(self.comoment).all()) or bool((diagonal < -1e-9 * diagonal.abs().max()).any()):
+                fail("the covariance is not finite or has a negative diagonal")
+        if self.count == 0 and (self.weight != 0 or bool(self.m2.any())):
+            fail("no draws, yet nonzero statistics")
+        for name, sums in (("sign_agree", self.sign_agree), ("cosine", self.cosine), ("descent", self.descent)):
+            low = -self.weight - slack if name == "cosine" else -slack
+            for ref, value in sums.items():
+                value = torch.as_tensor(value, dtype=torch.float64)
+                if not bool(torch.isfinite(value).all()) or bool((value < low).any() or (value > self.weight + slack).any()):
+                    fail(f"{name}[{ref!r}] lies outside what {self.weight:g} draws allow")
+        for m, groups in self.groups.items():
+            if isinstance(groups, bool) or not isinstance(groups, int) or groups < 0:
+                fail(f"groups[{m}] must be an integer >= 0, got {groups!r}")
+        for ref, by_m in self.cosine_m.items():
+            for m, value in by_m.items():
+                count = self.groups.get(m, 0)
+                value = torch.as_tensor(value, dtype=torch.float64)
+                if not bool(torch.isfinite(value).all()) or bool((value.abs() > count + slack).any()):
+                    fail(f"cosine_m[{ref!r}][{m}] lies outside what {count} groups allow")
+
+    def permuted(self, coordinates: Tensor, groups: Tensor) -> Summary:
+        """The same summary with its coordinates (``[D]`` indices) and per-group sums (``[L + 1]`` indices, 0 first)
+        reordered: the statistics of the same draws under another order of the parameters."""
+        def coords(t):
+            return t[coordinates.to(t.device)]
+
+        def by_group(t):
+            return t[groups.to(t.device)] if isinstance(t, Tensor) and t.ndim == 1 else t
+
+        return Summary(self.weight, self.count, coords(self.mean), coords(self.m2), coords(self.m3), coords(self.m4),
+                       None if self.comoment is None else self.comoment[coordinates][:, coordinates],
+                       {k: coords(v) for k, v in self.sign_agree.items()},
+                       {k: by_group(v) for k, v in self.cosine.items()},
+                       {k: by_group(v) for k, v in self.descent.items()},
+                       {k: {m: by_group(v) for m, v in by_m.items()} for k, by_m in self.cosine_m.items()},
+                       dict(self.groups))
 
     def to(self, device) -> Summary:
         """The same summary with its tensors on ``device``."""
         def mv(d):
             return {k: (mv(v) if isinstance(v, dict) else v.to(device)) for k, v in d.items()}
 
-        return Summary(self.weight, self.count, self.mean.to(device), self.m2.to(device),
-                       None if self.comoment is None else self.comoment.to(device),
+        return Summary(self.weight, self.count, self.mean.to(device), self.m2.to(device), self.m3.to(device),
+                       self.m4.to(device), None if self.comoment is None else self.comoment.to(device),
                        mv(self.sign_agree), mv(self.cosine), mv(self.descent), mv(self.cosine_m), dict(self.groups))
 
     def cpu(self) -> Summary:
@@ -170,6 +270,9 @@ class Moments:
         (for jackknife standard errors of any metric).
     seconds
         Wall time.
+    source
+        What computed them, ``(problem, estimator, options)``, where known (:func:`gradstats.moments`):
+        :func:`gradstats.stats.unbiasedness_test` uses it to find the estimator's exact moments.
     """
 
     mean: Tensor
@@ -184,11 +287,30 @@ class Moments:
     statistics: Summary | None = None
     batches: tuple[Summary, ...] = ()
     seconds: float = float("nan")
+    source: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def trace(self) -> float:
         """``trace(Cov[g_hat])``."""
         return float(self.var.sum())
+
+    def _central(self, k: int) -> Tensor:
+        s = self.statistics
+        return {2: s.m2, 3: s.m3, 4: s.m4}[k] / s.weight
+
+    @property
+    def skewness(self) -> Tensor:
+        r"""Per coordinate, :math:`\gamma = \mu_3 / \mu_2^{3/2}` (the plug-in ``g1`` for Monte Carlo draws); NaN where
+        the variance is 0."""
+        m2 = self._central(2)
+        return torch.where(m2 > 0, self._central(3) / m2.clamp_min(torch.finfo(m2.dtype).tiny).pow(1.5), torch.nan)
+
+    @property
+    def kurtosis(self) -> Tensor:
+        r"""Per coordinate, :math:`\kappa = \mu_4 / \mu_2^2` (3 for a normal law; the plug-in ``b2`` for Monte
+        Carlo draws); NaN where the variance is 0."""
+        m2 = self._central(2)
+        return torch.where(m2 > 0, self._central(4) / m2.clamp_min(torch.finfo(m2.dtype).tiny).square(), torch.nan)
 
     def __repr__(self) -> str:
         size = f"num_samples={self.num_samples:,}" if self.method == "mc" else f"num_outcomes={self.num_outcomes:,}"
@@ -217,7 +339,8 @@ class Moments:
 
     @staticmethod
     def from_summary(summary: Summary, *, method: str, estimator: str, loss_evals_per_draw: int,
-                     batches: tuple[Summary, ...] = (), seconds: float = float("nan")) -> Moments:
+                     batches: tuple[Summary, ...] = (), seconds: float = float("nan"), source: tuple | None = None
+                     ) -> Moments:
         summary = summary.cpu()
         if method == "exact":
             var, cov_den, n, stderr = summary.m2 / summary.weight, summary.weight, None, None
@@ -231,8 +354,24 @@ class Moments:
             cov=None if summary.comoment is None else summary.comoment / cov_den,
             num_samples=n, mean_stderr=stderr, loss_evals_per_draw=loss_evals_per_draw, method=method,
             estimator=estimator, num_outcomes=summary.count if method == "exact" else None,
-            statistics=summary, batches=tuple(b.cpu() for b in batches), seconds=seconds,
+            statistics=summary, batches=tuple(b.cpu() for b in batches), seconds=seconds, source=source,
         )
+
+
+_SAFE_NORM2 = (2.0**-900, 2.0**900)   # squared norms in here lost nothing to underflow or overflow
+
+
+def _times_power_of_two(x: Tensor, exponent: Tensor) -> Tensor:
+    """``x * 2^exponent``, exact, in two halves so that no factor overflows (``2^1074`` is not a float64, and a
+    subnormal's exponent asks for it)."""
+    half = torch.div(exponent, 2, rounding_mode="floor")
+    return x * torch.pow(2.0, half.to(x.dtype)) * torch.pow(2.0, (exponent - half).to(x.dtype))
+
+
+def _unit_scaled(x: Tensor) -> Tensor:
+    """``x`` times the power of two that brings ``max |x|`` into [1/2, 1) (``x`` itself when it is zero): exact."""
+    top = x.abs().max() if x.numel() else x.new_zeros(())
+    return _times_power_of_two(x, torch.where(top > 0, -torch.frexp(top).exponent, 0))
 
 
 _SPLIT_ROWS = 2**12   # rows per block of a compiled column sum's first stage
@@ -260,6 +399,42 @@ def _blocked_column_sums(x: Tensor) -> Tensor:
     return x.reshape(-1, _SPLIT_ROWS, *x.shape[1:]).sum(1).sum(0)
 
 
+_BLOCK_BYTES = 2**18   # eager column reductions run over blocks of this size, which stay in the cache
+
+
+def _column_reduce(v: Tensor, terms, w: Tensor | None, columns: Tensor | None = None) -> Tensor:
+    """``[m, cols]``: the column sums (``w``-weighted where given) of the ``m`` tensors ``terms(block, columns)``
+    makes of a block of ``v``'s rows and columns (``columns``: per-column values that go with it, sliced alike;
+    booleans are summed as float64 counts). Eager code walks ``v`` in cache-sized blocks (several sums for about
+    the memory traffic of one); compiled code reduces it whole, which the compiler fuses."""
+    def reduce(block: Tensor, extra: Tensor | None, weights: Tensor | None) -> Tensor:
+        made = terms(block, extra)
+        if weights is None:
+            return torch.stack([_column_sums(t) for t in made])
+        return torch.stack([weights @ t.to(torch.float64) for t in made])
+
+    if torch.compiler.is_compiling():
+        return reduce(v, columns, w)
+    rows, cols = v.shape
+    col_step = min(cols, 4096)
+    row_step = max(1, _BLOCK_BYTES // (8 * col_step))
+    out = None
+    for c0 in range(0, cols, col_step):
+        extra = None if columns is None else columns[c0:c0 + col_step]
+        for r0 in range(0, rows, row_step):
+            part = reduce(v[r0:r0 + row_step, c0:c0 + col_step], extra, None if w is None else w[r0:r0 + row_step])
+            if out is None:
+                out = torch.zeros(part.shape[0], cols, dtype=torch.float64, device=v.device)
+            out[:, c0:c0 + col_step] += part
+    return out
+
+
+def _central_powers(block: Tensor, mean: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    c = block - mean
+    c2 = c * c
+    return c2, c2 * c, c2 * c2
+
+
 def _column_means(x: Tensor) -> Tensor:
     return _blocked_column_sums(x) / x.shape[0] if _two_stage(x) else x.mean(0)
 
@@ -282,7 +457,13 @@ class _Part:
             return self.values @ ref
         return self.values @ (ref.reshape(self.values.shape[1], -1) @ self.x)
 
+    def row_max(self) -> Tensor:
+        """Per draw, the largest magnitude of these columns."""
+        top = self.values.abs().amax(1)
+        return top if self.x is None else top * self.x.abs().max()
+
     def norm2(self) -> Tensor:
+        """Per draw, the squared norm of these columns."""
         if self.x is None:
             return self.values.square().sum(1)
         return self.values.square().sum(1) * self.x.square().sum()
@@ -369,13 +550,38 @@ class GradientAccumulator:
 
     # ---- per-draw metrics against one reference -----------------------------------
     def _inner_and_norm(self, layers: list[list[_Part]], ref: Tensor) -> tuple[Tensor, Tensor]:
-        """Per draw and per layer: ``<g_hat_l, g_l>`` and ``|g_hat_l|^2``, each ``[B, L]``."""
-        inner = torch.stack([sum(p.inner(ref[p.cols]) for p in parts) for parts in layers], 1)
-        norm2 = torch.stack([sum(p.norm2() for p in parts) for parts in layers], 1)
-        return inner, norm2
+        """Per draw and per layer: ``<g_hat_l, g_l>`` and ``|g_hat_l|^2``, each ``[B, L]``, up to a positive factor per
+        draw. Draws whose squared norm is nonzero and leaves :data:`_SAFE_NORM2` (entries below about 1e-135,
+        where squares start to underflow, or above 1e135) are scaled first by a power of two that brings their
+        largest entry into [1/2, 1): exact, and cosines and signs of inner products are scale-invariant. Eager
+        code rescales only when a chunk has such a draw; compiled code computes both and picks per draw (no
+        data-dependent branch)."""
+        def sums(parts_of: list[list[_Part]]) -> tuple[Tensor, Tensor]:
+            return (torch.stack([sum(p.inner(ref[p.cols]) for p in parts) for parts in parts_of], 1),
+                    torch.stack([sum(p.norm2() for p in parts) for parts in parts_of], 1))
+
+        inner, norm2 = sums(layers)
+        total = norm2.sum(1)
+        compiling = torch.compiler.is_compiling()
+        if not compiling:
+            low, high = (float(v) for v in torch.aminmax(total))
+            if low >= _SAFE_NORM2[0] and high <= _SAFE_NORM2[1]:   # false for a NaN too
+                return inner, norm2
+        top = torch.stack([p.row_max() for parts in layers for p in parts], 1).amax(1)
+        unsafe = ~((total >= _SAFE_NORM2[0]) & (total <= _SAFE_NORM2[1])) & (top > 0)   # a zero draw is safe
+        if not compiling and not bool(unsafe.any()):
+            return inner, norm2
+        exponent = torch.where(unsafe, torch.frexp(top).exponent, 0)
+        scaled = [[_Part(p.cols, _times_power_of_two(p.values, -exponent[:, None]), p.x) for p in parts]
+                  for parts in layers]
+        inner_scaled, norm2_scaled = sums(scaled)
+        keep = unsafe[:, None]
+        return torch.where(keep, inner_scaled, inner), torch.where(keep, norm2_scaled, norm2)
 
     def _cosines(self, layers, ref: Tensor) -> tuple[Tensor, Tensor]:
-        """``cos(g_hat, g)`` and ``<g_hat, g>`` per draw, ``[B, L + 1]`` (column 0: all layers)."""
+        """``cos(g_hat, g)`` and the sign of ``<g_hat, g>`` per draw, ``[B, L + 1]`` (column 0: all layers); the
+        reference is scaled by a power of two first (see :meth:`_inner_and_norm`)."""
+        ref = _unit_scaled(ref)
         inner, norm2 = self._inner_and_norm(layers, ref)
         ref_norm = torch.stack([sum(ref[p.cols].square().sum() for p in parts) for parts in layers]).sqrt()
         inner_all = torch.cat([inner.sum(1, keepdim=True), inner], 1)
@@ -415,21 +621,23 @@ class GradientAccumulator:
             self._add_groups(layers, b)
 
     def statistics(self, layers: list[list[_Part]], w: Tensor | None, total) -> tuple:
-        """A chunk's sums as tensors only, ``(mean, m2, comoment, {name: (sign_agree, cosine, descent)})``: no
+        """A chunk's sums as tensors only, ``(mean, m2, m3, m4, comoment, {name: (sign_agree, cosine, descent)})``: no
         synchronisation with the device, so a compiled caller (:mod:`gradstats.montecarlo`'s fused path) can
         fuse it with the draws."""
         parts = [p for ps in layers for p in ps]
         mean = torch.empty(self.dim, dtype=torch.float64, device=self.device)
-        m2 = torch.empty_like(mean)
+        m2, m3, m4 = torch.empty_like(mean), torch.empty_like(mean), torch.empty_like(mean)
         for p in parts:
             v = p.values
             mv = _column_means(v) if w is None else (w @ v) / total
-            c = (v - mv).square()
-            sv = _column_sums(c) if w is None else w @ c
+            sums = _column_reduce(v, _central_powers, w, mv)
             if p.x is None:
-                mean[p.cols], m2[p.cols] = mv, sv
+                mean[p.cols] = mv
+                m2[p.cols], m3[p.cols], m4[p.cols] = sums
             else:
-                mean[p.cols], m2[p.cols] = torch.outer(mv, p.x).reshape(-1), torch.outer(sv, p.x.square()).reshape(-1)
+                mean[p.cols] = torch.outer(mv, p.x).reshape(-1)
+                for out, s, k in zip((m2, m3, m4), sums, (2, 3, 4)):
+                    out[p.cols] = torch.outer(s, p.x.pow(k)).reshape(-1)
         comoment = None
         if self.full:
             dense = torch.cat([p.dense() for p in parts], 1) - mean
@@ -444,7 +652,7 @@ class GradientAccumulator:
             positive = (inner > 0).to(torch.float64)
             metrics[name] = (agree, _column_sums(cos) if w is None else w @ cos,
                              _column_sums(positive) if w is None else w @ positive)
-        return mean, m2, comoment, metrics
+        return mean, m2, m3, m4, comoment, metrics
 
     def draw_statistics(self, gradient: FactoredGradient | Tensor) -> tuple:
         """:meth:`statistics` of a chunk of unweighted draws."""
@@ -453,8 +661,8 @@ class GradientAccumulator:
 
     def add_statistics(self, count: int, total: float, statistics: tuple) -> None:
         """Merge the output of :meth:`statistics` for ``count`` draws of total weight ``total``."""
-        mean, m2, comoment, metrics = statistics
-        chunk = Summary(total, count, mean, m2, comoment)
+        mean, m2, m3, m4, comoment, metrics = statistics
+        chunk = Summary(total, count, mean, m2, m3, m4, comoment)
         for name, (agree, cos, descent) in metrics.items():
             chunk.sign_agree[name], chunk.cosine[name], chunk.descent[name] = agree, cos, descent
         self.position += count

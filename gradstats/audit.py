@@ -11,10 +11,16 @@ for an estimator sold as unbiased, else a gradstats estimator's exact moments (e
 Carlo moments (continuous noise). Per coordinate, the mean (and, against exact moments, the
 variance) is tested by a z-score; the tests of one (estimator, problem) are Holm-corrected at
 :data:`ALPHA` split over the :data:`LOOKS` (after 10%, 30% and all of the planned draws; a
-disagreement stops the draws early). The number of draws is chosen from a pilot of the peer's own draws so that a bias of
-:data:`RELATIVE_BIAS` of the target's norm in any coordinate is detected with power
-:data:`POWER`, up to ``max_draws``. Verdicts: ``disagrees`` (a test rejects), ``agrees`` (none
-does, at that power) or ``inconclusive`` (none does, below that power).
+disagreement stops the draws early). Against exact moments the z-scores use their exact standard
+errors (under the claim, the peer's draws have that law). The number of draws is chosen from a
+pilot of the peer's own draws so that a bias of :data:`RELATIVE_BIAS` of the target's norm in any
+coordinate is detected with power :data:`POWER`, within ``max_draws`` (which caps the pilot too).
+Verdicts: ``disagrees`` (a test rejects on a coordinate whose skewness and kurtosis allow a
+normal z at that many draws: :func:`gradstats.stats.required_draws`, with the target's exact
+moments where it has them), ``agrees`` (none does, at that power) or ``inconclusive``: none does
+below that power, or the only rejections rest on heavy tails, or a standard error is not finite,
+or fewer than :data:`MIN_DRAWS` draws were allowed; the row's notes say which, and how many draws
+would do.
 
 Peers, pinned (``pip install gradstats[audit]``): storchastic 0.3.7 (:func:`storchastic_estimators`) and
 pyro-ppl 1.9.2 (:func:`pyro_estimators`, its ``TraceGraph_ELBO``).
@@ -32,6 +38,7 @@ import torch
 from scipy import stats as sps
 from torch import Tensor
 
+from .accumulators import Moments
 from .estimators import get
 from .exact import exact_gradient
 from .gradient_stats import GradientStats
@@ -39,6 +46,7 @@ from .losses import multilinear
 from .moments import moments
 from .numerics import positive_int
 from .problems import Problem, independent, sbn, toy
+from .stats import MIN_SAMPLES, required_draws
 
 __all__ = ["PINNED", "STATUSES", "ALPHA", "POWER", "RELATIVE_BIAS", "PeerEstimator", "AuditRow", "PEERS",
            "storchastic_estimators", "pyro_estimators", "audit_problems", "peer_gradients", "peer_loop_gradients",
@@ -357,87 +365,174 @@ def peer_loop_gradients(estimator: PeerEstimator, problem: Problem, num_draws: i
     return _storchastic_sequential(estimator, problem, num_draws, seed, burn_in=0)
 
 
-def _target(estimator: PeerEstimator, problem: Problem, reference_draws: int, seed: int):
-    """What the peer claims to be: ``(mean, mean_stderr or None, variance or None)``: the exact gradient; a
-    gradstats estimator's exact moments; or, for one with continuous noise, the exact gradient when it is
-    unbiased, else its Monte Carlo mean (with its standard error)."""
+@dataclass(frozen=True)
+class _Target:
+    """What a peer claims to be: the mean its draws should have, that mean's own standard error (a Monte Carlo
+    target) and, where the claim is a gradstats estimator with discrete noise, its exact moments (the law the
+    peer's draws should follow)."""
+
+    mean: Tensor
+    stderr: Tensor | None = None
+    exact: Moments | None = None
+
+
+def _target(estimator: PeerEstimator, problem: Problem, reference_draws: int, seed: int) -> _Target:
+    """The exact gradient; a gradstats estimator's exact moments; or, for one with continuous noise, the exact
+    gradient when it is unbiased, else its Monte Carlo mean (with its standard error)."""
     if estimator.claims_to_be == "exact":
-        return exact_gradient(problem), None, None
+        return _Target(exact_gradient(problem))
     if get(estimator.claims_to_be).noise == "discrete":
         m = moments(problem, estimator.claims_to_be, method="exact", **estimator.options)
-        return m.mean, None, m.var
+        return _Target(m.mean, exact=m)
     if get(estimator.claims_to_be).unbiased:
-        return exact_gradient(problem), None, None
+        return _Target(exact_gradient(problem))
     m = moments(problem, estimator.claims_to_be, method="mc", num_samples=reference_draws, seed=seed,
                 device="cpu", **estimator.options)
-    return m.mean, m.mean_stderr, None
+    return _Target(m.mean, stderr=m.mean_stderr)
 
 
 ROUNDING = 1e-6   # storchastic weights a plate's rows by 1/n in float32, even for float64 logits
+MIN_DRAWS = MIN_SAMPLES   # fewer draws give no verdict (stats.MIN_SAMPLES: below it skewed laws miscalibrate the tests)
 
 
 def _z(gap: float, stderr: float, scale: float) -> float:
     """``gap / stderr``, or 0 for a gap at rounding level (:data:`ROUNDING` of ``scale``): an exact peer's
-    mean differs from the exact one by rounding, with a spread of rounding too."""
+    mean differs from the exact one by rounding, with a spread of rounding too. A zero standard error off
+    the rounding level gives infinity; an undefined one (NaN) gives NaN."""
     if abs(gap) <= ROUNDING * abs(scale):
         return 0.0
+    if math.isnan(stderr):
+        return math.nan
     return gap / stderr if stderr > 0 else math.inf
+
+
+def _looks(planned: int) -> list[int]:
+    """The draws after which the tests run (cumulative, increasing)."""
+    stops = []
+    for fraction in LOOKS:
+        stop = max(math.ceil(fraction * planned), stops[-1] if stops else 0)
+        if not stops or stop > stops[-1]:
+            stops.append(stop)
+    return stops
 
 
 def audit_one(estimator: PeerEstimator, problem: Problem, *, max_draws: int = 2_000_000, seed: int = 0,
               chunk_size: int | None = None) -> AuditRow:
     """The verdict on one peer estimator on one problem (see the module's docstring); ``chunk_size`` defaults
-    to the estimator's."""
-    chunk_size = estimator.chunk_size if chunk_size is None else chunk_size
-    mean_t, se_t, var_t = _target(estimator, problem, max_draws, seed + 17)
+    to the estimator's. ``max_draws`` caps every draw of the peer, the pilot's included; a verdict needs at
+    least :data:`MIN_DRAWS` draws beyond the pilot and finite standard errors, else the row is inconclusive
+    with the reason."""
+    max_draws = positive_int("max_draws", max_draws)
+    chunk_size = positive_int("chunk_size", estimator.chunk_size if chunk_size is None else chunk_size)
+    target = _target(estimator, problem, max_draws, seed + 17)
+    mean_t, var_t = target.mean, None if target.exact is None else target.exact.var
     tests = len(mean_t) * (2 if var_t is not None else 1)       # z-scores of means (and variances)
     level = ALPHA / len(LOOKS)                                   # Bonferroni over the looks
-    pilot_draws = min(PILOT_DRAWS, max(max_draws // 4, 256))
-    pilot = torch.cat(list(peer_gradients(estimator, problem, pilot_draws, seed + 1, chunk_size)))
-    z_needed = sps.norm.ppf(1 - level / (2 * tests)) + sps.norm.ppf(POWER)
-    # a bias of RELATIVE_BIAS |g| in the noisiest coordinate is found with probability POWER (at the last look)
+    z_crit = float(sps.norm.isf(level / (2 * tests)))           # Holm's first step at the last look
+    pilot_draws = min(PILOT_DRAWS, max_draws // 4)
     detectable = RELATIVE_BIAS * float(mean_t.norm())
-    sd = float(pilot.std(0).max())
-    needed = 1 if sd == 0 else (max_draws if detectable == 0 else int(math.ceil((z_needed * sd / detectable) ** 2)))
-    planned = min(max(needed, pilot_draws), max_draws)
-    stats = GradientStats(reference=mean_t, reference_stderr=se_t)
-    done = 0
-    for look, fraction in enumerate(LOOKS):
-        stop = max(done, math.ceil(fraction * planned))
-        if stop > done:
-            for chunk in peer_gradients(estimator, problem, stop - done, seed * len(LOOKS) + look + 2, chunk_size):
-                stats.update(chunk)
-            done = stop
-        frame = stats.to_frame(ms=(1,), per_coordinate=True)
-        coords = frame[frame.coordinate != ""]
-        bias = coords[coords.metric == "bias"]
-        z = [_z(g, e, float(mean_t.norm())) for g, e in zip(bias.value, bias.stderr)]
-        if var_t is not None:
-            var = coords[coords.metric == "variance"]
-            z += [_z(g - float(v), e, float(var_t.max())) for g, v, e in zip(var.value, var_t, var.stderr)]
-        # Holm at `level`: some test rejects exactly when the smallest p-value is below level / (number of tests)
-        rejects = min(float(2 * sps.norm.sf(abs(v))) for v in z) <= level / len(z)
-        if rejects:
+    if pilot_draws >= 2:
+        pilot = torch.cat(list(peer_gradients(estimator, problem, pilot_draws, seed + 1, chunk_size)))
+        sd = float(pilot.std(0).max())
+    else:
+        pilot_draws, sd = 0, math.nan
+    # a bias of RELATIVE_BIAS |g| in the noisiest coordinate is found with probability POWER (at the last look)
+    z_needed = z_crit + sps.norm.ppf(POWER)
+    if math.isnan(sd):
+        needed = max_draws
+    else:
+        needed = 1 if sd == 0 else (max_draws if detectable == 0 else int(math.ceil((z_needed * sd / detectable) ** 2)))
+    budget = max_draws - pilot_draws
+    planned = min(max(needed, MIN_DRAWS), budget)
+    stats = GradientStats(reference=mean_t, reference_stderr=target.stderr)
+    done, z, verdict = 0, [], _Verdict()
+    for look, stop in enumerate(_looks(planned)):
+        for chunk in peer_gradients(estimator, problem, stop - done, seed * len(LOOKS) + look + 2, chunk_size):
+            stats.update(chunk)
+        done = stop
+        z, verdict = _look(stats, target, level, z_crit)
+        if verdict.rejects:
             break
     draws = done
     notes = [estimator.notes] if estimator.notes else []
-    mean_p = torch.as_tensor(stats.mean, dtype=torch.float64).reshape(-1)
-    gap, norm = mean_p - mean_t, mean_t.norm().clamp_min(1e-300)
-    se = torch.tensor(list(bias.stderr), dtype=torch.float64)
+    m = stats.moments
+    gap, norm = m.mean - mean_t, mean_t.norm().clamp_min(1e-300)
+    se = m.mean_stderr if target.stderr is None else (m.mean_stderr.square() + target.stderr.square()).sqrt()
     discrepancy = float(gap.norm() / norm)
     # delta method for |gap| / |target| (its error where the gap is resolved; the largest one's where it is 0)
     spread = (gap / gap.norm()).square() @ se.square() if float(gap.norm()) > 0 else se.square().max()
     discrepancy_se = float(spread.sqrt() / norm)
-    status = "disagrees" if rejects else ("agrees" if draws >= needed else "inconclusive")
-    if status == "disagrees":
-        notes.append(f"peer mean {_rounded(mean_p)} vs {estimator.claims_to_be} {_rounded(mean_t)}")
-        notes += _independent_checks(estimator, problem, mean_p)
-    elif status == "inconclusive":
+    if draws < MIN_DRAWS:
+        status = "inconclusive"
+        notes.append(f"a verdict needs at least {MIN_DRAWS} draws beyond the pilot; max_draws = {max_draws:,} allowed "
+                     f"{draws:,}")
+    elif verdict.rejects:
+        status = "disagrees"
+        notes.append(f"peer mean {_rounded(m.mean)} vs {estimator.claims_to_be} {_rounded(mean_t)}")
+        notes += _independent_checks(estimator, problem, m.mean)
+    elif verdict.undefined:
+        status = "inconclusive"
+        notes.append(f"standard error not finite in {verdict.undefined} test(s): no verdict")
+    elif verdict.heavy_tails:
+        status = "inconclusive"
+        notes.append(f"heavy tails: the disagreement rests on coordinates whose {verdict.moments_used} skewness and "
+                     f"kurtosis need {verdict.heavy_tails:,} draws for a normal z (stats.required_draws); "
+                     f"{draws:,} were made")
+    elif draws >= needed:
+        status = "agrees"
+    else:
+        status = "inconclusive"
         notes.append(f"{needed:,} draws needed for power {POWER} against a {RELATIVE_BIAS:.0%} bias; "
                      f"max_draws is {max_draws:,}")
-    return AuditRow(estimator.peer, estimator.name, estimator.claims_to_be, status,
-                    max((abs(v) for v in z), default=0.0), problem.description, draws, needed, discrepancy,
-                    discrepancy_se, "; ".join(notes))
+    finite = [abs(v) for v in z if not math.isnan(v)]
+    largest = math.nan if draws < MIN_DRAWS else max(finite, default=math.nan if z else 0.0)   # no test: no z
+    return AuditRow(estimator.peer, estimator.name, estimator.claims_to_be, status, largest,
+                    problem.description, draws, needed, discrepancy, discrepancy_se, "; ".join(notes))
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """One look's outcome: whether a reliable test rejects; else the draws heavy tails need (0: none), and how many
+    tests had no finite standard error."""
+
+    rejects: bool = False
+    heavy_tails: int = 0
+    undefined: int = 0
+    moments_used: str = "sample"
+
+
+def _look(stats: GradientStats, target: _Target, level: float, z_crit: float) -> tuple[list[float], _Verdict]:
+    """The z-scores of one look (means, then variances against exact moments) and the verdict: Holm at ``level``
+    rejects when the smallest p-value is below ``level`` over the number of tests; a rejection counts only on a
+    coordinate whose skewness and kurtosis allow a normal z at this many draws (the target's exact ones where it
+    has them: under the claim they are the peer's; else the peer's own draws')."""
+    m = stats.moments
+    n = m.num_samples
+    frame = stats.to_frame(ms=(1,), per_coordinate=True)
+    coords = frame[frame.coordinate != ""]
+    bias = coords[coords.metric == "bias"]
+    scale = float(target.mean.norm())
+    exact = target.exact
+    if exact is not None:   # under the claim the peer's draws have the target's law: its exact standard errors
+        stderr = (exact.var / n).sqrt().tolist()
+    else:
+        stderr = list(bias.stderr)
+    z = [_z(g, e, scale) for g, e in zip(bias.value, stderr)]
+    tails = exact if exact is not None else m
+    needed = required_draws(tails.skewness, tails.kurtosis, z_crit).tolist()
+    reliable = [r <= n for r in needed]
+    if exact is not None:
+        var = coords[coords.metric == "variance"]
+        z += [_z(g - float(v), e, float(exact.var.max())) for g, v, e in zip(var.value, exact.var, var.stderr)]
+        reliable += reliable
+        needed += needed
+    tests = len(z)
+    rejected = [not math.isnan(v) and 2 * sps.norm.sf(abs(v)) <= level / tests for v in z]
+    used = "exact" if exact is not None else "sample"
+    if any(r and ok for r, ok in zip(rejected, reliable)):
+        return z, _Verdict(rejects=True, moments_used=used)
+    heavy = max((math.ceil(d) for r, d, ok in zip(rejected, needed, reliable) if r and not ok), default=0)
+    return z, _Verdict(heavy_tails=heavy, undefined=sum(math.isnan(v) for v in z), moments_used=used)
 
 
 def _rounded(values: Tensor) -> list[float]:
@@ -500,6 +595,8 @@ def audit(peer: str = "storchastic", *, quick: bool = False, estimators: Iterabl
     :meth:`PeerEstimator.draw_limit` draws at most (or ``max_draws``)."""
     if peer not in PEERS:
         raise ValueError(f"peer must be one of {', '.join(PEERS)}, got {peer!r}")
+    if max_draws is not None:
+        max_draws = positive_int("max_draws", max_draws)
     chosen = PEERS[peer]()
     if estimators is not None:
         wanted = list(estimators)
@@ -510,7 +607,8 @@ def audit(peer: str = "storchastic", *, quick: bool = False, estimators: Iterabl
     rows = []
     for est in chosen:
         for problem in audit_problems(quick):
-            rows.append(audit_one(est, problem, max_draws=max_draws or est.draw_limit(quick), seed=seed))
+            limit = est.draw_limit(quick) if max_draws is None else max_draws
+            rows.append(audit_one(est, problem, max_draws=limit, seed=seed))
             if progress is not None:
                 progress(f"{est.name} on {problem.description}: {rows[-1].status} (max |z| {rows[-1].max_abs_z:.1f})")
     return rows

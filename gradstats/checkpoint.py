@@ -2,7 +2,8 @@ r"""Checkpoint files of long runs: safe to load, and signed by everything the re
 
 A checkpoint holds plain tensors, numbers, strings, lists and dicts only, and
 is read with ``torch.load(..., weights_only=True)``, so loading a file never
-runs code from it. It carries a signature: the SHA-256 of a *fingerprint* of
+runs code from it. It carries a checksum of its content (a flipped bit is
+refused, the path named) and a signature: the SHA-256 of a *fingerprint* of
 the run (the library's version and source, the problem, the estimator, its
 options and the noise stream). A run resumes only from a checkpoint with its
 own signature.
@@ -25,6 +26,7 @@ import functools
 import hashlib
 import json
 import os
+import socket
 import sys
 import types
 from pathlib import Path
@@ -33,9 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["FORMAT", "UnidentifiableError", "fingerprint", "signature", "library_identity", "save", "load"]
+__all__ = ["FORMAT", "UnidentifiableError", "fingerprint", "signature", "library_identity", "content_checksum", "save",
+           "load", "claim", "file_identity"]
 
-FORMAT = "gradstats-checkpoint/2"
+FORMAT = "gradstats-checkpoint/3"
 
 
 class UnidentifiableError(ValueError):
@@ -183,6 +186,13 @@ def signature(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, allow_nan=True).encode()).hexdigest()
 
 
+def content_checksum(value: Any) -> str:
+    """SHA-256 of a plain record's content (tensors by dtype, shape and bytes; numbers exactly; dicts in key
+    order): stored beside the record, it tells a record altered afterwards (a flipped bit, an edit) from the one
+    written."""
+    return hashlib.sha256(json.dumps(fingerprint(value, "record"), sort_keys=True, allow_nan=True).encode()).hexdigest()
+
+
 def _check_plain(value: Any, where: str) -> None:
     if value is None or isinstance(value, (bool, int, str, torch.Tensor)):
         return
@@ -203,9 +213,11 @@ def _check_plain(value: Any, where: str) -> None:
 
 
 def save(path: Path, signature: str, payload: dict) -> None:
-    """Write ``payload`` (plain values) with ``signature`` to ``path`` atomically (a temporary file, then a rename)."""
+    """Write ``payload`` (plain values) with ``signature`` and a checksum of its content to ``path`` atomically (a
+    temporary file, then a rename)."""
     record = {"format": FORMAT, "signature": signature, **payload}
     _check_plain(record, "the checkpoint")
+    record["checksum"] = content_checksum(record)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(record, tmp)
     os.replace(tmp, path)
@@ -226,7 +238,70 @@ def load(path: Path, signature: str, device: torch.device) -> dict:
     if record.get("signature") != signature:
         raise ValueError(f"checkpoint {str(path)!r} belongs to another run (the problem, estimator, options, noise "
                          "stream or library version differ); it was left in place: remove it or pass another path")
+    stored = record.pop("checksum", None)
+    if stored != content_checksum(record):
+        raise ValueError(f"checkpoint {str(path)!r} fails its checksum: it was altered after it was written (a flipped "
+                         "bit, an edit); it was left in place: remove it or pass another path")
     return record
+
+
+def claim(path: Path) -> Path:
+    """Claim ``path`` for one run before it computes anything: its directory must exist and be writable, and a
+    lock file ``PATH.lock`` (made atomically, holding this process's id and host) keeps a second run from
+    writing there at the same time. A lock left by a process of this host that is gone is taken over. Returns
+    the lock's path; a ValueError names the path and what is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {str(path)!r} is a directory; pass a file path")
+    if not path.parent.is_dir():
+        raise ValueError(f"checkpoint {str(path)!r}: its directory {str(path.parent)!r} does not exist")
+    lock = path.with_name(path.name + ".lock")
+    owner = f"{os.getpid()} {socket.gethostname()}\n"
+    for attempt in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pid, host = _lock_owner(lock)
+            if attempt == 0 and host == socket.gethostname() and pid is not None and not _alive(pid):
+                lock.unlink(missing_ok=True)   # its run is gone
+                continue
+            raise ValueError(f"checkpoint {str(path)!r} is in use by another run (process {pid} on {host}; lock "
+                             f"{str(lock)!r}): give each run its own checkpoint path, or remove the lock if that run "
+                             "has ended") from None
+        except OSError as err:
+            raise ValueError(f"checkpoint {str(path)!r} cannot be written ({type(err).__name__}: {err})") from err
+        with os.fdopen(fd, "w") as f:
+            f.write(owner)
+        return lock
+    raise AssertionError("unreachable")
+
+
+def _lock_owner(lock: Path) -> tuple[int | None, str | None]:
+    try:
+        pid, host = lock.read_text().split()
+        return int(pid), host
+    except (OSError, ValueError):
+        return None, None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process
+        return True
+    return True
+
+
+def file_identity(path: Path) -> tuple[int, ...] | None:
+    """What tells the file now at ``path`` from another written there later (device, inode, time, size), or
+    ``None`` where there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _first_line(err: BaseException) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -21,8 +22,35 @@ from pathlib import Path
 from . import estimators, problems
 from .exact import exact_gradient
 from .moments import moments
-from .numerics import cosine, ratio_or_inf
+from .numerics import cosine, norm, ratio_or_inf
 from .training import train
+
+
+def _strict(value, reasons: dict[str, str] | None = None):
+    """``value`` with every NaN or infinity replaced by ``null``; each object that held one gets ``null_reasons``
+    (field -> why), from ``reasons`` (field -> reason) where the caller knows it, else what the value was. A field
+    that is ``None`` by design gets its reason where ``reasons`` has one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_strict(v, reasons) for v in value]
+    if isinstance(value, dict):
+        out, why = {}, {}
+        for k, v in value.items():
+            out[k] = _strict(v, reasons)
+            if isinstance(v, float) and not math.isfinite(v):
+                why[k] = (reasons or {}).get(k) or ("undefined (NaN)" if math.isnan(v) else f"{v} (infinite)")
+            elif v is None and k in (reasons or {}):
+                why[k] = reasons[k]
+        if why:
+            out["null_reasons"] = {**out.get("null_reasons", {}), **why}
+        return out
+    return value
+
+
+def _print_json(value, reasons: dict[str, str] | None = None) -> None:
+    """Strict JSON on stdout (RFC 8259: no NaN or Infinity; see :func:`_strict`)."""
+    print(json.dumps(_strict(value, reasons), indent=2, default=str, allow_nan=False))
 
 
 def _estimator_rows() -> list[dict]:
@@ -40,7 +68,7 @@ def _estimator_rows() -> list[dict]:
 def _cmd_estimators(args) -> int:
     rows = _estimator_rows()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        _print_json(rows)
         return 0
     print(f"{'name':18s} {'noise':10s} {'unbiased':8s} {'dL/dh':5s} {'objective':15s} {'max layers':10s} options")
     for r in rows:
@@ -64,18 +92,21 @@ def _cmd_moments(args) -> int:
     m = moments(problem, args.estimator, method=args.method, **kwargs)
     reference = exact_gradient(problem)
     bias = m.mean - reference
-    relative = ratio_or_inf(float(bias.norm()), float(reference.norm()))
+    relative = ratio_or_inf(norm(bias), norm(reference))
     stderr = m.mean_stderr.tolist() if m.mean_stderr is not None else [0.0] * len(reference)   # exact: 0
     if args.json:
-        print(json.dumps({
+        _print_json({
             "problem": repr(problem), "estimator": m.estimator, "method": m.method, "num_samples": m.num_samples,
             "seed": args.seed if m.method == "mc" else None,
             "coordinates": [{"name": name, "exact_gradient": float(g), "mean": float(mu), "mean_stderr": se,
                              "bias": float(b), "variance": float(v)}
                             for name, g, mu, se, b, v in zip(problem.coordinate_names(), reference, m.mean, stderr,
                                                              bias, m.var)],
-            "bias_norm": float(bias.norm()), "relative_bias": relative, "variance_trace": m.trace,
-            "cosine_mean": cosine(m.mean, reference)}, indent=2))
+            "bias_norm": norm(bias), "relative_bias": relative, "variance_trace": m.trace,
+            "cosine_mean": cosine(m.mean, reference)},
+            {"relative_bias": "the exact gradient is zero and the bias is not", "variance": "fewer than two draws",
+             "variance_trace": "fewer than two draws", "mean_stderr": "fewer than two draws",
+             "num_samples": "exact moments: an enumeration, no draws", "seed": "exact moments: no noise stream"})
         return 0
     print(f"{problem!r}, estimator {m.estimator}, method {m.method}"
           + (f", {m.num_samples:,} draws" if m.num_samples else ""))
@@ -101,9 +132,9 @@ def _cmd_train(args) -> int:
                 draws_per_step=args.draws_per_step, seed=args.seed, record_every=args.record_every,
                 optimizer=args.optimizer)
     if args.json:
-        print(json.dumps({"estimator": run.estimator, "optimizer": run.optimizer, "learning_rate": run.learning_rate,
-                          "draws_per_step": run.draws_per_step, "loss_evals_per_step": run.loss_evals_per_step,
-                          "steps": list(run.steps), "exact_loss": list(run.loss)}, indent=2))
+        _print_json({"estimator": run.estimator, "optimizer": run.optimizer, "learning_rate": run.learning_rate,
+                     "draws_per_step": run.draws_per_step, "loss_evals_per_step": run.loss_evals_per_step,
+                     "steps": list(run.steps), "exact_loss": list(run.loss)})
         return 0
     print(f"teacher_student({args.sizes}, {args.examples} examples, seed {args.task_seed}); {run.estimator}, "
           f"{run.optimizer} at {run.learning_rate:g}, {run.draws_per_step} draws per example and step")
@@ -111,6 +142,20 @@ def _cmd_train(args) -> int:
     for step, value in zip(run.steps, run.loss):
         print(f"{step:6d} {value:12.6g}")
     return 0
+
+
+def _positive_int(flag: str):
+    """An argparse type: an integer >= 1, else the usage error names ``flag``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= 1, got {text!r}")
+        return value
+
+    return parse
 
 
 def _short(text: str, width: int) -> str:
@@ -162,7 +207,7 @@ def _cmd_claims(args) -> int:
               "reported verdicts are without --quick)")
     rows = claims.run(ids, settings, on_row=report, cache_dir=None if args.no_cache else args.cache_dir)
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        _print_json(rows)
         return 0
     counts = {s: sum(r["status"] == s for r in rows) for s in claims.STATUSES}
     print(", ".join(f"{n} {s}" for s, n in counts.items()))
@@ -182,7 +227,7 @@ def _cmd_conditional(args) -> int:
                                     progress=say)
     rows = [r.row() for r in results]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        _print_json(rows)
         return 0
     summary = conditional.compare_with(results)
     print(f"{data!r}; test error over {seeds} seed(s), % (mean +- s.e.); paired with st: Wilcoxon p")
@@ -207,7 +252,9 @@ def _cmd_audit(args) -> int:
         print(f"gradstats: error: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps([r.row() for r in rows], indent=2))
+        _print_json([r.row() for r in rows],
+                    {"max_abs_z": "no test: fewer draws than a verdict needs, or no finite standard error",
+                     "relative_discrepancy_stderr": "too few draws for a standard error"})
         return 0
     print(f"{args.peer} {audit.PINNED[args.peer]} against gradstats (Holm at {audit.ALPHA} per row; power "
           f"{audit.POWER} against a {audit.RELATIVE_BIAS:.0%} bias)")
@@ -287,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     p_au.add_argument("--quick", action="store_true", help="two problems, at most 100,000 draws per row (1,500 "
                       "for a stateful estimator driven one call per draw)")
     p_au.add_argument("--estimators", nargs="+", help="the peer's estimator names as listed (default: all)")
-    p_au.add_argument("--max-draws", type=int, help="draws per row at most (default 20 million; 10,000 for a "
+    p_au.add_argument("--max-draws", type=_positive_int("--max-draws"),
+                      help="draws per row at most, the pilot's included (default 20 million; 10,000 for a "
                       "stateful estimator driven one call per draw; --quick: 100,000 and 1,500; RELAX: 2 million)")
     p_au.add_argument("--seed", type=int, default=0)
     p_au.add_argument("--json", action="store_true", help="a list of rows: peer, estimator, claims_to_be, status, "

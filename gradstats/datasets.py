@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,11 +73,18 @@ def digits(seed: int = 0, validation: float = 0.2, test: float = 0.2) -> Split:
 
 def read_idx(path: str | Path) -> np.ndarray:
     """An IDX file (MNIST's format, optionally gzipped): a big-endian header of magic ``0x0000 TT DD``
-    (``TT`` the element type, ``DD`` the number of dimensions), ``DD`` sizes, then the data."""
+    (``TT`` the element type, ``DD`` the number of dimensions), ``DD`` sizes, then the data. A file that is
+    missing, unreadable, not gzip where it says so, truncated or not IDX is a ValueError naming it."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError as err:
+        raise ValueError(f"{path}: no such file") from err
+    except (OSError, EOFError, zlib.error) as err:   # gzip.BadGzipFile is an OSError; a truncated gzip an EOFError
+        kind = "a damaged or truncated gzip file" if path.suffix == ".gz" else "unreadable"
+        raise ValueError(f"{path}: {kind} ({type(err).__name__}: {err})") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(f"{path} is not an IDX file (its first two bytes must be zero)")
     types = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -98,25 +106,66 @@ def _find(directory: Path, stem: str) -> Path:
     for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
         if (directory / name).is_file():
             return directory / name
-    raise FileNotFoundError(f"{directory} has no {stem} (or {stem}.gz): MNIST's four IDX files are "
-                            "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte")
+    raise ValueError(f"{directory} has no {stem} (or {stem}.gz): MNIST's four IDX files are "
+                     "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte")
 
 
-def mnist(directory: str | Path, seed: int = 0, validation: float = 1 / 6) -> Split:
-    """MNIST from its four IDX files in ``directory`` (as distributed, gzipped or not): pixels / 255; its own
-    test set; ``validation`` of the training set held out at random (``seed``)."""
+MNIST_IMAGE_SHAPE = (28, 28)
+MNIST_CLASSES = 10
+
+
+def _pixels(x: np.ndarray, path: Path) -> np.ndarray:
+    """Images as float64 in ``[0, 1]``: unsigned bytes divided by 255; floating point taken as it is, where it is
+    finite and already in ``[0, 1]``; any other element type refused."""
+    if x.dtype == np.uint8:
+        return x.astype(np.float64) / 255.0
+    if x.dtype.kind == "f":
+        values = x.astype(np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ValueError(f"{path}: {int(bad.sum())} pixel(s) are not finite (NaN or infinity), the first in image "
+                             f"{int(np.argwhere(bad)[0][0])}")
+        if values.min() < 0 or values.max() > 1:
+            raise ValueError(f"{path}: floating-point pixels must lie in [0, 1], found {values.min():g} to {values.max():g}")
+        return values
+    raise ValueError(f"{path}: pixels must be unsigned bytes (IDX type 0x08) or floats in [0, 1], got {x.dtype}")
+
+
+def _labels(y: np.ndarray, path: Path, classes: int) -> np.ndarray:
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{path}: labels must be integers, got {y.dtype}")
+    bad = (y < 0) | (y >= classes)
+    if bad.any():
+        first = int(np.argwhere(bad)[0][0])
+        raise ValueError(f"{path}: labels must lie in 0..{classes - 1}; label {int(y[first])} at position {first} "
+                         f"({int(bad.sum())} out of range)")
+    return y.astype(np.int64)
+
+
+def mnist(directory: str | Path, seed: int = 0, validation: float = 1 / 6, *,
+          image_shape: tuple[int, int] = MNIST_IMAGE_SHAPE, num_classes: int = MNIST_CLASSES) -> Split:
+    """MNIST from its four IDX files in ``directory`` (as distributed, gzipped or not): byte pixels / 255 (float
+    pixels must already lie in ``[0, 1]``); its own test set; ``validation`` of the training set held out at
+    random (``seed``). Every file is checked: images of ``image_shape`` (28 x 28), labels in
+    ``0..num_classes - 1``, as many labels as images, finite pixels; a ValueError names the file and what was
+    expected."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"--data {directory}: not a directory")
+        raise ValueError(f"{directory}: not a directory (MNIST's four IDX files are read from one)")
     if not (isinstance(validation, (int, float)) and 0 < validation < 1):
         raise ValueError(f"validation must be a fraction in (0, 1), got {validation!r}")
+    image_shape = tuple(image_shape)
 
     def load(images: str, labels: str) -> tuple[Tensor, Tensor]:
-        x, y = read_idx(_find(directory, images)), read_idx(_find(directory, labels))
-        if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
-            raise ValueError(f"{directory}: {images} and {labels} do not match (shapes {x.shape} and {y.shape})")
-        return (torch.from_numpy(x.reshape(len(x), -1).astype(np.float64) / 255.0),
-                torch.from_numpy(y.astype(np.int64)))
+        x_path, y_path = _find(directory, images), _find(directory, labels)
+        x, y = read_idx(x_path), read_idx(y_path)
+        if x.ndim != 3 or x.shape[1:] != image_shape:
+            raise ValueError(f"{x_path}: expected images of {image_shape[0]} x {image_shape[1]} pixels (shape "
+                             f"[n, {image_shape[0]}, {image_shape[1]}]), got shape {x.shape}")
+        if y.ndim != 1 or len(x) != len(y):
+            raise ValueError(f"{y_path}: expected {len(x)} labels (one per image of {x_path.name}), got shape {y.shape}")
+        return (torch.from_numpy(_pixels(x, x_path).reshape(len(x), -1)),
+                torch.from_numpy(_labels(y, y_path, num_classes)))
 
     x, y = load("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
     test_set = load("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

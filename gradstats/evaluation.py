@@ -32,7 +32,7 @@ from .montecarlo import mc_moments
 from .numerics import positive_int
 from .problems import Problem, check_problem
 
-__all__ = ["evaluate", "REFERENCES"]
+__all__ = ["evaluate", "check_evaluate_arguments", "REFERENCES"]
 
 REFERENCES = ("binary", "own")
 _OWN_REFERENCE_SEED_OFFSET = 1_000_003
@@ -45,6 +45,42 @@ def _enumerable(problem: Problem, max_states: int) -> bool:
 def _scope(layer: int, coordinate: str) -> str:
     """What a metric's row aggregates, in words."""
     return "coordinate" if coordinate else "all layers" if layer == 0 else "layer"
+
+
+def check_evaluate_arguments(**kwargs) -> None:
+    """The arguments of :func:`evaluate` other than the problem and estimators, checked without computing anything
+    (what :func:`gradstats.sweep` does before its tasks run): known names, references, the method, positive
+    sizes. A ValueError names the first that is wrong."""
+    import inspect
+
+    names = [p for p in inspect.signature(evaluate).parameters if p not in ("problem", "estimators")]
+    unknown = sorted(set(kwargs) - set(names))
+    if unknown:
+        raise ValueError(f"unknown argument(s) of gs.evaluate: {unknown}; it takes {', '.join(names)}")
+    if "reference" in kwargs:
+        _references(kwargs["reference"])
+    if "method" in kwargs:
+        _method(kwargs["method"])
+    if "num_samples" in kwargs:
+        positive_int("num_samples", kwargs["num_samples"])
+    for m in kwargs.get("ms", ()):
+        positive_int("ms entries", m)
+    if kwargs.get("chunk_size") is not None:
+        positive_int("chunk_size", kwargs["chunk_size"])
+
+
+def _references(reference) -> list[str]:
+    refs = [reference] if isinstance(reference, str) else list(reference)
+    for r in refs:
+        if r not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES} (or several), got {r!r}")
+    return refs
+
+
+def _method(method) -> str:
+    if method not in ("auto", "exact", "mc"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'mc', got {method!r}")
+    return method
 
 
 def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iterable[str] = "binary", *,
@@ -77,12 +113,8 @@ def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iter
     guide "Reading the tidy table" describes every column.
     """
     check_problem(problem)
-    refs = [reference] if isinstance(reference, str) else list(reference)
-    for r in refs:
-        if r not in REFERENCES:
-            raise ValueError(f"reference must be one of {REFERENCES} (or several), got {r!r}")
-    if method not in ("auto", "exact", "mc"):
-        raise ValueError(f"method must be 'auto', 'exact' or 'mc', got {method!r}")
+    refs = _references(reference)
+    _method(method)
     n = positive_int("num_samples", num_samples)
     ms = tuple(positive_int("ms entries", m) for m in ms)
     if isinstance(estimators, (str, Estimator)) or callable(estimators):

@@ -167,4 +167,5 @@ def exact_moments(problem: Problem, estimator, *, references: dict[str, Tensor] 
         offset += weights.shape[0]
     _check_total(acc.summary.weight, problem.description)
     return Moments.from_summary(acc.summary, method="exact", estimator=est.name,
-                                loss_evals_per_draw=est.loss_evals(problem, resolved), seconds=time.perf_counter() - start)
+                                loss_evals_per_draw=est.loss_evals(problem, resolved), seconds=time.perf_counter() - start,
+                                source=(problem, est, resolved))

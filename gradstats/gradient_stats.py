@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
 from .accumulators import GradientAccumulator, Moments, Summary
+from .checkpoint import content_checksum
 from .metrics import compute_metrics
 from .noise import uniforms_as
 from .numerics import positive_int, seed_value
@@ -38,6 +41,10 @@ from .problems import FactoredGradient
 __all__ = ["GradientStats", "ParameterLayout", "per_draw_gradients", "gradient_stats", "estimate_reference"]
 
 _REFERENCE = "reference"
+_DIRECTION_METRICS = ("relative_bias", "cosine_mean", "cosine_draw", "cosine_m", "sign_agreement_mean",
+                      "sign_agreement_draw", "descent", "snr")
+_INTEGER_TYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+STATE_VERSION = 2
 
 
 class ParameterLayout:
@@ -51,7 +58,11 @@ class ParameterLayout:
     def __init__(self, shapes: Mapping[str, tuple[int, ...]]):
         if not shapes:
             raise ValueError("a gradient needs at least one parameter tensor")
-        self.shapes = {str(k): tuple(int(n) for n in v) for k, v in shapes.items()}
+        bad = [k for k in shapes if not isinstance(k, str)]
+        if bad:
+            raise ValueError(f"parameter names must be strings (as in model.named_parameters()), got "
+                             f"{', '.join(f'{k!r} ({type(k).__name__})' for k in bad)}")
+        self.shapes = {k: tuple(int(n) for n in v) for k, v in shapes.items()}
         self.names = list(self.shapes)
         self.sizes = [math.prod(s) for s in self.shapes.values()]
         self.num_parameters = sum(self.sizes)
@@ -78,7 +89,20 @@ class ParameterLayout:
         raise ValueError(f"expected a tensor or a dict name -> tensor, got {type(value).__name__}")
 
     def __eq__(self, other) -> bool:
+        """The same names and shapes in the same order (the flat coordinates line up)."""
+        return isinstance(other, ParameterLayout) and list(self.shapes.items()) == list(other.shapes.items())
+
+    def matches(self, other: ParameterLayout) -> bool:
+        """The same names and shapes, in any order (the statistics can be merged by name)."""
         return isinstance(other, ParameterLayout) and self.shapes == other.shapes
+
+    def order_from(self, other: ParameterLayout) -> tuple[Tensor, Tensor]:
+        """For a layout that :meth:`matches` this one: the flat coordinates of ``other`` in this one's order, and
+        its groups likewise (index 0, all coordinates, first), as index tensors."""
+        starts = dict(zip(other.names, (s.start for s in other._slices)))
+        coords = torch.cat([torch.arange(starts[k], starts[k] + n) for k, n in zip(self.names, self.sizes)])
+        groups = torch.tensor([0] + [1 + other.names.index(k) for k in self.names])
+        return coords, groups
 
     def layer_slices(self) -> list[tuple[None, slice]]:
         return [(None, s) for s in self._slices]
@@ -108,7 +132,7 @@ class ParameterLayout:
                 raise ValueError(f"{name} has {value.shape[-1]} coordinates; expected {self.description} "
                                  f"({', '.join(self.names)})")
             return list(value.split(self.sizes, -1))
-        if layout != self:
+        if not layout.matches(self):
             raise ValueError(f"{name} has parameters {layout.shapes}; expected {self.shapes}")
         if not batched:
             return [value[k].reshape(-1) for k in self.names]
@@ -182,7 +206,10 @@ class GradientStats:
                 raise ValueError("reference_stderr must be >= 0")
 
     def _vector(self, value, name: str) -> Tensor:
-        flat = self.layout.flatten(value, name).detach().to("cpu", torch.float64)
+        flat = self.layout.flatten(value, name).detach()
+        if flat.is_complex() or not (flat.is_floating_point() or flat.dtype in _INTEGER_TYPES):
+            raise ValueError(f"{name} must be real numbers, got dtype {flat.dtype}")
+        flat = flat.to("cpu", torch.float64)
         if not bool(torch.isfinite(flat).all()):
             raise ValueError(f"{name} must be finite")
         return flat
@@ -323,7 +350,11 @@ class GradientStats:
         ``per_coordinate``). ``group`` is ``"all"`` for every coordinate and the parameter's name for its
         part; metric names and definitions are those of ``gs.evaluate`` (:mod:`gradstats.metrics`), with
         jackknife standard errors. ``cosine_m`` of ``M > 1`` draws is not accumulated here. Without a
-        reference only ``variance_trace`` (and per coordinate ``variance``) is given."""
+        reference only ``variance_trace`` (and per coordinate ``variance``) is given.
+
+        A parameter tensor that got no gradient in any draw (:attr:`no_gradient`) is reported, not scored:
+        its rows of the metrics that compare directions (relative bias, cosines, sign agreement, descent)
+        are NaN, ``frame.attrs["no_gradient"]`` lists it, and a warning says so."""
         ms = tuple(positive_int("ms entries", m) for m in ms)
         moments = self.moments
         reference = self.reference.cpu() if self.reference is not None else torch.zeros(self.layout.num_parameters,
@@ -339,33 +370,72 @@ class GradientStats:
                                "stderr": r.stderr, "count": moments.num_samples,
                                **({"coordinate": r.coordinate} if per_coordinate else {})} for r in rows])
         frame["M"] = frame["M"].astype("Int64")
+        missing = self.no_gradient
+        if missing:
+            groups_without = set(missing) | ({"all"} if len(missing) == self.layout.num_layers else set())
+            unscored = frame.group.isin(groups_without) & frame.metric.isin(_DIRECTION_METRICS)
+            frame.loc[unscored, ["value", "stderr"]] = math.nan
+            warnings.warn(f"{', '.join(missing)} got no gradient in any of the {moments.num_samples:,} draws (unused by "
+                          "the loss, or detached): not scored (NaN) in the metrics that compare directions",
+                          RuntimeWarning, stacklevel=2)
+        frame.attrs["no_gradient"] = missing
         return frame
 
+    @property
+    def no_gradient(self) -> list[str]:
+        """The parameter tensors whose every draw was exactly 0 in every coordinate (unused by the loss, or
+        detached from it)."""
+        summary = self._summary()
+        return [name for name, (_, cols) in zip(self.layout.names, self.layout.layer_slices())
+                if not bool(summary.mean[cols].any()) and not bool(summary.m2[cols].any())]
+
     # ---- combining and storing ---------------------------------------------------------------
-    def _check_compatible(self, other: GradientStats) -> None:
+    def _order_of(self, layout: ParameterLayout | None) -> tuple[Tensor, Tensor] | None:
+        """``None`` where ``layout``'s coordinates line up with this one's; else the index tensors that put statistics
+        of ``layout`` in this one's order (merged by name). A ValueError where the names or shapes differ."""
+        if self.layout is None or layout is None or layout == self.layout:
+            return None
+        if not layout.matches(self.layout):
+            raise ValueError(f"cannot combine gradients of different parameters: {layout.shapes} and {self.layout.shapes}")
+        return self.layout.order_from(layout)
+
+    @staticmethod
+    def _in_order(value: Tensor | None, order) -> Tensor | None:
+        return value if value is None or order is None else value[order[0]]
+
+    def _check_compatible(self, other: GradientStats):
+        """The order that puts ``other``'s statistics in this one's (see :meth:`_order_of`), after checking that the
+        two can be merged."""
         if not isinstance(other, GradientStats):
             raise ValueError(f"can only merge another GradientStats, got {type(other).__name__}")
         if self.full_covariance != other.full_covariance:
             raise ValueError("cannot merge statistics with and without a full covariance")
-        if self.layout is not None and other.layout is not None and self.layout != other.layout:
-            raise ValueError(f"cannot merge gradients of different layouts: {self.layout.shapes} and {other.layout.shapes}")
+        order = self._order_of(other.layout)
         for name in ("reference", "reference_stderr"):
-            a, b = getattr(self, name), getattr(other, name)
+            a, b = getattr(self, name), self._in_order(getattr(other, name), order)
             if (a is None) != (b is None) or (a is not None and not torch.equal(a.cpu(), b.cpu())):
                 raise ValueError(f"cannot merge statistics against different {name}s")
+        return order
 
     def merge(self, other: GradientStats) -> GradientStats:
-        """A new GradientStats holding the draws of both (the work of several processes or devices)."""
-        self._check_compatible(other)
+        """A new GradientStats holding the draws of both (the work of several processes or devices). Parameters are
+        matched by name: ``other`` may list the same tensors in another order."""
+        order = self._check_compatible(other)
         out = GradientStats(self._given_reference, self._given_stderr, self.full_covariance, self.num_batches)
         out.load_state_dict(self.state_dict())
         if other.count == 0:
             return out
         if out.layout is None:
             out._set_layout(other.layout)
+
+        def aligned(summary: Summary) -> Summary:
+            summary = summary.cpu()
+            return summary if order is None else summary.permuted(*order)
+
         for b in other._batches:
             acc = out._accumulator()
-            acc.summary, acc.position = b.summary.cpu(), b.summary.count
+            acc.summary = aligned(b.summary)
+            acc.position = acc.summary.count
             out._batches.append(acc)
         out._batch_size = max(out._batch_size, other._batch_size)
         while len(out._batches) > 2 * out.num_batches:
@@ -373,39 +443,64 @@ class GradientStats:
         if other._full is not None:
             if out._full is None:
                 out._full = out._accumulator(full=True)
-            out._full.summary = out._full.summary.merged(other._full.summary.cpu())
+            out._full.summary = out._full.summary.merged(aligned(other._full.summary))
         return out
 
     def state_dict(self) -> dict:
-        """Plain tensors (on the CPU), numbers and dicts: what :meth:`load_state_dict` restores."""
-        return {"version": 1, "layout": None if self.layout is None else dict(self.layout.shapes),
-                "batch_size": self._batch_size, "num_batches": self.num_batches,
-                "full_covariance": self.full_covariance,
-                "reference": None if self.reference is None else self.reference.cpu(),
-                "reference_stderr": None if self.reference_stderr is None else self.reference_stderr.cpu(),
-                "batches": [b.summary.cpu().to_state() for b in self._batches],
-                "full": None if self._full is None else self._full.summary.cpu().to_state()}
+        """Plain tensors (on the CPU), numbers and dicts: what :meth:`load_state_dict` restores, with a SHA-256
+        checksum of the content, so that a record altered after it was made (a flipped bit) is refused."""
+        state = {"version": STATE_VERSION, "layout": None if self.layout is None else dict(self.layout.shapes),
+                 "batch_size": self._batch_size, "num_batches": self.num_batches,
+                 "full_covariance": self.full_covariance,
+                 "reference": None if self.reference is None else self.reference.cpu(),
+                 "reference_stderr": None if self.reference_stderr is None else self.reference_stderr.cpu(),
+                 "batches": [b.summary.cpu().to_state() for b in self._batches],
+                 "full": None if self._full is None else self._full.summary.cpu().to_state()}
+        return {**state, "checksum": content_checksum(state)}
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Restore :meth:`state_dict`'s output into this (empty or not) GradientStats, checking it first."""
+        """Restore :meth:`state_dict`'s output into this (empty or not) GradientStats, checking it first: its
+        checksum, its version, its parameters (matched by name, in any order) and reference, and every invariant
+        of the stored statistics (:meth:`Summary.check`: counts >= 0 and within the batch size, the batches' counts
+        adding up to the covariance's, finite values, second moments >= 0). A ValueError says what failed and
+        nothing is changed."""
         try:
-            if state["version"] != 1 or state["full_covariance"] != self.full_covariance:
-                raise ValueError("a stored GradientStats of another version or covariance setting")
+            if not isinstance(state, Mapping):
+                raise TypeError(f"expected a dict, got {type(state).__name__}")
+            if state["version"] != STATE_VERSION:
+                raise ValueError(f"a stored GradientStats of version {state['version']!r}; this gradstats reads version "
+                                 f"{STATE_VERSION} (recompute it)")
+            stored_sum = state["checksum"]
+            if stored_sum != content_checksum({k: v for k, v in state.items() if k != "checksum"}):
+                raise ValueError("the stored GradientStats fails its checksum: it was altered after it was stored (a "
+                                 "flipped bit, an edit); refused")
+            if state["full_covariance"] != self.full_covariance:
+                raise ValueError("a stored GradientStats of another covariance setting")
             layout = None if state["layout"] is None else ParameterLayout(state["layout"])
-            if self.layout is not None and layout is not None and layout != self.layout:
-                raise ValueError(f"stored layout {layout.shapes} differs from {self.layout.shapes}")
+            order = self._order_of(layout)
             for name in ("reference", "reference_stderr"):
-                mine, stored = getattr(self, name), state[name]
+                mine, stored = getattr(self, name), self._in_order(state[name], order)
                 if (mine is None) != (stored is None) or (mine is not None and not torch.equal(mine.cpu(), stored)):
                     raise ValueError(f"the stored {name} differs from this one's")
-            batch_size = positive_int("batch_size", int(state["batch_size"]))
-            if layout is not None and self.layout is None:
-                self._set_layout(layout)
+            batch_size = state["batch_size"]
+            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+                raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
             dim = 0 if layout is None else layout.num_parameters
             summaries = [Summary.from_state(s, dim, False, f"batch {i}") for i, s in enumerate(state["batches"])]
+            for i, summary in enumerate(summaries):
+                if not 1 <= summary.count <= batch_size:
+                    raise ValueError(f"batch {i}: {summary.count} draws, outside 1..{batch_size} (the batch size); refused")
             full = None if state["full"] is None else Summary.from_state(state["full"], dim, True, "full covariance")
+            if full is not None and full.count != sum(s.count for s in summaries):
+                raise ValueError(f"the full covariance counts {full.count} draws, the batches "
+                                 f"{sum(s.count for s in summaries)}; refused")
         except (KeyError, TypeError) as err:
             raise ValueError(f"not a stored GradientStats ({type(err).__name__}: {err})") from err
+        if layout is not None and self.layout is None:
+            self._set_layout(layout)
+        if order is not None:
+            summaries = [s.permuted(*order) for s in summaries]
+            full = None if full is None else full.permuted(*order)
         self._device = None
         self._batches = []
         for s in summaries:
@@ -413,6 +508,8 @@ class GradientStats:
             acc.summary, acc.position = s, s.count
             self._batches.append(acc)
         self._batch_size = batch_size
+        while len(self._batches) > 2 * self.num_batches:
+            self._halve_batches()
         self._full = None
         if full is not None:
             self._full = self._accumulator(full=True)
@@ -439,6 +536,13 @@ def per_draw_gradients(loss: Callable[..., Tensor], params: Mapping[str, Tensor]
     The uniforms come from a ``torch.Generator`` seeded with ``seed`` on the CPU, in draw order, so a run
     is the same for any ``chunk_size`` and device (in float32 they are rounded down to its grid, so none
     is 1). Yields dicts name -> ``[b, *shape]``.
+
+    Randomness the loss draws itself from torch's global generator (dropout in training mode,
+    ``torch.bernoulli``, ``torch.rand``) differs from draw to draw (``randomness="different"``) and is
+    routed too: each chunk runs with torch's generators forked (``torch.random.fork_rng``, so the
+    caller's state is left as it was) and seeded from ``(seed, first draw of the chunk)``, so the same
+    seed and ``chunk_size`` give the same numbers. A frozen ``nn.Parameter`` (``requires_grad=False``)
+    is left out of the gradients; plain tensors are all measured.
     """
     from torch.func import grad, vmap
 
@@ -454,16 +558,34 @@ def per_draw_gradients(loss: Callable[..., Tensor], params: Mapping[str, Tensor]
         if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 1 for n in shape)):
             raise ValueError(f"noise_shape{'' if k is None else f'[{k!r}]'} must be a tuple of positive integers, "
                              f"got {shape!r}")
-    detached = {k: v.detach() for k, v in params.items()}
-    first = next(iter(detached.values()))
+    measured = {k: v.detach() for k, v in params.items() if not _frozen(v)}
+    if not measured:
+        raise ValueError("every parameter in params is frozen (requires_grad=False): nothing to measure")
+    fixed = {k: v.detach() for k, v in params.items() if k not in measured}
+    first = next(iter(measured.values()))
     dtype = dtype or first.dtype
     generator = torch.Generator().manual_seed(seed)
-    per_draw = vmap(grad(loss), in_dims=(None, 0), randomness="different")
+
+    def with_fixed(free, u):
+        return loss({**free, **fixed}, u)
+
+    per_draw = vmap(grad(with_fixed if fixed else loss), in_dims=(None, 0), randomness="different")
+    devices = [first.device.index or 0] if first.device.type == "cuda" else []
     for start in range(0, num_draws, chunk_size):
         rows = min(chunk_size, num_draws - start)
         noise = {k: uniforms_as(torch.rand((rows, *shape), generator=generator, dtype=torch.float64), dtype)
                  .to(first.device) for k, shape in shapes.items()}
-        yield per_draw(detached, noise[None] if None in noise else noise)
+        chunk_seed = int(np.random.SeedSequence((seed, start)).generate_state(1, dtype=np.uint64)[0] >> 1)
+        with torch.random.fork_rng(devices=devices):
+            torch.default_generator.manual_seed(chunk_seed)
+            if devices:
+                torch.cuda.default_generators[devices[0]].manual_seed(chunk_seed)
+            gradients = per_draw(measured, noise[None] if None in noise else noise)
+        yield gradients
+
+
+def _frozen(value: Tensor) -> bool:
+    return isinstance(value, torch.nn.Parameter) and not value.requires_grad
 
 
 def gradient_stats(loss: Callable[..., Tensor], params: Mapping[str, Tensor], num_draws: int, *,

@@ -40,7 +40,11 @@ Conventions at the edges (values, never silently 0):
   about 1e-16 of it, and that residue's sign counts;
 * the cosine of a zero vector is 0; cosines of tiny or huge vectors are exact (both vectors
   are rescaled by their largest entry first, with no eps clamp);
-* ``relative_bias`` against a zero reference is ``inf`` (0 when the bias is 0 too);
+* ``relative_bias`` against a zero reference is ``inf`` (0 when the bias is 0 too); norms are computed on
+  vectors rescaled by their largest entry, so a gradient of 1e-200 has its true relative bias (its
+  squares would underflow to 0); per-draw cosines rescale each draw by a power of two first;
+* with one Monte Carlo draw the variance (``n - 1`` denominator) is NaN, and so are the metrics that
+  use it (``variance_trace``, ``mse``, ``snr``): never 0;
 * ``snr`` of a coordinate with zero variance is ``inf`` when its mean is nonzero, 0 when the
   mean is 0.
 """
@@ -54,7 +58,7 @@ import torch
 from torch import Tensor
 
 from .accumulators import Moments, Summary
-from .numerics import SIGN_TOLERANCE, cosine, float64_vector, ratio_or_inf, signs
+from .numerics import SIGN_TOLERANCE, cosine, float64_vector, norm, ratio_or_inf, signs
 from .problems import Problem
 
 __all__ = ["MetricValue", "compute_metrics", "COORDINATE_METRICS", "SCALAR_METRICS", "SIGN_TOLERANCE", "signs",
@@ -100,7 +104,7 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
     """Every metric from a summary, keyed by ``(metric, layer, m)``; per-coordinate ones are ``[D]`` tensors.
     ``reference_var`` (the squared standard error of an estimated reference) is taken out of the squared bias."""
     n = s.count
-    var = s.m2 / s.weight if exact else s.m2 / max(n - 1, 1)
+    var = s.m2 / s.weight if exact else s.m2 / (n - 1) if n > 1 else torch.full_like(s.m2, math.nan)
     mean = s.mean
     bias = mean - reference
     sd = var.sqrt()
@@ -116,9 +120,10 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
             continue
         b, g, mu, v = bias[sel], reference[sel], mean[sel], var[sel]
         trace = float(v.sum())
-        bias2 = float(b.square().sum())
-        out[("bias_norm", layer, None)] = math.sqrt(bias2)
-        out[("relative_bias", layer, None)] = ratio_or_inf(math.sqrt(bias2), float(g.norm()))
+        bias_norm = norm(b)
+        bias2 = bias_norm**2
+        out[("bias_norm", layer, None)] = bias_norm
+        out[("relative_bias", layer, None)] = ratio_or_inf(bias_norm, norm(g))
         out[("variance_trace", layer, None)] = trace
         sq_bias = bias2 if exact else bias2 - trace / n
         if reference_var is not None:

@@ -31,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -174,23 +175,29 @@ def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, 
                               options=resolved, settings={"n": n, "seed": seed, "device": str(dev), "dtype": str(dtype),
                                                           "full": full, "references": references, "ms": list(ms),
                                                           "batches": k})
-        saver.resume(run)
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    with tqdm(total=n, initial=run.position, disable=not show, unit="draw", unit_scale=True, desc=est.name,
-              leave=False) as bar, _sigterm_as_exit():
-        try:
-            run.loop(bar.update, None if saver is None else lambda: saver.maybe_save(run))
-        except BaseException:
-            if saver is not None:
-                saver.save_after_interruption(run)
-            raise
-    if saver is not None:
-        saver.path.unlink(missing_ok=True)
+    try:
+        if saver is not None:
+            saver.resume(run)
+        show = sys.stderr.isatty() if progress is None else bool(progress)
+        with tqdm(total=n, initial=run.position, disable=not show, unit="draw", unit_scale=True, desc=est.name,
+                  leave=False) as bar, _sigterm_as_exit():
+            try:
+                run.loop(bar.update, None if saver is None else lambda: saver.maybe_save(run))
+            except BaseException:
+                if saver is not None:
+                    saver.save_after_interruption(run)
+                raise
+        if saver is not None:
+            saver.remove_own()
+    finally:
+        if saver is not None:
+            saver.release()
     total = run.batches[0].summary
     for acc in run.batches[1:]:
         total = total.merged(acc.summary)
     return Moments.from_summary(total, method="mc", estimator=est.name, loss_evals_per_draw=est.loss_evals(problem, resolved),
-                                batches=tuple(acc.summary for acc in run.batches), seconds=time.perf_counter() - start_time)
+                                batches=tuple(acc.summary for acc in run.batches), seconds=time.perf_counter() - start_time,
+                                source=(problem, est, resolved))
 
 
 class _Run:
@@ -292,7 +299,11 @@ def _fused_statistics(problem, est, resolved, accumulator: GradientAccumulator, 
 
 
 class _Checkpointer:
-    """Saves a run's accumulators to ``path`` (plain tensors, signed) and resumes a run from it."""
+    """Saves a run's accumulators to ``path`` (plain tensors, signed, with a checksum) and resumes a run from it.
+
+    The path is claimed up front (:func:`gradstats.checkpoint.claim`: its directory exists and is writable, and no
+    other run writes there meanwhile); a save that fails is said once (a warning) and the run goes on, keeping its
+    result; at the end only the file this run wrote last is removed, never one another run wrote."""
 
     def __init__(self, path: Path, every: float, device, **identity):
         self.path, self.every, self.device = path, every, device
@@ -302,6 +313,9 @@ class _Checkpointer:
             raise ValueError(f"checkpoint={str(path)!r} cannot be used: {err}, so a saved run could not be told from "
                              "another; run without a checkpoint, or give the loss and estimator plain values "
                              "(numbers, tensors, functions)") from err
+        self.lock = ckpt.claim(path)
+        self.written = None       # what identifies the file this run wrote last
+        self.failed = False
         self.last = time.perf_counter()
 
     def resume(self, run: _Run) -> None:
@@ -317,13 +331,19 @@ class _Checkpointer:
                              "remove it or pass another path")
         for i, (acc, state) in enumerate(zip(run.batches, stored)):
             acc.load_state_dict(state, f"{where}, batch {i}")
+        counted = sum(acc.summary.count for acc in run.batches)
+        if counted != position:
+            raise ValueError(f"{where} is damaged: its batches hold {counted} draws, its position says {position}; it "
+                             "was left in place: remove it or pass another path")
         run.position, run.state = position, record.get("state")
+        self.written = ckpt.file_identity(self.path)   # resumed: the file is this run's to remove
 
     def save(self, run: _Run) -> None:
         if run.position == 0:
             return
         ckpt.save(self.path, self.signature, {"position": run.position, "state": run.state,
                                               "accumulators": [acc.state_dict() for acc in run.batches]})
+        self.written = ckpt.file_identity(self.path)
         self.last = time.perf_counter()
 
     def save_after_interruption(self, run: _Run) -> None:
@@ -333,5 +353,21 @@ class _Checkpointer:
             logger.exception("could not save checkpoint %s after the interruption", self.path)
 
     def maybe_save(self, run: _Run) -> None:
-        if time.perf_counter() - self.last > self.every:
+        if time.perf_counter() - self.last <= self.every:
+            return
+        try:
             self.save(run)
+        except OSError as err:   # the run goes on: its result matters more than its checkpoint
+            self.last = time.perf_counter()
+            if not self.failed:
+                warnings.warn(f"could not save checkpoint {str(self.path)!r} ({type(err).__name__}: {err}); the run goes "
+                              "on without it and will try again", RuntimeWarning, stacklevel=2)
+            self.failed = True
+
+    def remove_own(self) -> None:
+        """Remove the checkpoint if the file there is the one this run wrote last."""
+        if self.written is not None and ckpt.file_identity(self.path) == self.written:
+            self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        self.lock.unlink(missing_ok=True)

@@ -8,8 +8,9 @@ import numbers
 import torch
 from torch import Tensor
 
-__all__ = ["safe_divide", "cosine", "ratio_or_inf", "coordinate_labels", "summary_text", "positive_int", "positive_finite",
-           "seed_value", "optional_bool", "float64_vector", "float64_references", "MAX_SEED", "SIGN_TOLERANCE", "signs"]
+__all__ = ["safe_divide", "cosine", "norm", "ratio_or_inf", "coordinate_labels", "summary_text", "positive_int",
+           "positive_finite", "seed_value", "optional_bool", "float64_vector", "float64_references", "MAX_SEED",
+           "SIGN_TOLERANCE", "signs"]
 
 
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
@@ -37,6 +38,17 @@ def cosine(x: Tensor, y: Tensor) -> float:
         return 0.0
     xs, ys = x / sx, y / sy
     return float((xs @ ys) / (xs.norm() * ys.norm()))
+
+
+def norm(x: Tensor) -> float:
+    """``|x|`` computed on ``x / max|x|``, so that vectors of any scale (1e-200 or 1e200) neither underflow nor
+    overflow when squared; 0 for a zero vector, inf where an entry is infinite."""
+    if x.numel() == 0:
+        return 0.0
+    top = float(x.abs().max())
+    if top == 0.0 or not math.isfinite(top):
+        return top
+    return top * float((x / top).norm())
 
 
 def ratio_or_inf(num: float, den: float) -> float:
@@ -96,12 +108,15 @@ def summary_text(lines: list[str], frame, max_rows: int) -> str:
 
 
 def float64_vector(name: str, value, size: int) -> Tensor:
-    """``value`` as a finite float64 tensor of shape ``[size]`` exactly, else a ValueError naming ``name``."""
+    """``value`` as a finite float64 tensor of shape ``[size]`` exactly, else a ValueError naming ``name`` (a complex
+    value is refused, not cut to its real part)."""
     try:
-        t = value.detach().to(device="cpu", dtype=torch.float64) if isinstance(value, Tensor) \
-            else torch.as_tensor(value, dtype=torch.float64)
+        t = value.detach() if isinstance(value, Tensor) else torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"{name} must be {size} numbers: {err}") from err
+    if t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name} must be real numbers, got dtype {t.dtype}")
+    t = t.to(device="cpu", dtype=torch.float64)
     if tuple(t.shape) != (size,):
         raise ValueError(f"{name} must have shape ({size},), got {tuple(t.shape)}")
     if not torch.isfinite(t).all():

@@ -192,13 +192,14 @@ def test_a_corrupted_cached_cell_is_named_and_recomputed_alone(tmp_path, capsys)
 
 
 _KILLED_PARENT = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 from analyses import _runner
 
 
 def slow(cell, config):
-    time.sleep(120)
+    (Path(sys.argv[2]) / f"started-{os.getpid()}").write_text("")   # the test's signal: this worker computes
+    time.sleep(3600)
     return [], 0.0
 
 
@@ -207,6 +208,18 @@ if __name__ == "__main__":
     config = _runner.Config("fig_toy", True, 0, "cpu", Path(sys.argv[1]), False, False, jobs=2)
     _runner.run_cells(config, [{"i": i} for i in range(4)], lambda c, _: [])
 """
+
+GUARD_SECONDS = 900   # a broken run fails after this; a working one moves on as soon as its signal comes
+
+
+def _wait_for(condition, what: str) -> None:
+    """Poll ``condition`` until it holds (a signal from the processes under test); fail after GUARD_SECONDS."""
+    import time
+
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < GUARD_SECONDS, f"{what} did not happen in {GUARD_SECONDS} s"
+        time.sleep(0.05)
 
 
 def _children(pid: int) -> list[int]:
@@ -235,32 +248,28 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_killing_the_runner_leaves_no_worker_behind(tmp_path):
+    """Both workers signal that they are computing (a file each); then the parent is killed, and the test waits for
+    the workers to exit (they poll for their parent twice a second): no sleep decides the outcome."""
     import os
     import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     script = tmp_path / "parent.py"
     script.write_text(_KILLED_PARENT)
+    signals = tmp_path / "signals"
+    signals.mkdir()
     root = Path(__file__).resolve().parents[1]
-    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path / "out")], cwd=root,
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path / "out"), str(signals)], cwd=root,
                               env={**os.environ, "PYTHONPATH": str(root)})
     try:
-        deadline = time.time() + 60
-        workers = []
-        while time.time() < deadline and len(workers) < 2:
-            time.sleep(0.2)
-            workers = _children(parent.pid)
-        assert len(workers) == 2, "the workers did not start"
-        time.sleep(2.0)   # the workers are computing their cells
+        _wait_for(lambda: len(list(signals.glob("started-*"))) == 2, "both workers starting their cells")
+        workers = [int(p.name.split("-")[1]) for p in signals.glob("started-*")]
+        assert sorted(workers) == sorted(_children(parent.pid))
         parent.send_signal(signal.SIGKILL)
-        parent.wait(timeout=10)
-        deadline = time.time() + 10
-        while time.time() < deadline and any(_alive(w) for w in workers):
-            time.sleep(0.2)
-        assert not any(_alive(w) for w in workers)
+        parent.wait()
+        _wait_for(lambda: not any(_alive(w) for w in workers), "the workers' exit after their parent died")
     finally:
         parent.kill()
         for w in _children(parent.pid):

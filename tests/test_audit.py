@@ -154,3 +154,52 @@ def test_a_peer_version_other_than_the_pinned_one_is_said_once(monkeypatch):
             f"the audit is pinned to storchastic {audit.PINNED['storchastic']}, found 0.0.1"]
     finally:
         audit._require_storchastic.cache_clear()
+
+
+def test_no_verdict_from_too_few_draws_and_the_cap_holds_for_the_pilot_too(monkeypatch):
+    drawn = []
+    real = audit.peer_gradients
+
+    def counting(estimator, problem, num_draws, seed=0, chunk_size=50_000):
+        for chunk in real(estimator, problem, num_draws, seed, chunk_size):
+            drawn.append(len(chunk))
+            yield chunk
+
+    monkeypatch.setattr(audit, "peer_gradients", counting)
+    for cap in (1, 3, 150, 260):   # 260: a pilot of 65, then 195 draws: one short
+        drawn.clear()
+        row = audit.audit_one(ESTIMATORS["ScoreFunction()"], TOY, max_draws=cap)
+        assert sum(drawn) <= cap, (cap, drawn)
+        assert row.status == "inconclusive" and "at least 200 draws" in row.notes, row
+        assert math.isnan(row.max_abs_z)   # no test was run
+    with pytest.raises(ValueError, match="max_draws must be an integer >= 1"):
+        audit.audit_one(ESTIMATORS["ScoreFunction()"], TOY, max_draws=0)
+    with pytest.raises(ValueError, match="max_draws must be an integer >= 1"):
+        audit.audit("storchastic", max_draws=-1)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_the_cli_refuses_a_max_draws_below_one(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["audit", "storchastic", "--quick", "--max-draws", value])
+    assert exit_info.value.code == 2
+    assert f"--max-draws must be an integer >= 1, got '{value}'" in capsys.readouterr().err
+
+
+def test_a_disagreement_that_rests_on_heavy_tails_is_inconclusive(monkeypatch):
+    """A peer whose draws are the exact gradient minus 0.5, plus a normal noise of 0.01, and one draw of +10 in each
+    call: its mean is far off at every look (|z| above 70), but one event among thousands of draws gives a skewness
+    near 40, which a normal z needs about a million draws for: inconclusive, with the reason, not "disagrees"."""
+    import numpy as np
+
+    g = float(audit.closed_form_gradient(TOY))
+
+    def heavy(estimator, problem, num_draws, seed=0, chunk_size=50_000):
+        x = g - 0.5 + 0.01 * np.random.default_rng(seed).standard_normal(num_draws)
+        x[0] += 10.0
+        yield torch.from_numpy(x)[:, None]
+
+    monkeypatch.setattr(audit, "peer_gradients", heavy)
+    fake = audit.PeerEstimator("test", "heavy()", "exact", lambda n: None)
+    row = audit.audit_one(fake, TOY, max_draws=20_000)
+    assert row.status == "inconclusive" and "heavy tails" in row.notes and row.max_abs_z > 70, row

@@ -97,7 +97,7 @@ def test_loading_never_runs_code_and_bad_files_are_kept_with_a_clear_error(tmp_p
     assert not (tmp_path / "pwned").exists() and path.exists()
 
     torch.save({"weights": torch.ones(3)}, path)   # a foreign file
-    with pytest.raises(ValueError, match="is not a gradstats-checkpoint/2 file"):
+    with pytest.raises(ValueError, match=f"is not a {ckpt.FORMAT} file"):
         gs.moments(problem, "st", checkpoint=path, **KW)
     assert path.exists()
 
@@ -115,6 +115,11 @@ def test_a_truncated_or_damaged_checkpoint_is_a_clear_error(tmp_path, monkeypatc
     _interrupted(problem, "st", tmp_path / "ok.ckpt", monkeypatch)
     record = torch.load(tmp_path / "ok.ckpt", weights_only=True)
     record["accumulators"][0]["summary"]["mean"] = torch.zeros(3, dtype=torch.float64)   # the wrong shape
+    torch.save(record, path)
+    with pytest.raises(ValueError, match=f"checkpoint {str(path)!r} fails its checksum"):
+        gs.moments(problem, "st", checkpoint=path, **KW)
+    record.pop("checksum")
+    record["checksum"] = ckpt.content_checksum(record)   # an edit that also forges the checksum
     torch.save(record, path)
     with pytest.raises(ValueError, match="batch 0: mean must be a float64 tensor of shape"):
         gs.moments(problem, "st", checkpoint=path, **KW)

@@ -118,8 +118,9 @@ def test_result_objects_print_short_and_give_frames():
     with pytest.raises(ValueError, match="coordinate_names must have D = 8 entries"):
         mc.to_frame(["a"])
     test = unbiasedness_test(mc, gs.exact_gradient(net))
-    assert test.pvalue == test.global_p and repr(test).startswith("TestResult(global_method='holm', pvalue=")
-    assert list(test.to_frame().columns) == ["coordinate", "statistic", "p_value", "adjusted", "rejected", "untested"]
+    assert test.pvalue == test.global_p and repr(test).startswith("TestResult(verdict='rejected', global_method='holm', pvalue=")
+    assert list(test.to_frame().columns) == ["coordinate", "statistic", "p_value", "adjusted", "rejected", "untested",
+                                             "reliable", "required_draws", "skewness", "kurtosis"]
     run = train(gs.problems.teacher_student([3, 2], num_examples=2), "st", steps=20, learning_rate=1.0)
     assert "\n" not in repr(run) and "tensor" not in repr(run)
     assert run.to_frame()["loss"].tolist() == list(run.loss)
@@ -147,7 +148,7 @@ def test_result_summaries_state_how_they_were_computed_and_show_a_bounded_table(
 
     test = unbiasedness_test(mc, gs.exact_gradient(net))
     first, second = test.summary().splitlines()[:2]
-    assert first == f"Global test (holm): p = {test.pvalue:.4g}, {'rejected' if test.reject else 'not rejected'} at alpha = 0.05"
+    assert first == f"Global test (holm): p = {test.pvalue:.4g}, {test.verdict} at alpha = 0.05"
     assert second.startswith(f"{int(test.rejected.sum())} of 8 coordinates rejected after Holm")
 
     data = gs.problems.teacher_student([3, 2], num_examples=2)

@@ -41,7 +41,7 @@ def test_mnist_reads_the_four_idx_files(tmp_path, gz):
     _write_idx(tmp_path / f"train-labels-idx1-ubyte{ext}", train_y, 0x08)
     _write_idx(tmp_path / f"t10k-images-idx3-ubyte{ext}", test_x, 0x08)
     _write_idx(tmp_path / f"t10k-labels-idx1-ubyte{ext}", test_y, 0x08)
-    split = datasets.mnist(tmp_path, validation=0.2)
+    split = datasets.mnist(tmp_path, validation=0.2, image_shape=(4, 4))
     assert split.num_inputs == 16 and len(split.test[1]) == 6
     assert len(split.train[1]) == 24 and len(split.validation[1]) == 6
     assert torch.allclose(split.test[0], torch.from_numpy(test_x.reshape(6, -1) / 255.0))
@@ -56,7 +56,92 @@ def test_bad_idx_files_are_named(tmp_path):
     (tmp_path / "short").write_bytes((tmp_path / "short").read_bytes()[:-1])
     with pytest.raises(ValueError, match="promises 6 bytes"):
         datasets.read_idx(tmp_path / "short")
-    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+    with pytest.raises(ValueError, match="has no train-images-idx3-ubyte"):
         datasets.mnist(tmp_path)
     with pytest.raises(ValueError, match="validation must be a fraction"):
         datasets.digits(validation=1.5)
+
+
+def _four_files(directory, *, train_x=None, train_y=None, gz=False):
+    """MNIST's four files with 28 x 28 byte images (small), ``train_x`` / ``train_y`` replacing the training ones."""
+    rng = np.random.default_rng(1)
+    ext = ".gz" if gz else ""
+    parts = {"train-images-idx3-ubyte": (rng.integers(0, 256, (12, 28, 28), dtype=np.uint8) if train_x is None
+                                         else train_x),
+             "train-labels-idx1-ubyte": rng.integers(0, 10, 12, dtype=np.uint8) if train_y is None else train_y,
+             "t10k-images-idx3-ubyte": rng.integers(0, 256, (4, 28, 28), dtype=np.uint8),
+             "t10k-labels-idx1-ubyte": rng.integers(0, 10, 4, dtype=np.uint8)}
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B, np.dtype(np.float32): 0x0D}
+    for name, array in parts.items():
+        _write_idx(directory / (name + ext), array, codes[array.dtype])
+    return directory / ("train-images-idx3-ubyte" + ext), directory / ("train-labels-idx1-ubyte" + ext)
+
+
+def _damaged(kind, directory):
+    """A directory whose MNIST files are damaged in one way; returns (directory, the file the error must name)."""
+    if kind == "missing directory":
+        return directory / "nowhere", directory / "nowhere"
+    images, labels = _four_files(directory, gz=kind == "bad gzip")
+    if kind == "missing file":
+        labels.unlink()
+        return directory, "train-labels-idx1-ubyte"
+    if kind == "bad gzip":
+        images.write_bytes(b"not gzip at all")
+        return directory, images
+    if kind == "truncated gzip":
+        _four_files(directory, gz=True)
+        images = directory / "train-images-idx3-ubyte.gz"
+        for f in directory.iterdir():
+            if not f.name.endswith(".gz"):
+                f.unlink()
+        images.write_bytes(images.read_bytes()[:200])
+        return directory, images
+    if kind == "wrong image size":
+        _four_files(directory, train_x=np.zeros((12, 20, 20), dtype=np.uint8))
+        return directory, images
+    if kind == "negative label":
+        _four_files(directory, train_y=np.full(12, -1, dtype=np.int8))
+        return directory, labels
+    if kind == "label 255":
+        _four_files(directory, train_y=np.full(12, 255, dtype=np.uint8))
+        return directory, labels
+    if kind == "label count":
+        _four_files(directory, train_y=np.zeros(11, dtype=np.uint8))
+        return directory, labels
+    if kind == "truncated file":
+        images.write_bytes(images.read_bytes()[:-10])
+        return directory, images
+    if kind == "nan pixels":
+        x = np.random.default_rng(2).random((12, 28, 28)).astype(np.float32)
+        x[3, 5, 5] = np.nan
+        _four_files(directory, train_x=x)
+        return directory, images
+    if kind == "float pixels above 1":
+        _four_files(directory, train_x=np.full((12, 28, 28), 200.0, dtype=np.float32))
+        return directory, images
+    if kind == "signed pixels":
+        _four_files(directory, train_x=np.zeros((12, 28, 28), dtype=np.int16))
+        return directory, images
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["missing directory", "missing file", "bad gzip", "truncated gzip", "wrong image size",
+                                  "negative label", "label 255", "label count", "truncated file", "nan pixels",
+                                  "float pixels above 1", "signed pixels"])
+def test_the_cli_refuses_damaged_mnist_files_in_one_line_naming_the_file(tmp_path, kind, capsys):
+    from gradstats import cli
+
+    directory, culprit = _damaged(kind, tmp_path)
+    code = cli.main(["conditional", "--data", str(directory), "--quick", "--seeds", "1", "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gradstats: error: ") and str(culprit) in lines[0], err
+
+
+def test_float_pixels_in_the_unit_interval_are_taken_as_they_are(tmp_path):
+    x = np.random.default_rng(3).random((12, 28, 28)).astype(np.float32)
+    _four_files(tmp_path, train_x=x)
+    split = datasets.mnist(tmp_path, validation=0.25)
+    rows = torch.cat([split.train[0], split.validation[0]])
+    assert torch.allclose(rows.sort(0).values, torch.from_numpy(x.reshape(12, -1).astype(np.float64)).sort(0).values)

@@ -10,26 +10,47 @@ from hypothesis import strategies as st
 import gradstats as gs
 from gradstats import enumeration
 from gradstats.metrics import compute_metrics
+from gradstats.problems import FactoredGradient
 from gradstats.testing import networks
 
 
 def brute_force(dense: torch.Tensor, w: torch.Tensor, g: torch.Tensor, layers: torch.Tensor):
     """Weighted per-draw metrics from materialised gradients [B, D]. A draw's raw sign is compared with the
     reference's sign, in which entries up to SIGN_TOLERANCE * max |g| are rounding, so 0 (an exact gradient of
-    8e-20 where its value is 0 counts as 0)."""
+    8e-20 where its value is 0 counts as 0). Cosines are taken of rows rescaled to a largest entry of 1, so that
+    gradients of 1e-170 keep theirs."""
     w = w / w.sum()
     ref_sign = torch.where(g.abs() <= gs.numerics.SIGN_TOLERANCE * g.abs().max(), 0.0, g.sign())
     agree = (dense.sign() == ref_sign).double()
     out = {"sign_agree": w @ agree}
     for layer in range(int(layers.max()) + 1):
         sel = torch.ones_like(layers, dtype=torch.bool) if layer == 0 else layers == layer
-        d, r = dense[:, sel], g[sel]
+        d, r = _unit_rows(dense[:, sel]), g[sel]
+        r = r / r.abs().max() if bool(r.any()) else r
         inner = d @ r
         norms = d.norm(dim=1) * r.norm()
         cos = torch.where(norms > 0, inner / torch.where(norms > 0, norms, 1.0), 0.0)
         out[("cos", layer)] = float(w @ cos)
         out[("descent", layer)] = float(w @ (inner > 0).double())
     return out
+
+
+def _normal_range(gradient: FactoredGradient) -> FactoredGradient:
+    """The same per-draw gradients times one power of two that brings the largest delta near 1, before they are
+    multiplied out: cosines are unchanged, and deltas of 5e-324 (a loss coefficient that small) keep their ratios,
+    which their subnormal products with the inputs would round away."""
+    top = max(float(d.abs().max()) for d in gradient.deltas)
+    if top == 0:
+        return gradient
+    exponent = -math.frexp(top)[1]
+    half = exponent // 2
+    return FactoredGradient([d * 2.0**half * 2.0**(exponent - half) for d in gradient.deltas], gradient.inputs)
+
+
+def _unit_rows(d: torch.Tensor) -> torch.Tensor:
+    """Each row divided by its largest magnitude (a cosine is scale-invariant; squares of entries of 1e-170 are 0)."""
+    top = d.abs().amax(1, keepdim=True)
+    return d / torch.where(top > 0, top, 1.0)
 
 
 @given(problem=networks(max_layers=3, max_total_units=8), estimator=st.sampled_from(["st", "reinforce", "sts"]))
@@ -42,9 +63,11 @@ def test_exact_per_draw_metrics_match_brute_force(problem, estimator):
     est = gs.estimators.get(estimator)
     opts = gs.estimators.resolve_options(est, problem, {})
     trajs = list(enumeration.trajectories(problem, est.unit))
-    dense = torch.cat([est.from_states(problem, t, **opts).dense() for t in trajs])
+    draws = [est.from_states(problem, t, **opts) for t in trajs]
+    dense = torch.cat([d.dense() for d in draws])
+    scaled = torch.cat([_normal_range(d).dense() if isinstance(d, FactoredGradient) else d for d in draws])
     w = torch.cat([t.log_prob.exp() for t in trajs])
-    ref = brute_force(dense, w, g, problem.coordinate_layers())
+    ref = brute_force(scaled, w, g, problem.coordinate_layers())
     s = m.statistics
     assert torch.allclose(s.sign_agree["binary"] / s.weight, ref["sign_agree"], rtol=1e-12, atol=1e-14)
     for layer in range(problem.num_layers + 1):
@@ -69,20 +92,21 @@ def test_mc_group_cosines_match_brute_force_and_ignore_chunking(problem, chunk):
     from gradstats.noise import NoiseStream
 
     u = NoiseStream(1, (1, problem.num_units), torch.device("cpu")).uniforms(0, n)
-    dense = gs.estimators.get("st").draw(problem, u).dense()
+    draw = gs.estimators.get("st").draw(problem, u)
+    dense, scaled = draw.dense(), _normal_range(draw).dense()
     layers = problem.coordinate_layers()
     bounds = [round(i * n / k) for i in range(k + 1)]
     for mm in (7, 50):
         total, groups = torch.zeros(problem.num_layers + 1, dtype=torch.float64), 0
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             full = (hi - lo) // mm
-            means = dense[lo:lo + full * mm].reshape(full, mm, -1).mean(1)
+            means = scaled[lo:lo + full * mm].reshape(full, mm, -1).mean(1)
             for layer in range(problem.num_layers + 1):
                 total[layer] += brute_force(means, torch.ones(full, dtype=torch.float64), g, layers)[("cos", layer)] * full
             groups += full
         assert m.statistics.groups[mm] == groups
         assert torch.allclose(m.statistics.cosine_m["b"][mm], total, rtol=1e-10, atol=1e-12)
-    ref = brute_force(dense, torch.ones(n, dtype=torch.float64), g, layers)
+    ref = brute_force(scaled, torch.ones(n, dtype=torch.float64), g, layers)
     assert m.statistics.cosine["b"][0] / n == pytest.approx(ref[("cos", 0)], rel=1e-10)
     assert torch.allclose(m.mean, dense.mean(0), rtol=1e-10, atol=1e-13)
     assert torch.allclose(m.var, dense.var(0), rtol=1e-9, atol=1e-13)

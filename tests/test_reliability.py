@@ -3,6 +3,7 @@
 import logging
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -157,6 +158,57 @@ def test_metric_edges_have_honest_values():
     assert gs.numerics.cosine(torch.tensor([1e-22], dtype=torch.float64), torch.tensor([3e-22], dtype=torch.float64)) == 1.0
 
 
+def test_one_draw_has_no_variance_and_says_so():
+    stats = gs.GradientStats(reference=torch.ones(3, dtype=torch.float64)).update(torch.ones(1, 3, dtype=torch.float64))
+    frame = stats.to_frame()
+    assert math.isnan(frame[frame.metric == "variance_trace"].value.iloc[0])
+    assert frame[frame.metric == "mse"].value.isna().all()
+    rows = {r.metric: r.value for r in gs.metrics.compute_metrics(
+        gs.moments(gs.problems.toy(), "st", method="mc", num_samples=1, progress=False), gs.problems.toy(),
+        gs.exact_gradient(gs.problems.toy()), "g")}
+    assert math.isnan(rows["variance_trace"]) and math.isnan(rows["mse"])
+
+
+def test_gradients_far_below_the_square_root_of_the_smallest_float_keep_their_true_ratios():
+    # at a = -400, p = e^-400: ST-sigmoid's gradient is about 1.9e-174 (its square underflows), the exact one has the
+    # other sign and a tenth of its size: relative bias 10, cosines -1, not 0
+    problem = gs.problems.toy(0.45, -400.0)
+    frame = gs.evaluate(problem, "st_sigmoid", ms=(1, 10), num_samples=2000)
+    rows = {(r.metric, r.M if r.M is not pd.NA else None): r.value for r in frame[frame.coordinate == ""].itertuples()}
+    assert rows[("relative_bias", None)] == pytest.approx(10.0, rel=1e-9)
+    assert rows[("cosine_mean", None)] == -1.0 and rows[("cosine_draw", None)] == -1.0
+    assert rows[("cosine_m", 10)] == -1.0
+    tiny = gs.GradientStats(reference=torch.tensor([1e-200, -2e-200], dtype=torch.float64))
+    tiny.update(torch.tensor([[3e-200, -6e-200], [1e-201, -2e-201]], dtype=torch.float64))
+    frame = tiny.to_frame(ms=(1,))
+    value = dict(zip(frame.metric, frame.value))
+    assert value["cosine_draw"] == pytest.approx(1.0, abs=1e-15) and value["cosine_mean"] == pytest.approx(1.0, abs=1e-15)
+    assert value["relative_bias"] == pytest.approx(0.55, rel=1e-12)
+
+
+@pytest.mark.parametrize("argv", [["moments", "--estimator", "reinforce", "--method", "mc", "--num-samples", "1"],
+                                  ["moments", "--estimator", "st", "--target", "0.5", "--logit", "1"]])
+def test_json_output_is_strict_with_a_reason_for_every_null(argv, capsys):
+    import json
+
+    assert gradstats.cli.main([*argv, "--json"]) == 0
+    text = capsys.readouterr().out
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+    def nulls(value, path="$"):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if v is None:
+                    assert k in value.get("null_reasons", {}), f"{path}.{k} is null without a reason"
+                nulls(v, f"{path}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                nulls(v, f"{path}[{i}]")
+
+    nulls(data)
+    assert "null" in text
+
+
 def test_cli_cosine_at_logit_50_is_exact(capsys):
     assert gradstats.cli.main(["moments", "--estimator", "st", "--logit", "50"]) == 0
     assert "cos(mean, g) = 1" in capsys.readouterr().out
@@ -176,3 +228,57 @@ def test_a_run_longer_than_an_hour_says_so_once(monkeypatch, caplog):
         gs.moments(gs.problems.toy(), "st", **{**MC, "num_samples": 5000, "chunk_size": 500})
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 1 and "hours more at" in messages[0]
+
+
+# ---- randomness the user did not route ---------------------------------------------------------------
+
+def test_dropout_inside_a_model_gives_the_same_numbers_for_the_same_seed():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1)).double().train()
+    x = torch.randn(6, 4, dtype=torch.float64)
+
+    def loss(params, u):
+        out = torch.func.functional_call(model, params, (x,))
+        return (out.squeeze(-1) * u).pow(2).mean()
+
+    params = dict(model.named_parameters())
+    before = torch.random.get_rng_state()
+
+    def run(seed):
+        return torch.cat([c["0.weight"] for c in gs.per_draw_gradients(loss, params, 40, noise_shape=(6,), seed=seed,
+                                                                     chunk_size=16)])
+
+    first, again, other = run(3), run(3), run(4)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert (first == 0).any(), "dropout zeroed some units"
+    assert torch.equal(torch.random.get_rng_state(), before), "the caller's generator was left as it was"
+
+
+def test_frozen_parameters_are_left_out_and_unused_ones_are_reported_not_scored():
+    model = torch.nn.Linear(3, 1).double()
+    model.bias.requires_grad_(False)
+    unused = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    x = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+
+    def loss(params, u):
+        return (torch.func.functional_call(model, {k: v for k, v in params.items() if k != "unused"}, (x,))
+                * u).sum() ** 2 + 0 * u.sum()
+
+    params = {**dict(model.named_parameters()), "unused": unused}
+    chunks = list(gs.per_draw_gradients(loss, params, 30, noise_shape=(1,), seed=0))
+    assert set(chunks[0]) == {"weight", "unused"}           # the frozen bias is left out
+    stats = gs.GradientStats(reference={"weight": torch.ones(1, 3, dtype=torch.float64),
+                                        "unused": torch.zeros(2, dtype=torch.float64)})
+    for c in chunks:
+        stats.update(c)
+    assert stats.no_gradient == ["unused"]
+    with pytest.warns(RuntimeWarning, match="unused got no gradient in any of the 30 draws"):
+        frame = stats.to_frame()
+    assert frame.attrs["no_gradient"] == ["unused"]
+    unused_rows = frame[frame.group == "unused"].set_index("metric")
+    assert math.isnan(unused_rows.loc["cosine_mean", "value"]) and math.isnan(unused_rows.loc["cosine_draw", "value"])
+    weight_rows = frame[frame.group == "weight"].set_index("metric")
+    assert not math.isnan(weight_rows.loc["cosine_mean", "value"])
+    model.weight.requires_grad_(False)
+    with pytest.raises(ValueError, match="every parameter in params is frozen"):
+        next(gs.per_draw_gradients(loss, dict(model.named_parameters()), 3, noise_shape=(1,)))

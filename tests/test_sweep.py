@@ -78,3 +78,46 @@ def test_a_dask_local_cluster_gives_the_same_frame_bit_for_bit():
         there = _sweep(executor=client.get_executor())
     columns = [c for c in here.columns if c != "seconds_per_draw"]
     pd.testing.assert_frame_equal(here[columns], there[columns], check_exact=True)
+
+
+def test_the_grid_is_checked_before_any_task_runs(monkeypatch):
+    import importlib
+
+    ran = []
+    monkeypatch.setattr(importlib.import_module("gradstats.sweep").Task, "run",
+                        lambda self, kwargs: ran.append(self) or pd.DataFrame())
+    for estimators, options, kwargs, match in [
+        (["st", "nonsense"], None, {}, "unknown estimator 'nonsense'; registered: "),
+        (["st", "gumbel", "st"], None, {}, r"estimators names \['st'\] more than once"),
+        (["st", "gumbel"], {"gumbel": {"temprature": 0.5}}, {}, r"task 1 .*gumbel.*unknown option\(s\) \['temprature'\]"),
+        (["st"], None, {"num_sample": 10}, r"unknown argument\(s\) of gs.evaluate: \['num_sample'\]"),
+        (["st"], None, {"reference": "exact"}, "reference must be one of"),
+        (["st"], None, {"method": "fast"}, "method must be"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            gs.sweep(PROBLEMS, estimators, options=options, progress=False, **kwargs)
+    with pytest.raises(ValueError, match=r"task 1 \(sbn\(3-2-2, seed=0\), reinmax.*at most 1 stochastic layer"):
+        gs.sweep([PROBLEMS[0], gs.problems.sbn([3, 2, 2])], ["reinmax"], progress=False)
+    assert ran == []
+
+
+def test_a_forking_process_pool_is_refused_with_what_to_do_instead():
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        with pytest.raises(ValueError, match=r"forks .*get_context\('spawn'\)"):
+            gs.sweep(PROBLEMS, ["st"], executor=pool, progress=False, **KWARGS)
+
+
+def test_a_worker_that_dies_loses_only_its_own_task(monkeypatch):
+    import os
+
+    from tests.data.dying import loss_that_kills_workers
+
+    monkeypatch.setenv("GRADSTATS_TEST_PARENT", str(os.getpid()))
+    deadly = gs.problems.independent(loss_that_kills_workers, [0.2, -0.4])
+    problems = [PROBLEMS[0], deadly, PROBLEMS[1]]
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with pytest.warns(UserWarning, match="1 of 3 sweep task"):
+            frame = gs.sweep(problems, ["st"], executor=pool, progress=False, **KWARGS)
+    (failure,) = frame.attrs["failures"]
+    assert failure["task"] == 1 and "died while running this task" in failure["error"]
+    assert sorted(set(frame.task)) == [0, 2]

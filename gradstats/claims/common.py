@@ -4,6 +4,7 @@ itself is defined in :mod:`gradstats.metrics`)."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -14,7 +15,7 @@ from ..moments import moments
 from ..problems import Problem
 
 __all__ = ["gradient_scale", "st_wrong_sign", "binary_cube", "loss_class",
-           "st_sign_condition", "describe", "exact_mean"]
+           "st_sign_condition", "describe", "exact_mean", "Agreement", "agreement"]
 
 
 def gradient_scale(problem: Problem) -> float:
@@ -24,6 +25,42 @@ def gradient_scale(problem: Problem) -> float:
     value, grad = problem.loss.value_and_grad(h) if problem.loss.differentiable else (problem.loss(h), h * 0)
     x = 0.0 if problem.x is None else float(problem.x.abs().max())
     return max(float(value.abs().max()), float(grad.abs().max()), 1e-300) * (1 + x)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Monte Carlo means against known values: the largest ``|z|`` and whether the draws allow a normal z there
+    (:func:`gradstats.stats.required_draws` at the threshold, from the draws' skewness and kurtosis)."""
+
+    max_z: float
+    reliable: bool
+    draws_needed: int
+
+    def verdict(self, threshold: float, exact_holds: bool) -> str:
+        """``"confirmed"`` where the exact part holds and ``|z| <= threshold``; ``"inconclusive"`` where the draws
+        cannot tell; else ``"refuted"``."""
+        if not self.reliable:
+            return "inconclusive"
+        return "confirmed" if exact_holds and self.max_z <= threshold else "refuted"
+
+    def text(self) -> str:
+        tail = "" if self.reliable else f" (below the {self.draws_needed:,} draws their tails need)"
+        return f"max |z| {self.max_z:.2f}{tail}"
+
+
+def agreement(values: Tensor, target: Tensor, threshold: float) -> Agreement:
+    """The z-scores of the column means of ``values [n, k]`` against ``target [k]``, with the tail check."""
+    from ..stats import required_draws
+
+    n = values.shape[0]
+    mean = values.mean(0)
+    c = values - mean
+    m2 = c.square().mean(0)
+    z = ((mean - target) / (values.std(0) / n**0.5)).abs().max()
+    skew = (c.pow(3).mean(0) / m2.pow(1.5)).nan_to_num(0.0)
+    kurt = (c.pow(4).mean(0) / m2.square()).nan_to_num(3.0)
+    needed = int(required_draws(skew, kurt, threshold).max().ceil())
+    return Agreement(float(z), needed <= n, needed)
 
 
 def exact_mean(problem: Problem, estimator: str, **options) -> Tensor:

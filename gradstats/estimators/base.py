@@ -286,7 +286,15 @@ def get(estimator: str | Estimator | Callable) -> Estimator:
 
 
 def resolve_options(estimator: Estimator, problem: Problem, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults merged with ``options``, checked against the estimator and the problem."""
+    """Defaults merged with ``options``, checked against the estimator and the problem (:func:`check_options`)."""
+    check_options(estimator, problem, options)
+    resolved = {**(estimator.defaults or {}), **options}
+    return estimator.prepare(problem, resolved) if estimator.prepare is not None else resolved
+
+
+def check_options(estimator: Estimator, problem: Problem, options: Mapping[str, Any]) -> None:
+    """The cheap checks of :func:`resolve_options` (option names, problem kind, depth, a differentiable loss where
+    dL/dh is needed), without preparing anything: a ValueError naming what is wrong."""
     if estimator.defaults is not None:
         unknown = set(options) - set(estimator.defaults)
         if unknown:
@@ -301,8 +309,6 @@ def resolve_options(estimator: Estimator, problem: Problem, options: Mapping[str
     if estimator.needs_loss_gradient and not problem.loss.differentiable:
         raise ValueError(f"estimator {estimator.name!r} needs dL/dh, but loss {problem.loss.name!r} "
                          "is not differentiable")
-    resolved = {**(estimator.defaults or {}), **options}
-    return estimator.prepare(problem, resolved) if estimator.prepare is not None else resolved
 
 
 def sample_trajectory(problem: Problem, unit: BernoulliUnit, u: Tensor) -> Trajectory:
