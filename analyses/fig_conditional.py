@@ -10,7 +10,8 @@ gater's rate relative to the rest: 1 or the paper's 0.01) is selected on the val
 validation-selected epoch with thresholded deterministic gates (10% on). Each estimator is
 compared with straight-through by a Wilcoxon signed-rank test across seeds (the same
 initialisation and data order per seed). The paper's published MNIST errors (one run each)
-stand beside ours for reference: the data sets differ, so only the ranking can be compared.
+stand beside ours for reference: the data sets differ, so only the ranking can be compared. The runs of
+one gate and stage are trained together as one stack (:func:`gradstats.conditional.train_gated_many`).
 
     python analyses/fig_conditional.py [--quick] [--seed 0] [--jobs N]
 """
@@ -38,9 +39,10 @@ def _gates(config):
     return (*cc.PAPER_FOUR, "st_sigmoid") if config.quick else cc.GATES
 
 
-def _cell(stage, settings: cc.Settings, seed: int) -> dict:
-    return {"stage": stage, "gate": settings.gate, "learning_rate": settings.learning_rate,
-            "gater_rate_scale": settings.gater_rate_scale, "epochs": settings.epochs, "seed": seed}
+def _cell(stage, gate: str, epochs: int, runs: list[tuple[float, float, int]]) -> dict:
+    """A stack of runs of one gate, trained as one computation (``train_gated_many``): each run a (learning rate,
+    gater rate scale, seed)."""
+    return {"stage": stage, "gate": gate, "epochs": epochs, "_runs": [[float(r), float(c), int(s)] for r, c, s in runs]}
 
 
 def _selection(config) -> list[dict]:
@@ -50,7 +52,8 @@ def _selection(config) -> list[dict]:
         if config.quick:
             candidates = [c for c in candidates if c.learning_rate == 0.3 and c.gater_rate_scale == 1.0]
         seeds = cc.SELECTION_SEEDS[:1] if config.quick else cc.SELECTION_SEEDS
-        cells += [_cell("selection", s, seed) for s in candidates for seed in seeds]
+        cells.append(_cell("selection", gate, _base(config).epochs,
+                           [(c.learning_rate, c.gater_rate_scale, seed) for c in candidates for seed in seeds]))
     return cells
 
 
@@ -71,17 +74,22 @@ def cells(config):
     selection = _selection(config)
     chosen = chosen_settings(run_cells(config, selection, compute))
     seeds = 2 if config.quick else REPORT_SEEDS
-    report = [_cell("report", replace(_base(config), gate=gate, learning_rate=rate, gater_rate_scale=scale),
-                    config.seed + s) for gate, (rate, scale) in chosen.items() for s in range(seeds)]
+    report = [_cell("report", gate, _base(config).epochs, [(rate, scale, config.seed + s) for s in range(seeds)])
+              for gate, (rate, scale) in chosen.items()]
     return selection + report
 
 
 def compute(cell, config):
-    settings = cc.Settings(cell["gate"], learning_rate=cell["learning_rate"] * config.rate_factor,
-                           gater_rate_scale=cell["gater_rate_scale"], epochs=cell["epochs"])
-    result = cc.train_gated(gs.datasets.digits(seed=0), settings, cell["seed"], device=config.device)
-    return [{"valid_error": result.valid_error, "test_error": result.test_error, "sparsity": result.sparsity,
-             "train_sparsity": result.train_sparsity, "best_epoch": result.best_epoch}]
+    """Every run of the stack, trained together on the digits; one row per run."""
+    base = cc.Settings(cell["gate"], epochs=cell["epochs"])
+    settings = [replace(base, learning_rate=rate * config.rate_factor, gater_rate_scale=scale)
+                for rate, scale, _ in cell["_runs"]]
+    results = cc.train_gated_many(gs.datasets.digits(seed=0), settings, [s for _, _, s in cell["_runs"]],
+                                  device=config.device)
+    return [{"cell_learning_rate": rate, "cell_gater_rate_scale": scale, "cell_seed": seed,
+             "valid_error": r.valid_error, "test_error": r.test_error, "sparsity": r.sparsity,
+             "train_sparsity": r.train_sparsity, "best_epoch": r.best_epoch}
+            for (rate, scale, seed), r in zip(cell["_runs"], results)]
 
 
 def _results(frame) -> list[cc.Result]:

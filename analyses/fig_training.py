@@ -7,6 +7,10 @@ is 0), with one stochastic layer (input 6 -> 8 units) and with two (6 -> 6 ->
 evaluations per example (6: six draws of a one-pass estimator, fewer of ARM,
 DisARM and leave-one-out). ``exact`` descends the exact gradient.
 
+The runs of one (study, stage, optimizer, architecture, estimator) are trained together as one stack
+(:func:`gradstats.training.train_many`: every task, rate and seed batched, each run what it would be
+alone up to float rounding).
+
 Protocol (a single trajectory at a large learning rate is chaotic: last-bit
 changes move its final loss by a factor of 5, so no result rests on one):
 
@@ -44,7 +48,7 @@ from scipy import stats
 
 import gradstats as gs
 from analyses._runner import Analysis, estimate, exact, run_cells, tex_number
-from gradstats.training import EXACT, next_rate, train
+from gradstats.training import EXACT, next_rate, train_many
 
 ARCHITECTURES = {"one layer": [6, 8], "two layers": [6, 6, 6]}
 ESTIMATORS = {  # label -> (name, options)
@@ -103,45 +107,49 @@ def _seeds(label: str, seeds: tuple) -> tuple:
 
 
 def _selection_cells(config, grid) -> list[dict]:
+    """One stacked cell per (study, optimizer, architecture, estimator): its tasks x rates x selection seeds."""
     out = []
     for arch in grid["architectures"]:
         for label in grid["labels"]:
             if label == "reinmax" and len(ARCHITECTURES[arch]) > 2:
                 continue  # defined for one stochastic layer
-            for task_seed in grid["tasks"]:
-                for rate in grid["rates"]:
-                    for seed in _seeds(label, grid["selection"]):
-                        out.append(_cell("gallery", "select", "sgd", arch, label, task_seed, rate, seed, grid, config))
+            out.append(_cell("gallery", "select", "sgd", arch, label, grid["tasks"], grid["rates"],
+                             _seeds(label, grid["selection"]), grid, config))
         for optimizer, rates in grid["st3_rates"].items():
             for label in ("st", "st_sigmoid"):
-                for task_seed in grid["st3_selection"]:
-                    for rate in rates:
-                        for seed in grid["selection"]:
-                            out.append(_cell("st3", "select", optimizer, arch, label, task_seed, rate, seed, grid, config))
+                out.append(_cell("st3", "select", optimizer, arch, label, grid["st3_selection"], rates,
+                                 grid["selection"], grid, config))
     return out
 
 
-def _cell(study, stage, optimizer, arch, label, task_seed, rate, seed, grid, config) -> dict:
+def _cell(study, stage, optimizer, arch, label, tasks, rates, seeds, grid, config) -> dict:
+    """A stack of runs (every task with every rate and seed), trained as one computation (``train_many``)."""
     steps = grid["steps"]
     record = (5 if config.quick else 20) if (stage == "report" and study == "gallery") else steps
     return {"study": study, "stage": stage, "optimizer": optimizer, "architecture": arch, "estimator": label,
-            "task": task_seed, "learning_rate": rate, "steps": steps, "record_every": record,
-            "seed": config.seed + seed}
+            "steps": steps, "record_every": record,
+            "_runs": [[task, float(rate), config.seed + seed] for task in tasks for rate in rates for seed in seeds]}
+
+
+def _key(cell: dict) -> tuple:
+    return cell["study"], cell["optimizer"], cell["architecture"], cell["estimator"]
 
 
 def _extensions(selection: list[dict], chosen: dict) -> list[dict]:
-    """Selection cells one rate past each selected rate that sits at an end of the rates tried for its key."""
+    """A selection stack one rate past each selected rate that sits at an end of the rates tried for its key: every
+    task of the key with the new rate and the selection seeds."""
     tried: dict[tuple, set] = {}
     for c in selection:
-        tried.setdefault((c["study"], c["optimizer"], c["architecture"], c["estimator"]), set()).add(c["learning_rate"])
+        tried.setdefault(_key(c), set()).update(rate for _, rate, _ in c["_runs"])
     extra = []
     for key, rate in chosen.items():
         rates = sorted(tried[key])
         if rate not in (rates[0], rates[-1]):
             continue
         new = next_rate(rate, up=rate == rates[-1])
-        extra += [{**c, "learning_rate": new} for c in selection
-                  if (c["study"], c["optimizer"], c["architecture"], c["estimator"]) == key and c["learning_rate"] == rate]
+        runs = sorted({(task, seed) for c in selection if _key(c) == key for task, r, seed in c["_runs"] if r == rate})
+        base = next(c for c in selection if _key(c) == key)
+        extra.append({**base, "_runs": [[task, new, seed] for task, seed in runs]})
     return extra
 
 
@@ -160,20 +168,23 @@ def cells(config):
     report = []
     for (study, optimizer, arch, label), rate in chosen.items():
         tasks = grid["tasks"] if study == "gallery" else grid["st3_tasks"]
-        for task_seed in tasks:
-            for seed in _seeds(label, grid["report"]):
-                report.append(_cell(study, "report", optimizer, arch, label, task_seed, rate, seed, grid, config))
+        report.append(_cell(study, "report", optimizer, arch, label, tasks, [rate], _seeds(label, grid["report"]),
+                            grid, config))
     return selection + report
 
 
 def compute(cell, config):
-    problems = task(cell["architecture"], cell["task"])
+    """Every run of the stack, trained together (each on its own task); one row per run and recorded step."""
     name, options = ESTIMATORS[cell["estimator"]]
-    run = train(problems, name, steps=cell["steps"], learning_rate=cell["learning_rate"] * config.rate_factor,
-                draws_per_step=draws_per_step(name, options, problems[0]), seed=cell["seed"],
-                record_every=cell["record_every"], optimizer=cell["optimizer"], **options)
-    return [{"step": s, "loss": v, "draws_per_step": run.draws_per_step, "loss_evals_per_step": run.loss_evals_per_step}
-            for s, v in zip(run.steps, run.loss)]
+    tasks = {t: task(cell["architecture"], t) for t in sorted({t for t, _, _ in cell["_runs"]})}
+    runs = train_many([tasks[t] for t, _, _ in cell["_runs"]], name, steps=cell["steps"],
+                      learning_rates=[r * config.rate_factor for _, r, _ in cell["_runs"]],
+                      seeds=[s for _, _, s in cell["_runs"]],
+                      draws_per_step=draws_per_step(name, options, next(iter(tasks.values()))[0]),
+                      record_every=cell["record_every"], optimizer=cell["optimizer"], **options)
+    return [{"cell_task": t, "cell_learning_rate": rate, "cell_seed": seed, "step": s, "loss": v,
+             "draws_per_step": run.draws_per_step, "loss_evals_per_step": run.loss_evals_per_step}
+            for (t, rate, seed), run in zip(cell["_runs"], runs) for s, v in zip(run.steps, run.loss)]
 
 
 KEYS = ["cell_study", "cell_optimizer", "cell_architecture", "cell_estimator"]

@@ -38,12 +38,12 @@ from torch.nn import functional as F
 
 from . import functional as gf
 from .datasets import Split
-from .estimators.score_function import RunningBaseline
 from .noise import resolve_device
-from .numerics import positive_finite, positive_int, seed_value
+from .numerics import positive_finite, positive_int, safe_divide, seed_value
 
 __all__ = ["GATES", "PAPER_FOUR", "PUBLISHED_TEST_ERROR", "RATES", "GATER_RATE_SCALES", "Architecture", "Settings",
-           "Result", "architecture_for", "initial_parameters", "gate_values", "train_gated", "test_gates", "grid",
+           "Result", "architecture_for", "initial_parameters", "gate_values", "train_gated", "train_gated_many",
+           "test_gates", "grid",
            "run_study", "compare_with", "GATER", "GRADIENT_GATES", "gater_gradient", "reinforce_baseline"]
 
 PATHWISE = ("st", "st_sigmoid", "sts", "noisy_rectifier", "gumbel", "st_gumbel", "reinmax")
@@ -137,7 +137,7 @@ class Result:
 
 def initial_parameters(arch: Architecture, seed: int, device=None, dtype=torch.float32,
                        gate_bias: float = math.log(0.1 / 0.9)) -> dict[str, Tensor]:
-    """Gater ``Wg1, bg1, Wg2, bg2``, expert ``We, be``, readout ``Wo, bo``; weights uniform in
+    """Gater ``Wg1, bg1, Wg2, bg2``, expert ``We, be``, readout ``Wo, bo``; weights ``W[in, out]`` uniform in
     :math:`\\pm\\sqrt{6 / (n_{in} + n_{out})}` (Glorot), gate biases ``gate_bias`` (the logit of the target
     0.1, so that gates start near it; 0 for the rectifiers), everything else 0."""
     g = torch.Generator().manual_seed(seed_value("seed", seed))
@@ -197,22 +197,32 @@ def _kl_penalty(q_mean: Tensor, rho: float) -> Tensor:
     return (rho * torch.log(rho / q) + (1 - rho) * torch.log((1 - rho) / (1 - q))).mean()
 
 
-def _step_loss(settings: Settings, params: dict[str, Tensor], x: Tensor, y: Tensor, generator: torch.Generator,
-               baseline: RunningBaseline | None, l1_weight: float) -> tuple[Tensor, Tensor, RunningBaseline | None]:
+def _noise_shape(settings: Settings, minibatch: int, gates: int) -> tuple[int, ...]:
+    """The uniforms one minibatch step draws: one per gate and example (two passes for leave-one-out)."""
+    return (2, minibatch, gates) if settings.gate == "reinforce_loo" else (minibatch, gates)
+
+
+def _step_loss(settings: Settings, params: dict[str, Tensor], x: Tensor, y: Tensor, u: Tensor,
+               baseline: tuple[Tensor, Tensor], l1_weight: Tensor) -> tuple[Tensor, tuple[Tensor, tuple]]:
     """The minibatch's training objective (cross-entropy plus the sparsity penalty, with each estimator's
-    surrogate for the gater), the gates' on-fraction, and the updated running baseline."""
+    surrogate for the gater), a pure function of its arguments (``u``: the step's uniforms, drawn by the caller
+    from the run's own stream), and ``(on, baseline)``: the gates' on-fraction and REINFORCE's running averages
+    (numerator, denominator) after the step (:class:`~gradstats.estimators.RunningBaseline`'s per-minibatch fold).
+    ``torch.func`` differentiates and batches it over runs."""
     a = _gater(params, x)
     expert = x @ params["We"] + params["be"]
     n = len(y)
-    copies = (2,) if settings.gate == "reinforce_loo" else ()     # leave-one-out draws two samples
-    u = torch.rand((*copies, *a.shape), generator=generator, device=a.device, dtype=a.dtype)
     if settings.gate in SCORE:
         per_example = _per_example_loss({k: params[k].detach() for k in ("Wo", "bo")}, expert.detach(), y)
         if settings.gate == "reinforce":
             b, surrogate = gf.reinforce(a, u=u)
             losses = per_example(b)
-            gater_term = surrogate(losses, baseline.value().to(a))
-            baseline = baseline.update(b, torch.sigmoid(a), losses)
+            numerator, denominator = baseline
+            gater_term = surrogate(losses, safe_divide(numerator, denominator).to(a))
+            sq = (b.detach() - torch.sigmoid(a).detach()).to(numerator.dtype).square()
+            d = settings.decay
+            baseline = (d * numerator + (1 - d) * (sq * losses.detach().to(sq.dtype)[:, None]).mean(0),
+                        d * denominator + (1 - d) * sq.mean(0))
             fit = F.cross_entropy(_readout(params, b, expert), y)
         elif settings.gate == "reinforce_loo":
             b, gater_term = gf.reinforce_loo(a, per_example, k=2, u=u)
@@ -228,18 +238,20 @@ def _step_loss(settings: Settings, params: dict[str, Tensor], x: Tensor, y: Tens
         on = gate.mean() if settings.gate in ("gumbel", "sigmoid_noise") else (gate != 0).to(a.dtype).mean()
         objective = F.cross_entropy(_readout(params, gate, expert), y)
         if settings.gate in RECTIFIERS:
-            objective = objective + l1_weight * gate.abs().mean()
+            objective = objective + l1_weight.to(a.dtype) * gate.abs().mean()
     if settings.gate not in RECTIFIERS:
         objective = objective + settings.penalty * _kl_penalty(_on_probability(settings, a).mean(0), settings.sparsity)
-    return objective, on.detach(), baseline
+    return objective, (on.detach(), baseline)
 
 
 def _max_norm(params: dict[str, Tensor], bound: float) -> None:
-    """Every unit's incoming weight vector (a column of ``W[in, out]``) scaled down to norm ``bound``."""
+    """Every unit's incoming weight vector (a column of ``W[in, out]``, of each run's ``W[R, in, out]`` in a stack)
+    scaled down to norm ``bound`` (the norms as square roots of column sums of squares, which run along
+    memory, not across it)."""
     with torch.no_grad():
         for name in ("Wg1", "Wg2", "We", "Wo"):
             w = params[name]
-            norms = w.norm(dim=0, keepdim=True)
+            norms = w.square().sum(-2, keepdim=True).sqrt()
             w.mul_(torch.where(norms > bound, bound / norms.clamp_min(1e-30), 1.0))
 
 
@@ -292,69 +304,165 @@ def train_gated(data: Split, settings: Settings, seed: int = 0, *, device="auto"
                 checkpoints: tuple[int, ...] = ()) -> Result:
     """Train the gated network on ``data`` through ``settings.gate`` and score it (validation-selected epoch).
 
-    ``checkpoints``: epochs after which the parameters are kept in ``Result.snapshots`` (CPU copies;
-    0 is the initialisation), for :func:`gater_gradient`."""
-    seed = seed_value("seed", seed)
+    One run of :func:`train_gated_many` (the same code path: a stack of one). ``checkpoints``: epochs after
+    which the parameters are kept in ``Result.snapshots`` (CPU copies; 0 is the initialisation), for
+    :func:`gater_gradient`."""
+    return train_gated_many(data, [settings], [seed], device=device, dtype=dtype, checkpoints=checkpoints)[0]
+
+
+_STACKED_FIELDS = ("learning_rate", "gater_rate_scale")   # what runs of one stack may differ in, besides the seed
+BATCH_BYTES = 2**22   # a stack whose parameters take at most this many bytes is batched over its runs
+
+
+def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch.float32,
+                     checkpoints: tuple[int, ...] = (), progress=None) -> list[Result]:
+    """Many independent runs of the gated network as one computation: run ``r`` has ``settings[r]`` and seed
+    ``seeds[r]`` (a single Settings or seed is broadcast); the settings may differ only in
+    ``learning_rate`` and ``gater_rate_scale``.
+
+    Each run keeps what it would have alone: its initialisation (``seed``), its minibatch order (its own
+    generator, ``seed + 1``), its gate noise (its own generator, ``seed + 2``, drawn in the same order and
+    shapes), its running baseline or adaptive L1 weight, its max-norm, its learning rates, its evaluations and
+    its validation-selected epoch; a run that diverges stops there and keeps its best evaluation. The stacked
+    parameters ``[R, ...]`` are updated together: one step's objective and its gradient for every run come from
+    ``torch.func.grad`` of :func:`_step_loss`, batched over the runs with ``torch.func.vmap`` (batched matrix
+    products) while the stack's parameters take at most :data:`BATCH_BYTES`, else run by run (a large
+    network's products already run near the machine's peak, and its memory-bound updates only slow down as
+    the stack grows: ``benchmarks/conditional.py``). Run by run, a run in a stack is the run alone, bit for
+    bit; batched, it equals it up to float rounding (``tests/test_conditional.py``).
+    ``progress(line)``, if given, hears each epoch's elapsed time."""
+    import time
+
+    from torch.func import grad, vmap
+
+    runs = len(seeds) if isinstance(seeds, (list, tuple)) else len(settings) if isinstance(settings, (list, tuple)) else 1
+    settings = list(settings) if isinstance(settings, (list, tuple)) else [settings] * runs
+    seeds = [seed_value("seed", s) for s in (list(seeds) if isinstance(seeds, (list, tuple)) else [seeds] * runs)]
+    if not settings or len(settings) != len(seeds):
+        raise ValueError(f"settings and seeds must name the same number of runs (at least one), got {len(settings)} "
+                         f"and {len(seeds)}")
+    first = settings[0]
+    if not all(isinstance(s, Settings) for s in settings):
+        raise ValueError("settings must be gradstats.conditional.Settings")
+    for s in settings[1:]:
+        if replace(s, **{f: getattr(first, f) for f in _STACKED_FIELDS}) != first:
+            raise ValueError("the runs of a stack may differ only in learning_rate and gater_rate_scale; got "
+                             f"{first} and {s}")
     checkpoints = tuple(checkpoints)
-    if not all(isinstance(e, int) and 0 <= e <= settings.epochs for e in checkpoints):
-        raise ValueError(f"checkpoints must be epochs in 0..{settings.epochs} (settings.epochs), got {checkpoints}")
+    if not all(isinstance(e, int) and 0 <= e <= first.epochs for e in checkpoints):
+        raise ValueError(f"checkpoints must be epochs in 0..{first.epochs} (settings.epochs), got {checkpoints}")
+    count = len(seeds)
     dev = resolve_device(device)
     arch = architecture_for(data.num_inputs, data.num_classes)
-    params = initial_parameters(arch, seed, dev, dtype, 0.0 if settings.gate in RECTIFIERS else math.log(0.1 / 0.9))
-    for v in params.values():
-        v.requires_grad_(True)
-    gater = [params[k] for k in ("Wg1", "bg1", "Wg2", "bg2")]
-    rest = [params[k] for k in ("We", "be", "Wo", "bo")]
-    optimiser = torch.optim.SGD([{"params": rest, "lr": settings.learning_rate},
-                                 {"params": gater, "lr": settings.learning_rate * settings.gater_rate_scale}])
+    # batched over the runs where the stack's parameters stay small (the per-step overhead of a small network is
+    # then shared); one run after another where they do not (a large network's matrix products already run near
+    # the machine's peak, and interleaving runs only evicts each one's parameters from the cache)
+    size = (arch.inputs * arch.gater_hidden + arch.gater_hidden + arch.gater_hidden * arch.gates + arch.gates
+            + arch.inputs * arch.gates + arch.gates + arch.gates * arch.classes + arch.classes)   # parameters of a run
+    if count > 1 and count * size * torch.finfo(dtype).bits // 8 > BATCH_BYTES:
+        return [result for s, seed in zip(settings, seeds)
+                for result in train_gated_many(data, [s], [seed], device=device, dtype=dtype, checkpoints=checkpoints,
+                                               progress=progress)]
+    batched = count > 1
+    gate_bias = 0.0 if first.gate in RECTIFIERS else math.log(0.1 / 0.9)
+    inits = [initial_parameters(arch, seed, dev, dtype, gate_bias) for seed in seeds]
+    params = {k: torch.stack([p[k] for p in inits]) for k in inits[0]}
+    rates = {k: torch.tensor([s.learning_rate * (s.gater_rate_scale if k in GATER else 1.0) for s in settings],
+                             device=dev, dtype=dtype).reshape(-1, *[1] * (params[k].ndim - 1)) for k in params}
     x, y = (t.to(dev) for t in data.train)
     x = x.to(dtype)
     xv, yv = data.validation[0].to(dev, dtype), data.validation[1].to(dev)
     xt, yt = data.test[0].to(dev, dtype), data.test[1].to(dev)
-    order_gen = torch.Generator().manual_seed(seed + 1)
-    noise_gen = torch.Generator(device=dev).manual_seed(seed + 2)
-    baseline = RunningBaseline.zeros(arch.gates, settings.decay) if settings.gate == "reinforce" else None
-    l1_weight = settings.l1_start
-    best = (math.inf, None, 0)
-    history = []
-    on_fraction = []
-    snapshots = {}
+    order_gens = [torch.Generator().manual_seed(seed + 1) for seed in seeds]
+    noise_gens = [torch.Generator(device=dev).manual_seed(seed + 2) for seed in seeds]
+    shape = _noise_shape(first, first.minibatch, arch.gates)
+    baseline = (torch.zeros(count, arch.gates, dtype=torch.float64, device=dev),
+                torch.zeros(count, arch.gates, dtype=torch.float64, device=dev))
+    l1_weight = torch.full((count,), first.l1_start, dtype=torch.float64, device=dev)
+    alive = [True] * count
+    best = [(math.inf, None, 0) for _ in range(count)]
+    history = [[] for _ in range(count)]
+    on_fraction = [[] for _ in range(count)]
+    snapshots = [{} for _ in range(count)]
+
+    def step(p, xb, yb, u, base, l1):
+        return grad(lambda q: _step_loss(first, q, xb, yb, u, base, l1), has_aux=True)(p)
+
+
+    def sgd(p: dict[str, Tensor], grads: dict[str, Tensor], r: int | None) -> None:
+        """Plain SGD at each run's own rates, then max-norm: all runs at once (``r`` None), or run ``r`` alone (its
+        slices, updated as torch.optim.SGD updates one run)."""
+        with torch.no_grad():
+            for k, v in p.items():
+                if r is None:
+                    v.addcmul_(rates[k], grads[k], value=-1)
+                else:
+                    v.add_(grads[k], alpha=-float(rates[k][r]))
+        _max_norm(p, first.max_norm)
+
+    def advance(xb, yb, u, base, l1):
+        """One minibatch step of every run; returns each run's on-fraction and its baseline after the step."""
+        if batched:
+            grads, (on, base) = vmap(step)(params, xb, yb, u, base, l1)
+            sgd(params, grads, None)
+            return on, base
+        p = {k: v[0] for k, v in params.items()}
+        grads, (on, b) = step(p, xb[0], yb[0], u[0], (base[0][0], base[1][0]), l1[0])
+        sgd(p, grads, 0)
+        return on[None], (b[0][None], b[1][None])
 
     def keep(epoch: int) -> None:
         if epoch in checkpoints:
-            snapshots[epoch] = {k: v.detach().to("cpu", copy=True) for k, v in params.items()}
+            for r in range(count):
+                if alive[r]:
+                    snapshots[r][epoch] = {k: v[r].detach().to("cpu", copy=True) for k, v in params.items()}
 
     keep(0)
-    for epoch in range(1, settings.epochs + 1):
-        order = torch.randperm(len(y), generator=order_gen).to(dev)
-        on_fraction = []
-        for start in range(0, len(y) - settings.minibatch + 1, settings.minibatch):
-            rows = order[start:start + settings.minibatch]
-            objective, on, baseline = _step_loss(settings, params, x[rows], y[rows], noise_gen, baseline, l1_weight)
-            optimiser.zero_grad()
-            objective.backward()
-            optimiser.step()
-            _max_norm(params, settings.max_norm)
-            on_fraction.append(float(on))
-            if settings.gate in RECTIFIERS:
-                l1_weight *= 1.01 if on_fraction[-1] > settings.sparsity else 1 / 1.01
-        if not all(bool(torch.isfinite(v).all()) for v in params.values()):
-            break   # diverged: keep the best evaluation so far
+    clock = time.perf_counter()
+    batches = len(y) // first.minibatch
+    for epoch in range(1, first.epochs + 1):
+        orders = torch.stack([torch.randperm(len(y), generator=g) for g in order_gens]).to(dev)
+        on_fraction = [[] for _ in range(count)]
+        for start in range(0, batches * first.minibatch, first.minibatch):
+            rows = orders[:, start:start + first.minibatch]
+            u = torch.stack([torch.rand(shape, generator=g, device=dev, dtype=dtype) for g in noise_gens])
+            on, baseline = advance(x[rows], y[rows], u, baseline, l1_weight)
+            on = on.tolist()
+            for r in range(count):
+                on_fraction[r].append(on[r])
+            if first.gate in RECTIFIERS:
+                l1_weight = l1_weight * torch.where(torch.tensor(on, dtype=torch.float64, device=dev) > first.sparsity,
+                                                    1.01, 1 / 1.01)
+        finite = torch.stack([torch.isfinite(v.reshape(count, -1)).all(1) for v in params.values()]).all(0).tolist()
+        alive = [a and f for a, f in zip(alive, finite)]    # a run that diverged keeps its best evaluation so far
         keep(epoch)
-        if epoch % settings.eval_every == 0 or epoch == settings.epochs:
-            a_valid = _scores(params, xv)
-            valid_error, _ = _error(settings, params, a_valid, xv, yv, _threshold(settings, a_valid))
-            history.append((epoch, valid_error))
-            if valid_error < best[0]:
-                best = (valid_error, {k: v.detach().clone() for k, v in params.items()}, epoch)
-    if best[1] is None:
-        return Result(settings.gate, seed, settings, math.nan, math.nan, math.nan, math.nan, 0, tuple(history),
-                      snapshots)
-    kept = best[1]
-    threshold = _threshold(settings, _scores(kept, xv))
-    test_error, sparsity = _error(settings, kept, _scores(kept, xt), xt, yt, threshold)
-    return Result(settings.gate, seed, settings, best[0], test_error, sparsity,
-                  sum(on_fraction) / max(len(on_fraction), 1), best[2], tuple(history), snapshots)
+        if progress is not None:
+            progress(f"epoch {epoch}/{first.epochs}: {time.perf_counter() - clock:.1f} s")
+        if epoch % first.eval_every == 0 or epoch == first.epochs:
+            for r in range(count):
+                if not alive[r]:
+                    continue
+                run_params = {k: v[r] for k, v in params.items()}
+                a_valid = _scores(run_params, xv)
+                valid_error, _ = _error(first, run_params, a_valid, xv, yv, _threshold(first, a_valid))
+                history[r].append((epoch, valid_error))
+                if valid_error < best[r][0]:
+                    best[r] = (valid_error, {k: v.detach().clone() for k, v in run_params.items()}, epoch)
+        if not any(alive):
+            break
+    results = []
+    for r in range(count):
+        if best[r][1] is None:
+            results.append(Result(first.gate, seeds[r], settings[r], math.nan, math.nan, math.nan, math.nan, 0,
+                                  tuple(history[r]), snapshots[r]))
+            continue
+        kept = best[r][1]
+        threshold = _threshold(first, _scores(kept, xv))
+        test_error, sparsity = _error(first, kept, _scores(kept, xt), xt, yt, threshold)
+        results.append(Result(first.gate, seeds[r], settings[r], best[r][0], test_error, sparsity,
+                              sum(on_fraction[r]) / max(len(on_fraction[r]), 1), best[r][2], tuple(history[r]),
+                              snapshots[r]))
+    return results
 
 
 def grid(gate: str, base: Settings | None = None) -> list[Settings]:
@@ -379,20 +487,21 @@ def run_study(data: Split, gates=GATES, *, seeds: int = 10, base: Settings | Non
     for gate in gates:
         candidates = grid(gate, base) if select else [replace(base or Settings(gate), gate=gate)]
         chosen = candidates[0]
-        if len(candidates) > 1:
+        if len(candidates) > 1:   # every candidate and selection seed trained as one stack
+            runs = train_gated_many(data, [c for c in candidates for _ in SELECTION_SEEDS],
+                                    [s for _ in candidates for s in SELECTION_SEEDS], device=device)
             scores = []
-            for settings in candidates:
-                runs = [train_gated(data, settings, s, device=device) for s in SELECTION_SEEDS]
-                errors = [r.valid_error for r in runs]
+            for i, settings in enumerate(candidates):
+                errors = [r.valid_error for r in runs[i * len(SELECTION_SEEDS):(i + 1) * len(SELECTION_SEEDS)]]
                 scores.append(math.inf if any(math.isnan(e) for e in errors) else sum(errors) / len(errors))
                 if progress is not None:
                     progress(f"{gate}: rate {settings.learning_rate:g} x {settings.gater_rate_scale:g}: "
                              f"validation error {scores[-1]:.4f}")
             chosen = candidates[min(range(len(candidates)), key=scores.__getitem__)]
-        for seed in range(seeds):
-            results.append(train_gated(data, chosen, seed, device=device))
+        for result in train_gated_many(data, chosen, list(range(seeds)), device=device):
+            results.append(result)
             if progress is not None:
-                progress(f"{gate}: seed {seed}: test error {results[-1].test_error:.4f}")
+                progress(f"{gate}: seed {result.seed}: test error {result.test_error:.4f}")
     return results
 
 

@@ -56,6 +56,11 @@ class Loss:
     spec
         A JSON-able description that rebuilds it (kind and parameters),
         reported with counterexamples.
+    tensors, with_tensors
+        For a loss that is a function of some tensors (a readout's weights and target): those tensors, and
+        the function that makes the same kind of loss of other tensors of the same shapes, unchecked, so that
+        it also runs inside ``torch.func`` transforms (many training tasks batched together:
+        :func:`gradstats.training.train_many`).
     """
 
     def __init__(
@@ -67,6 +72,8 @@ class Loss:
         name: str | None = None,
         num_inputs: int | None = None,
         spec: dict | None = None,
+        tensors: dict[str, Tensor] | None = None,
+        with_tensors: Callable[[dict[str, Tensor]], Loss] | None = None,
     ):
         if not callable(fn):
             raise ValueError(f"loss must be callable, got {type(fn).__name__}")
@@ -76,6 +83,8 @@ class Loss:
         self.name = name or getattr(fn, "__name__", "loss")
         self.num_inputs = num_inputs
         self.spec = spec if spec is not None else {"kind": "callable", "name": self.name}
+        self.tensors = tensors
+        self.with_tensors = with_tensors
 
     def __call__(self, h: Tensor) -> Tensor:
         return self.fn(h)
@@ -111,6 +120,9 @@ class Loss:
             raise ValueError(f"loss {self.name!r} is marked not differentiable: dL/dh does not exist")
         if self._grad is not None:
             return self.fn(h), self._grad(h)
+        if torch._C._functorch.peek_interpreter_stack() is not None:   # inside torch.func (a batched training step)
+            value, pullback = torch.func.vjp(self.fn, h)
+            return value, pullback(torch.ones_like(value))[0]
         with torch.enable_grad():
             leaf = h.detach().requires_grad_(True)
             value = self.fn(leaf)
@@ -189,9 +201,17 @@ def readout_squared_error(weight, target, bias=None) -> Loss:
     y = _finite_tensor("target", target, ndim=1)
     if y.shape[0] != v.shape[0]:
         raise ValueError(f"target must have {v.shape[0]} entries (weight's rows), got {y.shape[0]}")
+    loss = _readout_squared_error({"weight": v, "target": y, "bias": d})
+    loss.spec = {"kind": "readout_squared_error", "weight": v.tolist(), "target": y.tolist(), "bias": d.tolist()}
+    return loss
+
+
+def _readout_squared_error(tensors: dict[str, Tensor]) -> Loss:
+    """:func:`readout_squared_error` of checked tensors (no checks, no spec: it also runs inside ``torch.func``)."""
+    v, y, d = tensors["weight"], tensors["target"], tensors["bias"]
 
     def residual(h: Tensor) -> Tensor:
-        return h @ v.to(h).T + (d - y).to(h)
+        return h @ v.to(h).mT + (d - y).to(h)
 
     def fn(h: Tensor) -> Tensor:
         return residual(h).square().sum(-1)
@@ -199,8 +219,9 @@ def readout_squared_error(weight, target, bias=None) -> Loss:
     def grad(h: Tensor) -> Tensor:
         return 2.0 * residual(h) @ v.to(h)
 
-    return Loss(fn, grad=grad, name=f"readout squared error ({v.shape[0]}x{v.shape[1]})", num_inputs=v.shape[1],
-                spec={"kind": "readout_squared_error", "weight": v.tolist(), "target": y.tolist(), "bias": d.tolist()})
+    return Loss(fn, grad=grad, name=f"readout squared error ({v.shape[-2]}x{v.shape[-1]})", num_inputs=v.shape[-1],
+                spec={"kind": "readout_squared_error (tensors)"}, tensors=dict(tensors),
+                with_tensors=_readout_squared_error)
 
 
 def readout_cross_entropy(weight, label: int, bias=None) -> Loss:

@@ -143,3 +143,43 @@ def test_cli_json_rows(capsys):
     for r in rows:
         assert {"estimator", "seed", "test_error", "valid_error", "sparsity"} <= set(r)
         assert 0 <= r["test_error"] <= 1 and 0 <= r["sparsity"] <= 1
+
+
+# ---- many runs as one computation -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("gate", ["st", "reinforce", "reinforce_loo", "rectifier", "noisy_rectifier"])
+def test_a_run_in_a_stack_is_the_run_alone(data, gate):
+    """Batched over runs (small networks), each run keeps its initialisation, minibatch order, noise, baseline or
+    L1 weight and rates: its parameters after 3 epochs equal the run alone's to 1e-5 relative (float32 rounding of
+    batched products; observed: equal to the bit on this CPU), and so do its validation errors."""
+    from dataclasses import replace
+
+    base = conditional.Settings(gate, epochs=3, eval_every=1, learning_rate=0.3)
+    settings = [base, replace(base, learning_rate=0.1), replace(base, learning_rate=0.3, gater_rate_scale=0.01)]
+    seeds = [5, 6, 5]
+    stack = conditional.train_gated_many(data, settings, seeds, device="cpu", checkpoints=(3,))
+    for run, s, seed in zip(stack, settings, seeds):
+        alone = conditional.train_gated(data, s, seed, device="cpu", checkpoints=(3,))
+        for k, v in alone.snapshots[3].items():
+            assert torch.allclose(run.snapshots[3][k], v, rtol=1e-5, atol=1e-6), k
+        assert [e for _, e in run.history] == pytest.approx([e for _, e in alone.history], abs=1 / 359 + 1e-12)
+        assert run.settings == s and run.seed == seed
+
+
+def test_large_networks_go_one_run_after_another_bit_for_bit(data, monkeypatch):
+    monkeypatch.setattr(conditional, "BATCH_BYTES", 0)          # as if the digits network were MNIST's
+    settings = conditional.Settings("st", epochs=2, eval_every=1)
+    stack = conditional.train_gated_many(data, settings, [1, 2], device="cpu")
+    for run, seed in zip(stack, [1, 2]):
+        alone = conditional.train_gated(data, settings, seed, device="cpu")
+        assert run.valid_error == alone.valid_error and run.test_error == alone.test_error and run.history == alone.history
+
+
+def test_a_stack_refuses_runs_that_differ_in_more_than_their_rates(data):
+    from dataclasses import replace
+
+    base = conditional.Settings("st", epochs=1)
+    with pytest.raises(ValueError, match="may differ only in learning_rate and gater_rate_scale"):
+        conditional.train_gated_many(data, [base, replace(base, epochs=2)], [1, 2], device="cpu")
+    with pytest.raises(ValueError, match="the same number of runs"):
+        conditional.train_gated_many(data, [base, base], [1, 2, 3], device="cpu")

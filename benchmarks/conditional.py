@@ -1,0 +1,130 @@
+"""The seed paper's conditional-computation network on MNIST: seconds per epoch per run, stacked and alone.
+
+Workload: the paper's network (784 -> 400 tanh -> 2000 gates; a 784 -> 2000 linear expert; softmax), minibatch
+32, float32, trained through ``gs.conditional.train_gated_many`` (``train_gated`` is a stack of one). An epoch
+is 50,000 images (1,562 steps); the time of a step is measured on 6,400 images as (3 epochs - 1 epoch) / 400
+steps, so that the one evaluation at the end cancels. Prints, in one run:
+
+* seconds per epoch per run for stacks of 1, 4 and 8 runs (MNIST's network goes one run after another:
+  ``conditional.BATCH_BYTES``) and, for comparison, 4 runs forced through the batched path;
+* the multiply-adds of a step (forward, and the backward's two products per layer but the input's), the
+  GFLOP/s reached, and a large float32 matrix product's GFLOP/s measured here (the roofline);
+* for REINFORCE, leave-one-out and DisARM gates: seconds per step and per loss evaluation relative to ST;
+* the digits network (64 -> 32 -> 160 gates) with 1, 4 and 16 runs stacked (batched): runs per second.
+
+    python benchmarks/conditional.py [--threads 2] [--gates st,reinforce,reinforce_loo,disarm] [--json out.json]
+
+Needs MNIST (``gradstats data mnist``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import replace
+
+import torch
+
+import gradstats as gs
+from gradstats import conditional as cc
+from gradstats.datasets import Split
+
+STEPS = 200
+LOSS_EVALS = {"st": 1, "reinforce": 1, "reinforce_loo": 2, "disarm": 2}
+
+
+def subset(data: Split, images: int) -> Split:
+    return Split(data.name, (data.train[0][:images], data.train[1][:images]),
+                 (data.validation[0][:256], data.validation[1][:256]), (data.test[0][:256], data.test[1][:256]))
+
+
+def seconds_per_step(data: Split, gate: str, runs: int, batched: bool | None = None, repeats: int = 2) -> float:
+    """Per run: (3 epochs - 1 epoch) / (2 epochs of STEPS steps), each the best of ``repeats``."""
+    return min(_seconds_per_step(data, gate, runs, batched) for _ in range(repeats))
+
+
+def _seconds_per_step(data: Split, gate: str, runs: int, batched: bool | None) -> float:
+    times = []
+    for epochs in (1, 3):
+        settings = cc.Settings(gate, epochs=epochs, learning_rate=0.1, eval_every=100)
+        limit = cc.BATCH_BYTES
+        if batched:
+            cc.BATCH_BYTES = 2**62
+        try:
+            start = time.perf_counter()
+            cc.train_gated_many(data, [settings] * runs, list(range(runs)), device="cpu")
+            times.append(time.perf_counter() - start)
+        finally:
+            cc.BATCH_BYTES = limit
+    return (times[1] - times[0]) / (2 * STEPS) / runs
+
+
+def multiply_adds(arch: cc.Architecture, minibatch: int = 32) -> int:
+    """A training step's multiply-adds: the forward products, and in the backward each product's two (the
+    weights' gradient and the input's), but the input's of the first layers (x needs none)."""
+    forward = arch.inputs * arch.gater_hidden + arch.gater_hidden * arch.gates + arch.inputs * arch.gates \
+        + arch.gates * arch.classes
+    backward_inputs = arch.gater_hidden * arch.gates + arch.gates * arch.classes
+    return minibatch * (2 * forward + backward_inputs)
+
+
+def matmul_gflops(size: int = 2048) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gates", default="st,reinforce,reinforce_loo,disarm")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    mnist = subset(gs.datasets.mnist(), 32 * STEPS)
+    arch = cc.architecture_for(784, 10)
+    roofline = matmul_gflops()
+    flops = 2 * multiply_adds(arch)
+    print(f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
+          f"a 2048^3 float32 product: {roofline:.0f} GFLOP/s; a step: {flops / 1e6:.0f} MFLOP")
+    out = {"machine": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__,
+           "matmul_gflops": roofline, "step_mflop": flops / 1e6, "mnist": [], "digits": []}
+    st_step = None
+    for gate in args.gates.split(","):
+        for runs, batched in ((1, None), (4, None), (8, None), (4, True)):
+            if gate != "st" and runs > 1:
+                continue
+            step = seconds_per_step(mnist, gate, runs, batched)
+            st_step = step if (gate, runs) == ("st", 1) else st_step
+            row = {"gate": gate, "runs": runs, "batched": bool(batched), "seconds_per_epoch_per_run": step * 1562,
+                   "gflops": flops / step / 1e9, "share_of_roofline": flops / step / 1e9 / roofline}
+            if gate != "st" and st_step:
+                row["per_loss_evaluation_vs_st"] = step / LOSS_EVALS[gate] / st_step
+            out["mnist"].append(row)
+            how = "batched" if batched else "one after another" if runs > 1 else "alone"
+            extra = f", {row['per_loss_evaluation_vs_st']:.2f}x ST per loss evaluation" if "per_loss_evaluation_vs_st" \
+                in row else ""
+            print(f"  MNIST {gate:14s} {runs} run(s) {how:18s} {row['seconds_per_epoch_per_run']:6.1f} s per epoch per "
+                  f"run, {row['gflops']:5.1f} GFLOP/s ({row['share_of_roofline']:.0%} of the roofline){extra}",
+                  flush=True)
+    digits = gs.datasets.digits(seed=0)
+    base = cc.Settings("st", epochs=5, learning_rate=0.3)
+    for runs in (1, 4, 16):
+        start = time.perf_counter()
+        cc.train_gated_many(digits, [replace(base, learning_rate=0.3)] * runs, list(range(runs)), device="cpu")
+        rate = runs / (time.perf_counter() - start)
+        out["digits"].append({"gate": "st", "runs": runs, "runs_per_second": rate})
+        print(f"  digits st {runs:2d} run(s) stacked: {rate:5.2f} runs/s (5 epochs each)", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
