@@ -53,6 +53,7 @@ class Config:
     jobs: int = 1
     perturb: bool = False
     scheduler: str | None = None     # a Dask scheduler's address, or "local" for a LocalCluster of `jobs` workers
+    verify: bool = False              # recompute a committed study's reduced grid and compare (make check-figures)
 
     @property
     def rate_factor(self) -> float:
@@ -93,6 +94,9 @@ def parse(name: str, description: str, argv: list[str] | None) -> Config:
     parser.add_argument("--perturb", action="store_true",
                         help="a change that must not matter: learning rates and every problem's parameters times "
                              "1 + 1e-12, another Monte Carlo chunk size (make check-figures)")
+    parser.add_argument("--verify", action="store_true",
+                        help="a study with committed results (figures/data/NAME.csv): recompute its reduced grid and "
+                             "fail when a row moves beyond its error (make check-figures)")
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
@@ -103,7 +107,7 @@ def parse(name: str, description: str, argv: list[str] | None) -> Config:
     if args.perturb:
         apply_perturbation()
     return Config(name, args.quick, args.seed, device, args.out.resolve(), args.recompute, args.plot_only, jobs,
-                  args.perturb, args.scheduler)
+                  args.perturb, args.scheduler, args.verify)
 
 
 PERTURBATION = 1e-12
@@ -177,7 +181,8 @@ def _cached_rows(path: Path, cell: dict, config: Config) -> list[dict] | None:
 
 def _computed_rows(compute: Callable[[dict, Config], list[dict]], cell: dict, config: Config) -> tuple[list[dict], float]:
     start = time.perf_counter()
-    rows = [{**{f"cell_{k}": v for k, v in cell.items() if k not in ("code", "perturb")}, **r}
+    # a cell's keys become columns, but those starting with "_" (a stack's list of runs: its rows name their run)
+    rows = [{**{f"cell_{k}": v for k, v in cell.items() if k not in ("code", "perturb") and not k.startswith("_")}, **r}
             for r in compute(cell, config)]
     return rows, time.perf_counter() - start
 
@@ -441,9 +446,65 @@ def write_numbers(config: Config, numbers: dict[str, str | Reported]) -> Path:
     return path
 
 
+VERIFY_Z = 4.0
+
+
+def committed_path(config: Config) -> Path:
+    """Where a study too long for make figures' budget keeps its full grid's rows: ``figures/data/NAME.csv``
+    under ``--out`` (the repository's, where they are committed, by default)."""
+    return config.out / "figures" / "data" / f"{config.name}.csv"
+
+
+def write_committed(config: Config, frame: pd.DataFrame, seconds: float) -> Path:
+    """The full grid's rows, as text (``figures/data/NAME.csv``), with how they were made (``NAME.json``)."""
+    path = committed_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    frame.to_csv(tmp, index=False, float_format="%.17g")
+    os.replace(tmp, path)
+    meta = {"analysis": config.name, "seed": config.seed, "device": config.device, "versions": versions(),
+            "code": code_version(ROOT / "analyses" / f"{config.name}.py"), "wall_seconds": seconds,
+            "recompute": f"python -m analyses.{config.name} --recompute"}
+    atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str) + "\n")
+    return path
+
+
+def verify_committed(config: Config, analysis: Analysis) -> list[str]:
+    """Recompute the analysis's reduced grid (``analysis.verify_cells``) and compare each row with the committed
+    one of the same cell and identity: values with a standard error within ``VERIFY_Z`` combined errors, the
+    rest to ``1e-6`` relative. The failures as lines."""
+    committed = pd.read_csv(committed_path(config))
+    fresh = run_cells(config, analysis.verify_cells(config), analysis.compute, parallel=analysis.parallel)
+    keys = [c for c in fresh.columns if c.startswith("cell_")] + list(analysis.identity)
+    merged = fresh.merge(committed, on=keys, how="left", suffixes=("", "_committed"), indicator="found")
+    failures, compared = [], 0
+    for row in merged.itertuples():
+        where = ", ".join(f"{k}={getattr(row, k)}" for k in keys)
+        if row.found != "both":
+            failures.append(f"{config.name}: no committed row for {where}")
+            continue
+        a, b = float(row.value), float(row.value_committed)
+        sa, sb = float(getattr(row, "stderr", 0.0)), float(getattr(row, "stderr_committed", 0.0))
+        errors = [e for e in (sa, sb) if math.isfinite(e)]
+        allowed = 1e-6 * max(abs(a), abs(b)) + 1e-12 + (VERIFY_Z * math.hypot(*errors) if errors else 0.0)
+        same = (math.isnan(a) and math.isnan(b)) or abs(a - b) <= allowed
+        compared += 1
+        if not same:
+            failures.append(f"{config.name}: {where}: {a:.6g} against the committed {b:.6g} (allowed {allowed:.3g})")
+    print(f"  {config.name}: {compared} recomputed rows against figures/data/{config.name}.csv, "
+          f"{len(failures)} moved beyond their error")
+    return failures
+
+
 @dataclass(frozen=True)
 class Analysis:
-    """An analysis: its cells, how to compute one, how to plot the saved results, and the paper's numbers."""
+    """An analysis: its cells, how to compute one, how to plot the saved results, and the paper's numbers.
+
+    A *committed* analysis (a study too long for ``make figures``' budget) keeps its full grid's rows in
+    ``figures/data/NAME.csv``: ``make figures`` plots from them, ``--recompute`` computes them anew and
+    rewrites them, and ``--verify`` (run by ``make check-figures``) recomputes ``verify_cells`` (a reduced
+    grid of the same cells) and fails when a row moves beyond its error. ``identity`` names the columns
+    that tell a cell's rows apart (besides the cell's own)."""
 
     name: str
     description: str
@@ -452,13 +513,35 @@ class Analysis:
     plot: Callable[[pd.DataFrame, dict, Config], object]
     numbers: Callable[[pd.DataFrame, Config], dict[str, str]] | None = None
     parallel: bool = True   # False where cells time themselves (they must not share the CPU)
+    committed: bool = False
+    verify_cells: Callable[[Config], list[dict]] | None = None
+    identity: tuple[str, ...] = ()
 
     def main(self, argv: list[str] | None = None) -> Config:
         config = parse(self.name, self.description, argv)
+        if config.verify:
+            if not self.committed:
+                raise SystemExit(f"{self.name} keeps no committed results: nothing to verify")
+            failures = verify_committed(config, self)
+            for line in failures:
+                print("!! " + line)
+            if failures:
+                raise SystemExit(1)
+            return config
+        full = self.committed and not config.quick and not config.perturb
         if not config.plot_only:
             start = time.perf_counter()
-            frame = run_cells(config, self.cells(config), self.compute, parallel=self.parallel)
-            save_results(config, frame, seconds=time.perf_counter() - start)
+            if full and committed_path(config).exists() and not config.recompute:
+                frame = pd.read_csv(committed_path(config))
+                print(f"  {self.name}: plotted from figures/data/{self.name}.csv (python -m analyses.{self.name} "
+                      "--recompute computes it anew)")
+                save_results(config, frame, extra={"from": f"figures/data/{self.name}.csv"})
+            else:
+                frame = run_cells(config, self.cells(config), self.compute, parallel=self.parallel)
+                seconds = time.perf_counter() - start
+                save_results(config, frame, seconds=seconds)
+                if full:
+                    write_committed(config, frame, seconds)
         frame, meta = load_results(config)
         style()
         fig = self.plot(frame, meta, config)

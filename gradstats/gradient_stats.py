@@ -616,7 +616,30 @@ def estimate_reference(loss: Callable[..., Tensor], params: Mapping[str, Tensor]
     the bias, its norm and the MSE then carry the reference's error; use a seed the estimators under test do
     not use.
     """
-    stats = gradient_stats(loss, params, num_draws, noise_shape=noise_shape, chunk_size=chunk_size, seed=seed,
-                           dtype=dtype, progress=progress)
-    mean, stderr = stats.moments.mean, stats.moments.mean_stderr
-    return stats.layout.unflatten(mean), stats.layout.unflatten(stderr)
+    chunks = per_draw_gradients(loss, params, num_draws, noise_shape=noise_shape, chunk_size=chunk_size, seed=seed,
+                                dtype=dtype)
+    if progress:
+        from tqdm.auto import tqdm
+        chunks = tqdm(chunks, total=math.ceil(num_draws / chunk_size), unit="chunk")
+    # the mean and its standard error alone: each chunk's mean and centred sum of squares in float64, merged by
+    # the pairwise update of Chan, Golub & LeVeque (1979) (a GradientStats would also keep what a reference
+    # does not need: higher moments, jackknife batches)
+    count, mean, m2, layout = 0, None, None, None
+    for chunk in chunks:
+        if layout is None:
+            layout = ParameterLayout.of(chunk, batched=True)
+        flat = torch.cat(layout.split(chunk, "gradient"), 1).to(torch.float64)
+        if not bool(torch.isfinite(flat).all()):
+            raise ValueError(f"the estimator's draws are not finite in the chunk after draw {count}")
+        var, chunk_mean = torch.var_mean(flat, 0, correction=0)
+        rows = flat.shape[0]
+        if mean is None:
+            count, mean, m2 = rows, chunk_mean, var * rows
+            continue
+        total = count + rows
+        delta = chunk_mean - mean
+        mean = mean + delta * (rows / total)
+        m2 = m2 + var * rows + delta.square() * (count * rows / total)
+        count = total
+    stderr = (m2 / (count - 1) / count).sqrt() if count > 1 else torch.full_like(mean, math.nan)
+    return layout.unflatten(mean.cpu()), layout.unflatten(stderr.cpu())

@@ -310,3 +310,41 @@ def test_the_claims_table_sets_its_mathematics_in_latex():
         r"for $\partial L/\partial a_i$: $W_{ij}$, weighted by $h_{j}^{2}$; st\_sigmoid \& $|\mathrm{bias}|$"
     assert _tex_with_maths("as p -> 0 when f(h) - f(0) ~ c h^k, whenever f'(0) != 0") == \
         r"as $p \to 0$ when $f(h) - f(0) \sim c\,h^k$, whenever $f'(0) \neq 0$"
+
+
+def test_a_committed_study_replots_from_its_rows_and_verify_catches_a_row_that_moved(tmp_path, capsys):
+    """A study too long for make figures keeps its full grid's rows in figures/data/NAME.csv: make figures plots
+    from them, --recompute recomputes them, --verify recomputes a reduced grid and fails when a row moves."""
+    import pandas as pd
+
+    from analyses import _runner
+
+    computed = []
+
+    def cells(config):
+        return [{"i": i} for i in range(3)]
+
+    def compute(cell, config):
+        computed.append(cell["i"])
+        return [{"metric": "m", "value": cell["i"] + 0.5, "stderr": 0.1}]
+
+    study = _runner.Analysis("fig_toy", "a study", cells, compute, lambda frame, meta, config: None, committed=True,
+                             verify_cells=lambda config: cells(config)[:2], identity=("metric",))
+    argv = ["--out", str(tmp_path)]
+    study.main(argv)
+    rows = tmp_path / "figures" / "data" / "fig_toy.csv"
+    assert computed == [0, 1, 2] and rows.exists() and (tmp_path / "figures" / "data" / "fig_toy.json").exists()
+    computed.clear()
+    study.main(argv)
+    assert computed == [] and "plotted from figures/data/fig_toy.csv" in capsys.readouterr().out
+    study.main([*argv, "--recompute"])
+    assert computed == [0, 1, 2]
+    computed.clear()
+    study.main([*argv, "--verify", "--recompute"])                   # the reduced grid, within its errors
+    assert computed == [0, 1]
+    frame = pd.read_csv(rows)
+    frame.loc[frame.cell_i == 1, "value"] += 1.0                     # 10 standard errors off
+    frame.to_csv(rows, index=False)
+    with pytest.raises(SystemExit):
+        study.main([*argv, "--verify", "--recompute"])
+    assert "cell_i=1, metric=m: 1.5 against the committed 2.5" in capsys.readouterr().out
