@@ -11,6 +11,7 @@ import torch
 
 import gradstats as gs
 from gradstats import checkpoint as ckpt
+from tests.test_montecarlo import _interrupt_at_piece
 
 KW = dict(method="mc", num_samples=20_000, seed=0, device="cpu", chunk_size=1024, progress=False)
 
@@ -109,26 +110,19 @@ def test_a_flipped_bit_is_refused_by_the_checksum():
 
 # ---- checkpoints ------------------------------------------------------------------------------
 
-def _interrupt_after(monkeypatch, pieces: int):
-    calls = {"n": 0}
-    check = gs.montecarlo.check_gradient
-
-    def counting(*args):
-        calls["n"] += 1
-        if calls["n"] == pieces:
-            raise KeyboardInterrupt
-        return check(*args)
-
-    monkeypatch.setattr(gs.montecarlo, "check_gradient", counting)
+def _interrupted_run(path, problem, monkeypatch) -> None:
+    """A run with a checkpoint at ``path``, interrupted at its third piece: the checkpoint is left behind."""
+    with monkeypatch.context() as m:
+        _interrupt_at_piece(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            gs.moments(problem, "st", checkpoint=path, **KW)
+    assert path.exists()
 
 
 def test_a_checkpoint_of_another_run_at_the_same_path_is_never_deleted(tmp_path, monkeypatch):
     path = tmp_path / "shared.ckpt"
     problem = gs.problems.sbn([2, 2], seed=1)
-    with monkeypatch.context() as m:
-        _interrupt_after(m, 3)
-        with pytest.raises(KeyboardInterrupt):
-            gs.moments(problem, "st", checkpoint=path, **KW)
+    _interrupted_run(path, problem, monkeypatch)
     saved = path.read_bytes()
     # a run of another seed cannot take the path over, and leaves it as it was
     with pytest.raises(ValueError, match="belongs to another run"):
@@ -150,10 +144,7 @@ def test_a_checkpoint_of_another_run_at_the_same_path_is_never_deleted(tmp_path,
 def test_a_run_resumed_from_its_checkpoint_removes_it_at_the_end(tmp_path, monkeypatch):
     path = tmp_path / "run.ckpt"
     problem = gs.problems.sbn([2, 2], seed=1)
-    with monkeypatch.context() as m:
-        _interrupt_after(m, 3)
-        with pytest.raises(KeyboardInterrupt):
-            gs.moments(problem, "st", checkpoint=path, **KW)
+    _interrupted_run(path, problem, monkeypatch)
     resumed = gs.moments(problem, "st", checkpoint=path, **KW)
     assert not path.exists() and not path.with_name("run.ckpt.lock").exists()
     assert torch.equal(resumed.mean, gs.moments(problem, "st", **KW).mean)
