@@ -134,8 +134,11 @@ def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, 
         A file to save the accumulators to (atomically, at most every
         ``checkpoint_seconds`` and when interrupted by an exception, Ctrl-C or SIGTERM); a
         run given an existing checkpoint of the same problem, estimator, options, stream and
-        library resumes from it, with the same result as an uninterrupted run. Removed when
-        the run completes. See :mod:`gradstats.checkpoint` for what it stores and checks.
+        library resumes from it, with the same result as an uninterrupted run. The path is
+        claimed before the first draw (its directory must exist and be writable; ``PATH.lock``
+        keeps another run out meanwhile); a save that fails is warned about and the run goes
+        on; when the run completes the file it wrote last is removed, never another run's. See
+        :mod:`gradstats.checkpoint` for what it stores and checks.
     fuse
         Compile each chunk's draws and statistics into one function (``torch.compile``;
         see the module docstring). A stateful estimator, or ``ms``, always runs eager.
