@@ -477,7 +477,7 @@ def run_study(data: Split, gates=GATES, *, seeds: int = 10, base: Settings | Non
               device="auto", progress=None) -> list[Result]:
     """The protocol: per gate, the setting of :func:`grid` with the lowest mean validation error over
     :data:`SELECTION_SEEDS` (or ``base`` itself when ``select`` is False), then ``seeds`` runs at it
-    (seeds ``0 .. seeds - 1``, the same initialisation and data order for every gate), each scored on the
+    (seeds 0 to ``seeds - 1``, the same initialisation and data order for every gate), each scored on the
     test set at its validation-selected epoch."""
     seeds = positive_int("seeds", seeds)
     unknown = [g for g in gates if g not in GATES]
