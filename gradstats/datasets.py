@@ -53,6 +53,15 @@ class Split:
     def num_classes(self) -> int:
         return int(torch.cat([self.train[1], self.validation[1], self.test[1]]).max()) + 1
 
+    def head(self, train: int, validation: int, test: int) -> Split:
+        """The first ``train``, ``validation`` and ``test`` examples of each part (a quick run's subset)."""
+        sizes = {"train": train, "validation": validation, "test": test}
+        for name, n in sizes.items():
+            if not (isinstance(n, int) and not isinstance(n, bool) and 0 < n <= len(getattr(self, name)[1])):
+                raise ValueError(f"{name} must be an int in 1..{len(getattr(self, name)[1])}, got {n!r}")
+        parts = {k: (getattr(self, k)[0][:n], getattr(self, k)[1][:n]) for k, n in sizes.items()}
+        return Split(f"{self.name} (first {train}/{validation}/{test})", **parts)
+
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k} {len(v[1])}" for k, v in
                           (("train", self.train), ("validation", self.validation), ("test", self.test)))

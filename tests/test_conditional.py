@@ -29,17 +29,43 @@ def test_test_gates_are_deterministic_and_thresholded():
     assert conditional.test_gates(conditional.Settings("rectifier"), a, 0.0).tolist() == [[0.0, 0.5, 2.0]]
 
 
-@pytest.mark.parametrize("gate", conditional.GATES)
+@pytest.mark.parametrize("gate", conditional.ALL_GATES)
 def test_every_gate_trains_reproducibly_and_reaches_the_target_sparsity(data, gate):
     settings = conditional.Settings(gate, epochs=2, eval_every=1)
     first = conditional.train_gated(data, settings, seed=3, device="cpu")
     second = conditional.train_gated(data, settings, seed=3, device="cpu")
     assert first.test_error == second.test_error and first.valid_error == second.valid_error
     assert 0 <= first.test_error <= 1 and 0 <= first.valid_error <= 1
-    if gate not in conditional.RECTIFIERS:               # rectifiers cannot be on below 0: at most the target
+    if gate == "all_on":
+        assert first.sparsity == 1.0 and first.on_history == (1.0, 1.0)
+    elif gate not in conditional.RECTIFIERS:               # rectifiers cannot be on below 0: at most the target
         assert first.sparsity == pytest.approx(0.1, abs=0.03)
     else:
         assert first.sparsity <= 0.13
+
+
+def test_sts_as_the_code_samples_it_is_bernoulli_p_times_sqrt_p_with_the_sts_gradient():
+    a = torch.tensor([-2.0, 0.0, 3.0, -200.0], dtype=torch.float64, requires_grad=True)
+    u = torch.tensor([0.05, 0.6, 0.9, 0.0], dtype=torch.float64)
+    p = torch.sigmoid(a.detach())
+    h = conditional.gate_values(conditional.Settings("sts_code"), a, u)
+    on = (u < p).to(a.dtype)                                  # b ~ Bernoulli(p): on, off, on, on (p = 1e-87)
+    assert on.tolist() == [1.0, 0.0, 1.0, 1.0]
+    assert torch.allclose(h.detach(), on * p.sqrt())
+    h.sum().backward()                                        # d(b sqrt p)/da = b sqrt(p) (1 - p) / 2, finite at p = 0
+    assert torch.allclose(a.grad, on * p.sqrt() * (1 - p) / 2) and torch.isfinite(a.grad).all()
+    sts = conditional.gate_values(conditional.Settings("sts"), a.detach(), u)   # the paper's: b ~ Bernoulli(sqrt p)
+    assert torch.equal(sts != 0, u < p.sqrt())
+
+
+def test_the_controls_gates_are_fixed_and_the_same_at_test_time(data):
+    mask = conditional.fixed_gates(conditional.Settings("random_fixed"), 160, seed=4)
+    assert mask.sum() == 16 and torch.equal(mask, conditional.fixed_gates(conditional.Settings("random_fixed"), 160, 4))
+    assert not torch.equal(mask, conditional.fixed_gates(conditional.Settings("random_fixed"), 160, 5))
+    assert conditional.fixed_gates(conditional.Settings("all_on"), 160, 4).sum() == 160
+    run = conditional.train_gated(data, conditional.Settings("random_fixed", epochs=1), seed=4, device="cpu")
+    assert run.sparsity == pytest.approx(0.1) and run.on_history == (pytest.approx(0.1),)
+    assert 0 < run.train_criterion < math.log(10) + 1
 
 
 def test_straight_through_gates_learn_the_digits(data):
@@ -183,3 +209,17 @@ def test_a_stack_refuses_runs_that_differ_in_more_than_their_rates(data):
         conditional.train_gated_many(data, [base, replace(base, epochs=2)], [1, 2], device="cpu")
     with pytest.raises(ValueError, match="the same number of runs"):
         conditional.train_gated_many(data, [base, base], [1, 2, 3], device="cpu")
+
+
+def test_cli_prints_na_for_one_seed_and_trains_at_a_given_rate(capsys):
+    code = cli.main(["conditional", "--estimators", "st", "all_on", "--seeds", "1", "--epochs", "1",
+                     "--learning-rate", "0.3", "--device", "cpu"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "learning rate 0.3, not selected" in captured.out and "nan" not in captured.out
+    assert "+- n/a" in captured.out and "p = n/a" in captured.out
+    assert "st: epoch 1/1:" in captured.err                   # per-epoch progress with the elapsed time
+    for flag, value in (("--learning-rate", "0"), ("--learning-rate", "nan"), ("--epochs", "0"), ("--seeds", "-1")):
+        with pytest.raises(SystemExit):
+            cli.main(["conditional", flag, value])
+        assert f"{flag} must be" in capsys.readouterr().err

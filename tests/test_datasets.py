@@ -21,6 +21,16 @@ def test_digits_split_is_fixed_disjoint_and_scaled():
     assert not torch.equal(datasets.digits(seed=1).train[1], a.train[1])
 
 
+def test_head_takes_the_first_examples_of_each_part_and_checks_its_sizes():
+    split = datasets.digits(seed=0)
+    head = split.head(100, 20, 30)
+    assert [len(p[1]) for p in (head.train, head.validation, head.test)] == [100, 20, 30]
+    assert torch.equal(head.train[0], split.train[0][:100]) and torch.equal(head.test[1], split.test[1][:30])
+    for bad in ((0, 20, 30), (100, 10_000, 30), (100, 20, 2.5)):
+        with pytest.raises(ValueError, match="must be an int in 1.."):
+            split.head(*bad)
+
+
 def _write_idx(path, array, type_code):
     header = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     data = header + array.astype(array.dtype.newbyteorder(">")).tobytes()

@@ -1,0 +1,387 @@
+"""The seed paper's table on MNIST: conditional computation through each estimator, with seeds and controls.
+
+The paper's network and protocol (sec. 5 and appendix A of arXiv:1308.3432; ``gradstats.conditional``):
+784 inputs -> 400 tanh -> 2000 gates, a 784 -> 2000 linear expert path, the conditional layer, a softmax;
+sparsity target 0.1 (KL penalty on the gates' minibatch mean probability of being on; adaptive L1 for the
+rectifiers); minibatch 32; plain SGD at learning rate 0.1 (the paper's); max-norm 2; gates thresholded to 10%
+on at test time; the reported model is the epoch with the lowest validation error. The classic split: 50,000
+training, 10,000 validation, 10,000 test images (``gradstats data mnist``).
+
+Rows: the paper's seven (noisy rectifier, ST, STS as the paper writes it, the binary neuron with the unbiased
+estimator, the rectifier, sigmoid + noise, sigmoid), STS as the authors' code samples it (``sts_code``:
+Bernoulli(p), not Bernoulli(sqrt p)), ST-sigmoid', ReinMax and DisARM gates. Each gated row's gater rate (a
+multiple of the rest's: :data:`SCALES`) is selected on the validation set from one run of
+:data:`SELECT_EPOCHS` epochs per scale (seed :data:`SELECTION_SEED`), so that an estimator whose gradient is
+smaller than another's is not judged at the other's step size. Controls: every gate on (``all_on``: the
+ungated expert path, a linear classifier), a fixed random 10% of the units on (``random_fixed``), and a
+multinomial logistic regression on the pixels (``linear_softmax``, scikit-learn, its L2 weight selected on the
+validation set; convex, so one run and no seed error). Then :data:`REPORT_SEEDS` seeds a row, each trained for
+:data:`REPORT_EPOCHS` epochs with the validation error after every epoch (the learning curves). Paired tests
+against ST (Wilcoxon signed-rank over seeds, the same initialisation and data order per seed) carry Holm's
+correction over the rows.
+
+Hours of computation (about ten CPU-hours on 2 cores), so its raw results are committed: each run's result is
+saved as it ends in ``figures/data/fig_mnist_runs/`` (one JSON per run, kept across code changes; a study
+interrupted resumes from them), and ``figures/data/fig_mnist.csv`` holds every run's rows. ``make figures``
+plots from that file; ``--recompute`` rebuilds it, training the runs the run directory lacks (remove the
+directory to train every run anew); ``--collect`` rebuilds it from the saved runs alone (an unfinished
+study: a row appears once its selection runs are in; every run it has is shown); ``--verify`` (``make
+check-figures``) retrains the first committed ST run for two epochs and compares its validation errors with
+the committed curve's.
+
+    python -m analyses.fig_mnist [--recompute | --collect] [--verify] [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+import gradstats as gs
+from analyses._runner import ROOT, Analysis, atomic_write, code_version, estimate, run_cells, tex_number
+from gradstats import conditional as cc
+
+LEARNING_RATE = 0.1
+SCALES = (1.0, 0.1, 0.01)
+SELECT_EPOCHS = 10
+SELECTION_SEED = 1000
+REPORT_EPOCHS = 40
+REPORT_SEEDS = 5
+PAPER_SEVEN = ("noisy_rectifier", "st", "sts", "reinforce", "rectifier", "sigmoid_noise", "sigmoid")
+GATED = PAPER_SEVEN + ("sts_code", "st_sigmoid", "reinmax", "disarm")
+CONTROLS = ("all_on", "random_fixed", "linear_softmax")
+LOGISTIC_C = (0.01, 0.1, 1.0, 10.0)      # the linear control's inverse L2 weights, selected on validation
+VERIFY_EPOCHS = 2
+RUNS = ROOT / "figures" / "data" / "fig_mnist_runs"
+COLLECT = False    # --collect: the saved runs only, nothing trained
+
+
+QUICK_SIZES = (2000, 500, 500)          # --quick: the first training, validation and test images
+SIZES = (50_000, 10_000, 10_000)        # the classic split
+
+
+def _data(config) -> gs.datasets.Split:
+    """MNIST (the verified cache); with ``--quick`` its first :data:`QUICK_SIZES` images."""
+    data = gs.datasets.mnist()
+    return data.head(*QUICK_SIZES) if config.quick else data
+
+
+def _cell(stage: str, gate: str, scale: float, seed: int, epochs: int) -> dict:
+    cell = {"stage": stage, "gate": gate, "learning_rate": LEARNING_RATE, "gater_rate_scale": float(scale),
+            "seed": int(seed), "epochs": int(epochs)}
+    return cell | ({"_collect": True} if COLLECT else {})   # collected cells are cached apart from trained ones
+
+
+def _epochs(config, stage: str) -> int:
+    return 2 if config.quick else SELECT_EPOCHS if stage == "selection" else REPORT_EPOCHS
+
+
+def _gated(config):
+    return ("st", "reinforce") if config.quick else GATED
+
+
+def _controls(config):
+    return ("all_on", "linear_softmax") if config.quick else CONTROLS
+
+
+def _selection(config) -> list[dict]:
+    scales = SCALES[:2] if config.quick else SCALES
+    return [_cell("selection", g, s, SELECTION_SEED, _epochs(config, "selection")) for g in _gated(config)
+            for s in scales]
+
+
+def chosen_scales(frame: pd.DataFrame) -> dict[str, float]:
+    """gate -> the gater rate scale whose selection run reached the lowest validation error (never a diverged one)."""
+    sel = frame[(frame.cell_stage == "selection") & (frame.metric == "valid_error") & (frame.epoch == -1)]
+    out = {}
+    for row in sel.itertuples():
+        value = row.value if math.isfinite(row.value) else math.inf
+        if row.cell_gate not in out or value < out[row.cell_gate][1]:
+            out[row.cell_gate] = (row.cell_gater_rate_scale, value)
+    return {g: s for g, (s, _) in out.items()}
+
+
+def cells(config) -> list[dict]:
+    selection = _selection(config)
+    frame = run_cells(config, selection, compute, parallel=False)
+    if COLLECT and len(frame):   # a gate is selected once all its selection runs are in
+        counts = frame[(frame.metric == "test_error")].groupby("cell_gate").size()
+        frame = frame[frame.cell_gate.isin(counts[counts == len(SCALES)].index)]
+    chosen = chosen_scales(frame) if len(frame) else {}
+    seeds = 2 if config.quick else REPORT_SEEDS
+    report = []
+    for seed in range(seeds):            # seed by seed, so that an unfinished study has every row
+        report += [_cell("report", g, chosen[g], config.seed + seed, _epochs(config, "report")) for g in _gated(config)
+                   if g in chosen]
+        report += [_cell("report", g, 1.0, config.seed + seed, _epochs(config, "report")) for g in _controls(config)
+                   if g != "linear_softmax" or seed == 0]
+    return selection + report
+
+
+def _run_path(cell: dict) -> Path:
+    return RUNS / (f"{cell['stage']}-{cell['gate']}-lr{cell['learning_rate']:g}-x{cell['gater_rate_scale']:g}"
+                   f"-seed{cell['seed']}-e{cell['epochs']}.json")
+
+
+def _binomial_se(error: float, n: int) -> float:
+    """The standard error of an error rate over ``n`` images: the scale at which a change of trajectory (another
+    machine's float rounding) shows in it."""
+    return math.sqrt(max(error * (1 - error), 1.0 / n) / n)
+
+
+def _train(cell: dict, data, device, stop: int | None = None) -> dict:
+    """One run: its result and curves (``stop``: train only that many epochs, the verify check)."""
+    start = time.perf_counter()
+    if cell["gate"] == "linear_softmax":
+        return _logistic(data) | {"seconds": time.perf_counter() - start}
+    settings = cc.Settings(cell["gate"], learning_rate=cell["learning_rate"],
+                           gater_rate_scale=cell["gater_rate_scale"], epochs=stop or cell["epochs"], eval_every=1)
+    def say(line: str) -> None:
+        print(f"  fig_mnist: {cell['stage']} {cell['gate']} x{cell['gater_rate_scale']:g} seed {cell['seed']}: {line}",
+              file=sys.stderr, flush=True)
+
+    r = cc.train_gated_many(data, settings, [cell["seed"]], device=device, progress=say)[0]
+    return {"valid_error": r.valid_error, "test_error": r.test_error, "train_criterion": r.train_criterion,
+            "sparsity": r.sparsity, "train_sparsity": r.train_sparsity, "best_epoch": r.best_epoch,
+            "curve": [v for _, v in r.history], "on_curve": list(r.on_history),
+            "seconds": time.perf_counter() - start}
+
+
+def _logistic(data) -> dict:
+    """The linear control: multinomial logistic regression on the pixels, its L2 weight selected on validation."""
+    from sklearn.linear_model import LogisticRegression
+
+    (x, y), (xv, yv), (xt, yt) = ((a.numpy(), b.numpy()) for a, b in (data.train, data.validation, data.test))
+    best = None
+    for c in LOGISTIC_C:
+        model = LogisticRegression(C=c, max_iter=500, tol=1e-4).fit(x, y)
+        valid = float(np.mean(model.predict(xv) != yv))
+        if best is None or valid < best[0]:
+            best = (valid, model, c)
+    valid, model, c = best
+    proba = np.clip(model.predict_proba(x)[np.arange(len(y)), y], 1e-300, None)
+    return {"valid_error": valid, "test_error": float(np.mean(model.predict(xt) != yt)),
+            "train_criterion": float(-np.mean(np.log(proba))), "sparsity": math.nan, "train_sparsity": math.nan,
+            "best_epoch": 0, "curve": [], "on_curve": [], "inverse_l2": c}
+
+
+def _rows(cell: dict, run: dict, quick: bool) -> list[dict]:
+    _, nv, nt = QUICK_SIZES if quick else SIZES
+    rows = [{"metric": "valid_error", "epoch": -1, "value": run["valid_error"],
+             "stderr": _binomial_se(run["valid_error"], nv)},
+            {"metric": "test_error", "epoch": -1, "value": run["test_error"],
+             "stderr": _binomial_se(run["test_error"], nt)}]
+    rows += [{"metric": m, "epoch": -1, "value": run[m]} for m in ("train_criterion", "sparsity", "train_sparsity",
+                                                                 "best_epoch", "seconds")]
+    rows += [{"metric": "valid_error", "epoch": e, "value": v, "stderr": _binomial_se(v, nv)}
+             for e, v in enumerate(run["curve"], 1)]
+    rows += [{"metric": "train_on", "epoch": e, "value": v} for e, v in enumerate(run["on_curve"], 1)]
+    return rows
+
+
+def compute(cell, config):
+    """One run: read from the run directory when it is there (full study), else trained (and saved there)."""
+    if cell.get("_stop"):
+        run = _train(cell, _data(config), config.device, stop=cell["_stop"])
+        return [r for r in _rows(cell, run, config.quick) if r["metric"] == "valid_error" and r["epoch"] > 0]
+    path = None if config.quick else _run_path(cell)
+    if path is not None and path.exists():
+        run = json.loads(path.read_text())["run"]
+    elif COLLECT:
+        return []
+    else:
+        run = _train(cell, _data(config), config.device)
+        if path is not None:
+            meta = {"cell": cell, "code": code_version(ROOT / "analyses" / "fig_mnist.py"),
+                    "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
+                    "device": config.device, "torch": torch.__version__,
+                    "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+            atomic_write(path, json.dumps({"meta": meta, "run": run}, indent=1) + "\n")
+    return _rows(cell, run, config.quick)
+
+
+def verify_cells(config) -> list[dict]:
+    """ST's first seed, retrained for :data:`VERIFY_EPOCHS` epochs at its committed setting: its validation
+    errors after each epoch against the committed curve's."""
+    import pandas as pd
+
+    from analyses._runner import committed_path
+
+    frame = pd.read_csv(committed_path(config))
+    st = frame[(frame.cell_gate == "st") & (frame.metric == "test_error")].sort_values("cell_stage")  # report first
+    if not len(st):
+        raise SystemExit("fig_mnist: the committed rows have no ST run to verify")
+    first = st.iloc[0]
+    return [_cell(first.cell_stage, "st", first.cell_gater_rate_scale, int(first.cell_seed), int(first.cell_epochs))
+            | {"_stop": VERIFY_EPOCHS}]
+
+
+# ---- the table, the figure and the numbers -----------------------------------------------------------------
+
+def _final(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per report run: its final metrics as columns."""
+    rep = frame[(frame.cell_stage == "report") & (frame.epoch == -1)]
+    return rep.pivot_table(index=["cell_gate", "cell_seed"], columns="metric", values="value").reset_index()
+
+
+def holm(pvalues: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjusted p-values (family-wise error over the keys; NaN left out and kept as NaN)."""
+    finite = sorted((p, k) for k, p in pvalues.items() if math.isfinite(p))
+    out, running = {k: math.nan for k in pvalues}, 0.0
+    for i, (p, k) in enumerate(finite):
+        running = max(running, min(1.0, (len(finite) - i) * p))
+        out[k] = running
+    return out
+
+
+def summary(frame: pd.DataFrame) -> dict[str, dict]:
+    """Per row: means and standard errors over seeds (NaN for one run), the paired difference from ST and its
+    Wilcoxon p-value, Holm-adjusted over the rows."""
+    final = _final(frame)
+    results = [cc.Result(r.cell_gate, int(r.cell_seed), None, r.valid_error, r.test_error, r.sparsity,
+                         r.train_sparsity, int(r.best_epoch)) for r in final.itertuples()]
+    out = cc.compare_with(results)
+    # the family: every gated row against ST (the controls' differences are shown, not tested)
+    adjusted = holm({g: row.get("wilcoxon_p", math.nan) for g, row in out.items() if g != "st" and g not in CONTROLS})
+    for gate, row in out.items():
+        sub = final[final.cell_gate == gate]
+        for m in ("valid_error", "train_criterion", "sparsity"):
+            values = sub[m].to_numpy(dtype=float)
+            row[m] = float(values.mean())
+            row[f"{m}_stderr"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+        row["epochs_best"] = float(sub.best_epoch.mean())
+        if gate in adjusted:
+            row["holm_p"] = adjusted[gate]
+    return out
+
+
+def _pm(mean: float, se: float, scale: float = 100.0, digits: int = 2) -> str:
+    if not math.isfinite(mean):
+        return "--"
+    if not math.isfinite(se):
+        return f"${scale * mean:.{digits}f}$ (n/a)"
+    return f"${scale * mean:.{digits}f} \\pm {scale * se:.{digits}f}$"
+
+
+def _order(rows: dict) -> list[str]:
+    gated = sorted((g for g in rows if g not in CONTROLS), key=lambda g: rows[g]["mean"])
+    return gated + [g for g in CONTROLS if g in rows]
+
+
+def _table(rows: dict, config) -> None:
+    """Ours beside the paper's (train criterion, validation and test error)."""
+    lines = ["% generated by analyses/fig_mnist.py; do not edit", "\\begin{tabular}{@{}lrrrrrr@{}}", "\\toprule",
+             "& \\multicolumn{4}{c}{ours (mean $\\pm$ s.e. over seeds)} & \\multicolumn{2}{c}{paper (one run)} \\\\",
+             "\\cmidrule(lr){2-5}\\cmidrule(l){6-7}",
+             "gate & valid (\\%) & test (\\%) & minus ST's & Holm $p$ & valid & test \\\\", "\\midrule"]
+    for g in _order(rows):
+        row = rows[g]
+        diff = _pm(row["difference"], row["difference_stderr"]) if "difference" in row else ""
+        p = tex_number(row["holm_p"], 2) if math.isfinite(row.get("holm_p", math.nan)) else ""
+        name = g.replace("_", "\\_") + (" (control)" if g in CONTROLS else "")
+        pv, pt = cc.PUBLISHED_VALID_ERROR.get(g), cc.PUBLISHED_TEST_ERROR.get(g)
+        lines.append(f"{name} & {_pm(row['valid_error'], row['valid_error_stderr'])} & {_pm(row['mean'], row['stderr'])}"
+                     f" & {diff} & {p} & {pv if pv is not None else '--'} & {pt if pt is not None else '--'} \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    atomic_write(config.generated / f"tab_mnist{'-quick' if config.quick else ''}.tex", "\n".join(lines) + "\n")
+
+
+def _selection_plot(frame):
+    """An unfinished study without report runs yet: the selection runs' learning curves."""
+    sel = frame[(frame.cell_stage == "selection") & (frame.metric == "valid_error") & (frame.epoch > 0)]
+    fig, ax = plt.subplots(figsize=(6.3, 3.6))
+    for (gate, scale), sub in sel.groupby(["cell_gate", "cell_gater_rate_scale"]):
+        ax.plot(sub.epoch, 100 * sub.value, linewidth=0.8, label=f"{gate} x{scale:g}")
+    ax.set(xlabel="epoch", ylabel="validation error (%)", yscale="log", title="selection runs (no report runs yet)")
+    ax.legend(fontsize=7, ncol=2, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot(frame, meta, config):
+    if not (frame.cell_stage == "report").any():
+        atomic_write(config.generated / f"tab_mnist{'-quick' if config.quick else ''}.tex",
+                     "% generated by analyses/fig_mnist.py; do not edit\n(no report runs yet)\n")
+        return _selection_plot(frame)
+    rows = summary(frame)
+    _table(rows, config)
+    order = _order(rows)
+    rep = frame[frame.cell_stage == "report"]
+    palette = dict(zip(order, plt.get_cmap("tab20")(np.linspace(0, 1, max(len(order), 2)))))
+    fig, mosaic = plt.subplot_mosaic("AB;AC", figsize=(6.3, 5.6), width_ratios=[1.1, 1])
+    axes = [mosaic["A"], mosaic["B"], mosaic["C"]]
+    for i, g in enumerate(order):
+        row = rows[g]
+        axes[0].errorbar(100 * row["mean"], i, xerr=2 * 100 * row["stderr"] if math.isfinite(row["stderr"]) else 0,
+                         fmt="o", color="black" if g not in CONTROLS else "#7f7f7f", markersize=3)
+        published = cc.PUBLISHED_TEST_ERROR.get(g)
+        if published is not None:
+            axes[0].plot(published, i, marker="x", color="#d62728", markersize=4, linestyle="none")
+    axes[0].set(yticks=range(len(order)), yticklabels=order, ylim=(len(order) - 0.5, -0.5), xlabel="test error (%)",
+                title=f"{rep.cell_seed.nunique()} seeds: mean, 2 s.e.; x: paper")
+    for g in order:
+        sub = rep[(rep.cell_gate == g) & (rep.epoch > 0)]
+        for metric, ax in (("valid_error", axes[1]), ("train_on", axes[2])):
+            curve = sub[sub.metric == metric].groupby("epoch").value.mean()
+            if len(curve):
+                ax.plot(curve.index, (100 if metric == "valid_error" else 1) * curve.to_numpy(), color=palette[g],
+                        linewidth=0.8, label=g)
+    axes[1].set(xlabel="epoch", ylabel="validation error (%)", yscale="log", title="learning curves (mean over seeds)")
+    axes[2].set(xlabel="epoch", ylabel="fraction of gates on", title="sparsity in training")
+    axes[2].axhline(0.1, color="black", linewidth=0.5, linestyle=":")
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, frameon=False, fontsize=7)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return fig
+
+
+def numbers(frame, config):
+    rep = frame[frame.cell_stage == "report"]
+    out = {"mnistSelectionRuns": str(int(((frame.cell_stage == "selection") & (frame.metric == "test_error")).sum())),
+           "mnistReportRuns": str(int(((frame.cell_stage == "report") & (frame.metric == "test_error")).sum()))}
+    if not len(rep):
+        return out
+    rows = summary(frame)
+    out |= {"mnistSeeds": str(int(rep[~rep.cell_gate.isin(["linear_softmax"])].groupby("cell_gate").cell_seed
+                                   .nunique().min())),
+            "mnistEpochs": str(int(rep.cell_epochs.max())), "mnistRows": str(len(rows))}
+    for gate, row in rows.items():
+        key = "".join(part.capitalize() for part in gate.split("_"))
+        out[f"mnist{key}Error"] = (estimate(100 * row["mean"], 100 * row["stderr"]) if math.isfinite(row["stderr"])
+                                   else tex_number(100 * row["mean"], 3))
+        if "difference" in row and math.isfinite(row["difference_stderr"]):
+            out[f"mnist{key}Diff"] = estimate(100 * row["difference"], 100 * row["difference_stderr"])
+            if math.isfinite(row.get("holm_p", math.nan)):
+                out[f"mnist{key}P"] = tex_number(row["holm_p"], 2)
+    return out
+
+
+ANALYSIS = Analysis("fig_mnist", __doc__.splitlines()[0], cells, compute, plot, numbers, committed=True,
+                    verify_cells=verify_cells, identity=("metric", "epoch"), parallel=False)
+
+
+def main(argv: list[str] | None = None):
+    """The analysis's command line, with ``--collect`` (the committed rows from the saved runs alone)."""
+    global COLLECT
+    argv = list(sys.argv[1:] if argv is None else argv)
+    COLLECT = "--collect" in argv
+    if COLLECT:
+        argv = [a for a in argv if a != "--collect"] + ["--recompute"]
+    try:
+        return ANALYSIS.main(argv)
+    finally:
+        COLLECT = False
+
+
+if __name__ == "__main__":
+    main()
