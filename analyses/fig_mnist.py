@@ -22,7 +22,8 @@ correction over the rows.
 
 Hours of computation (about ten CPU-hours on 2 cores), so its raw results are committed: each run's result is
 saved as it ends in ``figures/data/fig_mnist_runs/`` (one JSON per run, kept across code changes; a study
-interrupted resumes from them), and ``figures/data/fig_mnist.csv`` holds every run's rows. ``make figures``
+interrupted resumes from them, and the run in flight from its state after its last epoch, ``NAME.partial``,
+not committed), and ``figures/data/fig_mnist.csv`` holds every run's rows. ``make figures``
 plots from that file; ``--recompute`` rebuilds it, training the runs the run directory lacks (remove the
 directory to train every run anew); ``--collect`` rebuilds it from the saved runs alone (an unfinished
 study: a row appears once its selection runs are in; every run it has is shown); ``--verify`` (``make
@@ -139,8 +140,10 @@ def _binomial_se(error: float, n: int) -> float:
     return math.sqrt(max(error * (1 - error), 1.0 / n) / n)
 
 
-def _train(cell: dict, data, device, stop: int | None = None) -> dict:
-    """One run: its result and curves (``stop``: train only that many epochs, the verify check)."""
+def _train(cell: dict, data, device, stop: int | None = None, checkpoint: Path | None = None) -> dict:
+    """One run: its result and curves (``stop``: train only that many epochs, the verify check). With
+    ``checkpoint``, its state after each epoch is kept there and an interrupted run resumes from it; a state of
+    another code version or a damaged one is set aside (said on stderr) and the run starts over."""
     start = time.perf_counter()
     if cell["gate"] == "linear_softmax":
         return _logistic(data) | {"seconds": time.perf_counter() - start}
@@ -150,7 +153,16 @@ def _train(cell: dict, data, device, stop: int | None = None) -> dict:
         print(f"  fig_mnist: {cell['stage']} {cell['gate']} x{cell['gater_rate_scale']:g} seed {cell['seed']}: {line}",
               file=sys.stderr, flush=True)
 
-    r = cc.train_gated_many(data, settings, [cell["seed"]], device=device, progress=say)[0]
+    try:
+        r = cc.train_gated_many(data, settings, [cell["seed"]], device=device, progress=say,
+                                checkpoint_path=checkpoint)[0]
+    except ValueError as err:
+        if checkpoint is None or not checkpoint.exists() or "in use by another run" in str(err):
+            raise
+        say(f"{err}: starting over")
+        checkpoint.unlink()
+        r = cc.train_gated_many(data, settings, [cell["seed"]], device=device, progress=say,
+                                checkpoint_path=checkpoint)[0]
     return {"valid_error": r.valid_error, "test_error": r.test_error, "train_criterion": r.train_criterion,
             "sparsity": r.sparsity, "train_sparsity": r.train_sparsity, "best_epoch": r.best_epoch,
             "curve": [v for _, v in r.history], "on_curve": list(r.on_history),
@@ -200,7 +212,8 @@ def compute(cell, config):
     elif COLLECT:
         return []
     else:
-        run = _train(cell, _data(config), config.device)
+        run = _train(cell, _data(config), config.device,
+                     checkpoint=None if path is None else path.with_suffix(".partial"))
         if path is not None:
             meta = {"cell": cell, "code": code_version(ROOT / "analyses" / "fig_mnist.py"),
                     "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -360,7 +361,7 @@ BATCH_BYTES = 2**22   # a stack whose parameters take at most this many bytes is
 
 
 def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch.float32,
-                     checkpoints: tuple[int, ...] = (), progress=None) -> list[Result]:
+                     checkpoints: tuple[int, ...] = (), progress=None, checkpoint_path=None) -> list[Result]:
     """Many independent runs of the gated network as one computation: run ``r`` has ``settings[r]`` and seed
     ``seeds[r]`` (a single Settings or seed is broadcast); the settings may differ only in
     ``learning_rate`` and ``gater_rate_scale``.
@@ -375,7 +376,13 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
     network's products already run near the machine's peak, and its memory-bound updates only slow down as
     the stack grows: ``benchmarks/conditional.py``). Run by run, a run in a stack is the run alone, bit for
     bit; batched, it equals it up to float rounding (``tests/test_conditional.py``).
-    ``progress(line)``, if given, hears each epoch's elapsed time."""
+    ``progress(line)``, if given, hears each epoch's elapsed time.
+
+    ``checkpoint_path``: the training state is saved there after every epoch (parameters, best models, curves,
+    the generators' states; :mod:`gradstats.checkpoint`: signed by the settings, seeds, data and library
+    source, with a checksum), a run given its own checkpoint resumes from it and ends where it would have
+    uninterrupted, and the file is removed when the runs end. The path is claimed up front (its directory must
+    exist; one run at a time). Runs that go one after another each get ``PATH.runI``."""
     import time
 
     from torch.func import grad, vmap
@@ -405,9 +412,12 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
     size = (arch.inputs * arch.gater_hidden + arch.gater_hidden + arch.gater_hidden * arch.gates + arch.gates
             + arch.inputs * arch.gates + arch.gates + arch.gates * arch.classes + arch.classes)   # parameters of a run
     if count > 1 and count * size * torch.finfo(dtype).bits // 8 > BATCH_BYTES:
-        return [result for s, seed in zip(settings, seeds)
+        return [result for i, (s, seed) in enumerate(zip(settings, seeds))
                 for result in train_gated_many(data, [s], [seed], device=device, dtype=dtype, checkpoints=checkpoints,
-                                               progress=progress)]
+                                               progress=progress, checkpoint_path=None if checkpoint_path is None
+                                               else f"{checkpoint_path}.run{i}")]
+    saver = None if checkpoint_path is None else _EpochCheckpoint(checkpoint_path, settings, seeds, data, dtype,
+                                                                  checkpoints, dev)
     batched = count > 1
     gate_bias = 0.0 if first.gate in RECTIFIERS else math.log(0.1 / 0.9)
     inits = [initial_parameters(arch, seed, dev, dtype, gate_bias) for seed in seeds]
@@ -466,42 +476,111 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
 
     keep(0)
     clock = time.perf_counter()
+    start_epoch = 1
+    if saver is not None and (state := saver.load()) is not None:
+        params = state["params"]
+        baseline, l1_weight, masks = tuple(state["baseline"]), state["l1_weight"], state["masks"]
+        alive, history, on_history = state["alive"], state["history"], state["on_history"]
+        on_fraction, snapshots = state["on_fraction"], state["snapshots"]
+        best = [(b[0], b[1], b[2]) for b in state["best"]]
+        for g, t in zip(order_gens + noise_gens, state["generators"]):
+            g.set_state(t.cpu() if g.device.type == "cpu" else t)
+        start_epoch, clock = state["epoch"] + 1, clock - state["seconds"]
     batches = len(y) // first.minibatch
-    for epoch in range(1, first.epochs + 1):
-        orders = torch.stack([torch.randperm(len(y), generator=g) for g in order_gens]).to(dev)
-        on_fraction = [[] for _ in range(count)]
-        for start in range(0, batches * first.minibatch, first.minibatch):
-            rows = orders[:, start:start + first.minibatch]
-            u = torch.stack([torch.rand(shape, generator=g, device=dev, dtype=dtype) for g in noise_gens])
-            on, baseline = advance(x[rows], y[rows], u, baseline, l1_weight)
-            on = on.tolist()
+    try:
+        for epoch in range(start_epoch, first.epochs + 1):
+            if not any(alive):
+                break
+            orders = torch.stack([torch.randperm(len(y), generator=g) for g in order_gens]).to(dev)
+            on_fraction = [[] for _ in range(count)]
+            for start in range(0, batches * first.minibatch, first.minibatch):
+                rows = orders[:, start:start + first.minibatch]
+                u = torch.stack([torch.rand(shape, generator=g, device=dev, dtype=dtype) for g in noise_gens])
+                on, baseline = advance(x[rows], y[rows], u, baseline, l1_weight)
+                on = on.tolist()
+                for r in range(count):
+                    on_fraction[r].append(on[r])
+                if first.gate in RECTIFIERS:
+                    l1_weight = l1_weight * torch.where(torch.tensor(on, dtype=torch.float64, device=dev)
+                                                        > first.sparsity, 1.01, 1 / 1.01)
+            finite = torch.stack([torch.isfinite(v.reshape(count, -1)).all(1) for v in params.values()]).all(0).tolist()
+            alive = [a and f for a, f in zip(alive, finite)]    # a run that diverged keeps its best evaluation so far
             for r in range(count):
-                on_fraction[r].append(on[r])
-            if first.gate in RECTIFIERS:
-                l1_weight = l1_weight * torch.where(torch.tensor(on, dtype=torch.float64, device=dev) > first.sparsity,
-                                                    1.01, 1 / 1.01)
-        finite = torch.stack([torch.isfinite(v.reshape(count, -1)).all(1) for v in params.values()]).all(0).tolist()
-        alive = [a and f for a, f in zip(alive, finite)]    # a run that diverged keeps its best evaluation so far
-        for r in range(count):
-            if alive[r]:
-                on_history[r].append(sum(on_fraction[r]) / max(len(on_fraction[r]), 1))
-        keep(epoch)
-        if progress is not None:
-            progress(f"epoch {epoch}/{first.epochs}: {time.perf_counter() - clock:.1f} s")
-        if epoch % first.eval_every == 0 or epoch == first.epochs:
-            for r in range(count):
-                if not alive[r]:
-                    continue
-                run_params = {k: v[r] for k, v in params.items()}
-                a_valid = _scores(first, run_params, xv, masks[r])
-                valid_error, _, _ = _error(first, run_params, a_valid, xv, yv, _threshold(first, a_valid))
-                history[r].append((epoch, valid_error))
-                if valid_error < best[r][0]:
-                    best[r] = (valid_error, {k: v.detach().clone() for k, v in run_params.items()}, epoch)
-        if not any(alive):
-            break
+                if alive[r]:
+                    on_history[r].append(sum(on_fraction[r]) / max(len(on_fraction[r]), 1))
+            keep(epoch)
+            if progress is not None:
+                progress(f"epoch {epoch}/{first.epochs}: {time.perf_counter() - clock:.1f} s")
+            if epoch % first.eval_every == 0 or epoch == first.epochs:
+                for r in range(count):
+                    if not alive[r]:
+                        continue
+                    run_params = {k: v[r] for k, v in params.items()}
+                    a_valid = _scores(first, run_params, xv, masks[r])
+                    valid_error, _, _ = _error(first, run_params, a_valid, xv, yv, _threshold(first, a_valid))
+                    history[r].append((epoch, valid_error))
+                    if valid_error < best[r][0]:
+                        best[r] = (valid_error, {k: v.detach().clone() for k, v in run_params.items()}, epoch)
+            if saver is not None:
+                saver.save({"epoch": epoch, "seconds": time.perf_counter() - clock, "params": params,
+                            "baseline": list(baseline), "l1_weight": l1_weight, "masks": masks, "alive": alive,
+                            "history": history, "on_history": on_history, "on_fraction": on_fraction,
+                            "snapshots": snapshots, "best": [list(b) for b in best],
+                            "generators": [g.get_state() for g in order_gens + noise_gens]})
+        results = _results(first, settings, seeds, best, history, on_history, on_fraction, snapshots, masks,
+                           (x, y), (xv, yv), (xt, yt))
+    finally:
+        if saver is not None:
+            saver.release()
+    if saver is not None:
+        saver.remove_own()
+    return results
+
+
+class _EpochCheckpoint:
+    """A stack's training state after each epoch, at ``path`` (:mod:`gradstats.checkpoint`: plain tensors and
+    numbers, signed by the runs' settings and seeds, the data, the dtype and the library source, with a
+    checksum). The path is claimed up front; at the end only the file this stack wrote is removed."""
+
+    def __init__(self, path, settings, seeds, data: Split, dtype, checkpoints, device):
+        from . import checkpoint as ckpt
+
+        self.ckpt, self.path, self.device = ckpt, Path(path), device
+        self.signature = ckpt.signature(kind="train_gated_many", settings=[repr(s) for s in settings], seeds=list(seeds),
+                                        data=[data.train, data.validation, data.test], dtype=str(dtype),
+                                        checkpoints=list(checkpoints))
+        self.lock = ckpt.claim(self.path)
+        self.written = None
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = self.ckpt.load(self.path, self.signature, self.device)
+        except BaseException:
+            self.release()
+            raise
+        self.written = self.ckpt.file_identity(self.path)   # resumed: the file is this stack's to remove
+        return state
+
+    def save(self, state: dict) -> None:
+        self.ckpt.save(self.path, self.signature, state)
+        self.written = self.ckpt.file_identity(self.path)
+
+    def remove_own(self) -> None:
+        if self.written is not None and self.ckpt.file_identity(self.path) == self.written:
+            self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        self.lock.unlink(missing_ok=True)
+
+
+def _results(first, settings, seeds, best, history, on_history, on_fraction, snapshots, masks, train, valid, test
+             ) -> list[Result]:
+    """Each run's result: its validation-selected model scored on the test set (and the training set)."""
+    (x, y), (xv, _), (xt, yt) = train, valid, test
     results = []
-    for r in range(count):
+    for r in range(len(seeds)):
         if best[r][1] is None:
             results.append(Result(first.gate, seeds[r], settings[r], math.nan, math.nan, math.nan, math.nan, 0,
                                   tuple(history[r]), on_history=tuple(on_history[r]), snapshots=snapshots[r]))

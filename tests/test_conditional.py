@@ -223,3 +223,34 @@ def test_cli_prints_na_for_one_seed_and_trains_at_a_given_rate(capsys):
         with pytest.raises(SystemExit):
             cli.main(["conditional", flag, value])
         assert f"{flag} must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("gate", ["st", "reinforce", "rectifier"])
+def test_an_interrupted_stack_resumes_from_its_checkpoint_and_ends_as_uninterrupted(data, gate, tmp_path):
+    """The state after each epoch (parameters, best models, curves, running baseline or L1 weight, generators) is
+    saved; interrupted during epoch 2, the stack resumes after epoch 1 and ends bit for bit as one never stopped;
+    the file is removed at the end, and one of other settings is refused with its path named."""
+    settings = conditional.Settings(gate, epochs=4, eval_every=1, learning_rate=0.3)
+    whole = conditional.train_gated_many(data, settings, [3, 4], device="cpu")
+    path = tmp_path / "state.pt"
+
+    class Interrupt(Exception):
+        pass
+
+    def interrupt(line):
+        if line.startswith("epoch 2/"):
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        conditional.train_gated_many(data, settings, [3, 4], device="cpu", checkpoint_path=path, progress=interrupt)
+    assert path.exists() and not (tmp_path / "state.pt.lock").exists()
+    with pytest.raises(ValueError, match="belongs to another run"):
+        conditional.train_gated_many(data, settings, [3, 5], device="cpu", checkpoint_path=path)
+    epochs = []
+    resumed = conditional.train_gated_many(data, settings, [3, 4], device="cpu", checkpoint_path=path,
+                                           progress=epochs.append)
+    assert [line.split(":")[0] for line in epochs] == ["epoch 2/4", "epoch 3/4", "epoch 4/4"]
+    for a, b in zip(whole, resumed):
+        assert (a.valid_error, a.test_error, a.history, a.on_history, a.train_criterion) == \
+            (b.valid_error, b.test_error, b.history, b.on_history, b.train_criterion)
+    assert not path.exists()
