@@ -35,14 +35,19 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["FORMAT", "UnidentifiableError", "fingerprint", "signature", "library_identity", "content_checksum", "save",
-           "load", "claim", "file_identity"]
+__all__ = ["FORMAT", "UnidentifiableError", "NotResumableError", "fingerprint", "signature", "library_identity",
+           "content_checksum", "save", "load", "claim", "file_identity", "RunFile"]
 
 FORMAT = "gradstats-checkpoint/3"
 
 
 class UnidentifiableError(ValueError):
     """A value whose identity (what it would compute) cannot be established."""
+
+
+class NotResumableError(ValueError):
+    """A checkpoint file that a run cannot resume from: unreadable, not a gradstats checkpoint, another run's, or
+    altered after it was written (the file is left in place)."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -224,23 +229,23 @@ def save(path: Path, signature: str, payload: dict) -> None:
 
 
 def load(path: Path, signature: str, device: torch.device) -> dict:
-    """The payload saved at ``path``; a ValueError naming the path (which is kept) when it cannot be
-    read, is not a gradstats checkpoint, or belongs to another run."""
+    """The payload saved at ``path``; a :class:`NotResumableError` (a ValueError) naming the path (which is kept)
+    when it cannot be read, is not a gradstats checkpoint, belongs to another run or fails its checksum."""
     try:
         record = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # truncated, corrupted, or not written by torch.save of plain values
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read as a gradstats checkpoint ({type(err).__name__}: "
+        raise NotResumableError(f"checkpoint {str(path)!r} cannot be read as a gradstats checkpoint ({type(err).__name__}: "
                          f"{_first_line(err)}); it was left in place: remove it or pass another path") from err
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         found = record.get("format") if isinstance(record, dict) else type(record).__name__
-        raise ValueError(f"checkpoint {str(path)!r} is not a {FORMAT} file (found {found!r}); it was left in place: "
+        raise NotResumableError(f"checkpoint {str(path)!r} is not a {FORMAT} file (found {found!r}); it was left in place: "
                          "remove it or pass another path")
     if record.get("signature") != signature:
-        raise ValueError(f"checkpoint {str(path)!r} belongs to another run (the problem, estimator, options, noise "
+        raise NotResumableError(f"checkpoint {str(path)!r} belongs to another run (the problem, estimator, options, noise "
                          "stream or library version differ); it was left in place: remove it or pass another path")
     stored = record.pop("checksum", None)
     if stored != content_checksum(record):
-        raise ValueError(f"checkpoint {str(path)!r} fails its checksum: it was altered after it was written (a flipped "
+        raise NotResumableError(f"checkpoint {str(path)!r} fails its checksum: it was altered after it was written (a flipped "
                          "bit, an edit); it was left in place: remove it or pass another path")
     return record
 
@@ -274,6 +279,37 @@ def claim(path: Path) -> Path:
             f.write(owner)
         return lock
     raise AssertionError("unreachable")
+
+
+class RunFile:
+    """One run's checkpoint file: ``path`` claimed up front (:func:`claim`), loaded and saved under the run's
+    ``signature``, and at the end removed only if the file there is the one this run wrote or resumed from (never
+    one another run wrote meanwhile)."""
+
+    def __init__(self, path: Path, signature: str):
+        self.path, self.signature = Path(path), signature
+        self.lock = claim(self.path)
+        self.written = None       # what identifies the file this run wrote last (or resumed from)
+
+    def load(self, device) -> dict | None:
+        """The saved payload (:func:`load`), or ``None`` when there is no file yet."""
+        if not self.path.exists():
+            return None
+        record = load(self.path, self.signature, device)
+        self.written = file_identity(self.path)   # resumed: the file is this run's to remove
+        return record
+
+    def save(self, payload: dict) -> None:
+        save(self.path, self.signature, payload)
+        self.written = file_identity(self.path)
+
+    def remove_own(self) -> None:
+        """Remove the file if it is the one this run wrote last."""
+        if self.written is not None and file_identity(self.path) == self.written:
+            self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        self.lock.unlink(missing_ok=True)
 
 
 def _lock_owner(lock: Path) -> tuple[int | None, str | None]:

@@ -238,7 +238,7 @@ def _cmd_conditional(args) -> int:
     gates = args.estimators or (conditional.PAPER_FOUR if args.quick else conditional.GATES)
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else 10)
     # a quick run trains at one rate: the rate most gates select on the digits, the paper's on MNIST
-    rate = args.learning_rate or (0.1 if not digits else 1.0 if args.quick else 0.1)
+    rate = args.learning_rate or (1.0 if digits and args.quick else 0.1)
     epochs = args.epochs or ((20 if digits else 5) if args.quick else 40)
     base = conditional.Settings(gates[0], epochs=epochs, learning_rate=rate)
     say = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))

@@ -31,12 +31,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from . import checkpoint as ckpt
 from . import functional as gf
 from .datasets import Split
 from .noise import resolve_device
@@ -416,8 +416,11 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
                 for result in train_gated_many(data, [s], [seed], device=device, dtype=dtype, checkpoints=checkpoints,
                                                progress=progress, checkpoint_path=None if checkpoint_path is None
                                                else f"{checkpoint_path}.run{i}")]
-    saver = None if checkpoint_path is None else _EpochCheckpoint(checkpoint_path, settings, seeds, data, dtype,
-                                                                  checkpoints, dev)
+    saver = None
+    if checkpoint_path is not None:
+        saver = ckpt.RunFile(checkpoint_path, ckpt.signature(
+            kind="train_gated_many", settings=[repr(s) for s in settings], seeds=seeds,
+            data=[data.train, data.validation, data.test], dtype=str(dtype), checkpoints=list(checkpoints)))
     batched = count > 1
     gate_bias = 0.0 if first.gate in RECTIFIERS else math.log(0.1 / 0.9)
     inits = [initial_parameters(arch, seed, dev, dtype, gate_bias) for seed in seeds]
@@ -477,17 +480,16 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
     keep(0)
     clock = time.perf_counter()
     start_epoch = 1
-    if saver is not None and (state := saver.load()) is not None:
-        params = state["params"]
-        baseline, l1_weight, masks = tuple(state["baseline"]), state["l1_weight"], state["masks"]
-        alive, history, on_history = state["alive"], state["history"], state["on_history"]
-        on_fraction, snapshots = state["on_fraction"], state["snapshots"]
-        best = [(b[0], b[1], b[2]) for b in state["best"]]
-        for g, t in zip(order_gens + noise_gens, state["generators"]):
-            g.set_state(t.cpu() if g.device.type == "cpu" else t)
-        start_epoch, clock = state["epoch"] + 1, clock - state["seconds"]
     batches = len(y) // first.minibatch
     try:
+        if saver is not None and (state := saver.load(dev)) is not None:
+            params, baseline, l1_weight = state["params"], tuple(state["baseline"]), state["l1_weight"]
+            alive, history, on_history = state["alive"], state["history"], state["on_history"]
+            on_fraction, snapshots = state["on_fraction"], state["snapshots"]
+            best = [(b[0], b[1], b[2]) for b in state["best"]]
+            for g, t in zip(order_gens + noise_gens, state["generators"]):
+                g.set_state(t.cpu() if g.device.type == "cpu" else t)
+            start_epoch, clock = state["epoch"] + 1, clock - state["seconds"]
         for epoch in range(start_epoch, first.epochs + 1):
             if not any(alive):
                 break
@@ -523,7 +525,7 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
                         best[r] = (valid_error, {k: v.detach().clone() for k, v in run_params.items()}, epoch)
             if saver is not None:
                 saver.save({"epoch": epoch, "seconds": time.perf_counter() - clock, "params": params,
-                            "baseline": list(baseline), "l1_weight": l1_weight, "masks": masks, "alive": alive,
+                            "baseline": list(baseline), "l1_weight": l1_weight, "alive": alive,
                             "history": history, "on_history": on_history, "on_fraction": on_fraction,
                             "snapshots": snapshots, "best": [list(b) for b in best],
                             "generators": [g.get_state() for g in order_gens + noise_gens]})
@@ -535,44 +537,6 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
     if saver is not None:
         saver.remove_own()
     return results
-
-
-class _EpochCheckpoint:
-    """A stack's training state after each epoch, at ``path`` (:mod:`gradstats.checkpoint`: plain tensors and
-    numbers, signed by the runs' settings and seeds, the data, the dtype and the library source, with a
-    checksum). The path is claimed up front; at the end only the file this stack wrote is removed."""
-
-    def __init__(self, path, settings, seeds, data: Split, dtype, checkpoints, device):
-        from . import checkpoint as ckpt
-
-        self.ckpt, self.path, self.device = ckpt, Path(path), device
-        self.signature = ckpt.signature(kind="train_gated_many", settings=[repr(s) for s in settings], seeds=list(seeds),
-                                        data=[data.train, data.validation, data.test], dtype=str(dtype),
-                                        checkpoints=list(checkpoints))
-        self.lock = ckpt.claim(self.path)
-        self.written = None
-
-    def load(self) -> dict | None:
-        if not self.path.exists():
-            return None
-        try:
-            state = self.ckpt.load(self.path, self.signature, self.device)
-        except BaseException:
-            self.release()
-            raise
-        self.written = self.ckpt.file_identity(self.path)   # resumed: the file is this stack's to remove
-        return state
-
-    def save(self, state: dict) -> None:
-        self.ckpt.save(self.path, self.signature, state)
-        self.written = self.ckpt.file_identity(self.path)
-
-    def remove_own(self) -> None:
-        if self.written is not None and self.ckpt.file_identity(self.path) == self.written:
-            self.path.unlink(missing_ok=True)
-
-    def release(self) -> None:
-        self.lock.unlink(missing_ok=True)
 
 
 def _results(first, settings, seeds, best, history, on_history, on_fraction, snapshots, masks, train, valid, test

@@ -305,26 +305,26 @@ class _Checkpointer:
     """Saves a run's accumulators to ``path`` (plain tensors, signed, with a checksum) and resumes a run from it.
 
     The path is claimed up front (:func:`gradstats.checkpoint.claim`: its directory exists and is writable, and no
-    other run writes there meanwhile); a save that fails is said once (a warning) and the run goes on, keeping its
-    result; at the end only the file this run wrote last is removed, never one another run wrote."""
+    other run writes there meanwhile: :class:`gradstats.checkpoint.RunFile`); a save that fails is said once (a
+    warning) and the run goes on, keeping its result; at the end only the file this run wrote last is removed,
+    never one another run wrote."""
 
     def __init__(self, path: Path, every: float, device, **identity):
         self.path, self.every, self.device = path, every, device
         try:
-            self.signature = ckpt.signature(**identity)
+            signature = ckpt.signature(**identity)
         except ckpt.UnidentifiableError as err:
             raise ValueError(f"checkpoint={str(path)!r} cannot be used: {err}, so a saved run could not be told from "
                              "another; run without a checkpoint, or give the loss and estimator plain values "
                              "(numbers, tensors, functions)") from err
-        self.lock = ckpt.claim(path)
-        self.written = None       # what identifies the file this run wrote last
+        self.file = ckpt.RunFile(path, signature)
         self.failed = False
         self.last = time.perf_counter()
 
     def resume(self, run: _Run) -> None:
-        if not self.path.exists():
+        record = self.file.load(self.device)
+        if record is None:
             return
-        record = ckpt.load(self.path, self.signature, self.device)
         where = f"checkpoint {str(self.path)!r}"
         stored = record.get("accumulators")
         position = record.get("position")
@@ -339,14 +339,12 @@ class _Checkpointer:
             raise ValueError(f"{where} is damaged: its batches hold {counted} draws, its position says {position}; it "
                              "was left in place: remove it or pass another path")
         run.position, run.state = position, record.get("state")
-        self.written = ckpt.file_identity(self.path)   # resumed: the file is this run's to remove
 
     def save(self, run: _Run) -> None:
         if run.position == 0:
             return
-        ckpt.save(self.path, self.signature, {"position": run.position, "state": run.state,
-                                              "accumulators": [acc.state_dict() for acc in run.batches]})
-        self.written = ckpt.file_identity(self.path)
+        self.file.save({"position": run.position, "state": run.state,
+                        "accumulators": [acc.state_dict() for acc in run.batches]})
         self.last = time.perf_counter()
 
     def save_after_interruption(self, run: _Run) -> None:
@@ -368,9 +366,7 @@ class _Checkpointer:
             self.failed = True
 
     def remove_own(self) -> None:
-        """Remove the checkpoint if the file there is the one this run wrote last."""
-        if self.written is not None and ckpt.file_identity(self.path) == self.written:
-            self.path.unlink(missing_ok=True)
+        self.file.remove_own()
 
     def release(self) -> None:
-        self.lock.unlink(missing_ok=True)
+        self.file.release()

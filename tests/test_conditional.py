@@ -244,8 +244,9 @@ def test_an_interrupted_stack_resumes_from_its_checkpoint_and_ends_as_uninterrup
     with pytest.raises(Interrupt):
         conditional.train_gated_many(data, settings, [3, 4], device="cpu", checkpoint_path=path, progress=interrupt)
     assert path.exists() and not (tmp_path / "state.pt.lock").exists()
-    with pytest.raises(ValueError, match="belongs to another run"):
+    with pytest.raises(gs.checkpoint.NotResumableError, match="belongs to another run"):
         conditional.train_gated_many(data, settings, [3, 5], device="cpu", checkpoint_path=path)
+    assert not (tmp_path / "state.pt.lock").exists()                 # a refused state releases its path
     epochs = []
     resumed = conditional.train_gated_many(data, settings, [3, 4], device="cpu", checkpoint_path=path,
                                            progress=epochs.append)
