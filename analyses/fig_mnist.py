@@ -35,6 +35,7 @@ the committed curve's.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -49,8 +50,9 @@ import pandas as pd
 import torch
 
 import gradstats as gs
-from analyses._runner import ROOT, Analysis, atomic_write, code_version, estimate, run_cells, tex_number
+from analyses._runner import ROOT, Analysis, atomic_write, code_version, committed_path, estimate, run_cells, tex_number
 from gradstats import conditional as cc
+from gradstats.checkpoint import NotResumableError
 
 LEARNING_RATE = 0.1
 SCALES = (1.0, 0.1, 0.01)
@@ -71,10 +73,11 @@ QUICK_SIZES = (2000, 500, 500)          # --quick: the first training, validatio
 SIZES = (50_000, 10_000, 10_000)        # the classic split
 
 
-def _data(config) -> gs.datasets.Split:
-    """MNIST (the verified cache); with ``--quick`` its first :data:`QUICK_SIZES` images."""
+@functools.lru_cache(maxsize=1)
+def _data(quick: bool) -> gs.datasets.Split:
+    """MNIST (the verified cache, read once per process); with ``--quick`` its first :data:`QUICK_SIZES` images."""
     data = gs.datasets.mnist()
-    return data.head(*QUICK_SIZES) if config.quick else data
+    return data.head(*QUICK_SIZES) if quick else data
 
 
 def _cell(stage: str, gate: str, scale: float, seed: int, epochs: int) -> dict:
@@ -156,9 +159,7 @@ def _train(cell: dict, data, device, stop: int | None = None, checkpoint: Path |
     try:
         r = cc.train_gated_many(data, settings, [cell["seed"]], device=device, progress=say,
                                 checkpoint_path=checkpoint)[0]
-    except ValueError as err:
-        if checkpoint is None or not checkpoint.exists() or "in use by another run" in str(err):
-            raise
+    except NotResumableError as err:   # another code version's state, or a damaged one
         say(f"{err}: starting over")
         checkpoint.unlink()
         r = cc.train_gated_many(data, settings, [cell["seed"]], device=device, progress=say,
@@ -187,7 +188,7 @@ def _logistic(data) -> dict:
             "best_epoch": 0, "curve": [], "on_curve": [], "inverse_l2": c}
 
 
-def _rows(cell: dict, run: dict, quick: bool) -> list[dict]:
+def _rows(run: dict, quick: bool) -> list[dict]:
     _, nv, nt = QUICK_SIZES if quick else SIZES
     rows = [{"metric": "valid_error", "epoch": -1, "value": run["valid_error"],
              "stderr": _binomial_se(run["valid_error"], nv)},
@@ -204,15 +205,15 @@ def _rows(cell: dict, run: dict, quick: bool) -> list[dict]:
 def compute(cell, config):
     """One run: read from the run directory when it is there (full study), else trained (and saved there)."""
     if cell.get("_stop"):
-        run = _train(cell, _data(config), config.device, stop=cell["_stop"])
-        return [r for r in _rows(cell, run, config.quick) if r["metric"] == "valid_error" and r["epoch"] > 0]
+        run = _train(cell, _data(config.quick), config.device, stop=cell["_stop"])
+        return [r for r in _rows(run, config.quick) if r["metric"] == "valid_error" and r["epoch"] > 0]
     path = None if config.quick else _run_path(cell)
     if path is not None and path.exists():
         run = json.loads(path.read_text())["run"]
     elif COLLECT:
         return []
     else:
-        run = _train(cell, _data(config), config.device,
+        run = _train(cell, _data(config.quick), config.device,
                      checkpoint=None if path is None else path.with_suffix(".partial"))
         if path is not None:
             meta = {"cell": cell, "code": code_version(ROOT / "analyses" / "fig_mnist.py"),
@@ -220,15 +221,13 @@ def compute(cell, config):
                     "device": config.device, "torch": torch.__version__,
                     "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
             atomic_write(path, json.dumps({"meta": meta, "run": run}, indent=1) + "\n")
-    return _rows(cell, run, config.quick)
+    return _rows(run, config.quick)
 
 
 def verify_cells(config) -> list[dict]:
     """The first committed ST run (a report run if there is one; while the study is unfinished and has none,
     its first committed run of a trained gate), retrained for :data:`VERIFY_EPOCHS` epochs at its setting: its
     validation errors after each epoch against the committed curve's."""
-    from analyses._runner import committed_path
-
     frame = pd.read_csv(committed_path(config))
     runs = frame[(frame.metric == "test_error") & (frame.cell_gate != "linear_softmax")].copy()
     if not len(runs):
@@ -248,13 +247,10 @@ def _final(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def holm(pvalues: dict[str, float]) -> dict[str, float]:
-    """Holm's step-down adjusted p-values (family-wise error over the keys; NaN left out and kept as NaN)."""
-    finite = sorted((p, k) for k, p in pvalues.items() if math.isfinite(p))
-    out, running = {k: math.nan for k in pvalues}, 0.0
-    for i, (p, k) in enumerate(finite):
-        running = max(running, min(1.0, (len(finite) - i) * p))
-        out[k] = running
-    return out
+    """:func:`gradstats.stats.holm` over the keys with a p-value (NaN ones left out of the family, kept NaN)."""
+    tested = [k for k, p in pvalues.items() if math.isfinite(p)]
+    adjusted = gs.stats.holm(torch.tensor([pvalues[k] for k in tested], dtype=torch.float64)).tolist() if tested else []
+    return {k: math.nan for k in pvalues} | dict(zip(tested, adjusted))
 
 
 def summary(frame: pd.DataFrame) -> dict[str, dict]:
@@ -268,11 +264,10 @@ def summary(frame: pd.DataFrame) -> dict[str, dict]:
     adjusted = holm({g: row.get("wilcoxon_p", math.nan) for g, row in out.items() if g != "st" and g not in CONTROLS})
     for gate, row in out.items():
         sub = final[final.cell_gate == gate]
-        for m in ("valid_error", "train_criterion", "sparsity"):
+        for m in ("valid_error", "train_criterion"):
             values = sub[m].to_numpy(dtype=float)
             row[m] = float(values.mean())
             row[f"{m}_stderr"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
-        row["epochs_best"] = float(sub.best_epoch.mean())
         if gate in adjusted:
             row["holm_p"] = adjusted[gate]
     return out
@@ -286,6 +281,14 @@ def _pm(mean: float, se: float, scale: float = 100.0, digits: int = 2) -> str:
     return f"${scale * mean:.{digits}f} \\pm {scale * se:.{digits}f}$"
 
 
+def _criterion(mean: float, se: float) -> str:
+    """The train criterion (a mean cross-entropy in nats, as the paper prints it: two significant digits)."""
+    if not math.isfinite(mean):
+        return "--"
+    return (f"${tex_number(mean, 2)} \\pm {tex_number(se, 1)}$" if math.isfinite(se)
+            else f"${tex_number(mean, 2)}$ (n/a)")
+
+
 def _order(rows: dict) -> list[str]:
     gated = sorted((g for g in rows if g not in CONTROLS), key=lambda g: rows[g]["mean"])
     return gated + [g for g in CONTROLS if g in rows]
@@ -293,18 +296,21 @@ def _order(rows: dict) -> list[str]:
 
 def _table(rows: dict, config) -> None:
     """Ours beside the paper's (train criterion, validation and test error)."""
-    lines = ["% generated by analyses/fig_mnist.py; do not edit", "\\begin{tabular}{@{}lrrrrrr@{}}", "\\toprule",
-             "& \\multicolumn{4}{c}{ours (mean $\\pm$ s.e. over seeds)} & \\multicolumn{2}{c}{paper (one run)} \\\\",
-             "\\cmidrule(lr){2-5}\\cmidrule(l){6-7}",
-             "gate & valid (\\%) & test (\\%) & minus ST's & Holm $p$ & valid & test \\\\", "\\midrule"]
+    lines = ["% generated by analyses/fig_mnist.py; do not edit", "\\begin{tabular}{@{}lrrrrrrrr@{}}", "\\toprule",
+             "& \\multicolumn{5}{c}{ours (mean $\\pm$ s.e. over seeds)} & \\multicolumn{3}{c}{paper (one run)} \\\\",
+             "\\cmidrule(lr){2-6}\\cmidrule(l){7-9}",
+             "gate & train crit. & valid (\\%) & test (\\%) & minus ST's & Holm $p$ & train crit. & valid & test \\\\",
+             "\\midrule"]
     for g in _order(rows):
         row = rows[g]
         diff = _pm(row["difference"], row["difference_stderr"]) if "difference" in row else ""
-        p = tex_number(row["holm_p"], 2) if math.isfinite(row.get("holm_p", math.nan)) else ""
+        p = f"${tex_number(row['holm_p'], 2)}$" if math.isfinite(row.get("holm_p", math.nan)) else ""
         name = g.replace("_", "\\_") + (" (control)" if g in CONTROLS else "")
-        pv, pt = cc.PUBLISHED_VALID_ERROR.get(g), cc.PUBLISHED_TEST_ERROR.get(g)
-        lines.append(f"{name} & {_pm(row['valid_error'], row['valid_error_stderr'])} & {_pm(row['mean'], row['stderr'])}"
-                     f" & {diff} & {p} & {pv if pv is not None else '--'} & {pt if pt is not None else '--'} \\\\")
+        published = [f"${tex_number(table[g], digits)}$" if g in table else "--" for table, digits in
+                     ((cc.PUBLISHED_TRAIN_CRITERION, 2), (cc.PUBLISHED_VALID_ERROR, 3), (cc.PUBLISHED_TEST_ERROR, 3))]
+        criterion = _criterion(row["train_criterion"], row["train_criterion_stderr"])
+        lines.append(f"{name} & {criterion} & {_pm(row['valid_error'], row['valid_error_stderr'])} & "
+                     f"{_pm(row['mean'], row['stderr'])} & {diff} & {p} & {' & '.join(published)} \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     atomic_write(config.generated / f"tab_mnist{'-quick' if config.quick else ''}.tex", "\n".join(lines) + "\n")
 
