@@ -14,6 +14,8 @@ import math
 import re
 import sys
 
+import numpy as np
+
 from analyses._runner import Analysis, atomic_write, estimate, exact, tex_number
 from gradstats import claims
 from gradstats.claims import seed_paper as gs_claims_seed_paper
@@ -106,9 +108,22 @@ def plot(frame, meta, config):
 def _loss_formula(spec: dict) -> str:
     """A counterexample's loss as LaTeX mathematics (the name of its kind where no formula is written)."""
     if spec["kind"] == "polynomial":
-        power = "" if spec["power"] == 1 else f"^{{{spec['power']:g}}}"
-        return f"|h - {spec['target']:g}|{power}"
+        if spec["power"] == 1:
+            return f"|h - {spec['target']:g}|"
+        if spec["power"] % 2 == 0:
+            return f"(h - {spec['target']:g})^{{{spec['power']:g}}}"
+        return f"|h - {spec['target']:g}|^{{{spec['power']:g}}}"
     return f"\\text{{{_tex(spec['kind'])}}}"
+
+
+def _best_temperatures(minima: dict) -> str:
+    """``$M = 1$: 1--2; ...``: per number of draws, the range of the networks' MSE-minimising temperatures."""
+    parts = []
+    for m, v in minima.items():
+        best = sorted({r["best_temperature"] for r in v["networks"]})
+        span = f"{best[0]:g}" if len(best) == 1 else f"{best[0]:g}--{best[-1]:g}"
+        parts.append(f"$M = {m}$: {span}")
+    return "; ".join(parts)
 
 
 def numbers(frame, config):
@@ -136,12 +151,15 @@ def numbers(frame, config):
            "claimSTThreeTrainMeanSigmoid": estimate(st3["training_mean_sigmoid"], st3["training_stderr_sigmoid"]),
            "claimSTThreeTrainSeeds": str(len(gs_claims_seed_paper.ST3_REPORT_SEEDS)),
            # test outcomes over the proxy runs (a p-value, a median ratio): statistics, not measurements
-           "claimSTThreeWilcoxonP": tex_number(st3["training_wilcoxon_p"], 2),
+           "claimSTThreeTaskSignP": tex_number(st3["training_task_sign_p"], 3),
            "claimSTThreeMedianRatio": tex_number(math.exp(st3["training_median_log_ratio"]), 2),
            "claimCOneVarianceReductionMedian": exact(data["C1"]["weight_baseline_median_variance_reduction"], 2),
            "claimCOneVarianceReductionMax": exact(max(data["C1"]["weight_baseline_variance_reduction"]), 2),
            "claimCOneVarianceReductionSeeds": ", ".join(tex_number(v, 3)
                                                          for v in data["C1"]["weight_baseline_variance_reduction"]),
+           "claimCOneTraceReductionSeeds": ", ".join(tex_number(v, 2)
+                                                      for v in data["C1"]["weight_baseline_trace_reduction"]),
+           "claimCOneTraceReductionMedian": exact(float(np.median(data["C1"]["weight_baseline_trace_reduction"])), 2),
            "claimGumbelRises": str(len(data["GUMBEL-T"]["bias_rises"])),
            "claimGumbelSteps": str(data["GUMBEL-T"]["steps"]),
            "claimGumbelToys": str(data["GUMBEL-T"]["toys"]),
@@ -150,7 +168,13 @@ def numbers(frame, config):
            "claimGumbelBiasOrder": exact(data["GUMBEL-T"]["bias_order_median"], 2),
            "claimStsMedianCosine": exact(data["STS-G"]["median_cos_binary"], 2),
            "claimStOneQualifier": _tex_with_maths(rows["ST1"].qualifier),
-           "claimDisarmToyRatio": exact(data["DISARM-V"]["toy_variance_ratio"])}
+           "claimDisarmToyRatio": exact(data["DISARM-V"]["toy_variance_ratio"]),
+           "claimDisarmProblems": str(data["DISARM-V"]["trace_ratio_problems"]),
+           "claimDisarmTraceRatioQuartiles": ", ".join(tex_number(q, 2) for q in data["DISARM-V"]["trace_ratio_quantiles"][1:4]),
+           "claimDisarmTraceRatioMax": exact(data["DISARM-V"]["trace_ratio_quantiles"][4], 4),
+           "claimDisarmSubstantialPercent": exact(100 * data["DISARM-V"]["trace_ratio_substantial_share"], 2),
+           "claimGumbelNetworks": str(len(data["GUMBEL-T"]["networks"])),
+           "claimGumbelBestTemperatures": _best_temperatures(data["GUMBEL-T"]["interior_minimum"])}
     words = dict(zip("0123456789", ("Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine")))
     for claim_id, r in rows.items():
         macro = "claimStatus" + "".join(words.get(ch, ch) for ch in claim_id.title() if ch.isalnum())

@@ -92,10 +92,17 @@ def check_reinmax_quadratic(settings: CheckSettings) -> Verdict:
 
 # ---- DisARM's variance against ARM's --------------------------------------------------------
 
+DISARM_SUBSTANTIAL_RATIO = 0.5   # "substantial" read as at least halving the trace of the covariance
+
+
 def check_disarm_variance(settings: CheckSettings) -> Verdict:
+    trace_ratios = []   # tr Cov(DisARM) / tr Cov(ARM) on every searched problem where ARM has variance
+
     def violates(p) -> bool:
         _, arm_var = arm_exact_moments(p)
         disarm_var = moments(p, "disarm", full_covariance=False).var
+        if float(arm_var.sum()) > 0:
+            trace_ratios.append(float(disarm_var.sum() / arm_var.sum()))
         return bool((disarm_var > arm_var + 1e-12 * (1 + arm_var.abs())).any())
 
     found = search(single_layer_problems(max_units=4), violates, settings)
@@ -104,14 +111,25 @@ def check_disarm_variance(settings: CheckSettings) -> Verdict:
                        counterexample=describe(found.example))
     toy = problems.toy(0.45, -1.0)
     ratio = float(moments(toy, "disarm").var / arm_exact_moments(toy)[1])
+    quartiles = [float(q) for q in np.quantile(trace_ratios, [0.0, 0.25, 0.5, 0.75, 1.0])]
+    substantial = float(np.mean(np.array(trace_ratios) <= DISARM_SUBSTANTIAL_RATIO))
+    spread = (f"min {quartiles[0]:.3f}, quartiles {quartiles[1]:.2f}, {quartiles[2]:.2f}, {quartiles[3]:.2f}, "
+              f"max {quartiles[4]:.4f}")
     return Verdict(
-        "confirmed", cases=found.tried, summary="exact, per coordinate, one layer (Rao-Blackwellisation)",
-        qualifier=f"never more variance, coordinate by coordinate; how much less depends on the problem (ratio "
-                  f"{ratio:.2f} on the toy t = 0.45, a = -1)",
+        "confirmed", cases=found.tried,
+        summary=(f"exact, per coordinate, one layer (Rao-Blackwellisation); the trace is at least halved on "
+                 f"{100 * substantial:.0f}% of the searched layers (median ratio {quartiles[2]:.2f})"),
+        qualifier=(f"never more variance, coordinate by coordinate; substantial (the trace at least halved) on "
+                   f"{100 * substantial:.0f}% of {len(trace_ratios)} searched single layers, median ratio "
+                   f"{quartiles[2]:.2f}, and close to none on some (up to {quartiles[4]:.4f})"),
         evidence=(f"exact per-coordinate variances on {found.tried} random single layers (every loss class): DisARM's "
                   f"never exceeds ARM's (ARM's computed exactly over the 3^N cells of u); DisARM is ARM conditioned on "
-                  f"(b, b~), so this is Rao-Blackwellisation. On the toy t = 0.45, a = -1 the ratio is {ratio:.3f}"),
-        data={"toy_variance_ratio": ratio},
+                  f"(b, b~), so this is Rao-Blackwellisation, which guarantees no increase, not a size. The ratio of the "
+                  f"covariance traces, DisARM's over ARM's, over the {len(trace_ratios)} searched layers where ARM has "
+                  f"variance: {spread}; at most {DISARM_SUBSTANTIAL_RATIO:g} (what we take 'substantial' to mean) on "
+                  f"{100 * substantial:.0f}% of them. On the toy t = 0.45, a = -1 the ratio is {ratio:.3f}"),
+        data={"toy_variance_ratio": ratio, "trace_ratio_quantiles": quartiles, "trace_ratio_substantial_share": substantial,
+              "trace_ratio_problems": len(trace_ratios), "trace_ratios": trace_ratios},
     )
 
 
@@ -135,11 +153,54 @@ def gumbel_toy_moments(t: float, a: float, temperatures=GUMBEL_TEMPERATURES, poi
     return out
 
 
+GUMBEL_DRAW_COUNTS = (1, 10, 100)            # M: the trade-off is an interior minimum of MSE(tau) at fixed M
+GUMBEL_NETWORK_SEEDS = range(4)              # 3-3-3 networks, squared-error readout, weight scale 2
+GUMBEL_NETWORK_DRAWS = 20_000
+
+
+def gumbel_network_moments(seed: int, draws: int = GUMBEL_NETWORK_DRAWS, temperatures=GUMBEL_TEMPERATURES):
+    """Per temperature, on a seeded 3-3-3 network: the squared bias of the Gumbel estimator against the binary
+    gradient (``|mean - g|^2`` less the Monte Carlo part ``tr Cov / n``) and the trace of its covariance, from
+    ``draws`` draws, with the standard error of that bias."""
+    from ..montecarlo import mc_moments
+
+    problem = problems.sbn([3, 3, 3], "squared_error", seed=seed, weight_scale=2.0)
+    g = exact_gradient(problem)
+    out = []
+    for tau in temperatures:
+        m = mc_moments(problem, "gumbel", num_samples=draws, seed=seed, device="cpu", temperature=tau, progress=False)
+        d = m.mean - g
+        bias2 = float(d.square().sum() - m.var.sum() / draws)
+        stderr = float(2 * (d.square() * m.var / draws).sum().sqrt())
+        out.append((tau, bias2, float(m.var.sum()), stderr))
+    return out
+
+
+def _interior_minimum(rows, draw_count: int) -> dict:
+    """Where ``bias^2 + tr Cov / M`` is lowest over the temperature grid (rows: ``(tau, bias^2, tr Cov)``)."""
+    mse = [b2 + v / draw_count for b2, v in rows]
+    best = int(np.argmin(mse))
+    return {"best_temperature": GUMBEL_TEMPERATURES[best], "interior": 0 < best < len(mse) - 1, "mse": mse}
+
+
 def check_gumbel_temperature(settings: CheckSettings) -> Verdict:
+    toy_rows = {(t, a): gumbel_toy_moments(t, a) for t, a in GUMBEL_TOYS}
+    networks_rows = {seed: gumbel_network_moments(seed, GUMBEL_NETWORK_DRAWS // (10 if settings.quick else 1))
+                     for seed in GUMBEL_NETWORK_SEEDS}
+    minima = {m: {"networks": [_interior_minimum([(b2, v) for _, b2, v, _ in rows], m)
+                               for rows in networks_rows.values()],
+                  "toys": [_interior_minimum([(b * b, v) for _, b, v in rows], m) for rows in toy_rows.values()]}
+              for m in GUMBEL_DRAW_COUNTS}
+    interior_everywhere = all(r["interior"] for m in minima.values() for r in m["networks"])
+    best = [[minima[m]["networks"][i]["best_temperature"] for m in GUMBEL_DRAW_COUNTS] for i in range(len(networks_rows))]
+    falls_with_draws = all(list(b) == sorted(b, reverse=True) for b in best)
+    where = "; ".join(f"M = {m}: best temperature on the networks "
+                      + ", ".join(f"{r['best_temperature']:g}" for r in v["networks"])
+                      + f", interior on {sum(r['interior'] for r in v['toys'])} of {len(v['toys'])} toys"
+                      for m, v in minima.items())
     steps, var_breaks, slopes = [], [], []
     low = [tau for tau in GUMBEL_TEMPERATURES if tau <= 0.05]
-    for t, a in GUMBEL_TOYS:
-        rows = gumbel_toy_moments(t, a)
+    for (t, a), rows in toy_rows.items():
         biases = [abs(b) for tau, b, _ in rows if tau in low]
         if min(biases) > 0:
             slopes.append(float(np.polyfit(np.log(low), np.log(biases), 1)[0]))
@@ -155,11 +216,15 @@ def check_gumbel_temperature(settings: CheckSettings) -> Verdict:
     variance_ok = not var_breaks
     # the trade-off holds when the variance always rises and the bias falls over some range of small temperatures
     # (monotone_below above the smallest temperature; the whole grid when the bias never rises)
-    status = "confirmed" if variance_ok and monotone_below > GUMBEL_TEMPERATURES[-1] else "refuted"
+    status = ("confirmed" if variance_ok and interior_everywhere and monotone_below > GUMBEL_TEMPERATURES[-1]
+              else "refuted")
     worst = max(rises, key=lambda r: abs(r["bias"][1]) - abs(r["bias"][0])) if rises else None
     return Verdict(
         status, cases=cases,
-        qualifier=(f"the variance rises at every step; the bias vanishes like the temperature below "
+        qualifier=(f"the MSE of the mean of M draws is lowest at an interior temperature on every network for M in "
+                   f"{', '.join(map(str, GUMBEL_DRAW_COUNTS))}"
+                   + (", the best temperature falling as M grows; " if falls_with_draws else "; ") +
+                   f"the variance rises at every step; the bias vanishes like the temperature below "
                    f"{monotone_below:g}, but above it the |bias| can rise as the temperature falls "
                    f"({len(rises)} of {len(steps)} steps)"),
         summary=(f"variance rises at every step; |bias| falls monotonically (as O(tau)) only for temperatures "
@@ -168,7 +233,14 @@ def check_gumbel_temperature(settings: CheckSettings) -> Verdict:
         holds_when=(f"temperatures at most {monotone_below:g}: there the |bias| against the binary gradient falls at "
                     f"every step on all {cases} toys, with fitted order {np.median(slopes):.2f} in the temperature "
                     f"(median over toys, temperatures {', '.join(f'{x:g}' for x in low)})"),
-        evidence=(f"quadrature (1e6 midpoints) on {cases} toys (t, a), temperatures {GUMBEL_TEMPERATURES}: the "
+        evidence=(f"a trade-off read as an interior minimum: at a fixed number M of draws, the MSE of their mean, "
+                  f"bias^2 + tr Cov / M against the binary gradient, is lowest strictly inside the temperature grid "
+                  f"{GUMBEL_TEMPERATURES}. On {len(networks_rows)} seeded 3-3-3 networks (squared-error readout, "
+                  f"{GUMBEL_NETWORK_DRAWS // (10 if settings.quick else 1):,} Monte Carlo draws per temperature, the "
+                  f"squared bias less its Monte Carlo part) it is "
+                  f"{'interior on every network' if interior_everywhere else 'not interior on every network'}: "
+                  f"{where}. On one unit, "
+                  f"quadrature (1e6 midpoints) on {cases} toys (t, a), temperatures {GUMBEL_TEMPERATURES}: the "
                   f"variance rises as the temperature falls at {'every' if variance_ok else 'not every'} step on "
                   f"every toy{'' if variance_ok else f' ({len(var_breaks)} exceptions)'}; the |bias| against the "
                   f"binary gradient rises at {len(rises)} of {len(steps)} steps, all of them starting at temperature "
@@ -181,7 +253,10 @@ def check_gumbel_temperature(settings: CheckSettings) -> Verdict:
                   f"(fitted order {np.median(slopes):.2f}, median over toys): the trade-off the source describes"),
         data={"bias_rises": rises, "variance_breaks": var_breaks, "monotone_below": monotone_below,
               "steps": len(steps), "toys": cases, "bias_order_median": float(np.median(slopes)),
-              "sign_crossings": sum(r["crosses"] for r in rises)},
+              "sign_crossings": sum(r["crosses"] for r in rises),
+              "interior_minimum": {str(m): v for m, v in minima.items()},
+              "interior_everywhere_on_networks": interior_everywhere, "best_temperature_falls_with_draws": falls_with_draws,
+              "networks": {str(seed): rows for seed, rows in networks_rows.items()}},
     )
 
 
@@ -203,7 +278,8 @@ register(Claim("DISARM-V", "We show that ARM can be improved by analytically int
                "Dong, Mnih & Tucker 2020, DisARM: An Antithetic Gradient Estimator for Binary Latent Variables "
                "(NeurIPS), abstract",
                "the guarantee: DisARM's variance is at most ARM's on every coordinate, for one layer of binary units "
-               "and any loss ('substantial' is measured, not asserted)",
+               "and any loss; 'substantial' is a size no theorem gives for every problem: we take it as a covariance "
+               "trace at least halved and report on how many of the searched problems it holds",
                check_disarm_variance, "tests/claims/test_later_work.py::test_disarm_variance"))
 register(Claim("GUMBEL-T", "For learning, there is a tradeoff between small temperatures, where samples are close to one-hot "
                "but the variance of the gradients is large, and large temperatures, where samples are smooth but the "

@@ -196,9 +196,10 @@ def weight_baseline_gap(problem) -> dict[str, float]:
     """How much a hidden layer's weight ``W_ij`` gains from its own best constant baseline
     ``E[r_i^2 h_j^2 L] / E[r_i^2 h_j^2]`` (``r_i = h_i - p_i``) over Eq. 10's per-unit one: the largest
     relative drop, over those weights, of the estimate's second moment and of its variance (the mean,
-    the gradient, is the same under both baselines)."""
+    the gradient, is the same under both baselines), and ``trace``: the relative drop of the trace of the
+    layer's weight covariance (the sum of those variances), for the layer where it is largest."""
     best = optimal_baseline(problem)
-    out = {"second_moment": 0.0, "variance": 0.0}
+    out = {"second_moment": 0.0, "variance": 0.0, "trace": 0.0}
     for layer in range(1, problem.num_layers):
         n_out, n_in = problem.layer_sizes[layer], problem.layer_sizes[layer - 1]
         sums = torch.zeros(4, n_out, n_in, dtype=torch.float64)
@@ -220,6 +221,7 @@ def weight_baseline_gap(problem) -> dict[str, float]:
         out["second_moment"] = max(out["second_moment"], float(safe_divide(unit_sq - best_sq, unit_sq).max()))
         unit_var = unit_sq - mean**2
         out["variance"] = max(out["variance"], float(safe_divide(unit_sq - best_sq, unit_var).max()))
+        out["trace"] = max(out["trace"], float((unit_sq - best_sq).sum() / unit_var.sum()))
     return out
 
 
@@ -240,7 +242,9 @@ def check_c1(settings: CheckSettings) -> Verdict:
     gaps = [weight_baseline_gap(problems.sbn([2, 3, 3], "squared_error", seed=s, weight_scale=2.0)) for s in C1_GAP_SEEDS]
     variance = [100 * g["variance"] for g in gaps]
     second = [100 * g["second_moment"] for g in gaps]
+    trace = [100 * g["trace"] for g in gaps]
     per_seed = ", ".join(f"{v:.1f}" for v in variance)
+    trace_per_seed = ", ".join(f"{v:.1f}" for v in trace)
     return Verdict(
         "confirmed", cases=cases,
         qualifier="per unit, for dL/da_i: a hidden layer's weight W_ij prefers its own baseline, weighted by h_j^2",
@@ -254,11 +258,14 @@ def check_c1(settings: CheckSettings) -> Verdict:
                   "optimal baseline of the policy-gradient literature (Greensmith, Bartlett & Baxter 2004; Peters & "
                   "Schaal 2008). On five seeded 2-3-3 networks it lowers the variance of the most affected weight by "
                   f"{per_seed}% (median {np.median(variance):.1f}%, largest {max(variance):.1f}%; the second moment by "
-                  f"median {np.median(second):.1f}%, largest {max(second):.1f}%). With inputs that vary from example to "
-                  "example the first layer's weights need the same x_j^2 weighting; with the fixed input used here "
+                  f"median {np.median(second):.1f}%, largest {max(second):.1f}%); the trace of the hidden layer's "
+                  f"weight covariance falls by {trace_per_seed}% (median {np.median(trace):.1f}%). With inputs that vary "
+                  "from example to example the first layer's weights need the same x_j^2 weighting; with the fixed "
+                  "input used here "
                   "Eq. 10 is already optimal for them"),
         data={"weight_baseline_variance_reduction": variance, "weight_baseline_second_moment_reduction": second,
-              "weight_baseline_median_variance_reduction": float(np.median(variance))},
+              "weight_baseline_median_variance_reduction": float(np.median(variance)),
+              "weight_baseline_trace_reduction": trace},
     )
 
 
@@ -285,8 +292,16 @@ ST1_HOLDS_WHEN = ("a single layer whose loss is, in each unit, either multilinea
                   "(gradstats.claims.common.st_sign_condition)")
 
 
+def _differentiable(problem) -> bool:
+    """Whether the loss is differentiable everywhere: ``|h - t|^k`` only for ``k >= 2`` (at ``k = 1`` it has a kink
+    at ``t``); the other kinds the searches draw are smooth."""
+    spec = problem.loss.spec
+    return spec.get("kind") != "polynomial" or spec["power"] >= 2
+
+
 def check_st1(settings: CheckSettings) -> Verdict:
-    general = search(single_layer_problems(max_units=3, loss_kinds=("polynomial", "readout")), st_wrong_sign, settings)
+    general = search(single_layer_problems(max_units=3, loss_kinds=("polynomial", "readout")),
+                     lambda p: _differentiable(p) and st_wrong_sign(p), settings)
     readout = search(_readout_single_layers(), st_wrong_sign, settings)
     inside = search(single_layer_problems(max_units=4, loss_kinds=("multilinear", "monotone")),
                     lambda p: not st_sign_condition(p) or st_wrong_sign(p), settings)
@@ -306,11 +321,13 @@ def check_st1(settings: CheckSettings) -> Verdict:
     return Verdict(
         "refuted", cases=cases, holds_when=ST1_HOLDS_WHEN, data=data,
         qualifier="false in general; true for losses multilinear or sign-consistent in each unit",
-        summary=(f"wrong sign on one unit ({example.loss.name}) and on a single layer with a squared-error readout; "
+        summary=(f"wrong sign on one unit with a smooth loss ({example.loss.name}) and on a single layer with a "
+                 "squared-error readout; "
                  "holds for losses multilinear or sign-consistent in each unit"),
         counterexample={**describe(example, **_st_values(example)), "loss_class": loss_class(example), **extra},
         evidence=(f"exact enumeration: the searches found the straight-through mean with the opposite sign to the exact "
-                  f"gradient on a single layer ({general.tried} cases searched, shrunk to the counterexample shown)"
+                  f"gradient on a single layer with a loss differentiable everywhere ({general.tried} cases searched, "
+                  "shrunk to the counterexample shown)"
                   + (f"; also on a single layer with a squared-error readout ({readout.tried} searched)" if readout.found
                      else "") +
                   f"; inside the class of 'holds when' no wrong sign in {inside.tried} random multilinear and monotone "
@@ -430,9 +447,10 @@ def check_st3(settings: CheckSettings) -> Verdict:
                          lambda p: float((exact_mean(p, "st_sigmoid") - exact_gradient(p)).abs().max()) > 1e-10, settings)
     training = st3_training()
     trained_wins = sum(r["identity"] < r["sigmoid"] for r in training)
-    log_ratios = np.log([x for r in training for x in r["identity_finals"]]) - \
-        np.log([x for r in training for x in r["sigmoid_finals"]])
-    wilcoxon_p = float(sps.wilcoxon(log_ratios).pvalue)
+    # the unit of the test is the task: a task's seeds share its teacher and data, so they are not independent
+    task_log_ratios = [float(np.mean(np.log(r["identity_finals"]) - np.log(r["sigmoid_finals"]))) for r in training]
+    task_sign_p = float(sps.binomtest(sum(x < 0 for x in task_log_ratios), len(task_log_ratios)).pvalue)
+    log_ratios = np.array(task_log_ratios)
     identity_mean = float(np.mean([r["identity"] for r in training]))
     sigmoid_mean = float(np.mean([r["sigmoid"] for r in training]))
     identity_stderr = float(np.sqrt(sum(r["identity_stderr"] ** 2 for r in training)) / len(training))
@@ -463,9 +481,11 @@ def check_st3(settings: CheckSettings) -> Verdict:
                    + ("significantly at 5%" if significant else "not significantly at 5%") + f" ({own})"),
         summary=(f"on its own task the {lower} variant has the lower test error (p = {task['wilcoxon_p']:.2g}); proxies: "
                  f"the identity variant ends lower on {trained_wins} of {len(training)} teacher-student tasks "
-                 f"(Wilcoxon p = {wilcoxon_p:.2g}) and is better aligned in {wins} of {n} networks, {favoured} favoured"),
+                 f"(sign test over tasks p = {task_sign_p:.2g}) and is better aligned in {wins} of {n} networks, "
+                 f"{favoured} favoured"),
         data={"identity_wins": wins, "cases": n, "p_value": p_value, "by_depth": by_depth, "conditional": task,
-              "training": training, "training_identity_wins": trained_wins, "training_wilcoxon_p": wilcoxon_p,
+              "training": training, "training_identity_wins": trained_wins, "training_task_sign_p": task_sign_p,
+              "training_task_log_ratios": task_log_ratios,
               "training_median_log_ratio": float(np.median(log_ratios)), "training_rates_at_edge": edges,
               "training_mean_identity": identity_mean, "training_mean_sigmoid": sigmoid_mean,
               "training_stderr_identity": identity_stderr, "training_stderr_sigmoid": sigmoid_stderr},
@@ -478,9 +498,12 @@ def check_st3(settings: CheckSettings) -> Verdict:
                   f"while the selected rate is at an end{'; still at an end: ' + ', '.join(edges) if edges else ''}): "
                   f"final exact expected loss identity vs sigmoid', mean and standard error over "
                   f"{len(ST3_REPORT_SEEDS)} noise seeds: {runs} (means {identity_mean:.3g} +- {identity_stderr:.2g} vs "
-                  f"{sigmoid_mean:.3g} +- {sigmoid_stderr:.2g}); Wilcoxon signed-rank test on the log ratio of the final "
-                  f"losses, paired by task and seed (both variants see the same uniforms): p = {wilcoxon_p:.2g}, median "
-                  f"ratio identity/sigmoid' {np.exp(np.median(log_ratios)):.3g}. Gradient alignment: exact cosine between "
+                  f"{sigmoid_mean:.3g} +- {sigmoid_stderr:.2g}); per task the mean log ratio of the final losses over its "
+                  f"seeds (both variants see the same uniforms on a seed), and a two-sided sign test over the "
+                  f"{len(training)} tasks, the unit that was sampled: p = {task_sign_p:.2g} (a test over seeds would "
+                  f"count each task's seeds as independent evidence), median ratio identity/sigmoid' "
+                  f"{np.exp(np.median(log_ratios)):.3g}; the many-task study of analyses/fig_training.py is the "
+                  f"sampled-task version. Gradient alignment: exact cosine between "
                   f"each variant's mean and the exact gradient on {n} seeded networks (readout squared error and "
                   f"cross-entropy, weight scale 2): the identity variant is better aligned in {wins}/{n} (two-sided sign "
                   f"test p = {p_value:.2g}); {detail}. On one layer this comparison is close to circular: with a "
@@ -502,15 +525,15 @@ def sts_toy_ratios(f, df, p: float) -> dict[str, float]:
     return {"backprop": backprop, "own": own, "binary": binary, "ratio_own": backprop / own, "ratio_binary": backprop / binary}
 
 
-STS_DIRECTION_MIN_MEDIAN_COSINE = 0.9
-
-
 def check_sts_g(settings: CheckSettings) -> Verdict:
-    a = torch.linspace(-50, 50, 201, dtype=torch.float64)
-    first_moment = float(((_sts_law(a)[0] - torch.sigmoid(a)) / torch.sigmoid(a)).abs().max())
     linear = problems.independent(losses.multilinear({(0,): 1.0}, 1), [0.0])
     g_bin, g_sts = exact_gradient(linear), exact_gradient(linear, "sts")
     mean = exact_mean(linear, "sts")
+    a = torch.linspace(-20, 20, 81, dtype=torch.float64)
+    linear_ratios = []
+    for logit in a.tolist():
+        unit = problems.independent(losses.multilinear({(0,): 1.0}, 1), [logit])
+        linear_ratios.append(float(exact_mean(unit, "sts") / exact_gradient(unit)))
     limits = {name: sts_toy_ratios(f, df, 1e-8)["ratio_own"] for name, f, df in (
         ("h", lambda h: h, lambda h: 1.0), ("h^2 + h", lambda h: h * h + h, lambda h: 2 * h + 1),
         ("exp(h)", math.exp, math.exp), ("sin(h) + h/2", lambda h: math.sin(h) + h / 2, lambda h: math.cos(h) + 0.5))}
@@ -521,28 +544,33 @@ def check_sts_g(settings: CheckSettings) -> Verdict:
         cos_own.append(_cos(m, exact_gradient(problem, "sts")))
         cos_bin.append(_cos(m, exact_gradient(problem)))
     median_bin = float(np.median(cos_bin))
-    ok = first_moment < 1e-13 and median_bin >= STS_DIRECTION_MIN_MEDIAN_COSINE
+    half = max(abs(r - 0.5) for r in linear_ratios)
+    exact_for_linear = max(abs(r - 1.0) for r in linear_ratios) < 1e-10
     return Verdict(
-        "confirmed" if ok else "refuted", cases=201 + 1 + len(limits) + 10,
-        qualifier=(f"to first order in the mean (E[h] = p exactly) and in the direction of the back-propagated gradient "
-                   f"(median cosine {median_bin:.2f} with the binary gradient), not in its size: k/(k + 1) of the STS "
-                   "objective's gradient as p -> 0 when f(h) - f(0) ~ c h^k, one half whenever f'(0) != 0"),
-        summary=(f"E[h] = p exactly; back-propagation with b fixed: direction approximately right (median cosine "
-                 f"{median_bin:.2f}), size k/(k + 1) (half for a linear unit)"),
+        "confirmed" if exact_for_linear else "refuted", cases=len(linear_ratios) + len(limits) + 10,
+        qualifier=(f"the back-propagated gradient is half the binary gradient even for a linear loss, where a "
+                   f"first-order approximation is exact; its direction is close (median cosine {median_bin:.2f} "
+                   "on ten networks); the mean part of the sentence, E[h] = p, is P2a"),
+        summary=(f"back-propagation with b fixed gives exactly half the gradient of a linear unit, at every logit; "
+                 f"direction approximately right (median cosine {median_bin:.2f})"),
         counterexample=describe(linear, sts_backprop_mean=mean, sts_objective_gradient=g_sts, binary_gradient=g_bin),
-        holds_when=("the expected output (the first moment) exactly; the back-propagated gradient in direction on the "
-                    "networks examined, and on one unit with f monotone it is a positive multiple of both gradients"),
-        evidence=(f"the unit's law gives E[h] = sqrt(p) sqrt(p) = p, the binary neuron's mean, to {first_moment:.0e} "
-                  f"(relative, a in [-50, 50]); E[f(h)] = f(p) + O(p^(3/2)) is P2c. The paper trains the unit by "
-                  f"back-propagating through sqrt(p) with b_i held fixed (sec. 2.2), which drops the score term "
-                  f"d sqrt(p)/da (f(sqrt p) - f(0)) of the STS objective's gradient: one unit, f(h) = h, a = 0: "
-                  f"back-propagation gives {float(mean):.4f}, the STS objective's gradient and the binary one are both "
-                  f"{float(g_sts):.4f} (ratio 1/2 for every a); ratio to the STS objective's gradient at p = 1e-8: "
-                  + ", ".join(f"{k}: {v:.4f}" for k, v in limits.items()) +
+        holds_when=("in direction: on one unit with f monotone the back-propagated mean is a positive multiple of the "
+                    "binary and STS gradients, and on the networks examined its cosine with the binary gradient is "
+                    f"close to 1 (median {median_bin:.3f}); in size it is k/(k + 1) of the STS objective's gradient as "
+                    "p -> 0 when f(h) - f(0) ~ c h^k"),
+        evidence=(f"first order read as the derivative: an approximation to first order is exact for a loss linear in "
+                  f"h. The paper trains the unit by back-propagating through sqrt(p) with b_i held fixed (sec. 2.2), "
+                  f"which drops the score term d sqrt(p)/da (f(sqrt p) - f(0)) of the STS objective's gradient. One "
+                  f"unit, f(h) = h: back-propagation gives {float(mean):.4f} at a = 0, where the STS objective's "
+                  f"gradient and the binary one are both {float(g_sts):.4f}; the ratio is 1/2 at every logit in "
+                  f"[-20, 20] (largest distance from 1/2: {half:.0e}, exact enumeration). Ratio to the STS objective's "
+                  f"gradient at p = 1e-8: " + ", ".join(f"{k}: {v:.4f}" for k, v in limits.items()) +
                   f" (k/(k + 1)). On ten seeded 3-3-3 networks (squared-error readout) the cosine of the back-propagated "
                   f"mean with the binary gradient has median {median_bin:.3f} (min {min(cos_bin):.3f}), with the STS "
-                  f"objective's gradient median {np.median(cos_own):.3f} (min {min(cos_own):.3f})"),
-        data={"first_moment_max_rel_error": first_moment, "ratio_own_at_1e-8": limits, "cos_own": cos_own,
+                  f"objective's gradient median {np.median(cos_own):.3f} (min {min(cos_own):.3f}). The sentence's "
+                  "other half, that the unit's expected output equals the binary neuron's (E[h] = p), is P2a and is "
+                  "counted there"),
+        data={"linear_ratio_max_distance_from_half": half, "ratio_own_at_1e-8": limits, "cos_own": cos_own,
               "cos_binary": cos_bin, "median_cos_binary": median_bin},
     )
 
@@ -595,7 +623,7 @@ register(Claim("STS-G", "A second approach, introduced here, decomposes the oper
                "stochastic binary part and a smooth differentiable part, which approximates the expected effect of the "
                "pure stochatic binary neuron to first order.",
                f"{PAPER}, abstract (the STS unit of sec. 2.2, Eq. 2, trained by back-propagation with b_i held fixed)",
-               "the STS unit's expected output equals the binary neuron's to first order (its mean, E[h] = p), and the "
-               "gradient back-propagated through the smooth part with b_i held fixed points where the binary "
-               "neuron's gradient points; we also measure its size",
+               "the gradient back-propagated through the smooth part with b_i held fixed equals the binary neuron's "
+               "gradient to first order, so exactly for a loss linear in h; the sentence's mean part (E[h] = p) is "
+               "P2a, not counted twice; the direction is measured",
                check_sts_g, "tests/claims/test_seed_paper.py::test_sts_g"))

@@ -29,6 +29,20 @@ def test_reinmax_quadratic(verdict):
 def test_disarm_variance(verdict):
     row = verdict("DISARM-V")
     assert row["status"] == "confirmed" and row["cases"] >= 100
+    # the size is reported over the searched layers, not asserted: every trace ratio is in [0, 1] (the guarantee),
+    # and the share called substantial is the share at most DISARM_SUBSTANTIAL_RATIO
+    ratios = row["data"]["trace_ratios"]
+    assert len(ratios) == row["data"]["trace_ratio_problems"] >= 50
+    assert all(0.0 <= r <= 1.0 + 1e-12 for r in ratios)
+    share = sum(r <= later_work.DISARM_SUBSTANTIAL_RATIO for r in ratios) / len(ratios)
+    assert share == row["data"]["trace_ratio_substantial_share"] and "substantial" in row["qualifier"]
+    # the size is reported over the searched layers, not asserted: every trace ratio is in [0, 1] (the guarantee),
+    # and the share called substantial is the share at most DISARM_SUBSTANTIAL_RATIO
+    ratios = row["data"]["trace_ratios"]
+    assert len(ratios) == row["data"]["trace_ratio_problems"] >= 50
+    assert all(0.0 <= r <= 1.0 + 1e-12 for r in ratios)
+    share = sum(r <= later_work.DISARM_SUBSTANTIAL_RATIO for r in ratios) / len(ratios)
+    assert share == row["data"]["trace_ratio_substantial_share"] and "substantial" in row["qualifier"]
 
 
 def test_arm_exact_moments_match_monte_carlo():
@@ -43,6 +57,7 @@ def test_arm_exact_moments_match_monte_carlo():
 def test_gumbel_temperature(verdict):
     row = verdict("GUMBEL-T")
     assert row["status"] == "confirmed" and not row["data"]["variance_breaks"]
+    assert row["data"]["interior_everywhere_on_networks"]   # the trade-off: MSE(tau) lowest inside the grid at fixed M
     assert row["data"]["monotone_below"] == 0.25 and abs(row["data"]["bias_order_median"] - 1) < 0.05
     ce = row["counterexample"]   # above that temperature the |bias| can grow as the temperature falls
     assert ce["from_temperature"] >= 0.5
@@ -57,6 +72,19 @@ def test_gumbel_temperature_is_confirmed_when_the_bias_never_rises(monkeypatch):
     monkeypatch.setattr(later_work, "gumbel_toy_moments",
                         lambda t, a, temperatures=later_work.GUMBEL_TEMPERATURES: [(tau, 0.1 * tau, 1 / tau)
                                                                                   for tau in temperatures])
-    verdict = later_work.check_gumbel_temperature(None)
+    # networks whose MSE(tau) = tau^2 + 1 / (tau M) has its minimum inside the grid for M = 1, 10, 100
+    monkeypatch.setattr(later_work, "gumbel_network_moments",
+                        lambda seed, draws: [(tau, tau**2, 1 / tau, 0.0) for tau in later_work.GUMBEL_TEMPERATURES])
+    verdict = later_work.check_gumbel_temperature(gs.claims.CheckSettings(quick=True))
     assert verdict.status == "confirmed" and verdict.data["monotone_below"] == later_work.GUMBEL_TEMPERATURES[0]
+    assert verdict.data["interior_everywhere_on_networks"] and verdict.data["best_temperature_falls_with_draws"]
     assert not verdict.data["bias_rises"] and abs(verdict.data["bias_order_median"] - 1) < 1e-9
+
+
+def test_gumbel_temperature_is_refuted_without_an_interior_minimum(monkeypatch):
+    # a bias that does not grow with the temperature leaves no trade-off: the MSE is lowest at the hottest end
+    monkeypatch.setattr(later_work, "gumbel_network_moments",
+                        lambda seed, draws: [(tau, 0.0, 1 / tau, 0.0) for tau in later_work.GUMBEL_TEMPERATURES])
+    verdict = later_work.check_gumbel_temperature(gs.claims.CheckSettings(quick=True))
+    assert verdict.status == "refuted" and not verdict.data["interior_everywhere_on_networks"]
+
