@@ -199,10 +199,13 @@ def test_disarm_variance_is_at_most_arms_on_one_layer(problem):
     assert (d.var <= a.var * (1 + 10 * math.sqrt(2 / n)) + 1e-14).all()
 
 
-def test_reinmax_refuses_deep_networks_and_disarm_exact_needs_one_layer():
+def test_a_one_layer_estimator_refuses_deep_networks_and_disarm_exact_needs_one_layer():
+    import dataclasses
+
     deep = gs.problems.sbn([2, 2, 2], seed=0)
-    with pytest.raises(ValueError, match="'reinmax' is defined for networks of at most 1 stochastic layer"):
-        gs.moments(deep, "reinmax")
+    one_layer = dataclasses.replace(gs.estimators.get("st"), name="st_one_layer", max_layers=1)
+    with pytest.raises(ValueError, match="'st_one_layer' is defined for networks of at most 1 stochastic layer"):
+        gs.moments(deep, one_layer)
     with pytest.raises(ValueError, match="exact moments of 'disarm' are implemented for networks of at most 1"):
         gs.moments(deep, "disarm")
     assert gs.moments(deep, "disarm", num_samples=1000, **MC).num_samples == 1000
@@ -279,3 +282,13 @@ def test_local_expectation_is_exact_in_mean_on_one_layer_with_at_most_reinforces
     r = gs.moments(problem, "reinforce", baseline="optimal")
     c = [i for _, s in problem.layer_slices() for i in range(s.start, s.stop)]
     assert (m.var[c] <= r.var[c] * (1 + 1e-9) + 1e-14).all()
+
+
+def test_reinmax_on_a_deep_network_applies_its_rule_at_every_layer():
+    # layer by layer, as the drop-in is used in a model: the mean is ST's with each layer's local derivative swapped
+    deep = gs.problems.sbn([2, 3, 2], "squared_error", seed=1, weight_scale=2.0)
+    mean = gs.moments(deep, "reinmax").mean
+    rule = gs.estimators.base.make_pathwise("reinmax_by_hand",
+                                            lambda a, b: gs.estimators.surrogate.reinmax_derivative(a, b, 1.0))
+    assert torch.equal(mean, gs.moments(deep, rule).mean)
+    assert not torch.allclose(mean, gs.moments(deep, "st").mean)

@@ -1,5 +1,6 @@
 """gs.sweep: the same frame in-process and on a process pool; problems travel; failures are reported."""
 
+import dataclasses
 import multiprocessing
 import pickle
 from concurrent.futures import ProcessPoolExecutor
@@ -96,8 +97,10 @@ def test_the_grid_is_checked_before_any_task_runs(monkeypatch):
     ]:
         with pytest.raises(ValueError, match=match):
             gs.sweep(PROBLEMS, estimators, options=options, progress=False, **kwargs)
-    with pytest.raises(ValueError, match=r"task 1 \(sbn\(3-2-2, seed=0\), reinmax.*at most 1 stochastic layer"):
-        gs.sweep([PROBLEMS[0], gs.problems.sbn([3, 2, 2])], ["reinmax"], progress=False)
+    one_layer = dataclasses.replace(gs.estimators.get("st"), name="st_one_layer", max_layers=1)
+    monkeypatch.setitem(gs.estimators.base._REGISTRY, "st_one_layer", one_layer)
+    with pytest.raises(ValueError, match=r"task 1 \(sbn\(3-2-2, seed=0\), st_one_layer.*at most 1 stochastic layer"):
+        gs.sweep([PROBLEMS[0], gs.problems.sbn([3, 2, 2])], ["st_one_layer"], progress=False)
     assert ran == []
 
 

@@ -91,7 +91,8 @@ def reinmax_derivative(a: Tensor, b: Tensor, temperature: float) -> Tensor:
     :math:`(b + \sigma(a/\tau))(1 - b + \sigma(-a/\tau))/2 - \sigma(a)\sigma(-a)/2` so that :math:`1 - r` is
     never formed by subtraction (the plain form has the wrong sign from ``a`` of about 35 in float64).
     Second-order accurate: on one layer its mean is the exact gradient for quadratic losses at
-    :math:`\tau = 1`; defined here for one stochastic layer."""
+    :math:`\tau = 1`. On deeper networks the rule is applied at every layer, the way the drop-in
+    :func:`gradstats.functional.reinmax` is used in a model; second-order accuracy is a one-layer statement."""
     return (b + torch.sigmoid(a / temperature)) * (1 - b + torch.sigmoid(-a / temperature)) / 2 - sigmoid_derivative(a) / 2
 
 
@@ -110,7 +111,7 @@ STS_ESTIMATOR = make_pathwise("sts", sts_derivative, unit=STS, objective="sts",
                               reference=f"{PAPER}, sec. 2.2, Eq. 2, Proposition 2")
 REINMAX = make_pathwise("reinmax", reinmax_derivative,
                         summary="dL/db * (2 r (1 - r) - p (1 - p)/2), r = (b + sigmoid(a / tau))/2",
-                        defaults={"temperature": 1.0}, prepare=_prepare_temperature, max_layers=1,
+                        defaults={"temperature": 1.0}, prepare=_prepare_temperature,
                         reference="Liu, Dong, Liu, Yu & Gao 2023, Bridging Discrete and Backpropagation: "
                                   "Straight-Through and Beyond (NeurIPS); ReinMax for two categories")
 
