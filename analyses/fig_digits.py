@@ -13,7 +13,7 @@ many draws from an independent seed (``gs.estimate_reference``), whose standard
 error the bias and the MSE carry. Scored at three points of training (the
 network trained with straight-through and Adam, as practitioners do), over
 three initialisations; the MSE compares estimators at an equal cost of 12 loss
-evaluations (M = 12 / cost draws averaged).
+evaluations (M = 12 / cost draws averaged). Bars: 95% t intervals over the initialisations.
 
     python analyses/fig_digits.py [--quick] [--seed 0] [--jobs N]
 """
@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 import gradstats as gs
 import gradstats.functional as gf
-from analyses._runner import Analysis, estimate, exact
+from analyses._runner import Analysis, estimate, exact, t_interval
 from gradstats.estimators.score_function import leave_one_out_rule, tied_losses
 
 HIDDEN = (64, 64)
@@ -168,9 +168,9 @@ def compute(cell, config):
     return rows
 
 
-PANELS = (("cosine_mean", "cos(E[g_hat], g)", None), ("relative_bias", "|E[g_hat] - g| / |g|", "log"),
-          ("sign_agreement_draw", "P(sign g_hat_j = sign g_j)", None),
-          ("mse_equal_cost", f"MSE, {BUDGET} loss evaluations", "log"))
+PANELS = (("cosine_mean", "cosine of\nthe mean", None), ("relative_bias", "relative bias\n|E ĝ - g| / |g|", "log"),
+          ("sign_agreement_draw", "P(one draw's\nsign right)", None),
+          ("mse_equal_cost", f"MSE at {BUDGET}\nloss evaluations", "log"))
 
 
 def plot(frame, meta, config):
@@ -186,7 +186,7 @@ def plot(frame, meta, config):
             ax = axes[row, col]
             sub = data[(data.metric == metric) & (data.group == group)]
             sns.pointplot(sub, x="estimator", y="value", hue="trained", order=order, palette=palette, ax=ax,
-                          dodge=0.45, linestyle="none", errorbar=("se", 2), markersize=3, legend=(row, col) == (0, 1))
+                          dodge=0.45, linestyle="none", errorbar=t_interval, markersize=3, legend=(row, col) == (0, 1))
             ax.set(ylabel=label if col == 0 else "", xlabel="", yscale=scale or "linear",
                    title=LAYERS[group] if row == 0 else "")
             ax.tick_params(axis="x", rotation=45, labelsize=7)
@@ -194,6 +194,7 @@ def plot(frame, meta, config):
                 ax.axhline(1.0, color="black", linewidth=0.5)
     handles, names = axes[0, 1].get_legend_handles_labels()
     axes[0, 1].get_legend().remove()
+    fig.align_ylabels(axes[:, 0])
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False, bbox_to_anchor=(0.5, 0.0),
                title="ST-trained to")

@@ -13,7 +13,7 @@ the paper's running averages track, held fixed so that it stays unbiased). Per l
 (``Wg1``: input to tanh units; ``Wg2``: tanh units to gates): the cosine of the estimator's mean
 with the reference, its relative bias, its variance relative to the squared reference norm and
 the probability that one draw has a coordinate's sign; means over three training seeds with
-their standard errors.
+their standard errors; bands: 95% t intervals over the seeds.
 
     python analyses/fig_gate_gradients.py [--quick] [--seed 0] [--jobs N]
 """
@@ -30,7 +30,7 @@ import torch
 
 import gradstats as gs
 from analyses import fig_conditional
-from analyses._runner import Analysis, estimate, exact, run_cells
+from analyses._runner import Analysis, estimate, exact, run_cells, t_interval
 from gradstats import conditional as cc
 
 MINIBATCH = 32
@@ -99,9 +99,9 @@ def _with_relative_variance(frame):
     return var.drop(columns="norm2")
 
 
-PANELS = (("cosine_mean", "cos(E[g_hat], g)", None), ("relative_bias", "|E[g_hat] - g| / |g|", "log"),
-          ("relative_variance", "tr Var[g_hat] / |g|^2", "log"),
-          ("sign_agreement_draw", "P(sign g_hat_j = sign g_j)", None))
+PANELS = (("cosine_mean", "cosine of\nthe mean", None), ("relative_bias", "relative bias\n|E ĝ - g| / |g|", "log"),
+          ("relative_variance", "variance\ntr Var ĝ / |g|²", "log"),
+          ("sign_agreement_draw", "P(one draw's\nsign right)", None))
 
 
 def plot(frame, meta, config):
@@ -117,7 +117,7 @@ def plot(frame, meta, config):
             sub = data[(data.metric == metric) & (data.group == group)].copy()
             sub["epoch"] = sub.cell_epoch.map(epochs.index)
             sns.lineplot(sub, x="epoch", y="value", hue="estimator", hue_order=list(cc.GRADIENT_GATES),
-                         palette=palette, errorbar=("se", 2), marker="o", markersize=4, ax=ax,
+                         palette=palette, errorbar=t_interval, marker="o", markersize=4, ax=ax,
                          legend=(row, col) == (0, 1))
             ax.set(ylabel=label if col == 0 else "", xlabel="epochs of ST training" if row == len(PANELS) - 1 else "",
                    yscale=scale or "linear", title=LAYERS[group] if row == 0 else "",
@@ -126,6 +126,7 @@ def plot(frame, meta, config):
                 ax.axhline(1.0, color="black", linewidth=0.5)
     handles, names = axes[0, 1].get_legend_handles_labels()
     axes[0, 1].get_legend().remove()
+    fig.align_ylabels(axes[:, 0])
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.legend(handles, names, loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, 0.0))
     return fig

@@ -78,18 +78,39 @@ def test_the_smallest_text_on_the_page_is_the_smallest_visible_font_scaled_to_th
 
 
 def check_legible(module, config):
-    """No text of the figure is under 7 points once it is set at the paper's text width."""
+    """No text of the figure is under 7 points once it is set at the paper's text width, and no two texts
+    (labels, tick labels, titles, legend entries) overlap."""
     import matplotlib.pyplot as plt
 
-    from analyses._runner import MIN_POINTS_ON_PAGE, load_results, smallest_text_on_page, style
+    from analyses._runner import MIN_POINTS_ON_PAGE, load_results, overlapping_texts, smallest_text_on_page, style
 
     style()
     fig = module.ANALYSIS.plot(*load_results(config), config)
     try:
         smallest = smallest_text_on_page(fig)
+        overlaps = overlapping_texts(fig)
     finally:
         plt.close(fig)
     assert smallest >= MIN_POINTS_ON_PAGE, f"{module.ANALYSIS.name}: text of {smallest:.1f} pt on the page"
+    assert not overlaps, f"{module.ANALYSIS.name}: overlapping texts {overlaps[:5]}"
+
+
+def test_overlapping_labels_are_found_and_slanted_tick_labels_are_not_overlaps():
+    import matplotlib.pyplot as plt
+
+    from analyses._runner import overlapping_texts
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(3.0, 2.0))
+    top.set_ylabel("a long label that runs down\ninto the axes below it\nand further", fontsize=12)
+    bottom.set_ylabel("another label", fontsize=12)
+    bottom.set_xticks(range(6), [f"name {i}" for i in range(6)], rotation=45)
+    bottom.set_xlim(0, 2)                      # ticks outside the view are not drawn, so cannot overlap
+    try:
+        pairs = overlapping_texts(fig)
+        assert any({"another label"} < set(p) for p in pairs)
+        assert not any(a.startswith("name") and b.startswith("name") for a, b in pairs)
+    finally:
+        plt.close(fig)
 
 
 def test_cells_are_cached_and_an_interrupted_run_keeps_what_it_computed(tmp_path):
