@@ -50,7 +50,7 @@ from .stats import MIN_SAMPLES, required_draws
 
 __all__ = ["PINNED", "STATUSES", "ALPHA", "POWER", "RELATIVE_BIAS", "PeerEstimator", "AuditRow", "PEERS",
            "storchastic_estimators", "pyro_estimators", "audit_problems", "peer_gradients", "peer_loop_gradients",
-           "audit_one", "audit", "closed_form_gradient", "moving_average_simulation"]
+           "audit_one", "audit", "closed_form_gradient", "moving_average_simulation", "unordered_set_mean"]
 
 PINNED = {"storchastic": "0.3.7", "pyro": "1.9.2"}
 STATUSES = ("agrees", "disagrees", "inconclusive")
@@ -575,12 +575,95 @@ def moving_average_simulation(problem: Problem, decay: float = 0.95, draws: int 
     return float(values.mean()), float(values.std() / math.sqrt(len(values)))
 
 
+def _unordered_pair_integrals(p_a: Tensor, p_b: Tensor, num_points: int | None, a: float, stabiliser: float,
+                              own_term_twice: bool) -> tuple[Tensor, ...]:
+    r"""For unordered pairs :math:`S = \{s_a, s_b\}` of states with probabilities ``p_a``, ``p_b`` (``[P]`` each):
+    the leave-one-out ratios :math:`R(S, s)` and the leave-two-out ratios :math:`R^{D \setminus s}(S \setminus s,
+    s')` of the unordered set estimator, exactly (``num_points=None``) or by the sum over ``v = j / num_points``
+    that storchastic 0.3.7 uses for :math:`p(S) = e^a p_{D \setminus S} \int_0^1 \prod_{s \in S}(1 - v^{e^a
+    p_s})\, v^{e^a p_{D\setminus S} - 1} dv` (its ``stabiliser`` added inside each logarithm). ``own_term_twice``:
+    the leave-two-out integrand as storchastic 0.3.7 forms it, the left-out sample's own factor removed a second
+    time instead of the other sample's."""
+    if num_points is None:
+        # k = 2: p^{D\s}(S\s) = p_s' / (1 - p_s), and p^{D\s\s'}(empty set) = 1
+        p_set = p_a * p_b * (1 / (1 - p_a) + 1 / (1 - p_b))
+        return (p_b / (1 - p_a) / p_set, p_a / (1 - p_b) / p_set, (1 - p_a) / p_b, (1 - p_b) / p_a)
+    v = torch.arange(1, num_points, dtype=torch.float64) / num_points
+    log_v = v.log()
+    scale = math.exp(a)
+    term_a = torch.log(1 - torch.exp(scale * p_a[:, None] * log_v) + stabiliser)
+    term_b = torch.log(1 - torch.exp(scale * p_b[:, None] * log_v) + stabiliser)
+    rest = torch.expm1(a + torch.log((1 - p_a - p_b).clamp(min=0.0) + stabiliser))[:, None] * log_v
+    whole = (term_a + term_b + rest).logsumexp(-1)
+    without_a, without_b = (term_b + rest).logsumexp(-1), (term_a + rest).logsumexp(-1)
+    if own_term_twice:
+        without_a_b, without_b_a = (term_b - term_a + rest).logsumexp(-1), (term_a - term_b + rest).logsumexp(-1)
+    else:
+        without_a_b = without_b_a = rest.logsumexp(-1)
+    return ((without_a - whole).exp(), (without_b - whole).exp(), (without_a_b - without_a).exp(),
+            (without_b_a - without_b).exp())
+
+
+def unordered_set_mean(problem: Problem, num_points: int | None = 1000, *, a: float = 5.0, stabiliser: float = 1e-6,
+                       own_term_twice: bool = True, peer_indexing: bool = True) -> Tensor:
+    r"""The exact mean, with respect to the problem's parameters, of the unordered set estimator with its built-in baseline
+    (Kool, van Hoof & Welling 2020) for ``k = 2`` samples without replacement of the joint state of a layer's
+    units, as storchastic 0.3.7's ``UnorderedSetEstimator`` computes it: a sum over the unordered pairs of
+    states, each with its exact probability, of
+
+    .. math:: \sum_{s \in S} p(s) R(S, s)\, \nabla \log p(s) \Big(f(s) - p(s) f(s) - p(s') R' f(s')\Big),
+
+    where :math:`s'` is the other member and :math:`R'` a leave-two-out ratio. With exact ratios
+    (``num_points=None``, ``own_term_twice=False``) and :math:`R' = R^{D\setminus s}(S \setminus s, s') =
+    (1 - p(s))/p(s')` it is the exact gradient. storchastic reads the ratio of the other member
+    (``peer_indexing``: the baseline of :math:`s` uses the ratio computed for leaving :math:`s'` out first) from
+    an integrand that removes a factor twice (``own_term_twice``); the two together are what its code does, and
+    this mean matches its Monte Carlo mean. ``num_points`` is its quadrature (1000 by default)."""
+    import itertools
+
+    logits = _logits(problem)
+    p = torch.sigmoid(logits)
+    n = p.numel()
+    states = torch.tensor(list(itertools.product((0.0, 1.0), repeat=n)), dtype=torch.float64)
+    prob = (states * p + (1 - states) * (1 - p)).prod(1)
+    cost = problem.loss(states).to(torch.float64)
+    score = states - p                                    # d log p(s) / d logits
+    i, j = torch.triu_indices(len(states), len(states), 1)
+    p_a, p_b = prob[i], prob[j]
+    p_set = p_a * p_b * (1 / (1 - p_a) + 1 / (1 - p_b))
+    r_a, r_b, r2_ab, r2_ba = _unordered_pair_integrals(p_a, p_b, num_points, a, stabiliser, own_term_twice)
+    if peer_indexing:
+        r2_ab, r2_ba = r2_ba, r2_ab
+    f_a, f_b = cost[i], cost[j]
+    base_a = p_a * f_a + p_b * r2_ab * f_b
+    base_b = p_b * f_b + p_a * r2_ba * f_a
+    per_pair = (p_a * r_a * (f_a - base_a))[:, None] * score[i] + (p_b * r_b * (f_b - base_b))[:, None] * score[j]
+    return _logit_gradient_as_parameters(problem, (p_set[:, None] * per_pair).sum(0))
+
+
+def _logit_gradient_as_parameters(problem: Problem, g: Tensor) -> Tensor:
+    """A gradient with respect to one layer's logits as one with respect to its parameters, in
+    ``problem.parameter_names()`` order (a weight's gradient is the logits' times the input)."""
+    spec = _one_layer(problem)
+    parts = {spec.bias: g}
+    if spec.weight is not None:
+        parts[spec.weight] = torch.outer(g, problem.x.to(g))
+    return torch.cat([parts[name].flatten() for name in problem.parameter_names()])
+
+
 def _independent_checks(estimator: PeerEstimator, problem: Problem, mean_p: Tensor) -> list[str]:
     """Which side is right, from computations that share no code with either: the closed form on one unit,
-    and for the moving-average baseline a plain simulation of its update order."""
+    for the moving-average baseline a plain simulation of its update order, and for the unordered set
+    estimator its exact mean as the peer computes it (:func:`unordered_set_mean`)."""
+    notes = []
+    if estimator.name.startswith("UnorderedSetEstimator") and len(problem.layers) == 1:
+        peer = unordered_set_mean(problem)
+        fixed = unordered_set_mean(problem, own_term_twice=False, peer_indexing=False)
+        notes.append(f"exact mean of the peer's computation (1000-point sum, its leave-two-out ratio): "
+                     f"{_rounded(peer)} (peer {_rounded(mean_p)}); with that ratio corrected: {_rounded(fixed)}")
     if problem.num_parameters != 1:
-        return []
-    notes = [f"closed form p(1-p)(f(1)-f(0)) = {closed_form_gradient(problem):.6g}"]
+        return notes
+    notes.append(f"closed form p(1-p)(f(1)-f(0)) = {closed_form_gradient(problem):.6g}")
     if "moving_average" in estimator.name:
         first, first_se = moving_average_simulation(problem, update_first=True)
         after, after_se = moving_average_simulation(problem, update_first=False)
