@@ -327,6 +327,18 @@ class GradientStats:
         return Moments.from_summary(self._summary(), method="mc", estimator="GradientStats", loss_evals_per_draw=0,
                                     batches=tuple(b.summary for b in self._batches))
 
+    def unbiasedness_test(self, alpha: float = 0.05, **options):
+        """:func:`gradstats.stats.unbiasedness_test` of the draws against this object's reference, with the
+        reference's own standard error where it has one (an estimated reference whose error were left out
+        would make an unbiased estimator look biased); ``options`` go to that function (``global_test``)."""
+        from .stats import unbiasedness_test
+
+        if self.reference is None:
+            raise ValueError("unbiasedness_test needs a reference: GradientStats(reference=...)")
+        return unbiasedness_test(self.moments, self.reference.cpu(), alpha, exact=False,
+                                 reference_stderr=None if self.reference_stderr is None else self.reference_stderr.cpu(),
+                                 **options)
+
     @property
     def mean(self) -> Tensor | dict[str, Tensor]:
         """The mean gradient, shaped like the input (``[D]`` or a dict)."""

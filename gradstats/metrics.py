@@ -6,8 +6,11 @@ r"""Metrics of an estimator against a reference gradient, with errors.
 metric                 definition
 =====================  =====================================================================
 bias                   :math:`\mu_j - g_j` per coordinate
-bias_norm              :math:`\lVert \mu - g \rVert`
-relative_bias          :math:`\lVert \mu - g \rVert / \lVert g \rVert`
+bias_norm              :math:`\lVert \mu - g \rVert` (plug-in: noise pushes it up)
+relative_bias          :math:`\lVert \mu - g \rVert / \lVert g \rVert` (plug-in)
+squared_bias           :math:`\lVert \mu - g \rVert^2`, debiased: :math:`\lVert \bar g - g \rVert^2 - \mathrm{tr}\,\hat\Sigma / n`
+                       less the reference's own variance (can be negative; its error covers 0 when unbiased)
+relative_squared_bias  ``squared_bias`` :math:`/ \lVert g \rVert^2`, the headline measure of bias
 variance               :math:`\Sigma_{jj}` per coordinate
 variance_trace         :math:`\mathrm{tr}\,\Sigma`
 mse                    :math:`\lVert \mu - g \rVert^2 + \mathrm{tr}\,\Sigma / M` (mean of ``M`` draws)
@@ -25,8 +28,10 @@ Exact moments give exact values (``stderr`` 0). Monte Carlo values come with
 the delete-one-batch jackknife standard error over the contiguous batches of
 :class:`~gradstats.accumulators.Moments` (Efron & Stein 1981), which also
 serves the nonlinear metrics (norms, cosines). With Monte Carlo moments the
-squared bias in ``mse`` is the unbiased :math:`\lVert \bar g - g \rVert^2 - \mathrm{tr}\,\hat\Sigma / n`
-(the plug-in ``bias_norm`` is kept as is, and is biased upwards by noise).
+squared bias in ``squared_bias`` and ``mse`` is the unbiased :math:`\lVert \bar g - g \rVert^2 - \mathrm{tr}\,\hat\Sigma / n`
+(the plug-in ``bias_norm`` and ``relative_bias`` are kept as they are, and are biased upwards by noise: an
+unbiased estimator's ``relative_bias`` is about :math:`\sqrt{\mathrm{tr}\,\Sigma / n} / \lVert g \rVert`, many
+standard errors from 0).
 Conventions at the edges (values, never silently 0):
 
 * ``sign(0) = 0``: a zero estimate agrees only with a zero gradient; a value within
@@ -65,8 +70,8 @@ __all__ = ["MetricValue", "compute_metrics", "COORDINATE_METRICS", "SCALAR_METRI
            "sign_scale", "sign_agreement", "wrong_sign_coordinates"]
 
 COORDINATE_METRICS = ("bias", "variance", "snr")
-SCALAR_METRICS = ("bias_norm", "relative_bias", "variance_trace", "mse", "cosine_mean", "cosine_draw", "cosine_m",
-                  "sign_agreement_mean", "sign_agreement_draw", "descent")
+SCALAR_METRICS = ("bias_norm", "relative_bias", "squared_bias", "relative_squared_bias", "variance_trace", "mse",
+                  "cosine_mean", "cosine_draw", "cosine_m", "sign_agreement_mean", "sign_agreement_draw", "descent")
 
 
 def sign_scale(*vectors: Tensor) -> float:
@@ -128,6 +133,8 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
         sq_bias = bias2 if exact else bias2 - trace / n
         if reference_var is not None:
             sq_bias -= float(reference_var[sel].sum())
+        out[("squared_bias", layer, None)] = sq_bias
+        out[("relative_squared_bias", layer, None)] = _relative(sq_bias, norm(g) ** 2)
         for m in ms:
             out[("mse", layer, m)] = sq_bias + trace / m
         out[("cosine_mean", layer, None)] = cosine(mu, g)
@@ -145,22 +152,36 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
     return out
 
 
-def _with_reference_error(errors: dict, full: dict, bias: Tensor, reference_var: Tensor, problem: Problem,
-                          exact: bool) -> dict:
-    r"""Errors of ``bias_norm`` and ``mse`` with an estimated reference's variance added in quadrature (delta
-    method: :math:`\partial \lVert b \rVert / \partial g_j = -b_j / \lVert b \rVert`,
-    :math:`\partial \lVert b \rVert^2 / \partial g_j = -2 b_j`); the reference is independent of the draws."""
+def _relative(value: float, scale: float) -> float:
+    """``value / scale`` for ``scale >= 0``; against a zero scale: 0 when the value is 0, else an infinity of its sign."""
+    if scale > 0:
+        return value / scale
+    return 0.0 if value == 0 else math.copysign(math.inf, value)
+
+
+def _with_reference_error(errors: dict, full: dict, bias: Tensor, reference: Tensor, reference_var: Tensor,
+                          problem: Problem, exact: bool) -> dict:
+    r"""Errors of ``bias_norm``, ``squared_bias``, ``relative_squared_bias`` and ``mse`` with an estimated
+    reference's variance added in quadrature (delta method: :math:`\partial \lVert b \rVert / \partial g_j = -b_j /
+    \lVert b \rVert`, :math:`\partial \lVert b \rVert^2 / \partial g_j = -2 b_j`, and for :math:`B / G` with
+    :math:`G = \lVert g \rVert^2`: :math:`-(2 b_j G + 2 B g_j) / G^2`); the reference is independent of the draws."""
     out = dict(errors)
     layers = problem.coordinate_layers().to(bias.device)
     for key in full:
         metric, layer = key[0], key[1]
-        if metric not in ("bias_norm", "mse"):
+        if metric not in ("bias_norm", "squared_bias", "relative_squared_bias", "mse"):
             continue
         sel = torch.ones_like(layers, dtype=torch.bool) if layer == 0 else layers == layer
         b, var = bias[sel], reference_var[sel]
         if metric == "bias_norm":
             norm = float(b.norm())
             extra = float((b.square() * var).sum()) / norm**2 if norm > 0 else float(var.sum())
+        elif metric == "relative_squared_bias":
+            g = reference[sel]
+            scale = float(g.square().sum())
+            if scale == 0:
+                continue
+            extra = float((((2 * b * scale + 2 * full[("squared_bias", layer, None)] * g) / scale**2).square() * var).sum())
         else:
             extra = float((4 * b.square() * var).sum())
         base = out.get(key, 0.0 if exact else math.nan)
@@ -209,7 +230,7 @@ def compute_metrics(moments: Moments, problem: Problem, reference: Tensor, refer
             stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in vals])
             errors[key] = ((len(vals) - 1) / len(vals) * (stacked - stacked.mean(0)).square().sum(0)).sqrt()
     if reference_var is not None:
-        errors = _with_reference_error(errors, full, moments.mean - reference, reference_var, problem, exact)
+        errors = _with_reference_error(errors, full, moments.mean - reference, reference, reference_var, problem, exact)
     names = problem.coordinate_names()
     rows = []
     for (metric, layer, m), value in full.items():
