@@ -377,3 +377,26 @@ def test_a_committed_study_replots_from_its_rows_and_verify_catches_a_row_that_m
     with pytest.raises(SystemExit):
         study.main([*argv, "--verify", "--recompute"])
     assert "cell_i=1, metric=m: 1.5 against the committed 2.5" in capsys.readouterr().out
+
+
+def test_verify_compares_committed_metrics_and_names_newer_ones(tmp_path, monkeypatch):
+    from analyses import _runner
+
+    config = _runner.parse("fake", "fake", ["--out", str(tmp_path)])
+    committed = pd.DataFrame({"cell_seed": [0, 0], "metric": ["a", "a"], "group": ["x", "y"],
+                              "value": [1.0, 2.0], "stderr": [0.1, 0.1]})
+    path = _runner.committed_path(config)
+    path.parent.mkdir(parents=True)
+    committed.to_csv(path, index=False)
+    analysis = _runner.Analysis("fake", "fake", lambda c: [], lambda cell, c: [], lambda f, m, c: None,
+                                committed=True, verify_cells=lambda c: [], identity=("metric", "group"))
+
+    def fresh(rows):
+        monkeypatch.setattr(_runner, "run_cells", lambda *args, **kwargs: pd.DataFrame(rows))
+
+    fresh({"cell_seed": [0, 0, 0], "metric": ["a", "a", "b"], "group": ["x", "y", "x"],
+           "value": [1.05, 2.0, 7.0], "stderr": [0.1, 0.1, 0.1]})
+    assert _runner.verify_committed(config, analysis) == []           # "b" is newer than the rows: not compared
+    fresh({"cell_seed": [0, 0], "metric": ["a", "a"], "group": ["x", "z"], "value": [3.0, 2.0], "stderr": [0.1, 0.1]})
+    failures = _runner.verify_committed(config, analysis)
+    assert len(failures) == 2 and "against the committed 1" in failures[0] and "no committed row" in failures[1]
