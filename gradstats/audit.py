@@ -39,6 +39,7 @@ from scipy import stats as sps
 from torch import Tensor
 
 from .accumulators import Moments
+from .enumeration import binary_cube
 from .estimators import get
 from .exact import exact_gradient
 from .gradient_stats import GradientStats
@@ -575,9 +576,10 @@ def moving_average_simulation(problem: Problem, decay: float = 0.95, draws: int 
     return float(values.mean()), float(values.std() / math.sqrt(len(values)))
 
 
-def _unordered_pair_integrals(p_a: Tensor, p_b: Tensor, num_points: int | None, a: float, stabiliser: float,
-                              own_term_twice: bool) -> tuple[Tensor, ...]:
-    r"""For unordered pairs :math:`S = \{s_a, s_b\}` of states with probabilities ``p_a``, ``p_b`` (``[P]`` each):
+def _unordered_pair_integrals(p_a: Tensor, p_b: Tensor, p_set: Tensor, num_points: int | None, a: float,
+                              stabiliser: float, own_term_twice: bool) -> tuple[Tensor, ...]:
+    r"""For unordered pairs :math:`S = \{s_a, s_b\}` of states with probabilities ``p_a``, ``p_b`` (``[P]`` each;
+    ``p_set`` the pair's):
     the leave-one-out ratios :math:`R(S, s)` and the leave-two-out ratios :math:`R^{D \setminus s}(S \setminus s,
     s')` of the unordered set estimator, exactly (``num_points=None``) or by the sum over ``v = j / num_points``
     that storchastic 0.3.7 uses for :math:`p(S) = e^a p_{D \setminus S} \int_0^1 \prod_{s \in S}(1 - v^{e^a
@@ -586,7 +588,6 @@ def _unordered_pair_integrals(p_a: Tensor, p_b: Tensor, num_points: int | None, 
     time instead of the other sample's."""
     if num_points is None:
         # k = 2: p^{D\s}(S\s) = p_s' / (1 - p_s), and p^{D\s\s'}(empty set) = 1
-        p_set = p_a * p_b * (1 / (1 - p_a) + 1 / (1 - p_b))
         return (p_b / (1 - p_a) / p_set, p_a / (1 - p_b) / p_set, (1 - p_a) / p_b, (1 - p_b) / p_a)
     v = torch.arange(1, num_points, dtype=torch.float64) / num_points
     log_v = v.log()
@@ -619,19 +620,15 @@ def unordered_set_mean(problem: Problem, num_points: int | None = 1000, *, a: fl
     (``peer_indexing``: the baseline of :math:`s` uses the ratio computed for leaving :math:`s'` out first) from
     an integrand that removes a factor twice (``own_term_twice``); the two together are what its code does, and
     this mean matches its Monte Carlo mean. ``num_points`` is its quadrature (1000 by default)."""
-    import itertools
-
-    logits = _logits(problem)
-    p = torch.sigmoid(logits)
-    n = p.numel()
-    states = torch.tensor(list(itertools.product((0.0, 1.0), repeat=n)), dtype=torch.float64)
+    p = torch.sigmoid(_logits(problem))
+    states = binary_cube(p.numel())
     prob = (states * p + (1 - states) * (1 - p)).prod(1)
     cost = problem.loss(states).to(torch.float64)
     score = states - p                                    # d log p(s) / d logits
     i, j = torch.triu_indices(len(states), len(states), 1)
     p_a, p_b = prob[i], prob[j]
-    p_set = p_a * p_b * (1 / (1 - p_a) + 1 / (1 - p_b))
-    r_a, r_b, r2_ab, r2_ba = _unordered_pair_integrals(p_a, p_b, num_points, a, stabiliser, own_term_twice)
+    p_set = p_a * p_b * (1 / (1 - p_a) + 1 / (1 - p_b))   # exact law of the unordered pair
+    r_a, r_b, r2_ab, r2_ba = _unordered_pair_integrals(p_a, p_b, p_set, num_points, a, stabiliser, own_term_twice)
     if peer_indexing:
         r2_ab, r2_ba = r2_ba, r2_ab
     f_a, f_b = cost[i], cost[j]

@@ -8,6 +8,7 @@ the unit's law (binary or STS) comes with it, so sums over states are
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import torch
@@ -17,7 +18,7 @@ from .problems import Problem, Trajectory
 from .units import BernoulliUnit
 
 __all__ = ["DEFAULT_MAX_STATES", "DEFAULT_CHUNK_SIZE", "DEVICE_CHUNK_SIZE", "chunk_size_for", "check_enumerable",
-           "trajectories"]
+           "trajectories", "binary_cube"]
 
 DEFAULT_MAX_STATES = 2**24
 DEFAULT_CHUNK_SIZE = 2**16
@@ -89,3 +90,8 @@ def _given_states(per_layer: list[torch.Tensor], unit: BernoulliUnit):
         return b, unit.value(a, b)
 
     return step
+
+
+def binary_cube(n: int) -> torch.Tensor:
+    """All ``2^n`` binary vectors, ``[2^n, n]`` float64, the last coordinate varying fastest."""
+    return torch.tensor(list(itertools.product((0.0, 1.0), repeat=n)), dtype=torch.float64)

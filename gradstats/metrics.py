@@ -134,7 +134,7 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
         if reference_var is not None:
             sq_bias -= float(reference_var[sel].sum())
         out[("squared_bias", layer, None)] = sq_bias
-        out[("relative_squared_bias", layer, None)] = _relative(sq_bias, norm(g) ** 2)
+        out[("relative_squared_bias", layer, None)] = ratio_or_inf(sq_bias, norm(g) ** 2)
         for m in ms:
             out[("mse", layer, m)] = sq_bias + trace / m
         out[("cosine_mean", layer, None)] = cosine(mu, g)
@@ -150,13 +150,6 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
                 elif s.groups.get(m, 0) > 0:
                     out[("cosine_m", layer, m)] = float(s.cosine_m[name][m][layer] / s.groups[m])
     return out
-
-
-def _relative(value: float, scale: float) -> float:
-    """``value / scale`` for ``scale >= 0``; against a zero scale: 0 when the value is 0, else an infinity of its sign."""
-    if scale > 0:
-        return value / scale
-    return 0.0 if value == 0 else math.copysign(math.inf, value)
 
 
 def _with_reference_error(errors: dict, full: dict, bias: Tensor, reference: Tensor, reference_var: Tensor,

@@ -52,10 +52,11 @@ def norm(x: Tensor) -> float:
 
 
 def ratio_or_inf(num: float, den: float) -> float:
-    """``num / den`` for ``den > 0``; for ``den == 0``: 0 when ``num == 0`` (nothing to compare), else inf."""
+    """``num / den`` for ``den > 0``; for ``den == 0``: 0 when ``num == 0`` (nothing to compare), else an infinity
+    of ``num``'s sign."""
     if den > 0:
         return num / den
-    return 0.0 if num == 0 else math.inf
+    return 0.0 if num == 0 else math.copysign(math.inf, num)
 
 
 def positive_int(name: str, value) -> int:

@@ -228,7 +228,8 @@ def test_the_unordered_set_estimators_leave_two_out_ratio_removes_the_left_out_f
         storch.reset()
     p_a, p_b = ((pair * p + (1 - pair) * (1 - p)).prod(1)).unbind()
     # at 20,000 points the quadrature is within 0.1% of its limit, so a wrong ratio shows as such
-    twice = audit._unordered_pair_integrals(p_a[None], p_b[None], 20_000, 5.0, 1e-6, own_term_twice=True)
+    p_set = p_a * p_b * (1 / (1 - p_a) + 1 / (1 - p_b))
+    twice = audit._unordered_pair_integrals(p_a[None], p_b[None], p_set[None], 20_000, 5.0, 1e-6, own_term_twice=True)
     assert torch.allclose(ratios[0, 1], twice[2][0], rtol=1e-9) and torch.allclose(ratios[1, 0], twice[3][0], rtol=1e-9)
     exact = ((1 - p_a) / p_b, (1 - p_b) / p_a)
     assert min(abs(float(ratios[0, 1]) / float(e) - 1) for e in exact) > 0.01

@@ -255,3 +255,12 @@ def test_the_debiased_squared_bias_of_an_unbiased_estimator_covers_zero_and_the_
                 plug_in_far += rows["relative_bias"].value > 2 * rows["relative_bias"].stderr
     assert covered["exact"] >= 180 and covered["estimated"] >= 180, covered
     assert plug_in_far >= 100
+
+
+def test_a_ratio_against_a_zero_scale_is_zero_or_an_infinity_of_the_numerators_sign():
+    # relative_bias divides a norm; relative_squared_bias a debiased square, which can be negative
+    from gradstats.numerics import ratio_or_inf
+
+    assert ratio_or_inf(0.0, 0.0) == 0.0
+    assert ratio_or_inf(2.0, 0.0) == math.inf and ratio_or_inf(-2.0, 0.0) == -math.inf
+    assert ratio_or_inf(-3.0, 2.0) == -1.5

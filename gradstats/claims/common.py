@@ -3,12 +3,12 @@ itself is defined in :mod:`gradstats.metrics`)."""
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ..enumeration import binary_cube
 from ..exact import exact_gradient
 from ..metrics import SIGN_TOLERANCE, signs, wrong_sign_coordinates
 from ..moments import moments
@@ -71,11 +71,6 @@ def st_wrong_sign(problem: Problem, estimator: str = "st") -> bool:
     """Whether the exact mean of ``estimator`` has the wrong sign on some coordinate."""
     mean, g = exact_mean(problem, estimator), exact_gradient(problem)
     return bool(wrong_sign_coordinates(mean, g, gradient_scale(problem)).any())
-
-
-def binary_cube(n: int) -> Tensor:
-    """All ``2^n`` binary vectors, ``[2^n, n]`` float64."""
-    return torch.tensor(list(itertools.product((0.0, 1.0), repeat=n)), dtype=torch.float64)
 
 
 def _derivatives_and_differences(problem: Problem) -> tuple[Tensor, Tensor]:
