@@ -115,6 +115,10 @@ def _mean_over_networks(rows) -> Reported:
     return estimate(rows.value.mean(), rows.value.std(ddof=1) / len(rows) ** 0.5)
 
 
+def _tex(label: str) -> str:
+    return label.replace("_", "\\_")
+
+
 def lowest_mse_by_budget(frame) -> list[tuple[float, str]]:
     """Per budget, the estimator with the lowest MSE of the mean (all coordinates, mean over the networks)."""
     top = frame[(frame.layer == 0) & (frame.metric == "mse")]
@@ -130,8 +134,7 @@ def crossover_text(ranking: list[tuple[float, str]]) -> str:
             runs[-1][2] = budget
         else:
             runs.append([name, budget, budget])
-    return ", ".join(f"{name.replace('_', chr(92) + '_')} ({lo:g}" + (f"--{hi:g})" if hi != lo else ")")
-                     for name, lo, hi in runs)
+    return ", ".join(f"{_tex(name)} ({lo:g}" + (f"--{hi:g})" if hi != lo else ")") for name, lo, hi in runs)
 
 
 def numbers(frame, config):
@@ -143,11 +146,8 @@ def numbers(frame, config):
     def rows(label, metric):
         return top[(top.variant == label) & (top.metric == metric) & (top.budget == budget)]
 
-    def tex(label):
-        return label.replace("_", "\\_")
-
     out = {"metricsSeeds": str(frame.cell_seed.nunique()), "metricsBudget": str(int(budget)),
-           "metricsBestMse": tex(best), "metricsLowestMseByBudget": crossover_text(lowest_mse_by_budget(frame)),
+           "metricsBestMse": _tex(best), "metricsLowestMseByBudget": crossover_text(lowest_mse_by_budget(frame)),
            "metricsLowestMseByBudgetWithoutReinmax": crossover_text(
                lowest_mse_by_budget(frame[frame.variant != "reinmax"]))}
     for label, macro in (("st", "St"), ("reinforce", "Reinforce"), ("reinforce (Eq. 10)", "ReinforceEqTen"),

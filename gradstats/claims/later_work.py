@@ -159,9 +159,10 @@ GUMBEL_NETWORK_DRAWS = 20_000
 
 
 def gumbel_network_moments(seed: int, draws: int = GUMBEL_NETWORK_DRAWS, temperatures=GUMBEL_TEMPERATURES):
-    """Per temperature, on a seeded 3-3-3 network: the squared bias of the Gumbel estimator against the binary
-    gradient (``|mean - g|^2`` less the Monte Carlo part ``tr Cov / n``) and the trace of its covariance, from
-    ``draws`` draws, with the standard error of that bias."""
+    """Per temperature, on a seeded 3-3-3 network, from ``draws`` draws of the Gumbel estimator: ``(tau, squared
+    bias, trace of the covariance, the squared bias's standard error)``, the squared bias against the binary
+    gradient with its Monte Carlo part taken out (``squared_bias`` of :mod:`gradstats.metrics`, jackknife error)."""
+    from ..metrics import compute_metrics
     from ..montecarlo import mc_moments
 
     problem = problems.sbn([3, 3, 3], "squared_error", seed=seed, weight_scale=2.0)
@@ -169,10 +170,8 @@ def gumbel_network_moments(seed: int, draws: int = GUMBEL_NETWORK_DRAWS, tempera
     out = []
     for tau in temperatures:
         m = mc_moments(problem, "gumbel", num_samples=draws, seed=seed, device="cpu", temperature=tau, progress=False)
-        d = m.mean - g
-        bias2 = float(d.square().sum() - m.var.sum() / draws)
-        stderr = float(2 * (d.square() * m.var / draws).sum().sqrt())
-        out.append((tau, bias2, float(m.var.sum()), stderr))
+        rows = {r.metric: r for r in compute_metrics(m, problem, g, "binary", ms=()) if r.layer == 0 and not r.coordinate}
+        out.append((tau, rows["squared_bias"].value, rows["variance_trace"].value, rows["squared_bias"].stderr))
     return out
 
 
@@ -185,8 +184,8 @@ def _interior_minimum(rows, draw_count: int) -> dict:
 
 def check_gumbel_temperature(settings: CheckSettings) -> Verdict:
     toy_rows = {(t, a): gumbel_toy_moments(t, a) for t, a in GUMBEL_TOYS}
-    networks_rows = {seed: gumbel_network_moments(seed, GUMBEL_NETWORK_DRAWS // (10 if settings.quick else 1))
-                     for seed in GUMBEL_NETWORK_SEEDS}
+    network_draws = GUMBEL_NETWORK_DRAWS // (10 if settings.quick else 1)
+    networks_rows = {seed: gumbel_network_moments(seed, network_draws) for seed in GUMBEL_NETWORK_SEEDS}
     minima = {m: {"networks": [_interior_minimum([(b2, v) for _, b2, v, _ in rows], m)
                                for rows in networks_rows.values()],
                   "toys": [_interior_minimum([(b * b, v) for _, b, v in rows], m) for rows in toy_rows.values()]}
@@ -236,7 +235,7 @@ def check_gumbel_temperature(settings: CheckSettings) -> Verdict:
         evidence=(f"a trade-off read as an interior minimum: at a fixed number M of draws, the MSE of their mean, "
                   f"bias^2 + tr Cov / M against the binary gradient, is lowest strictly inside the temperature grid "
                   f"{GUMBEL_TEMPERATURES}. On {len(networks_rows)} seeded 3-3-3 networks (squared-error readout, "
-                  f"{GUMBEL_NETWORK_DRAWS // (10 if settings.quick else 1):,} Monte Carlo draws per temperature, the "
+                  f"{network_draws:,} Monte Carlo draws per temperature, the "
                   f"squared bias less its Monte Carlo part) it is "
                   f"{'interior on every network' if interior_everywhere else 'not interior on every network'}: "
                   f"{where}. On one unit, "
