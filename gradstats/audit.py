@@ -620,6 +620,11 @@ def unordered_set_mean(problem: Problem, num_points: int | None = 1000, *, a: fl
     (``peer_indexing``: the baseline of :math:`s` uses the ratio computed for leaving :math:`s'` out first) from
     an integrand that removes a factor twice (``own_term_twice``); the two together are what its code does, and
     this mean matches its Monte Carlo mean. ``num_points`` is its quadrature (1000 by default)."""
+    if num_points is not None and positive_int("num_points", num_points) < 2:
+        raise ValueError(f"num_points must be at least 2 (the sum runs over v = 1/num_points .. 1 - 1/num_points), "
+                         f"got {num_points}")
+    if not (math.isfinite(a) and math.isfinite(stabiliser) and stabiliser >= 0):
+        raise ValueError(f"a must be finite and stabiliser finite and >= 0, got a={a!r}, stabiliser={stabiliser!r}")
     p = torch.sigmoid(_logits(problem))
     states = binary_cube(p.numel())
     prob = (states * p + (1 - states) * (1 - p)).prod(1)

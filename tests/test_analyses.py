@@ -400,3 +400,23 @@ def test_verify_compares_committed_metrics_and_names_newer_ones(tmp_path, monkey
     fresh({"cell_seed": [0, 0], "metric": ["a", "a"], "group": ["x", "z"], "value": [3.0, 2.0], "stderr": [0.1, 0.1]})
     failures = _runner.verify_committed(config, analysis)
     assert len(failures) == 2 and "against the committed 1" in failures[0] and "no committed row" in failures[1]
+
+
+def test_t_interval_is_the_student_interval_and_a_point_for_one_value():
+    from analyses._runner import t_interval
+
+    # mean 2, sd 1; with 2 degrees of freedom the quantile is closed-form: t_q = (2q - 1) sqrt(2 / (4 q (1 - q)))
+    t = 0.95 * (2 / (4 * 0.975 * 0.025)) ** 0.5
+    low, high = t_interval([1.0, 2.0, 3.0])
+    assert low == pytest.approx(2 - t / 3**0.5, rel=1e-12) and high == pytest.approx(2 + t / 3**0.5, rel=1e-12)
+    assert t_interval([5.0]) == (5.0, 5.0)
+
+
+def test_the_lowest_mse_by_budget_is_read_per_budget_and_told_as_runs():
+    from analyses.fig_metrics import crossover_text, lowest_mse_by_budget
+
+    frame = pd.DataFrame({"layer": 0, "metric": "mse", "budget": [18.0, 18.0, 180.0, 180.0, 1800.0, 1800.0],
+                          "variant": ["st_sigmoid", "disarm"] * 3, "value": [0.1, 0.5, 0.05, 0.04, 0.03, 0.01]})
+    ranking = lowest_mse_by_budget(frame)
+    assert ranking == [(18.0, "st_sigmoid"), (180.0, "disarm"), (1800.0, "disarm")]
+    assert crossover_text(ranking) == "st\\_sigmoid (18), disarm (180--1800)"

@@ -38,3 +38,12 @@ def test_the_quadrature_error_falls_like_one_over_the_points_and_the_peer_ratio_
     assert gap(100_000, **KOOL) < 1e-3
     # the peer's leave-two-out ratio leaves a bias that refining the quadrature does not remove
     assert gap(100_000) > 0.03 and abs(gap(100_000) - gap(10_000)) < 0.01
+
+
+@pytest.mark.parametrize("options, match", [({"num_points": 1}, "num_points must be at least 2"),
+                                            ({"num_points": 0}, "num_points must be an integer >= 1"),
+                                            ({"stabiliser": -1e-6}, "stabiliser finite and >= 0"),
+                                            ({"a": float("nan")}, "a must be finite")])
+def test_bad_quadrature_settings_are_refused_by_name(options, match):
+    with pytest.raises(ValueError, match=match):
+        audit.unordered_set_mean(audit.audit_problems()[0], **options)
