@@ -11,6 +11,7 @@ from .accumulators import Moments
 from .evaluation import evaluate
 from .exact import exact_gradient, exact_loss, exact_moments
 from .gradient_stats import GradientStats, estimate_reference, gradient_stats, per_draw_gradients
+from .module_stats import module_gradient_stats, module_per_draw_gradients
 from .moments import moments
 from .sweep import sweep
 
@@ -32,6 +33,8 @@ __all__ = [
     "losses",
     "moments",
     "metrics",
+    "module_gradient_stats",
+    "module_per_draw_gradients",
     "per_draw_gradients",
     "problems",
     "stats",

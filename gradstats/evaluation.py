@@ -106,7 +106,9 @@ def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iter
         Estimator name -> its options.
 
     Columns: ``estimator, options, reference, reference_method, metric, scope, layer, coordinate, M, value,
-    stderr, method, num_samples, loss_evals_per_draw, seconds_per_draw``; ``options`` is the JSON of the options
+    stderr, method, num_samples, loss_evals_per_draw, seconds_per_draw, n_excluded``; ``n_excluded`` is, on the
+    sign-agreement rows, how many coordinates they left out (structural zeros: 0 in the reference and in every
+    draw, see :mod:`gradstats.metrics`; missing on other rows); ``options`` is the JSON of the options
     given (``"{}"`` for none), so frames of one estimator with several option sets can be concatenated.
     ``scope`` says in words what a row aggregates: ``"all layers"`` (``layer`` 0, ``coordinate`` ``""``),
     ``"layer"`` (one layer's coordinates together) or ``"coordinate"`` (one coordinate). The documentation's
@@ -183,9 +185,11 @@ def evaluate(problem: Problem, estimators: str | Iterable, reference: str | Iter
                 "method": "mc" if (v.metric == "cosine_m" and v.m and v.m > 1) else main.method,
                 "num_samples": n if (main.method == "mc" or (v.metric == "cosine_m" and v.m and v.m > 1)) else None,
                 "loss_evals_per_draw": main.loss_evals_per_draw, "seconds_per_draw": seconds_per_draw,
+                "n_excluded": v.excluded,
             } for v in rows])
             frames.append(frame)
     out = pd.concat(frames, ignore_index=True)
     out["M"] = out["M"].astype("Int64")
     out["num_samples"] = out["num_samples"].astype("Int64")
+    out["n_excluded"] = out["n_excluded"].astype("Int64")
     return out

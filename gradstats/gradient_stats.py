@@ -33,9 +33,9 @@ from torch import Tensor
 
 from .accumulators import GradientAccumulator, Moments, Summary
 from .checkpoint import content_checksum
-from .metrics import compute_metrics
+from .metrics import MetricValue, compute_metrics
 from .noise import uniforms_as
-from .numerics import positive_int, seed_value
+from .numerics import positive_int, safe_divide, seed_value
 from .problems import FactoredGradient
 
 __all__ = ["GradientStats", "ParameterLayout", "per_draw_gradients", "gradient_stats", "estimate_reference"]
@@ -44,7 +44,7 @@ _REFERENCE = "reference"
 _DIRECTION_METRICS = ("relative_bias", "cosine_mean", "cosine_draw", "cosine_m", "sign_agreement_mean",
                       "sign_agreement_draw", "descent", "snr")
 _INTEGER_TYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
-STATE_VERSION = 2
+STATE_VERSION = 3          # 3: adds the group cosines (ms), the cost per draw and the budgets; 2 is still read
 
 
 class ParameterLayout:
@@ -152,6 +152,135 @@ class ParameterLayout:
         return {k: flat[s].reshape(self.shapes[k]) for k, s in zip(self.names, self._slices)}
 
 
+class GroupCosines:
+    r"""The cosine with the reference of the mean of ``M`` draws, :math:`\cos(\bar g_M, g)`, over disjoint groups of
+    ``M`` consecutive draws (per group of parameters, and over all: ``[L + 1]`` columns, 0 first): how many groups
+    are complete, the sum of their cosines and of their squares (the groups are independent, so the standard
+    error of the mean cosine is their standard deviation over ``sqrt(groups)``), and the float64 sum of the group
+    not yet complete, carried from chunk to chunk."""
+
+    def __init__(self, m: int, layout: ParameterLayout, device=None):
+        self.m = m
+        self.layout = layout
+        self.pending = [torch.zeros(n, dtype=torch.float64, device=device) for n in layout.sizes]
+        self.pending_count = 0
+        self.groups = 0
+        self.total = torch.zeros(layout.num_layers + 1, dtype=torch.float64, device=device)
+        self.total_sq = torch.zeros_like(self.total)
+
+    def add(self, parts: list[Tensor], reference: Tensor) -> None:
+        """Fold in a chunk's draws (``parts``: ``[B, size]`` per parameter group, in draw order): at most three
+        column reductions (the rows that complete the pending group, whole groups, the rows left over)."""
+        rows, m = parts[0].shape[0], self.m
+        head = min(rows, (m - self.pending_count) % m)
+        whole = (rows - head) // m
+        for i, p in enumerate(parts):
+            self.pending[i] = self.pending[i] + p[:head].sum(0, dtype=torch.float64)
+        sums = []
+        if head and self.pending_count + head == m:
+            sums.append([q[None] for q in self.pending])
+            self.pending = [torch.zeros_like(q) for q in self.pending]
+        self.pending_count = (self.pending_count + head) % m
+        if whole:
+            sums.append([p[head:head + whole * m].reshape(whole, m, -1).sum(1, dtype=torch.float64) for p in parts])
+        if head + whole * m < rows:
+            self.pending = [q + p[head + whole * m:].sum(0, dtype=torch.float64) for q, p in zip(self.pending, parts)]
+            self.pending_count += rows - head - whole * m
+        for group_sums in sums:
+            cos = group_cosines(group_sums, reference, self.layout)
+            self.groups += cos.shape[0]
+            self.total = self.total + cos.sum(0)
+            self.total_sq = self.total_sq + cos.square().sum(0)
+
+    def to(self, device) -> GroupCosines:
+        """Accumulate on ``device`` from now on (moving what is stored); returns ``self``."""
+        self.pending = [q.to(device) for q in self.pending]
+        self.total, self.total_sq = self.total.to(device), self.total_sq.to(device)
+        return self
+
+    def mean_and_stderr(self) -> tuple[Tensor, Tensor]:
+        """The mean cosine ``[L + 1]`` and its standard error (NaN with fewer than two groups)."""
+        n = self.groups
+        mean = self.total / n if n else torch.full_like(self.total, math.nan)
+        if n < 2:
+            return mean, torch.full_like(self.total, math.nan)
+        var = ((self.total_sq - n * mean.square()) / (n - 1)).clamp_min(0)
+        return mean, (var / n).sqrt()
+
+    def merged(self, other: GroupCosines) -> GroupCosines:
+        """Both sets of complete groups; this one's pending group is kept, ``other``'s (fewer than ``M`` draws of
+        another stream) is not carried."""
+        out = GroupCosines(self.m, self.layout, self.total.device)
+        out.pending, out.pending_count = [q.clone() for q in self.pending], self.pending_count
+        out.groups = self.groups + other.groups
+        out.total = self.total + other.total.to(self.total.device)
+        out.total_sq = self.total_sq + other.total_sq.to(self.total.device)
+        return out
+
+    def state(self) -> dict:
+        return {"m": self.m, "pending": [q.cpu() for q in self.pending], "pending_count": self.pending_count,
+                "groups": self.groups, "total": self.total.cpu(), "total_sq": self.total_sq.cpu()}
+
+    @staticmethod
+    def from_state(state: Mapping, layout: ParameterLayout, order=None) -> GroupCosines:
+        """The inverse of :meth:`state`, checked (a ValueError says what is wrong); ``order`` (from
+        :meth:`ParameterLayout.order_from`) puts a stored layout's groups in this one's order."""
+        m, groups, count = state["m"], state["groups"], state["pending_count"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (m, groups, count)) or m < 2 \
+                or groups < 0 or not 0 <= count < m:
+            raise ValueError(f"group cosines: bad counts (M {m!r}, groups {groups!r}, pending {count!r})")
+        out = GroupCosines(m, layout)
+        total, total_sq, pending = state["total"], state["total_sq"], list(state["pending"])
+        if order is not None:
+            total, total_sq = total[order[1]], total_sq[order[1]]
+            pending = [pending[int(i) - 1] for i in order[1][1:]]
+        for name, value, shape in (("total", total, (layout.num_layers + 1,)),
+                                   ("total_sq", total_sq, (layout.num_layers + 1,))):
+            if not (isinstance(value, Tensor) and tuple(value.shape) == shape and value.dtype == torch.float64
+                    and bool(torch.isfinite(value).all())):
+                raise ValueError(f"group cosines of M = {m}: {name} is not a finite float64 tensor of shape {shape}")
+        if len(pending) != layout.num_layers or any(
+                not (isinstance(q, Tensor) and q.dtype == torch.float64 and q.numel() == n and bool(torch.isfinite(q).all()))
+                for q, n in zip(pending, layout.sizes)):
+            raise ValueError(f"group cosines of M = {m}: the pending group's sums do not match the parameters")
+        if bool((total.abs() > groups + 1e-9 * max(groups, 1)).any()) or bool((total_sq < 0).any()) \
+                or bool((total_sq > groups + 1e-9 * max(groups, 1)).any()):
+            raise ValueError(f"group cosines of M = {m}: sums outside what {groups} groups allow; refused")
+        out.pending, out.pending_count, out.groups = [q.reshape(-1) for q in pending], count, groups
+        out.total, out.total_sq = total, total_sq
+        return out
+
+
+def _group_sizes(ms, budgets: tuple[int, ...], loss_evals_per_draw: int | None) -> tuple[int, ...]:
+    """The sorted ``M > 1`` of ``ms`` and of ``budgets`` (``M = budget // loss_evals_per_draw``), checked."""
+    sizes = {positive_int("ms entries", m) for m in ms}
+    if budgets and loss_evals_per_draw is None:
+        raise ValueError("budgets are in loss evaluations: give loss_evals_per_draw too (what one draw costs)")
+    for budget in budgets:
+        if budget < loss_evals_per_draw:
+            raise ValueError(f"budget {budget} is below the cost of one draw ({loss_evals_per_draw} loss evaluations)")
+        sizes.add(budget // loss_evals_per_draw)
+    return tuple(sorted(m for m in sizes if m > 1))
+
+
+def group_cosines(group_sums: list[Tensor], reference: Tensor, layout: ParameterLayout) -> Tensor:
+    """``[G, L + 1]``: the cosine of each of ``G`` vectors (given as sums, ``[G, size]`` per parameter group:
+    cosines do not depend on the scale) with ``reference``, over all coordinates (column 0) and per group.
+    Each vector, and the reference, is divided by its largest magnitude first, so no square underflows or
+    overflows; the cosine of a zero vector is 0."""
+    rows = torch.cat(group_sums, 1)
+    top = rows.abs().amax(1, keepdim=True)
+    rows = rows / torch.where(top > 0, top, 1.0)
+    ref_top = reference.abs().max()
+    ref = reference / ref_top if bool(ref_top > 0) else reference
+    inner = torch.stack([rows[:, cols] @ ref[cols] for _, cols in layout.layer_slices()], 1)
+    norm2 = torch.stack([rows[:, cols].square().sum(1) for _, cols in layout.layer_slices()], 1)
+    ref2 = torch.stack([ref[cols].square().sum() for _, cols in layout.layer_slices()])
+    inner = torch.cat([inner.sum(1, keepdim=True), inner], 1)
+    norms = torch.cat([norm2.sum(1, keepdim=True), norm2], 1).sqrt() * torch.cat([ref2.sum().reshape(1), ref2]).sqrt()
+    return safe_divide(inner, norms)
+
+
 class GradientStats:
     """Streaming, mergeable statistics of per-draw gradients, and their metrics against a reference.
 
@@ -168,6 +297,16 @@ class GradientStats:
     num_batches
         The fewest contiguous batches the jackknife standard errors use (at most twice as
         many are kept).
+    ms
+        Group sizes ``M > 1`` for ``cosine_m``, the cosine of the mean of ``M`` draws (accumulated over disjoint
+        groups of consecutive draws as they arrive; needs a reference).
+    loss_evals_per_draw
+        What one draw costs in loss evaluations (1 for ST, 2 for ARM or DisARM, ``K`` for leave-one-out with
+        ``K`` samples): the frame then gives each ``M``-draw row its cost, ``loss_evals``, so estimators of
+        different cost are compared at equal cost.
+    budgets
+        Costs in loss evaluations to compare at: each adds ``M = budget // loss_evals_per_draw`` to ``ms`` and to
+        the frame's ``mse`` rows.
 
     ``update(grads)`` folds in a chunk of draws: a tensor ``[B, D]`` or a dict name -> ``[B, *shape]``
     (such as per-draw gradients of ``model.named_parameters()``).
@@ -175,7 +314,16 @@ class GradientStats:
 
     def __init__(self, reference: Tensor | Mapping[str, Tensor] | None = None,
                  reference_stderr: Tensor | Mapping[str, Tensor] | None = None, full_covariance: bool = False,
-                 num_batches: int = 20):
+                 num_batches: int = 20, ms: tuple[int, ...] = (), loss_evals_per_draw: int | None = None,
+                 budgets: tuple[int, ...] = ()):
+        if loss_evals_per_draw is not None:
+            loss_evals_per_draw = positive_int("loss_evals_per_draw", loss_evals_per_draw)
+        self.loss_evals_per_draw = loss_evals_per_draw
+        self.budgets = tuple(positive_int("budgets entries", b) for b in budgets)
+        self.ms = _group_sizes(ms, self.budgets, loss_evals_per_draw)
+        if self.ms and reference is None:
+            raise ValueError(f"ms (or budgets) asks for the cosine of the mean of {self.ms[0]} draws, which needs a "
+                             "reference: GradientStats(reference=...)")
         if not isinstance(full_covariance, bool):
             raise ValueError(f"full_covariance must be True or False, got {full_covariance!r}")
         self.num_batches = positive_int("num_batches", num_batches)
@@ -184,20 +332,22 @@ class GradientStats:
         if reference_stderr is not None and reference is None:
             raise ValueError("reference_stderr was given without a reference")
         self.full_covariance = full_covariance
+        self._device = None
         self._given_reference, self._given_stderr = reference, reference_stderr
         self.layout: ParameterLayout | None = None
         self.reference: Tensor | None = None
         self.reference_stderr: Tensor | None = None
+        self._groups: dict[int, GroupCosines] = {}
         if reference is not None:
             self._set_layout(ParameterLayout.of(reference, batched=False))
         self._batches: list[GradientAccumulator] = []
         self._batch_size = 1
         self._full: GradientAccumulator | None = None
-        self._device = None
 
     # ---- layout and reference --------------------------------------------------------------
     def _set_layout(self, layout: ParameterLayout) -> None:
         self.layout = layout
+        self._groups = {m: GroupCosines(m, layout, self._device) for m in self.ms}
         if self._given_reference is not None:
             self.reference = self._vector(self._given_reference, "reference")
         if self._given_stderr is not None:
@@ -261,6 +411,8 @@ class GradientStats:
             bad = int(rows_bad[0])
             raise ValueError(f"grads has a non-finite value (NaN or infinity) in draw {bad} of this chunk "
                              f"(draw {self.count + bad} overall); the chunk was not added")
+        for groups in self._groups.values():
+            groups.add(parts, self.reference)
         return self
 
     def _piece(self, parts: list[Tensor], start: int, stop: int) -> FactoredGradient:
@@ -291,6 +443,8 @@ class GradientStats:
         if self._full is not None:
             full, self._full = self._full, self._accumulator(full=True)
             self._full.summary = full.summary.to(device)
+        for groups in self._groups.values():
+            groups.to(device)
 
     def _halve_batches(self) -> None:
         """Merge neighbouring batches pairwise; the batch size doubles."""
@@ -357,31 +511,52 @@ class GradientStats:
         moments = self.moments
         return self.layout.unflatten(moments.mean_stderr)
 
-    def to_frame(self, ms: tuple[int, ...] = (1, 10, 100, 1000), per_coordinate: bool = False) -> pd.DataFrame:
-        """Tidy metrics: columns ``metric, group, M, value, stderr, count`` (and ``coordinate`` when
-        ``per_coordinate``). ``group`` is ``"all"`` for every coordinate and the parameter's name for its
-        part; metric names and definitions are those of ``gs.evaluate`` (:mod:`gradstats.metrics`), with
-        jackknife standard errors. ``cosine_m`` of ``M > 1`` draws is not accumulated here. Without a
-        reference only ``variance_trace`` (and per coordinate ``variance``) is given.
+    def to_frame(self, ms: tuple[int, ...] = (1, 10, 100, 1000), per_coordinate: bool = False,
+                 structural_zeros: str = "exclude") -> pd.DataFrame:
+        """Tidy metrics: columns ``metric, group, M, value, stderr, count, loss_evals, n_excluded`` (and
+        ``coordinate`` when ``per_coordinate``). ``group`` is ``"all"`` for every coordinate and the parameter's
+        name for its part; metric names and definitions are those of ``gs.evaluate`` (:mod:`gradstats.metrics`),
+        with jackknife standard errors. ``squared_bias`` and ``relative_squared_bias`` are the headline measures
+        of bias (debiased: an unbiased estimator's value covers 0 within its error).
+
+        ``mse`` is given for ``M`` in ``ms`` and in this object's ``ms`` and ``budgets``; ``cosine_m`` for ``M = 1``
+        and the ``ms`` accumulated as the draws came (its error: the standard deviation of the groups' cosines
+        over the root of their number, the groups being independent). With ``loss_evals_per_draw`` known,
+        ``loss_evals`` is what the mean of ``M`` draws costs, ``M`` times it: compare estimators on rows of equal
+        ``loss_evals``. ``n_excluded``: on the sign-agreement rows, the coordinates left out of them
+        (``structural_zeros="exclude"``, the default: those 0 in the reference and in every draw, which would
+        agree for free; ``"count"`` keeps them). Without a reference only ``variance_trace`` (and per coordinate
+        ``variance``) is given.
 
         A parameter tensor that got no gradient in any draw (:attr:`no_gradient`) is reported, not scored:
         its rows of the metrics that compare directions (relative bias, cosines, sign agreement, descent)
         are NaN, ``frame.attrs["no_gradient"]`` lists it, and a warning says so."""
-        ms = tuple(positive_int("ms entries", m) for m in ms)
+        ms = tuple(sorted({positive_int("ms entries", m) for m in ms} | set(self.ms)
+                          | {b // self.loss_evals_per_draw for b in self.budgets}))
         moments = self.moments
         reference = self.reference.cpu() if self.reference is not None else torch.zeros(self.layout.num_parameters,
                                                                                       dtype=torch.float64)
-        rows = compute_metrics(moments, self.layout, reference, _REFERENCE, ms, reference_stderr=self.reference_stderr)
+        rows = compute_metrics(moments, self.layout, reference, _REFERENCE, ms, reference_stderr=self.reference_stderr,
+                               structural_zeros=structural_zeros)
         if self.reference is None:
             rows = [r for r in rows if r.metric in ("variance_trace", "variance")]
+        else:
+            layers = range(self.layout.num_layers + 1) if self.layout.num_layers > 1 else (0,)
+            for m, groups in self._groups.items():
+                mean, stderr = (v.cpu().tolist() for v in groups.mean_and_stderr())
+                rows += [MetricValue("cosine_m", mean[layer], stderr[layer], layer, "", m) for layer in layers]
         if not per_coordinate:
             rows = [r for r in rows if not r.coordinate]
         # rows of layer 0 are the aggregate; a coordinate's row carries its group (1-based), "all" for one group
         groups = ["all", *self.layout.names] if self.layout.num_layers > 1 else ["all", "all"]
+        evals = self.loss_evals_per_draw
         frame = pd.DataFrame([{"metric": r.metric, "group": groups[r.layer], "M": r.m, "value": r.value,
                                "stderr": r.stderr, "count": moments.num_samples,
+                               "loss_evals": None if evals is None or r.m is None else r.m * evals,
+                               "n_excluded": r.excluded,
                                **({"coordinate": r.coordinate} if per_coordinate else {})} for r in rows])
-        frame["M"] = frame["M"].astype("Int64")
+        for column in ("M", "loss_evals", "n_excluded"):
+            frame[column] = frame[column].astype("Int64")
         missing = self.no_gradient
         if missing:
             groups_without = set(missing) | ({"all"} if len(missing) == self.layout.num_layers else set())
@@ -422,6 +597,10 @@ class GradientStats:
             raise ValueError(f"can only merge another GradientStats, got {type(other).__name__}")
         if self.full_covariance != other.full_covariance:
             raise ValueError("cannot merge statistics with and without a full covariance")
+        for name in ("ms", "loss_evals_per_draw", "budgets"):
+            if getattr(self, name) != getattr(other, name):
+                raise ValueError(f"cannot merge statistics of different {name}: {getattr(self, name)!r} and "
+                                 f"{getattr(other, name)!r}")
         order = self._order_of(other.layout)
         for name in ("reference", "reference_stderr"):
             a, b = getattr(self, name), self._in_order(getattr(other, name), order)
@@ -433,7 +612,8 @@ class GradientStats:
         """A new GradientStats holding the draws of both (the work of several processes or devices). Parameters are
         matched by name: ``other`` may list the same tensors in another order."""
         order = self._check_compatible(other)
-        out = GradientStats(self._given_reference, self._given_stderr, self.full_covariance, self.num_batches)
+        out = GradientStats(self._given_reference, self._given_stderr, self.full_covariance, self.num_batches,
+                            self.ms, self.loss_evals_per_draw, self.budgets)
         out.load_state_dict(self.state_dict())
         if other.count == 0:
             return out
@@ -456,6 +636,8 @@ class GradientStats:
             if out._full is None:
                 out._full = out._accumulator(full=True)
             out._full.summary = out._full.summary.merged(aligned(other._full.summary))
+        for m, groups in other._groups.items():
+            out._groups[m] = out._groups[m].merged(GroupCosines.from_state(groups.state(), out.layout, order))
         return out
 
     def state_dict(self) -> dict:
@@ -467,7 +649,9 @@ class GradientStats:
                  "reference": None if self.reference is None else self.reference.cpu(),
                  "reference_stderr": None if self.reference_stderr is None else self.reference_stderr.cpu(),
                  "batches": [b.summary.cpu().to_state() for b in self._batches],
-                 "full": None if self._full is None else self._full.summary.cpu().to_state()}
+                 "full": None if self._full is None else self._full.summary.cpu().to_state(),
+                 "ms": list(self.ms), "loss_evals_per_draw": self.loss_evals_per_draw, "budgets": list(self.budgets),
+                 "groups": [g.state() for g in self._groups.values()]}
         return {**state, "checksum": content_checksum(state)}
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -479,15 +663,21 @@ class GradientStats:
         try:
             if not isinstance(state, Mapping):
                 raise TypeError(f"expected a dict, got {type(state).__name__}")
-            if state["version"] != STATE_VERSION:
-                raise ValueError(f"a stored GradientStats of version {state['version']!r}; this gradstats reads version "
-                                 f"{STATE_VERSION} (recompute it)")
+            if state["version"] not in (2, STATE_VERSION):
+                raise ValueError(f"a stored GradientStats of version {state['version']!r}; this gradstats reads versions "
+                                 f"2 and {STATE_VERSION} (recompute it)")
             stored_sum = state["checksum"]
             if stored_sum != content_checksum({k: v for k, v in state.items() if k != "checksum"}):
                 raise ValueError("the stored GradientStats fails its checksum: it was altered after it was stored (a "
                                  "flipped bit, an edit); refused")
             if state["full_covariance"] != self.full_covariance:
                 raise ValueError("a stored GradientStats of another covariance setting")
+            stored = {"ms": (), "loss_evals_per_draw": None, "budgets": ()} if state["version"] == 2 else \
+                {"ms": tuple(state["ms"]), "loss_evals_per_draw": state["loss_evals_per_draw"],
+                 "budgets": tuple(state["budgets"])}
+            for name, value in stored.items():
+                if value != getattr(self, name):
+                    raise ValueError(f"a stored GradientStats of {name} {value!r}; this one has {getattr(self, name)!r}")
             layout = None if state["layout"] is None else ParameterLayout(state["layout"])
             order = self._order_of(layout)
             for name in ("reference", "reference_stderr"):
@@ -503,6 +693,11 @@ class GradientStats:
                 if not 1 <= summary.count <= batch_size:
                     raise ValueError(f"batch {i}: {summary.count} draws, outside 1..{batch_size} (the batch size); refused")
             full = None if state["full"] is None else Summary.from_state(state["full"], dim, True, "full covariance")
+            stored_groups = [] if state["version"] == 2 or layout is None else [
+                GroupCosines.from_state(g, self.layout or layout, order) for g in state["groups"]]
+            if layout is not None and [g.m for g in stored_groups] != list(self.ms):
+                raise ValueError(f"the stored group cosines are of M = {[g.m for g in stored_groups]}, expected "
+                                 f"{list(self.ms)}; refused")
             if full is not None and full.count != sum(s.count for s in summaries):
                 raise ValueError(f"the full covariance counts {full.count} draws, the batches "
                                  f"{sum(s.count for s in summaries)}; refused")
@@ -526,6 +721,8 @@ class GradientStats:
         if full is not None:
             self._full = self._accumulator(full=True)
             self._full.summary = full
+        if layout is not None:
+            self._groups = {g.m: g for g in stored_groups}
 
     def __repr__(self) -> str:
         layout = "no draws yet" if self.layout is None else self.layout.description
@@ -576,23 +773,32 @@ def per_draw_gradients(loss: Callable[..., Tensor], params: Mapping[str, Tensor]
     fixed = {k: v.detach() for k, v in params.items() if k not in measured}
     first = next(iter(measured.values()))
     dtype = dtype or first.dtype
-    generator = torch.Generator().manual_seed(seed)
 
     def with_fixed(free, u):
         return loss({**free, **fixed}, u)
 
     per_draw = vmap(grad(with_fixed if fixed else loss), in_dims=(None, 0), randomness="different")
-    devices = [first.device.index or 0] if first.device.type == "cuda" else []
+    yield from draw_chunks(lambda noise, rows: per_draw(measured, noise), num_draws, noise_shapes=shapes,
+                           chunk_size=chunk_size, seed=seed, dtype=dtype, device=first.device)
+
+
+def draw_chunks(per_draw: Callable[[Tensor | dict[str, Tensor], int], dict[str, Tensor]], num_draws: int, *,
+                noise_shapes: Mapping, chunk_size: int, seed: int, dtype: torch.dtype, device) -> Iterator:
+    """``per_draw(noise, rows)`` for each chunk of ``rows`` draws, with the chunk's uniforms (a tensor for the key
+    ``None``, else a dict) drawn from one CPU generator seeded with ``seed``, and torch's own generators forked and
+    seeded from ``(seed, first draw of the chunk)`` (see :func:`per_draw_gradients`)."""
+    generator = torch.Generator().manual_seed(seed)
+    devices = [device.index or 0] if device.type == "cuda" else []
     for start in range(0, num_draws, chunk_size):
         rows = min(chunk_size, num_draws - start)
         noise = {k: uniforms_as(torch.rand((rows, *shape), generator=generator, dtype=torch.float64), dtype)
-                 .to(first.device) for k, shape in shapes.items()}
+                 .to(device) for k, shape in noise_shapes.items()}
         chunk_seed = int(np.random.SeedSequence((seed, start)).generate_state(1, dtype=np.uint64)[0] >> 1)
         with torch.random.fork_rng(devices=devices):
             torch.default_generator.manual_seed(chunk_seed)
             if devices:
                 torch.cuda.default_generators[devices[0]].manual_seed(chunk_seed)
-            gradients = per_draw(measured, noise[None] if None in noise else noise)
+            gradients = per_draw(noise[None] if None in noise else noise, rows)
         yield gradients
 
 

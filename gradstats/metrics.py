@@ -19,6 +19,7 @@ cosine_draw            :math:`E[\cos(\hat g, g)]` for one draw
 cosine_m               :math:`E[\cos(\bar g_M, g)]`, the mean of ``M`` draws (Monte Carlo)
 sign_agreement_mean    fraction of coordinates with :math:`\mathrm{sign}\,\mu_j = \mathrm{sign}\,g_j` (:func:`sign_agreement`)
 sign_agreement_draw    mean over ``j`` of :math:`P(\mathrm{sign}\,\hat g_j = \mathrm{sign}\,g_j)`
+                       (both leave out structural zeros, below; ``excluded`` counts what they left out)
 descent                :math:`P(\langle \hat g, g \rangle > 0)`
 snr                    :math:`|\mu_j| / \sqrt{\Sigma_{jj}}` per coordinate
 =====================  =====================================================================
@@ -51,7 +52,12 @@ Conventions at the edges (values, never silently 0):
 * with one Monte Carlo draw the variance (``n - 1`` denominator) is NaN, and so are the metrics that
   use it (``variance_trace``, ``mse``, ``snr``): never 0;
 * ``snr`` of a coordinate with zero variance is ``inf`` when its mean is nonzero, 0 when the
-  mean is 0.
+  mean is 0;
+* a *structural zero* is a coordinate whose reference and every draw are exactly 0 (the weight of an
+  input that is 0 in every example, such as a border pixel; :func:`structural_zero_coordinates`). It would agree in
+  sign for free, so both sign agreements leave it out by default (``structural_zeros="exclude"``; the
+  row's ``excluded`` says how many coordinates were left out, with an estimated reference's unresolved
+  ones); ``"count"`` keeps the old convention.
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ from .numerics import SIGN_TOLERANCE, cosine, float64_vector, norm, ratio_or_inf
 from .problems import Problem
 
 __all__ = ["MetricValue", "compute_metrics", "COORDINATE_METRICS", "SCALAR_METRICS", "SIGN_TOLERANCE", "signs",
-           "sign_scale", "sign_agreement", "wrong_sign_coordinates"]
+           "sign_scale", "sign_agreement", "wrong_sign_coordinates", "structural_zero_coordinates"]
 
 COORDINATE_METRICS = ("bias", "variance", "snr")
 SCALAR_METRICS = ("bias_norm", "relative_bias", "squared_bias", "relative_squared_bias", "variance_trace", "mse",
@@ -92,9 +98,20 @@ def wrong_sign_coordinates(estimate: Tensor, reference: Tensor, scale: float | N
     return (signs(reference, scale) != 0) & ~sign_agreement(estimate, reference, scale)
 
 
+def structural_zero_coordinates(summary: Summary, reference: Tensor) -> Tensor:
+    """Coordinates whose reference and every draw are exactly 0 (bool ``[D]``): reference 0, mean 0 and
+    centred second moment 0, so no draw (and no enumerated outcome of positive weight) differs from 0."""
+    return (reference == 0) & (summary.mean == 0) & (summary.m2 == 0)
+
+
+_STRUCTURAL_ZEROS = ("exclude", "count")
+
+
 @dataclass(frozen=True)
 class MetricValue:
-    """One metric's value; ``layer`` 0 is all coordinates, ``coordinate`` is set for per-coordinate metrics."""
+    """One metric's value; ``layer`` 0 is all coordinates, ``coordinate`` is set for per-coordinate metrics;
+    ``excluded`` is, for the sign agreements, how many of the layer's coordinates were left out (structural
+    zeros, and an estimated reference's unresolved coordinates), ``None`` for other metrics."""
 
     metric: str
     value: float
@@ -102,12 +119,15 @@ class MetricValue:
     layer: int = 0
     coordinate: str = ""
     m: int | None = None
+    excluded: int | None = None
 
 
 def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: str,
-            ms: tuple[int, ...], reference_var: Tensor | None = None) -> dict[tuple, float | Tensor]:
+            ms: tuple[int, ...], reference_var: Tensor | None, counted_signs: Tensor) -> dict[tuple, float | Tensor]:
     """Every metric from a summary, keyed by ``(metric, layer, m)``; per-coordinate ones are ``[D]`` tensors.
-    ``reference_var`` (the squared standard error of an estimated reference) is taken out of the squared bias."""
+    ``reference_var`` (the squared standard error of an estimated reference) is taken out of the squared bias;
+    the sign agreements count the coordinates in ``counted_signs`` (bool ``[D]``, fixed by all the draws, so
+    that the jackknife's leave-one-out values count the same ones)."""
     n = s.count
     var = s.m2 / s.weight if exact else s.m2 / (n - 1) if n > 1 else torch.full_like(s.m2, math.nan)
     mean = s.mean
@@ -117,8 +137,6 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
     out: dict[tuple, float | Tensor] = {("bias", 0, None): bias, ("variance", 0, None): var, ("snr", 0, None): snr}
     layers = problem.coordinate_layers().to(mean.device)
     agree = sign_agreement(mean, reference)
-    # an estimated reference's sign counts only where it is resolved (|g_j| > 3 standard errors)
-    resolved = torch.ones_like(agree) if reference_var is None else reference.abs() > 3 * reference_var.sqrt()
     for layer in range(problem.num_layers + 1):
         sel = torch.ones_like(layers, dtype=torch.bool) if layer == 0 else layers == layer
         if layer > 0 and problem.num_layers == 1:
@@ -138,7 +156,7 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
         for m in ms:
             out[("mse", layer, m)] = sq_bias + trace / m
         out[("cosine_mean", layer, None)] = cosine(mu, g)
-        counted = sel & resolved
+        counted = sel & counted_signs
         out[("sign_agreement_mean", layer, None)] = float(agree[counted].to(torch.float64).mean())
         if name in s.sign_agree:
             out[("sign_agreement_draw", layer, None)] = float(s.sign_agree[name][counted].mean() / s.weight)
@@ -183,8 +201,8 @@ def _with_reference_error(errors: dict, full: dict, bias: Tensor, reference: Ten
 
 
 def compute_metrics(moments: Moments, problem: Problem, reference: Tensor, reference_name: str,
-                    ms: tuple[int, ...] = (1, 10, 100, 1000), reference_stderr: Tensor | None = None
-                    ) -> list[MetricValue]:
+                    ms: tuple[int, ...] = (1, 10, 100, 1000), reference_stderr: Tensor | None = None,
+                    structural_zeros: str = "exclude") -> list[MetricValue]:
     """Every metric of ``moments`` against ``reference`` (its per-draw metrics need
     ``moments`` to have been computed with ``references={reference_name: reference}``).
 
@@ -193,14 +211,24 @@ def compute_metrics(moments: Moments, problem: Problem, reference: Tensor, refer
     ``bias_norm``'s and ``mse``'s (delta method), and ``mse``'s squared bias has the reference's
     variance taken out, as it has the estimate's; the sign agreements count only the coordinates
     whose reference sign is resolved (:math:`|g_j| > 3` standard errors; NaN when none is). Other
-    metrics' errors are conditional on the reference.
+    metrics' errors are conditional on the reference. ``structural_zeros``: ``"exclude"`` (default) leaves
+    the coordinates that are 0 in the reference and in every draw out of the sign agreements,
+    ``"count"`` counts them as agreeing; their rows say how many coordinates were left out (``excluded``).
     """
+    if structural_zeros not in _STRUCTURAL_ZEROS:
+        raise ValueError(f"structural_zeros must be one of {_STRUCTURAL_ZEROS}, got {structural_zeros!r}")
     reference = float64_vector("reference", reference, problem.num_parameters)
     if reference_stderr is not None:
         reference_stderr = float64_vector("reference_stderr", reference_stderr, problem.num_parameters)
     exact = moments.method == "exact"
     reference_var = None if reference_stderr is None else reference_stderr.square()
-    full = _values(moments.statistics, exact, problem, reference, reference_name, ms, reference_var)
+    statistics = moments.statistics
+    # an estimated reference's sign counts only where it is resolved (|g_j| > 3 standard errors)
+    counted = (torch.ones_like(reference, dtype=torch.bool) if reference_var is None
+               else reference.abs() > 3 * reference_var.sqrt())
+    if structural_zeros == "exclude":
+        counted = counted & ~structural_zero_coordinates(statistics, reference)
+    full = _values(statistics, exact, problem, reference, reference_name, ms, reference_var, counted)
     errors: dict[tuple, float | Tensor] = {}
     k = len(moments.batches)
     if not exact and k >= 2:
@@ -215,7 +243,7 @@ def compute_metrics(moments: Moments, problem: Problem, reference: Tensor, refer
         leave_one_out = []
         for i in range(k):
             rest = after[1] if i == 0 else before[-2] if i == k - 1 else before[i - 1].merged(after[i + 1])
-            leave_one_out.append(_values(rest, False, problem, reference, reference_name, ms, reference_var))
+            leave_one_out.append(_values(rest, False, problem, reference, reference_name, ms, reference_var, counted))
         for key in full:
             vals = [loo[key] for loo in leave_one_out if key in loo]
             if len(vals) < 2:
@@ -225,6 +253,9 @@ def compute_metrics(moments: Moments, problem: Problem, reference: Tensor, refer
     if reference_var is not None:
         errors = _with_reference_error(errors, full, moments.mean - reference, reference, reference_var, problem, exact)
     names = problem.coordinate_names()
+    layers = problem.coordinate_layers()
+    excluded = {layer: int((~counted & ((layers == layer) if layer else True)).sum())
+                for layer in range(problem.num_layers + 1)}
     rows = []
     for (metric, layer, m), value in full.items():
         err = errors.get((metric, layer, m), 0.0 if exact else math.nan)
@@ -237,5 +268,6 @@ def compute_metrics(moments: Moments, problem: Problem, reference: Tensor, refer
             rows += [MetricValue(metric, float(v), float(e), int(lay), c)
                      for v, e, c, lay in zip(value.tolist(), err.tolist(), names, problem.coordinate_layers().tolist())]
         else:
-            rows.append(MetricValue(metric, float(value), float(err), layer, "", m))
+            rows.append(MetricValue(metric, float(value), float(err), layer, "", m,
+                                    excluded[layer] if metric.startswith("sign_agreement") else None))
     return rows

@@ -221,3 +221,99 @@ def test_unbiasedness_test_carries_an_estimated_references_error():
 def test_unbiasedness_test_needs_a_reference():
     with pytest.raises(ValueError, match="unbiasedness_test needs a reference"):
         gs.GradientStats().update(torch.zeros(4, 3, dtype=torch.float64)).unbiasedness_test()
+
+
+def _brute_group_cosines(draws: torch.Tensor, reference: torch.Tensor, m: int, sizes) -> torch.Tensor:
+    """``[G, L + 1]`` cosines of the means of complete groups of ``m`` consecutive draws, written out."""
+    groups = draws[: (draws.shape[0] // m) * m].reshape(-1, m, draws.shape[1]).mean(1)
+    out = [torch.nn.functional.cosine_similarity(groups, reference[None], dim=1)]
+    start = 0
+    for n in sizes:
+        out.append(torch.nn.functional.cosine_similarity(groups[:, start:start + n], reference[None, start:start + n],
+                                                         dim=1))
+        start += n
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("chunks", [(1, 1, 1, 97, 3, 200), (7,) * 43, (301,)])
+def test_cosine_of_the_mean_of_m_draws_is_that_of_disjoint_groups_whatever_the_chunks(chunks):
+    gen = torch.Generator().manual_seed(4)
+    draws = torch.randn(sum(chunks), 5, generator=gen, dtype=torch.float64) + torch.tensor([1.0, -1, 0.5, 0, 2])
+    reference = torch.tensor([1.0, -1, 0.5, 0.2, 2], dtype=torch.float64)
+    ref = {"w": reference[:3], "b": reference[3:]}
+    stats = gs.GradientStats(reference=ref, ms=(4, 10, 1000))
+    start = 0
+    for n in chunks:
+        stats.update({"w": draws[start:start + n, :3], "b": draws[start:start + n, 3:]})
+        start += n
+    frame = stats.to_frame(ms=(1,))
+    for m in (4, 10):
+        cos = _brute_group_cosines(draws, reference, m, (3, 2))
+        rows = frame[(frame.metric == "cosine_m") & (frame.M == m)].set_index("group")
+        for column, group in enumerate(("all", "w", "b")):
+            assert rows.value[group] == pytest.approx(float(cos[:, column].mean()), rel=1e-12)
+            assert rows.stderr[group] == pytest.approx(float(cos[:, column].std() / len(cos) ** 0.5), rel=1e-9)
+    assert frame[(frame.metric == "cosine_m") & (frame.M == 1000)].value.isna().all()   # no complete group yet
+
+
+def test_equal_cost_rows_carry_their_loss_evaluations():
+    gen = torch.Generator().manual_seed(5)
+    reference = torch.ones(3, dtype=torch.float64)
+    stats = gs.GradientStats(reference=reference, loss_evals_per_draw=3, budgets=(30, 300))
+    stats.update(reference + torch.randn(900, 3, generator=gen, dtype=torch.float64))
+    assert stats.ms == (10, 100)
+    frame = stats.to_frame(ms=(1,))
+    rows = frame[frame.metric.isin(["mse", "cosine_m"])]
+    assert sorted(set(rows.M)) == [1, 10, 100]
+    assert (rows.loss_evals == 3 * rows.M).all()
+    assert frame[~frame.metric.isin(["mse", "cosine_m"])].loss_evals.isna().all()
+    # without the cost per draw there is no cost column to read, and budgets cannot be set
+    plain = gs.GradientStats(reference=reference).update(torch.ones(4, 3, dtype=torch.float64)).to_frame()
+    assert plain.loss_evals.isna().all()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(budgets=(10,)), "give loss_evals_per_draw too"),
+    (dict(budgets=(2,), loss_evals_per_draw=4), "budget 2 is below the cost of one draw"),
+    (dict(loss_evals_per_draw=0), "loss_evals_per_draw must be"),
+    (dict(ms=(0,)), "ms entries must be"),
+])
+def test_bad_equal_cost_settings_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gs.GradientStats(reference=torch.zeros(2), **kwargs)
+
+
+def test_group_cosines_need_a_reference():
+    with pytest.raises(ValueError, match="needs a reference"):
+        gs.GradientStats(ms=(10,))
+
+
+def test_merged_statistics_add_the_complete_groups():
+    gen = torch.Generator().manual_seed(6)
+    reference = torch.ones(4, dtype=torch.float64)
+    a = gs.GradientStats(reference=reference, ms=(5,)).update(torch.randn(23, 4, generator=gen, dtype=torch.float64))
+    b = gs.GradientStats(reference=reference, ms=(5,)).update(torch.randn(12, 4, generator=gen, dtype=torch.float64))
+    merged = a.merge(b)
+    assert merged._groups[5].groups == 4 + 2
+    total = a._groups[5].total + b._groups[5].total
+    assert torch.allclose(merged._groups[5].total, total, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="different ms"):
+        a.merge(gs.GradientStats(reference=reference, ms=(4,)))
+
+
+def test_structural_zeros_are_left_out_of_sign_agreement_and_counted():
+    # coordinate 2: 0 in the reference and in every draw (a border pixel's weight); coordinate 3: 0 in the
+    # reference only
+    reference = torch.tensor([1.0, -1.0, 0.0, 0.0], dtype=torch.float64)
+    draws = torch.tensor([[1.0, 1.0, 0.0, 0.0], [2.0, -1.0, 0.0, 0.5], [3.0, -3.0, 0.0, 0.0]], dtype=torch.float64)
+    stats = gs.GradientStats(reference=reference).update(draws)
+    frame = stats.to_frame().set_index("metric")
+    assert frame.value["sign_agreement_draw"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert frame.n_excluded["sign_agreement_draw"] == 1 and frame.n_excluded["sign_agreement_mean"] == 1
+    assert frame.value["sign_agreement_mean"] == pytest.approx(2 / 3)
+    assert pd.isna(frame.n_excluded["cosine_draw"])
+    counted = stats.to_frame(structural_zeros="count").set_index("metric")
+    assert counted.value["sign_agreement_draw"] == pytest.approx((1 + 2 / 3 + 1 + 2 / 3) / 4)
+    assert counted.n_excluded["sign_agreement_draw"] == 0
+    with pytest.raises(ValueError, match="structural_zeros must be one of"):
+        stats.to_frame(structural_zeros="drop")

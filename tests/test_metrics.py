@@ -138,7 +138,10 @@ def test_evaluate_is_tidy_and_consistent():
                      num_samples=4000, ms=(1, 10), progress=False)
     assert list(df.columns) == ["estimator", "options", "reference", "reference_method", "metric", "scope", "layer",
                                 "coordinate", "M", "value", "stderr", "method", "num_samples", "loss_evals_per_draw",
-                                "seconds_per_draw"]
+                                "seconds_per_draw", "n_excluded"]
+    # n_excluded is on the sign-agreement rows only (no coordinate of this network is a structural zero)
+    sign_rows = df.metric.str.startswith("sign_agreement")
+    assert (df[sign_rows].n_excluded == 0).all() and df[~sign_rows].n_excluded.isna().all()
     # the scope names what each row aggregates
     assert ((df.scope == "all layers") == ((df.layer == 0) & (df.coordinate == ""))).all()
     assert ((df.scope == "layer") == ((df.layer > 0) & (df.coordinate == ""))).all()
@@ -264,3 +267,23 @@ def test_a_ratio_against_a_zero_scale_is_zero_or_an_infinity_of_the_numerators_s
     assert ratio_or_inf(0.0, 0.0) == 0.0
     assert ratio_or_inf(2.0, 0.0) == math.inf and ratio_or_inf(-2.0, 0.0) == -math.inf
     assert ratio_or_inf(-3.0, 2.0) == -1.5
+
+
+def test_evaluate_leaves_the_weights_of_an_input_that_is_zero_out_of_sign_agreement():
+    """An input that is 0 (a border pixel) makes its weights 0 in the exact gradient and in every outcome: exact
+    enumeration says so, and sign agreement leaves them out (2 of the 3 x 2 first-layer weights here)."""
+    x = torch.tensor([0.7, 0.0, -1.2], dtype=torch.float64)
+    problem = gs.problems.sbn([3, 2, 2], x=x, seed=1)
+    df = gs.evaluate(problem, ["st", "reinforce"], progress=False, ms=(1,))
+    rows = df[df.metric.str.startswith("sign_agreement")]
+    assert set(rows[rows.layer == 0].n_excluded) == {2} and set(rows[rows.layer == 1].n_excluded) == {2}
+    assert set(rows[rows.layer == 2].n_excluded) == {0}
+    # the same rows with the zeros counted: higher, as free agreements push them up
+    est = gs.estimators.get("reinforce")
+    m = gs.exact_moments(problem, est, references={"binary": gs.exact_gradient(problem)})
+    g = gs.exact_gradient(problem)
+    kept = {v.metric: v.value for v in compute_metrics(m, problem, g, "binary", ()) if v.layer == 0}
+    counted = {v.metric: v.value for v in compute_metrics(m, problem, g, "binary", (), structural_zeros="count")
+               if v.layer == 0}
+    total = problem.num_parameters
+    assert counted["sign_agreement_draw"] == pytest.approx((kept["sign_agreement_draw"] * (total - 2) + 2) / total)

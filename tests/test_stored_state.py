@@ -89,7 +89,8 @@ def _damaged(edit):
     (lambda s: s["batches"][0].update(count=10_000, weight=10_000.0), r"10000 draws, outside 1\.\.\d+"),
     (lambda s: s["batches"][0]["sign_agree"]["reference"].fill_(1e6), "sign_agree.* outside what"),
     (lambda s: s.update(batch_size=0), "batch_size must be an integer >= 1"),
-    (lambda s: s.update(version=1), "version 1; this gradstats reads version 2"),
+    (lambda s: s.update(version=1), "version 1; this gradstats reads versions 2 and 3"),
+    (lambda s: s.update(ms=[5]), r"ms \(5,\); this one has \(\)"),
 ])
 def test_a_stored_state_whose_invariants_fail_is_refused_and_nothing_changes(edit, match):
     stats = _stats()
@@ -200,3 +201,65 @@ def test_a_save_that_fails_mid_run_keeps_the_result(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="could not save checkpoint .*No space left on device.*goes on"):
         result = gs.moments(problem, "st", checkpoint=tmp_path / "run.ckpt", checkpoint_seconds=1e-9, **KW)
     assert torch.equal(result.mean, gs.moments(problem, "st", **KW).mean)
+
+
+def _grouped(order=("a", "b")):
+    """Draws of two parameters with the cosine of the mean of 4 and 6 draws accumulated (45 draws: partial groups
+    pending), given in ``order``."""
+    gen = torch.Generator().manual_seed(0)
+    draws = {"a": torch.randn(45, 2, generator=gen, dtype=torch.float64) + 1,
+             "b": torch.randn(45, 3, generator=gen, dtype=torch.float64)}
+    ref = {"a": torch.ones(2, dtype=torch.float64), "b": torch.full((3,), 0.5, dtype=torch.float64)}
+    stats = gs.GradientStats(reference={k: ref[k] for k in order}, ms=(4, 6), loss_evals_per_draw=2)
+    return stats.update({k: draws[k][:20] for k in order}).update({k: draws[k][20:] for k in order})
+
+
+def test_group_cosines_survive_a_state_dict_in_another_parameter_order():
+    stats = _grouped()
+    other = gs.GradientStats(reference={"b": torch.full((3,), 0.5, dtype=torch.float64),
+                                        "a": torch.ones(2, dtype=torch.float64)}, ms=(4, 6), loss_evals_per_draw=2)
+    other.load_state_dict(stats.state_dict())
+    mine, theirs = stats.to_frame(), other.to_frame()
+    key = ["metric", "group", "M"]
+    pd_mine = mine.sort_values(key).reset_index(drop=True)
+    pd_theirs = theirs.sort_values(key).reset_index(drop=True)
+    assert pd_mine[key + ["loss_evals"]].equals(pd_theirs[key + ["loss_evals"]])
+    # sums over all coordinates run in another order: equal to rounding
+    assert pd_mine.value.to_numpy() == pytest.approx(pd_theirs.value.to_numpy(), rel=1e-12, abs=1e-15)
+    assert pd_mine.stderr.to_numpy() == pytest.approx(pd_theirs.stderr.to_numpy(), rel=1e-9, abs=1e-15)
+    # the pending partial groups came along: one more draw completes a group of 6 in both
+    extra = {"a": torch.ones(3, 2, dtype=torch.float64), "b": torch.ones(3, 3, dtype=torch.float64)}
+    stats.update(extra)
+    other.update(extra)
+    assert stats._groups[6].groups == other._groups[6].groups == 8
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda s: s["groups"][0].update(pending_count=4), "bad counts"),
+    (lambda s: s["groups"][0]["total"].fill_(1e6), "outside what"),
+    (lambda s: s["groups"][0]["total_sq"].fill_(-1.0), "outside what"),
+    (lambda s: s["groups"][0]["pending"].pop(), "pending group's sums do not match"),
+    (lambda s: s["groups"].pop(), r"group cosines are of M = \[4\], expected \[4, 6\]"),
+])
+def test_damaged_group_cosines_are_refused(edit, match):
+    stats = _grouped()
+    state = stats.state_dict()
+    edit(state)
+    state.pop("checksum")
+    state["checksum"] = ckpt.content_checksum(state)
+    fresh = gs.GradientStats(reference=stats._given_reference, ms=(4, 6), loss_evals_per_draw=2)
+    with pytest.raises(ValueError, match=match):
+        fresh.load_state_dict(state)
+    assert fresh.count == 0
+
+
+def test_a_version_2_state_without_groups_is_still_read():
+    stats = _stats()
+    state = stats.state_dict()
+    for key in ("checksum", "ms", "loss_evals_per_draw", "budgets", "groups"):
+        state.pop(key)
+    state["version"] = 2
+    state["checksum"] = ckpt.content_checksum(state)
+    fresh = gs.GradientStats(reference=stats._given_reference)
+    fresh.load_state_dict(state)
+    assert fresh.to_frame().equals(stats.to_frame())

@@ -1,0 +1,132 @@
+r"""Gradient statistics of any ``torch.nn.Module``, as it is written.
+
+A module that samples its stochastic units with torch's own random functions (``torch.bernoulli``,
+``torch.rand``, ``F.gumbel_softmax``, dropout) needs no rewrite to explicit uniforms: its parameters are
+swapped in with ``torch.func.functional_call``, and ``torch.func.vmap(..., randomness="different")`` gives
+every draw of a chunk its own random numbers, from torch's generators forked and seeded per chunk (the
+caller's generator state is left as it was), so a seed gives the same draws again for the same
+``chunk_size``. One draw is one forward pass of the module on the whole ``batch`` and one gradient of
+``loss_fn(output, batch)``; the per-draw gradients of a chunk come from one batched call, never a loop of
+backward passes.
+
+What is measured: the parameters named in ``params``, by default those with ``requires_grad`` (frozen ones
+are left out); buffers are used as they are and never measured (integer buffers such as BatchNorm's
+``num_batches_tracked`` included). A measured parameter that gets no gradient in any draw is reported by
+:meth:`GradientStats.to_frame`, not scored. A module whose forward pass writes to its buffers (BatchNorm in
+training mode) cannot run under ``vmap``: put it in ``eval()`` mode first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from .gradient_stats import GradientStats, draw_chunks
+from .numerics import positive_int, seed_value
+
+__all__ = ["module_per_draw_gradients", "module_gradient_stats", "measured_parameters"]
+
+
+def measured_parameters(module: torch.nn.Module, params: Sequence[str] | None = None) -> dict[str, Tensor]:
+    """The parameters to measure, name -> detached tensor: ``params`` (names from ``module.named_parameters()``), or
+    by default every parameter with ``requires_grad``. A ValueError names an unknown or repeated name, or says
+    that nothing is left to measure."""
+    if not isinstance(module, torch.nn.Module):
+        raise ValueError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    named = dict(module.named_parameters())
+    if params is None:
+        names = [k for k, v in named.items() if v.requires_grad]
+        if not names:
+            raise ValueError(f"every parameter of {type(module).__name__} is frozen (requires_grad=False), or it has "
+                             "none: nothing to measure; name the ones to measure with params=[...]")
+    else:
+        if isinstance(params, str) or not all(isinstance(k, str) for k in params):
+            raise ValueError(f"params must be a list of parameter names, got {params!r}")
+        names = list(params)
+        unknown = [k for k in names if k not in named]
+        if unknown:
+            raise ValueError(f"params names {unknown}, not parameters of {type(module).__name__} (it has "
+                             f"{', '.join(named) or 'none'})")
+        repeated = sorted({k for k in names if names.count(k) > 1})
+        if repeated:
+            raise ValueError(f"params names {repeated} more than once")
+        if not names:
+            raise ValueError("params is empty: name at least one parameter to measure")
+    return {k: named[k].detach() for k in names}
+
+
+def _inputs(batch):
+    """What the module is called on: ``batch`` itself when it is a tensor, its first element when it is a tuple or
+    a list (inputs, targets, ...)."""
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    raise ValueError("batch must be a tensor (the module's input) or a tuple or list whose first element is the "
+                     f"module's input tensor, got {type(batch).__name__}")
+
+
+def module_per_draw_gradients(module: torch.nn.Module, loss_fn: Callable[[object, object], Tensor], batch,
+                              num_draws: int, *, params: Sequence[str] | None = None, chunk_size: int = 64,
+                              seed: int = 0) -> Iterator[dict[str, Tensor]]:
+    """Per-draw gradients of ``loss_fn(module(inputs), batch)`` with respect to the measured parameters
+    (:func:`measured_parameters`), a chunk of draws at a time: dicts name -> ``[b, *shape]``.
+
+    ``inputs`` is ``batch`` (a tensor) or ``batch[0]`` (a tuple or list); ``loss_fn`` returns a scalar, the loss
+    of one draw (a surrogate whose gradient is the estimate, for score-function estimators). The module's own
+    calls to torch's random functions differ from draw to draw and are reproducible for a given ``seed`` and
+    ``chunk_size`` (see the module docstring)."""
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be a function (output, batch) -> scalar, got {type(loss_fn).__name__}")
+    inputs = _inputs(batch)
+    measured = measured_parameters(module, params)
+
+    def loss(p: dict[str, Tensor], _) -> Tensor:
+        value = loss_fn(torch.func.functional_call(module, p, (inputs,)), batch)
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            raise ValueError(f"loss_fn must return a scalar tensor, got "
+                             f"{tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__}")
+        return value.reshape(())
+
+    num_draws = positive_int("num_draws", num_draws)
+    chunk_size = positive_int("chunk_size", chunk_size)
+    seed = seed_value("seed", seed)
+    # each draw gets its own view of the parameters (expanded, not copied), so that what the module computes from
+    # them is batched over draws and in-place random functions (F.gumbel_softmax's exponential_) are allowed under
+    # vmap; the draws' randomness is the module's own, and the uniforms draw_chunks makes are not used
+    per_draw = torch.func.vmap(torch.func.grad(loss), in_dims=(0, None), randomness="different")
+    first = next(iter(measured.values()))
+
+    def chunk(_, rows: int) -> dict[str, Tensor]:
+        gradients = per_draw({k: v.expand(rows, *v.shape) for k, v in measured.items()}, None)
+        return {k: gradients[k] for k in measured}     # in the module's order
+
+    return draw_chunks(chunk, num_draws, noise_shapes={}, chunk_size=chunk_size, seed=seed, dtype=first.dtype,
+                       device=first.device)
+
+
+def module_gradient_stats(module: torch.nn.Module, loss_fn: Callable[[object, object], Tensor], batch, num_draws: int,
+                          *, params: Sequence[str] | None = None, seed: int = 0, loss_evals_per_draw: int = 1,
+                          reference: Mapping[str, Tensor] | None = None,
+                          reference_stderr: Mapping[str, Tensor] | None = None, chunk_size: int = 64,
+                          progress: bool = False, **options) -> GradientStats:
+    """:func:`module_per_draw_gradients` streamed into a :class:`GradientStats` against ``reference`` (a dict name ->
+    tensor over the measured parameters, with its ``reference_stderr`` where it is itself an estimate).
+
+    ``loss_evals_per_draw`` is what one draw costs (1: one forward pass; more where ``loss_fn`` or the module
+    evaluates the loss several times a draw), so that :meth:`GradientStats.to_frame` compares at equal cost;
+    ``options`` go to :class:`GradientStats` (``ms``, ``budgets``, ``num_batches``, ``full_covariance``)."""
+    num_draws = positive_int("num_draws", num_draws)
+    stats = GradientStats(reference=reference, reference_stderr=reference_stderr,
+                          loss_evals_per_draw=loss_evals_per_draw, **options)
+    chunks = module_per_draw_gradients(module, loss_fn, batch, num_draws, params=params, chunk_size=chunk_size,
+                                       seed=seed)
+    if progress:
+        from tqdm.auto import tqdm
+        chunks = tqdm(chunks, total=math.ceil(num_draws / chunk_size), unit="chunk")
+    for chunk in chunks:
+        stats.update(chunk)
+    return stats

@@ -1,0 +1,157 @@
+"""Any nn.Module as it is written: per-draw gradients with the module's own randomness, under vmap."""
+
+import math
+
+import pytest
+import torch
+from scipy import stats as scipy_stats
+from torch import nn
+from torch.nn import functional as F
+
+import gradstats as gs
+
+
+class BernoulliST(nn.Module):
+    """Three binary units sampled with torch.bernoulli, straight-through; a frozen scale, an integer buffer and a
+    parameter the loss never uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor([-1.0, 0.0, 2.0], dtype=torch.float64))
+        self.scale = nn.Parameter(torch.ones(3, dtype=torch.float64), requires_grad=False)
+        self.unused = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+        self.register_buffer("calls", torch.tensor(0))
+
+    def forward(self, target):
+        p = torch.sigmoid(self.a).expand_as(target)
+        return self.scale * (p + (torch.bernoulli(p) - p).detach())
+
+
+TARGET = torch.tensor([[0.3, 0.3, 0.3]], dtype=torch.float64)
+
+
+def _loss(h, target):
+    return ((h - target) ** 2).sum()
+
+
+def _draws(module, grads):
+    """The binary draws, read back from ST's per-draw gradient 2 (h - t) p (1 - p)."""
+    p = torch.sigmoid(module.a.detach())
+    return grads["a"] / (2 * p * (1 - p)) + TARGET[0]
+
+
+def test_each_draw_gets_its_own_bernoulli_sample_at_the_right_rate():
+    module = BernoulliST()
+    grads = torch.cat([c["a"] for c in gs.module_per_draw_gradients(module, _loss, TARGET, 4000, seed=3)])
+    h = _draws(module, {"a": grads})
+    assert torch.allclose(h, h.round(), atol=1e-12) and set(h.round().unique().tolist()) <= {0.0, 1.0}
+    p = torch.sigmoid(module.a.detach())
+    for j in range(3):   # two-sided binomial test per unit; fixed seed, false-alarm rate 1e-3 each
+        ones = int(h[:, j].round().sum())
+        assert scipy_stats.binomtest(ones, 4000, float(p[j])).pvalue > 1e-3, j
+
+
+def test_frozen_parameters_are_left_out_and_an_unused_one_is_reported_not_scored():
+    module = BernoulliST()
+    reference = {"a": torch.zeros(3, dtype=torch.float64), "unused": torch.zeros(2, dtype=torch.float64)}
+    stats = gs.module_gradient_stats(module, _loss, TARGET, 200, seed=0, reference=reference)
+    assert stats.layout.names == ["a", "unused"]
+    with pytest.warns(RuntimeWarning, match="unused got no gradient"):
+        frame = stats.to_frame()
+    assert frame[(frame.group == "unused") & (frame.metric == "cosine_draw")].value.isna().all()
+    assert int(module.calls) == 0   # the integer buffer is left as it was
+
+
+def test_the_same_seed_gives_the_same_draws_and_the_callers_generator_is_untouched():
+    module = BernoulliST()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = gs.module_gradient_stats(module, _loss, TARGET, 300, params=["a"], seed=7, chunk_size=50)
+    assert torch.equal(torch.get_rng_state(), state)
+    again = gs.module_gradient_stats(module, _loss, TARGET, 300, params=["a"], seed=7, chunk_size=50)
+    other = gs.module_gradient_stats(module, _loss, TARGET, 300, params=["a"], seed=8, chunk_size=50)
+    assert torch.equal(first.mean["a"], again.mean["a"]) and not torch.equal(first.mean["a"], other.mean["a"])
+
+
+def test_a_deterministic_module_gives_autograds_gradient_in_every_draw():
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+
+    def loss(out, batch):
+        return F.mse_loss(out, batch[1])
+
+    loss(module(x), (x, y)).backward()
+    expected = {k: v.grad for k, v in module.named_parameters()}
+    for chunk in gs.module_per_draw_gradients(module, loss, (x, y), 5, chunk_size=3):
+        assert list(chunk) == list(expected)
+        for k, g in chunk.items():
+            assert torch.allclose(g, expected[k].expand_as(g), rtol=1e-12, atol=1e-15), k
+
+
+def test_gumbel_softmax_and_dropout_need_no_rewrite():
+    torch.manual_seed(1)
+    linear = nn.Linear(4, 3).double()
+
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = linear
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.drop(F.gumbel_softmax(self.linear(x), tau=0.5, hard=True))
+
+    x = torch.randn(2, 4, dtype=torch.float64)
+    with pytest.warns(UserWarning):   # torch's own note that scatter_ has no batching rule yet
+        grads = next(gs.module_per_draw_gradients(Gated(), lambda out, b: out[:, 0].sum(), x, 64))
+    distinct = torch.unique(grads["linear.weight"].reshape(64, -1), dim=0)
+    assert len(distinct) > 2   # the draws differ
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m: gs.module_gradient_stats("model", _loss, TARGET, 10), "module must be a torch.nn.Module"),
+    (lambda m: gs.module_gradient_stats(m, _loss, TARGET, 10, params=["b"]), r"params names \['b'\], not parameters"),
+    (lambda m: gs.module_gradient_stats(m, _loss, TARGET, 10, params="a"), "params must be a list"),
+    (lambda m: gs.module_gradient_stats(m, _loss, TARGET, 10, params=["a", "a"]), "more than once"),
+    (lambda m: gs.module_gradient_stats(m, _loss, TARGET, 0), "num_draws must be"),
+    (lambda m: gs.module_gradient_stats(m, _loss, {"x": TARGET}, 10), "batch must be a tensor"),
+    (lambda m: gs.module_gradient_stats(m, lambda out, b: out, TARGET, 10), "loss_fn must return a scalar"),
+    (lambda m: gs.module_gradient_stats(m, 3, TARGET, 10), "loss_fn must be a function"),
+])
+def test_bad_input_is_named(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(BernoulliST())
+
+
+def test_a_fully_frozen_module_is_refused():
+    module = BernoulliST()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="nothing to measure"):
+        gs.module_gradient_stats(module, _loss, TARGET, 10)
+
+
+def test_unbiased_and_biased_module_estimators_are_told_apart():
+    """REINFORCE written as a plain module is unbiased for E[(h - t)^2]; ST is not (unit a = 2: ST's mean
+    2 (p - t) p (1 - p) against the exact (1 - 2t) p (1 - p))."""
+    module = BernoulliST()
+
+    class Reinforce(BernoulliST):
+        def forward(self, target):
+            p = torch.sigmoid(self.a).expand_as(target)
+            h = torch.bernoulli(p.detach())
+            log_prob = (h * torch.log(p) + (1 - h) * torch.log1p(-p)).sum()
+            loss = ((h - target) ** 2).sum()
+            return loss + loss.detach() * log_prob - (loss + loss.detach() * log_prob).detach()
+
+    reinforce = Reinforce()
+    p = torch.sigmoid(module.a.detach())
+    exact = {"a": (1 - 2 * TARGET[0]) * p * (1 - p)}
+    unbiased = gs.module_gradient_stats(reinforce, lambda out, b: out, TARGET, 20_000, params=["a"], seed=1,
+                                        reference=exact)
+    biased = gs.module_gradient_stats(module, _loss, TARGET, 20_000, params=["a"], seed=1, reference=exact)
+    # fixed seeds; an unbiased estimator's test rejects at alpha = 0.01 in 1% of seeds
+    assert unbiased.unbiasedness_test(alpha=0.01).verdict == "not rejected"
+    assert biased.unbiasedness_test(alpha=0.01).verdict == "rejected"
+    assert math.isfinite(float(unbiased.to_frame().set_index("metric").value["relative_squared_bias"]))
