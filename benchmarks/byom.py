@@ -1,26 +1,37 @@
 """Bring your own model: per-draw gradients of a user's torch model streamed into GradientStats.
 
 Workload: a two-layer straight-through network of binary units, 64 inputs -> 512 -> 160 -> 10
-logits (about 1.2e5 parameters), cross-entropy on a fixed minibatch of 8 inputs; one draw is one
-sample of every unit for the minibatch. Prints draws per second of
+logits (116,970 parameters), cross-entropy on a fixed minibatch of 8 inputs; one draw is one
+sample of every unit for the minibatch. All in one run, on the same uniforms, it prints draws per
+second of
 
 * ``gs.gradient_stats`` (``torch.func.vmap`` of ``grad`` over a chunk of draws, then one
-  ``GradientStats.update`` per chunk),
-* a per-draw loop of backward passes on the same uniforms, its gradients stacked per chunk into the
-  same ``GradientStats`` (what research code does without vmap),
+  ``GradientStats.update`` per chunk);
+* a hand-written ``vmap(grad)`` with ``randomness="different"`` that computes the per-draw
+  gradients and nothing else (the cost of the gradients alone);
+* BackPACK's ``BatchGrad`` (optional: ``pip install backpack-for-pytorch``) on the same network as
+  ``nn.Module``s, its per-row gradients summed per draw and fed to the same ``GradientStats``;
+* a per-draw loop of backward passes into the same statistics (what research code does without vmap);
+* ``GradientStats.update`` alone, on chunks computed beforehand (in the steady state, once its jackknife
+  batches have reached their size), against the memory roofline: the bandwidth of a sum over a 256 MB
+  buffer measured in the same process, over the bytes of one draw's gradient (one read of the chunk);
 
-and their ratio, after checking that both give the same mean gradient. Both paths feed the same
-``GradientStats.update``, so it also times that update alone on chunks computed beforehand: the loop's
-time per draw over the update's time per draw is the largest ratio any path that materialises
-per-draw gradients can reach against this loop here (Amdahl's bound).
+every path scoring its draws against the same reference (the mean of 256 other draws), with the same
+statistics (moments to the fourth, sign agreement, per-draw cosines, jackknife batches); and three
+ratios with their targets: update / roofline (at least 0.40), gradient_stats / BackPACK (at least
+1.5), gradient_stats / bare vmap(grad) (at least 0.75). ``--json`` writes them.
 
     python benchmarks/byom.py [--draws 2048] [--chunk 32] [--loop-draws 256] [--threads 2] [--device cpu]
+                              [--dtype float64] [--repeats 3] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import platform
+import statistics
 import time
 
 import torch
@@ -31,6 +42,7 @@ import gradstats.functional as gf
 
 SIZES = (64, 512, 160, 10)
 BATCH = 8
+REFERENCE: dict | None = None   # what every path scores its draws against (set in main: a mean of 256 draws)
 
 
 def model(device, dtype, seed=0):
@@ -50,6 +62,15 @@ def model(device, dtype, seed=0):
     return params, loss, {"h1": (BATCH, SIZES[1]), "h2": (BATCH, SIZES[2])}
 
 
+def model_data(device, dtype, seed=0):
+    """The minibatch ``model`` closes over: the same generator calls, in the same order."""
+    g = torch.Generator().manual_seed(seed)
+    for m, n in zip(SIZES[:-1], SIZES[1:]):
+        torch.randn(m, n, generator=g, dtype=torch.float64)
+    x = torch.randn(BATCH, SIZES[0], generator=g, dtype=torch.float64).to(device, dtype)
+    return x, torch.randint(0, SIZES[-1], (BATCH,), generator=g).to(device)
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -58,7 +79,7 @@ def sync(device):
 def run_vmap(params, loss, noise, draws, chunk, device) -> tuple[float, gs.GradientStats]:
     sync(device)
     start = time.perf_counter()
-    stats = gs.gradient_stats(loss, params, draws, noise_shape=noise, chunk_size=chunk, seed=1)
+    stats = gs.gradient_stats(loss, params, draws, noise_shape=noise, chunk_size=chunk, seed=1, reference=REFERENCE)
     sync(device)
     return time.perf_counter() - start, stats
 
@@ -67,7 +88,7 @@ def run_loop(params, loss, noise, draws, chunk, device) -> tuple[float, gs.Gradi
     """The same uniforms as gs.per_draw_gradients (one CPU generator, drawn chunk by chunk), one backward per draw."""
     generator = torch.Generator().manual_seed(1)
     dtype = next(iter(params.values())).dtype
-    stats = gs.GradientStats()
+    stats = gs.GradientStats(reference=REFERENCE)
     sync(device)
     start = time.perf_counter()
     for lo in range(0, draws, chunk):
@@ -84,54 +105,187 @@ def run_loop(params, loss, noise, draws, chunk, device) -> tuple[float, gs.Gradi
     return time.perf_counter() - start, stats
 
 
+def uniforms(noise, draws, chunk, device, dtype):
+    """The chunks of uniforms gs.per_draw_gradients draws for seed 1 (one CPU generator, in draw order)."""
+    generator = torch.Generator().manual_seed(1)
+    for lo in range(0, draws, chunk):
+        rows = min(chunk, draws - lo)
+        yield {k: torch.rand((rows, *s), generator=generator, dtype=torch.float64).to(device, dtype)
+               for k, s in noise.items()}
+
+
+def run_bare_vmap(params, loss, noise, draws, chunk, device) -> float:
+    """Seconds for the per-draw gradients alone: a hand-written vmap(grad), nothing accumulated."""
+    from torch.func import grad, vmap
+
+    per_draw = vmap(grad(loss), in_dims=(None, 0), randomness="different")
+    dtype = next(iter(params.values())).dtype
+    sync(device)
+    start = time.perf_counter()
+    for u in uniforms(noise, draws, chunk, device, dtype):
+        per_draw(params, u)
+    sync(device)
+    return time.perf_counter() - start
+
+
+class _StraightThrough(torch.nn.Module):
+    """``h = 1[u < sigmoid(a)]`` with the uniforms in ``self.u``, and the identity backward, dL/da = dL/dh (as
+    gf.straight_through)."""
+
+    def forward(self, a):
+        return a + ((self.u < torch.sigmoid(a)).to(a.dtype) - a).detach()
+
+
+def backpack_model(params):
+    """The workload as nn.Modules for BackPACK: Linear layers holding the same weights, ST modules between."""
+    layers = []
+    for i in range(1, len(SIZES)):
+        linear = torch.nn.Linear(SIZES[i - 1], SIZES[i]).to(params["W1"])
+        with torch.no_grad():
+            linear.weight.copy_(params[f"W{i}"].T)
+            linear.bias.copy_(params[f"c{i}"])
+        layers.append(linear)
+        if i < len(SIZES) - 1:
+            layers.append(_StraightThrough())
+    return torch.nn.Sequential(*layers)
+
+
+def run_backpack(params, noise, draws, chunk, device, x, y) -> tuple[float, gs.GradientStats] | None:
+    """BackPACK's BatchGrad on the same draws: each draw is one sample whose input is the minibatch (``[draws, 8,
+    64]``; BackPACK sums a Linear layer's per-sample gradient over the extra axis), the loss the mean cross-entropy
+    per draw summed over draws, the per-sample gradients fed to the same GradientStats; None without BackPACK."""
+    try:
+        from backpack import backpack, extend
+        from backpack.extensions import BatchGrad
+    except ImportError:
+        return None
+    net = extend(backpack_model(params))
+    straight = [m for m in net if isinstance(m, _StraightThrough)]
+    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+    dtype = next(iter(params.values())).dtype
+    stats = gs.GradientStats(reference=REFERENCE)
+    sync(device)
+    start = time.perf_counter()
+    for u in uniforms(noise, draws, chunk, device, dtype):
+        rows = u["h1"].shape[0]
+        for module, key in zip(straight, ("h1", "h2")):
+            module.u = u[key]
+        net.zero_grad()
+        with backpack(BatchGrad()):
+            logits = net(x.expand(rows, *x.shape))
+            F.cross_entropy(logits.reshape(-1, SIZES[-1]), y.repeat(rows), reduction="sum").div(BATCH).backward()
+        grads = {}
+        for i, linear in enumerate(linears, 1):
+            grads[f"W{i}"] = linear.weight.grad_batch.transpose(1, 2)
+            grads[f"c{i}"] = linear.bias.grad_batch
+        stats.update(grads)
+    sync(device)
+    return time.perf_counter() - start, stats
+
+
+def bandwidth(device) -> float:
+    """Bytes per second of one read: the best of five sums over a 256 MB float64 buffer (out of every cache)."""
+    buffer = torch.ones(2**25, dtype=torch.float64, device=device)
+    best = math.inf
+    for _ in range(5):
+        sync(device)
+        start = time.perf_counter()
+        buffer.sum()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return buffer.numel() * 8 / best
+
+
 def run_update(params, loss, noise, draws, chunk) -> float:
-    """Seconds for ``GradientStats.update`` alone on ``draws`` per-draw gradients computed beforehand."""
+    """Seconds for ``GradientStats.update`` alone on ``draws`` per-draw gradients computed beforehand, in the steady
+    state: timed after the statistics have taken ``draws`` draws (so the jackknife batches have reached their size)."""
     chunks = list(gs.per_draw_gradients(loss, params, min(draws, 8 * chunk), noise_shape=noise, chunk_size=chunk,
                                         seed=1))
-    stats = gs.GradientStats()
+    stats = gs.GradientStats(reference=REFERENCE)
+
+    def feed() -> int:
+        done = 0
+        while done < draws:
+            for grads in chunks:
+                stats.update(grads)
+                done += next(iter(grads.values())).shape[0]
+        return done
+
+    feed()
     start = time.perf_counter()
-    done = 0
-    while done < draws:
-        for grads in chunks:
-            stats.update(grads)
-            done += next(iter(grads.values())).shape[0]
+    done = feed()
     return (time.perf_counter() - start) * draws / done
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--draws", type=int, default=2048, help="draws for the vmap path")
+    parser.add_argument("--draws", type=int, default=2048, help="draws for the vmap paths")
     parser.add_argument("--loop-draws", type=int, default=256, help="draws for the per-draw loop (it is slow)")
     parser.add_argument("--chunk", type=int, default=32, help="draws per chunk")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    parser.add_argument("--repeats", type=int, default=3, help="timings per path (the median is printed)")
+    parser.add_argument("--json", help="also write the rates and ratios to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     params, loss, noise = model(device, dtype)
+    x, y = model_data(device, dtype)
+    global REFERENCE
+    REFERENCE = {k: v.to(torch.float64) for k, v in gs.gradient_stats(loss, params, 256, noise_shape=noise,
+                                                                       seed=99).mean.items()}
     dim = sum(v.numel() for v in params.values())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"byom: {dim:,} parameters, minibatch {BATCH}, {args.dtype}, {device} ({name}), {args.threads} threads")
-    # same uniforms, same gradients: the loop's first draws against the vmap path's first draws
+    print(f"byom: {dim:,} parameters, minibatch {BATCH}, {args.dtype}, {device} ({name}), {args.threads} threads, "
+          f"chunks of {args.chunk} draws, median of {args.repeats}")
+    # same uniforms, same gradients: the loop's and BackPACK's first draws against the vmap path's
     _, check_v = run_vmap(params, loss, noise, args.chunk, args.chunk, device)
     _, check_l = run_loop(params, loss, noise, args.chunk, args.chunk, device)
-    gap = max(float((check_v.mean[k] - check_l.mean[k]).abs().max()) for k in params)
-    print(f"  same {args.chunk} draws, vmap vs loop: largest difference of the mean gradient {gap:.2e}")
-    assert gap < (1e-10 if dtype == torch.float64 else 1e-4), gap
-    run_vmap(params, loss, noise, args.chunk, args.chunk, device)  # warm up
-    t_vmap, stats = run_vmap(params, loss, noise, args.draws, args.chunk, device)
-    t_loop, _ = run_loop(params, loss, noise, args.loop_draws, args.chunk, device)
-    t_update = run_update(params, loss, noise, args.draws, args.chunk) if device.type == "cpu" else None
-    rate_vmap, rate_loop = args.draws / t_vmap, args.loop_draws / t_loop
-    print(f"  gs.gradient_stats (vmap):   {rate_vmap:10.1f} draws/s ({args.draws} draws in {t_vmap:.2f} s)")
-    print(f"  per-draw backward loop:     {rate_loop:10.1f} draws/s ({args.loop_draws} draws in {t_loop:.2f} s)")
-    print(f"  ratio vmap / loop:          {rate_vmap / rate_loop:10.1f}x")
-    if t_update is not None:
-        rate_update = args.draws / t_update
-        print(f"  GradientStats.update alone: {rate_update:10.1f} draws/s (shared by both paths)")
-        print(f"  bound on the ratio (loop time / update time): {rate_update / rate_loop:.1f}x")
-    print(f"  ({stats})")
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-4
+    for label, other in (("loop", check_l), ("BackPACK", (run_backpack(params, noise, args.chunk, args.chunk, device,
+                                                                        x, y) or (None, None))[1])):
+        if other is None:
+            print("  BackPACK is not installed (pip install backpack-for-pytorch): its rate is left out")
+            continue
+        gap = max(float((check_v.mean[k] - other.mean[k]).abs().max()) for k in params)
+        print(f"  same {args.chunk} draws, vmap vs {label}: largest difference of the mean gradient {gap:.2e}")
+        assert gap < tolerance, (label, gap)
+
+    def median(run) -> float:
+        run()   # warm up
+        return statistics.median(run() for _ in range(args.repeats))
+
+    rates = {
+        "gradient_stats": args.draws / median(lambda: run_vmap(params, loss, noise, args.draws, args.chunk, device)[0]),
+        "bare_vmap_grad": args.draws / median(lambda: run_bare_vmap(params, loss, noise, args.draws, args.chunk, device)),
+        "loop": args.loop_draws / median(lambda: run_loop(params, loss, noise, args.loop_draws, args.chunk, device)[0]),
+    }
+    if run_backpack(params, noise, args.chunk, args.chunk, device, x, y) is not None:
+        rates["backpack_batchgrad"] = args.draws / median(
+            lambda: run_backpack(params, noise, args.draws, args.chunk, device, x, y)[0])
+    if device.type == "cpu":
+        rates["update_alone"] = args.draws / median(lambda: run_update(params, loss, noise, args.draws, args.chunk))
+        rates["roofline"] = bandwidth(device) / (dim * torch.finfo(dtype).bits / 8)
+    labels = {"gradient_stats": "gs.gradient_stats (vmap + update)", "bare_vmap_grad": "vmap(grad) alone, no statistics",
+              "backpack_batchgrad": "BackPACK BatchGrad + update", "loop": "per-draw backward loop + update",
+              "update_alone": "GradientStats.update alone", "roofline": "memory roofline (one read of a draw)"}
+    for key, rate in rates.items():
+        print(f"  {labels[key]:38s} {rate:12,.0f} draws/s")
+    ratios = {}
+    for key, (num, den, target) in {"update_over_roofline": ("update_alone", "roofline", 0.40),
+                                    "gradient_stats_over_backpack": ("gradient_stats", "backpack_batchgrad", 1.5),
+                                    "gradient_stats_over_bare_vmap": ("gradient_stats", "bare_vmap_grad", 0.75),
+                                    "gradient_stats_over_loop": ("gradient_stats", "loop", None)}.items():
+        if num in rates and den in rates:
+            ratios[key] = rates[num] / rates[den]
+            goal = "" if target is None else f"   (target >= {target}: {'met' if ratios[key] >= target else 'NOT met'})"
+            print(f"  ratio {key:32s} {ratios[key]:8.2f}{goal}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"benchmark": "byom", "parameters": dim, "dtype": args.dtype, "device": f"{device} ({name})",
+                       "threads": args.threads, "chunk": args.chunk, "draws": args.draws, "repeats": args.repeats,
+                       "date": time.strftime("%Y-%m-%d"), "rates": rates, "ratios": ratios}, f, indent=2)
 
 
 if __name__ == "__main__":

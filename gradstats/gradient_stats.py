@@ -3,14 +3,19 @@ r"""Gradient statistics of any model: a streaming, mergeable accumulator that ne
 Feed :class:`GradientStats` per-draw gradients (``[B, D]``, or a dict parameter name ->
 ``[B, *shape]``, on any device) and read the metrics of :mod:`gradstats.metrics` against
 a reference, with the same names, definitions and delete-one-batch jackknife standard
-errors as ``gs.evaluate``. Every statistic is accumulated in float64 with the pairwise
-update of Chan, Golub & LeVeque (1979); memory is ``O(D)`` per batch (the full
-covariance only when asked).
+errors as ``gs.evaluate``. Every statistic is accumulated in float64; memory is ``O(D)``
+per batch (the full covariance only when asked).
 
 Batches for the jackknife are contiguous runs of draws of one size ``s``, a power of two:
 when a new chunk would make more than ``2 num_batches`` of them, neighbours are merged
 pairwise and ``s`` doubles, so between ``num_batches`` and ``2 num_batches`` batches
-remain once there are enough draws, however the draws arrive.
+remain once there are enough draws, however the draws arrive. Within a batch each chunk
+is read once for its column sums (power sums to the fourth about a common shift, the
+per-coordinate median of the first chunk, and sign counts) and once for its per-draw
+inner products and norms (:mod:`gradstats.chunk_sums`, compiled where ``torch.compile``
+works), so batches of such sums merge by addition; they become central moments only when
+read, and summaries from elsewhere (a merge, a stored state) merge by the pairwise update
+of Chan, Golub & LeVeque (1979).
 
 :func:`per_draw_gradients` turns a loss closure over parameters and explicit uniforms
 into batched per-draw gradients (``torch.func.vmap`` of ``torch.func.grad``, no loop of
@@ -31,11 +36,12 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .accumulators import GradientAccumulator, Moments, Summary
+from .accumulators import _SAFE_NORM2, GradientAccumulator, Moments, Summary, _unit_scaled
 from .checkpoint import content_checksum
+from .chunk_sums import NUM_SUMS, ChunkSums, central_moments
 from .metrics import MetricValue, compute_metrics
 from .noise import uniforms_as
-from .numerics import positive_int, safe_divide, seed_value
+from .numerics import positive_int, safe_divide, seed_value, signs
 from .problems import FactoredGradient
 
 __all__ = ["GradientStats", "ParameterLayout", "per_draw_gradients", "gradient_stats", "estimate_reference"]
@@ -150,6 +156,96 @@ class ParameterLayout:
         if self.names == ["all"]:
             return flat
         return {k: flat[s].reshape(self.shapes[k]) for k, s in zip(self.names, self._slices)}
+
+
+_CHUNK_SUMS = ChunkSums()
+
+
+class _UnsafeNorms(Exception):
+    """A float64 draw whose squared norm leaves float64's safe range: the chunk takes the rescaling path."""
+
+
+class _Batch:
+    """A contiguous jackknife batch: a folded :class:`Summary` (``base``, of draws that came through a merge or a
+    stored state) and the running sums of the draws added since (:mod:`gradstats.chunk_sums`: power sums about the
+    statistics' common shift and sign counts, per group; per-draw cosine and descent sums). Batches of running sums
+    alone merge by adding them."""
+
+    def __init__(self, base: Summary):
+        self.base = base
+        self.running = 0
+        self.sums: list[Tensor] | None = None
+        self.cosine: Tensor | None = None
+        self.descent: Tensor | None = None
+        self._folded: Summary | None = None
+
+    @property
+    def count(self) -> int:
+        return self.base.count + self.running
+
+    def copy(self) -> _Batch:
+        out = _Batch(self.base)
+        out.running, out.sums, out.cosine, out.descent, out._folded = (self.running, self.sums, self.cosine,
+                                                                      self.descent, self._folded)
+        return out
+
+    def folded(self, shift: list[Tensor] | None, reference_signs: Tensor | None) -> Summary:
+        """The batch as one :class:`Summary` (the running sums turned into central moments and merged with the
+        base; with the sign agreement against ``reference_signs``). Cached until the batch changes."""
+        if self.running == 0:
+            return self.base
+        if self._folded is None:
+            sums = torch.cat(self.sums, 1)
+            mean, m2, m3, m4 = central_moments(self.running, torch.cat(shift), sums)
+            n = float(self.running)
+            running = Summary(n, self.running, mean, m2, m3, m4)
+            if reference_signs is not None:
+                positive, negative = sums[4], sums[5]
+                running.sign_agree[_REFERENCE] = torch.where(reference_signs > 0, positive, torch.where(
+                    reference_signs < 0, negative, n - positive - negative))
+                running.cosine[_REFERENCE], running.descent[_REFERENCE] = self.cosine, self.descent
+            self._folded = self.base.merged(running)
+        return self._folded
+
+    def fold(self, shift: list[Tensor] | None, reference_signs: Tensor | None) -> None:
+        """Make the folded summary the base (before a summary computed elsewhere is merged into it)."""
+        self.base = self.folded(shift, reference_signs)
+        self.running, self.sums, self.cosine, self.descent, self._folded = 0, None, None, None, None
+
+    def joined(self, other: _Batch, shift: list[Tensor] | None, reference_signs: Tensor | None) -> _Batch:
+        """This batch and the next one as one: their sums added where both are running sums alone, else their
+        folded summaries merged pairwise."""
+        if self.base.count or other.base.count or not (self.running and other.running):
+            return _Batch(self.folded(shift, reference_signs).merged(other.folded(shift, reference_signs)))
+        out = _Batch(self.base)
+        out.running = self.running + other.running
+        out.sums = [a + b for a, b in zip(self.sums, other.sums)]
+        if self.cosine is not None:
+            out.cosine, out.descent = self.cosine + other.cosine, self.descent + other.descent
+        return out
+
+
+@dataclasses.dataclass
+class _PieceSums:
+    """A batch's running sums with one more piece of draws, computed but not yet committed."""
+
+    rows: int
+    sums: list[Tensor]
+    cosine: Tensor | None
+    descent: Tensor | None
+
+    def check_value(self) -> Tensor:
+        """A scalar that is finite exactly when every sum is: the total of the fourth power sums (a NaN or an
+        infinity in a draw reaches it, and so does an overflow of any lower power; an overflow of the total
+        alone is a false alarm, which sends the chunk to the slower path and costs only time)."""
+        return sum(s[3].sum() for s in self.sums)
+
+    def commit(self, batch: _Batch) -> None:
+        batch.sums, batch._folded = self.sums, None
+        if self.cosine is not None:
+            batch.cosine = self.cosine if batch.cosine is None else batch.cosine + self.cosine
+            batch.descent = self.descent if batch.descent is None else batch.descent + self.descent
+        batch.running += self.rows
 
 
 class GroupCosines:
@@ -338,6 +434,9 @@ class GradientStats:
         self.reference: Tensor | None = None
         self.reference_stderr: Tensor | None = None
         self._groups: dict[int, GroupCosines] = {}
+        self._scaled_reference: list[Tensor] | None = None
+        self._reference_signs: Tensor | None = None
+        self._shift: list[Tensor] | None = None     # per group: what the running power sums are taken about
         if reference is not None:
             self._set_layout(ParameterLayout.of(reference, batched=False))
         self._batches: list[GradientAccumulator] = []
@@ -368,12 +467,31 @@ class GradientStats:
         refs = {} if full or self.reference is None else {_REFERENCE: self.reference}
         return GradientAccumulator(self.layout, refs, full_covariance=full, device=self._device)
 
+    def _empty_batch(self) -> _Batch:
+        return _Batch(Summary.empty(self.layout.num_parameters, False, self._device))
+
+    def _reference_views(self) -> None:
+        """What each chunk is compared with, on the accumulating device: the reference scaled by a power of two
+        (cosines do not depend on it; no square underflows or overflows), its norm per group (index 0: all), and
+        its signs (:func:`~gradstats.numerics.signs`, as the accumulators take them)."""
+        if self.reference is None:
+            self._scaled_reference = None
+            return
+        scaled = _unit_scaled(self.reference.to(self._device))
+        self._scaled_reference = [scaled[cols] for _, cols in self.layout.layer_slices()]
+        norms2 = torch.stack([r.square().sum() for r in self._scaled_reference])
+        self._reference_norms = torch.cat([norms2.sum().reshape(1), norms2]).sqrt()
+        self._reference_signs = signs(self.reference.to(self._device))
+
     # ---- folding in draws ------------------------------------------------------------------
     def update(self, grads: Tensor | Mapping[str, Tensor]) -> GradientStats:
         """Fold in a chunk of per-draw gradients ``[B, D]`` or a dict name -> ``[B, *shape]``; returns ``self``.
 
-        A chunk with a non-finite value (NaN or infinity) is refused whole, with the draw named, and the
-        statistics are left as they were."""
+        Each piece of the chunk that falls in one jackknife batch is read once for its column sums and once
+        for its per-draw inner products and norms (:mod:`gradstats.chunk_sums`: compiled where ``torch.compile``
+        works), as it is (float32 draws are not copied to float64; every sum is float64). A chunk with a
+        non-finite value (NaN or infinity) is refused whole, with the draw named, and the statistics are left
+        as they were."""
         if self.layout is None:
             self._set_layout(ParameterLayout.of(grads, batched=True))
         parts = [p.detach() for p in self.layout.split(grads, "grads")]
@@ -382,80 +500,131 @@ class GradientStats:
         if self._device is None:
             self._adopt(parts[0].device)
         parts = [p.to(self._device) for p in parts]
+        parts = [p if p.is_contiguous() else p.contiguous() for p in parts]
         rows = parts[0].shape[0]
         if rows == 0:
             return self
-        saved = (list(self._batches), [b.summary for b in self._batches], self._batch_size,
-                 None if self._full is None else self._full.summary)
+        saved = ([b.copy() for b in self._batches], self._batch_size,
+                 None if self._full is None else self._full.summary, self._shift)
+        if self._shift is None:
+            # the per-coordinate median of the first chunk: within a spread of the mean however heavy the tails
+            # (the power sums about it lose no more to cancellation than the two-pass formulas)
+            self._shift = [p.to(torch.float64).nanmedian(0).values.nan_to_num(0.0, 0.0, 0.0) for p in parts]
         while math.ceil((self.count + rows) / self._batch_size) > 2 * self.num_batches:
             self._halve_batches()
-        first = max(len(self._batches) - 1, 0)
-        start = 0
+        pieces, start = [], 0
+        filled = self._batches[-1].count if self._batches else self._batch_size
         while start < rows:
-            if not self._batches or self._batches[-1].summary.count == self._batch_size:
-                self._batches.append(self._accumulator())
-            take = min(self._batch_size - self._batches[-1].summary.count, rows - start)
-            self._batches[-1].add(self._piece(parts, start, start + take))
+            if filled == self._batch_size:
+                self._batches.append(self._empty_batch())
+                filled = 0
+            take = min(self._batch_size - filled, rows - start)
+            pieces.append((self._batches[-1], start, start + take))
             start += take
+            filled += take
+        try:
+            updates = [self._piece_sums(batch, parts, a, b) for batch, a, b in pieces]
+        except _UnsafeNorms:
+            updates = None
+        finite = updates is not None and bool(torch.isfinite(sum(u.check_value() for u in updates)))
+        if not finite:
+            if not all(bool(torch.isfinite(p).all()) for p in parts):
+                self._restore(saved)
+                rows_bad = torch.nonzero(~torch.stack([torch.isfinite(p).all(1) for p in parts]).all(0)).flatten()
+                bad = int(rows_bad[0])
+                raise ValueError(f"grads has a non-finite value (NaN or infinity) in draw {bad} of this chunk "
+                                 f"(draw {self.count + bad} overall); the chunk was not added")
+            # finite draws whose sums overflow, or whose squared norms leave float64's safe range: the accumulators'
+            # path, which rescales each draw, merges each piece by the pairwise update (and refuses an overflow)
+            for batch, a, b in pieces:
+                batch.fold(self._shift, self._reference_signs)
+                acc = self._accumulator()
+                acc.add(self._piece(parts, a, b))
+                batch.base = batch.base.merged(acc.summary)
+            touched = [batch.base for batch, _, _ in pieces]
+            if not all(bool(torch.isfinite(t.mean).all() and torch.isfinite(t.m2).all()) for t in touched):
+                self._restore(saved)
+                raise ValueError("grads: the chunk's statistics overflow float64 (values near 1e77 or beyond); "
+                                 "the chunk was not added")
+        else:
+            for (batch, _, _), piece in zip(pieces, updates):
+                piece.commit(batch)
         if self.full_covariance:
             if self._full is None:
                 self._full = self._accumulator(full=True)
             self._full.add(self._piece(parts, 0, rows))
-        touched = [b.summary for b in self._batches[first:]]
-        if not all(bool(torch.isfinite(t.mean).all() and torch.isfinite(t.m2).all()) for t in touched):
-            self._restore(saved)
-            rows_bad = torch.nonzero(~torch.stack([torch.isfinite(p).all(1) for p in parts]).all(0)).flatten()
-            if len(rows_bad) == 0:
-                raise ValueError("grads: the chunk's statistics overflow float64 (values near 1e154 or beyond); "
-                                 "the chunk was not added")
-            bad = int(rows_bad[0])
-            raise ValueError(f"grads has a non-finite value (NaN or infinity) in draw {bad} of this chunk "
-                             f"(draw {self.count + bad} overall); the chunk was not added")
+            if not bool(torch.isfinite(self._full.summary.comoment).all()):
+                self._restore(saved)
+                raise ValueError("grads: the chunk's covariance overflows float64; the chunk was not added")
         for groups in self._groups.values():
             groups.add(parts, self.reference)
         return self
+
+    def _piece_sums(self, batch: _Batch, parts: list[Tensor], start: int, stop: int) -> _PieceSums:
+        """The new running sums of ``batch`` with rows ``start:stop`` of the chunk (not yet committed)."""
+        sums = batch.sums if batch.sums is not None else [
+            torch.zeros(NUM_SUMS, p.shape[1], dtype=torch.float64, device=p.device) for p in parts]
+        pieces = [p[start:stop] for p in parts]
+        new_sums = [_CHUNK_SUMS.columns(x, a, s) for x, a, s in zip(pieces, self._shift, sums)]
+        cosine = descent = None
+        if self.reference is not None:
+            inner, norm2 = (torch.stack(t, 1) for t in zip(*(_CHUNK_SUMS.rows(x, r)
+                                                              for x, r in zip(pieces, self._scaled_reference))))
+            total = norm2.sum(1)
+            if any(x.dtype == torch.float64 for x in pieces):
+                # a squared norm outside float64's safe range (or 0 from a draw that is not 0: every square
+                # underflowed) loses the cosine: such a piece takes the path that rescales each draw first
+                safe = (total >= _SAFE_NORM2[0]) & (total <= _SAFE_NORM2[1])
+                if not bool(safe.all()):
+                    zero = total == 0
+                    top = torch.stack([x[zero].abs().amax(1) if x.shape[1] else x.new_zeros(int(zero.sum()))
+                                       for x in pieces], 1).amax(1) if bool(zero.any()) else total[:0]
+                    if not bool((safe | zero).all()) or bool((top > 0).any()):
+                        raise _UnsafeNorms
+            inner_all = torch.cat([inner.sum(1, keepdim=True), inner], 1)
+            norm_all = torch.cat([total[:, None], norm2], 1).sqrt()
+            cos = safe_divide(inner_all, norm_all * self._reference_norms)
+            cosine, descent = cos.sum(0), (inner_all > 0).sum(0, dtype=torch.float64)
+        return _PieceSums(stop - start, new_sums, cosine, descent)
 
     def _piece(self, parts: list[Tensor], start: int, stop: int) -> FactoredGradient:
         """Rows ``start:stop`` of the chunk, one dense block per group (the accumulator's layer parts)."""
         return FactoredGradient([p[start:stop] for p in parts], [None] * len(parts))
 
     def _restore(self, saved) -> None:
-        batches, summaries, batch_size, full = saved
-        self._batches, self._batch_size = batches, batch_size
-        for acc, summary in zip(batches, summaries):
-            acc.summary, acc.position = summary, summary.count
+        batches, batch_size, full, shift = saved
+        self._batches, self._batch_size, self._shift = batches, batch_size, shift
         if self._full is not None:
             if full is None:
                 self._full = None
             else:
                 self._full.summary, self._full.position = full, full.count
 
+    def _folded(self) -> list[Summary]:
+        """Every batch as one :class:`Summary` (what every reader starts from); the batches are left as they are."""
+        return [b.folded(self._shift, self._reference_signs) for b in self._batches]
+
     def _adopt(self, device) -> None:
         """Accumulate on ``device`` from now on, moving what is stored there (after a load or a merge)."""
+        summaries = self._folded()
         self._device = device
         if self.reference is not None:
             self.reference = self.reference.to(device)
-        batches, self._batches = self._batches, []
-        for b in batches:
-            acc = self._accumulator()
-            acc.summary, acc.position = b.summary.to(device), b.summary.count
-            self._batches.append(acc)
+        self._batches = [_Batch(summary.to(device)) for summary in summaries]
+        self._shift = None   # set anew from the next chunk (running sums start again)
         if self._full is not None:
             full, self._full = self._full, self._accumulator(full=True)
             self._full.summary = full.summary.to(device)
         for groups in self._groups.values():
             groups.to(device)
+        self._reference_views()
 
     def _halve_batches(self) -> None:
         """Merge neighbouring batches pairwise; the batch size doubles."""
         merged = []
         for i in range(0, len(self._batches), 2):
             pair = self._batches[i:i + 2]
-            acc = pair[0]
-            if len(pair) == 2:
-                acc.summary = acc.summary.merged(pair[1].summary)
-                acc.position = acc.summary.count
-            merged.append(acc)
+            merged.append(pair[0] if len(pair) == 1 else pair[0].joined(pair[1], self._shift, self._reference_signs))
         self._batches = merged
         self._batch_size *= 2
 
@@ -463,14 +632,15 @@ class GradientStats:
     @property
     def count(self) -> int:
         """Draws folded in so far."""
-        return sum(b.summary.count for b in self._batches)
+        return sum(b.count for b in self._batches)
 
     def _summary(self) -> Summary:
         if not self._batches:
             raise ValueError("no draws yet: call update(grads) first")
-        total = self._batches[0].summary
-        for b in self._batches[1:]:
-            total = total.merged(b.summary)
+        summaries = self._folded()
+        total = summaries[0]
+        for summary in summaries[1:]:
+            total = total.merged(summary)
         if self._full is not None:
             total = dataclasses.replace(total, comoment=self._full.summary.comoment)
         return total
@@ -479,7 +649,7 @@ class GradientStats:
     def moments(self) -> Moments:
         """The :class:`~gradstats.Moments` of the draws (``method="mc"``; ``loss_evals_per_draw`` 0: unknown here)."""
         return Moments.from_summary(self._summary(), method="mc", estimator="GradientStats", loss_evals_per_draw=0,
-                                    batches=tuple(b.summary for b in self._batches))
+                                    batches=tuple(self._folded()))
 
     def unbiasedness_test(self, alpha: float = 0.05, **options):
         """:func:`gradstats.stats.unbiasedness_test` of the draws against this object's reference, with the
@@ -624,11 +794,7 @@ class GradientStats:
             summary = summary.cpu()
             return summary if order is None else summary.permuted(*order)
 
-        for b in other._batches:
-            acc = out._accumulator()
-            acc.summary = aligned(b.summary)
-            acc.position = acc.summary.count
-            out._batches.append(acc)
+        out._batches += [_Batch(aligned(summary)) for summary in other._folded()]
         out._batch_size = max(out._batch_size, other._batch_size)
         while len(out._batches) > 2 * out.num_batches:
             out._halve_batches()
@@ -648,7 +814,7 @@ class GradientStats:
                  "full_covariance": self.full_covariance,
                  "reference": None if self.reference is None else self.reference.cpu(),
                  "reference_stderr": None if self.reference_stderr is None else self.reference_stderr.cpu(),
-                 "batches": [b.summary.cpu().to_state() for b in self._batches],
+                 "batches": [summary.cpu().to_state() for summary in self._folded()],
                  "full": None if self._full is None else self._full.summary.cpu().to_state(),
                  "ms": list(self.ms), "loss_evals_per_draw": self.loss_evals_per_draw, "budgets": list(self.budgets),
                  "groups": [g.state() for g in self._groups.values()]}
@@ -710,10 +876,7 @@ class GradientStats:
             full = None if full is None else full.permuted(*order)
         self._device = None
         self._batches = []
-        for s in summaries:
-            acc = self._accumulator()
-            acc.summary, acc.position = s, s.count
-            self._batches.append(acc)
+        self._batches = [_Batch(s) for s in summaries]
         self._batch_size = batch_size
         while len(self._batches) > 2 * self.num_batches:
             self._halve_batches()

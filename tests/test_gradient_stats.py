@@ -1,5 +1,7 @@
 """GradientStats: gradient statistics of any model, with no Problem; per-draw gradients of a user's loss."""
 
+import sys
+
 import pandas as pd
 import pytest
 import torch
@@ -317,3 +319,70 @@ def test_structural_zeros_are_left_out_of_sign_agreement_and_counted():
     assert counted.n_excluded["sign_agreement_draw"] == 0
     with pytest.raises(ValueError, match="structural_zeros must be one of"):
         stats.to_frame(structural_zeros="drop")
+
+
+@pytest.mark.parametrize("mode", ["auto", "eager"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_pass_sums_equal_the_pairwise_accumulators_to_rounding(dtype, mode, monkeypatch):
+    """The chunk sums (shifted power sums, sign counts, per-draw cosines) folded into summaries give what the
+    accumulators' pairwise updates give on the same draws (float32 draws read as they are, float64 sums), with a
+    mean 300 standard deviations from 0 and a Cauchy-tailed coordinate."""
+    module = sys.modules["gradstats.gradient_stats"]   # the module, not the function gs.gradient_stats
+    from gradstats.accumulators import GradientAccumulator
+    from gradstats.chunk_sums import ChunkSums
+    from gradstats.gradient_stats import ParameterLayout
+    from gradstats.problems import FactoredGradient
+
+    monkeypatch.setattr(module, "_CHUNK_SUMS", ChunkSums(mode))
+    gen = torch.Generator().manual_seed(8)
+    n, d = 1000, 6
+    draws = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    draws[:, 0] += 300.0
+    draws[:, 1] = torch.tan(torch.pi * (torch.rand(n, generator=gen, dtype=torch.float64) - 0.5))   # Cauchy
+    draws[:, 5] = 0.0
+    draws = draws.to(dtype)
+    reference = torch.tensor([300.0, 0.5, -1.0, 0.0, 2.0, 0.0], dtype=torch.float64)
+    layout = ParameterLayout({"w": (4,), "b": (2,)})
+    stats = gs.GradientStats(reference={"w": reference[:4], "b": reference[4:]}, num_batches=4)
+    expected = GradientAccumulator(layout, {"reference": reference})
+    for start in range(0, n, 37):
+        chunk = draws[start:start + 37]
+        stats.update({"w": chunk[:, :4], "b": chunk[:, 4:]})
+        expected.add(FactoredGradient([chunk[:, :4], chunk[:, 4:]], [None, None]))
+    got, want = stats._summary(), expected.summary
+    assert got.count == want.count == n
+    for name in ("mean", "m2", "m3", "m4"):
+        a, b = getattr(got, name), getattr(want, name)
+        scale = {"mean": 1.0, "m2": 1.0, "m3": 1.5, "m4": 2.0}[name]
+        tolerance = 1e-10 * (want.m2.clamp_min(1e-300) ** scale) + 1e-12 * b.abs()
+        assert bool(((a - b).abs() <= tolerance).all()), (name, a, b)
+    assert torch.equal(got.sign_agree["reference"], want.sign_agree["reference"])
+    assert torch.allclose(got.cosine["reference"], want.cosine["reference"], rtol=1e-12, atol=1e-12)
+    assert torch.equal(got.descent["reference"], want.descent["reference"])
+
+
+def test_a_compiler_that_fails_falls_back_to_eager_sums_with_one_warning(monkeypatch):
+    from gradstats.chunk_sums import ChunkSums
+
+    module = sys.modules["gradstats.gradient_stats"]
+
+    def broken(*args, **kwargs):
+        def fail(*a, **k):
+            raise RuntimeError("no C++ compiler found")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    sums = ChunkSums("auto")
+    monkeypatch.setattr(module, "_CHUNK_SUMS", sums)
+    gen = torch.Generator().manual_seed(9)
+    draws = torch.randn(50, 4, generator=gen, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed on cpu .*no C.. compiler found"):
+        stats = gs.GradientStats(reference=torch.ones(4, dtype=torch.float64)).update(draws)
+    assert sums.mode == "eager"
+    assert torch.allclose(stats.mean, draws.mean(0), rtol=1e-14, atol=1e-15)
+    assert torch.allclose(stats.var, draws.var(0), rtol=1e-12)
+    with pytest.raises(ValueError, match="compile must be one of"):
+        ChunkSums("sometimes")
+    strict = ChunkSums("compiled")
+    with pytest.raises(RuntimeError, match="no C.. compiler"):
+        strict.columns(draws, draws[0], torch.zeros(6, 4, dtype=torch.float64))
