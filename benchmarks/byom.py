@@ -9,7 +9,8 @@ second of
   ``GradientStats.update`` per chunk);
 * a hand-written ``vmap(grad)`` with ``randomness="different"`` that computes the per-draw
   gradients and nothing else (the cost of the gradients alone);
-* BackPACK's ``BatchGrad`` (optional: ``pip install backpack-for-pytorch``) on the same network as
+* BackPACK's ``BatchGrad`` (optional: ``pip install --no-deps backpack-for-pytorch==1.7.1 einops unfoldNd``;
+  BatchGrad does not import its torchvision dependency) on the same network as
   ``nn.Module``s, its per-row gradients summed per draw and fed to the same ``GradientStats``;
 * a per-draw loop of backward passes into the same statistics (what research code does without vmap);
 * ``GradientStats.update`` alone, on chunks computed beforehand (in the steady state, once its jackknife
@@ -246,7 +247,8 @@ def main(argv=None) -> None:
     for label, other in (("loop", check_l), ("BackPACK", (run_backpack(params, noise, args.chunk, args.chunk, device,
                                                                         x, y) or (None, None))[1])):
         if other is None:
-            print("  BackPACK is not installed (pip install backpack-for-pytorch): its rate is left out")
+            print("  BackPACK is not installed (pip install --no-deps backpack-for-pytorch==1.7.1 einops unfoldNd): "
+                  "its rate is left out")
             continue
         gap = max(float((check_v.mean[k] - other.mean[k]).abs().max()) for k in params)
         print(f"  same {args.chunk} draws, vmap vs {label}: largest difference of the mean gradient {gap:.2e}")

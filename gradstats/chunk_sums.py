@@ -39,6 +39,14 @@ def _column_sums(x: Tensor, shift: Tensor, running: Tensor) -> Tensor:
                                   (x > 0).sum(0, dtype=torch.float64), (x < 0).sum(0, dtype=torch.float64)])
 
 
+def _batched_column_sums(x: Tensor, shift: Tensor) -> Tensor:
+    """``[k, 6, n]``: the column sums of each of ``k`` batches ``x[i]`` (``[k, b, n]``) about ``shift``."""
+    c = x.to(torch.float64) - shift
+    c2 = c * c
+    return torch.stack([c.sum(1), c2.sum(1), (c2 * c).sum(1), (c2 * c2).sum(1),
+                        (x > 0).sum(1, dtype=torch.float64), (x < 0).sum(1, dtype=torch.float64)], 1)
+
+
 def _row_sums(x: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
     """Per draw, ``<x_i, g>`` and ``|x_i|^2`` in float64 (``[B]`` each)."""
     xd = x.to(torch.float64)
@@ -65,6 +73,9 @@ def _eager_row_sums(x: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
     return _row_sums(x, reference)
 
 
+_EAGER = (_eager_column_sums, _eager_row_sums, _batched_column_sums)
+
+
 class ChunkSums:
     """The two reductions of a chunk, compiled per device where ``torch.compile`` works.
 
@@ -81,10 +92,11 @@ class ChunkSums:
 
     def _kernels(self, device: torch.device):
         if self.mode == "eager":
-            return _eager_column_sums, _eager_row_sums
+            return _EAGER
         key = device.type
         if key not in self._compiled:
-            self._compiled[key] = (torch.compile(_column_sums, dynamic=True), torch.compile(_row_sums, dynamic=True))
+            self._compiled[key] = tuple(torch.compile(f, dynamic=True)
+                                        for f in (_column_sums, _row_sums, _batched_column_sums))
         return self._compiled[key]
 
     def _run(self, which: int, *args):
@@ -92,7 +104,7 @@ class ChunkSums:
         try:
             return kernel(*args)
         except Exception as err:   # torch.compile's failures have no common type (a missing compiler, a backend)
-            if self.mode != "auto" or kernel in (_eager_column_sums, _eager_row_sums):
+            if self.mode != "auto" or kernel in _EAGER:
                 raise
             warnings.warn(f"GradientStats: torch.compile failed on {args[0].device.type} ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''}); the statistics run eagerly from now on "
@@ -107,6 +119,10 @@ class ChunkSums:
     def rows(self, x: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
         """``(<x_i, g>, |x_i|^2)`` per draw, float64."""
         return self._run(1, x, reference)
+
+    def batches(self, x: Tensor, shift: Tensor) -> Tensor:
+        """``[k, 6, n]``: the column sums of ``k`` whole batches ``x`` (``[k, b, n]``) about ``shift``."""
+        return self._run(2, x, shift)
 
 
 def central_moments(count: int, shift: Tensor, sums: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

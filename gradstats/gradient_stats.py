@@ -523,7 +523,7 @@ class GradientStats:
             start += take
             filled += take
         try:
-            updates = [self._piece_sums(batch, parts, a, b) for batch, a, b in pieces]
+            updates = self._chunk_sums(parts, pieces)
         except _UnsafeNorms:
             updates = None
         finite = updates is not None and bool(torch.isfinite(sum(u.check_value() for u in updates)))
@@ -560,32 +560,60 @@ class GradientStats:
             groups.add(parts, self.reference)
         return self
 
-    def _piece_sums(self, batch: _Batch, parts: list[Tensor], start: int, stop: int) -> _PieceSums:
-        """The new running sums of ``batch`` with rows ``start:stop`` of the chunk (not yet committed)."""
-        sums = batch.sums if batch.sums is not None else [
-            torch.zeros(NUM_SUMS, p.shape[1], dtype=torch.float64, device=p.device) for p in parts]
-        pieces = [p[start:stop] for p in parts]
-        new_sums = [_CHUNK_SUMS.columns(x, a, s) for x, a, s in zip(pieces, self._shift, sums)]
-        cosine = descent = None
-        if self.reference is not None:
-            inner, norm2 = (torch.stack(t, 1) for t in zip(*(_CHUNK_SUMS.rows(x, r)
-                                                              for x, r in zip(pieces, self._scaled_reference))))
-            total = norm2.sum(1)
-            if any(x.dtype == torch.float64 for x in pieces):
-                # a squared norm outside float64's safe range (or 0 from a draw that is not 0: every square
-                # underflowed) loses the cosine: such a piece takes the path that rescales each draw first
-                safe = (total >= _SAFE_NORM2[0]) & (total <= _SAFE_NORM2[1])
-                if not bool(safe.all()):
-                    zero = total == 0
-                    top = torch.stack([x[zero].abs().amax(1) if x.shape[1] else x.new_zeros(int(zero.sum()))
-                                       for x in pieces], 1).amax(1) if bool(zero.any()) else total[:0]
-                    if not bool((safe | zero).all()) or bool((top > 0).any()):
-                        raise _UnsafeNorms
-            inner_all = torch.cat([inner.sum(1, keepdim=True), inner], 1)
-            norm_all = torch.cat([total[:, None], norm2], 1).sqrt()
-            cos = safe_divide(inner_all, norm_all * self._reference_norms)
-            cosine, descent = cos.sum(0), (inner_all > 0).sum(0, dtype=torch.float64)
-        return _PieceSums(stop - start, new_sums, cosine, descent)
+    def _chunk_sums(self, parts: list[Tensor], pieces: list[tuple[_Batch, int, int]]) -> list[_PieceSums]:
+        """Each piece's batch's new running sums (not yet committed). Per group: the per-draw dots of the whole chunk
+        in one call, the column sums of each piece in one call, and of a run of whole fresh batches (small batches,
+        early in a run) in one call together."""
+        per_draw = self._per_draw_sums(parts) if self.reference is not None else None
+        out: list[_PieceSums | None] = [None] * len(pieces)
+        i = 0
+        while i < len(pieces):
+            batch, a, b = pieces[i]
+            j = i
+            while (j < len(pieces) and pieces[j][0].sums is None and pieces[j][0].count == 0
+                   and pieces[j][2] - pieces[j][1] == self._batch_size):
+                j += 1
+            if j - i >= 2:   # whole fresh batches: one call per group for all of them
+                size, stop = self._batch_size, pieces[j - 1][2]
+                sums = [_CHUNK_SUMS.batches(p[a:stop].reshape(j - i, size, -1), shift)
+                        for p, shift in zip(parts, self._shift)]
+                for k in range(i, j):
+                    out[k] = _PieceSums(size, [t[k - i] for t in sums], *self._piece_dots(per_draw, *pieces[k][1:]))
+                i = j
+                continue
+            running = batch.sums if batch.sums is not None else [
+                torch.zeros(NUM_SUMS, p.shape[1], dtype=torch.float64, device=p.device) for p in parts]
+            sums = [_CHUNK_SUMS.columns(p[a:b], shift, r) for p, shift, r in zip(parts, self._shift, running)]
+            out[i] = _PieceSums(b - a, sums, *self._piece_dots(per_draw, a, b))
+            i += 1
+        return out
+
+    def _per_draw_sums(self, parts: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Per draw of the chunk, ``cos(g_hat, g)`` and ``1[<g_hat, g> > 0]``, ``[B, L + 1]`` (column 0: all groups).
+        :class:`_UnsafeNorms` where a float64 draw's squared norm leaves float64's safe range."""
+        inner, norm2 = (torch.stack(t, 1) for t in zip(*(_CHUNK_SUMS.rows(x, r)
+                                                          for x, r in zip(parts, self._scaled_reference))))
+        total = norm2.sum(1)
+        if any(x.dtype == torch.float64 for x in parts):
+            # a squared norm outside float64's safe range (or 0 from a draw that is not 0: every square
+            # underflowed) loses the cosine: such a chunk takes the path that rescales each draw first
+            safe = (total >= _SAFE_NORM2[0]) & (total <= _SAFE_NORM2[1])
+            if not bool(safe.all()):
+                zero = total == 0
+                top = torch.stack([x[zero].abs().amax(1) if x.shape[1] else x.new_zeros(int(zero.sum()))
+                                   for x in parts], 1).amax(1) if bool(zero.any()) else total[:0]
+                if not bool((safe | zero).all()) or bool((top > 0).any()):
+                    raise _UnsafeNorms
+        inner_all = torch.cat([inner.sum(1, keepdim=True), inner], 1)
+        norm_all = torch.cat([total[:, None], norm2], 1).sqrt()
+        return safe_divide(inner_all, norm_all * self._reference_norms), (inner_all > 0).to(torch.float64)
+
+    @staticmethod
+    def _piece_dots(per_draw, start: int, stop: int) -> tuple[Tensor | None, Tensor | None]:
+        if per_draw is None:
+            return None, None
+        cos, positive = per_draw
+        return cos[start:stop].sum(0), positive[start:stop].sum(0)
 
     def _piece(self, parts: list[Tensor], start: int, stop: int) -> FactoredGradient:
         """Rows ``start:stop`` of the chunk, one dense block per group (the accumulator's layer parts)."""
