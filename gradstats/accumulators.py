@@ -358,7 +358,7 @@ class Moments:
         )
 
 
-_SAFE_NORM2 = (2.0**-900, 2.0**900)   # squared norms in here lost nothing to underflow or overflow
+SAFE_NORM2 = (2.0**-900, 2.0**900)   # squared norms in here lost nothing to underflow or overflow
 
 
 def _times_power_of_two(x: Tensor, exponent: Tensor) -> Tensor:
@@ -368,7 +368,7 @@ def _times_power_of_two(x: Tensor, exponent: Tensor) -> Tensor:
     return x * torch.pow(2.0, half.to(x.dtype)) * torch.pow(2.0, (exponent - half).to(x.dtype))
 
 
-def _unit_scaled(x: Tensor) -> Tensor:
+def unit_scaled(x: Tensor) -> Tensor:
     """``x`` times the power of two that brings ``max |x|`` into [1/2, 1) (``x`` itself when it is zero): exact."""
     top = x.abs().max() if x.numel() else x.new_zeros(())
     return _times_power_of_two(x, torch.where(top > 0, -torch.frexp(top).exponent, 0))
@@ -551,7 +551,7 @@ class GradientAccumulator:
     # ---- per-draw metrics against one reference -----------------------------------
     def _inner_and_norm(self, layers: list[list[_Part]], ref: Tensor) -> tuple[Tensor, Tensor]:
         """Per draw and per layer: ``<g_hat_l, g_l>`` and ``|g_hat_l|^2``, each ``[B, L]``, up to a positive factor per
-        draw. Draws whose squared norm is nonzero and leaves :data:`_SAFE_NORM2` (entries below about 1e-135,
+        draw. Draws whose squared norm is nonzero and leaves :data:`SAFE_NORM2` (entries below about 1e-135,
         where squares start to underflow, or above 1e135) are scaled first by a power of two that brings their
         largest entry into [1/2, 1): exact, and cosines and signs of inner products are scale-invariant. Eager
         code rescales only when a chunk has such a draw; compiled code computes both and picks per draw (no
@@ -565,10 +565,10 @@ class GradientAccumulator:
         compiling = torch.compiler.is_compiling()
         if not compiling:
             low, high = (float(v) for v in torch.aminmax(total))
-            if low >= _SAFE_NORM2[0] and high <= _SAFE_NORM2[1]:   # false for a NaN too
+            if low >= SAFE_NORM2[0] and high <= SAFE_NORM2[1]:   # false for a NaN too
                 return inner, norm2
         top = torch.stack([p.row_max() for parts in layers for p in parts], 1).amax(1)
-        unsafe = ~((total >= _SAFE_NORM2[0]) & (total <= _SAFE_NORM2[1])) & (top > 0)   # a zero draw is safe
+        unsafe = ~((total >= SAFE_NORM2[0]) & (total <= SAFE_NORM2[1])) & (top > 0)   # a zero draw is safe
         if not compiling and not bool(unsafe.any()):
             return inner, norm2
         exponent = torch.where(unsafe, torch.frexp(top).exponent, 0)
@@ -581,7 +581,7 @@ class GradientAccumulator:
     def _cosines(self, layers, ref: Tensor) -> tuple[Tensor, Tensor]:
         """``cos(g_hat, g)`` and the sign of ``<g_hat, g>`` per draw, ``[B, L + 1]`` (column 0: all layers); the
         reference is scaled by a power of two first (see :meth:`_inner_and_norm`)."""
-        ref = _unit_scaled(ref)
+        ref = unit_scaled(ref)
         inner, norm2 = self._inner_and_norm(layers, ref)
         ref_norm = torch.stack([sum(ref[p.cols].square().sum() for p in parts) for parts in layers]).sqrt()
         inner_all = torch.cat([inner.sum(1, keepdim=True), inner], 1)

@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .accumulators import _SAFE_NORM2, GradientAccumulator, Moments, Summary, _unit_scaled
+from .accumulators import SAFE_NORM2, GradientAccumulator, Moments, Summary, unit_scaled
 from .checkpoint import content_checksum
 from .chunk_sums import NUM_SUMS, ChunkSums, central_moments
 from .metrics import MetricValue, compute_metrics
@@ -477,7 +477,7 @@ class GradientStats:
         if self.reference is None:
             self._scaled_reference = None
             return
-        scaled = _unit_scaled(self.reference.to(self._device))
+        scaled = unit_scaled(self.reference.to(self._device))
         self._scaled_reference = [scaled[cols] for _, cols in self.layout.layer_slices()]
         norms2 = torch.stack([r.square().sum() for r in self._scaled_reference])
         self._reference_norms = torch.cat([norms2.sum().reshape(1), norms2]).sqrt()
@@ -597,7 +597,7 @@ class GradientStats:
         if any(x.dtype == torch.float64 for x in parts):
             # a squared norm outside float64's safe range (or 0 from a draw that is not 0: every square
             # underflowed) loses the cosine: such a chunk takes the path that rescales each draw first
-            safe = (total >= _SAFE_NORM2[0]) & (total <= _SAFE_NORM2[1])
+            safe = (total >= SAFE_NORM2[0]) & (total <= SAFE_NORM2[1])
             if not bool(safe.all()):
                 zero = total == 0
                 top = torch.stack([x[zero].abs().amax(1) if x.shape[1] else x.new_zeros(int(zero.sum()))
