@@ -13,10 +13,11 @@ added to running sums, and to two per-draw sums, :math:`\langle x_i, g\rangle` a
 :func:`central_moments` turns the running sums into mean and centred moments (with :math:`d = S_1/n`:
 :math:`M_2 = S_2 - n d^2`, :math:`M_3 = S_3 - 3 d S_2 + 2 n d^3`,
 :math:`M_4 = S_4 - 4 d S_3 + 6 d^2 S_2 - 3 n d^4`), the summary that merges with the pairwise update of
-:mod:`gradstats.accumulators`. The shift is a recent estimate of the mean (the previous batch's, or the
-first draw), so :math:`d` is of the order of a standard deviation and the differences lose no more than
-the two-pass formulas do (Chan, Golub & LeVeque 1983, "Algorithms for computing the sample variance",
-sec. 3, on shifted data).
+:mod:`gradstats.accumulators`. :class:`~gradstats.GradientStats` takes as shift the per-coordinate
+median of its first chunk, which lies within a spread of the mean however heavy the tails, so :math:`d` is
+of the order of a standard deviation and the differences lose little to cancellation (the shifted-data
+algorithm of Chan, Golub & LeVeque 1983, "Algorithms for computing the sample variance: analysis and
+recommendations", The American Statistician 37(3)).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class ChunkSums:
 
     def __init__(self, mode: str = "auto"):
         if mode not in self.MODES:
-            raise ValueError(f"compile must be one of {self.MODES}, got {mode!r}")
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
         self.mode = mode
         self._compiled: dict[str, tuple] = {}
 

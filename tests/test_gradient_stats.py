@@ -381,7 +381,7 @@ def test_a_compiler_that_fails_falls_back_to_eager_sums_with_one_warning(monkeyp
     assert sums.mode == "eager"
     assert torch.allclose(stats.mean, draws.mean(0), rtol=1e-14, atol=1e-15)
     assert torch.allclose(stats.var, draws.var(0), rtol=1e-12)
-    with pytest.raises(ValueError, match="compile must be one of"):
+    with pytest.raises(ValueError, match="mode must be one of"):
         ChunkSums("sometimes")
     strict = ChunkSums("compiled")
     with pytest.raises(RuntimeError, match="no C.. compiler"):
