@@ -197,7 +197,7 @@ def bandwidth(device) -> float:
     return buffer.numel() * 8 / best
 
 
-def run_update(params, loss, noise, draws, chunk) -> float:
+def run_update(params, loss, noise, draws, chunk, device) -> float:
     """Seconds for ``GradientStats.update`` alone on ``draws`` per-draw gradients computed beforehand, in the steady
     state: timed after the statistics have taken ``draws`` draws (so the jackknife batches have reached their size)."""
     chunks = list(gs.per_draw_gradients(loss, params, min(draws, 8 * chunk), noise_shape=noise, chunk_size=chunk,
@@ -213,8 +213,10 @@ def run_update(params, loss, noise, draws, chunk) -> float:
         return done
 
     feed()
+    sync(device)
     start = time.perf_counter()
     done = feed()
+    sync(device)
     return (time.perf_counter() - start) * draws / done
 
 
@@ -266,9 +268,8 @@ def main(argv=None) -> None:
     if run_backpack(params, noise, args.chunk, args.chunk, device, x, y) is not None:
         rates["backpack_batchgrad"] = args.draws / median(
             lambda: run_backpack(params, noise, args.draws, args.chunk, device, x, y)[0])
-    if device.type == "cpu":
-        rates["update_alone"] = args.draws / median(lambda: run_update(params, loss, noise, args.draws, args.chunk))
-        rates["roofline"] = bandwidth(device) / (dim * torch.finfo(dtype).bits / 8)
+    rates["update_alone"] = args.draws / median(lambda: run_update(params, loss, noise, args.draws, args.chunk, device))
+    rates["roofline"] = bandwidth(device) / (dim * torch.finfo(dtype).bits / 8)
     labels = {"gradient_stats": "gs.gradient_stats (vmap + update)", "bare_vmap_grad": "vmap(grad) alone, no statistics",
               "backpack_batchgrad": "BackPACK BatchGrad + update", "loop": "per-draw backward loop + update",
               "update_alone": "GradientStats.update alone", "roofline": "memory roofline (one read of a draw)"}

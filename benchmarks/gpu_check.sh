@@ -2,8 +2,8 @@
 # The device check, run on a lent GPU machine in one call (well inside 10 minutes): the card, the CUDA tests,
 # workload W3 (W1 on CUDA with 1e9 draws: eager, fused, fused float32, fused at larger chunks, a profile of
 # the fused run, and per estimator) and W4 (the exact
-# gradient of 24, 28 and 30 binary units on the device, against 24 on this machine's CPU), printing their
-# figures. Each step has its own time limit and a failed step does not stop the others. The machine's python3
+# gradient of 24, 28 and 30 binary units on the device, against 24 on this machine's CPU) and the own-model
+# benchmark (GradientStats' compiled sums against the device's memory roofline), printing their figures. Each step has its own time limit and a failed step does not stop the others. The machine's python3
 # already holds torch, pandas, seaborn, scipy, hypothesis, tqdm, pytest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,4 +23,5 @@ step 90 python3 benchmarks/exact_device.py --device cuda --units 24,28,30 --cpu-
 step 240 python3 benchmarks/montecarlo.py --device cuda --draws 1e9 --chunk-size 4194304 --vmap-draws 1048576 \
   --estimator-draws 2.5e8 --threads 16 --fused st,noisy_rectifier,reinforce,disarm \
   --fused-chunks 16777216,33554432 --profile
+step 150 python3 benchmarks/byom.py --device cuda --draws 16384 --chunk 256 --loop-draws 128 --repeats 3
 exit $status
