@@ -73,11 +73,24 @@ from .numerics import SIGN_TOLERANCE, cosine, float64_vector, norm, ratio_or_inf
 from .problems import Problem
 
 __all__ = ["MetricValue", "compute_metrics", "COORDINATE_METRICS", "SCALAR_METRICS", "SIGN_TOLERANCE", "signs",
-           "sign_scale", "sign_agreement", "wrong_sign_coordinates", "structural_zero_coordinates"]
+           "sign_scale", "sign_agreement", "wrong_sign_coordinates", "structural_zero_coordinates", "METRIC_ALIASES",
+           "metric_name"]
 
 COORDINATE_METRICS = ("bias", "variance", "snr")
 SCALAR_METRICS = ("bias_norm", "relative_bias", "squared_bias", "relative_squared_bias", "variance_trace", "mse",
                   "cosine_mean", "cosine_draw", "cosine_m", "sign_agreement_mean", "sign_agreement_draw", "descent")
+# other names of the debiased bias (the design's first names for them): metric_name() maps them to the table's
+METRIC_ALIASES = {"bias2_debiased": "squared_bias", "relative_bias_debiased": "relative_squared_bias"}
+
+
+def metric_name(name: str) -> str:
+    """The tidy table's name of metric ``name``, which may be one of :data:`METRIC_ALIASES`; a ValueError lists the
+    names there are."""
+    name = METRIC_ALIASES.get(name, name)
+    if name not in SCALAR_METRICS + COORDINATE_METRICS:
+        raise ValueError(f"unknown metric {name!r}; the metrics are {', '.join(SCALAR_METRICS + COORDINATE_METRICS)} "
+                         f"(aliases: {', '.join(METRIC_ALIASES)})")
+    return name
 
 
 def sign_scale(*vectors: Tensor) -> float:

@@ -289,3 +289,11 @@ def test_evaluate_leaves_the_weights_of_an_input_that_is_zero_out_of_sign_agreem
                if v.layer == 0}
     total = problem.num_parameters
     assert counted["sign_agreement_draw"] == pytest.approx((kept["sign_agreement_draw"] * (total - 2) + 2) / total)
+
+
+def test_metric_aliases_name_the_debiased_bias():
+    assert gs.metrics.metric_name("bias2_debiased") == "squared_bias"
+    assert gs.metrics.metric_name("relative_bias_debiased") == "relative_squared_bias"
+    assert gs.metrics.metric_name("cosine_draw") == "cosine_draw"
+    with pytest.raises(ValueError, match="unknown metric 'cosine'.*aliases: bias2_debiased"):
+        gs.metrics.metric_name("cosine")
