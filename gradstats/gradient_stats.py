@@ -264,9 +264,10 @@ class GroupCosines:
         self.total = torch.zeros(layout.num_layers + 1, dtype=torch.float64, device=device)
         self.total_sq = torch.zeros_like(self.total)
 
-    def add(self, parts: list[Tensor], reference: Tensor) -> None:
-        """Fold in a chunk's draws (``parts``: ``[B, size]`` per parameter group, in draw order): at most three
-        column reductions (the rows that complete the pending group, whole groups, the rows left over)."""
+    def add(self, parts: list[Tensor], reference: list[Tensor], reference_norms: Tensor) -> None:
+        """Fold in a chunk's draws (``parts``: ``[B, size]`` per parameter group, in draw order) against the
+        reference (per group, scaled; ``reference_norms``: its norms, :meth:`GradientStats._reference_views`): at
+        most three column reductions (the rows that complete the pending group, whole groups, the rows left over)."""
         rows, m = parts[0].shape[0], self.m
         head = min(rows, (m - self.pending_count) % m)
         whole = (rows - head) // m
@@ -283,7 +284,7 @@ class GroupCosines:
             self.pending = [q + p[head + whole * m:].sum(0, dtype=torch.float64) for q, p in zip(self.pending, parts)]
             self.pending_count += rows - head - whole * m
         for group_sums in sums:
-            cos = group_cosines(group_sums, reference, self.layout)
+            cos = group_cosines(group_sums, reference, reference_norms)
             self.groups += cos.shape[0]
             self.total = self.total + cos.sum(0)
             self.total_sq = self.total_sq + cos.square().sum(0)
@@ -359,22 +360,24 @@ def _group_sizes(ms, budgets: tuple[int, ...], loss_evals_per_draw: int | None) 
     return tuple(sorted(m for m in sizes if m > 1))
 
 
-def group_cosines(group_sums: list[Tensor], reference: Tensor, layout: ParameterLayout) -> Tensor:
-    """``[G, L + 1]``: the cosine of each of ``G`` vectors (given as sums, ``[G, size]`` per parameter group:
-    cosines do not depend on the scale) with ``reference``, over all coordinates (column 0) and per group.
-    Each vector, and the reference, is divided by its largest magnitude first, so no square underflows or
-    overflows; the cosine of a zero vector is 0."""
-    rows = torch.cat(group_sums, 1)
-    top = rows.abs().amax(1, keepdim=True)
-    rows = rows / torch.where(top > 0, top, 1.0)
-    ref_top = reference.abs().max()
-    ref = reference / ref_top if bool(ref_top > 0) else reference
-    inner = torch.stack([rows[:, cols] @ ref[cols] for _, cols in layout.layer_slices()], 1)
-    norm2 = torch.stack([rows[:, cols].square().sum(1) for _, cols in layout.layer_slices()], 1)
-    ref2 = torch.stack([ref[cols].square().sum() for _, cols in layout.layer_slices()])
-    inner = torch.cat([inner.sum(1, keepdim=True), inner], 1)
-    norms = torch.cat([norm2.sum(1, keepdim=True), norm2], 1).sqrt() * torch.cat([ref2.sum().reshape(1), ref2]).sqrt()
-    return safe_divide(inner, norms)
+def cosines_from_dots(inner: Tensor, norm2: Tensor, reference_norms: Tensor) -> tuple[Tensor, Tensor]:
+    """From per-row, per-group ``<x, g>`` and ``|x|^2`` (``[G, L]``) and the reference's norms (``[L + 1]``, index 0:
+    all groups): ``cos(x, g)`` and ``<x, g>``, each ``[G, L + 1]`` (column 0: all groups); the cosine of a zero
+    vector is 0."""
+    inner_all = torch.cat([inner.sum(1, keepdim=True), inner], 1)
+    norm_all = torch.cat([norm2.sum(1, keepdim=True), norm2], 1).sqrt()
+    return safe_divide(inner_all, norm_all * reference_norms), inner_all
+
+
+def group_cosines(group_sums: list[Tensor], reference: list[Tensor], reference_norms: Tensor) -> Tensor:
+    """``[G, L + 1]``: the cosine of each of ``G`` vectors (given as sums, ``[G, size]`` per parameter group: cosines
+    do not depend on the scale) with the reference (per group, and its norms: :func:`cosines_from_dots`). Each vector
+    is divided by its largest magnitude first, so no square of a sum underflows or overflows."""
+    top = torch.stack([g.abs().amax(1) for g in group_sums], 1).amax(1, keepdim=True)
+    rows = [g / torch.where(top > 0, top, 1.0) for g in group_sums]
+    inner = torch.stack([x @ r for x, r in zip(rows, reference)], 1)
+    norm2 = torch.stack([x.square().sum(1) for x in rows], 1)
+    return cosines_from_dots(inner, norm2, reference_norms)[0]
 
 
 class GradientStats:
@@ -557,7 +560,7 @@ class GradientStats:
                 self._restore(saved)
                 raise ValueError("grads: the chunk's covariance overflows float64; the chunk was not added")
         for groups in self._groups.values():
-            groups.add(parts, self.reference)
+            groups.add(parts, self._scaled_reference, self._reference_norms)
         return self
 
     def _chunk_sums(self, parts: list[Tensor], pieces: list[tuple[_Batch, int, int]]) -> list[_PieceSums]:
@@ -604,9 +607,8 @@ class GradientStats:
                                    for x in parts], 1).amax(1) if bool(zero.any()) else total[:0]
                 if not bool((safe | zero).all()) or bool((top > 0).any()):
                     raise _UnsafeNorms
-        inner_all = torch.cat([inner.sum(1, keepdim=True), inner], 1)
-        norm_all = torch.cat([total[:, None], norm2], 1).sqrt()
-        return safe_divide(inner_all, norm_all * self._reference_norms), (inner_all > 0).to(torch.float64)
+        cos, inner_all = cosines_from_dots(inner, norm2, self._reference_norms)
+        return cos, (inner_all > 0).to(torch.float64)
 
     @staticmethod
     def _piece_dots(per_draw, start: int, stop: int) -> tuple[Tensor | None, Tensor | None]:
@@ -1004,12 +1006,22 @@ def gradient_stats(loss: Callable[..., Tensor], params: Mapping[str, Tensor], nu
     stats = GradientStats(**stats_options)
     chunks = per_draw_gradients(loss, params, num_draws, noise_shape=noise_shape, chunk_size=chunk_size, seed=seed,
                                 dtype=dtype)
-    if progress:
-        from tqdm.auto import tqdm
-        chunks = tqdm(chunks, total=math.ceil(num_draws / chunk_size), unit="chunk")
-    for chunk in chunks:
+    return stream_into(stats, chunks, math.ceil(num_draws / chunk_size), progress)
+
+
+def stream_into(stats: GradientStats, chunks: Iterator, num_chunks: int, progress: bool) -> GradientStats:
+    """``stats`` updated with every chunk of ``chunks`` (a tqdm bar over ``num_chunks`` when ``progress``)."""
+    for chunk in with_progress(chunks, num_chunks, progress):
         stats.update(chunk)
     return stats
+
+
+def with_progress(chunks: Iterator, num_chunks: int, progress: bool) -> Iterator:
+    """``chunks`` itself, or wrapped in a tqdm bar over ``num_chunks`` chunks when ``progress``."""
+    if not progress:
+        return chunks
+    from tqdm.auto import tqdm
+    return tqdm(chunks, total=num_chunks, unit="chunk")
 
 
 def estimate_reference(loss: Callable[..., Tensor], params: Mapping[str, Tensor], num_draws: int, *,
@@ -1025,11 +1037,8 @@ def estimate_reference(loss: Callable[..., Tensor], params: Mapping[str, Tensor]
     the bias, its norm and the MSE then carry the reference's error; use a seed the estimators under test do
     not use.
     """
-    chunks = per_draw_gradients(loss, params, num_draws, noise_shape=noise_shape, chunk_size=chunk_size, seed=seed,
-                                dtype=dtype)
-    if progress:
-        from tqdm.auto import tqdm
-        chunks = tqdm(chunks, total=math.ceil(num_draws / chunk_size), unit="chunk")
+    chunks = with_progress(per_draw_gradients(loss, params, num_draws, noise_shape=noise_shape, chunk_size=chunk_size,
+                                              seed=seed, dtype=dtype), math.ceil(num_draws / chunk_size), progress)
     # the mean and its standard error alone: each chunk's mean and centred sum of squares in float64, merged by
     # the pairwise update of Chan, Golub & LeVeque (1979) (a GradientStats would also keep what a reference
     # does not need: higher moments, jackknife batches)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .gradient_stats import GradientStats, draw_chunks
+from .gradient_stats import GradientStats, draw_chunks, stream_into
 from .numerics import positive_int, seed_value
 
 __all__ = ["module_per_draw_gradients", "module_gradient_stats", "measured_parameters"]
@@ -119,14 +119,8 @@ def module_gradient_stats(module: torch.nn.Module, loss_fn: Callable[[object, ob
     ``loss_evals_per_draw`` is what one draw costs (1: one forward pass; more where ``loss_fn`` or the module
     evaluates the loss several times a draw), so that :meth:`GradientStats.to_frame` compares at equal cost;
     ``options`` go to :class:`GradientStats` (``ms``, ``budgets``, ``num_batches``, ``full_covariance``)."""
-    num_draws = positive_int("num_draws", num_draws)
     stats = GradientStats(reference=reference, reference_stderr=reference_stderr,
                           loss_evals_per_draw=loss_evals_per_draw, **options)
     chunks = module_per_draw_gradients(module, loss_fn, batch, num_draws, params=params, chunk_size=chunk_size,
-                                       seed=seed)
-    if progress:
-        from tqdm.auto import tqdm
-        chunks = tqdm(chunks, total=math.ceil(num_draws / chunk_size), unit="chunk")
-    for chunk in chunks:
-        stats.update(chunk)
-    return stats
+                                       seed=seed)   # checks num_draws and chunk_size before any draw
+    return stream_into(stats, chunks, math.ceil(num_draws / chunk_size), progress)
