@@ -52,6 +52,7 @@ __all__ = [
     "sts_local_derivative",
     "relaxed_local_derivative",
     "relaxed_with_derivative",
+    "conditional_logistic_noise",
     "local_derivative_like",
     "flip_each",
 ]
@@ -137,6 +138,27 @@ def relaxed_with_derivative(a: Tensor, u: Tensor, temperature: float) -> tuple[T
 def relaxed_local_derivative(a: Tensor, u: Tensor, temperature: float) -> Tensor:
     r""":math:`\partial \sigma(z) / \partial a` of :func:`relaxed_with_derivative` alone."""
     return relaxed_with_derivative(a, u, temperature)[1]
+
+
+def conditional_logistic_noise(a: Tensor, b: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Logistic noise :math:`\tilde\ell` drawn given the binary sample ``b``, reparameterised by uniforms ``v``,
+    and :math:`\partial \tilde z / \partial a` of :math:`\tilde z = a + \tilde\ell(a, b, v)`.
+
+    ``b = 1[a + \ell > 0]`` for :math:`\ell = \log(1 - u) - \log u`, so given ``b`` the uniform ``u`` is uniform
+    on :math:`[0, p)` (``b = 1``) or :math:`[p, 1)` (``b = 0``): :math:`\tilde u = v p` or :math:`p + v(1 - p)`
+    (Tucker et al. 2017, REBAR, appendix; the conditional Gumbel of Paulus et al. 2021 for two classes). The
+    logarithms are taken without forming :math:`1 - p` or :math:`1 - \tilde u` by subtraction (each is a sum of
+    positive terms), and the derivative in closed form: :math:`p(1 - v)/((1 - v) + v(1 - p))` for ``b = 1``
+    and :math:`(1 - p)v/\tilde u` for ``b = 0``. Holding ``v`` fixed, :math:`\tilde z` has the law of :math:`z` given ``b``.
+    """
+    p, q = torch.sigmoid(a), torch.sigmoid(-a)
+    on = b > 0.5
+    rest_on = (1 - v) + v * q                               # b = 1: u~ = v p, 1 - u~ = (1 - v) + v (1 - p)
+    u_off = p + v * q                                       # b = 0: u~ = p + v (1 - p), 1 - u~ = (1 - v) q
+    log_u = torch.where(on, torch.log(v) + F.logsigmoid(a), torch.log(u_off))
+    log_1mu = torch.where(on, torch.log(rest_on), torch.log1p(-v) + F.logsigmoid(-a))
+    slope = torch.where(on, p * (1 - v) / rest_on, q * v / u_off)
+    return log_1mu - log_u, slope
 
 
 def check_temperature(temperature) -> float:

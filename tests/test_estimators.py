@@ -135,12 +135,12 @@ def test_registry_flags():
 
 
 def test_every_rule_is_documented_with_its_reference():
-    from gradstats.estimators import score_function, surrogate
+    from gradstats.estimators import control_variates, multi_sample, score_function, surrogate
 
     assert "arXiv:1308.3432" in surrogate.__doc__ and "arXiv:1308.3432" in score_function.__doc__
-    rules = [getattr(m, n) for m in (surrogate, score_function) for n in m.__all__ if n.endswith(("_rule", "_derivative",
-                                                                                              "_variant"))]
-    assert len(rules) == 12
+    families = (surrogate, score_function, control_variates, multi_sample)
+    rules = [getattr(m, n) for m in families for n in m.__all__ if n.endswith(("_rule", "_derivative", "_variant"))]
+    assert len(rules) == 16
     for rule in rules:
         assert re.search(r"(19|20)\d\d|arXiv", rule.__doc__), rule.__name__
 

@@ -6,7 +6,7 @@ noisy_rectifier, gumbel, st_gumbel, reinmax) and :mod:`.score_function` (score-f
 unbiased; reinforce, reinforce_loo, arm, disarm, local_expectation). :mod:`.base` holds the contract.
 """
 
-from . import score_function, surrogate
+from . import control_variates, multi_sample, score_function, surrogate
 from .base import (
     Estimator,
     NonFiniteError,
@@ -41,6 +41,8 @@ __all__ = [
     "check_options",
     "resolve_options",
     "sample_trajectory",
+    "control_variates",
+    "multi_sample",
     "score_function",
     "surrogate",
 ]
@@ -59,6 +61,11 @@ BUILT_IN = (
     score_function.REINFORCE_LOO,
     surrogate.REINMAX,
     score_function.LOCAL_EXPECTATION,
+    surrogate.GUMBEL_RAO,
+    control_variates.REBAR,
+    control_variates.RELAX,
+    multi_sample.ARMS,
+    multi_sample.DOUBLE_CV,
 )
 for _estimator in BUILT_IN:
     register(_estimator)
