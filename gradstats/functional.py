@@ -3,25 +3,27 @@ r"""Drop-in torch functions: a sample whose backward pass is the estimator.
 For training code. Each takes pre-activations ``a`` and either explicit
 uniforms ``u`` (same shape) or a ``torch.Generator``; none touches the global
 RNG unless neither is given. Each is derived from its estimator's one
-definition, the per-unit rule in :mod:`gradstats.estimators.surrogate` or
-:mod:`gradstats.estimators.score_function` (formula, validity, cost and
-reference are there).
+definition, the per-unit rule in :mod:`gradstats.estimators.surrogate`,
+:mod:`gradstats.estimators.score_function`, :mod:`gradstats.estimators.multi_sample` or
+:mod:`gradstats.estimators.control_variates` (formula, validity, cost and reference are there).
 
 Pathwise (a sample whose backward pass uses the rule's local derivative, held fixed):
 
 * :func:`straight_through` (``variant="identity"`` or ``"sigmoid"``), :func:`sts`,
   :func:`reinmax`, and :func:`pathwise` for a user's rule ``s(a, b)``: hard sample forward;
-* :func:`noisy_rectifier`, :func:`gumbel_sigmoid`, :func:`st_gumbel`: their sampled rules.
+* :func:`noisy_rectifier`, :func:`gumbel_sigmoid`, :func:`st_gumbel`, :func:`gumbel_rao`: their sampled
+  rules.
 
 Score function and antithetic (they need the loss, so they return the sample and a surrogate):
 
 * :func:`reinforce`: the sample ``h`` and ``surrogate(loss, baseline)``;
   :class:`RunningBaseline` holds the paper's running estimate of Eq. 10;
-* :func:`arm`, :func:`disarm`, :func:`reinforce_loo`, :func:`local_expectation`, on one layer of
-  units: they evaluate ``loss_fn`` at several samples and return ``(h, surrogate)``, a scalar whose
-  gradient with respect to ``a`` is the estimate (summed over rows). ``loss_fn`` must act on each
-  row of ``h`` alone: rows that are equal are given one loss value (the first's), so that the
-  differences between them are exactly 0 however the device rounds.
+* :func:`arm`, :func:`disarm`, :func:`reinforce_loo`, :func:`local_expectation`, :func:`arms`,
+  :func:`double_cv` and :func:`rebar` (RELAX with a ``control``), on one layer of units: they
+  evaluate ``loss_fn`` at several samples and return ``(h, surrogate)``, a scalar whose gradient
+  with respect to ``a`` is the estimate (summed over rows). ``loss_fn`` must act on each row of ``h``
+  alone: rows that are equal are given one loss value (the first's), so that the differences
+  between them are exactly 0 however the device rounds.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .estimators.control_variates import relax_rule
+from .estimators.multi_sample import arms_rule, coupled_samples, double_cv_rule
 from .estimators.score_function import (
     RunningBaseline,
     arm_rule,
@@ -41,6 +45,7 @@ from .estimators.score_function import (
     tied_losses,
 )
 from .estimators.surrogate import (
+    gumbel_rao_rule,
     gumbel_rule,
     noisy_rectifier_rule,
     reinmax_derivative,
@@ -49,10 +54,21 @@ from .estimators.surrogate import (
     straight_through_derivative,
     sts_derivative,
 )
-from .units import BINARY, STS, antithetic, check_temperature, flip_each, local_derivative_like
+from .numerics import positive_int
+from .units import (
+    BINARY,
+    STS,
+    antithetic,
+    check_temperature,
+    conditional_logistic_noise,
+    flip_each,
+    local_derivative_like,
+    logistic_noise,
+)
 
 __all__ = ["straight_through", "sts", "noisy_rectifier", "reinforce", "RunningBaseline", "gumbel_sigmoid",
-           "st_gumbel", "reinmax", "arm", "disarm", "reinforce_loo", "local_expectation", "pathwise"]
+           "st_gumbel", "gumbel_rao", "reinmax", "arm", "disarm", "reinforce_loo", "local_expectation", "arms",
+           "double_cv", "rebar", "pathwise"]
 
 
 def _uniforms(a: Tensor, u: Tensor | None, generator: torch.Generator | None) -> Tensor:
@@ -124,6 +140,26 @@ def st_gumbel(a: Tensor, *, u: Tensor | None = None, generator: torch.Generator 
               temperature: float = 1.0) -> Tensor:
     """Hard sample ``1[u < sigmoid(a)]`` forward, the relaxed sample's gradient backward."""
     return _sampled(a, u, generator, st_gumbel_rule, temperature=check_temperature(temperature))
+
+
+def _stacked_uniforms(a: Tensor, k: int, u: Tensor | None, generator: torch.Generator | None) -> Tensor:
+    """``k`` uniforms per entry of ``a``, ``[k, *a.shape]``: ``u`` checked, or drawn."""
+    shape = (k, *a.shape)
+    if u is not None:
+        if u.shape != shape:
+            raise ValueError(f"u must have shape {shape}, got {tuple(u.shape)}")
+        return u.to(a)
+    return torch.rand(shape, generator=generator, dtype=a.dtype, device=a.device)
+
+
+def gumbel_rao(a: Tensor, *, k: int = 10, u: Tensor | None = None, generator: torch.Generator | None = None,
+               temperature: float = 1.0) -> Tensor:
+    """Hard sample ``1[u_0 < sigmoid(a)]`` forward; backward st_gumbel's derivative averaged over ``k`` logistic
+    noises drawn given the sample (``u``, if given, is ``[1 + k, *a.shape]``)."""
+    k = positive_int("k", k)
+    uu = _stacked_uniforms(a, 1 + k, u, generator)
+    _, value, derivative = gumbel_rao_rule(a.detach(), uu[0], uu[1:], check_temperature(temperature))
+    return _with_local_derivative(value, a, derivative)
 
 
 def reinforce(a: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None
@@ -205,3 +241,55 @@ def local_expectation(a: Tensor, loss_fn: Callable[[Tensor], Tensor], *, u: Tens
     flipped = flip_each(b, axis=0)                                              # [N, *a.shape]
     main, flips = _check_rows(loss_fn(b), b), _check_rows(loss_fn(flipped), flipped)
     return b, _surrogate(a, local_expectation_rule(ad, b, main, torch.movedim(flips, 0, -1)))
+
+
+def arms(a: Tensor, loss_fn: Callable[[Tensor], Tensor], k: int = 4, *, u: Tensor | None = None,
+         generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """ARMS: ``k`` samples ``[k, *a.shape]`` coupled by a Dirichlet copula (the first ``1[u_0 < p]``) and a surrogate
+    with gradient ``p(1-p)/(m - P_ij) 1/(k-1) sum_j (f_j - mean f)(b_j - p)`` (``u``, if given, ``[k, *a.shape]``)."""
+    if isinstance(k, bool) or not (isinstance(k, int) and k >= 2):
+        raise ValueError(f"k must be an integer >= 2, got {k!r}")
+    ad = a.detach()
+    b = coupled_samples(ad, _stacked_uniforms(a, k, u, generator))
+    loss = tied_losses(_check_rows(loss_fn(b), b), b, axis=0)
+    return b, _surrogate(a, arms_rule(ad.expand_as(b), b, loss, axis=0).sum(0))
+
+
+def double_cv(a: Tensor, loss_fn: Callable[[Tensor], Tensor], k: int = 4, alpha: float = 1.0, *,
+              u: Tensor | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """The double control variate: ``k`` independent samples ``[k, *a.shape]`` and a surrogate whose gradient is
+    leave-one-out on ``f_j - alpha g_{-j}.(b_j - p)`` plus ``alpha/k sum_j g_{-j} p(1-p)``, with ``g = dL/db`` from
+    autograd through ``loss_fn`` (which must be differentiable in ``b``)."""
+    if isinstance(k, bool) or not (isinstance(k, int) and k >= 2):
+        raise ValueError(f"k must be an integer >= 2, got {k!r}")
+    uu, ad = _stacked_uniforms(a, k, u, generator), a.detach()
+    b = BINARY.sample(ad.expand_as(uu), uu)[1].requires_grad_(True)
+    with torch.enable_grad():
+        value = loss_fn(b)
+        (slopes,) = torch.autograd.grad(value.sum(), b)
+    b = b.detach()
+    loss = tied_losses(_check_rows(value, b), b, axis=0)
+    return b, _surrogate(a, double_cv_rule(ad.expand_as(b), b, loss, slopes, float(alpha), axis=0).sum(0))
+
+
+def rebar(a: Tensor, loss_fn: Callable[[Tensor], Tensor], *, temperature: float = 0.5, scale: float = 1.0,
+          control: Callable[[Tensor], Tensor] | None = None, u: Tensor | None = None,
+          generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """REBAR (RELAX when ``control``, a function of ``z`` with one value per row, is given): the sample ``b`` and a
+    surrogate with gradient ``(f(b) - c(z~))(b - p) + dc(z)/da - dc(z~)/da``, ``c = scale f(sigmoid(z/temperature))``
+    (plus ``control(z)``). ``loss_fn`` is evaluated on relaxed values too and must be differentiable there;
+    ``u``, if given, is ``[2, *a.shape]`` (the sample's, then the conditional noise's). Training ``control`` is the
+    caller's (``gs.estimators.control_variates.train_control`` does it for gradstats' problems)."""
+    temperature = check_temperature(temperature)
+    uu, ad = _stacked_uniforms(a, 2, u, generator), a.detach()
+    b = BINARY.sample(ad, uu[0])[1]
+    noise, slope = conditional_logistic_noise(ad, b, uu[1])
+    z = (ad + logistic_noise(uu[0])).requires_grad_(True)
+    z_given_b = (ad + noise).requires_grad_(True)
+    with torch.enable_grad():
+        controls = [scale * loss_fn(torch.sigmoid(zz / temperature)) + (0 if control is None else control(zz))
+                    for zz in (z, z_given_b)]
+        derivative, derivative_given_b = torch.autograd.grad([c.sum() for c in controls], [z, z_given_b])
+    main = _check_rows(loss_fn(b), b)
+    delta = relax_rule(ad, b, main, controls[1].detach(), derivative, derivative_given_b * slope)
+    return b, _surrogate(a, delta)

@@ -31,6 +31,7 @@ from .score_function import leave_one_out_rule, tied_losses
 
 __all__ = [
     "dirichlet_copula",
+    "coupled_samples",
     "arms_debias",
     "arms_rule",
     "arms_pattern_probabilities",
@@ -93,15 +94,15 @@ def arms_rule(a: Tensor, b: Tensor, loss: Tensor, axis: int) -> Tensor:
     return leave_one_out_rule(a, b, loss, axis) * arms_debias(a, k)
 
 
-def _coupled_samples(a: Tensor, u: Tensor) -> Tensor:
-    """The ``k`` coupled samples ``[B, k, n]`` of units with logits ``a`` ``[B, n]`` from ``u`` ``[B, k, n]``: the
-    first is ``1[u_0 < p]``; the copula runs on ``u_0`` where ``p < 1/2`` and on ``1 - u_0`` (with every sample
+def coupled_samples(a: Tensor, u: Tensor) -> Tensor:
+    """ARMS's ``k`` coupled samples ``[k, ...]`` of units with logits ``a`` ``[...]`` from uniforms ``u`` ``[k, ...]``:
+    the first is ``1[u_0 < p]``; the copula runs on ``u_0`` where ``p < 1/2`` and on ``1 - u_0`` (with every sample
     flipped to ``1[c > 1 - p]``) where ``p >= 1/2``, so that the samples share a unit's minority value."""
-    first = u[:, 0]
+    first = u[0]
     low = a < 0
-    copula = dirichlet_copula(torch.where(low, first, 1 - first), u[:, 1:].movedim(1, 0))   # [k, B, n]
+    copula = dirichlet_copula(torch.where(low, first, 1 - first), u[1:])
     others = torch.where(low, copula[1:] < torch.sigmoid(a), copula[1:] > torch.sigmoid(-a)).to(a.dtype)
-    return torch.cat([BINARY.sample(a, first)[0][None], others]).movedim(0, 1)
+    return torch.cat([BINARY.sample(a, first)[0][None], others])
 
 
 def _arms_draw(problem: Problem, u: Tensor, k: int) -> FactoredGradient:
@@ -114,7 +115,7 @@ def _arms_draw(problem: Problem, u: Tensor, k: int) -> FactoredGradient:
     batch = u.shape[0]
     deltas = []
     for t, a in enumerate(traj.logits):
-        b = _coupled_samples(a, coupled[t])                                         # [B, k, n]
+        b = coupled_samples(a, coupled[t].movedim(1, 0)).movedim(0, 1)            # [B, k, n]
         h = b[:, 1:].reshape(batch * (k - 1), -1)
         for layer in range(t + 1, problem.num_layers):
             above = problem.logits(layer, h, parameters)
