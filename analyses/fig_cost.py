@@ -84,7 +84,7 @@ def compute(cell, config):
 
 
 def plot(frame, meta, config):
-    fig, mosaic = plt.subplot_mosaic("AC;BB", figsize=(6.3, 5.2), height_ratios=[1, 1.1])
+    fig, mosaic = plt.subplot_mosaic("AC;BB", figsize=(6.3, 6.6), height_ratios=[1, 1.7])
     axes = [mosaic["A"], mosaic["B"], mosaic["C"]]
     width = frame[frame.cell_kind == "width"]
     sns.lineplot(width, x="width", y="draws_per_second", hue="device", marker="o", ax=axes[0])

@@ -28,6 +28,7 @@ pyro-ppl 1.9.2 (:func:`pyro_estimators`, its ``TraceGraph_ELBO``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
@@ -51,7 +52,8 @@ from .stats import MIN_SAMPLES, required_draws
 
 __all__ = ["PINNED", "STATUSES", "ALPHA", "POWER", "RELATIVE_BIAS", "PeerEstimator", "AuditRow", "PEERS",
            "storchastic_estimators", "pyro_estimators", "audit_problems", "peer_gradients", "peer_loop_gradients",
-           "audit_one", "audit", "closed_form_gradient", "moving_average_simulation", "unordered_set_mean"]
+           "audit_one", "audit", "closed_form_gradient", "moving_average_simulation", "unordered_set_mean",
+           "storchastic_conditional_sample_sides", "corrected_storchastic_conditional_sample"]
 
 PINNED = {"storchastic": "0.3.7", "pyro": "1.9.2"}
 STATUSES = ("agrees", "disagrees", "inconclusive")
@@ -85,6 +87,7 @@ class PeerEstimator:
     notes: str = ""
     max_draws: int | None = None     # a cap the peer needs (see notes)
     chunk_size: int = 50_000         # draws per backward pass (smaller where the peer's memory needs it)
+    patch: Callable[[], contextlib.AbstractContextManager] | None = field(default=None, repr=False, compare=False)
 
     def draw_limit(self, quick: bool) -> int:
         """The most draws one (estimator, problem) gets: 20 million (100,000 quick); 10,000 (1,500 quick) when
@@ -127,6 +130,59 @@ def _require_storchastic():
     return storch
 
 
+def storchastic_conditional_sample_sides(p: float = 0.5, draws: int = 100_000, seed: int = 0) -> dict[str, float]:
+    r"""How often storchastic 0.3.7's Bernoulli conditional sample (``storch.conditional_gumbel_rsample``, used by its
+    REBAR and RELAX for :math:`\tilde z \sim p(z \mid b)`) lands on the wrong side of 1/2: the share of relaxed
+    values :math:`\le 1/2` given ``b = 1`` and :math:`\ge 1/2` given ``b = 0``, at probability ``p``. Given ``b``
+    the relaxed value :math:`\sigma(\tilde z/\tau)` is above 1/2 exactly when ``b = 1``, so both shares are 0 for
+    a correct sampler.
+
+    storchastic writes :math:`\tilde z = \log p + \log(1 + p) + \log v' + \log(1 + v')` (``log1p`` of ``p`` and
+    of :math:`v'`) where the logistic noise given ``b`` is
+    :math:`\operatorname{logit} p + \operatorname{logit} v' = \log p - \log(1 - p) + \log v' - \log(1 - v')`;
+    its :math:`v'` (uniform on :math:`(1 - p, 1)` given ``b = 1``, on :math:`(0, 1 - p)` given ``b = 0``) is right.
+    """
+    _require_storchastic()
+    from storch.method import relax as storch_relax
+
+    torch.manual_seed(seed)
+    hard = torch.tensor([1.0, 0.0], dtype=torch.float64).repeat(draws)
+    sample = storch_relax.conditional_gumbel_rsample(hard, torch.full_like(hard, p), True, torch.tensor(1.0))
+    return {"given_b_1": float((sample[hard == 1] <= 0.5).double().mean()),
+            "given_b_0": float((sample[hard == 0] >= 0.5).double().mean())}
+
+
+def _conditional_sample(hard_sample: Tensor, probs: Tensor, bernoulli: bool, temperature, original):
+    r"""Bernoulli: :math:`\sigma((\operatorname{logit} p + \operatorname{logit} v')/\tau)` with storchastic's own
+    :math:`v'`; categorical units go to storchastic's ``original``."""
+    if not bernoulli:
+        return original(hard_sample, probs, bernoulli, temperature)
+    from torch.distributions.utils import clamp_probs
+
+    probs = clamp_probs(probs.expand_as(hard_sample))
+    v = clamp_probs(torch.rand(hard_sample.shape, dtype=probs.dtype, device=probs.device))
+    shifted = torch.where(hard_sample == 1, v * probs + (1 - probs), v * (1 - probs))
+    noise = probs.log() - torch.log1p(-probs) + shifted.log() - torch.log1p(-shifted)
+    return (noise / temperature).sigmoid()
+
+
+@contextlib.contextmanager
+def corrected_storchastic_conditional_sample():
+    """While active, storchastic's REBAR and RELAX draw the Bernoulli conditional sample with the logistic noise
+    given ``b`` (:func:`storchastic_conditional_sample_sides` says what is replaced); nothing else of theirs
+    changes. Restored on exit."""
+    storch = _require_storchastic()
+    from storch.method import relax as storch_relax
+
+    original = storch_relax.conditional_gumbel_rsample
+    corrected = functools.partial(_conditional_sample, original=original)
+    storch_relax.conditional_gumbel_rsample = storch.conditional_gumbel_rsample = corrected
+    try:
+        yield
+    finally:
+        storch_relax.conditional_gumbel_rsample = storch.conditional_gumbel_rsample = original
+
+
 def storchastic_estimators() -> list[PeerEstimator]:
     """Every storchastic 0.3.7 estimator that accepts Bernoulli units (``storch.method``), with what it claims.
 
@@ -158,6 +214,15 @@ def storchastic_estimators() -> list[PeerEstimator]:
         PeerEstimator(peer, "RELAX(in_dim=N)", "exact", lambda n: m.RELAX("z", in_dim=n), dtype=torch.float32,
                       notes="float32 (its control variate network is float32); at most 2 million draws (memory "
                       "grows by about 1 kB per draw across calls)", max_draws=2_000_000),
+        PeerEstimator(peer, "REBAR(), conditional sample corrected", "exact", lambda n: m.REBAR("z"),
+                      patch=corrected_storchastic_conditional_sample,
+                      notes="storchastic's own REBAR with only its Bernoulli conditional sample replaced by the "
+                      "logistic noise given b (corrected_storchastic_conditional_sample)"),
+        PeerEstimator(peer, "RELAX(in_dim=N), conditional sample corrected", "exact",
+                      lambda n: m.RELAX("z", in_dim=n), dtype=torch.float32, max_draws=2_000_000,
+                      patch=corrected_storchastic_conditional_sample,
+                      notes="storchastic's own RELAX (float32, at most 2 million draws) with only its Bernoulli "
+                      "conditional sample replaced"),
         PeerEstimator(peer, "RaoBlackwellSF(n_samples=2)", "exact", lambda n: m.RaoBlackwellSF("z", n_samples=2)),
         PeerEstimator(peer, "Expect()", "exact", lambda n: m.Expect("z"), notes="exact enumeration"),
         PeerEstimator(peer, "ScoreFunctionWOR(k=2, biased=False)", "exact",
@@ -263,12 +328,13 @@ def _storchastic_chunk(estimator: PeerEstimator, problem: Problem, rows: int, se
     torch.manual_seed(seed)
     method = estimator.build(_one_layer(problem).size)
     draws = _Rows(problem, rows, estimator.dtype)
-    try:
-        sample = method(Bernoulli(logits=storch.denote_independent(draws.logits(), 0, "draws")))
-        storch.add_cost(_storch_cost(storch, problem, estimator.dtype)(sample), "cost")
-        storch.backward()
-    finally:
-        storch.reset()
+    with estimator.patch() if estimator.patch is not None else contextlib.nullcontext():
+        try:
+            sample = method(Bernoulli(logits=storch.denote_independent(draws.logits(), 0, "draws")))
+            storch.add_cost(_storch_cost(storch, problem, estimator.dtype)(sample), "cost")
+            storch.backward()
+        finally:
+            storch.reset()
     return draws.gradients(rows)
 
 

@@ -227,13 +227,13 @@ register(Claim("REBAR-U", "In this work, we combine the two approaches through a
                "gradstats' REBAR is unbiased for the binary network's gradient (Monte Carlo, calibrated test) on "
                "networks of 1 to 3 stochastic layers at two temperatures and scales; low variance read against "
                "REINFORCE with Eq. 10's exact baseline",
-               check_rebar_unbiased, "tests/claims/test_control_variates.py::test_rebar_unbiased"))
+               check_rebar_unbiased, "tests/claims/test_control_variate_claims.py::test_rebar_unbiased"))
 register(Claim("RELAX-U", "We introduce a general framework for learning low-variance, unbiased gradient estimators, "
                "applicable to black-box functions of discrete or continuous random variables.",
                "Grathwohl, Choi, Wu, Roeder & Duvenaud 2018, Backpropagation through the Void (ICLR), abstract",
                "gradstats' RELAX (discrete case) is unbiased whatever its control network's weights, trained or not "
                "(Monte Carlo, calibrated test); 'low-variance' reported as what training does to the variance",
-               check_relax_unbiased, "tests/claims/test_control_variates.py::test_relax_unbiased"))
+               check_relax_unbiased, "tests/claims/test_control_variate_claims.py::test_relax_unbiased"))
 register(Claim("ARMS-U", "It is unbiased, has low variance, and generalizes both DisARM, which we show to be ARMS with "
                "two samples, and the leave-one-out REINFORCE (LOORF) estimator, which is ARMS with uncorrelated "
                "samples.",
@@ -241,14 +241,14 @@ register(Claim("ARMS-U", "It is unbiased, has low variance, and generalizes both
                "abstract",
                "exactly unbiased on one layer of binary units for k = 2 to 4 (Dirichlet copula), equal to DisARM at "
                "k = 2; low variance read against leave-one-out with the same number of samples",
-               check_arms, "tests/claims/test_control_variates.py::test_arms"))
+               check_arms, "tests/claims/test_control_variate_claims.py::test_arms"))
 register(Claim("DCV-V", "We show that our estimator can have lower variance compared to other state-of-the-art "
                "estimators.",
                "Titsias & Shi 2022, Double Control Variates for Gradient Estimation in Discrete Latent Variable Models "
                "(AISTATS), abstract",
                "existential: a network where the double control variate's exact variance is below leave-one-out's, "
                "ARMS's (same k) and DisARM's; and its unbiasedness for any alpha, exactly",
-               check_double_cv, "tests/claims/test_control_variates.py::test_double_cv"))
+               check_double_cv, "tests/claims/test_control_variate_claims.py::test_double_cv"))
 register(Claim("GR-MSE", "In this paper, we show that the variance of the straight-through variant of the popular "
                "Gumbel-Softmax estimator can be reduced through Rao-Blackwellization without increasing the number of "
                "function evaluations. This provably reduces the mean squared error.",
@@ -256,4 +256,4 @@ register(Claim("GR-MSE", "In this paper, we show that the variance of the straig
                "Estimator (ICLR), abstract",
                "for binary units on one layer: Gumbel-Rao with k conditional samples has ST-Gumbel's mean and at most "
                "its variance on every coordinate (so at most its MSE), one loss evaluation",
-               check_gumbel_rao, "tests/claims/test_control_variates.py::test_gumbel_rao"))
+               check_gumbel_rao, "tests/claims/test_control_variate_claims.py::test_gumbel_rao"))
