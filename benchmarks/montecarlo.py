@@ -28,8 +28,11 @@ ST mean (within 5 standard errors) before it is timed.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.func import grad, vmap
@@ -138,6 +141,9 @@ def main(argv=None):
                         help="estimators timed on the fused path too (each compiles once; '' for none)")
     parser.add_argument("--fused-chunks", default="", help="other chunk sizes to time the fused ST path at (comma-separated)")
     parser.add_argument("--profile", action="store_true", help="profile one fused ST run of the draws (at most 2^26)")
+    parser.add_argument("--estimators-only", action="store_true",
+                        help="only the per-estimator table (eager, and fused for --fused), with each rate over ST's")
+    parser.add_argument("--json", default=None, help="also write the per-estimator table to this JSON file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = gs.noise.resolve_device(args.device)
@@ -163,6 +169,9 @@ def main(argv=None):
             check(f"gradstats fused {dtype}", m.mean, exact, min(n, 2**20))
         return time.perf_counter() - start
 
+    if args.estimators_only:
+        per_estimator(args, ours, compiled, n, device, name)
+        return
     check("gradstats", ours(draws=min(n, 2**20)).mean, exact, min(n, 2**20))
     compile_seconds = {dtype: compiled("st", dtype) for dtype in (torch.float64, torch.float32)}
     params = {k: v.to(device) for k, v in problem.parameters.items()}
@@ -201,21 +210,41 @@ def main(argv=None):
         print(f"gradstats fused, chunks of {chunk:,}: {r:.3g} draws/s")
     if args.profile:
         profile(lambda: ours(fuse=True, draws=min(n, 2**26)), min(n, 2**26), device)
+    per_estimator(args, ours, compiled, n, device, name)
+
+
+def per_estimator(args, ours, compiled, n, device, name) -> None:
+    """Every registered estimator's draws per second on W1 (same statistics), eager and (for ``--fused``) fused,
+    with its rate over ST's eager rate measured in the same run; ``--json`` writes the rows."""
     fused = [e for e in args.fused.split(",") if e]
     per = int(args.estimator_draws or n)
     print(f"\nper estimator (gradstats, {per:,} draws, same statistics; fused after its compilation):")
-    print(f"{'estimator':18s} {'eager draws/s':>14s} {'fused draws/s':>14s} {'compile s':>10s} {'loss evals/draw':>16s}")
-    for est in gs.estimators.names():
+    print(f"{'estimator':18s} {'eager draws/s':>14s} {'over st':>8s} {'fused draws/s':>14s} {'compile s':>10s} "
+          f"{'loss evals/draw':>16s}")
+    rows, st_rate = [], None
+    for est in ["st"] + [e for e in gs.estimators.names() if e != "st"]:
         m = ours(est, per)
-        row = f"{est:18s} {per / m.seconds:14.3g}"
+        eager = per / m.seconds
+        st_rate = st_rate or eager
+        row = {"estimator": est, "eager_draws_per_second": eager, "over_st": eager / st_rate,
+               "loss_evals_per_draw": m.loss_evals_per_draw}
+        line = f"{est:18s} {eager:14.3g} {eager / st_rate:8.2f}"
         if est in fused:
             seconds = compiled(est)
             # best of two: the first run may still compile for piece sizes the warm-up did not meet
-            row += f" {rate(lambda est=est: ours(est, per, fuse=True), per, device):14.3g} {seconds:10.1f}"
+            row["fused_draws_per_second"] = rate(lambda est=est: ours(est, per, fuse=True), per, device)
+            row["compile_seconds"] = seconds
+            line += f" {row['fused_draws_per_second']:14.3g} {seconds:10.1f}"
         else:
-            row += f" {'':>14s} {'':>10s}"
-        print(f"{row} {m.loss_evals_per_draw:16d}")
-
+            line += f" {'':>14s} {'':>10s}"
+        print(f"{line} {m.loss_evals_per_draw:16d}")
+        rows.append(row)
+    if args.json:
+        out = {"benchmark": "montecarlo per estimator", "workload": "W1: sbn [8, 16] -> readout 4, squared error",
+               "device": f"{device.type} ({name})", "threads": args.threads, "torch": torch.__version__,
+               "draws": per, "date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/montecarlo.py "
+               + " ".join(sys.argv[1:]), "rows": rows}
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
 
 if __name__ == "__main__":
     main()

@@ -215,9 +215,10 @@ def storchastic_estimators() -> list[PeerEstimator]:
                       notes="float32 (its control variate network is float32); at most 2 million draws (memory "
                       "grows by about 1 kB per draw across calls)", max_draws=2_000_000),
         PeerEstimator(peer, "REBAR(), conditional sample corrected", "exact", lambda n: m.REBAR("z"),
-                      patch=corrected_storchastic_conditional_sample,
+                      patch=corrected_storchastic_conditional_sample, max_draws=2_000_000,
                       notes="storchastic's own REBAR with only its Bernoulli conditional sample replaced by the "
-                      "logistic noise given b (corrected_storchastic_conditional_sample)"),
+                      "logistic noise given b (corrected_storchastic_conditional_sample); at most 2 million draws "
+                      "(its memory grows by about 1 kB per draw across calls)"),
         PeerEstimator(peer, "RELAX(in_dim=N), conditional sample corrected", "exact",
                       lambda n: m.RELAX("z", in_dim=n), dtype=torch.float32, max_draws=2_000_000,
                       patch=corrected_storchastic_conditional_sample,

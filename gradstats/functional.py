@@ -61,6 +61,7 @@ from .units import (
     antithetic,
     check_temperature,
     conditional_logistic_noise,
+    conditional_noise_slope,
     flip_each,
     local_derivative_like,
     logistic_noise,
@@ -283,9 +284,9 @@ def rebar(a: Tensor, loss_fn: Callable[[Tensor], Tensor], *, temperature: float 
     temperature = check_temperature(temperature)
     uu, ad = _stacked_uniforms(a, 2, u, generator), a.detach()
     b = BINARY.sample(ad, uu[0])[1]
-    noise, slope = conditional_logistic_noise(ad, b, uu[1])
+    slope = conditional_noise_slope(ad, b, uu[1])
     z = (ad + logistic_noise(uu[0])).requires_grad_(True)
-    z_given_b = (ad + noise).requires_grad_(True)
+    z_given_b = (ad + conditional_logistic_noise(ad, b, uu[1])).requires_grad_(True)
     with torch.enable_grad():
         controls = [scale * loss_fn(torch.sigmoid(zz / temperature)) + (0 if control is None else control(zz))
                     for zz in (z, z_given_b)]

@@ -53,6 +53,7 @@ __all__ = [
     "relaxed_local_derivative",
     "relaxed_with_derivative",
     "conditional_logistic_noise",
+    "conditional_noise_slope",
     "local_derivative_like",
     "flip_each",
 ]
@@ -140,25 +141,31 @@ def relaxed_local_derivative(a: Tensor, u: Tensor, temperature: float) -> Tensor
     return relaxed_with_derivative(a, u, temperature)[1]
 
 
-def conditional_logistic_noise(a: Tensor, b: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Logistic noise :math:`\tilde\ell` drawn given the binary sample ``b``, reparameterised by uniforms ``v``,
-    and :math:`\partial \tilde z / \partial a` of :math:`\tilde z = a + \tilde\ell(a, b, v)`.
+def conditional_logistic_noise(a: Tensor, b: Tensor, v: Tensor) -> Tensor:
+    r"""Logistic noise :math:`\tilde\ell` drawn given the binary sample ``b``, reparameterised by uniforms ``v``.
 
     ``b = 1[a + \ell > 0]`` for :math:`\ell = \log(1 - u) - \log u`, so given ``b`` the uniform ``u`` is uniform
     on :math:`[0, p)` (``b = 1``) or :math:`[p, 1)` (``b = 0``): :math:`\tilde u = v p` or :math:`p + v(1 - p)`
-    (Tucker et al. 2017, REBAR, appendix; the conditional Gumbel of Paulus et al. 2021 for two classes). The
-    logarithms are taken without forming :math:`1 - p` or :math:`1 - \tilde u` by subtraction (each is a sum of
-    positive terms), and the derivative in closed form: :math:`p(1 - v)/((1 - v) + v(1 - p))` for ``b = 1``
-    and :math:`(1 - p)v/\tilde u` for ``b = 0``. Holding ``v`` fixed, :math:`\tilde z` has the law of :math:`z` given ``b``.
+    (Tucker et al. 2017, REBAR, appendix; the conditional Gumbel of Paulus et al. 2021 for two classes), and
+    :math:`\tilde\ell = \log(1 - \tilde u) - \log \tilde u`. Neither :math:`1 - p` nor :math:`1 - \tilde u` is
+    formed by subtraction: :math:`1 - \tilde u` is :math:`(1 - v) + v(1 - p)` or :math:`(1 - v)(1 - p)`. Holding
+    ``v`` fixed, :math:`a + \tilde\ell` has the law of :math:`z = a + \ell` given ``b``; its derivative in ``a``
+    is :func:`conditional_noise_slope`.
     """
     p, q = torch.sigmoid(a), torch.sigmoid(-a)
     on = b > 0.5
-    rest_on = (1 - v) + v * q                               # b = 1: u~ = v p, 1 - u~ = (1 - v) + v (1 - p)
-    u_off = p + v * q                                       # b = 0: u~ = p + v (1 - p), 1 - u~ = (1 - v) q
-    log_u = torch.where(on, torch.log(v) + F.logsigmoid(a), torch.log(u_off))
-    log_1mu = torch.where(on, torch.log(rest_on), torch.log1p(-v) + F.logsigmoid(-a))
-    slope = torch.where(on, p * (1 - v) / rest_on, q * v / u_off)
-    return log_1mu - log_u, slope
+    rest = torch.where(on, (1 - v) + v * q, (1 - v) * q)        # 1 - u~
+    drawn = torch.where(on, v * p, p + v * q)                    # u~
+    return torch.log(rest) - torch.log(drawn)
+
+
+def conditional_noise_slope(a: Tensor, b: Tensor, v: Tensor) -> Tensor:
+    r""":math:`\partial \tilde z / \partial a` of :math:`\tilde z = a + \tilde\ell(a, b, v)`
+    (:func:`conditional_logistic_noise`), ``v`` fixed, in closed form: :math:`p(1 - v)/((1 - v) + v(1 - p))` for
+    ``b = 1`` and :math:`(1 - p)v/(p + v(1 - p))` for ``b = 0`` (REBAR's reparameterisation of the conditional
+    sample through the logits)."""
+    p, q = torch.sigmoid(a), torch.sigmoid(-a)
+    return torch.where(b > 0.5, p * (1 - v) / ((1 - v) + v * q), q * v / (p + v * q))
 
 
 def check_temperature(temperature) -> float:

@@ -42,6 +42,7 @@ from ..units import (
     binary_residual,
     check_temperature,
     conditional_logistic_noise,
+    conditional_noise_slope,
     logistic_noise,
     sigmoid_derivative,
 )
@@ -110,8 +111,8 @@ def _relaxations(problem: Problem, traj: Trajectory, layer: int, parts: list[Ten
     """REBAR's control ``scale * f(relaxed network)`` at ``z`` and ``z~`` for ``layer``, with ``dc/da``."""
     a, b = traj.logits[layer], traj.indicators[layer]
     z = a + logistic_noise(parts[layer])
-    noise, slope = conditional_logistic_noise(a, b, v)
-    z_conditional = a + noise
+    z_conditional = a + conditional_logistic_noise(a, b, v)
+    slope = conditional_noise_slope(a, b, v)
     values, derivatives = [], []
     for zz in (z, z_conditional):
         h = torch.sigmoid(zz / temperature)

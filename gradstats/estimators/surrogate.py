@@ -166,8 +166,7 @@ def gumbel_rao_rule(a: Tensor, u: Tensor, v: Tensor, temperature: float = 1.0) -
     on one layer (Rao-Blackwellisation); ``K = 1`` has st_gumbel's law. Cost: one loss evaluation.
     Returns ``(b, b, s)``."""
     b, value = BINARY.sample(a, u)
-    noise, _ = conditional_logistic_noise(a, b, v)
-    z = (a + noise) / temperature
+    z = (a + conditional_logistic_noise(a, b, v)) / temperature
     s = (torch.sigmoid(z) * torch.sigmoid(-z)).mean(0) / temperature
     return b, value, s
 
