@@ -159,7 +159,8 @@ def numbers(frame, config):
                lowest_mse_by_budget(frame[frame.variant != "reinmax"]))}
     for label, macro in (("st", "St"), ("reinforce", "Reinforce"), ("reinforce (Eq. 10)", "ReinforceEqTen"),
                          ("reinforce (running)", "ReinforceRunning"), ("disarm", "Disarm"), ("gumbel", "Gumbel"),
-                         ("st_sigmoid", "StSigmoid"), ("reinmax", "Reinmax"), (ORACLE, "Oracle")):
+                         ("st_sigmoid", "StSigmoid"), ("reinmax", "Reinmax"), (ORACLE, "Oracle"), ("rebar", "Rebar"),
+                         ("relax", "Relax"), ("arms", "Arms"), ("double_cv", "DoubleCv"), ("gumbel_rao", "GumbelRao")):
         if not rows(label, "cosine_m").empty:
             out[f"metrics{macro}Cos"] = _mean_over_networks(rows(label, "cosine_m"))
             out[f"metrics{macro}Mse"] = _mean_over_networks(rows(label, "mse"))

@@ -237,8 +237,9 @@ def _relax_deltas(problem: Problem, u: Tensor, temperature: float, scale: float,
     return FactoredGradient(deltas, list(traj.inputs))
 
 
-def _relax_draw(problem: Problem, u: Tensor, temperature: float, scale: float, hidden: int, control_seed: int,
-                train_steps: int, train_draws: int, learning_rate: float, networks) -> FactoredGradient:
+def _relax_draw(problem: Problem, u: Tensor, temperature: float, scale: float, networks, **construction
+                ) -> FactoredGradient:
+    """Per-draw RELAX with the prepared ``networks`` (``construction``: the options that built and trained them)."""
     with torch.no_grad():
         return _relax_deltas(problem, u, temperature, scale, networks, create_graph=False)
 
