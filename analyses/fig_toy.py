@@ -51,8 +51,8 @@ def compute(cell, config):
     return rows
 
 
-PATHWISE = ("st", "st_sigmoid", "reinmax", "st_gumbel", "gumbel", "sts", "noisy_rectifier")
-UNBIASED = ("reinforce", "reinforce_loo", "arm", "disarm", "local_expectation")
+PATHWISE = ("st", "st_sigmoid", "reinmax", "st_gumbel", "gumbel_rao", "gumbel", "sts", "noisy_rectifier")
+UNBIASED = ("reinforce", "reinforce_loo", "arm", "disarm", "arms", "double_cv", "rebar", "relax", "local_expectation")
 FAMILIES = {"pathwise (biased)": PATHWISE, "unbiased": UNBIASED}
 OFF_AXIS = "noisy_rectifier"   # its bias grows with the logit, so it is drawn to the pathwise panels' edge and named
 
