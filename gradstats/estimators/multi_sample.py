@@ -95,8 +95,8 @@ def arms_rule(a: Tensor, b: Tensor, loss: Tensor, axis: int) -> Tensor:
 
 
 def coupled_samples(a: Tensor, u: Tensor) -> Tensor:
-    """ARMS's ``k`` coupled samples ``[k, ...]`` of units with logits ``a`` ``[...]`` from uniforms ``u`` ``[k, ...]``:
-    the first is ``1[u_0 < p]``; the copula runs on ``u_0`` where ``p < 1/2`` and on ``1 - u_0`` (with every sample
+    """ARMS's ``k`` coupled samples of units with logits ``a``, from ``k`` uniforms per unit (``u`` has a leading axis
+    of ``k``; so has the result): the first is ``1[u_0 < p]``; the copula runs on ``u_0`` where ``p < 1/2`` and on ``1 - u_0`` (with every sample
     flipped to ``1[c > 1 - p]``) where ``p >= 1/2``, so that the samples share a unit's minority value."""
     first = u[0]
     low = a < 0
@@ -127,9 +127,10 @@ def _arms_draw(problem: Problem, u: Tensor, k: int) -> FactoredGradient:
 
 
 def arms_pattern_probabilities(a: Tensor, k: int) -> Tensor:
-    r"""``[k + 1, n]``: the probability that exactly a given set of ``j`` of the ``k`` coupled samples of each unit
-    take the unit's minority value (1 where ``a < 0``, else 0), for ``j = 0 .. k``, by inclusion-exclusion over
-    :func:`_joint_minority`: :math:`\sum_i (-1)^i \binom{k-j}{i} G(j + i)`."""
+    r"""Per count ``j`` from 0 to ``k`` (rows) and unit (columns): the probability that exactly a given set of ``j``
+    of the ``k`` coupled samples take the unit's minority value (1 where ``a < 0``, else 0).
+
+    By inclusion-exclusion over :func:`_joint_minority`: :math:`\sum_i (-1)^i \binom{k-j}{i} G(j + i)`."""
     m = torch.sigmoid(-a.abs())
     joint = [_joint_minority(m, k, count) for count in range(k + 1)]
     return torch.stack([sum((-1) ** i * math.comb(k - j, i) * joint[j + i] for i in range(k - j + 1))
