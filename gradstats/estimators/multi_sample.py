@@ -96,8 +96,9 @@ def arms_rule(a: Tensor, b: Tensor, loss: Tensor, axis: int) -> Tensor:
 
 def coupled_samples(a: Tensor, u: Tensor) -> Tensor:
     """ARMS's ``k`` coupled samples of units with logits ``a``, from ``k`` uniforms per unit (``u`` has a leading axis
-    of ``k``; so has the result): the first is ``1[u_0 < p]``; the copula runs on ``u_0`` where ``p < 1/2`` and on ``1 - u_0`` (with every sample
-    flipped to ``1[c > 1 - p]``) where ``p >= 1/2``, so that the samples share a unit's minority value."""
+    of ``k``; so has the result): the first is ``1[u_0 < p]``; the copula runs on ``u_0`` where ``p < 1/2`` and on
+    ``1 - u_0`` (with every sample flipped to ``1[c > 1 - p]``) where ``p >= 1/2``, so that the samples share a
+    unit's minority value."""
     first = u[0]
     low = a < 0
     copula = dirichlet_copula(torch.where(low, first, 1 - first), u[1:])
