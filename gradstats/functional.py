@@ -153,6 +153,13 @@ def _stacked_uniforms(a: Tensor, k: int, u: Tensor | None, generator: torch.Gene
     return torch.rand(shape, generator=generator, dtype=a.dtype, device=a.device)
 
 
+def _samples(k) -> int:
+    """``k``, the samples a multi-sample drop-in takes, checked: an integer >= 2."""
+    if isinstance(k, bool) or not (isinstance(k, int) and k >= 2):
+        raise ValueError(f"k must be an integer >= 2, got {k!r}")
+    return k
+
+
 def gumbel_rao(a: Tensor, *, k: int = 10, u: Tensor | None = None, generator: torch.Generator | None = None,
                temperature: float = 1.0) -> Tensor:
     """Hard sample ``1[u_0 < sigmoid(a)]`` forward; backward st_gumbel's derivative averaged over ``k`` logistic
@@ -220,13 +227,8 @@ def reinforce_loo(a: Tensor, loss_fn: Callable[[Tensor], Tensor], k: int = 2, *,
                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Leave-one-out REINFORCE: ``k`` samples ``[k, *a.shape]`` and a surrogate with gradient
     ``1/(k-1) sum_j (f_j - mean f) (b_j - p)`` (``u``, if given, has shape ``[k, *a.shape]``)."""
-    if not (isinstance(k, int) and k >= 2):
-        raise ValueError(f"k must be an integer >= 2, got {k!r}")
-    shape = (k, *a.shape)
-    if u is not None and u.shape != shape:
-        raise ValueError(f"u must have shape {shape}, got {tuple(u.shape)}")
-    uu = u.to(a) if u is not None else torch.rand(shape, generator=generator, dtype=a.dtype, device=a.device)
-    ad = a.detach().expand(shape)
+    uu = _stacked_uniforms(a, _samples(k), u, generator)
+    ad = a.detach().expand(uu.shape)
     b = BINARY.sample(ad, uu)[1]
     loss = tied_losses(_check_rows(loss_fn(b), b), b, axis=0)   # equal rows, equal losses
     return b, _surrogate(a, leave_one_out_rule(ad, b, loss, axis=0).sum(0))
@@ -248,10 +250,8 @@ def arms(a: Tensor, loss_fn: Callable[[Tensor], Tensor], k: int = 4, *, u: Tenso
          generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """ARMS: ``k`` samples ``[k, *a.shape]`` coupled by a Dirichlet copula (the first ``1[u_0 < p]``) and a surrogate
     with gradient ``p(1-p)/(m - P_ij) 1/(k-1) sum_j (f_j - mean f)(b_j - p)`` (``u``, if given, ``[k, *a.shape]``)."""
-    if isinstance(k, bool) or not (isinstance(k, int) and k >= 2):
-        raise ValueError(f"k must be an integer >= 2, got {k!r}")
     ad = a.detach()
-    b = coupled_samples(ad, _stacked_uniforms(a, k, u, generator))
+    b = coupled_samples(ad, _stacked_uniforms(a, _samples(k), u, generator))
     loss = tied_losses(_check_rows(loss_fn(b), b), b, axis=0)
     return b, _surrogate(a, arms_rule(ad.expand_as(b), b, loss, axis=0).sum(0))
 
@@ -261,9 +261,7 @@ def double_cv(a: Tensor, loss_fn: Callable[[Tensor], Tensor], k: int = 4, alpha:
     """The double control variate: ``k`` independent samples ``[k, *a.shape]`` and a surrogate whose gradient is
     leave-one-out on ``f_j - alpha g_{-j}.(b_j - p)`` plus ``alpha/k sum_j g_{-j} p(1-p)``, with ``g = dL/db`` from
     autograd through ``loss_fn`` (which must be differentiable in ``b``)."""
-    if isinstance(k, bool) or not (isinstance(k, int) and k >= 2):
-        raise ValueError(f"k must be an integer >= 2, got {k!r}")
-    uu, ad = _stacked_uniforms(a, k, u, generator), a.detach()
+    uu, ad = _stacked_uniforms(a, _samples(k), u, generator), a.detach()
     b = BINARY.sample(ad.expand_as(uu), uu)[1].requires_grad_(True)
     with torch.enable_grad():
         value = loss_fn(b)

@@ -178,10 +178,12 @@ class Estimator:
 
 
 def _state_draw(est: Estimator):
-    """Draws of a state-based estimator: one pass sampled under ``est.unit`` from ``u[:, 0]``."""
+    """Draws of a state-based estimator: its ``copies`` passes sampled under ``est.unit`` from ``u[:, :copies]``,
+    stacked draw-major (draw ``i``'s passes are rows ``i*k .. i*k+k-1``), as ``from_states`` takes them."""
 
     def draw(problem: Problem, u: Tensor, **options):
-        return est.from_states(problem, sample_trajectory(problem, est.unit, u[:, 0]), **options)
+        passes = u[:, :est.copies(options)].reshape(-1, problem.num_units)
+        return est.from_states(problem, sample_trajectory(problem, est.unit, passes), **options)
 
     return draw
 

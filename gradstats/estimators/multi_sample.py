@@ -26,8 +26,8 @@ from torch import Tensor
 from .. import enumeration
 from ..problems import FactoredGradient, Problem, Trajectory
 from ..units import BINARY, binary_residual, sigmoid_derivative
-from .base import Estimator, sample_trajectory
-from .score_function import leave_one_out_rule, tied_losses
+from .base import Estimator, backpropagate, sample_trajectory
+from .score_function import copies_of, leave_one_out_rule, sample_above, tied_losses
 
 __all__ = [
     "dirichlet_copula",
@@ -111,16 +111,12 @@ def _arms_draw(problem: Problem, u: Tensor, k: int) -> FactoredGradient:
     the layers above on the draw's own uniforms ``u[:, 0]``. The first sample is the draw's own pass."""
     traj = sample_trajectory(problem, BINARY, u[:, 0])
     parts, coupled = problem.split_units(u[:, 0]), problem.split_units(u)
-    parameters = {name: value.to(u) for name, value in problem.parameters.items()}
     main = problem.loss(traj.output)
     batch = u.shape[0]
     deltas = []
     for t, a in enumerate(traj.logits):
         b = coupled_samples(a, coupled[t].movedim(1, 0)).movedim(0, 1)            # [B, k, n]
-        h = b[:, 1:].reshape(batch * (k - 1), -1)
-        for layer in range(t + 1, problem.num_layers):
-            above = problem.logits(layer, h, parameters)
-            h = BINARY.sample(above, parts[layer].repeat_interleave(k - 1, 0))[1]
+        h = sample_above(problem, t, b[:, 1:].reshape(batch * (k - 1), -1), parts, repeats=k - 1)
         outputs = torch.cat([traj.output[:, None], h.reshape(batch, k - 1, -1)], 1)
         losses = tied_losses(torch.cat([main[:, None], problem.loss(h).reshape(batch, k - 1)], 1), outputs, axis=1)
         deltas.append(arms_rule(a[:, None], b, losses, axis=1).sum(1))
@@ -223,34 +219,15 @@ def double_cv_rule(a: Tensor, b: Tensor, loss: Tensor, slopes: Tensor, alpha: fl
     return terms + (alpha / k) * others * sigmoid_derivative(a)
 
 
-def _straight_through_slopes(problem: Problem, traj: Trajectory) -> list[Tensor]:
-    """Per layer, ``dL/dh_t`` back-propagated with the identity for every hard unit above (straight-through): the
-    loss's own gradient for the last layer."""
-    _, upstream = problem.loss.value_and_grad(traj.output)
-    slopes = [upstream]
-    for layer in reversed(range(1, problem.num_layers)):
-        upstream = upstream @ problem.parameters[problem.layers[layer].weight].to(upstream)
-        slopes.append(upstream)
-    return slopes[::-1]
-
-
 def _double_cv_states(problem: Problem, traj: Trajectory, k: int, alpha: float) -> FactoredGradient:
-    outputs = traj.output.reshape(-1, k, traj.output.shape[-1])
-    loss = tied_losses(problem.loss(traj.output).reshape(-1, k), outputs, axis=1)     # [B, k]
-    slopes = _straight_through_slopes(problem, traj)
-    deltas, inputs = [], []
-    for a, h, inp, slope in zip(traj.logits, traj.indicators, traj.inputs, slopes):
-        draws = (loss.shape[0], k, -1)
-        a = a.expand_as(h).reshape(draws)
-        inp = None if inp is None else inp.expand(h.shape[0], -1).reshape(draws)
-        deltas.append(double_cv_rule(a, h.reshape(draws), loss, slope.reshape(draws), alpha, axis=1, inputs=inp))
-        inputs.append(inp)
-    return FactoredGradient(deltas, inputs)
-
-
-def _double_cv_draw(problem: Problem, u: Tensor, k: int, alpha: float) -> FactoredGradient:
-    flat = u.reshape(-1, problem.num_units)   # draw-major: draw i's passes are rows i*k .. i*k+k-1
-    return _double_cv_states(problem, sample_trajectory(problem, BINARY, flat), k, alpha)
+    """Each layer's slopes are ``dL/dh`` back-propagated with the identity for every hard unit above
+    (straight-through): the loss's own gradient for the last layer."""
+    loss, layers = copies_of(problem, traj, k)
+    _, top = problem.loss.value_and_grad(traj.output)
+    slopes = backpropagate(problem, traj, top, [None] * problem.num_layers).deltas
+    deltas = [double_cv_rule(a, h, loss, slope.reshape(h.shape), alpha, axis=1, inputs=inp)
+              for (a, h, inp), slope in zip(layers, slopes)]
+    return FactoredGradient(deltas, [inp for _, _, inp in layers])
 
 
 def _prepare_double_cv(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +241,6 @@ def _prepare_double_cv(problem: Problem, options: dict[str, Any]) -> dict[str, A
 DOUBLE_CV = Estimator(
     name="double_cv",
     summary="leave-one-out on f_j - alpha g_{-j}.(b_j - p), plus alpha/k sum_j g_{-j} p(1-p); g = dL/db",
-    draw=_double_cv_draw,
     from_states=_double_cv_states,
     unit=BINARY,
     copies=lambda options: options["k"],

@@ -54,6 +54,8 @@ __all__ = [
     "RunningBaseline",
     "optimal_baseline",
     "antithetic_losses",
+    "copies_of",
+    "sample_above",
     "arm_exact_moments",
     "REINFORCE",
     "ARM",
@@ -338,29 +340,30 @@ def _prepare_loo(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _loo_states(problem: Problem, traj: Trajectory, k: int) -> FactoredGradient:
+def copies_of(problem: Problem, traj: Trajectory, k: int) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor | None]]]:
+    """The ``k`` passes of each draw of ``traj`` (draw-major rows: draw ``i``'s are ``i*k .. i*k+k-1``) side by
+    side: their losses ``[B, k]`` (:func:`tied_losses`) and, per layer, its logits, states and inputs as
+    ``[B, k, n]`` (logits ``[1, 1, n]`` where every row shares them; inputs ``None`` for a layer without)."""
     outputs = traj.output.reshape(-1, k, traj.output.shape[-1])
-    loss = tied_losses(problem.loss(traj.output).reshape(-1, k), outputs, axis=1)   # [B, k]
-    deltas, inputs = [], []
+    loss = tied_losses(problem.loss(traj.output).reshape(-1, k), outputs, axis=1)
+    draws = (loss.shape[0], k, -1)
+    layers = []
     for a, h, inp in zip(traj.logits, traj.indicators, traj.inputs):
-        draws = (loss.shape[0], k, -1)
         a = _shared_logits(a)
         a = a.reshape(1, 1, -1) if a.shape[0] == 1 else a.reshape(draws)
-        inp = None if inp is None else inp.reshape(draws)
-        deltas.append(leave_one_out_rule(a, h.reshape(draws), loss, axis=1, inputs=inp))
-        inputs.append(inp)
-    return FactoredGradient(deltas, inputs)
+        layers.append((a, h.reshape(draws), None if inp is None else inp.reshape(draws)))
+    return loss, layers
 
 
-def _loo_draw(problem: Problem, u: Tensor, k: int) -> FactoredGradient:
-    flat = u.reshape(-1, problem.num_units)   # draw-major: draw i's passes are rows i*k .. i*k+k-1
-    return _loo_states(problem, sample_trajectory(problem, BINARY, flat), k)
+def _loo_states(problem: Problem, traj: Trajectory, k: int) -> FactoredGradient:
+    loss, layers = copies_of(problem, traj, k)
+    return FactoredGradient([leave_one_out_rule(a, h, loss, axis=1, inputs=inp) for a, h, inp in layers],
+                            [inp for _, _, inp in layers])
 
 
 REINFORCE_LOO = Estimator(
     name="reinforce_loo",
     summary="1/(k-1) sum_j (f_j - mean f) (b_j - p), k samples",
-    draw=_loo_draw,
     from_states=_loo_states,
     unit=BINARY,
     copies=lambda options: options["k"],
@@ -377,6 +380,18 @@ REINFORCE_LOO = Estimator(
 
 # ---- ARM and DisARM -------------------------------------------------------------------------------
 
+def sample_above(problem: Problem, layer: int, h: Tensor, parts: list[Tensor] | None, repeats: int = 1) -> Tensor:
+    """The last layer's states when the layers above ``layer`` are sampled from ``h`` on the draws' own uniforms
+    ``parts`` (common random numbers): ``h`` holds ``repeats`` rows a draw, each draw's together; ``h`` itself
+    where ``layer`` is the last (then ``parts`` may be ``None``)."""
+    if layer + 1 < problem.num_layers:
+        params = {k: v.to(h) for k, v in problem.parameters.items()}
+        for upper in range(layer + 1, problem.num_layers):
+            noise = parts[upper] if repeats == 1 else parts[upper].repeat_interleave(repeats, 0)
+            h = BINARY.sample(problem.logits(upper, h, params), noise)[1]
+    return h
+
+
 def antithetic_losses(problem: Problem, traj: Trajectory, u: Tensor) -> tuple[Tensor, list[Tensor]]:
     """``f(b)`` of the main pass and, per layer ``t``, ``f`` with layer ``t`` antithetic and the
     layers above resampled from the same uniforms ``u [B, U]``; where the two reach the same output, the same
@@ -385,10 +400,7 @@ def antithetic_losses(problem: Problem, traj: Trajectory, u: Tensor) -> tuple[Te
     main = problem.loss(traj.output)
     anti = []
     for t in range(problem.num_layers):
-        h = antithetic(traj.logits[t], parts[t])
-        for layer in range(t + 1, problem.num_layers):
-            a = problem.logits(layer, h, {k: v.to(u) for k, v in problem.parameters.items()})
-            h = BINARY.sample(a, parts[layer])[1]
+        h = sample_above(problem, t, antithetic(traj.logits[t], parts[t]), parts)
         anti.append(_tied_to(problem.loss(h), h, main, traj.output))
     return main, anti
 
@@ -537,11 +549,7 @@ def _flipped_losses(problem: Problem, traj: Trajectory, layer: int, parts: list[
     as it was gets the draw's own loss ``main`` (:func:`tied_losses`)."""
     h = traj.indicators[layer]
     batch, n = h.shape
-    flipped = flip_each(h, axis=-2).reshape(batch * n, n)
-    params = {k: v.to(h) for k, v in problem.parameters.items()}
-    for upper in range(layer + 1, problem.num_layers):
-        a = problem.logits(upper, flipped, params)
-        flipped = BINARY.sample(a, parts[upper].repeat_interleave(n, 0))[1]
+    flipped = sample_above(problem, layer, flip_each(h, axis=-2).reshape(batch * n, n), parts, repeats=n)
     losses = problem.loss(flipped).reshape(batch, n)
     return _tied_to(losses, flipped.reshape(batch, n, -1), main[:, None], traj.output[:, None])
 
