@@ -1,7 +1,7 @@
 """Throughput beside the peers: per-draw gradient statistics of REINFORCE on W1, gradstats against
 storchastic 0.3.7 and pyro 1.9.2.
 
-Workload W1 (README, Performance: input 8 -> 16 binary units -> readout to 4 outputs, squared error),
+Workload W1 (docs/performance.rst: input 8 -> 16 binary units -> readout to 4 outputs, squared error),
 with the estimator every library has: REINFORCE without a baseline (gradstats ``reinforce``,
 storchastic ``ScoreFunction()``, pyro ``TraceGraph_ELBO()``). Draws per second of
 
@@ -13,7 +13,10 @@ storchastic ``ScoreFunction()``, pyro ``TraceGraph_ELBO()``). Draws per second o
 Every path's mean is checked against the exact gradient (within 5 standard errors) before it is
 timed; ratios are against the same run.
 
-    python benchmarks/audit.py [--draws 1048576] [--peer-draws 262144] [--loop-draws 300] [--threads 2]
+    python benchmarks/audit.py [--draws 1048576] [--peer-draws 262144] [--loop-draws 300] [--threads 2] [--json PATH]
+
+``--json`` (default ``benchmarks/results/audit.json``; ``''`` for none) writes the rates for
+``benchmarks/report.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 import warnings
 
 import torch
+from _record import default_path, write
 
 import gradstats as gs
 from gradstats import audit
@@ -54,6 +58,7 @@ def main(argv=None) -> None:
     parser.add_argument("--peer-draws", type=int, default=2**18, help="draws for each peer's batched path")
     parser.add_argument("--loop-draws", type=int, default=300, help="draws for each per-draw loop (slow)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=default_path("audit"), help="where to write the rates ('' for nowhere)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -80,6 +85,9 @@ def main(argv=None) -> None:
     print(f"{'path':32s} {'draws/s':>10s} {'gradstats is':>14s}")
     for label, rate in rows:
         print(f"{label:32s} {rate:10.3g} {ours_rate / rate:13.1f}x")
+    write(args.json, "audit", f"W1: sbn [8, 16] -> readout 4, squared error, REINFORCE without a baseline; "
+          f"D = {problem.num_parameters}", {"rows": [{"path": label, "draws_per_second": r} for label, r in rows]},
+          draws=args.draws, peer_draws=args.peer_draws, loop_draws=args.loop_draws)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ second of
 every path scoring its draws against the same reference (the mean of 256 other draws), with the same
 statistics (moments to the fourth, sign agreement, per-draw cosines, jackknife batches); and three
 ratios with their targets: update / roofline (at least 0.40), gradient_stats / BackPACK (at least
-1.5), gradient_stats / bare vmap(grad) (at least 0.75). ``--json`` writes them.
+1.5), gradient_stats / bare vmap(grad) (at least 0.75). ``--json`` (default
+``benchmarks/results/byom.json``, ``byom_float32.json`` in float32, ``_cuda`` before the suffix on a GPU;
+``''`` for none) writes them for ``benchmarks/report.py``.
 
     python benchmarks/byom.py [--draws 2048] [--chunk 32] [--loop-draws 256] [--threads 2] [--device cpu]
                               [--dtype float64] [--repeats 3] [--json out.json]
@@ -29,13 +31,13 @@ ratios with their targets: update / roofline (at least 0.40), gradient_stats / B
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import statistics
 import time
 
 import torch
+from _record import default_path, write
 from torch.nn import functional as F
 
 import gradstats as gs
@@ -229,7 +231,7 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     parser.add_argument("--repeats", type=int, default=3, help="timings per path (the median is printed)")
-    parser.add_argument("--json", help="also write the rates and ratios to this file")
+    parser.add_argument("--json", default=None, help="where to write the figures ('' for nowhere)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -284,11 +286,11 @@ def main(argv=None) -> None:
             ratios[key] = rates[num] / rates[den]
             goal = "" if target is None else f"   (target >= {target}: {'met' if ratios[key] >= target else 'NOT met'})"
             print(f"  ratio {key:32s} {ratios[key]:8.2f}{goal}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"benchmark": "byom", "parameters": dim, "dtype": args.dtype, "device": f"{device} ({name})",
-                       "threads": args.threads, "chunk": args.chunk, "draws": args.draws, "repeats": args.repeats,
-                       "date": time.strftime("%Y-%m-%d"), "rates": rates, "ratios": ratios}, f, indent=2)
+    if args.json is None:
+        args.json = default_path("byom" if dtype == torch.float64 else f"byom_{args.dtype}", device)
+    write(args.json, "byom", f"a straight-through network 64-512-160-10 ({dim:,} parameters), a minibatch of {BATCH}"
+          f" per draw, {args.dtype}", {"rates": rates, "ratios": ratios}, device, parameters=dim, dtype=args.dtype,
+          chunk=args.chunk, draws=args.draws, repeats=args.repeats)
 
 
 if __name__ == "__main__":

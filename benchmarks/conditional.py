@@ -12,7 +12,10 @@ steps, so that the one evaluation at the end cancels. Prints, in one run:
 * for REINFORCE, leave-one-out and DisARM gates: seconds per step and per loss evaluation relative to ST;
 * the digits network (64 -> 32 -> 160 gates) with 1, 4 and 16 runs stacked (batched): runs per second.
 
-    python benchmarks/conditional.py [--threads 2] [--gates st,reinforce,reinforce_loo,disarm] [--json out.json]
+    python benchmarks/conditional.py [--threads 2] [--gates st,reinforce,reinforce_loo,disarm] [--json PATH]
+
+``--json`` (default ``benchmarks/results/conditional.json``; ``''`` for none) writes the figures for
+``benchmarks/report.py``.
 
 Needs MNIST (``gradstats data mnist``).
 """
@@ -20,12 +23,12 @@ Needs MNIST (``gradstats data mnist``).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from dataclasses import replace
 
 import torch
+from _record import default_path, write
 
 import gradstats as gs
 from gradstats import conditional as cc
@@ -84,7 +87,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gates", default="st,reinforce,reinforce_loo,disarm")
-    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--json", default=default_path("conditional"), help="where to write the figures ('' for nowhere)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     mnist = subset(gs.datasets.mnist(), 32 * STEPS)
@@ -93,8 +96,7 @@ def main(argv=None) -> None:
     flops = 2 * multiply_adds(arch)
     print(f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
           f"a 2048^3 float32 product: {roofline:.0f} GFLOP/s; a step: {flops / 1e6:.0f} MFLOP")
-    out = {"machine": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__,
-           "matmul_gflops": roofline, "step_mflop": flops / 1e6, "mnist": [], "digits": []}
+    out = {"matmul_gflops": roofline, "step_mflop": flops / 1e6, "mnist": [], "digits": []}
     st_step = None
     for gate in args.gates.split(","):
         for runs, batched in ((1, None), (4, None), (8, None), (4, True)):
@@ -121,9 +123,8 @@ def main(argv=None) -> None:
         rate = runs / (time.perf_counter() - start)
         out["digits"].append({"gate": "st", "runs": runs, "runs_per_second": rate})
         print(f"  digits st {runs:2d} run(s) stacked: {rate:5.2f} runs/s (5 epochs each)", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    write(args.json, "conditional", "the seed paper's gated network on MNIST (784 -> 400 tanh -> 2000 gates, a 784 -> "
+          "2000 linear expert, softmax), minibatch 32, float32; the digits network (64 -> 32 -> 160 gates)", out)
 
 
 if __name__ == "__main__":

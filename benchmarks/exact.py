@@ -6,7 +6,10 @@ first ``--baseline-states`` states and extrapolated linearly to all 2^20 (it
 does the same work per state); its correctness is checked first by running it
 to completion on a smaller network and comparing with gradstats.
 
-    python benchmarks/exact.py [--sizes 8,10,10] [--baseline-states 16384] [--threads 2]
+    python benchmarks/exact.py [--sizes 8,10,10] [--baseline-states 16384] [--threads 2] [--json PATH]
+
+``--json`` (default ``benchmarks/results/exact.json``; ``''`` for none) writes the figures for
+``benchmarks/report.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 
 import numpy as np
 import torch
+from _record import default_path, write
 
 import gradstats as gs
 
@@ -81,6 +85,7 @@ def main(argv=None):
     parser.add_argument("--sizes", default="8,10,10")
     parser.add_argument("--baseline-states", type=int, default=2**14)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=default_path("exact"), help="where to write the figures ('' for nowhere)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -107,6 +112,10 @@ def main(argv=None):
     print(f"{'task':36s} {'gradstats':>12s} {'loop (extrap.)':>15s} {'speed-up':>9s}")
     for name, ours, loop in rows:
         print(f"{name:36s} {ours:10.2f} s {loop:13.1f} s {loop / ours:8.0f}x")
+    write(args.json, "exact", f"W2: sbn {sizes} -> readout 4, squared error; {states:,} joint states, "
+          f"D = {problem.num_parameters}",
+          {"gradient_seconds": t_grad, "st_moments_seconds": t_st, "loop_gradient_seconds": t_loop_grad * scale,
+           "loop_st_moments_seconds": t_loop_st * scale, "loop_states_timed": k})
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ the one before, at 4x a step of two units) exceeds ``--budget`` seconds is skipp
 and says so.
 
     python benchmarks/exact_device.py [--device cuda] [--units 24,28,30] [--chunk-size 2097152] [--threads 2]
+        [--json PATH]
+
+``--json`` (default ``benchmarks/results/exact_device_DEVICE.json``; ``''`` for none) writes the times for
+``benchmarks/report.py``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import platform
 import time
 
 import torch
+from _record import default_path, write
 
 import gradstats as gs
 
@@ -48,6 +53,7 @@ def main(argv=None):
     parser.add_argument("--chunk-size", type=int, default=None, help="states per pass (default: the device's)")
     parser.add_argument("--budget", type=float, default=120.0, help="skip a size estimated to take longer (s)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=None, help="where to write the times ('' for nowhere)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = gs.noise.resolve_device(args.device)
@@ -66,7 +72,7 @@ def main(argv=None):
         print(f"baseline: {args.cpu_units} units on the CPU ({platform.processor() or platform.machine()}): "
               f"{cpu_seconds:.2f} s")
     print(f"{'units':>5s} {'states':>15s} {'seconds':>9s} {'states/s':>10s} {'vs CPU':>8s}")
-    previous = None
+    previous, rows = None, []
     for units in (int(u) for u in args.units.split(",")):
         if previous is not None and previous[1] * 2 ** (units - previous[0]) > args.budget:
             print(f"{units:5d} skipped: estimated {previous[1] * 2 ** (units - previous[0]):.0f} s > --budget")
@@ -77,6 +83,12 @@ def main(argv=None):
         ratio = f"{cpu_seconds / seconds:7.1f}x" if cpu_seconds is not None and units == args.cpu_units else ""
         print(f"{units:5d} {2**units:15,d} {seconds:9.2f} {2**units / seconds:10.3g} {ratio:>8s}")
         previous = (units, seconds)
+        rows.append({"units": units, "states": 2**units, "seconds": seconds})
+    if args.json is None:
+        args.json = default_path("exact_device", "cuda") if device.type == "cuda" else default_path("exact_device_cpu")
+    write(args.json, "exact_device", "W4: the exact gradient of sbn([6, n/2, n/2]), two layers of n binary units",
+          {"rows": rows, "cpu_units": args.cpu_units, "cpu_seconds": cpu_seconds}, device,
+          chunk_size=args.chunk_size)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
+# Each benchmark's record (benchmarks/_record.py) goes to $OUT when the device machine gives one (its files come
+# back), else to benchmarks/results; copy them into benchmarks/results and run benchmarks/report.py.
+RESULTS="${OUT:-benchmarks/results}"
+mkdir -p "$RESULTS"
 status=0
 step() {
   local limit=$1; shift
@@ -19,9 +23,11 @@ step() {
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(), "cpus", torch.get_num_threads())'
 step 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
-step 90 python3 benchmarks/exact_device.py --device cuda --units 24,28,30 --cpu-units 24 --threads 16 --budget 60
+step 90 python3 benchmarks/exact_device.py --device cuda --units 24,28,30 --cpu-units 24 --threads 16 --budget 60 \
+  --json "$RESULTS/exact_device_cuda.json"
 step 240 python3 benchmarks/montecarlo.py --device cuda --draws 1e9 --chunk-size 4194304 --vmap-draws 1048576 \
   --estimator-draws 2.5e8 --threads 16 --fused st,noisy_rectifier,reinforce,disarm \
-  --fused-chunks 16777216,33554432 --profile
-step 150 python3 benchmarks/byom.py --device cuda --draws 16384 --chunk 256 --loop-draws 128 --repeats 3
+  --fused-chunks 16777216,33554432 --profile --json "$RESULTS/montecarlo_cuda.json"
+step 150 python3 benchmarks/byom.py --device cuda --draws 16384 --chunk 256 --loop-draws 128 --repeats 3 \
+  --json "$RESULTS/byom_cuda.json"
 exit $status

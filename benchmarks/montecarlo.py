@@ -1,6 +1,6 @@
 """W1: Monte Carlo throughput of streaming gradient statistics.
 
-Workload (README, Performance): input 8 -> 16 binary units -> linear readout
+Workload (docs/performance.rst): input 8 -> 16 binary units -> linear readout
 to 4 outputs, squared error; straight-through; each draw feeds the mean,
 per-coordinate variance, per-draw sign agreement and cosine against the
 exact gradient. Prints draws per second for
@@ -22,19 +22,21 @@ for those named by ``--fused``. Each path's mean is checked against the exact
 ST mean (within 5 standard errors) before it is timed.
 
     python benchmarks/montecarlo.py [--draws 4194304] [--estimator-draws N] [--device cpu] [--threads 2]
-        [--fused st,noisy_rectifier] [--fused-chunks 16777216] [--profile]
+        [--fused st,noisy_rectifier] [--fused-chunks 16777216] [--profile] [--json PATH]
+
+``--json`` (default ``benchmarks/results/montecarlo.json``, ``montecarlo_estimators.json`` with
+``--estimators-only``, ``_cuda`` before the suffix on a GPU; ``''`` for none) writes the figures for
+``benchmarks/report.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
+from _record import default_path, write
 from torch.func import grad, vmap
 
 import gradstats as gs
@@ -104,8 +106,9 @@ def rate(fn, draws: int, device: torch.device, repeat: int = 2) -> float:
     return draws / best
 
 
-def profile(fn, draws: int, device: torch.device, top: int = 12) -> None:
-    """Wall time of ``fn`` against the time the device (or, on the CPU, the operators) was busy, and where."""
+def profile(fn, draws: int, device: torch.device, top: int = 12) -> float:
+    """Wall time of ``fn`` against the time the device (or, on the CPU, the operators) was busy, and where;
+    returns the busy share."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -126,6 +129,7 @@ def profile(fn, draws: int, device: torch.device, top: int = 12) -> None:
           f"profiler), {device.type} busy {busy:.3f} s ({busy / wall:.0%})")
     for e in sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]:
         print(f"  {getattr(e, key) / 1e6:8.4f} s {e.count:7d} calls  {e.key[:90]}")
+    return busy / wall
 
 
 def main(argv=None):
@@ -143,10 +147,12 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true", help="profile one fused ST run of the draws (at most 2^26)")
     parser.add_argument("--estimators-only", action="store_true",
                         help="only the per-estimator table (eager, and fused for --fused), with each rate over ST's")
-    parser.add_argument("--json", default=None, help="also write the per-estimator table to this JSON file")
+    parser.add_argument("--json", default=None, help="where to write the figures ('' for nowhere)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = gs.noise.resolve_device(args.device)
+    if args.json is None:
+        args.json = default_path("montecarlo_estimators" if args.estimators_only else "montecarlo", device)
     n = int(args.draws)
     problem = gs.problems.sbn([8, 16], "squared_error", seed=0)
     exact = gs.moments(problem, "st")
@@ -169,8 +175,11 @@ def main(argv=None):
             check(f"gradstats fused {dtype}", m.mean, exact, min(n, 2**20))
         return time.perf_counter() - start
 
+    workload = f"W1: sbn [8, 16] -> readout 4, squared error; D = {d}"
     if args.estimators_only:
-        per_estimator(args, ours, compiled, n, device, name)
+        rows = per_estimator(args, ours, compiled, n, device)
+        write(args.json, "montecarlo_estimators", workload, {"rows": rows}, device,
+              estimator_draws=int(args.estimator_draws or n))
         return
     check("gradstats", ours(draws=min(n, 2**20)).mean, exact, min(n, 2**20))
     compile_seconds = {dtype: compiled("st", dtype) for dtype in (torch.float64, torch.float32)}
@@ -204,18 +213,25 @@ def main(argv=None):
     print(f"the noise stream alone (no gradients, no statistics): {r_noise:.3g} draws/s")
     print("fused: compiled once per process in " + ", ".join(f"{s:.1f} s ({str(t).replace('torch.', '')})"
                                                               for t, s in compile_seconds.items()))
+    figures = {"eager": r_ours, "fused": r_fused[torch.float64], "fused_float32": r_fused[torch.float32],
+               "loop": r_loop, "vmap_grad": r_vmap, "noise_alone": r_noise, "bandwidth_bytes_per_second": bw,
+               "roofline": roofline, "compile_seconds": compile_seconds[torch.float64],
+               "compile_seconds_float32": compile_seconds[torch.float32], "fused_by_chunk": {}}
     for chunk in (int(c) for c in args.fused_chunks.split(",") if c):
         ours(fuse=True, draws=min(n, 4 * chunk), chunk_size=chunk)   # piece sizes this chunk meets may compile anew
         r = rate(lambda c=chunk: ours(fuse=True, chunk_size=c), n, device)
+        figures["fused_by_chunk"][str(chunk)] = r
         print(f"gradstats fused, chunks of {chunk:,}: {r:.3g} draws/s")
     if args.profile:
-        profile(lambda: ours(fuse=True, draws=min(n, 2**26)), min(n, 2**26), device)
-    per_estimator(args, ours, compiled, n, device, name)
+        figures["profile_busy_share"] = profile(lambda: ours(fuse=True, draws=min(n, 2**26)), min(n, 2**26), device)
+    figures["rows"] = per_estimator(args, ours, compiled, n, device)
+    write(args.json, "montecarlo", workload, figures, device, draws=n, chunk_size=args.chunk_size,
+          estimator_draws=int(args.estimator_draws or n), loop_draws=args.loop_draws, vmap_draws=args.vmap_draws)
 
 
-def per_estimator(args, ours, compiled, n, device, name) -> None:
+def per_estimator(args, ours, compiled, n, device) -> list[dict]:
     """Every registered estimator's draws per second on W1 (same statistics), eager and (for ``--fused``) fused,
-    with its rate over ST's eager rate measured in the same run; ``--json`` writes the rows."""
+    with its rate over ST's eager rate measured in the same run: one row each."""
     fused = [e for e in args.fused.split(",") if e]
     per = int(args.estimator_draws or n)
     print(f"\nper estimator (gradstats, {per:,} draws, same statistics; fused after its compilation):")
@@ -239,12 +255,8 @@ def per_estimator(args, ours, compiled, n, device, name) -> None:
             line += f" {'':>14s} {'':>10s}"
         print(f"{line} {m.loss_evals_per_draw:16d}")
         rows.append(row)
-    if args.json:
-        out = {"benchmark": "montecarlo per estimator", "workload": "W1: sbn [8, 16] -> readout 4, squared error",
-               "device": f"{device.type} ({name})", "threads": args.threads, "torch": torch.__version__,
-               "draws": per, "date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/montecarlo.py "
-               + " ".join(sys.argv[1:]), "rows": rows}
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return rows
+
 
 if __name__ == "__main__":
     main()

@@ -6,7 +6,10 @@ continuous. Each worker has one thread and is warmed up (gradstats imported) bef
 Checks that every run gives the in-process frame bit for bit, then prints wall times and speed-ups
 against the 1-worker cluster.
 
-    python benchmarks/sweep.py [--draws 1000000]
+    python benchmarks/sweep.py [--draws 1000000] [--json PATH]
+
+``--json`` (default ``benchmarks/results/sweep.json``; ``''`` for none) writes the wall times for
+``benchmarks/report.py``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 
 import pandas as pd
 import torch
+from _record import default_path, write
 
 import gradstats as gs
 from gradstats.sweep import local_cluster
@@ -34,6 +38,7 @@ def _warm() -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=1_000_000)
+    parser.add_argument("--json", default=default_path("sweep"), help="where to write the figures ('' for nowhere)")
     args = parser.parse_args(argv)
     import distributed
 
@@ -57,6 +62,10 @@ def main(argv=None) -> None:
     one_worker = rows[1][1]
     for label, seconds in rows:
         print(f"  {label:32s} {seconds:7.1f} s   speed-up vs 1 worker {one_worker / seconds:4.2f}x")
+    write(args.json, "sweep", f"gs.sweep of {tasks} tasks ({len(problems)} networks x {len(estimators)} estimators "
+          f"and option sets), {args.draws:,} draws each where Monte Carlo, one thread per worker",
+          {"in_process_seconds": rows[0][1], "workers_1_seconds": rows[1][1], "workers_2_seconds": rows[2][1]},
+          draws=args.draws, tasks=int(tasks))
 
 
 if __name__ == "__main__":

@@ -11,17 +11,20 @@ second of
 and their ratio, measured in the same process, alternating, best of ``--repeats``; and checks that the
 stacked runs end where the runs alone do (to float rounding).
 
-    python benchmarks/training.py [--repeats 3] [--threads 1] [--json out.json]
+    python benchmarks/training.py [--repeats 3] [--threads 1] [--json PATH]
+
+``--json`` (default ``benchmarks/results/training.json``; ``''`` for none) writes the rows for
+``benchmarks/report.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
 import torch
+from _record import default_path, write
 
 import gradstats as gs
 from gradstats.training import train, train_many
@@ -77,7 +80,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the analyses' workers use 1)")
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--json", default=default_path("training"), help="where to write the rows ('' for nowhere)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, {args.threads} thread(s), torch {torch.__version__}; "
@@ -90,10 +93,8 @@ def main(argv=None) -> None:
               f"{row['stacked_runs_per_s']:6.1f} runs/s: {row['ratio']:5.1f}x  (largest relative gap of the final "
               f"parameters, stacked against alone, over every tenth run: {row['largest_relative_gap']:.1e})",
               flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": platform.processor() or platform.machine(), "threads": args.threads,
-                       "torch": torch.__version__, "rows": rows}, f, indent=2)
+    write(args.json, "training", f"the training study's cells: {len(TASKS)} teacher-student tasks x {len(RATES)} "
+          f"rates x {len(SEEDS)} seeds, {args.steps} SGD steps", {"rows": rows}, steps=args.steps, repeats=args.repeats)
 
 
 if __name__ == "__main__":
