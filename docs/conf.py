@@ -1,4 +1,5 @@
-"""Sphinx configuration: the PyData theme, numpydoc, autosummary and a gallery built by running examples/."""
+"""Sphinx configuration: the PyData theme, numpydoc, autosummary, a gallery built by running examples/, and
+Markdown pages (MyST) for the findings, the definitions, the guarantees and the changelog."""
 
 import os
 import sys
@@ -22,6 +23,7 @@ extensions = [
     "sphinx.ext.viewcode",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
+    "myst_parser",
 ]
 
 autosummary_generate = True
@@ -44,5 +46,7 @@ html_theme = "pydata_sphinx_theme"
 html_title = "gradstats"
 html_theme_options = {"show_toc_level": 2, "navigation_with_keys": False}
 html_static_path: list[str] = []
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+myst_heading_anchors = 3             # #section links, as GitHub makes them
 exclude_patterns = ["_build"]
 templates_path: list[str] = []

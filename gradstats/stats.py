@@ -41,7 +41,7 @@ rejections rest on unreliable coordinates (the result then says how many draws w
 reliable, :attr:`TestResult.draws_needed`), else ``"not rejected"``. From the draws alone
 (``exact=False``, or moments of a model whose outcomes cannot be enumerated) the check sees only
 tails that have been drawn: a rare event not yet seen leaves the sample light-tailed. The
-README's Guarantees section and ``tests/test_calibration.py`` give the measured rates.
+The guarantees page (``docs/guarantees.md``) and ``tests/test_calibration.py`` give the measured rates.
 
 Calibration. On REINFORCE without a baseline on random networks of 20 to 30 parameters, 200
 seeded repetitions at alpha = 0.05 gave Holm rejection rates of up to 0.36 at n = 50, so the tests

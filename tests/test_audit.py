@@ -107,7 +107,7 @@ def test_pyro_decaying_average_baseline_uses_the_old_average_and_agrees():
 
 
 def test_storchastic_disarm_averages_its_pair_instead_of_differencing():
-    """The diagnosis in the README: one discordant DisARM draw of storchastic 0.3.7 on the toy is
+    """The diagnosis in docs/results.md: one discordant DisARM draw of storchastic 0.3.7 on the toy is
     (-1)^b~ (1/2) sigmoid(|a|) (f(b) + f(b~)) / 2, not the published (1/2) (f(b) - f(b~)) (-1)^b~ sigmoid(|a|)."""
     import storch
     from torch.distributions import Bernoulli

@@ -21,7 +21,14 @@ def _guide_blocks() -> list[tuple[str, str]]:
     return blocks
 
 
-GUIDE_BLOCKS = _guide_blocks()
+def _markdown_blocks() -> list[tuple[str, str]]:
+    """The python blocks of the docs' Markdown pages (guides and the pages beside them)."""
+    pages = sorted((ROOT / "docs").glob("*.md")) + sorted((ROOT / "docs" / "guides").glob("*.md"))
+    return [(f"{path.stem}[{i}]", code) for path in pages
+            for i, code in enumerate(re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S))]
+
+
+GUIDE_BLOCKS = _guide_blocks() + _markdown_blocks()
 EXAMPLES = sorted((ROOT / "examples").glob("plot_*.py"))
 
 
@@ -31,7 +38,8 @@ def _run(path: Path, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_the_guides_and_examples_are_there():
-    assert {name.split("[")[0] for name, _ in GUIDE_BLOCKS} >= {"own_estimator", "own_model", "tidy_table", "claims"}
+    assert {name.split("[")[0] for name, _ in GUIDE_BLOCKS} >= {"own_estimator", "own_model", "tidy_table", "claims",
+                                                                 "first_steps", "training", "sweeps"}
     assert len(EXAMPLES) >= 3
 
 

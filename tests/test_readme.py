@@ -1,5 +1,7 @@
-"""The README's Python examples run as written, each block on its own in a fresh interpreter."""
+"""The README works as written: its Python examples run, each block on its own in a fresh interpreter; every
+link resolves; its performance table is what ``benchmarks/report.py`` writes from the benchmarks' latest records."""
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -7,12 +9,18 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
-def test_the_readme_has_python_blocks():
-    assert len(BLOCKS) >= 8
+def test_the_readme_has_a_python_block():
+    assert BLOCKS
+
+
+def test_the_readme_stays_a_landing_page():
+    assert len(README.read_text().splitlines()) <= 260
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
@@ -21,3 +29,73 @@ def test_readme_python_block_runs_on_its_own(index, tmp_path):
     script.write_text(BLOCKS[index])
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"README block {index} failed:\n{BLOCKS[index]}\n{done.stderr[-3000:]}"
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    if path.suffix == ".md":
+        return {github_anchor(m.group(1)) for m in re.finditer(r"^#+ (.+)$", path.read_text(), flags=re.M)}
+    lines = path.read_text().splitlines()   # reStructuredText: a title is a line underlined by punctuation
+    return {github_anchor(title) for title, under in zip(lines, lines[1:])
+            if title.strip() and re.fullmatch(r"([=\-~^\"'`#*+])\1{2,}", under.strip())}
+
+
+def links(path: Path) -> list[str]:
+    return LINK.findall(path.read_text())
+
+
+@pytest.mark.parametrize("source", ["README.md", "CHANGELOG.md"])
+def test_every_link_resolves(source):
+    """Relative links name files of the repository (and a heading in them, after '#'); web links are well
+    formed (the tests run offline, so a web address is not fetched)."""
+    path = ROOT / source
+    found = links(path)
+    assert found
+    broken = []
+    for target in found:
+        if re.match(r"https?://", target):
+            if not re.fullmatch(r"https?://[\w.-]+\.[a-z]{2,}(/\S*)?", target):
+                broken.append(f"{target}: not a well-formed web address")
+            continue
+        file, _, anchor = target.partition("#")
+        resolved = (path.parent / file) if file else path
+        if not resolved.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and anchor not in anchors(resolved):
+            broken.append(f"{target}: no heading #{anchor} in {file or source}")
+    assert not broken, broken
+
+
+def _report():
+    spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_performance_table_comes_from_the_latest_records():
+    """Every row of the README's table, and the performance page, are what the records in benchmarks/results/
+    give (python benchmarks/report.py rewrites both), and every figure in the table is one of them."""
+    report = _report()
+    found = report.records()
+    assert {"exact", "montecarlo", "byom"} <= set(found)
+    readme = README.read_text()
+    assert report.with_readme_table(readme, report.readme_table(found)) == readme, \
+        "README's performance table is stale: run python benchmarks/report.py"
+    assert report.PAGE.read_text() == report.page(found), "docs/performance_figures.inc is stale"
+    table = readme.split(report.BEGIN, 1)[1].split(report.END, 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == len(report.headline_rows(found))
+    for line in rows:   # each row names its record's command and date
+        command = re.search(r"`(python benchmarks/[^`]+)`", line).group(1)
+        assert any(r["command"] == command and r["date"] in line for r in found.values()), line
+
+
+def test_the_report_refuses_a_readme_without_its_markers():
+    report = _report()
+    with pytest.raises(ValueError, match="markers"):
+        report.with_readme_table("# no table here\n", "| a |")
