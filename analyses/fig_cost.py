@@ -43,7 +43,7 @@ def cells(config):
         out += [{"kind": "width", "width": n, "draws": draws_dev, "device": device, "machine": machine()}
                 for n in ((4, 16) if config.quick else (4, 8, 16, 32, 64))]
         out += [{"kind": "estimator", "estimator": e, "draws": draws_dev, "device": device, "machine": machine()}
-                for e in gs.estimators.names()]
+                for e in gs.estimators.names(kind="sbn")]
     sizes = (2, 4, 6) if config.quick else (2, 4, 6, 8, 10)
     out += [{"kind": "exact", "half": k, "machine": machine()} for k in sizes]
     return out

@@ -49,7 +49,7 @@ ORACLE = "local_expectation"
 def variants() -> dict[str, tuple[str, dict]]:
     """label -> (estimator, options): every estimator defined on networks, REINFORCE also with the paper's baselines."""
     out = {}
-    for name in gs.estimators.names():
+    for name in gs.estimators.names(kind="sbn"):
         if gs.estimators.get(name).max_layers is None:
             out[name] = (name, {})
             if name == "reinforce":

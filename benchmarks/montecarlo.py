@@ -238,7 +238,7 @@ def per_estimator(args, ours, compiled, n, device) -> list[dict]:
     print(f"{'estimator':18s} {'eager draws/s':>14s} {'over st':>8s} {'fused draws/s':>14s} {'compile s':>10s} "
           f"{'loss evals/draw':>16s}")
     rows, st_rate = [], None
-    for est in ["st"] + [e for e in gs.estimators.names() if e != "st"]:
+    for est in ["st"] + [e for e in gs.estimators.names(kind="sbn") if e != "st"]:
         m = ours(est, per)
         eager = per / m.seconds
         st_rate = st_rate or eager

@@ -1,7 +1,8 @@
-"""Batched, chunked enumeration of the joint states of a problem's Bernoulli indicators.
+"""Batched, chunked enumeration of the joint states of a problem's Bernoulli indicators or categorical units.
 
 State ``s`` in ``[0, 2^U)`` sets unit ``k`` (units in layer order) to bit ``k``
-of ``s``. Each chunk is one batched forward pass; its log-probability under
+of ``s``; for ``N`` categorical units of ``K`` classes, state ``s`` in ``[0, K^N)``
+sets unit ``k`` to class digit ``k`` of ``s`` in base ``K``. Each chunk is one batched forward pass; its log-probability under
 the unit's law (binary or STS) comes with it, so sums over states are
 ``sum exp(log_prob) * value`` in float64.
 """
@@ -15,7 +16,7 @@ import torch
 
 from .numerics import positive_int
 from .problems import Problem, Trajectory
-from .units import BernoulliUnit
+from .units import BernoulliUnit, CategoricalUnit
 
 __all__ = ["DEFAULT_MAX_STATES", "DEFAULT_CHUNK_SIZE", "DEVICE_CHUNK_SIZE", "chunk_size_for", "check_enumerable",
            "trajectories", "binary_cube"]
@@ -56,7 +57,7 @@ def check_enumerable(num_bits: int, max_states: int = DEFAULT_MAX_STATES, bytes_
     return states
 
 
-def trajectories(problem: Problem, unit: BernoulliUnit, *, copies: int = 1,
+def trajectories(problem: Problem, unit: BernoulliUnit | CategoricalUnit, *, copies: int = 1,
                  parameters: dict[str, torch.Tensor] | None = None,
                  chunk_size: int | None = DEFAULT_CHUNK_SIZE, max_states: int = DEFAULT_MAX_STATES,
                  device: torch.device | str = "cpu") -> Iterator[Trajectory]:
@@ -70,14 +71,40 @@ def trajectories(problem: Problem, unit: BernoulliUnit, *, copies: int = 1,
     """
     device = torch.device(device)
     chunk_size = chunk_size_for(device, chunk_size)
+    what = problem.description if copies == 1 else f"{copies} copies of {problem.description}"
+    bytes_per_state = 8 * (problem.num_units + problem.num_parameters)
+    if isinstance(unit, CategoricalUnit):
+        yield from _categorical_trajectories(problem, unit, copies, parameters, chunk_size, max_states, device, what,
+                                             bytes_per_state)
+        return
     num_bits = problem.num_units * copies
-    total = check_enumerable(num_bits, max_states, bytes_per_state=8 * (problem.num_units + problem.num_parameters),
-                             what=problem.description if copies == 1 else f"{copies} copies of {problem.description}")
+    total = check_enumerable(num_bits, max_states, bytes_per_state=bytes_per_state, what=what)
     shifts = torch.arange(num_bits, device=device)
     for start in range(0, total, chunk_size):
         index = torch.arange(start, min(start + chunk_size, total), device=device)
         bits = ((index[:, None] >> shifts) & 1).to(torch.float64).reshape(-1, problem.num_units)
         trajectory = problem.forward(_given_states(problem.split_units(bits), unit), bits.shape[0], parameters,
+                                     device=device)
+        log_prob = sum(unit.log_prob(a, b).sum(-1) for a, b in zip(trajectory.logits, trajectory.indicators))
+        trajectory.log_prob = log_prob.reshape(-1, copies).sum(-1)
+        yield trajectory
+
+
+def _categorical_trajectories(problem: Problem, unit: CategoricalUnit, copies: int, parameters, chunk_size: int,
+                              max_states: int, device: torch.device, what: str, bytes_per_state: int):
+    """:func:`trajectories` for categorical units: digit ``k`` of the state in base ``K`` is unit ``k``'s class."""
+    k = unit.num_classes
+    if problem.num_units % k:
+        raise ValueError(f"{problem.description} has {problem.num_units} values, not a multiple of num_classes = {k}")
+    digits_per_state = problem.num_units // k * copies
+    total = check_enumerable(digits_per_state, max_states, bytes_per_state=bytes_per_state, what=what, base=k,
+                             noun="categorical units")
+    powers = k ** torch.arange(digits_per_state, device=device)
+    for start in range(0, total, chunk_size):
+        index = torch.arange(start, min(start + chunk_size, total), device=device)
+        digits = torch.div(index[:, None], powers, rounding_mode="floor") % k
+        states = torch.nn.functional.one_hot(digits, k).to(torch.float64).reshape(-1, problem.num_units)
+        trajectory = problem.forward(_given_states(problem.split_units(states), unit), states.shape[0], parameters,
                                      device=device)
         log_prob = sum(unit.log_prob(a, b).sum(-1) for a, b in zip(trajectory.logits, trajectory.indicators))
         trajectory.log_prob = log_prob.reshape(-1, copies).sum(-1)

@@ -6,7 +6,8 @@ For a problem with ``U`` Bernoulli indicators the objective is the finite sum
 
 over the binary network (``objective="binary"``: ``h = s``) or the STS
 network (``objective="sts"``: ``P(s_i = 1) = \sqrt{p_i}``, ``h_i = s_i \sqrt{p_i}``,
-whose values also depend on :math:`\theta`). :func:`exact_gradient`
+whose values also depend on :math:`\theta`); for ``N`` categorical units of ``K`` classes
+(:func:`gradstats.problems.categorical`) it runs over the :math:`K^N` one-hot states. :func:`exact_gradient`
 differentiates that sum with autograd, chunk by chunk (the gradient of a sum
 is the sum of the chunks' gradients), so both the score part and the pathwise
 part are included. :func:`exact_moments` gives the mean, per-coordinate
@@ -32,7 +33,7 @@ from .estimators import NonFiniteError, check_gradient, get, resolve_options
 from .noise import resolve_device
 from .numerics import float64_references, optional_bool
 from .problems import Problem, Trajectory, check_problem
-from .units import BINARY, STS, BernoulliUnit
+from .units import BINARY, STS, BernoulliUnit, CategoricalUnit
 
 __all__ = ["exact_loss", "exact_gradient", "exact_moments", "OBJECTIVE_UNITS", "FULL_COVARIANCE_MAX_DIM"]
 
@@ -41,7 +42,13 @@ FULL_COVARIANCE_MAX_DIM = 2048
 _TOTAL_PROBABILITY_TOLERANCE = 1e-9
 
 
-def _unit(objective: str) -> BernoulliUnit:
+def _unit(objective: str, problem: Problem) -> BernoulliUnit | CategoricalUnit:
+    """The law enumerated: the objective's Bernoulli unit, or a categorical problem's own units."""
+    if problem.num_classes is not None:
+        if objective != "binary":
+            raise ValueError(f"objective must be 'binary' (the network of discrete units) for the categorical problem "
+                             f"{problem.description}, got {objective!r}")
+        return CategoricalUnit(problem.num_classes)
     if objective not in OBJECTIVE_UNITS:
         raise ValueError(f"objective must be one of {sorted(OBJECTIVE_UNITS)} for exact enumeration, got {objective!r}")
     return OBJECTIVE_UNITS[objective]
@@ -64,15 +71,15 @@ def _finite_losses(problem: Problem, traj: Trajectory, offset: int) -> torch.Ten
     return values
 
 
-def _modal_loss(problem: Problem, unit: BernoulliUnit) -> float:
-    r"""The loss of the greedy mode (each layer's indicators ``1[q(a) > 1/2]`` given the layer below).
+def _modal_loss(problem: Problem, unit: BernoulliUnit | CategoricalUnit) -> float:
+    r"""The loss of the greedy mode (each layer's most likely indicators given the layer below).
 
     Subtracting a constant ``c`` from the loss leaves the gradient unchanged
     (:math:`\sum_s \nabla P(s) = 0`) and, with ``c`` near the losses of the likely states, removes the
     cancellation between states whose losses differ little (the STS objective at ``a = -50``).
     """
     def step(layer: int, a: torch.Tensor):
-        b = (unit.log_q(a) > unit.log_1mq(a)).to(a.dtype)
+        b = unit.mode(a)
         return b, unit.value(a, b)
 
     value = float(problem.loss(problem.forward(step, 1).output)[0])
@@ -84,7 +91,7 @@ def exact_loss(problem: Problem, objective: str = "binary", *, chunk_size: int |
     """``E[L]`` under the binary (or STS) network, by enumeration (a non-finite loss at any state
     raises :class:`~gradstats.estimators.NonFiniteError` naming it)."""
     check_problem(problem)
-    unit = _unit(objective)
+    unit = _unit(objective, problem)
     dev = resolve_device(device)
     total, value, offset = 0.0, torch.zeros((), dtype=torch.float64, device=dev), 0
     for traj in enumeration.trajectories(problem, unit, chunk_size=chunk_size, max_states=max_states, device=dev):
@@ -104,7 +111,7 @@ def exact_gradient(problem: Problem, objective: str = "binary", *, chunk_size: i
     :class:`~gradstats.estimators.NonFiniteError` naming the state or the chunk.
     """
     check_problem(problem)
-    unit = _unit(objective)
+    unit = _unit(objective, problem)
     dev = resolve_device(device)
     leaves = {k: v.to(dev).clone().requires_grad_(True) for k, v in problem.parameters.items()}
     grads = [torch.zeros_like(v) for v in leaves.values()]

@@ -1,6 +1,7 @@
 r"""What is differentiated: parameters in a fixed named order, sampling structure, loss.
 
-A problem is a stack of stochastic layers. Layer ``l`` has pre-activations
+A problem is a stack of stochastic layers of binary units or, from
+:func:`categorical`, of categorical units of ``K`` classes each. Layer ``l`` has pre-activations
 
 .. math:: a_l = W_l\, h_{l-1} + c_l, \qquad h_0 = x,
 
@@ -43,7 +44,7 @@ from .losses import Loss, as_loss, check_loss_output, polynomial, random_readout
 from .numerics import positive_int, seed_value
 
 __all__ = ["Problem", "Trajectory", "FactoredGradient", "LayerSpec", "check_problem", "toy", "independent", "sbn",
-           "teacher_student"]
+           "teacher_student", "categorical"]
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,9 @@ class Problem:
     """
 
     def __init__(self, kind: str, layers: Sequence[LayerSpec], parameters: dict[str, Tensor],
-                 loss: Loss, x: Tensor | None = None, description: str = ""):
+                 loss: Loss, x: Tensor | None = None, description: str = "", num_classes: int | None = None):
         self.kind = kind
+        self.num_classes = num_classes   # None: binary units; K: categorical units of K classes, one-hot values
         self.layers = tuple(layers)
         self.parameters = {k: v.detach().to(torch.float64) for k, v in parameters.items()}
         for name, value in self.parameters.items():
@@ -132,9 +134,12 @@ class Problem:
 
     def spec(self) -> dict:
         """A JSON-able description that rebuilds the problem: kind, layers, parameters, input, loss."""
-        return {"kind": self.kind, "description": self.description, "layer_sizes": list(self.layer_sizes),
+        spec = {"kind": self.kind, "description": self.description, "layer_sizes": list(self.layer_sizes),
                 "parameters": {k: v.tolist() for k, v in self.parameters.items()},
                 "x": None if self.x is None else self.x.tolist(), "loss": self.loss.spec}
+        if self.num_classes is not None:
+            spec["num_classes"] = self.num_classes
+        return spec
 
     # ---- layout -------------------------------------------------------------------
     @property
@@ -147,7 +152,13 @@ class Problem:
 
     @property
     def num_units(self) -> int:
+        """Values per pass (one uniform each): the binary units, or every class of every categorical unit."""
         return sum(self.layer_sizes)
+
+    @property
+    def num_variables(self) -> int:
+        """Random variables per pass: the binary units, or the categorical units (``num_units / K``)."""
+        return self.num_units if self.num_classes is None else self.num_units // self.num_classes
 
     def parameter_names(self) -> list[str]:
         return list(self.parameters)
@@ -255,8 +266,8 @@ class Problem:
 def check_problem(problem, name: str = "problem") -> Problem:
     """``problem`` itself if it is a :class:`Problem`, else a ValueError naming ``name``."""
     if not isinstance(problem, Problem):
-        raise ValueError(f"{name} must be a gradstats Problem (gs.problems.toy, independent, sbn or teacher_student), "
-                         f"got {type(problem).__name__}")
+        raise ValueError(f"{name} must be a gradstats Problem (gs.problems.toy, independent, sbn, teacher_student or "
+                         f"categorical), got {type(problem).__name__}")
     return problem
 
 
@@ -394,3 +405,73 @@ def teacher_student(sizes: Sequence[int], num_examples: int = 8, seed: int = 0, 
     return [Problem("sbn", student.layers, student.parameters,
                     readout_squared_error(v, targets[i], bias=d), x=inputs[i], description=f"{name}[{i}]")
             for i in range(n)]
+
+
+def categorical(sizes: Sequence[int], num_classes: int = 3, loss="squared_error", x=None, seed: int = 0, *,
+                weight_scale: float = 1.0, num_outputs: int = 4, logits=None) -> Problem:
+    r"""A network of categorical units of ``K = num_classes`` classes: each layer's units are one-hot vectors.
+
+    ``sizes = [n_0, N_1, ..., N_L]``: the input size, then each layer's number of units. Layer ``l`` has
+    ``N_l K`` logits :math:`a_l = W_l h_{l-1} + c_l` (unit ``i``'s classes at ``i K .. i K + K - 1``) and
+    draws :math:`h_l` one-hot per unit with probabilities :math:`\mathrm{softmax}(a_{l,i})`; ``h_{l-1}``
+    is ``x`` for the first layer and the ``N_{l-1} K`` one-hot values above. Parameters are drawn as in
+    :func:`sbn` (``W_l`` entries N(0, s^2 / fan-in), ``c_l`` entries N(0, s^2 / 4)); ``loss`` acts on the
+    last layer's ``N_L K`` values (a string: a random readout to ``num_outputs``).
+
+    ``sizes = [N]`` gives ``N`` independent units with no input: their logits, ``[N, K]`` or ``N K``
+    numbers, are ``logits`` (default N(0, s^2 / 4) entries from ``seed``). Exact references enumerate
+    the :math:`K^N` joint states (``N`` all units together).
+    """
+    k = num_classes
+    if not (type(k) is int and k >= 2):
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    sizes = list(sizes) if isinstance(sizes, (list, tuple)) else sizes
+    if not (isinstance(sizes, list) and len(sizes) >= 1 and all(type(n) is int and n >= 1 for n in sizes)):
+        raise ValueError(f"sizes must be a list [n_in, N_1, ..., N_L] (or [N] for independent units) of integers "
+                         f">= 1, got {sizes!r}")
+    seed = seed_value("seed", seed)
+    s = _finite_number("weight_scale", weight_scale)
+    if s <= 0:
+        raise ValueError(f"weight_scale must be > 0, got {weight_scale!r}")
+    positive_int("num_outputs", num_outputs)
+    g = torch.Generator().manual_seed(seed)
+    loss_argument, x_argument = loss, x
+    name = f"categorical({'-'.join(map(str, sizes))}, K={k}, seed={seed})"
+    if len(sizes) == 1:
+        if x is not None:
+            raise ValueError("x must be None for independent categorical units (sizes = [N])")
+        n = sizes[0]
+        if logits is None:
+            a = torch.randn(n * k, generator=g, dtype=torch.float64) * (s / 2)
+        else:
+            a = _finite_vector("logits", torch.as_tensor(logits, dtype=torch.float64).reshape(-1))
+            if a.numel() != n * k:
+                raise ValueError(f"logits must have N K = {n * k} entries (N = {n} units of K = {k} classes), "
+                                 f"got {a.numel()}")
+        layers, params = [LayerSpec(n * k, None, "logits")], {"logits": a}
+    else:
+        if logits is not None:
+            raise ValueError("logits are only for independent units (sizes = [N]); a network's come from W and c")
+        if x is None:
+            x = torch.randn(sizes[0], generator=g, dtype=torch.float64)
+        else:
+            x = _finite_vector("x", x)
+            if x.numel() != sizes[0]:
+                raise ValueError(f"x must have sizes[0] = {sizes[0]} entries, got {x.numel()}")
+        layers, params = [], {}
+        fan_in = sizes[0]
+        for li, n_out in enumerate(sizes[1:], start=1):
+            layers.append(LayerSpec(n_out * k, f"W{li}", f"c{li}"))
+            params[f"W{li}"] = torch.randn(n_out * k, fan_in, generator=g, dtype=torch.float64) * (s / math.sqrt(fan_in))
+            params[f"c{li}"] = torch.randn(n_out * k, generator=g, dtype=torch.float64) * (s / 2)
+            fan_in = n_out * k
+    if isinstance(loss, str):
+        loss = random_readout(loss, layers[-1].size, num_outputs, seed=seed + 1)
+    problem = Problem("categorical", layers, params, as_loss(loss), x=x, description=name, num_classes=k)
+    if isinstance(loss_argument, str) or problem.loss.from_builder:
+        loss_text = repr(loss_argument if isinstance(loss_argument, str) else problem.loss)
+        given = "" if x_argument is None else f", x={x.tolist()!r}"
+        given += "" if logits is None else f", logits={params['logits'].tolist()!r}"
+        problem.rebuild = (f"gs.problems.categorical({sizes!r}, num_classes={k}, loss={loss_text}{given}, seed={seed}, "
+                           f"weight_scale={s!r}, num_outputs={num_outputs})")
+    return problem

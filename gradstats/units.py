@@ -21,6 +21,14 @@ arXiv:1308.3432:
 The two discrete units are also described by a :class:`BernoulliUnit` (the law
 of the indicator ``b`` and the value ``h(a, b)``), which the exact engine uses
 to enumerate states.
+
+Categorical units (:class:`CategoricalUnit`) take ``K`` logits each, laid out
+unit-major in the last dimension (``[..., N * K]``), and give a one-hot ``h``:
+the Gumbel-max sample :math:`h = \mathrm{onehot}(\arg\max_c\, a_c + G_c)`,
+:math:`G_c = -\log(-\log u_c)`, is class ``c`` with probability
+:math:`\mathrm{softmax}(a)_c` (Gumbel 1954; Maddison, Tarlow & Minka 2014), so
+every estimator of a categorical unit draws its sample from the same ``K``
+uniforms (common random numbers).
 """
 
 from __future__ import annotations
@@ -35,6 +43,10 @@ from torch.nn import functional as F
 
 __all__ = [
     "BernoulliUnit",
+    "CategoricalUnit",
+    "gumbel_noise",
+    "grouped_softmax",
+    "softmax_jvp",
     "BINARY",
     "STS",
     "binary",
@@ -240,6 +252,10 @@ class BernoulliUnit:
         """Elementwise :math:`\\log P(b \\mid a)`."""
         return torch.where(b > 0.5, self.log_q(a), self.log_1mq(a))
 
+    def mode(self, a: Tensor) -> Tensor:
+        """The most likely indicator, ``1[q(a) > 1/2]``."""
+        return (self.log_q(a) > self.log_1mq(a)).to(a.dtype)
+
 
 class _BinaryUnit(BernoulliUnit):
     def log_prob(self, a: Tensor, b: Tensor) -> Tensor:
@@ -268,3 +284,67 @@ STS = BernoulliUnit(
     log_1mq=lambda a: F.logsigmoid(-a) - torch.log1p(sqrt_sigmoid(a)),
     value=lambda a, b: b * sqrt_sigmoid(a),
 )
+
+
+def gumbel_noise(u: Tensor) -> Tensor:
+    r"""Standard Gumbel noise :math:`G = -\log(-\log u)` from uniforms in [0, 1) (``u = 0`` gives
+    :math:`-\infty`: that class is never the argmax)."""
+    return -torch.log(-torch.log(u))
+
+
+def grouped_softmax(a: Tensor, num_classes: int, log: bool = False) -> Tensor:
+    """Softmax (or log-softmax) over each unit's ``num_classes`` logits of ``a [..., N * K]``, same shape."""
+    grouped = a.reshape(*a.shape[:-1], -1, num_classes)
+    out = F.log_softmax(grouped, dim=-1) if log else F.softmax(grouped, dim=-1)
+    return out.reshape(a.shape)
+
+
+def softmax_jvp(probs: Tensor, v: Tensor, num_classes: int) -> Tensor:
+    r"""The softmax Jacobian times ``v``, unit by unit: :math:`(\mathrm{diag}(\pi) - \pi\pi^\top) v
+    = \pi \odot (v - \pi^\top v)` for each unit's ``K`` probabilities ``pi`` (symmetric, so it is also
+    the vector-Jacobian product back-propagation needs)."""
+    shape = probs.shape
+    pi = probs.reshape(*shape[:-1], -1, num_classes)
+    w = v.reshape(*v.shape[:-1], -1, num_classes)
+    return (pi * (w - (pi * w).sum(-1, keepdim=True))).reshape(torch.broadcast_shapes(shape, v.shape))
+
+
+@dataclass(frozen=True)
+class CategoricalUnit:
+    r"""``N`` categorical units of ``num_classes`` classes each, their logits ``a [..., N * K]`` unit-major.
+
+    The indicator is the one-hot class, and so is the value: :math:`P(h \mid a) = \prod_i
+    \mathrm{softmax}(a_i)_{c_i}`. ``sample`` takes ``K`` uniforms a unit (Gumbel-max).
+    """
+
+    num_classes: int
+    name: str = "categorical"
+
+    def __post_init__(self):
+        if not (type(self.num_classes) is int and self.num_classes >= 2):
+            raise ValueError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
+
+    def probs(self, a: Tensor) -> Tensor:
+        return grouped_softmax(a, self.num_classes)
+
+    def one_hot(self, a: Tensor, scores: Tensor) -> Tensor:
+        """The one-hot argmax of ``scores`` per unit, shaped and typed like ``a``."""
+        k = self.num_classes
+        index = scores.reshape(*scores.shape[:-1], -1, k).argmax(-1)
+        return F.one_hot(index, k).reshape(scores.shape).to(a.dtype)
+
+    def sample(self, a: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """One-hot Gumbel-max sample from ``K`` uniforms a unit; the value is the indicator."""
+        b = self.one_hot(a, a + gumbel_noise(u.to(a.dtype)))
+        return b, b
+
+    def value(self, a: Tensor, b: Tensor) -> Tensor:
+        return b
+
+    def log_prob(self, a: Tensor, b: Tensor) -> Tensor:
+        r"""``b * log softmax(a)`` elementwise: summed over the last dimension, :math:`\log P(b \mid a)`."""
+        return b * grouped_softmax(a, self.num_classes, log=True)
+
+    def mode(self, a: Tensor) -> Tensor:
+        """The most likely class of each unit, one-hot."""
+        return self.one_hot(a, a)

@@ -15,7 +15,10 @@ def test_mc_means_lie_within_their_intervals_of_the_exact_moments(name):
     # a coordinate, under 1e-4 for the whole test; the seed is fixed, so it either always passes or never.
     est = gs.estimators.get(name)
     one_layer = est.exact_max_layers is not None or est.max_layers is not None
-    problem = gs.problems.sbn([3, 4] if one_layer else [3, 3, 2], seed=11)
+    if "categorical" in est.kinds:     # two layers of two units of three classes: 3^4 states (3^8 for k = 2)
+        problem = gs.problems.categorical([3, 2, 2], num_classes=3, seed=11)
+    else:
+        problem = gs.problems.sbn([3, 4] if one_layer else [3, 3, 2], seed=11)
     exact = gs.moments(problem, name)
     n = 200_000
     mc = gs.moments(problem, name, method="mc", num_samples=n, seed=3, device="cpu")

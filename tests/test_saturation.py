@@ -206,7 +206,7 @@ def problem(a):
     return gs.problems.independent(gs.losses.polynomial(T, 2), [a])
 
 
-@pytest.mark.parametrize("name", gs.estimators.names())
+@pytest.mark.parametrize("name", gs.estimators.names(kind="independent"))
 def test_every_draw_at_saturated_logits_matches_50_digits(name):
     est = gs.estimators.get(name)
     k = uniforms_per_draw(name)
@@ -229,7 +229,8 @@ def test_every_draw_at_saturated_logits_matches_50_digits(name):
     assert not failures, failures[:5]
 
 
-@pytest.mark.parametrize("name", [n for n in gs.estimators.names() if gs.estimators.get(n).noise == "discrete"])
+@pytest.mark.parametrize("name", [n for n in gs.estimators.names(kind="independent")
+                                  if gs.estimators.get(n).noise == "discrete"])
 def test_exact_moments_at_saturated_logits_match_50_digits(name):
     for a in LOGITS:
         mean = float(gs.moments(problem(a), name, **OPTIONS.get(name, {})).mean[0])

@@ -3,10 +3,13 @@
 The built-in estimators come in two families, each defined once as its per-unit rule:
 :mod:`.surrogate` (pathwise: back-propagation with a surrogate derivative; st, st_sigmoid, sts,
 noisy_rectifier, gumbel, st_gumbel, reinmax) and :mod:`.score_function` (score-function and antithetic,
-unbiased; reinforce, reinforce_loo, arm, disarm, local_expectation). :mod:`.base` holds the contract.
+unbiased; reinforce, reinforce_loo, arm, disarm, local_expectation), with :mod:`.control_variates` (rebar,
+relax) and :mod:`.multi_sample` (arms, double_cv) after them. :mod:`.categorical` holds the estimators of
+categorical units (``categorical_*``), which take only :func:`gradstats.problems.categorical` problems.
+:mod:`.base` holds the contract; ``names(kind=...)`` lists those that take a kind of problem.
 """
 
-from . import control_variates, multi_sample, score_function, surrogate
+from . import categorical, control_variates, multi_sample, score_function, surrogate
 from .base import (
     Estimator,
     NonFiniteError,
@@ -41,6 +44,7 @@ __all__ = [
     "check_options",
     "resolve_options",
     "sample_trajectory",
+    "categorical",
     "control_variates",
     "multi_sample",
     "score_function",
@@ -66,6 +70,12 @@ BUILT_IN = (
     control_variates.RELAX,
     multi_sample.ARMS,
     multi_sample.DOUBLE_CV,
+    categorical.CATEGORICAL_ST,
+    categorical.CATEGORICAL_GUMBEL,
+    categorical.CATEGORICAL_ST_GUMBEL,
+    categorical.CATEGORICAL_REINMAX,
+    categorical.CATEGORICAL_GUMBEL_RAO,
+    categorical.CATEGORICAL_REINFORCE_LOO,
 )
 for _estimator in BUILT_IN:
     register(_estimator)

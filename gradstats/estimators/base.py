@@ -163,8 +163,12 @@ class Estimator:
             raise ValueError(f"estimator {self.name!r} has discrete noise but no outcomes to enumerate")
 
     def exact_state_count(self, problem: Problem, options: Mapping[str, Any]) -> int:
-        """How many outcomes exact moments enumerate: ``outcomes_per_unit^(U copies)``."""
-        return self.outcomes_per_unit ** (problem.num_units * self.copies({**(self.defaults or {}), **options}))
+        """How many outcomes exact moments enumerate: ``outcomes_per_unit^(U copies)``, or ``K^(N copies)`` for
+        ``N`` categorical units of ``K`` classes."""
+        copies = self.copies({**(self.defaults or {}), **options})
+        if problem.num_classes is not None:
+            return problem.num_classes ** (problem.num_variables * copies)
+        return self.outcomes_per_unit ** (problem.num_units * copies)
 
     def exact_supported(self, problem: Problem) -> bool:
         """Whether exact moments on ``problem`` are implemented (discrete noise, depth within reach)."""
@@ -260,9 +264,12 @@ def pathwise(name: str, local_derivative: Callable[..., Tensor | float], *, summ
                     replace=replace)
 
 
-def names() -> list[str]:
-    """Every registered estimator's name."""
-    return list(_REGISTRY)
+def names(kind: str | None = None) -> list[str]:
+    """Every registered estimator's name, or those that take problems of ``kind`` (``"toy"``, ``"independent"``,
+    ``"sbn"``: binary units; ``"categorical"``)."""
+    if kind is None:
+        return list(_REGISTRY)
+    return [name for name, est in _REGISTRY.items() if kind in est.kinds]
 
 
 def get(estimator: str | Estimator | Callable) -> Estimator:
@@ -283,7 +290,7 @@ def get(estimator: str | Estimator | Callable) -> Estimator:
         if len(params) < 2:
             raise ValueError("an estimator callable must take (problem, u) and return [B, D] gradients")
         return Estimator(name=getattr(estimator, "__name__", "custom"), draw=estimator,
-                         summary="user-supplied estimator", defaults=None)
+                         summary="user-supplied estimator", defaults=None, kinds=ALL_KINDS | {"categorical"})
     raise ValueError(f"estimator must be a registered name, an Estimator or a callable, got {type(estimator).__name__}")
 
 

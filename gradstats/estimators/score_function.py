@@ -82,7 +82,8 @@ def reinforce_rule(a: Tensor, h: Tensor, loss: Tensor, baseline: Tensor | float)
     return binary_residual(a, h) * (loss[..., None] - baseline)
 
 
-def leave_one_out_rule(a: Tensor, b: Tensor, loss: Tensor, axis: int, inputs: Tensor | None = None) -> Tensor:
+def leave_one_out_rule(a: Tensor, b: Tensor, loss: Tensor, axis: int, inputs: Tensor | None = None,
+                       residual: Tensor | None = None) -> Tensor:
     r"""REINFORCE with the leave-one-out baseline over ``k`` samples (Kool, van Hoof & Welling 2019;
     Mnih & Rezende 2016): per sample ``j``,
     :math:`\frac{1}{k - 1}(f_j - \bar f)(b_j - p)`, where :math:`\bar f` is the mean of the ``k`` losses; the
@@ -91,7 +92,8 @@ def leave_one_out_rule(a: Tensor, b: Tensor, loss: Tensor, axis: int, inputs: Te
 
     ``b`` holds the ``k`` samples along ``axis`` (``[..., k, ..., n]``), ``loss`` their losses (``b``'s shape
     without the unit axis); returns the ``k`` terms, before the sum. Losses are values (held fixed).
-    Unbiased for ``k >= 2``, any loss. Cost: ``k`` loss evaluations.
+    Unbiased for ``k >= 2``, any loss. Cost: ``k`` loss evaluations. ``residual`` replaces :math:`b - p` where
+    the score is another one (categorical units: :math:`D - \pi`); by default it is the binary unit's.
 
     Exact zeros stay exact: :math:`f_j - \bar f` is computed as :math:`\frac1k \sum_i (f_j - f_i)`, so equal
     losses give 0 and two samples give exact negatives; and a unit whose ``k`` samples agree has terms that
@@ -104,7 +106,7 @@ def leave_one_out_rule(a: Tensor, b: Tensor, loss: Tensor, axis: int, inputs: Te
     k = loss.shape[axis]
     f = loss.movedim(axis, -1)
     centred = (f[..., :, None] - f[..., None, :]).sum(-1).movedim(-1, axis) / (k * (k - 1))
-    terms = binary_residual(a, b) * centred[..., None]
+    terms = (binary_residual(a, b) if residual is None else residual) * centred[..., None]
     agree = _agree(b, axis) & (_agree(a, axis) if inputs is None else _agree(inputs, axis).all(-1, keepdim=True))
     return terms.mul_(agree.logical_not())        # 0 where they agree (a multiplication: faster than a where)
 

@@ -1,0 +1,254 @@
+r"""Estimators for categorical units (:func:`gradstats.problems.categorical`): ``K`` classes a unit, one-hot values.
+
+Notation, per unit: logits :math:`\theta \in \mathbb{R}^K`, :math:`\pi = \mathrm{softmax}(\theta)`, ``K``
+uniforms ``u``, Gumbel noise :math:`G = -\log(-\log u)`, the sample :math:`D = \mathrm{onehot}(\arg\max\,
+\theta + G)` (every estimator reads it from ``u[:, 0]``: common random numbers), ``f`` the loss and
+:math:`\nabla f = \partial L/\partial D` at the sample. :math:`J_q = \mathrm{diag}(q) - q q^\top` is the
+softmax Jacobian at probabilities ``q`` (:func:`~gradstats.units.softmax_jvp`).
+
+Each pathwise estimator is defined once below as its *per-unit rule*: the vector-Jacobian product
+``v -> s(v)`` its backward pass applies in place of :math:`dD/d\theta`, held fixed; the chain rule through
+the layers (:func:`categorical_backpropagate`) does the rest. The score-function estimator reuses the
+binary neuron's leave-one-out rule with :math:`D - \pi` for :math:`b - p`.
+
+* ``categorical_st``: :math:`s(v) = J_\pi v` (straight-through with the softmax derivative; Bengio,
+  Léonard & Courville 2013, sec. 4; Jang, Gu & Poole 2017, sec. 2.2).
+* ``categorical_reinmax``: :math:`s(v) = (2 J_{\pi_1} - \tfrac12 J_\pi) v`,
+  :math:`\pi_1 = (D + \mathrm{softmax}(\theta/\tau))/2` (Liu, Dong, Liu, Yu & Gao 2023, Algorithm 2:
+  :math:`\pi_1 \leftarrow \mathrm{softmax}(\mathrm{sg}(\ln\pi_1 - \theta) + \theta)`,
+  :math:`\pi_2 = 2\pi_1 - \pi/2`, :math:`\hat D = \pi_2 - \mathrm{sg}(\pi_2) + D`).
+* ``categorical_gumbel``: the relaxed sample :math:`y = \mathrm{softmax}((\theta + G)/\tau)` forward and
+  :math:`s(v) = J_y v/\tau` (Jang, Gu & Poole 2017; Maddison, Mnih & Teh 2017): its own, relaxed, objective.
+* ``categorical_st_gumbel``: ``D`` forward, :math:`s(v) = J_y v/\tau` backward (Jang et al. 2017).
+* ``categorical_gumbel_rao``: ``D`` forward; backward the mean over ``k`` perturbations drawn given
+  :math:`\arg\max = D` of :math:`J_{y_j} v/\tau` (Paulus, Maddison & Krause 2021, sec. 3, GR-MCK):
+  ST-Gumbel's mean, less variance.
+* ``categorical_reinforce_loo``: :math:`\frac{1}{k-1}\sum_j (f_j - \bar f)(D_j - \pi)`, ``k`` samples
+  (Kool, van Hoof & Welling 2019).
+
+The hard-sample rules (st, reinmax) and leave-one-out have discrete noise: their exact moments enumerate
+the :math:`K^N` states (``K^{Nk}`` for leave-one-out), as the binary ones do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import enumeration
+from ..problems import FactoredGradient, Problem, Trajectory
+from ..units import CategoricalUnit, check_temperature, grouped_softmax, gumbel_noise, softmax_jvp
+from .base import Estimator, sample_trajectory
+from .score_function import copies_of, leave_one_out_rule
+
+__all__ = [
+    "categorical_backpropagate",
+    "conditional_gumbel",
+    "st_vjp",
+    "reinmax_vjp",
+    "relaxed_vjp",
+    "gumbel_rao_vjp",
+    "CATEGORICAL_ST",
+    "CATEGORICAL_REINMAX",
+    "CATEGORICAL_GUMBEL",
+    "CATEGORICAL_ST_GUMBEL",
+    "CATEGORICAL_GUMBEL_RAO",
+    "CATEGORICAL_REINFORCE_LOO",
+]
+
+KINDS = frozenset({"categorical"})
+Vjp = Callable[[Tensor], Tensor]
+
+
+# ---- the per-unit rules: the vector-Jacobian product the backward pass uses ----------------------------
+
+def st_vjp(a: Tensor, b: Tensor, num_classes: int) -> Vjp:
+    r"""Straight-through for categorical units: :math:`v \mapsto J_\pi v`, the softmax's derivative in place of
+    the one-hot sample's (Bengio et al. 2013, sec. 4; Jang, Gu & Poole 2017, sec. 2.2). Biased."""
+    probs = grouped_softmax(a, num_classes)
+    return lambda v: softmax_jvp(probs, v, num_classes)
+
+
+def reinmax_vjp(a: Tensor, b: Tensor, num_classes: int, temperature: float = 1.0) -> Vjp:
+    r"""ReinMax (Liu, Dong, Liu, Yu & Gao 2023, Algorithm 2): :math:`v \mapsto (2 J_{\pi_1} - \tfrac12 J_\pi) v`
+    with :math:`\pi_1 = (D + \mathrm{softmax}(\theta/\tau))/2`: the Jacobian of
+    :math:`\pi_2 = 2\,\mathrm{softmax}(\mathrm{sg}(\ln \pi_1 - \theta) + \theta) - \pi/2`. For two classes it is
+    the binary rule of :func:`~gradstats.estimators.surrogate.reinmax_derivative` on each class's logit.
+    Second-order accurate on one layer at :math:`\tau = 1`."""
+    probs = grouped_softmax(a, num_classes)
+    mixed = (b + grouped_softmax(a / temperature, num_classes)) / 2
+    return lambda v: 2 * softmax_jvp(mixed, v, num_classes) - softmax_jvp(probs, v, num_classes) / 2
+
+
+def relaxed_vjp(relaxed: Tensor, num_classes: int, temperature: float) -> Vjp:
+    r""":math:`v \mapsto J_y v/\tau`: the derivative of :math:`y = \mathrm{softmax}((\theta + G)/\tau)` with
+    respect to :math:`\theta`, ``G`` held fixed (Gumbel-softmax and ST-Gumbel)."""
+    return lambda v: softmax_jvp(relaxed, v, num_classes) / temperature
+
+
+def conditional_gumbel(a: Tensor, b: Tensor, v: Tensor, num_classes: int) -> Tensor:
+    r"""Perturbed logits :math:`z = \log\pi + G` drawn *given* :math:`\arg\max z = D` (``b`` one-hot), from
+    uniforms ``v`` (same shape; any leading axes), by inverting the truncated Gumbel laws: the maximum is a
+    standard Gumbel, :math:`z_D = -\log(-\log v_D)`, and each other class is Gumbel(:math:`\log\pi_i`)
+    truncated below it, :math:`z_i = -\log(-\log v_i/\pi_i - \log v_D)` (Maddison, Tarlow & Minka 2014;
+    Paulus, Maddison & Krause 2021, appendix). Softmax of :math:`z/\tau` is then the relaxed sample given
+    ``D``; :math:`\log\pi` and :math:`\theta` differ by a constant per unit, which neither the argmax nor the
+    softmax sees."""
+    k = num_classes
+    log_pi = grouped_softmax(a, k, log=True)
+    e = -torch.log(v)                                          # standard exponentials
+    top = (e * b).reshape(*e.shape[:-1], -1, k).sum(-1, keepdim=True)
+    top = top.expand(*top.shape[:-1], k).reshape(e.shape)      # each unit's -log v_D, on every class
+    others = -torch.log(e * torch.exp(-log_pi) + top)
+    return torch.where(b > 0.5, -torch.log(top), others)
+
+
+def gumbel_rao_vjp(a: Tensor, b: Tensor, v: Tensor, num_classes: int, temperature: float) -> Vjp:
+    r"""Gumbel-Rao (Paulus et al. 2021, GR-MCK): :math:`v \mapsto \frac1k\sum_j J_{y_j} v/\tau`,
+    :math:`y_j = \mathrm{softmax}(z_j/\tau)`, the ``z_j`` drawn given the sample (:func:`conditional_gumbel`,
+    ``v`` ``[k, ...]``). Its mean given ``D`` is ST-Gumbel's, so the two estimators share their mean and
+    Gumbel-Rao has less variance (Rao-Blackwellisation). Cost: one loss evaluation."""
+    relaxed = grouped_softmax(conditional_gumbel(a, b, v, num_classes) / temperature, num_classes)
+    return lambda w: softmax_jvp(relaxed, w, num_classes).mean(0) / temperature
+
+
+# ---- the chain rule through categorical layers -------------------------------------------------------------
+
+def categorical_backpropagate(problem: Problem, trajectory: Trajectory, vjps: list[Vjp]) -> FactoredGradient:
+    r""":math:`\delta_L = s_L(\partial L/\partial h_L)`, :math:`\delta_l = s_l(\delta_{l+1} W_{l+1})`: each layer's
+    rule ``vjps[l]`` applied to what comes down from above."""
+    _, upstream = problem.loss.value_and_grad(trajectory.output)
+    deltas: list[Tensor] = [None] * problem.num_layers  # type: ignore[list-item]
+    for layer in reversed(range(problem.num_layers)):
+        deltas[layer] = vjps[layer](upstream)
+        if layer > 0:
+            upstream = deltas[layer] @ problem.parameters[problem.layers[layer].weight].to(upstream)
+    return FactoredGradient(deltas, list(trajectory.inputs))
+
+
+def _unit(problem: Problem) -> CategoricalUnit:
+    return CategoricalUnit(problem.num_classes)
+
+
+def _prepare_temperature(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
+    check_temperature(options["temperature"])
+    return options
+
+
+def _discrete(name: str, from_states: Callable[..., FactoredGradient], *, copies: Callable[[dict], int] = lambda o: 1,
+              **flags) -> Estimator:
+    """A state-based estimator of categorical units: ``copies`` passes sampled from ``u[:, :copies]`` (Gumbel-max)
+    for a draw, every joint state of them for exact moments."""
+
+    def draw(problem: Problem, u: Tensor, **options) -> FactoredGradient:
+        passes = u[:, :copies(options)].reshape(-1, problem.num_units)
+        return from_states(problem, sample_trajectory(problem, _unit(problem), passes), **options)
+
+    def outcomes(problem: Problem, *, chunk_size: int, max_states: int, device="cpu", **options):
+        for traj in enumeration.trajectories(problem, _unit(problem), copies=copies(options), chunk_size=chunk_size,
+                                             max_states=max_states, device=device):
+            yield traj.log_prob.exp(), from_states(problem, traj, **options)
+
+    return Estimator(name=name, draw=draw, outcomes=outcomes, noise="discrete", kinds=KINDS, copies=copies, **flags)
+
+
+def _pathwise_states(rule: Callable[..., Vjp]):
+    def from_states(problem: Problem, traj: Trajectory, **options) -> FactoredGradient:
+        vjps = [rule(a, b, problem.num_classes, **options) for a, b in zip(traj.logits, traj.indicators)]
+        return categorical_backpropagate(problem, traj, vjps)
+
+    return from_states
+
+
+def _loo_states(problem: Problem, traj: Trajectory, k: int) -> FactoredGradient:
+    loss, layers = copies_of(problem, traj, k)
+    return FactoredGradient([leave_one_out_rule(a, h, loss, axis=1, inputs=inp,
+                                                residual=h - grouped_softmax(a, problem.num_classes))
+                             for a, h, inp in layers], [inp for _, _, inp in layers])
+
+
+def _prepare_loo(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
+    k = options["k"]
+    if isinstance(k, bool) or not (isinstance(k, int) and k >= 2):
+        raise ValueError(f"k (samples per draw) must be an integer >= 2, got {k!r}")
+    return options
+
+
+def _relaxed_draw(hard: bool):
+    """Per-draw gradients of Gumbel-softmax (``hard=False``: the relaxed network) or ST-Gumbel (``hard=True``:
+    the one-hot sample forward), both with :func:`relaxed_vjp`, from ``u[:, 0]``."""
+
+    def draw(problem: Problem, u: Tensor, temperature: float) -> FactoredGradient:
+        parts, k, vjps = problem.split_units(u[:, 0]), problem.num_classes, []
+
+        def step(layer: int, a: Tensor):
+            relaxed = grouped_softmax((a + gumbel_noise(parts[layer].to(a.dtype))) / temperature, k)
+            vjps.append(relaxed_vjp(relaxed, k, temperature))
+            value = _unit(problem).one_hot(a, relaxed) if hard else relaxed
+            return value, value
+
+        traj = problem.forward(step, u.shape[0], dtype=u.dtype, device=u.device)
+        return categorical_backpropagate(problem, traj, vjps)
+
+    return draw
+
+
+def _gumbel_rao_draw(problem: Problem, u: Tensor, temperature: float, k: int) -> FactoredGradient:
+    """Gumbel-Rao's draws: the sample from ``u[:, 0]``, the ``k`` conditional perturbations from ``u[:, 1:]``."""
+    unit, parts = _unit(problem), problem.split_units(u[:, 0])
+    inner = problem.split_units(u[:, 1:].movedim(1, 0))      # per layer [k, B, N K]
+    vjps = []
+
+    def step(layer: int, a: Tensor):
+        b, value = unit.sample(a, parts[layer])
+        vjps.append(gumbel_rao_vjp(a, b, inner[layer].to(a.dtype), problem.num_classes, temperature))
+        return b, value
+
+    traj = problem.forward(step, u.shape[0], dtype=u.dtype, device=u.device)
+    return categorical_backpropagate(problem, traj, vjps)
+
+
+def _prepare_gumbel_rao(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
+    check_temperature(options["temperature"])
+    k = options["k"]
+    if isinstance(k, bool) or not (isinstance(k, int) and k >= 1):
+        raise ValueError(f"k (the conditional samples a unit averages) must be an integer >= 1, got {k!r}")
+    return options
+
+
+CATEGORICAL_ST = _discrete(
+    "categorical_st", _pathwise_states(st_vjp), needs_loss_gradient=True, defaults={},
+    summary="one-hot D forward; backward dL/dD through the softmax's Jacobian",
+    reference="Bengio, Léonard & Courville 2013, sec. 4; Jang, Gu & Poole 2017 (ICLR), sec. 2.2")
+CATEGORICAL_REINMAX = _discrete(
+    "categorical_reinmax", _pathwise_states(reinmax_vjp), needs_loss_gradient=True,
+    defaults={"temperature": 1.0}, prepare=_prepare_temperature,
+    summary="one-hot D forward; backward (2 J(pi1) - J(pi)/2) dL/dD, pi1 = (D + softmax(theta / tau))/2",
+    reference="Liu, Dong, Liu, Yu & Gao 2023, Bridging Discrete and Backpropagation: Straight-Through and Beyond "
+              "(NeurIPS), Algorithm 2")
+CATEGORICAL_REINFORCE_LOO = _discrete(
+    "categorical_reinforce_loo", lambda problem, traj, k: _loo_states(problem, traj, k),
+    copies=lambda options: options["k"], unbiased=True, defaults={"k": 2}, prepare=_prepare_loo,
+    loss_evals=lambda problem, options: options["k"], noise_per_unit=lambda options: options["k"],
+    summary="1/(k-1) sum_j (f_j - mean f) (D_j - pi), k samples",
+    reference="Kool, van Hoof & Welling 2019 (Buy 4 REINFORCE samples, ICLR workshop)")
+CATEGORICAL_GUMBEL = Estimator(
+    name="categorical_gumbel", draw=_relaxed_draw(hard=False), noise="continuous", kinds=KINDS,
+    needs_loss_gradient=True, objective="relaxed", defaults={"temperature": 1.0}, prepare=_prepare_temperature,
+    summary="backprop through y = softmax((theta + G) / tau), G Gumbel (relaxed network)",
+    reference="Jang, Gu & Poole 2017 (Gumbel-softmax, ICLR); Maddison, Mnih & Teh 2017 (Concrete, ICLR)")
+CATEGORICAL_ST_GUMBEL = Estimator(
+    name="categorical_st_gumbel", draw=_relaxed_draw(hard=True), noise="continuous", kinds=KINDS,
+    needs_loss_gradient=True, defaults={"temperature": 1.0}, prepare=_prepare_temperature,
+    summary="one-hot D forward; backward dL/dD through softmax((theta + G) / tau)",
+    reference="Jang, Gu & Poole 2017 (ICLR), straight-through Gumbel-softmax")
+CATEGORICAL_GUMBEL_RAO = Estimator(
+    name="categorical_gumbel_rao", draw=_gumbel_rao_draw, noise="continuous", kinds=KINDS, needs_loss_gradient=True,
+    defaults={"temperature": 1.0, "k": 10}, prepare=_prepare_gumbel_rao,
+    noise_per_unit=lambda options: 1 + options["k"],
+    summary="one-hot D forward; backward the mean over k perturbations drawn given D of ST-Gumbel's Jacobian",
+    reference="Paulus, Maddison & Krause 2021, Rao-Blackwellizing the Straight-Through Gumbel-Softmax Gradient "
+              "Estimator (ICLR), sec. 3 (GR-MCK)")
