@@ -168,7 +168,9 @@ def body(kind: str, record: dict) -> list[str]:
             ["exact gradient", seconds(f["gradient_seconds"]), seconds(f["loop_gradient_seconds"]),
              times(f["loop_gradient_seconds"] / f["gradient_seconds"])],
             ["exact ST moments (mean, variance, full covariance)", seconds(f["st_moments_seconds"]),
-             seconds(f["loop_st_moments_seconds"]), times(f["loop_st_moments_seconds"] / f["st_moments_seconds"])]])
+             seconds(f["loop_st_moments_seconds"]), times(f["loop_st_moments_seconds"] / f["st_moments_seconds"])]]
+            + ([[f"exact gradient, 2^20 states of 5 + 5 categorical units of 4 classes (D = {f['categorical_parameters']})",
+                 seconds(f["categorical_gradient_seconds"]), "", ""]] if "categorical_gradient_seconds" in f else []))
     if kind == "exact_device":
         rows = [[str(r["units"]), f"{r['states']:.2g}", seconds(r["seconds"])] for r in f["rows"]]
         lines = list_table(["units", "joint states", "seconds"], rows)

@@ -24,6 +24,12 @@ Score function and antithetic (they need the loss, so they return the sample and
   with respect to ``a`` is the estimate (summed over rows). ``loss_fn`` must act on each row of ``h``
   alone: rows that are equal are given one loss value (the first's), so that the differences
   between them are exactly 0 however the device rounds.
+
+Categorical units (:mod:`gradstats.estimators.categorical`), on logits ``[..., K]`` (the classes last, as
+``torch.nn.functional.gumbel_softmax`` takes them): :func:`categorical_straight_through`,
+:func:`categorical_reinmax`, :func:`categorical_st_gumbel`, :func:`categorical_gumbel_rao` (one-hot
+sample forward), :func:`categorical_gumbel_softmax` (the relaxed sample) and
+:func:`categorical_reinforce_loo` (``k`` samples and a surrogate).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .estimators.categorical import gumbel_rao_vjp, reinmax_vjp, relaxed_vjp, st_vjp
 from .estimators.control_variates import relax_rule
 from .estimators.multi_sample import arms_rule, coupled_samples, double_cv_rule
 from .estimators.score_function import (
@@ -58,18 +65,22 @@ from .numerics import positive_int
 from .units import (
     BINARY,
     STS,
+    CategoricalUnit,
     antithetic,
     check_temperature,
     conditional_logistic_noise,
     conditional_noise_slope,
     flip_each,
+    grouped_softmax,
+    gumbel_noise,
     local_derivative_like,
     logistic_noise,
 )
 
 __all__ = ["straight_through", "sts", "noisy_rectifier", "reinforce", "RunningBaseline", "gumbel_sigmoid",
            "st_gumbel", "gumbel_rao", "reinmax", "arm", "disarm", "reinforce_loo", "local_expectation", "arms",
-           "double_cv", "rebar", "pathwise"]
+           "double_cv", "rebar", "pathwise", "categorical_straight_through", "categorical_reinmax",
+           "categorical_gumbel_softmax", "categorical_st_gumbel", "categorical_gumbel_rao", "categorical_reinforce_loo"]
 
 
 def _uniforms(a: Tensor, u: Tensor | None, generator: torch.Generator | None) -> Tensor:
@@ -292,3 +303,101 @@ def rebar(a: Tensor, loss_fn: Callable[[Tensor], Tensor], *, temperature: float 
     main = _check_rows(loss_fn(b), b)
     delta = relax_rule(ad, b, main, controls[1].detach(), derivative, derivative_given_b * slope)
     return b, _surrogate(a, delta)
+
+
+# ---- categorical units: logits [..., K] -------------------------------------------------------------------
+
+class _WithVjp(torch.autograd.Function):
+    """``value`` forward; backward ``vjp(dL/dvalue)`` for the logits (the rule's product, held fixed)."""
+
+    @staticmethod
+    def forward(ctx, logits, value, vjp):
+        ctx.vjp = vjp
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.vjp(grad), None, None
+
+
+def _classes(logits: Tensor) -> int:
+    if logits.ndim < 1 or logits.shape[-1] < 2:
+        raise ValueError(f"logits must have the classes last, K >= 2 of them: shape [..., K], got {tuple(logits.shape)}")
+    return logits.shape[-1]
+
+
+def _one_hot_sample(logits: Tensor, u: Tensor | None, generator: torch.Generator | None) -> tuple[Tensor, Tensor, int]:
+    k = _classes(logits)
+    uu = _uniforms(logits, u, generator)
+    b, _ = CategoricalUnit(k).sample(logits.detach(), uu)
+    return uu, b, k
+
+
+def categorical_straight_through(logits: Tensor, *, u: Tensor | None = None,
+                                 generator: torch.Generator | None = None) -> Tensor:
+    """One-hot Gumbel-max sample of ``softmax(logits)`` forward; backward through the softmax's Jacobian."""
+    _, b, k = _one_hot_sample(logits, u, generator)
+    return _WithVjp.apply(logits, b, st_vjp(logits.detach(), b, k))
+
+
+def categorical_reinmax(logits: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None,
+                        temperature: float = 1.0) -> Tensor:
+    r"""One-hot sample forward; backward :math:`(2 J_{\pi_1} - J_\pi/2)\,dL/dD` (ReinMax, Liu et al. 2023)."""
+    _, b, k = _one_hot_sample(logits, u, generator)
+    return _WithVjp.apply(logits, b, reinmax_vjp(logits.detach(), b, k, check_temperature(temperature)))
+
+
+def _relaxed(logits: Tensor, u: Tensor | None, generator: torch.Generator | None, temperature: float):
+    k = _classes(logits)
+    tau = check_temperature(temperature)
+    relaxed = grouped_softmax((logits.detach() + gumbel_noise(_uniforms(logits, u, generator))) / tau, k)
+    return relaxed, relaxed_vjp(relaxed, k, tau), k
+
+
+def categorical_gumbel_softmax(logits: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None,
+                               temperature: float = 1.0) -> Tensor:
+    """The relaxed sample ``softmax((logits + G) / temperature)``, ``G = -log(-log u)``, differentiable in the logits."""
+    relaxed, vjp, _ = _relaxed(logits, u, generator, temperature)
+    return _WithVjp.apply(logits, relaxed, vjp)
+
+
+def categorical_st_gumbel(logits: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None,
+                          temperature: float = 1.0) -> Tensor:
+    """The one-hot argmax of ``logits + G`` forward, the relaxed sample's gradient backward."""
+    relaxed, vjp, k = _relaxed(logits, u, generator, temperature)
+    return _WithVjp.apply(logits, CategoricalUnit(k).one_hot(logits, relaxed), vjp)
+
+
+def categorical_gumbel_rao(logits: Tensor, *, k: int = 10, u: Tensor | None = None,
+                           generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+    """One-hot sample from ``u[0]`` forward; backward ST-Gumbel's Jacobian averaged over ``k`` perturbations drawn
+    given the sample (``u``, if given, is ``[1 + k, *logits.shape]``)."""
+    classes = _classes(logits)
+    k = positive_int("k", k)
+    uu = _stacked_uniforms(logits, 1 + k, u, generator)
+    b, _ = CategoricalUnit(classes).sample(logits.detach(), uu[0])
+    vjp = gumbel_rao_vjp(logits.detach(), b, uu[1:], classes, check_temperature(temperature))
+    return _WithVjp.apply(logits, b, vjp)
+
+
+def categorical_reinforce_loo(logits: Tensor, loss_fn: Callable[[Tensor], Tensor], k: int = 2, *,
+                              u: Tensor | None = None, generator: torch.Generator | None = None
+                              ) -> tuple[Tensor, Tensor]:
+    """Leave-one-out REINFORCE for categorical units: ``k`` one-hot samples ``[k, *logits.shape]`` and a surrogate
+    with gradient ``1/(k-1) sum_j (f_j - mean f) (D_j - softmax(logits))``; ``loss_fn`` maps samples
+    ``[..., *logits.shape]`` to one value per sample (``[k, *logits.shape[:-2]]`` here, a row of units each)."""
+    classes = _classes(logits)
+    if logits.ndim < 2:
+        raise ValueError(f"logits must be [..., N, K] (rows of N units of K classes), got {tuple(logits.shape)}")
+    uu = _stacked_uniforms(logits, _samples(k), u, generator)
+    ad = logits.detach().expand(uu.shape)
+    b, _ = CategoricalUnit(classes).sample(ad, uu)
+    rows = b.reshape(*b.shape[:-2], -1)                         # each row of units flattened, as the rule takes it
+    loss = loss_fn(b).detach()
+    if loss.shape != rows.shape[:-1]:
+        raise ValueError(f"loss_fn must return one value per sample of units, shape {tuple(rows.shape[:-1])}; "
+                         f"got {tuple(loss.shape)}")
+    loss = tied_losses(loss, rows, axis=0)
+    flat_a = ad.reshape(rows.shape)
+    terms = leave_one_out_rule(flat_a, rows, loss, axis=0, residual=rows - grouped_softmax(flat_a, classes))
+    return b, _surrogate(logits, terms.sum(0).reshape(logits.shape))

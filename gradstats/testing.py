@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from . import losses, problems
 
 __all__ = ["LOSS_KINDS", "logits", "losses_of", "network_losses", "networks", "independent_problems",
-           "single_layer_problems"]
+           "single_layer_problems", "CATEGORICAL_LOSS_KINDS", "categorical_problems"]
 
 LOSS_KINDS = ("multilinear", "monotone", "polynomial", "readout")
 
@@ -98,3 +98,40 @@ def single_layer_problems(max_units: int = 4, loss_kinds: tuple[str, ...] = LOSS
     """Independent units or one-layer networks: the "single layer" of the seed paper's ST claim."""
     return st.one_of(independent_problems(max_units, max_abs_logit, loss_kinds),
                      networks(max_layers=1, max_units=max_units, loss_kinds=loss_kinds))
+
+
+CATEGORICAL_LOSS_KINDS = ("quadratic", "cubic", "readout")
+
+
+@st.composite
+def categorical_problems(draw, max_layers: int = 1, max_units: int = 3, max_classes: int = 5, max_states: int = 4096,
+                         loss_kinds: tuple[str, ...] = CATEGORICAL_LOSS_KINDS) -> problems.Problem:
+    """Networks (or, at one layer, possibly independent units) of categorical units of 2 to ``max_classes`` classes,
+    at most ``max_states`` joint states, with a loss of ``loss_kinds`` on the last layer's one-hot values:
+    ``"quadratic"`` (a squared-error readout, or a separable quadratic), ``"cubic"`` (a separable cubic) or
+    ``"readout"`` (squared error or cross-entropy of a readout)."""
+    k = draw(st.integers(2, max_classes))
+    depth = draw(st.integers(1, max_layers))
+    units = [draw(st.integers(1, max_units)) for _ in range(depth)]
+    while k ** sum(units) > max_states:
+        units[units.index(max(units))] -= 1
+        if 0 in units:
+            units, k = [1] * depth, 2
+    n = units[-1] * k
+    kind = draw(st.sampled_from(loss_kinds))
+    seed = draw(st.integers(0, 2**16))
+    coefficient = st.floats(-3.0, 3.0, allow_nan=False)
+    if kind == "quadratic" and draw(st.booleans()):
+        loss = losses.random_readout("squared_error", n, draw(st.integers(1, 3)), seed=seed)
+    elif kind in ("quadratic", "cubic"):
+        loss = losses.power_sum([[draw(coefficient) for _ in range(2 if kind == "quadratic" else 3)] for _ in range(n)])
+    elif kind == "readout":
+        loss = losses.random_readout(draw(st.sampled_from(["squared_error", "cross_entropy"])), n,
+                                     draw(st.integers(1, 4)), seed=seed)
+    else:
+        raise ValueError(f"loss kinds must be among {CATEGORICAL_LOSS_KINDS}, got {kind!r}")
+    scale = draw(st.floats(0.5, 4.0))
+    if depth == 1 and draw(st.booleans()):
+        return problems.categorical(units, num_classes=k, loss=loss, seed=seed, weight_scale=scale)
+    return problems.categorical([draw(st.integers(1, 3))] + units, num_classes=k, loss=loss, seed=seed,
+                                weight_scale=scale)

@@ -245,3 +245,48 @@ def test_a_categorical_problem_rebuilds_from_its_repr():
     again = eval(repr(problem), {"gs": gs})
     assert torch.equal(again.flat_parameters(), problem.flat_parameters()) and again.num_classes == 4
     assert problem.spec()["num_classes"] == 4 and problem.num_variables == 2 and problem.num_units == 8
+
+
+DROP_INS = {"categorical_st": ("categorical_straight_through", {}), "categorical_reinmax": ("categorical_reinmax", {}),
+            "categorical_st_gumbel": ("categorical_st_gumbel", {"temperature": 0.7}),
+            "categorical_gumbel": ("categorical_gumbel_softmax", {"temperature": 0.7})}
+
+
+@pytest.mark.parametrize("name", sorted(DROP_INS))
+def test_drop_ins_give_the_estimators_draws(name):
+    """On independent units with the same uniforms, the drop-in's gradient of the loss is the estimator's draw."""
+    import gradstats.functional as gf
+
+    function, options = DROP_INS[name]
+    problem = gs.problems.categorical([3], num_classes=4, loss="squared_error", seed=3)
+    u = torch.rand(6, 1, 12, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    expected = gs.estimators.get(name).draw(problem, u, **options).dense()
+    for row in range(6):
+        logits = problem.parameters["logits"].reshape(3, 4).clone().requires_grad_(True)
+        h = getattr(gf, function)(logits, u=u[row, 0].reshape(3, 4), **options)
+        problem.loss(h.reshape(1, -1))[0].backward()
+        assert torch.allclose(logits.grad.reshape(-1), expected[row], atol=1e-14), row
+
+
+def test_gumbel_rao_and_leave_one_out_drop_ins_give_the_estimators_draws():
+    import gradstats.functional as gf
+
+    problem = gs.problems.categorical([2], num_classes=3, loss="squared_error", seed=6)
+    k = 4
+    u = torch.rand(5, 1 + k, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    rao = gs.estimators.get("categorical_gumbel_rao").draw(problem, u, temperature=1.0, k=k).dense()
+    loo = gs.estimators.get("categorical_reinforce_loo").draw(problem, u[:, :k], k=k).dense()
+    for row in range(5):
+        logits = problem.parameters["logits"].reshape(2, 3).clone().requires_grad_(True)
+        h = gf.categorical_gumbel_rao(logits, k=k, u=u[row].reshape(1 + k, 2, 3))
+        problem.loss(h.reshape(1, -1))[0].backward()
+        assert torch.allclose(logits.grad.reshape(-1), rao[row], atol=1e-14)
+        logits.grad = None
+        _, surrogate = gf.categorical_reinforce_loo(logits, lambda b: problem.loss(b.reshape(k, -1)), k=k,
+                                                    u=u[row, :k].reshape(k, 2, 3))
+        surrogate.backward()
+        assert torch.allclose(logits.grad.reshape(-1), loo[row], atol=1e-14)
+    with pytest.raises(ValueError, match="classes last"):
+        gf.categorical_straight_through(torch.zeros(3, 1))
+    with pytest.raises(ValueError, match=r"\[\.\.\., N, K\]"):
+        gf.categorical_reinforce_loo(torch.zeros(3), lambda b: b.sum(-1))

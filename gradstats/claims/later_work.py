@@ -10,7 +10,7 @@ from .. import losses, problems, units
 from ..estimators.score_function import arm_exact_moments
 from ..exact import exact_gradient
 from ..moments import moments
-from ..testing import networks, single_layer_problems
+from ..testing import categorical_problems, networks, single_layer_problems
 from . import seed_paper  # noqa: F401  (the seed paper's claims register first)
 from .common import describe, exact_mean, gradient_scale
 from .registry import CheckSettings, Claim, Verdict, register, search
@@ -73,19 +73,28 @@ def check_reinmax_quadratic(settings: CheckSettings) -> Verdict:
     found = search(_quadratic_single_layers(),
                    lambda p: float((exact_mean(p, "reinmax") - exact_gradient(p)).abs().max()) > TOLERANCE * gradient_scale(p),
                    settings)
-    cubic = problems.independent(losses.power_sum([[0.0, 0.0, 1.0]]), [0.4])
-    c_mean, c_grad = exact_mean(cubic, "reinmax"), exact_gradient(cubic)
     if found.found:
         return Verdict("refuted", cases=found.tried, evidence="a quadratic loss where ReinMax is biased",
                        counterexample=describe(found.example))
+    categorical = search(categorical_problems(loss_kinds=("quadratic",)),
+                         lambda p: float((exact_mean(p, "categorical_reinmax") - exact_gradient(p)).abs().max())
+                         > TOLERANCE * gradient_scale(p), settings)
+    if categorical.found:
+        return Verdict("refuted", cases=found.tried + categorical.tried,
+                       evidence="a quadratic loss where the categorical ReinMax is biased",
+                       counterexample=describe(categorical.example))
+    cubic = problems.independent(losses.power_sum([[0.0, 0.0, 1.0]]), [0.4])
+    c_mean, c_grad = exact_mean(cubic, "reinmax"), exact_gradient(cubic)
     return Verdict(
-        "confirmed", cases=found.tried + 1,
-        summary=f"exact on one layer; {float(c_mean / c_grad):.2g} times the gradient for h^3",
-        qualifier=f"exact for quadratic losses on one layer; not beyond degree two ({float(c_mean / c_grad):.2g} times "
-                  "the gradient for h^3)",
-        evidence=(f"exact: at temperature 1, on {found.tried} random single layers with quadratic losses (squared-error "
-                  f"readouts, separable quadratics) the ReinMax mean equals the exact gradient to 1e-10; the degree "
-                  f"matters: for f(h) = h^3 at a = 0.4 it gives {float(c_mean):.5f} against {float(c_grad):.5f} (3/2 times)"),
+        "confirmed", cases=found.tried + categorical.tried + 1,
+        summary=f"exact on one layer, binary and categorical; {float(c_mean / c_grad):.2g} times the gradient for h^3",
+        qualifier=f"exact for quadratic losses on one layer, binary or categorical (2 to 5 classes); not beyond degree "
+                  f"two ({float(c_mean / c_grad):.2g} times the gradient for h^3)",
+        evidence=(f"exact: at temperature 1, on {found.tried} random single layers of binary units with quadratic losses "
+                  f"(squared-error readouts, separable quadratics) the ReinMax mean equals the exact gradient to 1e-10, "
+                  f"and so does the categorical form (Algorithm 2) on {categorical.tried} random single layers of "
+                  f"categorical units of 2 to 5 classes, by enumeration of their K^N states; the degree matters: for "
+                  f"f(h) = h^3 at a = 0.4 it gives {float(c_mean):.5f} against {float(c_grad):.5f} (3/2 times)"),
         data={"cubic_reinmax": float(c_mean), "cubic_gradient": float(c_grad)},
     )
 
@@ -175,11 +184,36 @@ def gumbel_network_moments(seed: int, draws: int = GUMBEL_NETWORK_DRAWS, tempera
     return out
 
 
-def _interior_minimum(rows, draw_count: int) -> dict:
+# Categorical networks (sizes, K, seed), squared-error readout, weight scale 2; the Gumbel-softmax's best temperature
+# at one draw lies near 2 to 4 there, so their grid reaches higher.
+GUMBEL_CATEGORICAL = (([3, 2, 2], 3, 0), ([3, 2, 1], 4, 1), ([2, 2, 2], 3, 2), ([3, 1, 2], 5, 3))
+GUMBEL_CATEGORICAL_TEMPERATURES = (64.0, 32.0, 16.0, 8.0) + GUMBEL_TEMPERATURES[:7]
+
+
+def gumbel_categorical_moments(sizes, k: int, seed: int, draws: int = GUMBEL_NETWORK_DRAWS,
+                               temperatures=GUMBEL_CATEGORICAL_TEMPERATURES):
+    """As :func:`gumbel_network_moments`, for the categorical Gumbel-softmax on a network of categorical units of
+    ``k`` classes (``gs.problems.categorical(sizes, k, "squared_error", seed=seed, weight_scale=2)``), against the
+    exact gradient of its network of one-hot units."""
+    from ..metrics import compute_metrics
+    from ..montecarlo import mc_moments
+
+    problem = problems.categorical(sizes, num_classes=k, loss="squared_error", seed=seed, weight_scale=2.0)
+    g = exact_gradient(problem)
+    out = []
+    for tau in temperatures:
+        m = mc_moments(problem, "categorical_gumbel", num_samples=draws, seed=seed, device="cpu", temperature=tau,
+                       progress=False)
+        rows = {r.metric: r for r in compute_metrics(m, problem, g, "binary", ms=()) if r.layer == 0 and not r.coordinate}
+        out.append((tau, rows["squared_bias"].value, rows["variance_trace"].value, rows["squared_bias"].stderr))
+    return out
+
+
+def _interior_minimum(rows, draw_count: int, temperatures=GUMBEL_TEMPERATURES) -> dict:
     """Where ``bias^2 + tr Cov / M`` is lowest over the temperature grid (rows: ``(tau, bias^2, tr Cov)``)."""
     mse = [b2 + v / draw_count for b2, v in rows]
     best = int(np.argmin(mse))
-    return {"best_temperature": GUMBEL_TEMPERATURES[best], "interior": 0 < best < len(mse) - 1, "mse": mse}
+    return {"best_temperature": temperatures[best], "interior": 0 < best < len(mse) - 1, "mse": mse}
 
 
 def check_gumbel_temperature(settings: CheckSettings) -> Verdict:
@@ -190,7 +224,14 @@ def check_gumbel_temperature(settings: CheckSettings) -> Verdict:
                                for rows in networks_rows.values()],
                   "toys": [_interior_minimum([(b * b, v) for _, b, v in rows], m) for rows in toy_rows.values()]}
               for m in GUMBEL_DRAW_COUNTS}
-    interior_everywhere = all(r["interior"] for m in minima.values() for r in m["networks"])
+    categorical_rows = {f"{sizes}, K={k}, seed={seed}": gumbel_categorical_moments(sizes, k, seed, network_draws)
+                        for sizes, k, seed in GUMBEL_CATEGORICAL}
+    categorical = {m: [_interior_minimum([(b2, v) for _, b2, v, _ in rows], m, GUMBEL_CATEGORICAL_TEMPERATURES)
+                       for rows in categorical_rows.values()] for m in GUMBEL_DRAW_COUNTS}
+    categorical_interior = all(r["interior"] for rows in categorical.values() for r in rows)
+    categorical_where = "; ".join(f"M = {m}: " + ", ".join(f"{r['best_temperature']:g}" for r in rows)
+                                  for m, rows in categorical.items())
+    interior_everywhere = all(r["interior"] for m in minima.values() for r in m["networks"]) and categorical_interior
     best = [[minima[m]["networks"][i]["best_temperature"] for m in GUMBEL_DRAW_COUNTS] for i in range(len(networks_rows))]
     falls_with_draws = all(list(b) == sorted(b, reverse=True) for b in best)
     where = "; ".join(f"M = {m}: best temperature on the networks "
@@ -221,7 +262,8 @@ def check_gumbel_temperature(settings: CheckSettings) -> Verdict:
     return Verdict(
         status, cases=cases,
         qualifier=(f"the MSE of the mean of M draws is lowest at an interior temperature on every network for M in "
-                   f"{', '.join(map(str, GUMBEL_DRAW_COUNTS))}"
+                   f"{', '.join(map(str, GUMBEL_DRAW_COUNTS))}, binary and categorical (3 to 5 classes; best "
+                   f"temperatures there {categorical_where})"
                    + (", the best temperature falling as M grows; " if falls_with_draws else "; ") +
                    f"the variance rises at every step; the bias vanishes like the temperature below "
                    f"{monotone_below:g}, but above it the |bias| can rise as the temperature falls "
@@ -238,7 +280,11 @@ def check_gumbel_temperature(settings: CheckSettings) -> Verdict:
                   f"{network_draws:,} Monte Carlo draws per temperature, the "
                   f"squared bias less its Monte Carlo part) it is "
                   f"{'interior on every network' if interior_everywhere else 'not interior on every network'}: "
-                  f"{where}. On one unit, "
+                  f"{where}. On {len(categorical_rows)} seeded networks of categorical units of 3 to 5 classes "
+                  f"({', '.join(categorical_rows)}; the Gumbel-softmax of Jang et al., temperatures "
+                  f"{GUMBEL_CATEGORICAL_TEMPERATURES}) it is "
+                  f"{'interior on every one' if categorical_interior else 'not interior on every one'}: "
+                  f"best temperatures {categorical_where}. On one unit, "
                   f"quadrature (1e6 midpoints) on {cases} toys (t, a), temperatures {GUMBEL_TEMPERATURES}: the "
                   f"variance rises as the temperature falls at {'every' if variance_ok else 'not every'} step on "
                   f"every toy{'' if variance_ok else f' ({len(var_breaks)} exceptions)'}; the |bias| against the "
@@ -255,7 +301,9 @@ def check_gumbel_temperature(settings: CheckSettings) -> Verdict:
               "sign_crossings": sum(r["crosses"] for r in rises),
               "interior_minimum": {str(m): v for m, v in minima.items()},
               "interior_everywhere_on_networks": interior_everywhere, "best_temperature_falls_with_draws": falls_with_draws,
-              "networks": {str(seed): rows for seed, rows in networks_rows.items()}},
+              "networks": {str(seed): rows for seed, rows in networks_rows.items()},
+              "categorical_networks": categorical_rows,
+              "categorical_interior_minimum": {str(m): v for m, v in categorical.items()}},
     )
 
 
@@ -269,8 +317,9 @@ register(Claim("REINMAX-Q", "Guided by our findings, we propose ReinMax, which a
                "Heun's method, a second-order numerical method for solving ODEs.",
                "Liu, Dong, Liu, Yu & Gao 2023, Bridging Discrete and Backpropagation: Straight-Through and Beyond "
                "(NeurIPS), abstract",
-               "second-order accuracy read as exactness for losses of degree two: for two-category (binary) units, one "
-               "layer, temperature 1, E[ReinMax] equals the exact gradient when f is quadratic",
+               "second-order accuracy read as exactness for losses of degree two: for binary units and for categorical "
+               "units of 2 to 5 classes (the paper's Algorithm 2), one layer, temperature 1, E[ReinMax] equals the "
+               "exact gradient when f is quadratic in the units' values",
                check_reinmax_quadratic, "tests/claims/test_later_work.py::test_reinmax_quadratic"))
 register(Claim("DISARM-V", "We show that ARM can be improved by analytically integrating out the randomness introduced by "
                "the augmentation process, guaranteeing substantial variance reduction.",
@@ -288,5 +337,6 @@ register(Claim("GUMBEL-T", "For learning, there is a tradeoff between small temp
                "for the binary Concrete (Gumbel-sigmoid) estimator on one unit with f(b) = (b - t)^2: as the temperature "
                "falls, the variance of the gradient rises and the samples, so the gradient's mean, approach the binary "
                "ones (its bias against the binary gradient vanishes); we report the temperatures where the bias falls "
-               "monotonically",
+               "monotonically; on networks of binary and of categorical units (3 to 5 classes), the MSE of the mean "
+               "of M draws is lowest at an interior temperature",
                check_gumbel_temperature, "tests/claims/test_later_work.py::test_gumbel_temperature"))

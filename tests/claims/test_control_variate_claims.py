@@ -32,3 +32,5 @@ def test_gumbel_rao(verdict):
     row = verdict("GR-MSE")
     assert row["status"] == "confirmed" and row["cases"] >= 100
     assert max(row["data"]["trace_ratio_to_st_gumbel"]) <= 1
+    categorical = row["data"]["categorical"]   # categorical units by Monte Carlo: same mean, lower trace
+    assert len(categorical) == 3 and all(r["verdict"] == "not rejected" and r["trace_ratio"] < 1 for r in categorical)

@@ -24,6 +24,7 @@ def test_reinmax_quadratic(verdict):
     row = verdict("REINMAX-Q")
     assert row["status"] == "confirmed"
     assert row["data"]["cubic_reinmax"] == pytest.approx(1.5 * row["data"]["cubic_gradient"], rel=1e-12)
+    assert "categorical" in row["qualifier"] and row["cases"] >= 100
 
 
 def test_disarm_variance(verdict):
@@ -58,6 +59,8 @@ def test_gumbel_temperature(verdict):
     row = verdict("GUMBEL-T")
     assert row["status"] == "confirmed" and not row["data"]["variance_breaks"]
     assert row["data"]["interior_everywhere_on_networks"]   # the trade-off: MSE(tau) lowest inside the grid at fixed M
+    categorical = row["data"]["categorical_interior_minimum"]   # and on the categorical networks, for every M
+    assert len(categorical) == 3 and all(r["interior"] for rows in categorical.values() for r in rows)
     assert row["data"]["monotone_below"] == 0.25 and abs(row["data"]["bias_order_median"] - 1) < 0.05
     ce = row["counterexample"]   # above that temperature the |bias| can grow as the temperature falls
     assert ce["from_temperature"] >= 0.5
@@ -75,6 +78,8 @@ def test_gumbel_temperature_is_confirmed_when_the_bias_never_rises(monkeypatch):
     # networks whose MSE(tau) = tau^2 + 1 / (tau M) has its minimum inside the grid for M = 1, 10, 100
     monkeypatch.setattr(later_work, "gumbel_network_moments",
                         lambda seed, draws: [(tau, tau**2, 1 / tau, 0.0) for tau in later_work.GUMBEL_TEMPERATURES])
+    monkeypatch.setattr(later_work, "gumbel_categorical_moments", lambda sizes, k, seed, draws: [
+        (tau, tau**2, 1 / tau, 0.0) for tau in later_work.GUMBEL_CATEGORICAL_TEMPERATURES])
     verdict = later_work.check_gumbel_temperature(gs.claims.CheckSettings(quick=True))
     assert verdict.status == "confirmed" and verdict.data["monotone_below"] == later_work.GUMBEL_TEMPERATURES[0]
     assert verdict.data["interior_everywhere_on_networks"] and verdict.data["best_temperature_falls_with_draws"]
@@ -85,6 +90,18 @@ def test_gumbel_temperature_is_refuted_without_an_interior_minimum(monkeypatch):
     # a bias that does not grow with the temperature leaves no trade-off: the MSE is lowest at the hottest end
     monkeypatch.setattr(later_work, "gumbel_network_moments",
                         lambda seed, draws: [(tau, 0.0, 1 / tau, 0.0) for tau in later_work.GUMBEL_TEMPERATURES])
+    monkeypatch.setattr(later_work, "gumbel_categorical_moments", lambda sizes, k, seed, draws: [
+        (tau, tau**2, 1 / tau, 0.0) for tau in later_work.GUMBEL_CATEGORICAL_TEMPERATURES])
+    verdict = later_work.check_gumbel_temperature(gs.claims.CheckSettings(quick=True))
+    assert verdict.status == "refuted" and not verdict.data["interior_everywhere_on_networks"]
+
+
+def test_gumbel_temperature_is_refuted_when_categorical_units_have_no_interior_minimum(monkeypatch):
+    # binary networks with a trade-off, categorical ones whose MSE is lowest at the hottest end: refuted
+    monkeypatch.setattr(later_work, "gumbel_network_moments",
+                        lambda seed, draws: [(tau, tau**2, 1 / tau, 0.0) for tau in later_work.GUMBEL_TEMPERATURES])
+    monkeypatch.setattr(later_work, "gumbel_categorical_moments", lambda sizes, k, seed, draws: [
+        (tau, 0.0, 1 / tau, 0.0) for tau in later_work.GUMBEL_CATEGORICAL_TEMPERATURES])
     verdict = later_work.check_gumbel_temperature(gs.claims.CheckSettings(quick=True))
     assert verdict.status == "refuted" and not verdict.data["interior_everywhere_on_networks"]
 
