@@ -39,7 +39,8 @@ def _run(path: Path, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_the_guides_and_examples_are_there():
     assert {name.split("[")[0] for name, _ in GUIDE_BLOCKS} >= {"own_estimator", "own_model", "tidy_table", "claims",
-                                                                 "first_steps", "training", "sweeps"}
+                                                                 "first_steps", "training", "sweeps",
+                                                                 "categorical"}
     assert len(EXAMPLES) >= 3
 
 
