@@ -520,6 +520,8 @@ def verify_committed(config: Config, analysis: Analysis) -> list[str]:
     committed = pd.read_csv(committed_path(config))
     fresh = run_cells(config, analysis.verify_cells(config), analysis.compute, parallel=analysis.parallel)
     keys = [c for c in fresh.columns if c.startswith("cell_")] + list(analysis.identity)
+    for key in keys:   # a cell's list (its seeds, say) is stored in the CSV as its text: compare it as text
+        fresh[key] = fresh[key].map(lambda v: str(v) if isinstance(v, (list, tuple, dict)) else v)
     merged = fresh.merge(committed, on=keys, how="left", suffixes=("", "_committed"), indicator="found")
     known = set(committed.metric) if "metric" in keys else None
     failures, compared, newer = [], 0, set()

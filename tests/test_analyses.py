@@ -350,8 +350,8 @@ def test_a_committed_study_replots_from_its_rows_and_verify_catches_a_row_that_m
 
     computed = []
 
-    def cells(config):
-        return [{"i": i} for i in range(3)]
+    def cells(config):   # a list in the cell, as a study's seeds are: the CSV keeps its text
+        return [{"i": i, "seeds": [i, i + 1]} for i in range(3)]
 
     def compute(cell, config):
         computed.append(cell["i"])
@@ -376,7 +376,7 @@ def test_a_committed_study_replots_from_its_rows_and_verify_catches_a_row_that_m
     frame.to_csv(rows, index=False)
     with pytest.raises(SystemExit):
         study.main([*argv, "--verify", "--recompute"])
-    assert "cell_i=1, metric=m: 1.5 against the committed 2.5" in capsys.readouterr().out
+    assert "cell_i=1, cell_seeds=[1, 2], metric=m: 1.5 against the committed 2.5" in capsys.readouterr().out
 
 
 def test_verify_compares_committed_metrics_and_names_newer_ones(tmp_path, monkeypatch):
