@@ -15,7 +15,7 @@ TEX_PACKAGES := texlive-latex-base texlive-latex-recommended latexmk
 # The tests whose assertions are on random quantities, rerun on other noise streams (tests/conftest.py):
 # an assertion that holds only by the luck of the default stream fails here.
 STATISTICAL_TESTS := tests/test_montecarlo.py tests/test_metrics.py tests/test_stats.py tests/test_later_estimators.py \
-	tests/test_control_variates.py \
+	tests/test_control_variates.py tests/test_categorical.py \
 	tests/test_estimators.py tests/test_functional.py tests/test_training.py
 
 $(STAMP): pyproject.toml Makefile
