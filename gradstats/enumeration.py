@@ -10,7 +10,7 @@ the unit's law (binary or STS) comes with it, so sums over states are
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -71,44 +71,42 @@ def trajectories(problem: Problem, unit: BernoulliUnit | CategoricalUnit, *, cop
     """
     device = torch.device(device)
     chunk_size = chunk_size_for(device, chunk_size)
+    total, states = _states(problem, unit, copies, max_states, device)
+    for start in range(0, total, chunk_size):
+        rows = states(torch.arange(start, min(start + chunk_size, total), device=device))
+        trajectory = problem.forward(_given_states(problem.split_units(rows), unit), rows.shape[0], parameters,
+                                     device=device)
+        log_prob = sum(unit.log_prob(a, b).sum(-1) for a, b in zip(trajectory.logits, trajectory.indicators))
+        trajectory.log_prob = log_prob.reshape(-1, copies).sum(-1)
+        yield trajectory
+
+
+def _states(problem: Problem, unit: BernoulliUnit | CategoricalUnit, copies: int, max_states: int,
+            device: torch.device) -> tuple[int, Callable[[torch.Tensor], torch.Tensor]]:
+    """How many joint states ``copies`` passes have (checked against ``max_states``), and the map from state
+    indices ``[C]`` to the passes' indicators ``[C * copies, U]``: bit ``k`` of the index for Bernoulli units,
+    digit ``k`` in base ``K`` (one-hot) for categorical units."""
     what = problem.description if copies == 1 else f"{copies} copies of {problem.description}"
     bytes_per_state = 8 * (problem.num_units + problem.num_parameters)
     if isinstance(unit, CategoricalUnit):
-        yield from _categorical_trajectories(problem, unit, copies, parameters, chunk_size, max_states, device, what,
-                                             bytes_per_state)
-        return
-    num_bits = problem.num_units * copies
-    total = check_enumerable(num_bits, max_states, bytes_per_state=bytes_per_state, what=what)
-    shifts = torch.arange(num_bits, device=device)
-    for start in range(0, total, chunk_size):
-        index = torch.arange(start, min(start + chunk_size, total), device=device)
-        bits = ((index[:, None] >> shifts) & 1).to(torch.float64).reshape(-1, problem.num_units)
-        trajectory = problem.forward(_given_states(problem.split_units(bits), unit), bits.shape[0], parameters,
-                                     device=device)
-        log_prob = sum(unit.log_prob(a, b).sum(-1) for a, b in zip(trajectory.logits, trajectory.indicators))
-        trajectory.log_prob = log_prob.reshape(-1, copies).sum(-1)
-        yield trajectory
+        k = unit.num_classes
+        if problem.num_units % k:
+            raise ValueError(f"{problem.description} has {problem.num_units} values, not a multiple of "
+                             f"num_classes = {k}")
+        digits = problem.num_units // k * copies
+        total = check_enumerable(digits, max_states, bytes_per_state=bytes_per_state, what=what, base=k,
+                                 noun="categorical units")
+        powers = k ** torch.arange(digits, device=device)
 
+        def one_hot(index: torch.Tensor) -> torch.Tensor:
+            classes = torch.div(index[:, None], powers, rounding_mode="floor") % k
+            return torch.nn.functional.one_hot(classes, k).to(torch.float64).reshape(-1, problem.num_units)
 
-def _categorical_trajectories(problem: Problem, unit: CategoricalUnit, copies: int, parameters, chunk_size: int,
-                              max_states: int, device: torch.device, what: str, bytes_per_state: int):
-    """:func:`trajectories` for categorical units: digit ``k`` of the state in base ``K`` is unit ``k``'s class."""
-    k = unit.num_classes
-    if problem.num_units % k:
-        raise ValueError(f"{problem.description} has {problem.num_units} values, not a multiple of num_classes = {k}")
-    digits_per_state = problem.num_units // k * copies
-    total = check_enumerable(digits_per_state, max_states, bytes_per_state=bytes_per_state, what=what, base=k,
-                             noun="categorical units")
-    powers = k ** torch.arange(digits_per_state, device=device)
-    for start in range(0, total, chunk_size):
-        index = torch.arange(start, min(start + chunk_size, total), device=device)
-        digits = torch.div(index[:, None], powers, rounding_mode="floor") % k
-        states = torch.nn.functional.one_hot(digits, k).to(torch.float64).reshape(-1, problem.num_units)
-        trajectory = problem.forward(_given_states(problem.split_units(states), unit), states.shape[0], parameters,
-                                     device=device)
-        log_prob = sum(unit.log_prob(a, b).sum(-1) for a, b in zip(trajectory.logits, trajectory.indicators))
-        trajectory.log_prob = log_prob.reshape(-1, copies).sum(-1)
-        yield trajectory
+        return total, one_hot
+    bits = problem.num_units * copies
+    total = check_enumerable(bits, max_states, bytes_per_state=bytes_per_state, what=what)
+    shifts = torch.arange(bits, device=device)
+    return total, lambda index: ((index[:, None] >> shifts) & 1).to(torch.float64).reshape(-1, problem.num_units)
 
 
 def _given_states(per_layer: list[torch.Tensor], unit: BernoulliUnit):

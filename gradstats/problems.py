@@ -293,6 +293,24 @@ def _finite_number(name: str, value) -> float:
     return float(value)
 
 
+def _weight_scale(weight_scale) -> float:
+    """``weight_scale``, checked: a finite number > 0."""
+    s = _finite_number("weight_scale", weight_scale)
+    if s <= 0:
+        raise ValueError(f"weight_scale must be > 0, got {weight_scale!r}")
+    return s
+
+
+def _network_input(x, size: int, generator: torch.Generator) -> Tensor:
+    """A network's input: ``x`` checked (finite, ``size`` entries), or N(0, 1) entries drawn from ``generator``."""
+    if x is None:
+        return torch.randn(size, generator=generator, dtype=torch.float64)
+    x = _finite_vector("x", x)
+    if x.numel() != size:
+        raise ValueError(f"x must have sizes[0] = {size} entries, got {x.numel()}")
+    return x
+
+
 def toy(target: float = 0.45, logit: float = 0.0) -> Problem:
     r"""One binary unit with :math:`f(b) = (b - t)^2`; the parameter is its logit ``a``.
 
@@ -343,17 +361,10 @@ def sbn(sizes: Sequence[int], loss="squared_error", x=None, seed: int = 0, *,
     if not (isinstance(sizes, list) and len(sizes) >= 2 and all(type(n) is int and n >= 1 for n in sizes)):
         raise ValueError(f"sizes must be a list [n_in, n_1, ..., n_L] of integers >= 1 with at least one layer, got {sizes!r}")
     seed = seed_value("seed", seed)
-    s = _finite_number("weight_scale", weight_scale)
-    if s <= 0:
-        raise ValueError(f"weight_scale must be > 0, got {weight_scale!r}")
+    s = _weight_scale(weight_scale)
     g = torch.Generator().manual_seed(seed)
     x_argument = x
-    if x is None:
-        x = torch.randn(sizes[0], generator=g, dtype=torch.float64)
-    else:
-        x = _finite_vector("x", x)
-        if x.numel() != sizes[0]:
-            raise ValueError(f"x must have sizes[0] = {sizes[0]} entries, got {x.numel()}")
+    x = _network_input(x, sizes[0], g)
     layers, params = [], {}
     for li, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
         layers.append(LayerSpec(n_out, f"W{li}", f"c{li}"))
@@ -430,9 +441,7 @@ def categorical(sizes: Sequence[int], num_classes: int = 3, loss="squared_error"
         raise ValueError(f"sizes must be a list [n_in, N_1, ..., N_L] (or [N] for independent units) of integers "
                          f">= 1, got {sizes!r}")
     seed = seed_value("seed", seed)
-    s = _finite_number("weight_scale", weight_scale)
-    if s <= 0:
-        raise ValueError(f"weight_scale must be > 0, got {weight_scale!r}")
+    s = _weight_scale(weight_scale)
     positive_int("num_outputs", num_outputs)
     g = torch.Generator().manual_seed(seed)
     loss_argument, x_argument = loss, x
@@ -452,12 +461,7 @@ def categorical(sizes: Sequence[int], num_classes: int = 3, loss="squared_error"
     else:
         if logits is not None:
             raise ValueError("logits are only for independent units (sizes = [N]); a network's come from W and c")
-        if x is None:
-            x = torch.randn(sizes[0], generator=g, dtype=torch.float64)
-        else:
-            x = _finite_vector("x", x)
-            if x.numel() != sizes[0]:
-                raise ValueError(f"x must have sizes[0] = {sizes[0]} entries, got {x.numel()}")
+        x = _network_input(x, sizes[0], g)
         layers, params = [], {}
         fan_in = sizes[0]
         for li, n_out in enumerate(sizes[1:], start=1):

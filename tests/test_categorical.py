@@ -218,7 +218,7 @@ def test_names_by_kind_and_clear_refusals():
         gs.moments(gs.problems.sbn([2, 2], seed=0), "categorical_st")
     with pytest.raises(ValueError, match="objective must be 'binary'"):
         gs.exact_gradient(problem, objective="sts")
-    with pytest.raises(ValueError, match="k .* must be an integer >= 2"):
+    with pytest.raises(ValueError, match="k must be an integer >= 2"):
         gs.moments(problem, "categorical_reinforce_loo", k=1)
     with pytest.raises(ValueError, match="temperature"):
         gs.moments(problem, "categorical_reinmax", temperature=0.0)

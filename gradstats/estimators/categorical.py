@@ -33,16 +33,16 @@ the :math:`K^N` states (``K^{Nk}`` for leave-one-out), as the binary ones do.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from .. import enumeration
 from ..problems import FactoredGradient, Problem, Trajectory
-from ..units import CategoricalUnit, check_temperature, grouped_softmax, gumbel_noise, softmax_jvp
+from ..units import CategoricalUnit, grouped_softmax, gumbel_noise, softmax_jvp
 from .base import Estimator, sample_trajectory
-from .score_function import copies_of, leave_one_out_rule
+from .score_function import copies_of, leave_one_out_rule, prepare_loo
+from .surrogate import prepare_gumbel_rao, prepare_temperature
 
 __all__ = [
     "categorical_backpropagate",
@@ -133,11 +133,6 @@ def _unit(problem: Problem) -> CategoricalUnit:
     return CategoricalUnit(problem.num_classes)
 
 
-def _prepare_temperature(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
-    check_temperature(options["temperature"])
-    return options
-
-
 def _discrete(name: str, from_states: Callable[..., FactoredGradient], *, copies: Callable[[dict], int] = lambda o: 1,
               **flags) -> Estimator:
     """A state-based estimator of categorical units: ``copies`` passes sampled from ``u[:, :copies]`` (Gumbel-max)
@@ -168,13 +163,6 @@ def _loo_states(problem: Problem, traj: Trajectory, k: int) -> FactoredGradient:
     return FactoredGradient([leave_one_out_rule(a, h, loss, axis=1, inputs=inp,
                                                 residual=h - grouped_softmax(a, problem.num_classes))
                              for a, h, inp in layers], [inp for _, _, inp in layers])
-
-
-def _prepare_loo(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
-    k = options["k"]
-    if isinstance(k, bool) or not (isinstance(k, int) and k >= 2):
-        raise ValueError(f"k (samples per draw) must be an integer >= 2, got {k!r}")
-    return options
 
 
 def _relaxed_draw(hard: bool):
@@ -211,43 +199,35 @@ def _gumbel_rao_draw(problem: Problem, u: Tensor, temperature: float, k: int) ->
     return categorical_backpropagate(problem, traj, vjps)
 
 
-def _prepare_gumbel_rao(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
-    check_temperature(options["temperature"])
-    k = options["k"]
-    if isinstance(k, bool) or not (isinstance(k, int) and k >= 1):
-        raise ValueError(f"k (the conditional samples a unit averages) must be an integer >= 1, got {k!r}")
-    return options
-
-
 CATEGORICAL_ST = _discrete(
     "categorical_st", _pathwise_states(st_vjp), needs_loss_gradient=True, defaults={},
     summary="one-hot D forward; backward dL/dD through the softmax's Jacobian",
     reference="Bengio, Léonard & Courville 2013, sec. 4; Jang, Gu & Poole 2017 (ICLR), sec. 2.2")
 CATEGORICAL_REINMAX = _discrete(
     "categorical_reinmax", _pathwise_states(reinmax_vjp), needs_loss_gradient=True,
-    defaults={"temperature": 1.0}, prepare=_prepare_temperature,
+    defaults={"temperature": 1.0}, prepare=prepare_temperature,
     summary="one-hot D forward; backward (2 J(pi1) - J(pi)/2) dL/dD, pi1 = (D + softmax(theta / tau))/2",
     reference="Liu, Dong, Liu, Yu & Gao 2023, Bridging Discrete and Backpropagation: Straight-Through and Beyond "
               "(NeurIPS), Algorithm 2")
 CATEGORICAL_REINFORCE_LOO = _discrete(
     "categorical_reinforce_loo", lambda problem, traj, k: _loo_states(problem, traj, k),
-    copies=lambda options: options["k"], unbiased=True, defaults={"k": 2}, prepare=_prepare_loo,
+    copies=lambda options: options["k"], unbiased=True, defaults={"k": 2}, prepare=prepare_loo,
     loss_evals=lambda problem, options: options["k"], noise_per_unit=lambda options: options["k"],
     summary="1/(k-1) sum_j (f_j - mean f) (D_j - pi), k samples",
     reference="Kool, van Hoof & Welling 2019 (Buy 4 REINFORCE samples, ICLR workshop)")
 CATEGORICAL_GUMBEL = Estimator(
     name="categorical_gumbel", draw=_relaxed_draw(hard=False), noise="continuous", kinds=KINDS,
-    needs_loss_gradient=True, objective="relaxed", defaults={"temperature": 1.0}, prepare=_prepare_temperature,
+    needs_loss_gradient=True, objective="relaxed", defaults={"temperature": 1.0}, prepare=prepare_temperature,
     summary="backprop through y = softmax((theta + G) / tau), G Gumbel (relaxed network)",
     reference="Jang, Gu & Poole 2017 (Gumbel-softmax, ICLR); Maddison, Mnih & Teh 2017 (Concrete, ICLR)")
 CATEGORICAL_ST_GUMBEL = Estimator(
     name="categorical_st_gumbel", draw=_relaxed_draw(hard=True), noise="continuous", kinds=KINDS,
-    needs_loss_gradient=True, defaults={"temperature": 1.0}, prepare=_prepare_temperature,
+    needs_loss_gradient=True, defaults={"temperature": 1.0}, prepare=prepare_temperature,
     summary="one-hot D forward; backward dL/dD through softmax((theta + G) / tau)",
     reference="Jang, Gu & Poole 2017 (ICLR), straight-through Gumbel-softmax")
 CATEGORICAL_GUMBEL_RAO = Estimator(
     name="categorical_gumbel_rao", draw=_gumbel_rao_draw, noise="continuous", kinds=KINDS, needs_loss_gradient=True,
-    defaults={"temperature": 1.0, "k": 10}, prepare=_prepare_gumbel_rao,
+    defaults={"temperature": 1.0, "k": 10}, prepare=prepare_gumbel_rao,
     noise_per_unit=lambda options: 1 + options["k"],
     summary="one-hot D forward; backward the mean over k perturbations drawn given D of ST-Gumbel's Jacobian",
     reference="Paulus, Maddison & Krause 2021, Rao-Blackwellizing the Straight-Through Gumbel-Softmax Gradient "

@@ -55,6 +55,7 @@ __all__ = [
     "optimal_baseline",
     "antithetic_losses",
     "copies_of",
+    "prepare_loo",
     "sample_above",
     "arm_exact_moments",
     "REINFORCE",
@@ -335,7 +336,8 @@ REINFORCE = Estimator(
 
 # ---- REINFORCE leave-one-out ----------------------------------------------------------------------
 
-def _prepare_loo(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
+def prepare_loo(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
+    """Leave-one-out's options, checked: ``k`` an integer >= 2 (binary or categorical units)."""
     k = options["k"]
     if not (isinstance(k, int) and not isinstance(k, bool) and k >= 2):
         raise ValueError(f"k must be an integer >= 2 (leave-one-out needs two samples), got {k!r}")
@@ -373,7 +375,7 @@ REINFORCE_LOO = Estimator(
     unbiased=True,
     objective="binary",
     defaults={"k": 2},
-    prepare=_prepare_loo,
+    prepare=prepare_loo,
     loss_evals=lambda problem, options: options["k"],
     noise_per_unit=lambda options: options["k"],
     reference="Kool, van Hoof & Welling 2019 (Buy 4 REINFORCE samples, ICLR workshop); Mnih & Rezende 2016 (VIMCO)",

@@ -56,6 +56,8 @@ __all__ = [
     "st_gumbel_rule",
     "gumbel_rao_rule",
     "conditional_moments",
+    "prepare_temperature",
+    "prepare_gumbel_rao",
     "gumbel_rao_exact_moments",
     "ST",
     "ST_SIGMOID",
@@ -104,7 +106,8 @@ def reinmax_derivative(a: Tensor, b: Tensor, temperature: float) -> Tensor:
     return (b + torch.sigmoid(a / temperature)) * (1 - b + torch.sigmoid(-a / temperature)) / 2 - sigmoid_derivative(a) / 2
 
 
-def _prepare_temperature(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
+def prepare_temperature(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
+    """Options with a ``temperature``, checked (every relaxation's and ReinMax's, binary or categorical)."""
     check_temperature(options["temperature"])
     return options
 
@@ -119,7 +122,7 @@ STS_ESTIMATOR = make_pathwise("sts", sts_derivative, unit=STS, objective="sts",
                               reference=f"{PAPER}, sec. 2.2, Eq. 2, Proposition 2")
 REINMAX = make_pathwise("reinmax", reinmax_derivative,
                         summary="dL/db * (2 r (1 - r) - p (1 - p)/2), r = (b + sigmoid(a / tau))/2",
-                        defaults={"temperature": 1.0}, prepare=_prepare_temperature,
+                        defaults={"temperature": 1.0}, prepare=prepare_temperature,
                         reference="Liu, Dong, Liu, Yu & Gao 2023, Bridging Discrete and Backpropagation: "
                                   "Straight-Through and Beyond (NeurIPS); ReinMax for two categories")
 
@@ -261,7 +264,8 @@ def _gumbel_rao_draw(problem: Problem, u: Tensor, temperature: float, k: int) ->
     return backpropagate_loss(problem, problem.forward(step, u.shape[0], dtype=u.dtype, device=u.device), local)
 
 
-def _prepare_gumbel_rao(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
+def prepare_gumbel_rao(problem: Problem, options: dict[str, Any]) -> dict[str, Any]:
+    """Gumbel-Rao's options, checked: the temperature, and ``k`` an integer >= 1 (binary or categorical)."""
     check_temperature(options["temperature"])
     k = options["k"]
     if isinstance(k, bool) or not (isinstance(k, int) and k >= 1):
@@ -308,15 +312,15 @@ NOISY_RECTIFIER = _sampled("noisy_rectifier", noisy_rectifier_rule, objective="n
                            reference=f"{PAPER}, sec. 2.1, Proposition 1")
 GUMBEL = _sampled("gumbel", gumbel_rule, objective="relaxed",
                   summary="backprop through h = sigmoid((a + l) / tau), l logistic (relaxed network)",
-                  defaults={"temperature": 1.0}, prepare=_prepare_temperature,
+                  defaults={"temperature": 1.0}, prepare=prepare_temperature,
                   reference="Maddison, Mnih & Teh 2017 (Concrete, ICLR); Jang, Gu & Poole 2017 (Gumbel-softmax, ICLR)")
 ST_GUMBEL = _sampled("st_gumbel", st_gumbel_rule, objective="binary",
                      summary="hard b forward; backward dL/db * d sigmoid((a + l) / tau)/da",
-                     defaults={"temperature": 1.0}, prepare=_prepare_temperature,
+                     defaults={"temperature": 1.0}, prepare=prepare_temperature,
                      reference="Jang, Gu & Poole 2017 (ICLR), straight-through Gumbel-softmax; Bengio et al. 2013 for ST")
 GUMBEL_RAO = Estimator(name="gumbel_rao", draw=_gumbel_rao_draw, noise="continuous", needs_loss_gradient=True,
                        summary="hard b forward; backward dL/db * mean of k st_gumbel derivatives with the noise drawn given b",
-                       defaults={"temperature": 1.0, "k": 10}, prepare=_prepare_gumbel_rao,
+                       defaults={"temperature": 1.0, "k": 10}, prepare=prepare_gumbel_rao,
                        noise_per_unit=lambda options: 1 + options["k"],
                        reference="Paulus, Maddison & Krause 2021, Rao-Blackwellizing the Straight-Through Gumbel-Softmax "
                                  "Gradient Estimator (ICLR), sec. 3 (GR-MCK) for two classes")
