@@ -28,9 +28,12 @@ plots from that file; ``--recompute`` rebuilds it, training the runs the run dir
 directory to train every run anew); ``--collect`` rebuilds it from the saved runs alone (an unfinished
 study: a row appears once its selection runs are in; every run it has is shown); ``--verify`` (``make
 check-figures``) retrains the first committed ST run for two epochs and compares its validation errors with
-the committed curve's.
+the committed curve's. ``--stack`` trains one gate's missing report runs at several seeds as one
+computation (a GPU runs a stack in about the time of one run; ``analyses/fig_mnist_device.sh`` runs one stack a
+gate on a GPU machine); each run's file says where it ran (``meta.device``, ``meta.stack``).
 
     python -m analyses.fig_mnist [--recompute | --collect] [--verify] [--quick]
+    python -m analyses.fig_mnist --stack GATE --seeds 1,2,3,4 --out DIR [--device cuda]
 """
 
 from __future__ import annotations
@@ -164,10 +167,23 @@ def _train(cell: dict, data, device, stop: int | None = None, checkpoint: Path |
         checkpoint.unlink()
         r = cc.train_gated_many(data, settings, [cell["seed"]], device=device, progress=say,
                                 checkpoint_path=checkpoint)[0]
+    return _run(r, time.perf_counter() - start)
+
+
+def _run(r: cc.Result, seconds: float) -> dict:
+    """What a run's file keeps of its result."""
     return {"valid_error": r.valid_error, "test_error": r.test_error, "train_criterion": r.train_criterion,
             "sparsity": r.sparsity, "train_sparsity": r.train_sparsity, "best_epoch": r.best_epoch,
-            "curve": [v for _, v in r.history], "on_curve": list(r.on_history),
-            "seconds": time.perf_counter() - start}
+            "curve": [v for _, v in r.history], "on_curve": list(r.on_history), "seconds": seconds}
+
+
+def _save(path: Path, cell: dict, run: dict, device, **extra) -> None:
+    """A finished run's file: its result and where it ran."""
+    meta = {"cell": cell, "code": code_version(ROOT / "analyses" / "fig_mnist.py"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
+            "device": str(device), "torch": torch.__version__,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())} | extra
+    atomic_write(path, json.dumps({"meta": meta, "run": run}, indent=1) + "\n")
 
 
 def _logistic(data) -> dict:
@@ -216,11 +232,7 @@ def compute(cell, config):
         run = _train(cell, _data(config.quick), config.device,
                      checkpoint=None if path is None else path.with_suffix(".partial"))
         if path is not None:
-            meta = {"cell": cell, "code": code_version(ROOT / "analyses" / "fig_mnist.py"),
-                    "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
-                    "device": config.device, "torch": torch.__version__,
-                    "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-            atomic_write(path, json.dumps({"meta": meta, "run": run}, indent=1) + "\n")
+            _save(path, cell, run, config.device)
     return _rows(run, config.quick)
 
 
@@ -389,10 +401,64 @@ ANALYSIS = Analysis("fig_mnist", __doc__.splitlines()[0], cells, compute, plot, 
                     verify_cells=verify_cells, identity=("metric", "epoch"), parallel=False)
 
 
+def train_stack(gate: str, seeds: list[int], device, out: Path) -> list[Path]:
+    """The report runs of ``gate`` at ``seeds`` that the run directory lacks, trained as one stack
+    (:func:`gradstats.conditional.train_gated_many`: one computation, which a GPU runs in about the time of one
+    run) at the gater rate scale that the committed selection runs chose; each run's file is written to ``out``
+    (copy it into the run directory) when the stack ends. Returns the files written."""
+    if gate in CONTROLS:
+        scale = 1.0
+        if gate == "linear_softmax":
+            raise ValueError("train_stack: linear_softmax is one convex fit, not a stack of seeds")
+    else:
+        frame = pd.read_csv(ROOT / "figures" / "data" / "fig_mnist.csv")
+        chosen = chosen_scales(frame)
+        if gate not in chosen:
+            raise ValueError(f"train_stack: the committed rows have no selection of {gate!r}'s gater rate scale")
+        scale = chosen[gate]
+    todo = [c for c in (_cell("report", gate, scale, s, REPORT_EPOCHS) for s in seeds) if not _run_path(c).exists()]
+    if not todo:
+        return []
+    settings = cc.Settings(gate, learning_rate=LEARNING_RATE, gater_rate_scale=scale, epochs=REPORT_EPOCHS,
+                           eval_every=1)
+    seeds = [c["seed"] for c in todo]
+
+    def say(line: str) -> None:
+        print(f"  fig_mnist: report {gate} x{scale:g} seeds {seeds}: {line}", file=sys.stderr, flush=True)
+
+    start = time.perf_counter()
+    results = cc.train_gated_many(_data(False), settings, seeds, device=device, progress=say)
+    seconds = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for cell, r in zip(todo, results):
+        path = out / _run_path(cell).name
+        _save(path, cell, _run(r, seconds), device, stack=seeds)
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None):
-    """The analysis's command line, with ``--collect`` (the committed rows from the saved runs alone)."""
+    """The analysis's command line, with ``--collect`` (the committed rows from the saved runs alone) and
+    ``--stack GATE --seeds 1,2,3,4 --out DIR [--device cuda]`` (:func:`train_stack`)."""
     global COLLECT
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--stack" in argv:
+        import argparse
+
+        parser = argparse.ArgumentParser(prog="python -m analyses.fig_mnist --stack")
+        parser.add_argument("--stack", required=True, choices=GATED + CONTROLS[:2], help="the gate")
+        parser.add_argument("--seeds", required=True, help="comma-separated report seeds, e.g. 1,2,3,4")
+        parser.add_argument("--out", required=True, type=Path, help="where each run's file is written")
+        parser.add_argument("--device", default="auto")
+        args = parser.parse_args(argv)
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+        for path in train_stack(args.stack, seeds, args.device, args.out):
+            print(path)
+        return None
     COLLECT = "--collect" in argv
     if COLLECT:
         argv = [a for a in argv if a != "--collect"] + ["--recompute"]

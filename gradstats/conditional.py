@@ -357,7 +357,8 @@ def train_gated(data: Split, settings: Settings, seed: int = 0, *, device="auto"
 
 
 _STACKED_FIELDS = ("learning_rate", "gater_rate_scale")   # what runs of one stack may differ in, besides the seed
-BATCH_BYTES = 2**22   # a stack whose parameters take at most this many bytes is batched over its runs
+BATCH_BYTES = 2**22   # on a CPU, a stack whose parameters take at most this many bytes is batched over its runs
+DEVICE_BATCH_BYTES = 2**32   # on an accelerator: a step of a small minibatch is launch-bound whatever the network
 
 
 def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch.float32,
@@ -372,10 +373,12 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
     its validation-selected epoch; a run that diverges stops there and keeps its best evaluation. The stacked
     parameters ``[R, ...]`` are updated together: one step's objective and its gradient for every run come from
     ``torch.func.grad`` of :func:`_step_loss`, batched over the runs with ``torch.func.vmap`` (batched matrix
-    products) while the stack's parameters take at most :data:`BATCH_BYTES`, else run by run (a large
-    network's products already run near the machine's peak, and its memory-bound updates only slow down as
-    the stack grows: ``benchmarks/conditional.py``). Run by run, a run in a stack is the run alone, bit for
-    bit; batched, it equals it up to float rounding (``tests/test_conditional.py``).
+    products) while the stack's parameters take at most :data:`BATCH_BYTES` on a CPU, else run by run (a large
+    network's products already run near the CPU's peak, and its memory-bound updates only slow down as the
+    stack grows: ``benchmarks/conditional.py``); on an accelerator up to :data:`DEVICE_BATCH_BYTES` (there a
+    minibatch of 32 leaves the device waiting on kernel launches, which a stack shares). Run by run, a run in
+    a stack is the run alone, bit for bit; batched, it equals it up to float rounding
+    (``tests/test_conditional.py``).
     ``progress(line)``, if given, hears each epoch's elapsed time.
 
     ``checkpoint_path``: the training state is saved there after every epoch (parameters, best models, curves,
@@ -407,11 +410,12 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
     dev = resolve_device(device)
     arch = architecture_for(data.num_inputs, data.num_classes)
     # batched over the runs where the stack's parameters stay small (the per-step overhead of a small network is
-    # then shared); one run after another where they do not (a large network's matrix products already run near
-    # the machine's peak, and interleaving runs only evicts each one's parameters from the cache)
+    # then shared); on a CPU one run after another where they do not (a large network's matrix products already
+    # run near the CPU's peak, and interleaving runs only evicts each one's parameters from the cache)
     size = (arch.inputs * arch.gater_hidden + arch.gater_hidden + arch.gater_hidden * arch.gates + arch.gates
             + arch.inputs * arch.gates + arch.gates + arch.gates * arch.classes + arch.classes)   # parameters of a run
-    if count > 1 and count * size * torch.finfo(dtype).bits // 8 > BATCH_BYTES:
+    bound = BATCH_BYTES if dev.type == "cpu" else DEVICE_BATCH_BYTES
+    if count > 1 and count * size * torch.finfo(dtype).bits // 8 > bound:
         return [result for i, (s, seed) in enumerate(zip(settings, seeds))
                 for result in train_gated_many(data, [s], [seed], device=device, dtype=dtype, checkpoints=checkpoints,
                                                progress=progress, checkpoint_path=None if checkpoint_path is None
