@@ -1,12 +1,14 @@
-"""The audit of peer libraries: each storchastic and pyro estimator of Bernoulli units against what it claims to be.
+"""The audit of peer libraries: each storchastic and pyro estimator of Bernoulli and categorical units against its claim.
 
-``gradstats.audit`` drives each peer estimator through the peer's own code (storchastic 0.3.7,
-pyro-ppl 1.9.2) on problems gradstats solves exactly (the toy at three (t, a), three units with a
-multilinear loss), per-draw gradients batched in a plate, and tests its mean per coordinate (and,
-against a gradstats estimator with exact moments, its variance) with Holm at 0.01, with enough
-draws to detect a 1% bias with power 0.99 (up to 20 million; 10,000 for storchastic's stateful
-moving-average baseline, driven one draw per call). The figure shows how far each peer's mean is
-from the claimed one, relative to the claimed gradient's norm; the table gives the verdicts.
+``gradstats.audit`` drives each peer estimator through the peer's own code (storchastic 0.3.7, pyro-ppl 1.9.2)
+on problems gradstats solves exactly (the toy at three (t, a), three units with a multilinear loss, a
+one-layer network; for categorical units, one unit of 4 classes, two of 3 and a one-layer network of 3-class
+units: ``gradstats.audit.audit_problems``), per-draw gradients batched in a plate, and tests its mean per
+coordinate (and, against a gradstats estimator with exact moments, its variance) with Holm at 0.01, with
+enough draws to detect a 1% bias with power 0.99 (up to 20 million; 10,000 for storchastic's stateful
+moving-average baseline, driven one draw per call). The figure shows how far each peer's mean is from the
+claimed one, relative to the claimed gradient's norm; the tables give the verdicts (Bernoulli units in
+``tab_audit_table.tex``, categorical in ``tab_audit_categorical_table.tex``).
 
     python analyses/tab_audit.py [--quick] [--seed 0] [--jobs N]
 """
@@ -21,25 +23,28 @@ import numpy as np
 from analyses._runner import Analysis, atomic_write, estimate, exact
 from gradstats import audit, exact_gradient
 
-QUICK = {"storchastic": ("Expect()", "DisARM()", "ScoreFunction(baseline_factory='moving_average')"),
-         "pyro": ("TraceGraph_ELBO(use_decaying_avg_baseline, baseline_beta=0.9)",)}
+QUICK = {("binary", "storchastic"): ("Expect()", "DisARM()", "ScoreFunction(baseline_factory='moving_average')"),
+         ("binary", "pyro"): ("TraceGraph_ELBO(use_decaying_avg_baseline, baseline_beta=0.9)",),
+         ("categorical", "storchastic"): ("Expect()", "ScoreFunctionWOR(k=2, biased=False)"),
+         ("categorical", "pyro"): ()}
 COLORS = {"agrees": "#2ca02c", "disagrees": "#d62728", "inconclusive": "#7f7f7f"}
 
 
 def cells(config):
     out = []
-    for peer, listing in audit.PEERS.items():
-        for est in listing():
-            if config.quick and est.name not in QUICK[peer]:
-                continue
-            for i, _ in enumerate(audit.audit_problems(config.quick)):
-                out.append({"peer": peer, "estimator": est.name, "problem": i})
+    for units, peers in audit.UNITS.items():
+        for peer, listing in peers.items():
+            for est in listing():
+                if config.quick and est.name not in QUICK[units, peer]:
+                    continue
+                for i, _ in enumerate(audit.audit_problems(config.quick, units)):
+                    out.append({"peer": peer, "estimator": est.name, "problem": i, "units": units})
     return out
 
 
 def compute(cell, config):
-    est = {e.name: e for e in audit.PEERS[cell["peer"]]()}[cell["estimator"]]
-    problem = audit.audit_problems(config.quick)[cell["problem"]]
+    est = {e.name: e for e in audit.UNITS[cell["units"]][cell["peer"]]()}[cell["estimator"]]
+    problem = audit.audit_problems(config.quick, cell["units"])[cell["problem"]]
     limit = min(est.draw_limit(config.quick), 20_000) if config.quick else est.draw_limit(False)
     return [audit.audit_one(est, problem, max_draws=limit, seed=config.seed).row()]
 
@@ -50,15 +55,21 @@ def _short(name: str) -> str:
 
 
 def _label(problem: str) -> str:
-    """A short column name: ``t=0.45, a=0`` for a toy, ``3 units``, ``network``."""
+    """A short column name: ``t=0.45, a=0`` for a toy, ``3 units``, ``network``; for categorical units
+    ``1 unit, K=4``, ``2 units, K=3``, ``network, K=3``."""
     if problem.startswith("toy("):
         return problem[4:-1]
     if problem.startswith("independent("):
         return problem[len("independent(N="):-1] + " units"
+    if problem.startswith("categorical("):
+        sizes, classes = problem[len("categorical("):].split(", ")[:2]
+        if "-" in sizes:
+            return f"network, {classes}"
+        return f"{sizes} unit{'s' if sizes != '1' else ''}, {classes}"
     return "network"
 
 
-def _table(frame, config) -> None:
+def _table(frame, config, stem: str = "tab_audit_table") -> None:
     problems = list(dict.fromkeys(frame.problem))
     lines = ["% generated by analyses/tab_audit.py; do not edit",
              "\\begin{tabular}{@{}ll" + "c" * len(problems) + "r@{}}", "\\toprule",
@@ -73,17 +84,24 @@ def _table(frame, config) -> None:
         lines.append(f"{peer}: \\texttt{{{_short(name).replace('_', chr(92) + '_')}}} & "
                      f"{sub.claims_to_be.iloc[0].replace('_', chr(92) + '_')} & {cols} & {shown} \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
-    atomic_write(config.generated / f"tab_audit_table{'-quick' if config.quick else ''}.tex", "\n".join(lines) + "\n")
+    atomic_write(config.generated / f"{stem}{'-quick' if config.quick else ''}.tex", "\n".join(lines) + "\n")
+
+
+def _row_label(peer: str, name: str, units: str) -> str:
+    return f"{peer}: {_short(name)}" + (" (categorical)" if units == "categorical" else "")
 
 
 def plot(frame, meta, config):
-    _table(frame, config)
-    labels = [f"{p}: {_short(e)}" for p, e in dict.fromkeys(zip(frame.peer, frame.estimator))]
-    problems = list(dict.fromkeys(frame.problem))
+    _table(frame[frame.units == "binary"], config)
+    if (frame.units == "categorical").any():
+        _table(frame[frame.units == "categorical"], config, "tab_audit_categorical_table")
+    labels = list(dict.fromkeys(_row_label(p, e, u) for p, e, u in zip(frame.peer, frame.estimator, frame.units)))
     fig, ax = plt.subplots(figsize=(9.6, 0.32 * len(labels) + 1.6))
-    offsets = np.linspace(-0.3, 0.3, len(problems))
-    for (peer, name, problem), row in frame.set_index(["peer", "estimator", "problem"]).iterrows():
-        y = labels.index(f"{peer}: {_short(name)}") + offsets[problems.index(problem)]
+    columns = {units: list(dict.fromkeys(frame[frame.units == units].problem)) for units in audit.UNITS}
+    for (peer, name, units, problem), row in frame.set_index(["peer", "estimator", "units", "problem"]).iterrows():
+        problems = columns[units]
+        offsets = np.linspace(-0.3, 0.3, len(problems))
+        y = labels.index(_row_label(peer, name, units)) + offsets[problems.index(problem)]
         value = max(row.relative_discrepancy, 1e-6)
         ax.errorbar(value, y, xerr=[[min(2 * row.relative_discrepancy_stderr, value - 1e-6)],
                                     [2 * row.relative_discrepancy_stderr]],
@@ -96,7 +114,8 @@ def plot(frame, meta, config):
         ax.plot([], [], "o", color=color, label=status)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("Peer libraries' estimators on enumerable problems (each row, top to bottom: "
-                 + "; ".join(_label(p) for p in problems) + ")", fontsize=8)
+                 + "; ".join(_label(p) for p in columns["binary"]) + "; categorical rows: "
+                 + "; ".join(_label(p) for p in columns["categorical"]) + ")", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -121,7 +140,34 @@ def unordered_set_gaps() -> dict[str, str]:
             "auditUsetToyLow": exact(min(toys), 1), "auditUsetToyHigh": exact(max(toys), 1)}
 
 
+def _verdicts(frame):
+    """Per (peer, estimator): disagrees if it does on any problem, agrees if on all, else inconclusive."""
+    return frame.groupby(["peer", "estimator"]).status.agg(
+        lambda s: "disagrees" if (s == "disagrees").any() else ("agrees" if (s == "agrees").all() else "inconclusive"))
+
+
+def categorical_numbers(frame) -> dict[str, str]:
+    """The categorical rows' counts and the offsets the docs quote (first problem: one unit of 4 classes)."""
+    cat = frame[frame.units == "categorical"]
+    if not len(cat):
+        return {}
+    counts = _verdicts(cat)
+    out = {"auditCatEstimators": str(len(counts)), "auditCatDisagree": str(int((counts == "disagrees").sum())),
+           "auditCatAgree": str(int((counts == "agrees").sum())),
+           "auditCatInconclusive": str(int((counts == "inconclusive").sum()))}
+    for key, name in (("Wor", "ScoreFunctionWOR(k=2, biased=False)"), ("Rebar", "REBAR()"),
+                      ("Relax", "RELAX(in_dim=(N, K))"), ("Uset", "UnorderedSetEstimator(k=2)")):
+        sub = cat[(cat.peer == "storchastic") & (cat.estimator == name)]
+        if len(sub):
+            first = sub.iloc[0]
+            out[f"auditCat{key}Off"] = estimate(first.relative_discrepancy, first.relative_discrepancy_stderr)
+    return out
+
+
 def numbers(frame, config):
+    full = frame
+    frame = frame[frame.units == "binary"]
+
     def row(peer, name, problem=0):
         sub = frame[(frame.peer == peer) & (frame.estimator == name)]
         return sub.iloc[problem]
@@ -129,9 +175,9 @@ def numbers(frame, config):
     disarm = row("storchastic", "DisARM()")
     moving = row("storchastic", "ScoreFunction(baseline_factory='moving_average')")
     pyro = row("pyro", "TraceGraph_ELBO(use_decaying_avg_baseline, baseline_beta=0.9)")
-    counts = frame.groupby(["peer", "estimator"]).status.agg(
-        lambda s: "disagrees" if (s == "disagrees").any() else ("agrees" if (s == "agrees").all() else "inconclusive"))
-    return {"auditEstimators": str(len(counts)), "auditDisagree": str(int((counts == "disagrees").sum())),
+    counts = _verdicts(frame)
+    return categorical_numbers(full) | {
+            "auditEstimators": str(len(counts)), "auditDisagree": str(int((counts == "disagrees").sum())),
             "auditAgree": str(int((counts == "agrees").sum())),
             "auditInconclusive": str(int((counts == "inconclusive").sum())),
             "auditDisarmOff": estimate(disarm.relative_discrepancy, disarm.relative_discrepancy_stderr),

@@ -47,13 +47,14 @@ from .gradient_stats import GradientStats
 from .losses import multilinear
 from .moments import moments
 from .numerics import positive_int
-from .problems import Problem, independent, sbn, toy
+from .problems import Problem, categorical, independent, sbn, toy
 from .stats import MIN_SAMPLES, required_draws
 
 __all__ = ["PINNED", "STATUSES", "ALPHA", "POWER", "RELATIVE_BIAS", "PeerEstimator", "AuditRow", "PEERS",
            "storchastic_estimators", "pyro_estimators", "audit_problems", "peer_gradients", "peer_loop_gradients",
            "audit_one", "audit", "closed_form_gradient", "moving_average_simulation", "unordered_set_mean",
-           "storchastic_conditional_sample_sides", "corrected_storchastic_conditional_sample"]
+           "storchastic_conditional_sample_sides", "corrected_storchastic_conditional_sample",
+           "storchastic_categorical_estimators", "pyro_categorical_estimators", "CATEGORICAL_PEERS", "UNITS"]
 
 PINNED = {"storchastic": "0.3.7", "pyro": "1.9.2"}
 STATUSES = ("agrees", "disagrees", "inconclusive")
@@ -74,16 +75,19 @@ class PeerEstimator:
     """One configuration of a peer library's estimator.
 
     ``claims_to_be`` is ``"exact"`` (it is sold as unbiased) or a gradstats estimator name, with
-    gradstats ``options``; ``build(n)`` makes the peer's object for ``n`` units; ``sequential`` marks a stateful
-    estimator driven one draw per call; ``dtype`` is what the peer computes in."""
+    gradstats ``options``; ``build(shape)`` makes the peer's object for units of that shape (``N`` binary
+    units; ``(N, K)`` for ``N`` categorical units of ``K`` classes); ``sequential`` marks a stateful estimator
+    driven one draw per call; ``dtype`` is what the peer computes in; ``units`` is ``"binary"`` or
+    ``"categorical"``, the problems it is audited on."""
 
     peer: str
     name: str
     claims_to_be: str
-    build: Callable[[int], object] = field(repr=False, compare=False)
+    build: Callable[[int | tuple[int, int]], object] = field(repr=False, compare=False)
     options: dict = field(default_factory=dict)
     sequential: bool = False
     dtype: torch.dtype = torch.float64
+    units: str = "binary"
     notes: str = ""
     max_draws: int | None = None     # a cap the peer needs (see notes)
     chunk_size: int = 50_000         # draws per backward pass (smaller where the peer's memory needs it)
@@ -112,6 +116,7 @@ class AuditRow:
     relative_discrepancy: float
     relative_discrepancy_stderr: float
     notes: str
+    units: str = "binary"
 
     def row(self) -> dict:
         return dict(self.__dict__)
@@ -267,13 +272,74 @@ def pyro_estimators() -> list[PeerEstimator]:
                           sequential=True, notes="stateful: one running average per row, advanced by each call")]
 
 
+def storchastic_categorical_estimators() -> list[PeerEstimator]:
+    """storchastic 0.3.7's estimators of categorical units (``OneHotCategorical``), with what each claims.
+
+    Driven as for Bernoulli units (:func:`storchastic_estimators`: its quirks apply), the law given by its
+    ``probs``, the softmax of each unit's K logits: storchastic's REBAR and RELAX read the gradient of the
+    distribution's ``probs`` and fail (``KeyError: 'probs'``) on a ``OneHotCategorical`` given ``logits``.
+    RELAX's control variate reads the ``(N, K)`` one-hot sample flattened (``in_dim=(N, K)``)."""
+    storch = _require_storchastic()
+    m = storch.method
+    peer, cat = "storchastic", "categorical"
+    return [
+        PeerEstimator(peer, "ScoreFunction()", "exact", lambda s: m.ScoreFunction("z"), units=cat,
+                      notes="REINFORCE without a baseline"),
+        PeerEstimator(peer, "ScoreFunction(n_samples=2, baseline_factory='batch_average')", "categorical_reinforce_loo",
+                      lambda s: m.ScoreFunction("z", n_samples=2, baseline_factory="batch_average"), {"k": 2},
+                      units=cat),
+        PeerEstimator(peer, "ScoreFunction(n_samples=4, baseline_factory='batch_average')", "categorical_reinforce_loo",
+                      lambda s: m.ScoreFunction("z", n_samples=4, baseline_factory="batch_average"), {"k": 4},
+                      units=cat),
+        PeerEstimator(peer, "GumbelSoftmax(annealing_rate=0)", "categorical_gumbel",
+                      lambda s: m.GumbelSoftmax("z", annealing_rate=0.0), {"temperature": 1.0}, units=cat),
+        PeerEstimator(peer, "GumbelSoftmax(straight_through=True, annealing_rate=0)", "categorical_st_gumbel",
+                      lambda s: m.GumbelSoftmax("z", straight_through=True, annealing_rate=0.0),
+                      {"temperature": 1.0}, units=cat),
+        PeerEstimator(peer, "REBAR()", "exact", lambda s: m.REBAR("z"), units=cat, max_draws=2_000_000,
+                      notes="at most 2 million draws (its memory grows by about 1 kB per draw across calls)"),
+        PeerEstimator(peer, "RELAX(in_dim=(N, K))", "exact", lambda s: m.RELAX("z", in_dim=s), dtype=torch.float32,
+                      units=cat, max_draws=2_000_000,
+                      notes="float32 (its control variate network is float32); at most 2 million draws"),
+        PeerEstimator(peer, "RaoBlackwellSF(n_samples=2)", "exact", lambda s: m.RaoBlackwellSF("z", n_samples=2),
+                      units=cat),
+        PeerEstimator(peer, "Expect()", "exact", lambda s: m.Expect("z"), units=cat, notes="exact enumeration"),
+        PeerEstimator(peer, "ScoreFunctionWOR(k=2, biased=False)", "exact",
+                      lambda s: m.ScoreFunctionWOR("z", k=2, biased=False), units=cat),
+        PeerEstimator(peer, "UnorderedSetEstimator(k=2)", "exact", lambda s: m.UnorderedSetEstimator("z", k=2),
+                      units=cat, chunk_size=1_000,
+                      notes="its leave-one-out probabilities by numerical integration (1000 points); chunks of "
+                      "1,000 draws"),
+    ]
+
+
+def pyro_categorical_estimators() -> list[PeerEstimator]:
+    """pyro's score-function path on a guide of categorical units (``OneHotCategorical``), driven as
+    :func:`pyro_estimators` drives Bernoulli units, without a baseline."""
+    _require_pyro()
+    return [PeerEstimator("pyro", "TraceGraph_ELBO()", "exact", lambda s: {}, units="categorical",
+                          notes="no baseline")]
+
+
 PEERS = {"storchastic": storchastic_estimators, "pyro": pyro_estimators}
+CATEGORICAL_PEERS = {"storchastic": storchastic_categorical_estimators, "pyro": pyro_categorical_estimators}
+UNITS = {"binary": PEERS, "categorical": CATEGORICAL_PEERS}
 
 
-def audit_problems(quick: bool = False) -> list[Problem]:
+def audit_problems(quick: bool = False, units: str = "binary") -> list[Problem]:
     """The problems, smallest first (so the first disagreement is the minimal counterexample): the toy
     ``f(b) = (b - t)^2`` at three ``(t, a)``, three units with a multilinear loss (interactions), and a
-    network: 3 inputs, 2 binary units, a readout's squared error (``sbn([3, 2])``, 8 parameters)."""
+    network: 3 inputs, 2 binary units, a readout's squared error (``sbn([3, 2])``, 8 parameters).
+    ``units="categorical"``: one unit of 4 classes, two units of 3 classes (a random readout's squared
+    error) and a network of 3 inputs and 2 units of 3 classes (``categorical([3, 2])``, 24 parameters)."""
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {', '.join(UNITS)}, got {units!r}")
+    if units == "categorical":
+        one = categorical([1], 4, loss=multilinear({(0,): 1.0, (1,): -0.5, (2,): 0.3, (3,): 2.0}, 4),
+                          logits=[0.5, -0.3, 1.0, 0.0])
+        two = categorical([2], 3, seed=3)
+        network = categorical([3, 2], 3, seed=1)
+        return [one, two] if quick else [one, two, network]
     toys = [toy(0.45, 0.0), toy(0.1, 1.5), toy(0.8, -2.0)]
     loss = multilinear({(0,): 1.0, (1,): -0.5, (2,): 0.3, (0, 1): 2.0, (1, 2): -1.5, (0, 1, 2): 0.8}, 3)
     three = independent(loss, [0.3, -1.0, 0.8])
@@ -315,8 +381,29 @@ class _Rows:
         return torch.cat([self.leaves[k].grad.detach().flatten(1) for k in self.names], 1).to(torch.float64) * scale
 
 
+def _unit_shape(problem: Problem) -> int | tuple[int, int]:
+    """What a peer estimator is built for: ``N`` binary units, or ``(N, K)`` categorical ones."""
+    size = _one_layer(problem).size
+    return size if problem.num_classes is None else (size // problem.num_classes, problem.num_classes)
+
+
+def _law(distributions, problem: Problem, logits: Tensor, wrap=lambda t: t):
+    """The units' law in a peer's ``distributions`` module: Bernoulli on ``logits`` ``[..., N]``, or one-hot
+    categorical given the softmax of each unit's K logits (``[..., N K]`` read unit-major as ``[..., N, K]``);
+    ``wrap`` is applied to the tensor the law is given (storchastic's plate)."""
+    if problem.num_classes is None:
+        return distributions.Bernoulli(logits=wrap(logits))
+    probs = torch.softmax(logits.reshape(*logits.shape[:-1], -1, problem.num_classes), -1)
+    return distributions.OneHotCategorical(probs=wrap(probs))
+
+
+def _flat(problem: Problem, h: Tensor) -> Tensor:
+    """A sample as the loss reads it: categorical ``[..., N, K]`` one-hot values as ``[..., N K]``."""
+    return h if problem.num_classes is None else h.reshape(*h.shape[:-2], -1)
+
+
 def _storch_cost(storch, problem: Problem, dtype: torch.dtype):
-    return storch.deterministic(lambda h: problem.loss(h.to(dtype)))
+    return storch.deterministic(lambda h: problem.loss(_flat(problem, h).to(dtype)))
 
 
 def _storchastic_chunk(estimator: PeerEstimator, problem: Problem, rows: int, seed: int) -> Tensor:
@@ -324,14 +411,15 @@ def _storchastic_chunk(estimator: PeerEstimator, problem: Problem, rows: int, se
     logits in the independent plate ``draws``; storch averages the cost over that plate, hence the factor
     ``rows``."""
     storch = _require_storchastic()
-    from torch.distributions import Bernoulli
+    from torch import distributions
 
     torch.manual_seed(seed)
-    method = estimator.build(_one_layer(problem).size)
+    method = estimator.build(_unit_shape(problem))
     draws = _Rows(problem, rows, estimator.dtype)
     with estimator.patch() if estimator.patch is not None else contextlib.nullcontext():
         try:
-            sample = method(Bernoulli(logits=storch.denote_independent(draws.logits(), 0, "draws")))
+            sample = method(_law(distributions, problem, draws.logits(),
+                                 lambda t: storch.denote_independent(t, 0, "draws")))
             storch.add_cost(_storch_cost(storch, problem, estimator.dtype)(sample), "cost")
             storch.backward()
         finally:
@@ -344,15 +432,15 @@ def _storchastic_sequential(estimator: PeerEstimator, problem: Problem, draws: i
     """One call per draw on one estimator object (its state carried), after ``burn_in`` calls: how a training
     loop with one draw per step drives it (and the per-draw loop of research code)."""
     storch = _require_storchastic()
-    from torch.distributions import Bernoulli
+    from torch import distributions
 
     torch.manual_seed(seed)
-    method = estimator.build(_one_layer(problem).size)
+    method = estimator.build(_unit_shape(problem))
     out = []
     for i in range(-burn_in, draws):
         one = _Rows(problem, 1, estimator.dtype)
         try:
-            sample = method(Bernoulli(logits=one.logits()[0]))
+            sample = method(_law(distributions, problem, one.logits()[0]))
             storch.add_cost(_storch_cost(storch, problem, estimator.dtype)(sample), "cost")
             storch.backward()
         finally:
@@ -372,16 +460,16 @@ def _pyro_draws(estimator: PeerEstimator, problem: Problem, rows: int, calls: in
     pyro.set_rng_seed(seed)
     pyro.clear_param_store()
     draws = _Rows(problem, rows, estimator.dtype)
-    infer = estimator.build(_one_layer(problem).size)
+    infer = estimator.build(_unit_shape(problem))
 
     def model():
         with pyro.plate("draws", rows):
-            z = pyro.sample("z", dist.Bernoulli(logits=draws.logits().detach()).to_event(1))
-            pyro.factor("cost", -problem.loss(z))
+            z = pyro.sample("z", _law(dist, problem, draws.logits().detach()).to_event(1))
+            pyro.factor("cost", -problem.loss(_flat(problem, z)))
 
     def guide():
         with pyro.plate("draws", rows):
-            pyro.sample("z", dist.Bernoulli(logits=draws.logits()).to_event(1), infer=infer)
+            pyro.sample("z", _law(dist, problem, draws.logits()).to_event(1), infer=infer)
 
     elbo = TraceGraph_ELBO()
     out = []
@@ -492,6 +580,9 @@ def audit_one(estimator: PeerEstimator, problem: Problem, *, max_draws: int = 2_
     with the reason."""
     max_draws = positive_int("max_draws", max_draws)
     chunk_size = positive_int("chunk_size", estimator.chunk_size if chunk_size is None else chunk_size)
+    if (problem.num_classes is None) != (estimator.units == "binary"):
+        raise ValueError(f"estimator {estimator.name!r} is audited on {estimator.units} units; problem "
+                         f"{problem.description} has {'binary' if problem.num_classes is None else 'categorical'} ones")
     target = _target(estimator, problem, max_draws, seed + 17)
     mean_t, var_t = target.mean, None if target.exact is None else target.exact.var
     tests = len(mean_t) * (2 if var_t is not None else 1)       # z-scores of means (and variances)
@@ -555,7 +646,8 @@ def audit_one(estimator: PeerEstimator, problem: Problem, *, max_draws: int = 2_
     finite = [abs(v) for v in z if not math.isnan(v)]
     largest = math.nan if draws < MIN_DRAWS else max(finite, default=math.nan if z else 0.0)   # no test: no z
     return AuditRow(estimator.peer, estimator.name, estimator.claims_to_be, status, largest,
-                    problem.description, draws, needed, discrepancy, discrepancy_se, "; ".join(notes))
+                    problem.description, draws, needed, discrepancy, discrepancy_se, "; ".join(notes),
+                    estimator.units)
 
 
 @dataclass(frozen=True)
@@ -725,7 +817,7 @@ def _independent_checks(estimator: PeerEstimator, problem: Problem, mean_p: Tens
     for the moving-average baseline a plain simulation of its update order, and for the unordered set
     estimator its exact mean as the peer computes it (:func:`unordered_set_mean`)."""
     notes = []
-    if estimator.name.startswith("UnorderedSetEstimator") and len(problem.layers) == 1:
+    if estimator.name.startswith("UnorderedSetEstimator") and len(problem.layers) == 1 and problem.num_classes is None:
         peer = unordered_set_mean(problem)
         fixed = unordered_set_mean(problem, own_term_twice=False, peer_indexing=False)
         notes.append(f"exact mean of the peer's computation (1000-point sum, its leave-two-out ratio): "
@@ -742,14 +834,17 @@ def _independent_checks(estimator: PeerEstimator, problem: Problem, mean_p: Tens
 
 
 def audit(peer: str = "storchastic", *, quick: bool = False, estimators: Iterable[str] | None = None,
-          max_draws: int | None = None, seed: int = 0, progress=None) -> list[AuditRow]:
-    """Every estimator of ``peer`` on every problem of :func:`audit_problems` (``quick``: two problems) with
-    :meth:`PeerEstimator.draw_limit` draws at most (or ``max_draws``)."""
+          max_draws: int | None = None, seed: int = 0, progress=None, units: str = "binary") -> list[AuditRow]:
+    """Every estimator of ``peer`` for ``units`` (``"binary"`` or ``"categorical"``) on every problem of
+    :func:`audit_problems` (``quick``: two problems) with :meth:`PeerEstimator.draw_limit` draws at most (or
+    ``max_draws``)."""
     if peer not in PEERS:
         raise ValueError(f"peer must be one of {', '.join(PEERS)}, got {peer!r}")
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {', '.join(UNITS)}, got {units!r}")
     if max_draws is not None:
         max_draws = positive_int("max_draws", max_draws)
-    chosen = PEERS[peer]()
+    chosen = UNITS[units][peer]()
     if estimators is not None:
         wanted = list(estimators)
         unknown = [w for w in wanted if w not in {e.name for e in chosen}]
@@ -758,7 +853,7 @@ def audit(peer: str = "storchastic", *, quick: bool = False, estimators: Iterabl
         chosen = [e for e in chosen if e.name in wanted]
     rows = []
     for est in chosen:
-        for problem in audit_problems(quick):
+        for problem in audit_problems(quick, units):
             limit = est.draw_limit(quick) if max_draws is None else max_draws
             rows.append(audit_one(est, problem, max_draws=limit, seed=seed))
             if progress is not None:

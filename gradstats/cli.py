@@ -287,7 +287,7 @@ def _cmd_audit(args) -> int:
     say = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
     try:
         rows = audit.audit(args.peer, quick=args.quick, estimators=args.estimators, max_draws=args.max_draws,
-                           seed=args.seed, progress=say)
+                           seed=args.seed, progress=say, units=args.units)
     except ImportError as err:
         print(f"gradstats: error: {err}", file=sys.stderr)
         return 2
@@ -296,8 +296,8 @@ def _cmd_audit(args) -> int:
                     {"max_abs_z": "no test: fewer draws than a verdict needs, or no finite standard error",
                      "relative_discrepancy_stderr": "too few draws for a standard error"})
         return 0
-    print(f"{args.peer} {audit.PINNED[args.peer]} against gradstats (Holm at {audit.ALPHA} per row; power "
-          f"{audit.POWER} against a {audit.RELATIVE_BIAS:.0%} bias)")
+    print(f"{args.peer} {audit.PINNED[args.peer]} against gradstats, {args.units} units (Holm at {audit.ALPHA} per "
+          f"row; power {audit.POWER} against a {audit.RELATIVE_BIAS:.0%} bias)")
     for r in rows:
         print(f"  {r.status:12s} {r.estimator:58s} claims {r.claims_to_be:13s} {r.problem:18s} "
               f"max|z| {r.max_abs_z:9.3g}  off by {r.relative_discrepancy:.2%}  ({r.draws:,} draws)")
@@ -389,9 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     p_au.add_argument("--max-draws", type=_positive_int("--max-draws"),
                       help="draws per row at most, the pilot's included (default 20 million; 10,000 for a "
                       "stateful estimator driven one call per draw; --quick: 100,000 and 1,500; RELAX: 2 million)")
+    p_au.add_argument("--units", choices=["binary", "categorical"], default="binary",
+                      help="the peer's estimators of Bernoulli units (default) or of categorical ones, on the "
+                      "problems of gradstats.audit.audit_problems")
     p_au.add_argument("--seed", type=int, default=0)
     p_au.add_argument("--json", action="store_true", help="a list of rows: peer, estimator, claims_to_be, status, "
-                      "max_abs_z, problem, draws, draws_for_power, relative_discrepancy, notes")
+                      "max_abs_z, problem, draws, draws_for_power, relative_discrepancy, notes, units")
     p_au.set_defaults(run=_cmd_audit)
     args = parser.parse_args(argv)
     try:
