@@ -155,6 +155,8 @@ def exact_moments(problem: Problem, estimator, *, references: dict[str, Tensor] 
     est = get(estimator)
     if est.noise != "discrete":
         raise ValueError(f"estimator {est.name!r} has continuous noise: its moments need method='mc'")
+    if est.max_layers is not None and problem.num_layers > est.max_layers:
+        resolve_options(est, problem, options)       # says the estimator is not defined there (no 'mc' either)
     if not est.exact_supported(problem):
         raise ValueError(f"exact moments of {est.name!r} are implemented for networks of at most "
                          f"{est.exact_max_layers} stochastic layer(s); {problem.description} has {problem.num_layers}: "

@@ -29,7 +29,7 @@ Categorical units (:mod:`gradstats.estimators.categorical`), on logits ``[..., K
 ``torch.nn.functional.gumbel_softmax`` takes them): :func:`categorical_straight_through`,
 :func:`categorical_reinmax`, :func:`categorical_st_gumbel`, :func:`categorical_gumbel_rao` (one-hot
 sample forward), :func:`categorical_gumbel_softmax` (the relaxed sample) and
-:func:`categorical_reinforce_loo` (``k`` samples and a surrogate).
+:func:`categorical_reinforce_loo` and :func:`categorical_carms` (``k`` samples and a surrogate).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .estimators.categorical import gumbel_rao_vjp, reinmax_vjp, relaxed_vjp, st_vjp
+from .estimators.categorical import carms_rule, carms_samples, gumbel_rao_vjp, reinmax_vjp, relaxed_vjp, st_vjp
 from .estimators.control_variates import relax_rule
 from .estimators.multi_sample import arms_rule, coupled_samples, double_cv_rule
 from .estimators.score_function import (
@@ -80,7 +80,8 @@ from .units import (
 __all__ = ["straight_through", "sts", "noisy_rectifier", "reinforce", "RunningBaseline", "gumbel_sigmoid",
            "st_gumbel", "gumbel_rao", "reinmax", "arm", "disarm", "reinforce_loo", "local_expectation", "arms",
            "double_cv", "rebar", "pathwise", "categorical_straight_through", "categorical_reinmax",
-           "categorical_gumbel_softmax", "categorical_st_gumbel", "categorical_gumbel_rao", "categorical_reinforce_loo"]
+           "categorical_gumbel_softmax", "categorical_st_gumbel", "categorical_gumbel_rao", "categorical_reinforce_loo",
+           "categorical_carms"]
 
 
 def _uniforms(a: Tensor, u: Tensor | None, generator: torch.Generator | None) -> Tensor:
@@ -401,3 +402,26 @@ def categorical_reinforce_loo(logits: Tensor, loss_fn: Callable[[Tensor], Tensor
     flat_a = ad.reshape(rows.shape)
     terms = leave_one_out_rule(flat_a, rows, loss, axis=0, residual=rows - grouped_softmax(flat_a, classes))
     return b, _surrogate(logits, terms.sum(0).reshape(logits.shape))
+
+
+def categorical_carms(logits: Tensor, loss_fn: Callable[[Tensor], Tensor], k: int = 4, *,
+                      u: Tensor | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """CARMS for categorical units: ``k`` one-hot samples ``[k, *logits.shape]`` coupled by a Dirichlet copula
+    (:func:`gradstats.estimators.categorical.carms_samples`) and a surrogate with gradient
+    ``1/(k(k-1)) sum_m (D_m - pi) sum_m' r(D_m, D_m') (f_m - f_m')``; ``loss_fn`` maps samples
+    ``[..., *logits.shape]`` to one value per sample (``[k, *logits.shape[:-2]]``); ``u``, if given, is
+    ``[k, *logits.shape]``."""
+    classes = _classes(logits)
+    if logits.ndim < 2:
+        raise ValueError(f"logits must be [..., N, K] (rows of N units of K classes), got {tuple(logits.shape)}")
+    k = _samples(k)
+    uu = _stacked_uniforms(logits, k, u, generator)
+    rows = logits.detach().reshape(-1, logits.shape[-2] * classes)                  # [B, N K]
+    samples = carms_samples(rows, uu.reshape(k, *rows.shape), classes)             # [k, B, N K]
+    b = samples.reshape(k, *logits.shape)
+    loss = loss_fn(b).detach()
+    if loss.shape != (k, *logits.shape[:-2]):
+        raise ValueError(f"loss_fn must return one value per sample of units, shape {(k, *logits.shape[:-2])}; "
+                         f"got {tuple(loss.shape)}")
+    loss = tied_losses(loss.reshape(k, -1), samples, axis=0)
+    return b, _surrogate(logits, carms_rule(rows, samples, loss, classes).reshape(logits.shape))

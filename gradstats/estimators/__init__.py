@@ -76,6 +76,7 @@ BUILT_IN = (
     categorical.CATEGORICAL_REINMAX,
     categorical.CATEGORICAL_GUMBEL_RAO,
     categorical.CATEGORICAL_REINFORCE_LOO,
+    categorical.CATEGORICAL_CARMS,
 )
 for _estimator in BUILT_IN:
     register(_estimator)

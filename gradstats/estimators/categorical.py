@@ -25,9 +25,14 @@ binary neuron's leave-one-out rule with :math:`D - \pi` for :math:`b - p`.
   ST-Gumbel's mean, less variance.
 * ``categorical_reinforce_loo``: :math:`\frac{1}{k-1}\sum_j (f_j - \bar f)(D_j - \pi)`, ``k`` samples
   (Kool, van Hoof & Welling 2019).
+* ``categorical_carms``: ``k`` samples per unit coupled by the Dirichlet copula and drawn by inverse CDF over a
+  random class order, with the leave-one-out differences reweighted by the pairwise ratio
+  :math:`r(i, j) = \pi_i \pi_j / P(D_m = e_i, D_{m'} = e_j)`:
+  :math:`\frac{1}{k(k-1)} \sum_m (D_m - \pi) \sum_{m' \ne m} r(D_m, D_{m'}) (f_m - f_{m'})` (Dimitriev & Zhou
+  2021, CARMS).
 
-The hard-sample rules (st, reinmax) and leave-one-out have discrete noise: their exact moments enumerate
-the :math:`K^N` states (``K^{Nk}`` for leave-one-out), as the binary ones do.
+The hard-sample rules (st, reinmax), leave-one-out and CARMS have discrete noise: their exact moments
+enumerate the :math:`K^N` states (``K^{Nk}`` for the ``k``-sample ones), as the binary ones do.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ from .. import enumeration
 from ..problems import FactoredGradient, Problem, Trajectory
 from ..units import CategoricalUnit, grouped_softmax, gumbel_noise, softmax_jvp
 from .base import Estimator, sample_trajectory
-from .score_function import copies_of, leave_one_out_rule, prepare_loo
+from .multi_sample import dirichlet_copula
+from .score_function import copies_of, leave_one_out_rule, prepare_loo, tied_losses
 from .surrogate import prepare_gumbel_rao, prepare_temperature
 
 __all__ = [
@@ -57,6 +63,12 @@ __all__ = [
     "CATEGORICAL_ST_GUMBEL",
     "CATEGORICAL_GUMBEL_RAO",
     "CATEGORICAL_REINFORCE_LOO",
+    "CATEGORICAL_CARMS",
+    "carms_orders",
+    "carms_samples",
+    "carms_tuple_probabilities",
+    "carms_pair_ratio",
+    "carms_rule",
 ]
 
 KINDS = frozenset({"categorical"})
@@ -199,6 +211,156 @@ def _gumbel_rao_draw(problem: Problem, u: Tensor, temperature: float, k: int) ->
     return categorical_backpropagate(problem, traj, vjps)
 
 
+# ---- CARMS ---------------------------------------------------------------------------------------------
+
+def carms_orders(num_classes: int) -> Tensor:
+    """The class orders CARMS draws one of uniformly, ``[P, K]`` (row: the classes in the order their intervals
+    take on [0, 1]): the ``K (K - 1) / 2`` orders of Dimitriev & Zhou's code (``antithetic.InverseCategorical``):
+    the classes rotated by ``i``, the classes after the first rotated by ``j``, kept where the first class is
+    below the last."""
+    k, orders = num_classes, []
+    for i in range(k):
+        base = [(r - i) % k for r in range(k)]
+        for j in range(k - 1):
+            order = [base[0]] + [base[1:][(r - j) % (k - 1)] for r in range(k - 1)]
+            if order[0] < order[-1]:
+                orders.append(order)
+    return torch.tensor(orders)
+
+
+def _intervals(probs: Tensor, orders: Tensor) -> tuple[Tensor, Tensor]:
+    """Each class's interval ``[left, right)`` on [0, 1] under each order: ``[..., P, K]`` each, indexed by class,
+    from ``probs`` ``[..., K]``."""
+    p = probs[..., None, :].expand(*probs.shape[:-1], *orders.shape)
+    idx = orders.expand_as(p)
+    right_sorted = p.gather(-1, idx).cumsum(-1)
+    right = torch.empty_like(right_sorted).scatter_(-1, idx, right_sorted)
+    return right - probs[..., None, :], right
+
+
+def carms_samples(a: Tensor, u: Tensor, num_classes: int) -> Tensor:
+    """CARMS's ``k`` coupled one-hot samples ``[k, B, N K]`` of units with logits ``a`` ``[B, N K]`` from the
+    uniforms ``u`` ``[k, B, N K]`` (each unit's ``K`` uniforms a copy): the unit's ``k`` copula uniforms are the
+    first of its uniforms in each copy (:func:`~gradstats.estimators.multi_sample.dirichlet_copula`), its class
+    order (:func:`carms_orders`) is chosen by the second of the first copy's, and each sample is the class
+    whose interval holds its uniform (inverse CDF)."""
+    k, batch = u.shape[0], a.shape[0]
+    uu = u.reshape(k, batch, -1, num_classes)
+    probs = grouped_softmax(a, num_classes).reshape(batch, -1, num_classes)
+    orders = carms_orders(num_classes).to(a.device)
+    pick = (uu[0, ..., 1] * len(orders)).long().clamp_max(len(orders) - 1)
+    order = orders[pick]                                                            # [B, N, K]
+    right = probs.gather(-1, order).cumsum(-1)
+    c = dirichlet_copula(uu[0, ..., 0], uu[1:, ..., 0])                             # [k, B, N]
+    position = (c[..., None] > right).sum(-1).clamp_max(num_classes - 1)
+    cls = order.expand(k, *order.shape).gather(-1, position[..., None])[..., 0]
+    return torch.nn.functional.one_hot(cls, num_classes).to(a.dtype).reshape(k, batch, -1)
+
+
+def _copula_cdf(t: Tensor, copies: int) -> Tensor:
+    r""":math:`P(c_j \le t_j` for each coordinate ``j`` of ``t``'s last axis``)`` under the Dirichlet copula of
+    ``copies`` uniforms: :math:`(1 - \sum_j (1 - t_j^{1/(k-1)}))_+^{k-1}` (the simplex's corner volume)."""
+    root = t.clamp(0, 1).pow(1.0 / (copies - 1))
+    return (1 - (1 - root).sum(-1)).clamp_min(0).pow(copies - 1)
+
+
+def carms_tuple_probabilities(probs: Tensor, copies: int, size: int | None = None) -> Tensor:
+    """The law of ``size`` (default ``copies``) of a unit's ``copies`` coupled samples: ``[..., K^size]`` over the
+    class tuples (first sample the most significant digit), from ``probs`` ``[..., K]``: per class order, the
+    copula's mass on the product of the classes' intervals (inclusion-exclusion over the ``2^size`` corners of
+    :func:`_copula_cdf`, the other samples free), averaged over the orders."""
+    k = probs.shape[-1]
+    size = copies if size is None else size
+    left, right = _intervals(probs, carms_orders(k).to(probs.device))             # [..., P, K]
+    tuples = torch.cartesian_prod(*[torch.arange(k)] * size).reshape(-1, size)   # [T, size]
+    corners = torch.cartesian_prod(*[torch.tensor([0, 1])] * size).reshape(-1, size)   # [C, size], 1: right
+    sign = torch.where((size - corners.sum(1)) % 2 == 0, 1.0, -1.0).to(probs)
+    lo, hi = left[..., tuples], right[..., tuples]                                # [..., P, T, size]
+    t = torch.where(corners.bool()[:, None, :].to(probs.device), hi[..., None, :, :], lo[..., None, :, :])
+    mass = (_copula_cdf(t, copies) * sign[:, None]).sum(-2)                       # [..., P, T]
+    return mass.clamp_min(0).mean(-2)
+
+
+def carms_pair_ratio(probs: Tensor, copies: int) -> Tensor:
+    r""":math:`r(i, j) = \pi_i \pi_j / P(D_m = e_i, D_{m'} = e_j)` ``[..., K, K]`` (0 where the pair never
+    occurs: such terms never enter the estimate)."""
+    k = probs.shape[-1]
+    joint = carms_tuple_probabilities(probs, copies, size=2).reshape(*probs.shape[:-1], k, k)
+    independent = probs[..., :, None] * probs[..., None, :]
+    return torch.where(joint > 0, independent / joint.clamp_min(torch.finfo(probs.dtype).tiny), 0.0)
+
+
+def carms_rule(a: Tensor, samples: Tensor, loss: Tensor, num_classes: int) -> Tensor:
+    r"""CARMS (Dimitriev & Zhou 2021, Categorical-Antithetic-REINFORCE Multi-Sample; the estimator of their code's
+    ``CategoricalVAE.matrix_grad``, without its smoothing and clipping of the ratio to [0.01, 10], which bias it):
+    :math:`\frac{1}{k(k-1)} \sum_m (D_m - \pi) \sum_{m' \ne m} r(D_m, D_{m'}) (f_m - f_{m'})` per unit, from the
+    ``k`` samples ``[k, B, N K]``, their losses ``[k, B]`` (values, held fixed) and logits ``a`` ``[B, N K]``.
+    Unbiased for any loss: a pair of samples of a unit has law ``P(i, j)``, so the ratio turns each pair's
+    term into its expectation under independent samples, :math:`\sum_{ij} \pi_i\pi_j (e_i - \pi)(F(i) - F(j))
+    = \nabla_\theta E f` (the other units' samples enter ``F`` through their marginals, which are exact).
+    With ``k = 2`` the coupling is antithetic. Returns the gradient with respect to the logits ``[B, N K]``."""
+    k, batch = samples.shape[0], a.shape[0]
+    probs = grouped_softmax(a, num_classes).reshape(batch, -1, num_classes)
+    ratio = carms_pair_ratio(probs, k)                                             # [B, N, K, K]
+    d = samples.reshape(k, batch, -1, num_classes)
+    pair = torch.einsum("mbni,bnij,obnj->bmon", d, ratio, d)                       # r(D_m, D_o) per unit
+    diff = (loss.movedim(0, -1)[:, :, None] - loss.movedim(0, -1)[:, None, :])     # [B, k, k]: f_m - f_o
+    weight = (pair * diff[..., None]).sum(2) / (k * (k - 1))                       # [B, k, N]
+    residual = d - probs[None]                                                     # [k, B, N, K]
+    return (residual * weight.movedim(1, 0)[..., None]).sum(0).reshape(a.shape)
+
+
+def _carms_one_layer(problem: Problem) -> None:
+    if problem.num_layers != 1:
+        raise ValueError(f"categorical_carms is defined for one stochastic layer (as published); "
+                         f"{problem.description} has {problem.num_layers}")
+
+
+def _carms_draw(problem: Problem, u: Tensor, k: int) -> FactoredGradient:
+    """The ``k`` coupled samples of the layer's units from ``u[:, :k]``, their losses, :func:`carms_rule`."""
+    _carms_one_layer(problem)
+    batch = u.shape[0]
+    x = None if problem.x is None else problem.x.to(u).expand(batch, -1)
+    a = problem.logits(0, x, batch_size=batch).to(u)
+    samples = carms_samples(a, u[:, :k].movedim(1, 0).to(u), problem.num_classes)   # [k, B, N K]
+    loss = tied_losses(problem.loss(samples.reshape(k * batch, -1)).reshape(k, batch), samples, axis=0)
+    return FactoredGradient([carms_rule(a, samples, loss, problem.num_classes)], [x])
+
+
+def _carms_outcomes(problem: Problem, *, chunk_size: int, max_states: int, device="cpu", k: int):
+    """Exact outcomes: every joint class tuple of the ``k`` coupled samples of every unit (``K^{Nk}``), with the
+    product over the (independent) units of :func:`carms_tuple_probabilities`."""
+    _carms_one_layer(problem)
+    kk, n = problem.num_classes, problem.num_variables
+    total = enumeration.check_enumerable(n * k, max_states, what=f"{k} coupled samples of {problem.description}",
+                                         base=kk, noun="categorical variables")
+    x = None if problem.x is None else problem.x.expand(1, -1)
+    a = problem.logits(0, x, batch_size=1).reshape(1, -1)
+    table = carms_tuple_probabilities(grouped_softmax(a, kk).reshape(n, kk), k)    # [N, K^k]
+    digits = kk ** torch.arange(n * k - 1, -1, -1)
+    a_dev, x_dev = a.to(device), None if problem.x is None else problem.x.to(device)
+    for start in range(0, total, chunk_size):
+        index = torch.arange(start, min(start + chunk_size, total))
+        cls = (index[:, None] // digits) % kk                                       # [C, N k]: unit-major
+        cls = cls.reshape(-1, n, k)
+        tuple_index = (cls * kk ** torch.arange(k - 1, -1, -1)).sum(-1)             # [C, N]
+        probability = table[torch.arange(n), tuple_index].prod(1)
+        samples = torch.nn.functional.one_hot(cls.movedim(-1, 0), kk).to(a.dtype).reshape(k, len(index), -1)
+        samples = samples.to(device)
+        loss = tied_losses(problem.loss(samples.reshape(k * len(index), -1)).reshape(k, -1), samples, axis=0)
+        delta = carms_rule(a_dev.expand(len(index), -1), samples, loss, kk)
+        yield probability.to(device), FactoredGradient([delta], [None if x_dev is None else
+                                                                 x_dev.expand(len(index), -1)])
+
+
+def _prepare_carms(problem: Problem, options: dict) -> dict:
+    k = options["k"]
+    if isinstance(k, bool) or not (isinstance(k, int) and k >= 2):
+        raise ValueError(f"k (the coupled samples categorical_carms takes a draw) must be an integer >= 2, got {k!r}")
+    _carms_one_layer(problem)
+    return options
+
+
 CATEGORICAL_ST = _discrete(
     "categorical_st", _pathwise_states(st_vjp), needs_loss_gradient=True, defaults={},
     summary="one-hot D forward; backward dL/dD through the softmax's Jacobian",
@@ -232,3 +394,12 @@ CATEGORICAL_GUMBEL_RAO = Estimator(
     summary="one-hot D forward; backward the mean over k perturbations drawn given D of ST-Gumbel's Jacobian",
     reference="Paulus, Maddison & Krause 2021, Rao-Blackwellizing the Straight-Through Gumbel-Softmax Gradient "
               "Estimator (ICLR), sec. 3 (GR-MCK)")
+CATEGORICAL_CARMS = Estimator(
+    name="categorical_carms", draw=_carms_draw, outcomes=_carms_outcomes, noise="discrete", kinds=KINDS,
+    copies=lambda options: options["k"], unbiased=True, defaults={"k": 4}, prepare=_prepare_carms,
+    exact_max_layers=1, max_layers=1, loss_evals=lambda problem, options: options["k"],
+    noise_per_unit=lambda options: options["k"],
+    summary="1/(k(k-1)) sum_m (D_m - pi) sum_m' r(D_m, D_m') (f_m - f_m'), k samples coupled by a Dirichlet "
+            "copula, r = pi_i pi_j / P(i, j)",
+    reference="Dimitriev & Zhou 2021, CARMS: Categorical-Antithetic-REINFORCE Multi-Sample Gradient Estimator "
+              "(NeurIPS); the estimator of the authors' code (vae.py, matrix_grad; antithetic.InverseCategorical)")
