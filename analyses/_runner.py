@@ -257,11 +257,13 @@ def _gather(futures: dict, store: Callable, done: dict, stop: Callable[[], None]
 
 
 def run_cells(config: Config, cells: list[dict], compute: Callable[[dict, Config], list[dict]],
-              parallel: bool = True) -> pd.DataFrame:
+              parallel: bool = True, tasks_per_worker: int | None = None) -> pd.DataFrame:
     """Compute (or load) every cell; return all rows, in cell order, each tagged with its cell's config.
 
     With ``config.jobs > 1`` (and ``parallel``) the cells not in the cache are computed by that
-    many worker processes of one thread each; each is written as soon as it is done.
+    many worker processes of one thread each; each is written as soon as it is done. With
+    ``tasks_per_worker``, always in worker processes (even one), each replaced after that many cells: what
+    a cell's code leaks (a peer library's memory that grows across calls) goes with its process.
     """
     cache = config.results / "cells"
     code = code_version(ROOT / "analyses" / f"{config.name}.py")
@@ -282,10 +284,10 @@ def run_cells(config: Config, cells: list[dict], compute: Callable[[dict, Config
             executor = dask_executor(config.scheduler, config.jobs)
             _gather({executor.submit(_compute_on_dask, tagged[i], config): i for i in pending}, store, done,
                     stop=lambda: None)
-        elif parallel and config.jobs > 1 and len(pending) > 1:
+        elif parallel and pending and (tasks_per_worker or (config.jobs > 1 and len(pending) > 1)):
             context = multiprocessing.get_context("spawn")
             pool = ProcessPoolExecutor(config.jobs, mp_context=context, initializer=_worker_setup,
-                                       initargs=(os.getpid(), config.perturb))
+                                       initargs=(os.getpid(), config.perturb), max_tasks_per_child=tasks_per_worker)
             # interrupted: cancel what has not started and let the running cells finish, then keep them
             _gather({pool.submit(_compute_in_worker, tagged[i], config): i for i in pending}, store, done,
                     stop=lambda: pool.shutdown(wait=True, cancel_futures=True))
@@ -567,6 +569,7 @@ class Analysis:
     committed: bool = False
     verify_cells: Callable[[Config], list[dict]] | None = None
     identity: tuple[str, ...] = ()
+    tasks_per_worker: int | None = None   # cells a worker process computes before it is replaced (run_cells)
 
     def main(self, argv: list[str] | None = None) -> Config:
         config = parse(self.name, self.description, argv)
@@ -588,7 +591,8 @@ class Analysis:
                       "--recompute computes it anew)")
                 save_results(config, frame, extra={"from": f"figures/data/{self.name}.csv"})
             else:
-                frame = run_cells(config, self.cells(config), self.compute, parallel=self.parallel)
+                frame = run_cells(config, self.cells(config), self.compute, parallel=self.parallel,
+                                  tasks_per_worker=self.tasks_per_worker)
                 seconds = time.perf_counter() - start
                 save_results(config, frame, seconds=seconds)
                 if full:

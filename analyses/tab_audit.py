@@ -186,7 +186,8 @@ def numbers(frame, config):
             "auditProblemOne": frame.problem.iloc[0].replace("_", "\\_"), **unordered_set_gaps()}
 
 
-ANALYSIS = Analysis("tab_audit", __doc__.splitlines()[0], cells, compute, plot, numbers)
+# storchastic's REBAR and RELAX keep memory across calls (a few kB a draw): each cell runs in a fresh process
+ANALYSIS = Analysis("tab_audit", __doc__.splitlines()[0], cells, compute, plot, numbers, tasks_per_worker=1)
 main = ANALYSIS.main
 
 if __name__ == "__main__":

@@ -296,11 +296,13 @@ def storchastic_categorical_estimators() -> list[PeerEstimator]:
         PeerEstimator(peer, "GumbelSoftmax(straight_through=True, annealing_rate=0)", "categorical_st_gumbel",
                       lambda s: m.GumbelSoftmax("z", straight_through=True, annealing_rate=0.0),
                       {"temperature": 1.0}, units=cat),
-        PeerEstimator(peer, "REBAR()", "exact", lambda s: m.REBAR("z"), units=cat, max_draws=2_000_000,
-                      notes="at most 2 million draws (its memory grows by about 1 kB per draw across calls)"),
+        PeerEstimator(peer, "REBAR()", "exact", lambda s: m.REBAR("z"), units=cat, max_draws=500_000,
+                      notes="at most 500,000 draws (its memory grows by about 4 kB per draw across calls on the "
+                      "network)"),
         PeerEstimator(peer, "RELAX(in_dim=(N, K))", "exact", lambda s: m.RELAX("z", in_dim=s), dtype=torch.float32,
-                      units=cat, max_draws=2_000_000,
-                      notes="float32 (its control variate network is float32); at most 2 million draws"),
+                      units=cat, max_draws=500_000,
+                      notes="float32 (its control variate network is float32); at most 500,000 draws (its memory "
+                      "grows by about 3 kB per draw across calls on the network)"),
         PeerEstimator(peer, "RaoBlackwellSF(n_samples=2)", "exact", lambda s: m.RaoBlackwellSF("z", n_samples=2),
                       units=cat),
         PeerEstimator(peer, "Expect()", "exact", lambda s: m.Expect("z"), units=cat, notes="exact enumeration"),
