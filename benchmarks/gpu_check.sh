@@ -5,8 +5,8 @@
 # device, against 24 on this machine's CPU) and the own-model benchmark (GradientStats' compiled sums against
 # the device's memory roofline), printing their figures. Each step has its own time limit and a failed step
 # does not stop the others. The machine's python3 already holds torch, pandas, seaborn, scipy, hypothesis,
-# tqdm, pytest. (On 2026-12-04 W3 at 1e9 draws did not end inside its 240 s on a fresh machine, and the call's
-# output was lost with it: hence the log below and the smaller W3.)
+# tqdm, pytest. (On 2026-12-04 W3 at 1e9 draws did not end inside its 240 s on a fresh machine, and the
+# run's printed output was lost with it: hence the log below and the smaller W3.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
@@ -15,8 +15,8 @@ export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
 RESULTS="${OUT:-benchmarks/results}"
 mkdir -p "$RESULTS"
 status=0
-# Everything printed also goes to $RESULTS/gpu_check.log as it is printed: a call cut off at its time limit
-# returns its files but not its output.
+# Everything printed also goes to $RESULTS/gpu_check.log as it is printed, so that a run killed at a time
+# limit still leaves what it printed.
 LOG="$RESULTS/gpu_check.log"
 exec > >(tee -a "$LOG") 2>&1
 step() {
