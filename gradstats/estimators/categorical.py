@@ -46,7 +46,7 @@ from .. import enumeration
 from ..problems import FactoredGradient, Problem, Trajectory
 from ..units import CategoricalUnit, grouped_softmax, gumbel_noise, softmax_jvp
 from .base import Estimator, sample_trajectory
-from .multi_sample import dirichlet_copula
+from .multi_sample import _prepare_samples, dirichlet_copula
 from .score_function import copies_of, leave_one_out_rule, prepare_loo, tied_losses
 from .surrogate import prepare_gumbel_rao, prepare_temperature
 
@@ -353,14 +353,6 @@ def _carms_outcomes(problem: Problem, *, chunk_size: int, max_states: int, devic
                                                                  x_dev.expand(len(index), -1)])
 
 
-def _prepare_carms(problem: Problem, options: dict) -> dict:
-    k = options["k"]
-    if isinstance(k, bool) or not (isinstance(k, int) and k >= 2):
-        raise ValueError(f"k (the coupled samples categorical_carms takes a draw) must be an integer >= 2, got {k!r}")
-    _carms_one_layer(problem)
-    return options
-
-
 CATEGORICAL_ST = _discrete(
     "categorical_st", _pathwise_states(st_vjp), needs_loss_gradient=True, defaults={},
     summary="one-hot D forward; backward dL/dD through the softmax's Jacobian",
@@ -396,7 +388,8 @@ CATEGORICAL_GUMBEL_RAO = Estimator(
               "Estimator (ICLR), sec. 3 (GR-MCK)")
 CATEGORICAL_CARMS = Estimator(
     name="categorical_carms", draw=_carms_draw, outcomes=_carms_outcomes, noise="discrete", kinds=KINDS,
-    copies=lambda options: options["k"], unbiased=True, defaults={"k": 4}, prepare=_prepare_carms,
+    copies=lambda options: options["k"], unbiased=True, defaults={"k": 4},
+    prepare=lambda problem, options: _prepare_samples(problem, options, "categorical_carms"),
     exact_max_layers=1, max_layers=1, loss_evals=lambda problem, options: options["k"],
     noise_per_unit=lambda options: options["k"],
     summary="1/(k(k-1)) sum_m (D_m - pi) sum_m' r(D_m, D_m') (f_m - f_m'), k samples coupled by a Dirichlet "
