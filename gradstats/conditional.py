@@ -498,17 +498,15 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
             if not any(alive):
                 break
             orders = torch.stack([torch.randperm(len(y), generator=g) for g in order_gens]).to(dev)
-            on_fraction = [[] for _ in range(count)]
+            ons = []     # each step's on-fractions, kept on the device: no step waits for the device to finish
             for start in range(0, batches * first.minibatch, first.minibatch):
                 rows = orders[:, start:start + first.minibatch]
                 u = torch.stack([torch.rand(shape, generator=g, device=dev, dtype=dtype) for g in noise_gens])
                 on, baseline = advance(x[rows], y[rows], u, baseline, l1_weight)
-                on = on.tolist()
-                for r in range(count):
-                    on_fraction[r].append(on[r])
+                ons.append(on)
                 if first.gate in RECTIFIERS:
-                    l1_weight = l1_weight * torch.where(torch.tensor(on, dtype=torch.float64, device=dev)
-                                                        > first.sparsity, 1.01, 1 / 1.01)
+                    l1_weight = l1_weight * torch.where(on.to(torch.float64) > first.sparsity, 1.01, 1 / 1.01)
+            on_fraction = torch.stack(ons).T.tolist() if ons else [[] for _ in range(count)]
             finite = torch.stack([torch.isfinite(v.reshape(count, -1)).all(1) for v in params.values()]).all(0).tolist()
             alive = [a and f for a, f in zip(alive, finite)]    # a run that diverged keeps its best evaluation so far
             for r in range(count):
