@@ -25,14 +25,16 @@ def _run(valid: float, epochs: int) -> dict:
 
 def test_collect_builds_the_committed_rows_from_the_saved_runs_alone(tmp_path, monkeypatch):
     """An unfinished study: ST's three selection runs and two report seeds saved, REINFORCE's selection
-    incomplete. --collect trains nothing, selects ST's scale from its runs, and leaves REINFORCE out."""
+    incomplete. --collect trains nothing, selects ST's scale from its runs, and leaves REINFORCE out; the table
+    says how many of a row's runs ran on an accelerator (seed 1's)."""
     monkeypatch.setattr(fig_mnist, "RUNS", tmp_path / "runs")
 
     def save(stage, gate, scale, seed, epochs, valid):
         cell = fig_mnist._cell(stage, gate, scale, seed, epochs)
         path = fig_mnist._run_path(cell)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"meta": {"cell": cell}, "run": _run(valid, 3)}))
+        device = "cuda" if stage == "report" and seed == 1 else "cpu"
+        path.write_text(json.dumps({"meta": {"cell": cell, "device": device}, "run": _run(valid, 3)}))
 
     for scale, valid in zip(fig_mnist.SCALES, (0.05, 0.03, 0.04)):
         save("selection", "st", scale, fig_mnist.SELECTION_SEED, fig_mnist.SELECT_EPOCHS, valid)
@@ -58,6 +60,7 @@ def test_collect_builds_the_committed_rows_from_the_saved_runs_alone(tmp_path, m
         pytest.approx(0.25)                                         # test errors 2.1% and 2.6%: mean, s.e. over seeds
     table = (tmp_path / "paper" / "generated" / "tab_mnist.tex").read_text()
     st_row = table.split("\nst &")[1].split("\\\\")[0]
+    assert st_row.startswith(" 2 (1) &")
     assert "n/a" not in st_row and st_row.endswith("$0.0033$ & $1.42$ & $1.39$ ")   # the paper's, as it prints them
 
 
