@@ -6,9 +6,11 @@ is reduced, against a fixed per-coordinate ``shift`` ``a``, to six column sums i
 .. math:: \textstyle S_k = \sum_i (x_i - a)^k \; (k = 1..4), \qquad P = \#\{x_i > 0\}, \qquad N = \#\{x_i < 0\},
 
 added to running sums, and to two per-draw sums, :math:`\langle x_i, g\rangle` and
-:math:`\lVert x_i \rVert^2`, with the reference ``g`` (for the per-draw cosines and descent). Where
-``torch.compile`` works on the device the column sums are one fused kernel that reads the chunk once
-(and the per-draw sums a second); otherwise the same arithmetic runs eagerly over cache-sized blocks.
+:math:`\lVert x_i \rVert^2`, with the reference ``g`` (for the per-draw cosines and descent). On a CPU all
+of them come from one read of the chunk, by a C kernel built on first use (:mod:`gradstats.native`,
+``gradstats/chunk_sums.c``); elsewhere, or where no C compiler is at hand, the column sums are one fused kernel
+where ``torch.compile`` works (and the per-draw sums a second read), else the same arithmetic runs eagerly over
+cache-sized blocks.
 
 :func:`central_moments` turns the running sums into mean and centred moments (with :math:`d = S_1/n`:
 :math:`M_2 = S_2 - n d^2`, :math:`M_3 = S_3 - 3 d S_2 + 2 n d^3`,
@@ -22,10 +24,13 @@ recommendations", The American Statistician 37(3)).
 
 from __future__ import annotations
 
+import ctypes
 import warnings
 
 import torch
 from torch import Tensor
+
+from . import native
 
 NUM_SUMS = 6   # S1, S2, S3, S4, count of x > 0, count of x < 0
 
@@ -77,22 +82,101 @@ def _eager_row_sums(x: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
 _EAGER = (_eager_column_sums, _eager_row_sums, _batched_column_sums)
 
 
+def _native_chunk(lib, x: Tensor, shift: Tensor, running: list[Tensor | None], bounds: list[int],
+                  reference: Tensor | None) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
+    """:meth:`ChunkSums.chunk` by the C kernel: one read of ``x``."""
+    rows, cols = x.shape
+    threads = max(1, torch.get_num_threads())
+    out = [torch.empty(NUM_SUMS, cols, dtype=torch.float64) for _ in running]
+    partial = torch.zeros(2, threads, rows, dtype=torch.float64)
+    pointers = ctypes.c_void_p * len(running)
+    cut = torch.tensor(bounds, dtype=torch.int64)
+    used = lib.gradstats_chunk_sums(
+        x.data_ptr(), int(x.dtype == torch.float32), rows, cols, shift.data_ptr(),
+        pointers(*[None if r is None else r.data_ptr() for r in running]), pointers(*[o.data_ptr() for o in out]),
+        cut.data_ptr(), len(running), None if reference is None else reference.data_ptr(),
+        partial[0].data_ptr(), partial[1].data_ptr(), threads)
+    if reference is None:
+        return out, None, None
+    inner, norm2 = partial[:, :used].sum(1)
+    return out, inner, norm2
+
+
+def _native_ready(x: Tensor, shift: Tensor, running: list[Tensor | None], reference: Tensor | None) -> bool:
+    """Whether the C kernel takes these arguments as they are (CPU, contiguous, float64 sums)."""
+    f64 = torch.float64
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, f64) and x.is_contiguous()
+            and shift.dtype == f64 and shift.is_contiguous() and shift.device.type == "cpu"
+            and all(r is None or (r.dtype == f64 and r.is_contiguous() and r.device.type == "cpu") for r in running)
+            and (reference is None or (reference.dtype == f64 and reference.is_contiguous()
+                                       and reference.device.type == "cpu")))
+
+
 class ChunkSums:
-    """The two reductions of a chunk, compiled per device where ``torch.compile`` works.
+    """The reductions of a chunk: by the C kernel on a CPU, compiled per device where ``torch.compile`` works.
 
-    ``mode``: ``"auto"`` compiles and falls back to the eager blocks (with one warning) where compiling fails,
-    for instance on a machine without a C++ compiler; ``"compiled"`` raises instead; ``"eager"`` never compiles."""
+    ``mode``: ``"auto"`` takes the C kernel for CPU chunks where it builds, else ``torch.compile``, and falls back
+    to the eager blocks (with one warning) where compiling fails, for instance on a machine without a C++
+    compiler; ``"native"`` takes the C kernel and raises where it cannot be built (or the chunk is not a
+    CPU tensor); ``"compiled"`` takes ``torch.compile`` alone and raises where it fails; ``"eager"`` never
+    compiles."""
 
-    MODES = ("auto", "compiled", "eager")
+    MODES = ("auto", "native", "compiled", "eager")
 
     def __init__(self, mode: str = "auto"):
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
         self.mode = mode
         self._compiled: dict[str, tuple] = {}
+        self._native = None     # the loaded library; False once it could not be built
+
+    def _native_lib(self):
+        if self.mode not in ("auto", "native"):
+            return None
+        if self._native is None:
+            try:
+                self._native = native.load()
+            except native.NativeUnavailable as err:
+                if self.mode == "native":
+                    raise
+                warnings.warn(f"GradientStats: the C kernel could not be built ({err}); the statistics take "
+                              "torch's kernels (the same numbers, slower)", RuntimeWarning, stacklevel=5)
+                self._native = False
+        return self._native or None
+
+    def chunk(self, x: Tensor, shift: Tensor, running: list[Tensor | None], bounds: list[int],
+              reference: Tensor | None) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
+        """The sums of a chunk ``x`` (``[B, n]``) cut into pieces at ``bounds`` (``bounds[0] = 0 < ... =
+        B``): per piece, its ``running`` sums (``[6, n]`` float64; None: none yet) plus its rows' column sums about
+        ``shift``, as new tensors; and, with a ``reference`` (``[n]``), the per-draw ``<x_i, g>`` and ``|x_i|^2``
+        of the whole chunk (else None, None)."""
+        lib = self._native_lib() if x.device.type == "cpu" else None
+        if self.mode == "native" and (lib is None or not _native_ready(x, shift, running, reference)):
+            raise ValueError("ChunkSums('native') takes contiguous CPU chunks (float32 or float64) with float64 "
+                             f"sums; got {x.dtype} on {x.device}")
+        if lib is not None and _native_ready(x, shift, running, reference):
+            return _native_chunk(lib, x, shift, running, bounds, reference)
+        sums: list[Tensor | None] = [None] * len(running)
+        i = 0
+        while i < len(running):
+            size = bounds[i + 1] - bounds[i]
+            j = i
+            while j < len(running) and running[j] is None and bounds[j + 1] - bounds[j] == size:
+                j += 1
+            if j - i >= 2:   # whole fresh pieces of one size: one call for all of them
+                batched = self.batches(x[bounds[i]:bounds[j]].reshape(j - i, size, -1), shift)
+                sums[i:j] = list(batched.unbind(0))
+                i = j
+                continue
+            start = running[i] if running[i] is not None else torch.zeros(NUM_SUMS, x.shape[1], dtype=torch.float64,
+                                                                          device=x.device)
+            sums[i] = self.columns(x[bounds[i]:bounds[i + 1]], shift, start)
+            i += 1
+        inner, norm2 = self.rows(x, reference) if reference is not None else (None, None)
+        return sums, inner, norm2
 
     def _kernels(self, device: torch.device):
-        if self.mode == "eager":
+        if self.mode in ("eager", "native"):
             return _EAGER
         key = device.type
         if key not in self._compiled:

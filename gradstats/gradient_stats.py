@@ -9,11 +9,11 @@ per batch (the full covariance only when asked).
 Batches for the jackknife are contiguous runs of draws of one size ``s``, a power of two:
 when a new chunk would make more than ``2 num_batches`` of them, neighbours are merged
 pairwise and ``s`` doubles, so between ``num_batches`` and ``2 num_batches`` batches
-remain once there are enough draws, however the draws arrive. Within a batch each chunk
-is read once for its column sums (power sums to the fourth about a common shift, the
-per-coordinate median of the first chunk, and sign counts) and once for its per-draw
-inner products and norms (:mod:`gradstats.chunk_sums`, compiled where ``torch.compile``
-works), so batches of such sums merge by addition; they become central moments only when
+remain once there are enough draws, however the draws arrive. Each chunk is read once on a
+CPU for its column sums (power sums to the fourth about a common shift, the per-coordinate
+median of the first chunk, and sign counts, per batch) and its per-draw inner products and
+norms (:mod:`gradstats.chunk_sums`: a C kernel built on first use; elsewhere compiled where
+``torch.compile`` works, in two reads), so batches of such sums merge by addition; they become central moments only when
 read, and summaries from elsewhere (a merge, a stored state) merge by the pairwise update
 of Chan, Golub & LeVeque (1979).
 
@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .accumulators import SAFE_NORM2, GradientAccumulator, Moments, Summary, unit_scaled
 from .checkpoint import content_checksum
-from .chunk_sums import NUM_SUMS, ChunkSums, central_moments
+from .chunk_sums import ChunkSums, central_moments
 from .metrics import MetricValue, compute_metrics
 from .noise import uniforms_as
 from .numerics import positive_int, safe_divide, seed_value, signs
@@ -490,11 +490,11 @@ class GradientStats:
     def update(self, grads: Tensor | Mapping[str, Tensor]) -> GradientStats:
         """Fold in a chunk of per-draw gradients ``[B, D]`` or a dict name -> ``[B, *shape]``; returns ``self``.
 
-        Each piece of the chunk that falls in one jackknife batch is read once for its column sums and once
-        for its per-draw inner products and norms (:mod:`gradstats.chunk_sums`: compiled where ``torch.compile``
-        works), as it is (float32 draws are not copied to float64; every sum is float64). A chunk with a
-        non-finite value (NaN or infinity) is refused whole, with the draw named, and the statistics are left
-        as they were."""
+        The chunk is read once for the column sums of each piece that falls in one jackknife batch and for
+        its per-draw inner products and norms (:mod:`gradstats.chunk_sums`: on a CPU a C kernel; elsewhere
+        compiled where ``torch.compile`` works, in two reads), as it is (float32 draws are not copied to
+        float64; every sum is float64). A chunk with a non-finite value (NaN or infinity) is refused whole, with
+        the draw named, and the statistics are left as they were."""
         if self.layout is None:
             self._set_layout(ParameterLayout.of(grads, batched=True))
         parts = [p.detach() for p in self.layout.split(grads, "grads")]
@@ -564,38 +564,24 @@ class GradientStats:
         return self
 
     def _chunk_sums(self, parts: list[Tensor], pieces: list[tuple[_Batch, int, int]]) -> list[_PieceSums]:
-        """Each piece's batch's new running sums (not yet committed). Per group: the per-draw dots of the whole chunk
-        in one call, the column sums of each piece in one call, and of a run of whole fresh batches (small batches,
-        early in a run) in one call together."""
-        per_draw = self._per_draw_sums(parts) if self.reference is not None else None
-        out: list[_PieceSums | None] = [None] * len(pieces)
-        i = 0
-        while i < len(pieces):
-            batch, a, b = pieces[i]
-            j = i
-            while (j < len(pieces) and pieces[j][0].sums is None and pieces[j][0].count == 0
-                   and pieces[j][2] - pieces[j][1] == self._batch_size):
-                j += 1
-            if j - i >= 2:   # whole fresh batches: one call per group for all of them
-                size, stop = self._batch_size, pieces[j - 1][2]
-                sums = [_CHUNK_SUMS.batches(p[a:stop].reshape(j - i, size, -1), shift)
-                        for p, shift in zip(parts, self._shift)]
-                for k in range(i, j):
-                    out[k] = _PieceSums(size, [t[k - i] for t in sums], *self._piece_dots(per_draw, *pieces[k][1:]))
-                i = j
-                continue
-            running = batch.sums if batch.sums is not None else [
-                torch.zeros(NUM_SUMS, p.shape[1], dtype=torch.float64, device=p.device) for p in parts]
-            sums = [_CHUNK_SUMS.columns(p[a:b], shift, r) for p, shift, r in zip(parts, self._shift, running)]
-            out[i] = _PieceSums(b - a, sums, *self._piece_dots(per_draw, a, b))
-            i += 1
-        return out
+        """Each piece's batch's new running sums (not yet committed): per group, one call of
+        :meth:`~gradstats.chunk_sums.ChunkSums.chunk` for every piece and the per-draw dots of the whole chunk."""
+        bounds = [0] + [b for _, _, b in pieces]
+        references = self._scaled_reference if self.reference is not None else [None] * len(parts)
+        groups = [_CHUNK_SUMS.chunk(p, shift, [None if batch.sums is None else batch.sums[g] for batch, _, _ in pieces],
+                                    bounds, reference)
+                  for g, (p, shift, reference) in enumerate(zip(parts, self._shift, references))]
+        per_draw = None
+        if self.reference is not None:
+            per_draw = self._per_draw_sums(parts, torch.stack([g[1] for g in groups], 1),
+                                           torch.stack([g[2] for g in groups], 1))
+        return [_PieceSums(b - a, [g[0][k] for g in groups], *self._piece_dots(per_draw, a, b))
+                for k, (_, a, b) in enumerate(pieces)]
 
-    def _per_draw_sums(self, parts: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Per draw of the chunk, ``cos(g_hat, g)`` and ``1[<g_hat, g> > 0]``, ``[B, L + 1]`` (column 0: all groups).
+    def _per_draw_sums(self, parts: list[Tensor], inner: Tensor, norm2: Tensor) -> tuple[Tensor, Tensor]:
+        """Per draw of the chunk, from its dots with the reference and squared norms per group (``[B, L]``),
+        ``cos(g_hat, g)`` and ``1[<g_hat, g> > 0]``, ``[B, L + 1]`` (column 0: all groups).
         :class:`_UnsafeNorms` where a float64 draw's squared norm leaves float64's safe range."""
-        inner, norm2 = (torch.stack(t, 1) for t in zip(*(_CHUNK_SUMS.rows(x, r)
-                                                          for x, r in zip(parts, self._scaled_reference))))
         total = norm2.sum(1)
         if any(x.dtype == torch.float64 for x in parts):
             # a squared norm outside float64's safe range (or 0 from a draw that is not 0: every square

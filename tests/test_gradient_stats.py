@@ -321,7 +321,7 @@ def test_structural_zeros_are_left_out_of_sign_agreement_and_counted():
         stats.to_frame(structural_zeros="drop")
 
 
-@pytest.mark.parametrize("mode", ["auto", "eager"])
+@pytest.mark.parametrize("mode", ["auto", "native", "compiled", "eager"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_one_pass_sums_equal_the_pairwise_accumulators_to_rounding(dtype, mode, monkeypatch):
     """The chunk sums (shifted power sums, sign counts, per-draw cosines) folded into summaries give what the
@@ -361,8 +361,11 @@ def test_one_pass_sums_equal_the_pairwise_accumulators_to_rounding(dtype, mode, 
     assert torch.equal(got.descent["reference"], want.descent["reference"])
 
 
-def test_a_compiler_that_fails_falls_back_to_eager_sums_with_one_warning(monkeypatch):
+def test_a_machine_without_a_compiler_falls_back_to_eager_sums_with_one_warning_each(monkeypatch, tmp_path):
+    """No C compiler: the C kernel cannot be built (one warning), torch.compile fails (another), and the eager
+    sums give the same statistics; "native" and "compiled" raise instead of falling back."""
     from gradstats.chunk_sums import ChunkSums
+    from gradstats.native import NativeUnavailable
 
     module = sys.modules["gradstats.gradient_stats"]
 
@@ -372,13 +375,21 @@ def test_a_compiler_that_fails_falls_back_to_eager_sums_with_one_warning(monkeyp
         return fail
 
     monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     sums = ChunkSums("auto")
     monkeypatch.setattr(module, "_CHUNK_SUMS", sums)
     gen = torch.Generator().manual_seed(9)
     draws = torch.randn(50, 4, generator=gen, dtype=torch.float64)
-    with pytest.warns(RuntimeWarning, match="torch.compile failed on cpu .*no C.. compiler found"):
+    with pytest.warns(RuntimeWarning) as caught:
         stats = gs.GradientStats(reference=torch.ones(4, dtype=torch.float64)).update(draws)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2
+    assert "C kernel could not be built (no C compiler" in messages[0]
+    assert "torch.compile failed on cpu" in messages[1] and "no C++ compiler found" in messages[1]
     assert sums.mode == "eager"
+    with pytest.raises(NativeUnavailable, match="no C compiler"):
+        ChunkSums("native").chunk(draws, draws[0], [None], [0, 50], None)
     assert torch.allclose(stats.mean, draws.mean(0), rtol=1e-14, atol=1e-15)
     assert torch.allclose(stats.var, draws.var(0), rtol=1e-12)
     with pytest.raises(ValueError, match="mode must be one of"):
@@ -386,3 +397,41 @@ def test_a_compiler_that_fails_falls_back_to_eager_sums_with_one_warning(monkeyp
     strict = ChunkSums("compiled")
     with pytest.raises(RuntimeError, match="no C.. compiler"):
         strict.columns(draws, draws[0], torch.zeros(6, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_c_kernel_gives_the_eager_sums_piece_by_piece(dtype):
+    """ChunkSums.chunk by the C kernel against the eager arithmetic, on a chunk of 23 rows (not a multiple of
+    the kernel's four) and 20,000 columns (two blocks of 8,192 and a part) cut into pieces of 1, 9 and 13 rows, the middle
+    one with running sums, zeros and signed values; with and without a reference; at 1 and 3 threads."""
+    from gradstats.chunk_sums import NUM_SUMS, ChunkSums
+
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(23, 20_000, generator=gen, dtype=torch.float64)
+    x[:, :7] = 0.0
+    x[3, 100:200] = -0.0
+    x = x.to(dtype)
+    shift = x.to(torch.float64).median(0).values
+    running = [None, torch.randn(NUM_SUMS, 20_000, generator=gen, dtype=torch.float64), None]
+    running[1][4:] = torch.randint(0, 50, (2, 20_000), generator=gen).to(torch.float64)   # counts so far
+    bounds = [0, 1, 10, 23]
+    reference = torch.randn(20_000, generator=gen, dtype=torch.float64)
+    eager = ChunkSums("eager")
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 3):
+            torch.set_num_threads(t)
+            for ref in (reference, None):
+                got = ChunkSums("native").chunk(x, shift, running, bounds, ref)
+                want = eager.chunk(x, shift, running, bounds, ref)
+                for a, b in zip(got[0], want[0]):
+                    assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+                    assert torch.equal(a[4:], b[4:])                  # the sign counts exactly
+                if ref is None:
+                    assert got[1] is None and got[2] is None
+                else:
+                    assert torch.allclose(got[1], want[1], rtol=1e-12, atol=1e-12)
+                    assert torch.allclose(got[2], want[2], rtol=1e-12)
+    finally:
+        torch.set_num_threads(threads)
+    assert running[1] is not None and not any(r is o for r, o in zip(running, got[0]))   # new tensors
