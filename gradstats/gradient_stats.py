@@ -635,6 +635,15 @@ class GradientStats:
             groups.to(device)
         self._reference_views()
 
+    def _expect(self, num_draws) -> GradientStats:
+        """A fresh stream of ``num_draws`` draws (a run of known length): its jackknife batches start at the size
+        they reach by its end, so that none is merged on the way (the same batches; their sums are added in
+        another order). Returns ``self``."""
+        if self.count == 0 and isinstance(num_draws, int) and num_draws > 0:
+            while math.ceil(num_draws / self._batch_size) > 2 * self.num_batches:
+                self._batch_size *= 2
+        return self
+
     def _halve_batches(self) -> None:
         """Merge neighbouring batches pairwise; the batch size doubles."""
         merged = []
@@ -989,7 +998,7 @@ def gradient_stats(loss: Callable[..., Tensor], params: Mapping[str, Tensor], nu
                    noise_shape, chunk_size: int = 256, seed: int = 0, dtype: torch.dtype | None = None,
                    progress: bool = False, **stats_options) -> GradientStats:
     """:func:`per_draw_gradients` streamed into a :class:`GradientStats` (``stats_options``: its arguments)."""
-    stats = GradientStats(**stats_options)
+    stats = GradientStats(**stats_options)._expect(num_draws)
     chunks = per_draw_gradients(loss, params, num_draws, noise_shape=noise_shape, chunk_size=chunk_size, seed=seed,
                                 dtype=dtype)
     return stream_into(stats, chunks, math.ceil(num_draws / chunk_size), progress)

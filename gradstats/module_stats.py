@@ -120,7 +120,7 @@ def module_gradient_stats(module: torch.nn.Module, loss_fn: Callable[[object, ob
     evaluates the loss several times a draw), so that :meth:`GradientStats.to_frame` compares at equal cost;
     ``options`` go to :class:`GradientStats` (``ms``, ``budgets``, ``num_batches``, ``full_covariance``)."""
     stats = GradientStats(reference=reference, reference_stderr=reference_stderr,
-                          loss_evals_per_draw=loss_evals_per_draw, **options)
+                          loss_evals_per_draw=loss_evals_per_draw, **options)._expect(num_draws)
     chunks = module_per_draw_gradients(module, loss_fn, batch, num_draws, params=params, chunk_size=chunk_size,
                                        seed=seed)   # checks num_draws and chunk_size before any draw
     return stream_into(stats, chunks, math.ceil(num_draws / chunk_size), progress)

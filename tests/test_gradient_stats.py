@@ -2,6 +2,7 @@
 
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -435,3 +436,26 @@ def test_the_c_kernel_gives_the_eager_sums_piece_by_piece(dtype):
     finally:
         torch.set_num_threads(threads)
     assert running[1] is not None and not any(r is o for r, o in zip(running, got[0]))   # new tensors
+
+
+def test_a_stream_of_known_length_starts_at_its_final_batch_size_with_the_same_statistics():
+    """gradient_stats knows its number of draws: the jackknife batches start at the size a chunk-by-chunk stream
+    reaches by its end (none merged on the way), so the batches are the same and every statistic and standard
+    error agrees to float64 rounding; a stream that already has draws is left as it is."""
+    gen = torch.Generator().manual_seed(11)
+    draws = torch.randn(1000, 5, generator=gen, dtype=torch.float64) + torch.arange(5, dtype=torch.float64)
+    reference = torch.ones(5, dtype=torch.float64)
+    streamed = gs.GradientStats(reference=reference, num_batches=8)
+    known = gs.GradientStats(reference=reference, num_batches=8)._expect(1000)
+    assert known._batch_size == 64                               # ceil(1000 / 64) = 16 <= 2 * 8 < ceil(1000 / 32)
+    for start in range(0, 1000, 24):
+        streamed.update(draws[start:start + 24])
+        known.update(draws[start:start + 24])
+    assert streamed._batch_size == known._batch_size and len(streamed._batches) == len(known._batches) == 16
+    a, b = streamed.to_frame(), known.to_frame()
+    assert list(a.columns) == list(b.columns) and len(a) == len(b)
+    numeric = a.select_dtypes("number").columns
+    assert np.allclose(a[numeric].to_numpy(dtype=float), b[numeric].to_numpy(dtype=float), rtol=1e-10, atol=1e-12,
+                       equal_nan=True)
+    busy = gs.GradientStats(num_batches=8).update(draws[:10])
+    assert busy._expect(1000)._batch_size == busy._batch_size
