@@ -146,9 +146,11 @@ def versions() -> dict:
 
 
 def code_version(*extra: Path) -> str:
-    """A hash of the library's source and the given files: results computed by other code are not reused."""
+    """A hash of the library's source (its Python and C) and the given files: results computed by other code are
+    not reused."""
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "gradstats").rglob("*.py")) + [Path(__file__).resolve(), *extra]:
+    library = sorted([*(ROOT / "gradstats").rglob("*.py"), *(ROOT / "gradstats").rglob("*.c")])
+    for path in library + [Path(__file__).resolve(), *extra]:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -22,8 +22,9 @@ correction over the rows. Ten seeds, because the exact test of n pairs cannot gi
 :math:`2/2^n`: 0.0625 with five seeds, so that no difference could be called significant at all, and 0.002 with
 ten, below the 0.005 that Holm's correction asks of the smallest of ten p-values.
 
-Hours of computation (about twenty CPU-hours on 2 cores; a GPU machine trains each gate's seeds as one stack), so its raw results are committed: each run's result is
-saved as it ends in ``figures/data/fig_mnist_runs/`` (one JSON per run, kept across code changes; a study
+Hours of computation (about twenty CPU-hours on 2 cores; a GPU machine trains each gate's seeds as one stack),
+so its raw results are committed: each run's result is saved as it ends in ``figures/data/fig_mnist_runs/``
+(one JSON per run, kept across code changes; a study
 interrupted resumes from them, and the run in flight from its state after its last epoch, ``NAME.partial``,
 not committed), and ``figures/data/fig_mnist.csv`` holds every run's rows. ``make figures``
 plots from that file; ``--recompute`` rebuilds it, training the runs the run directory lacks (remove the

@@ -52,12 +52,13 @@ class NotResumableError(ValueError):
 
 @functools.lru_cache(maxsize=1)
 def library_identity() -> dict:
-    """The gradstats version and a hash of its source files: a checkpoint of other code is never resumed."""
+    """The gradstats version and a hash of its source files (Python and C): a checkpoint of other code is never
+    resumed."""
     from . import __version__
 
     root = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted([*root.rglob("*.py"), *root.rglob("*.c")]):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return {"version": __version__, "source": digest.hexdigest()}

@@ -86,7 +86,9 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim: its id, verbatim statement, reference, the reading its check tests, its kind and its check."""
+    """A claim: its id, verbatim statement, reference, the reading its check tests, its kind and its check;
+    ``inputs``, for a check that reads saved results rather than computing them, a digest of those results
+    (part of the key a cached verdict is kept under)."""
 
     id: str
     statement: str
@@ -95,6 +97,7 @@ class Claim:
     check: Callable[[CheckSettings], Verdict]
     test: str = ""
     kind: str = "mathematical"
+    inputs: Callable[[], str] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -144,8 +147,9 @@ def run(ids: list[str] | None = None, settings: CheckSettings | None = None, *,
 
     ``on_row(row)`` is called as each verdict is ready (before the next check starts). With ``cache_dir``,
     the verdict of a built-in claim under derandomized settings is stored there, keyed by the claim, the
-    settings and a hash of gradstats' source (:func:`gradstats.checkpoint.library_identity`), and read back
-    instead of rechecked while all three are unchanged; ``cached`` says which rows were.
+    settings, a hash of gradstats' source (:func:`gradstats.checkpoint.library_identity`) and the digest of the
+    results a check reads (:attr:`Claim.inputs`), and read back instead of rechecked while all are unchanged;
+    ``cached`` says which rows were.
     """
     settings = settings or CheckSettings()
     rows = []
@@ -177,8 +181,8 @@ def _cache_path(claim: Claim, settings: CheckSettings, cache_dir: str | Path | N
         return None
     from ..checkpoint import library_identity
 
-    key = json.dumps({"library": library_identity(), "claim": claim.id, "settings": dataclasses.asdict(settings)},
-                     sort_keys=True)
+    key = json.dumps({"library": library_identity(), "claim": claim.id, "settings": dataclasses.asdict(settings),
+                      "inputs": claim.inputs() if claim.inputs is not None else None}, sort_keys=True)
     return Path(cache_dir) / f"{claim.id}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
 

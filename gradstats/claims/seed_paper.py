@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -602,6 +606,104 @@ register(Claim("C1", "for any (possibly unit-specific) constant Lbar_i the cente
                "binary stochastic networks; unbiased for every parameter with any constant baseline; Eq. 10 minimises "
                "the variance of the estimate of g_i = dE[L]/da_i (the unit's bias), among constants",
                check_c1, "tests/claims/test_seed_paper.py::test_c1"))
+# ---- the reading notes' empirical statement, on the paper's own experiment (MNIST) -----------------------------
+NOTES = "the reading notes on arXiv:1308.3432 (their summary of sec. 4)"
+NOTES_ST_SEEDS = 10     # report seeds a row in the MNIST study (analyses/fig_mnist.py, REPORT_SEEDS)
+NOTES_ST_CONTROLS = ("all_on", "random_fixed", "linear_softmax")
+NOTES_ST_GATED = ("noisy_rectifier", "st", "sts", "reinforce", "rectifier", "sigmoid_noise", "sigmoid", "sts_code",
+                  "st_sigmoid", "reinmax", "disarm")
+
+
+def mnist_runs_dir() -> Path:
+    """Where the MNIST study's runs are: ``$GRADSTATS_MNIST_RUNS``, else ``figures/data/fig_mnist_runs`` of the
+    repository this package is part of (``python -m analyses.fig_mnist`` writes one JSON per run there)."""
+    given = os.environ.get("GRADSTATS_MNIST_RUNS")
+    return Path(given) if given else Path(__file__).resolve().parents[2] / "figures" / "data" / "fig_mnist_runs"
+
+
+def mnist_report_runs(directory: Path) -> list[conditional.Result]:
+    """The report runs saved in ``directory`` (their test errors, by gate and seed)."""
+    runs = []
+    for path in sorted(directory.glob("report-*.json")):
+        saved = json.loads(path.read_text())
+        cell, run = saved["meta"]["cell"], saved["run"]
+        runs.append(conditional.Result(cell["gate"], int(cell["seed"]), None, run["valid_error"], run["test_error"],
+                                       run["sparsity"], run["train_sparsity"], int(run["best_epoch"])))
+    return runs
+
+
+def mnist_runs_digest() -> str:
+    """A digest of the MNIST study's saved report runs (names and contents): a cached verdict of NOTES-ST is not
+    reused once a run is added or changed."""
+    directory = mnist_runs_dir()
+    digest = hashlib.sha256(str(directory).encode())
+    for path in sorted(directory.glob("report-*.json")) if directory.is_dir() else []:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def check_notes_st(settings: CheckSettings) -> Verdict:
+    """The MNIST study's rows (ST against the controls and against every other gate), read from its saved runs."""
+    directory = mnist_runs_dir()
+    runs = mnist_report_runs(directory) if directory.is_dir() else []
+    if not any(r.gate == "st" for r in runs):
+        return Verdict("inconclusive", f"no run of the MNIST study with ST gates is at hand ({directory})",
+                       "judged on the MNIST study's saved runs (python -m analyses.fig_mnist, committed in the "
+                       "repository); a copy of the package alone has none")
+    rows = conditional.compare_with(runs)
+    gated = [g for g in rows if g not in NOTES_ST_CONTROLS and g != "st"]
+    tested = [g for g in gated if math.isfinite(rows[g].get("wilcoxon_p", math.nan))]
+    adjusted = dict(zip(tested, stats_holm([rows[g]["wilcoxon_p"] for g in tested])))
+    st_row = rows["st"]
+    pct = 100.0
+
+    def against(control: str) -> tuple[float, float]:
+        """ST's margin below a control (its error minus ST's) and that margin's standard error: paired over the
+        seeds for a control with seeds, else ST's standard error over seeds (one convex fit, no seed error)."""
+        row = rows[control]
+        if "difference" in row and row["seeds"] > 1:
+            return row["difference"], row["difference_stderr"]
+        return row["mean"] - st_row["mean"], st_row["stderr"]
+
+    margins = {c: against(c) for c in NOTES_ST_CONTROLS if c in rows}
+    beats = {c: m > 2 * se for c, (m, se) in margins.items() if math.isfinite(se)}
+    better = sorted(g for g in tested if adjusted[g] < 0.05 and rows[g]["difference"] < 0)
+    expected = set(NOTES_ST_GATED) | set(NOTES_ST_CONTROLS)
+    short = {g: rows.get(g, {}).get("seeds", 0) for g in sorted(expected)
+             if rows.get(g, {}).get("seeds", 0) < (1 if g == "linear_softmax" else NOTES_ST_SEEDS)}
+    lines = [f"ST {pct * st_row['mean']:.2f} +- {pct * st_row['stderr']:.2f}% test error over {st_row['seeds']} seeds "
+             f"(paper 1.39%)"]
+    lines += [f"{c}: {pct * rows[c]['mean']:.2f}%, ST lower by {pct * m:.2f} +- {pct * se:.2f} points"
+              for c, (m, se) in margins.items()]
+    lines += [f"{g}: {pct * rows[g]['mean']:.2f}% ({pct * rows[g]['difference']:+.2f} points against ST, Holm p "
+              f"{adjusted[g]:.2g})" for g in sorted(tested, key=lambda g: rows[g]["mean"])]
+    evidence = "; ".join(lines)
+    data = {"rows": rows, "holm_p": adjusted, "margins": {c: list(m) for c, m in margins.items()}, "beats": beats,
+            "better": better, "short": short, "runs": len(runs), "directory": str(directory)}
+    if short:
+        return Verdict("inconclusive", evidence,
+                       f"the MNIST study is under way: {len(runs)} report runs saved; rows short of "
+                       f"{NOTES_ST_SEEDS} seeds: " + ", ".join(f"{g} ({n})" for g, n in short.items()),
+                       summary=f"MNIST study under way ({len(runs)} runs); ST {pct * st_row['mean']:.2f}% so far",
+                       data=data)
+    losses_to = sorted(c for c, ok in beats.items() if not ok)
+    if losses_to or better:
+        why = ([f"ST is not 2 standard errors below {', '.join(losses_to)}"] if losses_to else []) + \
+              ([f"significantly better than ST: {', '.join(better)}"] if better else [])
+        return Verdict("refuted", evidence, "on MNIST with the paper's protocol, " + "; ".join(why),
+                       holds_when="ST beats every control" if not losses_to else "", data=data)
+    return Verdict("confirmed", evidence, "on MNIST with the paper's protocol: ST below every control, no gate "
+                   "significantly better (paired Wilcoxon over 10 seeds, Holm over the gated rows, 5%)", data=data)
+
+
+def stats_holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment (:func:`gradstats.stats.holm`)."""
+    from ..stats import holm
+
+    return holm(torch.tensor(pvalues, dtype=torch.float64)).tolist() if pvalues else []
+
+
 register(Claim("ST1", "It is clearly a biased estimator, but when considering a single layer of neurons, it has the right sign",
                f"{PAPER}, sec. 4",
                "the paper gives no conditions; we read 'right sign' as sign(E[ST_j]) = sign(g_j) on every coordinate j "
@@ -619,6 +721,15 @@ register(Claim("ST3", "Better results were actually obtained without multiplying
                "scikit-learn's digits with a stated protocol (lower test error, Wilcoxon signed-rank test over paired "
                "seeds at 5%); teacher-student training and gradient alignment on enumerable networks are proxy evidence",
                check_st3, "tests/claims/test_seed_paper.py::test_st3", kind="empirical"))
+register(Claim("NOTES-ST", "straight-through units provide perform really well and are simple to implement",
+               f"{NOTES} (verbatim, typo included); the experiment of {PAPER}, sec. 5 and appendix A",
+               "an empirical statement, judged on the paper's own experiment: conditional computation on MNIST with "
+               "the paper's protocol (analyses/fig_mnist.py, 10 seeds a row). 'Perform really well': ST's test error "
+               "is more than 2 standard errors below each control's (every gate on, random fixed gates, a linear "
+               "softmax on the pixels) and no other gate is significantly better (paired Wilcoxon over seeds, Holm "
+               "over the gated rows, 5%). 'Simple to implement' is not tested",
+               check_notes_st, "tests/claims/test_seed_paper.py::test_notes_st", kind="empirical",
+               inputs=mnist_runs_digest))
 register(Claim("STS-G", "A second approach, introduced here, decomposes the operation of a binary stochastic neuron into a "
                "stochastic binary part and a smooth differentiable part, which approximates the expected effect of the "
                "pure stochatic binary neuron to first order.",

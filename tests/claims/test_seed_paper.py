@@ -1,13 +1,15 @@
 """One test per claim of arXiv:1308.3432 (the registry's rows), plus the properties behind them."""
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
 
 import gradstats as gs
-from gradstats import problems
+from gradstats import claims, problems
 from gradstats.claims import common, seed_paper
 from gradstats.testing import single_layer_problems
 
@@ -174,3 +176,70 @@ def test_st_on_a_squared_error_readout_has_a_closed_form(seed):
     c = problem.layer_slices()[0][1]
     expected = g[c] / (p * torch.sigmoid(-a)) + (2 * p - 1) * v.square().sum(0)
     assert torch.allclose(mean[c], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_notes_st(verdict):
+    """The reading notes' empirical sentence, judged on the committed MNIST runs: inconclusive while any row has
+    fewer than 10 seeds, else by the stated rule."""
+    row = verdict("NOTES-ST")
+    assert row["kind"] == "empirical" and row["statement"].startswith("straight-through units provide perform")
+    data = row["data"]
+    if data["short"]:
+        assert row["status"] == "inconclusive" and "under way" in row["qualifier"]
+    else:
+        expected = "confirmed" if all(data["beats"].values()) and not data["better"] else "refuted"
+        assert row["status"] == expected
+
+
+def _save_mnist_runs(directory, errors: dict[str, list[float]]) -> None:
+    """Report-run files of the MNIST study's shape: ``errors[gate][seed]`` as each run's test error."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for gate, values in errors.items():
+        for seed, error in enumerate(values):
+            cell = {"stage": "report", "gate": gate, "learning_rate": 0.1, "gater_rate_scale": 1.0, "seed": seed,
+                    "epochs": 40}
+            run = {"valid_error": error, "test_error": error, "train_criterion": 0.01, "sparsity": 0.1,
+                   "train_sparsity": 0.1, "best_epoch": 40, "curve": [], "on_curve": [], "seconds": 1.0}
+            (directory / f"report-{gate}-seed{seed}.json").write_text(json.dumps({"meta": {"cell": cell}, "run": run}))
+
+
+@pytest.mark.parametrize("case, status", [("st best", "confirmed"), ("a gate better", "refuted"),
+                                          ("a control as good", "refuted"), ("unfinished", "inconclusive"),
+                                          ("no runs", "inconclusive")])
+def test_notes_st_rule_on_made_up_studies(case, status, tmp_path, monkeypatch):
+    """The verdict's rule on made-up complete studies: ST below the controls and no gate significantly better
+    (confirmed); DisARM better than ST on all 10 seeds (exact Wilcoxon p = 0.002, Holm over 10 rows 0.02:
+    refuted); every gate on as good as ST (refuted); a row with 9 seeds, or no runs at all (inconclusive)."""
+    gen = np.random.default_rng(0)
+    seeds = seed_paper.NOTES_ST_SEEDS
+    errors = {g: list(0.02 + 0.001 * gen.standard_normal(seeds)) for g in seed_paper.NOTES_ST_GATED}
+    errors["st"] = [e - 0.0005 for e in errors["st"]]
+    errors |= {"all_on": list(0.07 + 0.001 * gen.standard_normal(seeds)),
+               "random_fixed": list(0.07 + 0.001 * gen.standard_normal(seeds)), "linear_softmax": [0.075]}
+    if case == "a gate better":
+        errors["disarm"] = [e - 0.003 for e in errors["st"]]
+    elif case == "a control as good":
+        errors["all_on"] = [e + 0.0001 * (-1) ** i for i, e in enumerate(errors["st"])]
+    elif case == "unfinished":
+        errors["reinmax"] = errors["reinmax"][:-1]
+    if case != "no runs":
+        _save_mnist_runs(tmp_path / "runs", errors)
+    monkeypatch.setenv("GRADSTATS_MNIST_RUNS", str(tmp_path / "runs"))
+    verdict = seed_paper.check_notes_st(claims.CheckSettings())
+    assert verdict.status == status, verdict.evidence
+    if case == "a gate better":
+        assert verdict.data["better"] == ["disarm"] and verdict.data["holm_p"]["disarm"] == pytest.approx(0.0195, rel=0.01)
+    if case == "unfinished":
+        assert verdict.data["short"] == {"reinmax": seeds - 1}
+
+
+def test_a_cached_notes_st_verdict_is_not_reused_once_a_run_is_added(tmp_path, monkeypatch):
+    """NOTES-ST reads saved runs: their digest is part of the cache key, so a run added to the study rechecks it."""
+    runs = tmp_path / "runs"
+    _save_mnist_runs(runs, {"st": [0.02, 0.021], "all_on": [0.07]})
+    monkeypatch.setenv("GRADSTATS_MNIST_RUNS", str(runs))
+    first = claims.run(["NOTES-ST"], cache_dir=tmp_path / "cache")[0]
+    assert claims.run(["NOTES-ST"], cache_dir=tmp_path / "cache")[0]["cached"]
+    _save_mnist_runs(runs, {"st": [0.02, 0.021, 0.022]})
+    again = claims.run(["NOTES-ST"], cache_dir=tmp_path / "cache")[0]
+    assert not again["cached"] and again["data"]["runs"] == first["data"]["runs"] + 1
