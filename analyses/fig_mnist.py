@@ -59,17 +59,17 @@ import gradstats as gs
 from analyses._runner import ROOT, Analysis, atomic_write, code_version, committed_path, estimate, run_cells, tex_number
 from gradstats import conditional as cc
 from gradstats.checkpoint import NotResumableError
+from gradstats.claims import seed_paper as notes_claim
 
 LEARNING_RATE = 0.1
 SCALES = (1.0, 0.1, 0.01)
 SELECT_EPOCHS = 10
 SELECTION_SEED = 1000
 REPORT_EPOCHS = 40
-REPORT_SEEDS = 10   # the exact two-sided Wilcoxon p of n pairs is at least 2 / 2^n: 0.0625 at 5 seeds, never below
-                    # 0.05; 0.002 at 10, below Holm's first threshold over the ten gated rows (0.005)
-PAPER_SEVEN = ("noisy_rectifier", "st", "sts", "reinforce", "rectifier", "sigmoid_noise", "sigmoid")
-GATED = PAPER_SEVEN + ("sts_code", "st_sigmoid", "reinmax", "disarm")
-CONTROLS = ("all_on", "random_fixed", "linear_softmax")
+# the rows and seeds that the claim NOTES-ST judges, defined once there
+REPORT_SEEDS = notes_claim.NOTES_ST_SEEDS
+GATED = notes_claim.NOTES_ST_GATED
+CONTROLS = notes_claim.NOTES_ST_CONTROLS
 LOGISTIC_C = (0.01, 0.1, 1.0, 10.0)      # the linear control's inverse L2 weights, selected on validation
 VERIFY_EPOCHS = 2
 RUNS = ROOT / "figures" / "data" / "fig_mnist_runs"
@@ -226,9 +226,10 @@ def _rows(run: dict, quick: bool, device: str) -> list[dict]:
 
 def compute(cell, config):
     """One run: read from the run directory when it is there (full study), else trained (and saved there)."""
+    device = str(cc.resolve_device(config.device))
     if cell.get("_stop"):
         run = _train(cell, _data(config.quick), config.device, stop=cell["_stop"])
-        return [r for r in _rows(run, config.quick, config.device) if r["metric"] == "valid_error" and r["epoch"] > 0]
+        return [r for r in _rows(run, config.quick, device) if r["metric"] == "valid_error" and r["epoch"] > 0]
     path = None if config.quick else _run_path(cell)
     if path is not None and path.exists():
         saved = json.loads(path.read_text())
@@ -236,7 +237,6 @@ def compute(cell, config):
     elif COLLECT:
         return []
     else:
-        device = str(cc.resolve_device(config.device))
         run = _train(cell, _data(config.quick), config.device,
                      checkpoint=None if path is None else path.with_suffix(".partial"))
         if path is not None:

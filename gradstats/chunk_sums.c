@@ -9,7 +9,8 @@
  * The columns are cut into blocks whose six accumulators stay in the second-level cache, the blocks shared among
  * the threads (OpenMP); within a block each row is read once, four rows at a time (the accumulators are read and
  * written once per four rows). Blocks of 8192 columns read each row in runs of 64 KB (float64), which the
- * processor's prefetchers follow; blocks of 512 ran at 0.75 of this speed on a two-core EPYC. Every sum is float64. Built by gradstats.native with the platform's C compiler.
+ * processor's prefetchers follow; blocks of 512 ran at 0.75 of this speed on a two-core EPYC. Every sum is
+ * float64. Built by gradstats.native with the platform's C compiler.
  */
 #include <stdint.h>
 #include <string.h>
