@@ -13,19 +13,22 @@ second of
   BatchGrad does not import its torchvision dependency) on the same network as
   ``nn.Module``s, its per-row gradients summed per draw and fed to the same ``GradientStats``;
 * a per-draw loop of backward passes into the same statistics (what research code does without vmap);
-* ``GradientStats.update`` alone, on chunks computed beforehand (in the steady state, once its jackknife
-  batches have reached their size), against the memory roofline: the bandwidth of a sum over a 256 MB
-  buffer measured in the same process, over the bytes of one draw's gradient (one read of the chunk);
+* ``GradientStats.update`` alone, on chunks computed beforehand, in a stream of known length (as
+  ``gs.gradient_stats`` runs it: the jackknife batches start at their final size, so none is merged on the
+  way), against the memory roofline: the bandwidth of a sum over a 256 MB buffer, over the bytes of one
+  draw's gradient (one read of the chunk), timed right after the update;
 
-every path scoring its draws against the same reference (the mean of 256 other draws), with the same
-statistics (moments to the fourth, sign agreement, per-draw cosines, jackknife batches); and three
+every path timed once a round, in ``--repeats`` rounds, and its median printed (a machine whose speed
+drifts moves every path alike); every path scoring its draws against the same reference (the mean of 256
+other draws), with the same statistics (moments to the fourth, sign agreement, per-draw cosines, jackknife
+batches); and three
 ratios with their targets: update / roofline (at least 0.40), gradient_stats / BackPACK (at least
 1.5), gradient_stats / bare vmap(grad) (at least 0.75). ``--json`` (default
 ``benchmarks/results/byom.json``, ``byom_float32.json`` in float32, ``_cuda`` before the suffix on a GPU;
 ``''`` for none) writes them for ``benchmarks/report.py``.
 
     python benchmarks/byom.py [--draws 2048] [--chunk 32] [--loop-draws 256] [--threads 2] [--device cpu]
-                              [--dtype float64] [--repeats 3] [--json out.json]
+                              [--dtype float64] [--repeats 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -187,10 +190,10 @@ def run_backpack(params, noise, draws, chunk, device, x, y) -> tuple[float, gs.G
 
 
 def bandwidth(device) -> float:
-    """Bytes per second of one read: the best of five sums over a 256 MB float64 buffer (out of every cache)."""
+    """Bytes per second of one read: the best of three sums over a 256 MB float64 buffer (out of every cache)."""
     buffer = torch.ones(2**25, dtype=torch.float64, device=device)
     best = math.inf
-    for _ in range(5):
+    for _ in range(3):
         sync(device)
         start = time.perf_counter()
         buffer.sum()
@@ -200,11 +203,13 @@ def bandwidth(device) -> float:
 
 
 def run_update(params, loss, noise, draws, chunk, device) -> float:
-    """Seconds for ``GradientStats.update`` alone on ``draws`` per-draw gradients computed beforehand, in the steady
-    state: timed after the statistics have taken ``draws`` draws (so the jackknife batches have reached their size)."""
+    """Seconds for ``GradientStats.update`` alone on ``draws`` per-draw gradients computed beforehand (eight chunks
+    in memory, fed in turn), in a stream of known length ``2 * draws`` whose first ``draws`` are a warm-up: the
+    jackknife batches start at their final size, as ``gs.gradient_stats`` starts them (in a stream of unknown length
+    the batches are merged pairwise each time the stream doubles, a cost per draw that halves with each doubling)."""
     chunks = list(gs.per_draw_gradients(loss, params, min(draws, 8 * chunk), noise_shape=noise, chunk_size=chunk,
                                         seed=1))
-    stats = gs.GradientStats(reference=REFERENCE)
+    stats = gs.GradientStats(reference=REFERENCE)._expect(2 * draws)
 
     def feed() -> int:
         done = 0
@@ -230,7 +235,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
-    parser.add_argument("--repeats", type=int, default=3, help="timings per path (the median is printed)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="rounds, each timing every path once (the median is printed)")
     parser.add_argument("--json", default=None, help="where to write the figures ('' for nowhere)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -258,20 +264,25 @@ def main(argv=None) -> None:
         print(f"  same {args.chunk} draws, vmap vs {label}: largest difference of the mean gradient {gap:.2e}")
         assert gap < tolerance, (label, gap)
 
-    def median(run) -> float:
-        run()   # warm up
-        return statistics.median(run() for _ in range(args.repeats))
-
-    rates = {
-        "gradient_stats": args.draws / median(lambda: run_vmap(params, loss, noise, args.draws, args.chunk, device)[0]),
-        "bare_vmap_grad": args.draws / median(lambda: run_bare_vmap(params, loss, noise, args.draws, args.chunk, device)),
-        "loop": args.loop_draws / median(lambda: run_loop(params, loss, noise, args.loop_draws, args.chunk, device)[0]),
+    # every path timed once a round, the rounds repeated: a machine whose speed drifts moves every path alike
+    paths = {
+        "gradient_stats": (args.draws, lambda: run_vmap(params, loss, noise, args.draws, args.chunk, device)[0]),
+        "bare_vmap_grad": (args.draws, lambda: run_bare_vmap(params, loss, noise, args.draws, args.chunk, device)),
+        "loop": (args.loop_draws, lambda: run_loop(params, loss, noise, args.loop_draws, args.chunk, device)[0]),
     }
     if run_backpack(params, noise, args.chunk, args.chunk, device, x, y) is not None:
-        rates["backpack_batchgrad"] = args.draws / median(
-            lambda: run_backpack(params, noise, args.draws, args.chunk, device, x, y)[0])
-    rates["update_alone"] = args.draws / median(lambda: run_update(params, loss, noise, args.draws, args.chunk, device))
-    rates["roofline"] = bandwidth(device) / (dim * torch.finfo(dtype).bits / 8)
+        paths["backpack_batchgrad"] = (args.draws, lambda: run_backpack(params, noise, args.draws, args.chunk, device,
+                                                                        x, y)[0])
+    paths["update_alone"] = (args.draws, lambda: run_update(params, loss, noise, args.draws, args.chunk, device))
+    bytes_per_draw = dim * torch.finfo(dtype).bits / 8
+    paths["roofline"] = (1, lambda: bytes_per_draw / bandwidth(device))   # seconds for one read of a draw
+    for _, run in paths.values():
+        run()   # warm up
+    seconds = {key: [] for key in paths}
+    for _ in range(args.repeats):
+        for key, (_, run) in paths.items():   # the bandwidth right after the update, as the update reads
+            seconds[key].append(run())
+    rates = {key: amount / statistics.median(seconds[key]) for key, (amount, _) in paths.items()}
     labels = {"gradient_stats": "gs.gradient_stats (vmap + update)", "bare_vmap_grad": "vmap(grad) alone, no statistics",
               "backpack_batchgrad": "BackPACK BatchGrad + update", "loop": "per-draw backward loop + update",
               "update_alone": "GradientStats.update alone", "roofline": "memory roofline (one read of a draw)"}

@@ -1,16 +1,19 @@
 /* One read of a chunk of per-draw gradients on a CPU: the sums of gradstats.chunk_sums in a single pass.
  *
- * x is [rows, cols] (float32 or float64, row-major), its rows cut into pieces by bounds[0..pieces]. For each piece p
- * and column j, out[p] = running[p] + [S1, S2, S3, S4, P, N] (a [6, cols] float64 array), with
- * S_k = sum over the piece's rows of (x_ij - shift_j)^k, P and N the counts of x_ij > 0 and x_ij < 0; running[p]
- * NULL counts as zeros. Per row i: dots[i] = <x_i, ref> (when ref is not NULL) and norms[i] = |x_i|^2, as
- * partial sums per thread ([threads, rows], zeroed by the caller, added over threads by the caller).
+ * A chunk is `groups` row-major blocks x[g] ([rows, cols_g], float32 where is_float[g], else float64), side by side:
+ * group g holds the columns offsets[g] .. offsets[g + 1] of the chunk's `total` columns. Its rows are cut into
+ * pieces by bounds[0..pieces]. For each piece p and column j, out[p] = running[p] + [S1, S2, S3, S4, P, N] (a
+ * [6, total] float64 array), with S_k = sum over the piece's rows of (x_ij - shift_j)^k, P and N the counts of
+ * x_ij > 0 and x_ij < 0; running[p] NULL counts as zeros, and out[p] may be running[p] (the sums in place). Per
+ * group and row: dots[g, i] = <x_gi, ref_g> (when ref is not NULL) and norms[g, i] = |x_gi|^2, as partial sums per
+ * thread ([threads, groups, rows], zeroed by the caller, added over threads by the caller).
  *
- * The columns are cut into blocks whose six accumulators stay in the second-level cache, the blocks shared among
- * the threads (OpenMP); within a block each row is read once, four rows at a time (the accumulators are read and
+ * The columns are shared among the threads (OpenMP) in equal runs, cut into blocks whose six accumulators stay in
+ * the second-level cache; within a block each row is read once, four rows at a time (the accumulators are read and
  * written once per four rows). Blocks of 8192 columns read each row in runs of 64 KB (float64), which the
  * processor's prefetchers follow; blocks of 512 ran at 0.75 of this speed on a two-core EPYC. Every sum is
- * float64. Built by gradstats.native with the platform's C compiler.
+ * float64. One call takes every group of a chunk (one team of threads, one start-up). Built by gradstats.native
+ * with the platform's C compiler.
  */
 #include <stdint.h>
 #include <string.h>
@@ -21,18 +24,17 @@
 #define BLOCK 8192    /* columns of a block: 6 x 8192 float64 accumulators, 384 KB, in the second-level cache */
 
 typedef struct {
-    const void *x; int is_float; int64_t rows, cols;
+    int64_t groups; const void *const *x; const int *is_float; const int64_t *offsets; int64_t rows, total;
     const double *shift; const double *const *running; double *const *out; const int64_t *bounds; int64_t pieces;
-    const double *ref; double *dots, *norms;
-    int64_t c0, c1;
+    const double *ref; double *dots, *norms;   /* this thread's [groups, rows] partial sums */
 } task_t;
 
 #define ROWS_KERNEL(T, NAME, DOT)                                                                                \
 static void NAME(const T *restrict x, int64_t cols, int64_t r0, int64_t r1, int64_t cb, int64_t ce,             \
-                 const double *restrict shift, double *restrict s, const double *restrict ref,                   \
+                 const double *restrict shift, double *restrict s, int64_t ld, const double *restrict ref,       \
                  double *restrict dots, double *restrict norms) {                                                \
-    double *restrict s1 = s, *restrict s2 = s + cols, *restrict s3 = s + 2 * cols, *restrict s4 = s + 3 * cols; \
-    double *restrict sp = s + 4 * cols, *restrict sn = s + 5 * cols;                                             \
+    double *restrict s1 = s, *restrict s2 = s + ld, *restrict s3 = s + 2 * ld, *restrict s4 = s + 3 * ld;       \
+    double *restrict sp = s + 4 * ld, *restrict sn = s + 5 * ld;                                                 \
     int64_t i = r0;                                                                                              \
     for (; i + 4 <= r1; i += 4) {                                                                                \
         const T *restrict a = x + i * cols, *restrict b = a + cols, *restrict c = b + cols, *restrict d = c + cols; \
@@ -74,35 +76,45 @@ ROWS_KERNEL(double, rows_double, 0)
 ROWS_KERNEL(float, rows_float_dot, 1)
 ROWS_KERNEL(float, rows_float, 0)
 
-static void work(const task_t *t) {
-    for (int64_t cb = t->c0; cb < t->c1; cb += BLOCK) {
-        int64_t ce = cb + BLOCK < t->c1 ? cb + BLOCK : t->c1;
-        for (int64_t p = 0; p < t->pieces; p++) {
-            double *s = t->out[p];
-            for (int k = 0; k < 6; k++) {   /* this block of the piece's sums starts from its running sums */
-                if (t->running[p]) memcpy(s + k * t->cols + cb, t->running[p] + k * t->cols + cb, (ce - cb) * sizeof(double));
-                else memset(s + k * t->cols + cb, 0, (ce - cb) * sizeof(double));
-            }
-            int64_t r0 = t->bounds[p], r1 = t->bounds[p + 1];
-            if (t->is_float) {
-                if (t->ref) rows_float_dot(t->x, t->cols, r0, r1, cb, ce, t->shift, s, t->ref, t->dots, t->norms);
-                else rows_float(t->x, t->cols, r0, r1, cb, ce, t->shift, s, t->ref, t->dots, t->norms);
-            } else {
-                if (t->ref) rows_double_dot(t->x, t->cols, r0, r1, cb, ce, t->shift, s, t->ref, t->dots, t->norms);
-                else rows_double(t->x, t->cols, r0, r1, cb, ce, t->shift, s, t->ref, t->dots, t->norms);
+/* Columns c0 .. c1 of the chunk (in one group or across several), block by block. */
+static void work(const task_t *t, int64_t c0, int64_t c1) {
+    for (int64_t g = 0; g < t->groups; g++) {
+        int64_t off = t->offsets[g], cols = t->offsets[g + 1] - off;
+        int64_t lo = c0 > off ? c0 : off, hi = c1 < off + cols ? c1 : off + cols;
+        double *dots = t->ref ? t->dots + g * t->rows : NULL, *norms = t->norms + g * t->rows;
+        const double *ref = t->ref ? t->ref + off : NULL;
+        for (int64_t cb = lo; cb < hi; cb += BLOCK) {
+            int64_t ce = cb + BLOCK < hi ? cb + BLOCK : hi;
+            for (int64_t p = 0; p < t->pieces; p++) {
+                double *s = t->out[p];
+                const double *run = t->running[p];
+                for (int k = 0; k < 6; k++) {   /* this block of the piece's sums starts from its running sums */
+                    if (run == NULL) memset(s + k * t->total + cb, 0, (ce - cb) * sizeof(double));
+                    else if (run != s) memcpy(s + k * t->total + cb, run + k * t->total + cb, (ce - cb) * sizeof(double));
+                }
+                int64_t r0 = t->bounds[p], r1 = t->bounds[p + 1];
+                double *so = s + off;
+                if (t->is_float[g]) {
+                    if (ref) rows_float_dot(t->x[g], cols, r0, r1, cb - off, ce - off, t->shift + off, so, t->total, ref, dots, norms);
+                    else rows_float(t->x[g], cols, r0, r1, cb - off, ce - off, t->shift + off, so, t->total, ref, dots, norms);
+                } else {
+                    if (ref) rows_double_dot(t->x[g], cols, r0, r1, cb - off, ce - off, t->shift + off, so, t->total, ref, dots, norms);
+                    else rows_double(t->x[g], cols, r0, r1, cb - off, ce - off, t->shift + off, so, t->total, ref, dots, norms);
+                }
             }
         }
     }
 }
 
-/* Returns the number of threads that ran (dots and norms hold that many rows of partial sums; the caller's
+/* Returns the number of threads that ran (dots and norms hold that many [groups, rows] partial sums; the caller's
  * arrays have room for `threads`). Built with OpenMP, the threads are the process's OpenMP team: in a process
  * that has loaded torch, torch's own (its libgomp.so.1), so the kernel does not compete with torch's threads,
  * which spin for a while after each parallel operation. Built without, one thread. */
-int gradstats_chunk_sums(const void *x, int is_float, int64_t rows, int64_t cols, const double *shift,
-                         const double *const *running, double *const *out, const int64_t *bounds, int64_t pieces,
-                         const double *ref, double *dots, double *norms, int threads) {
-    int64_t blocks = (cols + BLOCK - 1) / BLOCK;
+int gradstats_chunk_sums(int64_t groups, const void *const *x, const int *is_float, const int64_t *offsets,
+                         int64_t rows, const double *shift, const double *const *running, double *const *out,
+                         const int64_t *bounds, int64_t pieces, const double *ref, double *dots, double *norms,
+                         int threads) {
+    int64_t total = offsets[groups], blocks = (total + BLOCK - 1) / BLOCK;
     if (threads > blocks) threads = (int)blocks;
     if (threads < 1) threads = 1;
     int used = 1;
@@ -116,10 +128,11 @@ int gradstats_chunk_sums(const void *x, int is_float, int64_t rows, int64_t cols
         team = omp_get_num_threads();
         if (k == 0) used = team;
 #endif
-        task_t t = {x, is_float, rows, cols, shift, running, out, bounds, pieces, ref, dots + k * rows,
-                    norms + k * rows, blocks * k / team * BLOCK, blocks * (k + 1) / team * BLOCK};
-        if (t.c1 > cols) t.c1 = cols;
-        work(&t);
+        task_t t = {groups, x, is_float, offsets, rows, total, shift, running, out, bounds, pieces, ref,
+                    dots + k * groups * rows, norms + k * groups * rows};
+        /* equal runs of columns, cut at multiples of 8 (whole cache lines of float64 sums) */
+        int64_t c0 = total * k / team / 8 * 8, c1 = k + 1 == team ? total : total * (k + 1) / team / 8 * 8;
+        work(&t, c0, c1);
     }
     return used;
 }

@@ -16,7 +16,7 @@ cache-sized blocks.
 :math:`M_2 = S_2 - n d^2`, :math:`M_3 = S_3 - 3 d S_2 + 2 n d^3`,
 :math:`M_4 = S_4 - 4 d S_3 + 6 d^2 S_2 - 3 n d^4`), the summary that merges with the pairwise update of
 :mod:`gradstats.accumulators`. :class:`~gradstats.GradientStats` takes as shift the per-coordinate
-median of its first chunk, which lies within a spread of the mean however heavy the tails, so :math:`d` is
+median of its first chunk's first eight draws, which lies within a spread of the mean however heavy the tails, so :math:`d` is
 of the order of a standard deviation and the differences lose little to cancellation (the shifted-data
 algorithm of Chan, Golub & LeVeque 1983, "Algorithms for computing the sample variance: analysis and
 recommendations", The American Statistician 37(3)).
@@ -82,34 +82,38 @@ def _eager_row_sums(x: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
 _EAGER = (_eager_column_sums, _eager_row_sums, _batched_column_sums)
 
 
-def _native_chunk(lib, x: Tensor, shift: Tensor, running: list[Tensor | None], bounds: list[int],
-                  reference: Tensor | None) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
-    """:meth:`ChunkSums.chunk` by the C kernel: one read of ``x``."""
-    rows, cols = x.shape
+def _native_chunk(lib, parts: list[Tensor], shift: Tensor, running: list[Tensor | None], bounds: list[int],
+                  reference: Tensor | None, out: list[Tensor | None]) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
+    """:meth:`ChunkSums.chunk` by the C kernel: one read of every group, in one call."""
+    rows, groups = parts[0].shape[0], len(parts)
     threads = max(1, torch.get_num_threads())
-    out = [torch.empty(NUM_SUMS, cols, dtype=torch.float64) for _ in running]
-    partial = torch.zeros(2, threads, rows, dtype=torch.float64)
+    out = [torch.empty(NUM_SUMS, shift.shape[0], dtype=torch.float64) if o is None else o for o in out]
+    partial = torch.zeros(2, threads, groups, rows, dtype=torch.float64)
+    offsets = [0]
+    for x in parts:
+        offsets.append(offsets[-1] + x.shape[1])
     pointers = ctypes.c_void_p * len(running)
-    cut = torch.tensor(bounds, dtype=torch.int64)
     used = lib.gradstats_chunk_sums(
-        x.data_ptr(), int(x.dtype == torch.float32), rows, cols, shift.data_ptr(),
-        pointers(*[None if r is None else r.data_ptr() for r in running]), pointers(*[o.data_ptr() for o in out]),
-        cut.data_ptr(), len(running), None if reference is None else reference.data_ptr(),
-        partial[0].data_ptr(), partial[1].data_ptr(), threads)
+        groups, (ctypes.c_void_p * groups)(*[x.data_ptr() for x in parts]),
+        (ctypes.c_int * groups)(*[int(x.dtype == torch.float32) for x in parts]), (ctypes.c_int64 * (groups + 1))(*offsets),
+        rows, shift.data_ptr(), pointers(*[None if r is None else r.data_ptr() for r in running]),
+        pointers(*[o.data_ptr() for o in out]), (ctypes.c_int64 * len(bounds))(*bounds), len(running),
+        None if reference is None else reference.data_ptr(), partial[0].data_ptr(), partial[1].data_ptr(), threads)
     if reference is None:
         return out, None, None
-    inner, norm2 = partial[:, :used].sum(1)
+    inner, norm2 = partial[:, :used].sum(1).transpose(1, 2)
     return out, inner, norm2
 
 
-def _native_ready(x: Tensor, shift: Tensor, running: list[Tensor | None], reference: Tensor | None) -> bool:
+def fits(t: Tensor | None, dtypes=(torch.float64,)) -> bool:
+    """None, or a contiguous CPU tensor of one of ``dtypes``: what the C kernel reads as it is."""
+    return t is None or (t.device.type == "cpu" and t.dtype in dtypes and t.is_contiguous())
+
+
+def _native_ready(parts: list[Tensor], shift: Tensor, running: list[Tensor | None], reference: Tensor | None) -> bool:
     """Whether the C kernel takes these arguments as they are (CPU, contiguous, float64 sums)."""
-    f64 = torch.float64
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, f64) and x.is_contiguous()
-            and shift.dtype == f64 and shift.is_contiguous() and shift.device.type == "cpu"
-            and all(r is None or (r.dtype == f64 and r.is_contiguous() and r.device.type == "cpu") for r in running)
-            and (reference is None or (reference.dtype == f64 and reference.is_contiguous()
-                                       and reference.device.type == "cpu")))
+    return (all(fits(x, (torch.float32, torch.float64)) and x.dim() == 2 for x in parts) and fits(shift)
+            and all(fits(r) for r in running) and fits(reference))
 
 
 class ChunkSums:
@@ -144,18 +148,44 @@ class ChunkSums:
                 self._native = False
         return self._native or None
 
-    def chunk(self, x: Tensor, shift: Tensor, running: list[Tensor | None], bounds: list[int],
-              reference: Tensor | None) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
-        """The sums of a chunk ``x`` (``[B, n]``) cut into pieces at ``bounds`` (``bounds[0] = 0 < ... =
-        B``): per piece, its ``running`` sums (``[6, n]`` float64; None: none yet) plus its rows' column sums about
-        ``shift``, as new tensors; and, with a ``reference`` (``[n]``), the per-draw ``<x_i, g>`` and ``|x_i|^2``
-        of the whole chunk (else None, None)."""
-        lib = self._native_lib() if x.device.type == "cpu" else None
-        if self.mode == "native" and (lib is None or not _native_ready(x, shift, running, reference)):
+    def chunk(self, parts: list[Tensor], shift: Tensor, running: list[Tensor | None], bounds: list[int],
+              reference: Tensor | None, out: list[Tensor | None] | None = None
+              ) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
+        """The sums of a chunk of ``parts`` (one ``[B, n_g]`` block per parameter group; side by side they are the
+        chunk's ``D`` columns) cut into pieces at ``bounds`` (``bounds[0] = 0 < ... = B``): per piece, its
+        ``running`` sums (``[6, D]`` float64; None: none yet) plus its rows' column sums about ``shift`` (``[D]``),
+        in new tensors or, where the C kernel runs, in the piece's ``out`` buffer where one is given (``[6, D]``
+        float64, contiguous, not the running sums of another piece; its contents are overwritten); and, with a
+        ``reference`` (``[D]``), the per-draw ``<x_i, g>`` and ``|x_i|^2`` of each group (``[B, L]`` each; else
+        None, None)."""
+        cpu = parts[0].device.type == "cpu"
+        lib = self._native_lib() if cpu else None
+        ready = lib is not None and _native_ready(parts, shift, running, reference)
+        if self.mode == "native" and not ready:
             raise ValueError("ChunkSums('native') takes contiguous CPU chunks (float32 or float64) with float64 "
-                             f"sums; got {x.dtype} on {x.device}")
-        if lib is not None and _native_ready(x, shift, running, reference):
-            return _native_chunk(lib, x, shift, running, bounds, reference)
+                             f"sums; got {[x.dtype for x in parts]} on {parts[0].device}")
+        if ready:
+            out = [None] * len(running) if out is None else out
+            if not all(o is None or (o.shape == (NUM_SUMS, shift.shape[0]) and fits(o)) for o in out):
+                raise ValueError(f"out: expected contiguous [{NUM_SUMS}, {shift.shape[0]}] float64 CPU buffers")
+            return _native_chunk(lib, parts, shift, running, bounds, reference, out)
+        columns, inner, norm2, start = [], [], [], 0
+        for x in parts:
+            cols = slice(start, start + x.shape[1])
+            start = cols.stop
+            sums, dots, norms = self._group(x, shift[cols], [None if r is None else r[:, cols] for r in running],
+                                            bounds, None if reference is None else reference[cols])
+            columns.append(sums)
+            inner.append(dots)
+            norm2.append(norms)
+        sums = [torch.cat(piece, 1) for piece in zip(*columns)]
+        if reference is None:
+            return sums, None, None
+        return sums, torch.stack(inner, 1), torch.stack(norm2, 1)
+
+    def _group(self, x: Tensor, shift: Tensor, running: list[Tensor | None], bounds: list[int],
+               reference: Tensor | None) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
+        """:meth:`chunk` of one group by torch's kernels."""
         sums: list[Tensor | None] = [None] * len(running)
         i = 0
         while i < len(running):

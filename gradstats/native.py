@@ -93,7 +93,8 @@ def load(directory: str | Path | None = None) -> ctypes.CDLL:
         raise NativeUnavailable("; ".join(errors))
     fn = lib.gradstats_chunk_sums
     p = ctypes.c_void_p
-    fn.argtypes = [p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, p, p, p, p, ctypes.c_int64, p, p, p, ctypes.c_int]
+    i64 = ctypes.c_int64
+    fn.argtypes = [i64, p, p, p, i64, p, p, p, p, i64, p, p, p, ctypes.c_int]
     fn.restype = ctypes.c_int
     _loaded[key] = lib
     return lib

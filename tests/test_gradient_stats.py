@@ -202,6 +202,37 @@ def test_a_refused_chunk_leaves_the_statistics_as_they_were():
         stats.update(torch.full((4, 2), 1e300, dtype=torch.float64) * torch.tensor([[1.0], [-1.0], [1.0], [-1.0]]))
 
 
+def test_recycled_running_sums_give_the_statistics_of_fresh_ones():
+    """The running sums a commit replaces are written again by later chunks: a stream of unknown length (its
+    batches merged on the way) in which every third chunk is followed by a refused one (a NaN) ends with exactly
+    the statistics of the same stream without the refused chunks, and of the pairwise accumulators to rounding."""
+    from gradstats.accumulators import GradientAccumulator
+    from gradstats.gradient_stats import ParameterLayout
+    from gradstats.problems import FactoredGradient
+
+    gen = torch.Generator().manual_seed(12)
+    draws = torch.randn(600, 7, generator=gen, dtype=torch.float64) * torch.arange(1, 8) + 3.0
+    reference = torch.linspace(-1, 1, 7, dtype=torch.float64)
+    clean = gs.GradientStats(reference=reference, num_batches=3)
+    noisy = gs.GradientStats(reference=reference, num_batches=3)
+    expected = GradientAccumulator(ParameterLayout({"all": (7,)}), {"reference": reference})
+    for k, start in enumerate(range(0, 600, 25)):
+        chunk = draws[start:start + 25]
+        clean.update(chunk)
+        noisy.update(chunk)
+        expected.add(FactoredGradient([chunk], [None]))
+        if k % 3 == 0:
+            bad = chunk.clone()
+            bad[5, 2] = float("nan")
+            with pytest.raises(ValueError, match="non-finite"):
+                noisy.update(bad)
+    for a, b in zip(clean.state_dict()["batches"], noisy.state_dict()["batches"], strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in ("mean", "m2", "m3", "m4"))
+    got, want = clean._summary(), expected.summary
+    assert torch.allclose(got.mean, want.mean, rtol=1e-13) and torch.allclose(got.m2, want.m2, rtol=1e-11)
+    assert torch.equal(got.sign_agree["reference"], want.sign_agree["reference"])
+
+
 def test_unbiasedness_test_carries_an_estimated_references_error():
     """Unbiased draws (the gradient plus standard normal noise, D = 20) against a reference estimated from as many
     other draws: 200 seeded runs at level 0.05. With the reference's standard error the test rejects in at most
@@ -407,7 +438,7 @@ def test_a_machine_without_a_compiler_falls_back_to_eager_sums_with_one_warning_
     assert "torch.compile failed on cpu" in messages[1] and "no C++ compiler found" in messages[1]
     assert sums.mode == "eager"
     with pytest.raises(NativeUnavailable, match="no C compiler"):
-        ChunkSums("native").chunk(draws, draws[0], [None], [0, 50], None)
+        ChunkSums("native").chunk([draws], draws[0], [None], [0, 50], None)
     assert torch.allclose(stats.mean, draws.mean(0), rtol=1e-14, atol=1e-15)
     assert torch.allclose(stats.var, draws.var(0), rtol=1e-12)
     with pytest.raises(ValueError, match="mode must be one of"):
@@ -420,8 +451,9 @@ def test_a_machine_without_a_compiler_falls_back_to_eager_sums_with_one_warning_
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_c_kernel_gives_the_eager_sums_piece_by_piece(dtype):
     """ChunkSums.chunk by the C kernel against the eager arithmetic, on a chunk of 23 rows (not a multiple of
-    the kernel's four) and 20,000 columns (two blocks of 8,192 and a part) cut into pieces of 1, 9 and 13 rows, the middle
-    one with running sums, zeros and signed values; with and without a reference; at 1 and 3 threads."""
+    the kernel's four) in three groups of 13, 11,000 and 8,987 columns (the last always float64; 20,000 in all: two
+    blocks of 8,192 and a part, cut across groups) cut into pieces of 1, 9 and 13 rows, the middle one with running
+    sums, zeros and signed values; with and without a reference; at 1 and 3 threads."""
     from gradstats.chunk_sums import NUM_SUMS, ChunkSums
 
     _needs_a_compiler("native")
@@ -431,6 +463,7 @@ def test_the_c_kernel_gives_the_eager_sums_piece_by_piece(dtype):
     x[3, 100:200] = -0.0
     x = x.to(dtype)
     shift = x.to(torch.float64).median(0).values
+    parts = [x[:, :13].contiguous(), x[:, 13:11_013].contiguous(), x[:, 11_013:].to(torch.float64).contiguous()]
     running = [None, torch.randn(NUM_SUMS, 20_000, generator=gen, dtype=torch.float64), None]
     running[1][4:] = torch.randint(0, 50, (2, 20_000), generator=gen).to(torch.float64)   # counts so far
     bounds = [0, 1, 10, 23]
@@ -441,14 +474,16 @@ def test_the_c_kernel_gives_the_eager_sums_piece_by_piece(dtype):
         for t in (1, 3):
             torch.set_num_threads(t)
             for ref in (reference, None):
-                got = ChunkSums("native").chunk(x, shift, running, bounds, ref)
-                want = eager.chunk(x, shift, running, bounds, ref)
+                got = ChunkSums("native").chunk(parts, shift, running, bounds, ref)
+                want = eager.chunk(parts, shift, running, bounds, ref)
                 for a, b in zip(got[0], want[0]):
+                    assert a.shape == (NUM_SUMS, 20_000)
                     assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
                     assert torch.equal(a[4:], b[4:])                  # the sign counts exactly
                 if ref is None:
                     assert got[1] is None and got[2] is None
                 else:
+                    assert got[1].shape == got[2].shape == (23, 3)
                     assert torch.allclose(got[1], want[1], rtol=1e-12, atol=1e-12)
                     assert torch.allclose(got[2], want[2], rtol=1e-12)
     finally:
