@@ -201,7 +201,7 @@ def body(kind: str, record: dict) -> list[str]:
                   "bare_vmap_grad": "a hand-written ``vmap(grad)``, the gradients alone",
                   "backpack_batchgrad": "BackPACK ``BatchGrad``, into the same ``GradientStats``",
                   "loop": "a per-draw loop of backward passes, into the same ``GradientStats``",
-                  "update_alone": "``GradientStats.update`` alone (steady state)",
+                  "update_alone": "``GradientStats.update`` alone (a stream of known length)",
                   "roofline": "memory roofline: one read of a draw's gradient"}
         lines = list_table(["path", "draws/s"], [[labels[k], rate(v)] for k, v in f["rates"].items()])
         targets = {"update_over_roofline": ("the update over the roofline", 0.40),
