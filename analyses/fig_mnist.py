@@ -16,7 +16,9 @@ smaller than another's is not judged at the other's step size. Controls: every g
 ungated expert path, a linear classifier), a fixed random 10% of the units on (``random_fixed``), and a
 multinomial logistic regression on the pixels (``linear_softmax``, scikit-learn, its L2 weight selected on the
 validation set; convex, so one run and no seed error). Then :data:`REPORT_SEEDS` seeds a row, each trained for
-:data:`REPORT_EPOCHS` epochs with the validation error after every epoch (the learning curves). Paired tests
+:data:`REPORT_EPOCHS` epochs with the validation error after every epoch (the learning curves). Whether that is
+enough is checked by long runs, report seed 0 of :data:`LONG_GATES` trained for :data:`LONG_EPOCHS` epochs (their
+first :data:`REPORT_EPOCHS` epochs are the report run's), drawn beside the learning curves and not in the table. Paired tests
 against ST (Wilcoxon signed-rank over seeds, the same initialisation and data order per seed) carry Holm's
 correction over the rows. Ten seeds, because the exact test of n pairs cannot give a p-value below
 :math:`2/2^n`: 0.0625 with five seeds, so that no difference could be called significant at all, and 0.002 with
@@ -66,6 +68,10 @@ SCALES = (1.0, 0.1, 0.01)
 SELECT_EPOCHS = 10
 SELECTION_SEED = 1000
 REPORT_EPOCHS = 40
+# does the validation error stop improving within REPORT_EPOCHS? These gates' report seed 0 trained for LONG_EPOCHS
+# (the same run for its first REPORT_EPOCHS epochs), ST and the gates behind it whose curves still fall at epoch 40
+LONG_EPOCHS = 100
+LONG_GATES = ("st", "disarm", "reinmax", "sts_code")
 # the rows and seeds that the claim NOTES-ST judges, defined once there
 REPORT_SEEDS = notes_claim.NOTES_ST_SEEDS
 GATED = notes_claim.NOTES_ST_GATED
@@ -136,7 +142,10 @@ def cells(config) -> list[dict]:
                    if g in chosen]
         report += [_cell("report", g, 1.0, config.seed + seed, _epochs(config, "report")) for g in _controls(config)
                    if g != "linear_softmax" or seed == 0]
-    return selection + report
+    # the long runs before the remaining report runs: they decide whether REPORT_EPOCHS suffices
+    long = [] if config.quick else [_cell("long", g, chosen[g], config.seed, LONG_EPOCHS) for g in LONG_GATES
+                                     if g in chosen]
+    return selection + long + report
 
 
 def _run_path(cell: dict) -> Path:
@@ -352,6 +361,13 @@ def _selection_plot(frame):
     return fig
 
 
+def _seed_range(rep: pd.DataFrame) -> str:
+    """"k" or "k-m": the fewest and most seeds a trained row has."""
+    counts = rep[rep.cell_gate != "linear_softmax"].groupby("cell_gate").cell_seed.nunique()
+    low, high = int(counts.min()), int(counts.max())
+    return str(low) if low == high else f"{low}-{high}"
+
+
 def plot(frame, meta, config):
     if not (frame.cell_stage == "report").any():
         atomic_write(config.generated / f"tab_mnist{'-quick' if config.quick else ''}.tex",
@@ -362,8 +378,8 @@ def plot(frame, meta, config):
     order = _order(rows)
     rep = frame[frame.cell_stage == "report"]
     palette = dict(zip(order, plt.get_cmap("tab20")(np.linspace(0, 1, max(len(order), 2)))))
-    fig, mosaic = plt.subplot_mosaic("AB;AC", figsize=(6.3, 5.6), width_ratios=[1.1, 1])
-    axes = [mosaic["A"], mosaic["B"], mosaic["C"]]
+    fig, mosaic = plt.subplot_mosaic("AB;AC;AD", figsize=(6.3, 7.6), width_ratios=[1.1, 1])
+    axes = [mosaic["A"], mosaic["B"], mosaic["C"], mosaic["D"]]
     for i, g in enumerate(order):
         row = rows[g]
         axes[0].errorbar(100 * row["mean"], i, xerr=2 * 100 * row["stderr"] if math.isfinite(row["stderr"]) else 0,
@@ -372,7 +388,7 @@ def plot(frame, meta, config):
         if published is not None:
             axes[0].plot(published, i, marker="x", color="#d62728", markersize=4, linestyle="none")
     axes[0].set(yticks=range(len(order)), yticklabels=order, ylim=(len(order) - 0.5, -0.5), xlabel="test error (%)",
-                title=f"{rep.cell_seed.nunique()} seeds: mean, 2 s.e.; x: paper")
+                title=f"{_seed_range(rep)} seeds a row: mean, 2 s.e.; x: paper")
     for g in order:
         sub = rep[(rep.cell_gate == g) & (rep.epoch > 0)]
         for metric, ax in (("valid_error", axes[1]), ("train_on", axes[2])):
@@ -383,10 +399,40 @@ def plot(frame, meta, config):
     axes[1].set(xlabel="epoch", ylabel="validation error (%)", yscale="log", title="learning curves (mean over seeds)")
     axes[2].set(xlabel="epoch", ylabel="fraction of gates on", title="sparsity in training")
     axes[2].axhline(0.1, color="black", linewidth=0.5, linestyle=":")
+    long = frame[(frame.cell_stage == "long") & (frame.metric == "valid_error") & (frame.epoch > 0)]
+    for g, sub in long.groupby("cell_gate"):
+        axes[3].plot(sub.epoch, 100 * sub.value, color=palette.get(g, "black"), linewidth=0.8)
+    axes[3].axvline(REPORT_EPOCHS, color="black", linewidth=0.5, linestyle=":")
+    axes[3].set(xlabel="epoch", ylabel="validation error (%)", xlim=(0, LONG_EPOCHS),
+                title=f"long runs (seed 0, {LONG_EPOCHS} epochs): {long.cell_gate.nunique()} of {len(LONG_GATES)}")
+    if len(long):
+        axes[3].set_yscale("log")
+    else:
+        axes[3].text(0.5, 0.5, "none finished yet", transform=axes[3].transAxes, ha="center", va="center")
     handles, labels = axes[1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, frameon=False, fontsize=7)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
+
+
+def _convergence(frame) -> dict[str, str]:
+    """Whether the validation error stops improving within :data:`REPORT_EPOCHS`: how many gated report runs found
+    their best epoch in the last ten, their median best epoch, and per finished long run its best epoch and how much
+    lower its best validation error is than the best within the first :data:`REPORT_EPOCHS` epochs (points)."""
+    final = _final(frame)
+    gated = final[final.cell_gate.isin(GATED)]
+    out = {"mnistGatedReportRuns": str(len(gated)),
+           "mnistLateBestRuns": str(int((gated.best_epoch > REPORT_EPOCHS - 10).sum())),
+           "mnistBestEpochMedian": tex_number(float(gated.best_epoch.median()), 3) if len(gated) else "--",
+           "mnistLongEpochs": str(LONG_EPOCHS), "mnistLongPlanned": str(len(LONG_GATES))}
+    long = frame[(frame.cell_stage == "long") & (frame.metric == "valid_error") & (frame.epoch > 0)]
+    out["mnistLongRuns"] = str(long.cell_gate.nunique())
+    for gate, sub in long.groupby("cell_gate"):
+        curve = sub.set_index("epoch").value.sort_index()
+        key = "".join(part.capitalize() for part in gate.split("_"))
+        out[f"mnistLong{key}BestEpoch"] = str(int(curve.idxmin()))
+        out[f"mnistLong{key}Gain"] = tex_number(100 * float(curve.loc[:REPORT_EPOCHS].min() - curve.min()), 2)
+    return out
 
 
 def numbers(frame, config):
@@ -398,7 +444,11 @@ def numbers(frame, config):
     rows = summary(frame)
     out |= {"mnistSeeds": str(int(rep[~rep.cell_gate.isin(["linear_softmax"])].groupby("cell_gate").cell_seed
                                    .nunique().min())),
-            "mnistEpochs": str(int(rep.cell_epochs.max())), "mnistRows": str(len(rows))}
+            "mnistEpochs": str(int(rep.cell_epochs.max())), "mnistRows": str(len(rows)),
+            "mnistPlannedRuns": str(sum(1 if g == "linear_softmax" else REPORT_SEEDS for g in GATED + CONTROLS))}
+    out |= _convergence(frame)
+    for gate, error in cc.PUBLISHED_TEST_ERROR.items():   # the paper's test errors (%), one run each
+        out["mnistPaper" + "".join(part.capitalize() for part in gate.split("_")) + "Error"] = tex_number(error, 3)
     for gate, row in rows.items():
         key = "".join(part.capitalize() for part in gate.split("_"))
         out[f"mnist{key}Error"] = (estimate(100 * row["mean"], 100 * row["stderr"]) if math.isfinite(row["stderr"])
