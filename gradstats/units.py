@@ -158,7 +158,8 @@ def conditional_logistic_noise(a: Tensor, b: Tensor, v: Tensor) -> Tensor:
 
     ``b = 1[a + \ell > 0]`` for :math:`\ell = \log(1 - u) - \log u`, so given ``b`` the uniform ``u`` is uniform
     on :math:`[0, p)` (``b = 1``) or :math:`[p, 1)` (``b = 0``): :math:`\tilde u = v p` or :math:`p + v(1 - p)`
-    (Tucker et al. 2017, REBAR, appendix; the conditional Gumbel of Paulus et al. 2021 for two classes), and
+    (Tucker et al. 2017, REBAR, appendix; Grathwohl et al. 2018, appendix B, "Bernoulli", with their uniform
+    :math:`1 - u`; the conditional Gumbel of Paulus et al. 2021 for two classes), and
     :math:`\tilde\ell = \log(1 - \tilde u) - \log \tilde u`. Neither :math:`1 - p` nor :math:`1 - \tilde u` is
     formed by subtraction: :math:`1 - \tilde u` is :math:`(1 - v) + v(1 - p)` or :math:`(1 - v)(1 - p)`. Holding
     ``v`` fixed, :math:`a + \tilde\ell` has the law of :math:`z = a + \ell` given ``b``; its derivative in ``a``

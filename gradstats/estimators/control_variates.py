@@ -62,8 +62,9 @@ __all__ = [
 
 def relax_rule(a: Tensor, b: Tensor, loss: Tensor, control_conditional: Tensor, pathwise: Tensor,
                pathwise_conditional: Tensor) -> Tensor:
-    r"""RELAX for binary units (Grathwohl, Choi, Wu, Roeder & Duvenaud 2018, sec. 3.3; REBAR of Tucker, Mnih,
-    Maddison, Lawson & Sohl-Dickstein 2017, sec. 3, is its special case):
+    r"""RELAX for binary units (Grathwohl, Choi, Wu, Roeder & Duvenaud 2018, Eq. 8 in sec. 3.2, with
+    :math:`\partial_a \log P(b) = b - p`; REBAR of Tucker, Mnih, Maddison, Lawson & Sohl-Dickstein 2017 is its
+    special case :math:`c(z) = \eta f(\sigma_\lambda(z))`, Grathwohl et al.'s sec. 3.3 and 4):
     :math:`\hat g = (f(b) - c(\tilde z))(b - p) + \partial_a c(z) - \partial_a c(\tilde z)`.
 
     ``loss`` is :math:`f(b)` and ``control_conditional`` :math:`c(\tilde z)` per row (``[...]``, values held
@@ -248,7 +249,7 @@ def train_control(problem: Problem, networks, *, temperature: float, scale: floa
                   learning_rate: float, seed: int) -> list[float]:
     r"""RELAX's own training loop: Adam on the networks' weights to minimise the estimate's mean squared norm over
     ``draws`` fresh draws a step (its mean does not depend on the weights, so this is its variance plus a
-    constant; Grathwohl et al. 2018, sec. 3.1). The draws come from a generator seeded with ``seed``, apart from
+    constant; Grathwohl et al. 2018, Eq. 6 in sec. 3.1). The draws come from a generator seeded with ``seed``, apart from
     any measurement's stream. Returns the objective at each step."""
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam([w for net in networks for w in net.parameters()], lr=learning_rate)
@@ -305,5 +306,6 @@ RELAX = Estimator(
     loss_evals=_one_plus_two_per_layer,
     noise_per_unit=lambda options: 2,
     reference="Grathwohl, Choi, Wu, Roeder & Duvenaud 2018, Backpropagation through the Void: Optimizing control "
-              "variates for black-box gradient estimation (ICLR), sec. 3.3",
+              "variates for black-box gradient estimation (ICLR), Eq. 8 (sec. 3.2), the control of sec. 3.3, "
+              "the conditional sampler of appendix B",
 )
