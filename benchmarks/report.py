@@ -95,6 +95,11 @@ def headline_rows(found: dict[str, dict]) -> list[tuple[str, str, str, dict]]:
             against = [f"{times(r['gradient_stats'] / r['loop'])} a per-draw backward loop"]
             if "backpack_batchgrad" in r:
                 against.append(f"{times(r['gradient_stats'] / r['backpack_batchgrad'])} BackPACK's BatchGrad")
+            if "bare_vmap_grad" in r:
+                against.append(f"{r['gradient_stats'] / r['bare_vmap_grad']:.2f} of a bare `vmap(grad)`")
+            if "update_alone" in r:
+                against.append(f"the update alone {r['update_alone'] / r['roofline']:.2f} of one read at the "
+                               "memory bandwidth")
             rows.append((f"your own model, {found[name]['parameters']:,} parameters", f"{rate(r['gradient_stats'])} "
                          "draws/s", ", ".join(against), found[name]))
     if "training" in found:
