@@ -124,5 +124,8 @@ def test_the_long_runs_say_whether_the_report_budget_was_enough(tmp_path, monkey
     assert value["mnistLateBestRuns"] == "1" and value["mnistGatedReportRuns"] == "2"
     assert value["mnistLongRuns"] == "1" and value["mnistLongStBestEpoch"] == "80"
     assert float(value["mnistLongStGain"]) == pytest.approx(100 * 0.0001 * 40)      # 0.4 points after epoch 40
+    # three significant digits: the mean over epochs 31-40, 2.645, and over the flat last ten, 2.2
+    assert float(value["mnistLongStMeanAtBudget"]) == pytest.approx(3 - 0.01 * 35.5, abs=0.006)
+    assert float(value["mnistLongStMeanAtEnd"]) == pytest.approx(3 - 0.01 * 80, abs=0.006)
     table = (tmp_path / "paper" / "generated" / "tab_mnist.tex").read_text()
     assert table.count("\nst &") == 1 and "\nst & 2 (0) &" in table                  # the long run is not a row
