@@ -470,6 +470,11 @@ def format_estimate(value: float, stderr: float, tex: bool = False) -> str:
     return f"({text_v}{pm}{text_s}){times}"
 
 
+def macro_part(name: str) -> str:
+    """A snake_case name as part of a macro name (letters only): ``"noisy_rectifier"`` -> ``"NoisyRectifier"``."""
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
 def write_numbers(config: Config, numbers: dict[str, str | Reported]) -> Path:
     """``paper/generated/NAME.tex``: one ``\\newcommand`` per number (macro names: letters only), and
     ``NAME.json`` beside it with each :class:`Reported` number's value, error and kind (what

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 
 import gradstats as gs
-from analyses._runner import Analysis, atomic_write, estimate, run_cells, tex_number
+from analyses._runner import Analysis, atomic_write, estimate, macro_part, run_cells, tex_number
 from gradstats import conditional as cc
 
 REPORT_SEEDS = 10
@@ -159,7 +159,7 @@ def numbers(frame, config):
            "condEdgeRates": ", ".join(g.replace("_", "\\_") for g, (r, _) in sorted(chosen.items())
                                       if r in (min(cc.RATES), max(cc.RATES))) or "none"}
     for gate, row in summary.items():
-        key = "".join(part.capitalize() for part in gate.split("_"))
+        key = macro_part(gate)
         out[f"cond{key}Error"] = estimate(100 * row["mean"], 100 * row["stderr"])
         out[f"cond{key}Rate"] = tex_number(chosen[gate][0], 2)
         if "difference" in row:

@@ -30,7 +30,7 @@ import torch
 
 import gradstats as gs
 from analyses import fig_conditional
-from analyses._runner import Analysis, estimate, exact, run_cells, t_interval
+from analyses._runner import Analysis, estimate, exact, macro_part, run_cells, t_interval
 from gradstats import conditional as cc
 
 MINIBATCH = 32
@@ -154,7 +154,7 @@ def numbers(frame, config):
            "gatesReferenceRelativeStderr": exact(ref.value.max(), 2),
            "gatesStRate": f"{frame.cell_learning_rate.iloc[0]:g}"}
     for gate in cc.GRADIENT_GATES:
-        key = "gates" + "".join(part.capitalize() for part in gate.split("_"))
+        key = "gates" + macro_part(gate)
         out[key + "Cosine"] = value(gate, "cosine_mean")
         out[key + "CosineStart"] = value(gate, "cosine_mean", epoch=0)
         out[key + "RelativeBias"] = value(gate, "relative_bias")

@@ -59,7 +59,17 @@ import pandas as pd
 import torch
 
 import gradstats as gs
-from analyses._runner import ROOT, Analysis, atomic_write, code_version, committed_path, estimate, run_cells, tex_number
+from analyses._runner import (
+    ROOT,
+    Analysis,
+    atomic_write,
+    code_version,
+    committed_path,
+    estimate,
+    macro_part,
+    run_cells,
+    tex_number,
+)
 from gradstats import conditional as cc
 from gradstats.checkpoint import NotResumableError
 from gradstats.claims import seed_paper as notes_claim
@@ -431,7 +441,7 @@ def _convergence(frame) -> dict[str, str]:
     out["mnistLongRuns"] = str(long.cell_gate.nunique())
     for gate, sub in long.groupby("cell_gate"):
         curve = sub.set_index("epoch").value.sort_index()
-        key = "".join(part.capitalize() for part in gate.split("_"))
+        key = macro_part(gate)
         out[f"mnistLong{key}BestEpoch"] = str(int(curve.idxmin()))
         out[f"mnistLong{key}Gain"] = tex_number(100 * float(curve.loc[:REPORT_EPOCHS].min() - curve.min()), 2)
         # the curve is noisy: its lowest point falls with more epochs to select from even on a plateau, so the
@@ -455,9 +465,9 @@ def numbers(frame, config):
             "mnistPlannedRuns": str(sum(1 if g == "linear_softmax" else REPORT_SEEDS for g in GATED + CONTROLS))}
     out |= _convergence(frame)
     for gate, error in cc.PUBLISHED_TEST_ERROR.items():   # the paper's test errors (%), one run each
-        out["mnistPaper" + "".join(part.capitalize() for part in gate.split("_")) + "Error"] = tex_number(error, 3)
+        out[f"mnistPaper{macro_part(gate)}Error"] = tex_number(error, 3)
     for gate, row in rows.items():
-        key = "".join(part.capitalize() for part in gate.split("_"))
+        key = macro_part(gate)
         out[f"mnist{key}Error"] = (estimate(100 * row["mean"], 100 * row["stderr"]) if math.isfinite(row["stderr"])
                                    else tex_number(100 * row["mean"], 3))
         if "difference" in row and math.isfinite(row["difference_stderr"]):

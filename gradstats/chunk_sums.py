@@ -25,6 +25,7 @@ recommendations", The American Statistician 37(3)).
 from __future__ import annotations
 
 import ctypes
+import itertools
 import warnings
 
 import torch
@@ -82,16 +83,15 @@ def _eager_row_sums(x: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
 _EAGER = (_eager_column_sums, _eager_row_sums, _batched_column_sums)
 
 
-def _native_chunk(lib, parts: list[Tensor], shift: Tensor, running: list[Tensor | None], bounds: list[int],
-                  reference: Tensor | None, out: list[Tensor | None]) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
-    """:meth:`ChunkSums.chunk` by the C kernel: one read of every group, in one call."""
+def _native_chunk(lib, parts: list[Tensor], offsets: list[int], shift: Tensor, running: list[Tensor | None],
+                  bounds: list[int], reference: Tensor | None, out: list[Tensor | None]
+                  ) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
+    """:meth:`ChunkSums.chunk` by the C kernel: one read of every group, in one call (group ``g`` holds the
+    columns ``offsets[g]:offsets[g + 1]``)."""
     rows, groups = parts[0].shape[0], len(parts)
     threads = max(1, torch.get_num_threads())
     out = [torch.empty(NUM_SUMS, shift.shape[0], dtype=torch.float64) if o is None else o for o in out]
     partial = torch.zeros(2, threads, groups, rows, dtype=torch.float64)
-    offsets = [0]
-    for x in parts:
-        offsets.append(offsets[-1] + x.shape[1])
     pointers = ctypes.c_void_p * len(running)
     used = lib.gradstats_chunk_sums(
         groups, (ctypes.c_void_p * groups)(*[x.data_ptr() for x in parts]),
@@ -105,15 +105,15 @@ def _native_chunk(lib, parts: list[Tensor], shift: Tensor, running: list[Tensor 
     return out, inner, norm2
 
 
-def fits(t: Tensor | None, dtypes=(torch.float64,)) -> bool:
+def _fits(t: Tensor | None, dtypes=(torch.float64,)) -> bool:
     """None, or a contiguous CPU tensor of one of ``dtypes``: what the C kernel reads as it is."""
     return t is None or (t.device.type == "cpu" and t.dtype in dtypes and t.is_contiguous())
 
 
 def _native_ready(parts: list[Tensor], shift: Tensor, running: list[Tensor | None], reference: Tensor | None) -> bool:
     """Whether the C kernel takes these arguments as they are (CPU, contiguous, float64 sums)."""
-    return (all(fits(x, (torch.float32, torch.float64)) and x.dim() == 2 for x in parts) and fits(shift)
-            and all(fits(r) for r in running) and fits(reference))
+    return (all(_fits(x, (torch.float32, torch.float64)) and x.dim() == 2 for x in parts) and _fits(shift)
+            and all(_fits(r) for r in running) and _fits(reference))
 
 
 class ChunkSums:
@@ -158,21 +158,20 @@ class ChunkSums:
         float64, contiguous, not the running sums of another piece; its contents are overwritten); and, with a
         ``reference`` (``[D]``), the per-draw ``<x_i, g>`` and ``|x_i|^2`` of each group (``[B, L]`` each; else
         None, None)."""
-        cpu = parts[0].device.type == "cpu"
-        lib = self._native_lib() if cpu else None
+        lib = self._native_lib() if parts[0].device.type == "cpu" else None
         ready = lib is not None and _native_ready(parts, shift, running, reference)
+        offsets = [0, *itertools.accumulate(x.shape[1] for x in parts)]   # group g: columns offsets[g]:offsets[g + 1]
         if self.mode == "native" and not ready:
             raise ValueError("ChunkSums('native') takes contiguous CPU chunks (float32 or float64) with float64 "
                              f"sums; got {[x.dtype for x in parts]} on {parts[0].device}")
         if ready:
             out = [None] * len(running) if out is None else out
-            if not all(o is None or (o.shape == (NUM_SUMS, shift.shape[0]) and fits(o)) for o in out):
+            if not all(o is None or (o.shape == (NUM_SUMS, shift.shape[0]) and _fits(o)) for o in out):
                 raise ValueError(f"out: expected contiguous [{NUM_SUMS}, {shift.shape[0]}] float64 CPU buffers")
-            return _native_chunk(lib, parts, shift, running, bounds, reference, out)
-        columns, inner, norm2, start = [], [], [], 0
-        for x in parts:
-            cols = slice(start, start + x.shape[1])
-            start = cols.stop
+            return _native_chunk(lib, parts, offsets, shift, running, bounds, reference, out)
+        columns, inner, norm2 = [], [], []
+        for x, start, stop in zip(parts, offsets, offsets[1:]):
+            cols = slice(start, stop)
             sums, dots, norms = self._group(x, shift[cols], [None if r is None else r[:, cols] for r in running],
                                             bounds, None if reference is None else reference[cols])
             columns.append(sums)
