@@ -16,16 +16,22 @@ smaller than another's is not judged at the other's step size. Controls: every g
 ungated expert path, a linear classifier), a fixed random 10% of the units on (``random_fixed``), and a
 multinomial logistic regression on the pixels (``linear_softmax``, scikit-learn, its L2 weight selected on the
 validation set; convex, so one run and no seed error). Then :data:`REPORT_SEEDS` seeds a row, each trained for
-:data:`REPORT_EPOCHS` epochs with the validation error after every epoch (the learning curves). Whether that is
-enough is checked by long runs, report seed 0 of :data:`LONG_GATES` trained for :data:`LONG_EPOCHS` epochs (the
-report run's initialisation and data order; the same trajectory on the same kind of machine, another float rounding
-elsewhere), drawn beside the learning curves and not in the table. Paired tests
+:data:`REPORT_EPOCHS` epochs with the validation error after every epoch (the learning curves): the paper's rate
+for the first 40, then lowered linearly to 0 over the last :data:`ANNEAL_EPOCHS`
+(:func:`gradstats.conditional.anneal_factor`). Why: at the paper's constant rate the validation error keeps
+drifting down and jumps by tenths of a point from epoch to epoch, so the lowest of the curve falls with every
+epoch added, whether the network improves or not (ST's report seed 0 trained for :data:`CONSTANT_EPOCHS` epochs at
+the constant rate, the stage ``constant``). Whether 40 epochs at the full rate suffice is checked by long runs,
+report seed 0 of :data:`LONG_GATES` trained at the full rate for :data:`LONG_EPOCHS` minus
+:data:`ANNEAL_EPOCHS` epochs before the same annealing (the report run's initialisation and data order): the
+difference of their test errors from their report runs'. The constant and long runs are drawn beside the
+learning curves and are not in the table. Paired tests
 against ST (Wilcoxon signed-rank over seeds, the same initialisation and data order per seed) carry Holm's
 correction over the rows. Ten seeds, because the exact test of n pairs cannot give a p-value below
 :math:`2/2^n`: 0.0625 with five seeds, so that no difference could be called significant at all, and 0.002 with
 ten, below the 0.005 that Holm's correction asks of the smallest of ten p-values.
 
-Hours of computation (about twenty CPU-hours on 2 cores; a GPU machine trains each gate's seeds as one stack),
+Hours of computation (about thirty-five CPU-hours on 2 cores; a GPU machine trains each gate's seeds as one stack),
 so its raw results are committed: each run's result is saved as it ends in ``figures/data/fig_mnist_runs/``
 (one JSON per run, kept across code changes; a study
 interrupted resumes from them, and the run in flight from its state after its last epoch, ``NAME.partial``,
@@ -78,11 +84,14 @@ LEARNING_RATE = 0.1
 SCALES = (1.0, 0.1, 0.01)
 SELECT_EPOCHS = 10
 SELECTION_SEED = 1000
-REPORT_EPOCHS = 40
-# does the validation error stop improving within REPORT_EPOCHS? These gates' report seed 0 trained for LONG_EPOCHS
-# (the report run's initialisation and data order), ST and the gates behind it whose curves still fall at epoch 40
+ANNEAL_EPOCHS = 20      # the report and long runs' last epochs: the rate falls linearly to 0
+REPORT_EPOCHS = 60      # 40 at the paper's rate, then ANNEAL_EPOCHS
+# do 40 epochs at the full rate suffice? These gates' report seed 0 (its initialisation and data order) trained
+# at the full rate for LONG_EPOCHS - ANNEAL_EPOCHS epochs, then annealed: ST and gates whose curves fell longest
 LONG_EPOCHS = 100
 LONG_GATES = ("st", "disarm", "reinmax", "sts_code")
+# ST's report seed 0 at the paper's constant rate: the validation curve that the annealing answers
+CONSTANT_EPOCHS = 100
 # the rows and seeds that the claim NOTES-ST judges, defined once there
 REPORT_SEEDS = notes_claim.NOTES_ST_SEEDS
 GATED = notes_claim.NOTES_ST_GATED
@@ -91,6 +100,7 @@ LOGISTIC_C = (0.01, 0.1, 1.0, 10.0)      # the linear control's inverse L2 weigh
 VERIFY_EPOCHS = 2
 RUNS = ROOT / "figures" / "data" / "fig_mnist_runs"
 COLLECT = False    # --collect: the saved runs only, nothing trained
+MISSING = r"\text{--}"   # a number that the unfinished study does not have yet
 
 
 QUICK_SIZES = (2000, 500, 500)          # --quick: the first training, validation and test images
@@ -104,14 +114,17 @@ def _data(quick: bool) -> gs.datasets.Split:
     return data.head(*QUICK_SIZES) if quick else data
 
 
-def _cell(stage: str, gate: str, scale: float, seed: int, epochs: int) -> dict:
+def _cell(stage: str, gate: str, scale: float, seed: int, epochs: int, anneal: int = 0) -> dict:
     cell = {"stage": stage, "gate": gate, "learning_rate": LEARNING_RATE, "gater_rate_scale": float(scale),
-            "seed": int(seed), "epochs": int(epochs)}
+            "seed": int(seed), "epochs": int(epochs), "anneal_epochs": int(anneal)}
     return cell | ({"_collect": True} if COLLECT else {})   # collected cells are cached apart from trained ones
 
 
-def _epochs(config, stage: str) -> int:
-    return 2 if config.quick else SELECT_EPOCHS if stage == "selection" else REPORT_EPOCHS
+def _epochs(config, stage: str) -> tuple[int, int]:
+    """A stage's epochs and how many of them are annealed."""
+    if stage == "selection":
+        return (2 if config.quick else SELECT_EPOCHS), 0
+    return (2, 1) if config.quick else (REPORT_EPOCHS, ANNEAL_EPOCHS)
 
 
 def _gated(config):
@@ -124,7 +137,7 @@ def _controls(config):
 
 def _selection(config) -> list[dict]:
     scales = SCALES[:2] if config.quick else SCALES
-    return [_cell("selection", g, s, SELECTION_SEED, _epochs(config, "selection")) for g in _gated(config)
+    return [_cell("selection", g, s, SELECTION_SEED, *_epochs(config, "selection")) for g in _gated(config)
             for s in scales]
 
 
@@ -149,19 +162,22 @@ def cells(config) -> list[dict]:
     seeds = 2 if config.quick else REPORT_SEEDS
     report = []
     for seed in range(seeds):            # seed by seed, so that an unfinished study has every row
-        report += [_cell("report", g, chosen[g], config.seed + seed, _epochs(config, "report")) for g in _gated(config)
-                   if g in chosen]
-        report += [_cell("report", g, 1.0, config.seed + seed, _epochs(config, "report")) for g in _controls(config)
-                   if g != "linear_softmax" or seed == 0]
-    # the long runs before the remaining report runs: they decide whether REPORT_EPOCHS suffices
-    long = [] if config.quick else [_cell("long", g, chosen[g], config.seed, LONG_EPOCHS) for g in LONG_GATES
-                                     if g in chosen]
-    return selection + long + report
+        report.append([_cell("report", g, chosen[g], config.seed + seed, *_epochs(config, "report"))
+                       for g in _gated(config) if g in chosen]
+                      + [_cell("report", g, 1.0, config.seed + seed, *_epochs(config, "report"))
+                         for g in _controls(config) if g != "linear_softmax" or seed == 0])
+    if config.quick:
+        return selection + [c for cells_of_seed in report for c in cells_of_seed]
+    constant = [_cell("constant", "st", chosen["st"], config.seed, CONSTANT_EPOCHS)] if "st" in chosen else []
+    # the long runs after report seed 0, whose runs they are compared with
+    long = [_cell("long", g, chosen[g], config.seed, LONG_EPOCHS, ANNEAL_EPOCHS) for g in LONG_GATES if g in chosen]
+    return selection + constant + report[0] + long + [c for cells_of_seed in report[1:] for c in cells_of_seed]
 
 
 def _run_path(cell: dict) -> Path:
+    anneal = f"-a{cell['anneal_epochs']}" if cell["anneal_epochs"] else ""
     return RUNS / (f"{cell['stage']}-{cell['gate']}-lr{cell['learning_rate']:g}-x{cell['gater_rate_scale']:g}"
-                   f"-seed{cell['seed']}-e{cell['epochs']}.json")
+                   f"-seed{cell['seed']}-e{cell['epochs']}{anneal}.json")
 
 
 def _binomial_se(error: float, n: int) -> float:
@@ -177,8 +193,12 @@ def _train(cell: dict, data, device, stop: int | None = None, checkpoint: Path |
     start = time.perf_counter()
     if cell["gate"] == "linear_softmax":
         return _logistic(data) | {"seconds": time.perf_counter() - start}
+    if stop is not None and stop > cell["epochs"] - cell["anneal_epochs"]:
+        raise ValueError(f"a verify run of {stop} epochs must end before the annealing, which starts after epoch "
+                         f"{cell['epochs'] - cell['anneal_epochs']}")
     settings = cc.Settings(cell["gate"], learning_rate=cell["learning_rate"],
-                           gater_rate_scale=cell["gater_rate_scale"], epochs=stop or cell["epochs"], eval_every=1)
+                           gater_rate_scale=cell["gater_rate_scale"], epochs=stop or cell["epochs"], eval_every=1,
+                           anneal_epochs=0 if stop else cell["anneal_epochs"])
     def say(line: str) -> None:
         print(f"  fig_mnist: {cell['stage']} {cell['gate']} x{cell['gater_rate_scale']:g} seed {cell['seed']}: {line}",
               file=sys.stderr, flush=True)
@@ -273,9 +293,10 @@ def verify_cells(config) -> list[dict]:
     if not len(runs):
         raise SystemExit("fig_mnist: the committed rows have no trained run to verify")
     runs["not_st"] = runs.cell_gate != "st"
-    first = runs.sort_values(["not_st", "cell_stage"], kind="stable").iloc[0]   # ST first, report before selection
+    runs["stage_order"] = runs.cell_stage.map({"report": 0, "long": 1, "constant": 2, "selection": 3})
+    first = runs.sort_values(["not_st", "stage_order"], kind="stable").iloc[0]   # ST first, report before the rest
     return [_cell(first.cell_stage, first.cell_gate, first.cell_gater_rate_scale, int(first.cell_seed),
-                  int(first.cell_epochs)) | {"_stop": VERIFY_EPOCHS}]
+                  int(first.cell_epochs), int(first.cell_anneal_epochs)) | {"_stop": VERIFY_EPOCHS}]
 
 
 # ---- the table, the figure and the numbers -----------------------------------------------------------------
@@ -283,7 +304,7 @@ def verify_cells(config) -> list[dict]:
 def _final(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per report run: its final metrics as columns."""
     rep = frame[(frame.cell_stage == "report") & (frame.epoch == -1)]
-    return rep.pivot_table(index=["cell_gate", "cell_seed"], columns="metric", values="value").reset_index()
+    return rep.pivot(index=["cell_gate", "cell_seed"], columns="metric", values="value").reset_index()
 
 
 def holm(pvalues: dict[str, float]) -> dict[str, float]:
@@ -375,6 +396,8 @@ def _selection_plot(frame):
 def _seed_range(rep: pd.DataFrame) -> str:
     """"k" or "k-m": the fewest and most seeds a trained row has."""
     counts = rep[rep.cell_gate != "linear_softmax"].groupby("cell_gate").cell_seed.nunique()
+    if not len(counts):
+        return "0"
     low, high = int(counts.min()), int(counts.max())
     return str(low) if low == high else f"{low}-{high}"
 
@@ -408,15 +431,19 @@ def plot(frame, meta, config):
                 ax.plot(curve.index, (100 if metric == "valid_error" else 1) * curve.to_numpy(), color=palette[g],
                         linewidth=0.8, label=g)
     axes[1].set(xlabel="epoch", ylabel="validation error (%)", yscale="log", title="learning curves (mean over seeds)")
+    axes[1].axvline(REPORT_EPOCHS - ANNEAL_EPOCHS, color="black", linewidth=0.5, linestyle=":")
     axes[2].set(xlabel="epoch", ylabel="fraction of gates on", title="sparsity in training")
     axes[2].axhline(0.1, color="black", linewidth=0.5, linestyle=":")
-    long = frame[(frame.cell_stage == "long") & (frame.metric == "valid_error") & (frame.epoch > 0)]
-    for g, sub in long.groupby("cell_gate"):
-        axes[3].plot(sub.epoch, 100 * sub.value, color=palette.get(g, "black"), linewidth=0.8)
-    axes[3].axvline(REPORT_EPOCHS, color="black", linewidth=0.5, linestyle=":")
-    axes[3].set(xlabel="epoch", ylabel="validation error (%)", xlim=(0, LONG_EPOCHS),
-                title=f"long runs (seed 0, {LONG_EPOCHS} epochs): {long.cell_gate.nunique()} of {len(LONG_GATES)}")
-    if len(long):
+    extra = frame[frame.cell_stage.isin(["long", "constant"]) & (frame.metric == "valid_error") & (frame.epoch > 0)]
+    for (stage, g), sub in extra.groupby(["cell_stage", "cell_gate"]):
+        constant = stage == "constant"
+        axes[3].plot(sub.epoch, 100 * sub.value, color="#7f7f7f" if constant else palette.get(g, "black"),
+                     linewidth=0.6 if constant else 0.8, linestyle="--" if constant else "-")
+    axes[3].axvline(LONG_EPOCHS - ANNEAL_EPOCHS, color="black", linewidth=0.5, linestyle=":")
+    long_runs = extra[extra.cell_stage == "long"].cell_gate.nunique()
+    axes[3].set(xlabel="epoch", ylabel="validation error (%)", xlim=(0, max(LONG_EPOCHS, CONSTANT_EPOCHS)),
+                title=f"seed 0: {long_runs} of {len(LONG_GATES)} long runs\n(dashed: st, constant rate)")
+    if len(extra):
         axes[3].set_yscale("log")
     else:
         axes[3].text(0.5, 0.5, "none finished yet", transform=axes[3].transAxes, ha="center", va="center")
@@ -427,46 +454,70 @@ def plot(frame, meta, config):
 
 
 def _convergence(frame) -> dict[str, str]:
-    """Whether the validation error stops improving within :data:`REPORT_EPOCHS`: how many gated report runs found
-    their best epoch in the last ten, their median best epoch, and per finished long run its best epoch, how much
-    lower its best validation error is than the best within the first :data:`REPORT_EPOCHS` epochs (points), and its
-    mean validation error (%) over the ten epochs up to :data:`REPORT_EPOCHS` and over its last ten."""
-    final = _final(frame)
-    gated = final[final.cell_gate.isin(GATED)]
-    out = {"mnistGatedReportRuns": str(len(gated)),
-           "mnistLateBestRuns": str(int((gated.best_epoch > REPORT_EPOCHS - 10).sum())),
-           "mnistBestEpochMedian": tex_number(float(gated.best_epoch.median()), 3) if len(gated) else "--",
-           "mnistLongEpochs": str(LONG_EPOCHS), "mnistLongPlanned": str(len(LONG_GATES))}
-    long = frame[(frame.cell_stage == "long") & (frame.metric == "valid_error") & (frame.epoch > 0)]
-    out["mnistLongRuns"] = str(long.cell_gate.nunique())
-    for gate, sub in long.groupby("cell_gate"):
+    """Whether the budget suffices, in three parts. The constant-rate run (:data:`CONSTANT_EPOCHS` epochs): its best
+    epoch, how much lower its best validation error is than its best within the first 40 (points), and its mean
+    validation error (%) over epochs 31-40 and over its last ten. The annealed report runs (gated): their median
+    best epoch, and the drift of their last ten epochs, the mean over runs of the validation error's mean over the
+    last five minus over the five before (points; s.e. over runs). The long runs: per gate and over the finished
+    ones (s.e. over gates), the test error of the long run minus its report run's (points; below 0: the longer
+    budget is better)."""
+    rate_epochs = REPORT_EPOCHS - ANNEAL_EPOCHS
+    best = frame[(frame.cell_stage == "report") & (frame.metric == "best_epoch") & (frame.epoch == -1)
+                 & frame.cell_gate.isin(GATED)].value
+    out = {"mnistGatedReportRuns": str(len(best)),
+           "mnistBestEpochMedian": tex_number(float(best.median()), 3) if len(best) else MISSING,
+           "mnistRateEpochs": str(rate_epochs), "mnistAnnealEpochs": str(ANNEAL_EPOCHS),
+           "mnistConstantEpochs": str(CONSTANT_EPOCHS), "mnistLongEpochs": str(LONG_EPOCHS),
+           "mnistLongRateEpochs": str(LONG_EPOCHS - ANNEAL_EPOCHS), "mnistLongPlanned": str(len(LONG_GATES))}
+    curves = frame[(frame.metric == "valid_error") & (frame.epoch > 0)]
+    report = curves[(curves.cell_stage == "report") & curves.cell_gate.isin(GATED)]
+    drifts = [100 * (sub.value.iloc[-5:].mean() - sub.value.iloc[-10:-5].mean())
+              for _, sub in report.sort_values("epoch").groupby(["cell_gate", "cell_seed"]) if len(sub) >= 10]
+    if len(drifts) > 1:
+        out["mnistEndDrift"] = estimate(float(np.mean(drifts)), float(np.std(drifts, ddof=1) / math.sqrt(len(drifts))))
+    for gate, sub in curves[curves.cell_stage == "constant"].groupby("cell_gate"):
         curve = sub.set_index("epoch").value.sort_index()
         key = macro_part(gate)
-        out[f"mnistLong{key}BestEpoch"] = str(int(curve.idxmin()))
-        out[f"mnistLong{key}Gain"] = tex_number(100 * float(curve.loc[:REPORT_EPOCHS].min() - curve.min()), 2)
+        out[f"mnistConstant{key}BestEpoch"] = str(int(curve.idxmin()))
+        out[f"mnistConstant{key}Gain"] = tex_number(100 * float(curve.loc[:rate_epochs].min() - curve.min()), 2)
         # the curve is noisy: its lowest point falls with more epochs to select from even on a plateau, so the
-        # means over the ten epochs up to the report budget and over the last ten say whether it still drifts
-        out[f"mnistLong{key}MeanAtBudget"] = tex_number(
-            100 * float(curve.loc[REPORT_EPOCHS - 9:REPORT_EPOCHS].mean()), 3)
-        out[f"mnistLong{key}MeanAtEnd"] = tex_number(100 * float(curve.iloc[-10:].mean()), 3)
+        # means over the ten epochs up to epoch 40 and over the last ten say whether it still drifts
+        out[f"mnistConstant{key}MeanAtBudget"] = tex_number(
+            100 * float(curve.loc[rate_epochs - 9:rate_epochs].mean()), 3)
+        out[f"mnistConstant{key}MeanAtEnd"] = tex_number(100 * float(curve.iloc[-10:].mean()), 3)
+    ends = frame[(frame.metric == "test_error") & (frame.epoch == -1)]
+    report_ends = ends[ends.cell_stage == "report"].set_index(["cell_gate", "cell_seed"]).value
+    gains = {r.cell_gate: 100 * float(r.value - report_ends[(r.cell_gate, r.cell_seed)])
+             for r in ends[ends.cell_stage == "long"].itertuples() if (r.cell_gate, r.cell_seed) in report_ends.index}
+    out["mnistLongRuns"] = str(len(gains))
+    for gate, gain in gains.items():
+        out[f"mnistLong{macro_part(gate)}Gain"] = tex_number(gain, 2)
+    if len(gains) > 1:
+        values = np.array(list(gains.values()))
+        out["mnistLongGain"] = estimate(float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values))))
     return out
 
 
 def numbers(frame, config):
+    """The paper's numbers; while the study is unfinished, a row or check without runs yet reads :data:`MISSING`."""
     rep = frame[frame.cell_stage == "report"]
+    planned = list(_gated(config)) + list(_controls(config))
+    seeds = rep.groupby("cell_gate").cell_seed.nunique().reindex([g for g in planned if g != "linear_softmax"],
+                                                                 fill_value=0)
     out = {"mnistSelectionRuns": str(int(((frame.cell_stage == "selection") & (frame.metric == "test_error")).sum())),
-           "mnistReportRuns": str(int(((frame.cell_stage == "report") & (frame.metric == "test_error")).sum()))}
-    if not len(rep):
-        return out
-    rows = summary(frame)
-    out |= {"mnistSeeds": str(int(rep[~rep.cell_gate.isin(["linear_softmax"])].groupby("cell_gate").cell_seed
-                                   .nunique().min())),
-            "mnistEpochs": str(int(rep.cell_epochs.max())), "mnistRows": str(len(rows)),
-            "mnistPlannedRuns": str(sum(1 if g == "linear_softmax" else REPORT_SEEDS for g in GATED + CONTROLS))}
-    out |= _convergence(frame)
+           "mnistReportRuns": str(int(((frame.cell_stage == "report") & (frame.metric == "test_error")).sum())),
+           "mnistSeeds": str(int(seeds.min())), "mnistEpochs": str(_epochs(config, "report")[0]),
+           "mnistRows": str(len(planned)),
+           "mnistPlannedRuns": str(sum(1 if g == "linear_softmax" else REPORT_SEEDS for g in GATED + CONTROLS))}
     for gate, error in cc.PUBLISHED_TEST_ERROR.items():   # the paper's test errors (%), one run each
         out[f"mnistPaper{macro_part(gate)}Error"] = tex_number(error, 3)
-    for gate, row in rows.items():
+    defaults = {"mnistEndDrift": MISSING, "mnistLongGain": MISSING, "mnistBestEpochMedian": MISSING}
+    defaults |= {f"mnistLong{macro_part(g)}Gain": MISSING for g in LONG_GATES}
+    defaults |= {f"mnistConstantSt{k}": MISSING for k in ("BestEpoch", "Gain", "MeanAtBudget", "MeanAtEnd")}
+    out |= defaults | {f"mnist{macro_part(g)}Error": MISSING for g in planned} | _convergence(frame)
+    if not len(rep):
+        return out
+    for gate, row in summary(frame).items():
         key = macro_part(gate)
         out[f"mnist{key}Error"] = (estimate(100 * row["mean"], 100 * row["stderr"]) if math.isfinite(row["stderr"])
                                    else tex_number(100 * row["mean"], 3))
@@ -496,11 +547,12 @@ def train_stack(gate: str, seeds: list[int], device, out: Path) -> list[Path]:
         if gate not in chosen:
             raise ValueError(f"train_stack: the committed rows have no selection of {gate!r}'s gater rate scale")
         scale = chosen[gate]
-    todo = [c for c in (_cell("report", gate, scale, s, REPORT_EPOCHS) for s in seeds) if not _run_path(c).exists()]
+    todo = [c for c in (_cell("report", gate, scale, s, REPORT_EPOCHS, ANNEAL_EPOCHS) for s in seeds)
+            if not _run_path(c).exists()]
     if not todo:
         return []
     settings = cc.Settings(gate, learning_rate=LEARNING_RATE, gater_rate_scale=scale, epochs=REPORT_EPOCHS,
-                           eval_every=1)
+                           eval_every=1, anneal_epochs=ANNEAL_EPOCHS)
     seeds = [c["seed"] for c in todo]
 
     def say(line: str) -> None:

@@ -144,15 +144,15 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _positive_int(flag: str):
-    """An argparse type: an integer >= 1, else the usage error names ``flag``."""
+def _int_at_least(low: int, flag: str):
+    """An argparse type: an integer >= ``low``, else the usage error names ``flag``."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            value = 0
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= 1, got {text!r}")
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= {low}, got {text!r}")
         return value
 
     return parse
@@ -240,7 +240,9 @@ def _cmd_conditional(args) -> int:
     # a quick run trains at one rate: the rate most gates select on the digits, the paper's on MNIST
     rate = args.learning_rate or (1.0 if digits and args.quick else 0.1)
     epochs = args.epochs or ((20 if digits else 5) if args.quick else 40)
-    base = conditional.Settings(gates[0], epochs=epochs, learning_rate=rate)
+    if args.anneal_epochs > epochs:
+        raise ValueError(f"--anneal-epochs must be at most the epochs trained ({epochs}), got {args.anneal_epochs}")
+    base = conditional.Settings(gates[0], epochs=epochs, learning_rate=rate, anneal_epochs=args.anneal_epochs)
     say = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
     select = not (args.quick or args.learning_rate)
     results = conditional.run_study(data, gates, seeds=seeds, base=base, select=select, device=args.device,
@@ -362,9 +364,13 @@ def main(argv: list[str] | None = None) -> int:
                       "1,000 / 1,000 images, 5 epochs at the paper's rate 0.1")
     p_cc.add_argument("--estimators", nargs="+", help="gates to train (default: the digits study's; every one: "
                       "gradstats.conditional.ALL_GATES, the controls all_on and random_fixed included)")
-    p_cc.add_argument("--seeds", type=_positive_int("--seeds"), help="seeds at the selected setting (default 10; 2 with --quick)")
-    p_cc.add_argument("--epochs", type=_positive_int("--epochs"), help="training epochs (default 40; with --quick 20 on the "
-                      "digits, 5 on MNIST)")
+    p_cc.add_argument("--seeds", type=_int_at_least(1, "--seeds"),
+                      help="seeds at the selected setting (default 10; 2 with --quick)")
+    p_cc.add_argument("--epochs", type=_int_at_least(1, "--epochs"),
+                      help="training epochs (default 40; with --quick 20 on the digits, 5 on MNIST)")
+    p_cc.add_argument("--anneal-epochs", type=_int_at_least(0, "--anneal-epochs"), default=0,
+                      help="lower every rate linearly to 0 over the last this many epochs (default 0: constant rates, "
+                      "the paper's)")
     p_cc.add_argument("--learning-rate", type=_positive_float("--learning-rate"), help="train at this rate (no "
                       "selection; default: selected from gradstats.conditional.RATES)")
     p_cc.add_argument("--data", default="digits", help="'digits' (scikit-learn's, bundled), 'mnist' (the verified "
@@ -386,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     p_au.add_argument("--quick", action="store_true", help="two problems, at most 100,000 draws per row (1,500 "
                       "for a stateful estimator driven one call per draw)")
     p_au.add_argument("--estimators", nargs="+", help="the peer's estimator names as listed (default: all)")
-    p_au.add_argument("--max-draws", type=_positive_int("--max-draws"),
+    p_au.add_argument("--max-draws", type=_int_at_least(1, "--max-draws"),
                       help="draws per row at most, the pilot's included (default 20 million; 10,000 for a "
                       "stateful estimator driven one call per draw; --quick: 100,000 and 1,500; RELAX: 2 million)")
     p_au.add_argument("--units", choices=["binary", "categorical"], default="binary",

@@ -109,6 +109,7 @@ class Settings:
     decay: float = 0.99               # reinforce's running averages, per minibatch
     max_norm: float = 2.0
     eval_every: int = 5
+    anneal_epochs: int = 0            # the last epochs, over which every rate falls linearly to 0 (0: constant)
 
     def __post_init__(self):
         if self.gate not in ALL_GATES:
@@ -122,6 +123,10 @@ class Settings:
             raise ValueError(f"sparsity must be a fraction in (0, 1), got {self.sparsity!r}")
         if not (0 <= self.decay < 1):
             raise ValueError(f"decay must be in [0, 1), got {self.decay!r}")
+        if not (isinstance(self.anneal_epochs, int) and not isinstance(self.anneal_epochs, bool)
+                and 0 <= self.anneal_epochs <= self.epochs):
+            raise ValueError(f"anneal_epochs must be an integer in 0..epochs ({self.epochs}), "
+                             f"got {self.anneal_epochs!r}")
 
 
 @dataclass(frozen=True)
@@ -453,26 +458,26 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
         return grad(lambda q: _step_loss(first, q, xb, yb, u, base, l1, mask), has_aux=True)(p)
 
 
-    def sgd(p: dict[str, Tensor], grads: dict[str, Tensor], r: int | None) -> None:
-        """Plain SGD at each run's own rates, then max-norm: all runs at once (``r`` None), or run ``r`` alone (its
-        slices, updated as torch.optim.SGD updates one run)."""
+    def sgd(p: dict[str, Tensor], grads: dict[str, Tensor], r: int | None, factor: float) -> None:
+        """Plain SGD at each run's own rates times ``factor`` (the annealing), then max-norm: all runs at once
+        (``r`` None), or run ``r`` alone (its slices, updated as torch.optim.SGD updates one run)."""
         with torch.no_grad():
             for k, v in p.items():
                 if r is None:
-                    v.addcmul_(rates[k], grads[k], value=-1)
+                    v.addcmul_(rates[k], grads[k], value=-factor)
                 else:
-                    v.add_(grads[k], alpha=-float(rates[k][r]))
+                    v.add_(grads[k], alpha=-float(rates[k][r]) * factor)
         _max_norm(p, first.max_norm)
 
-    def advance(xb, yb, u, base, l1):
+    def advance(xb, yb, u, base, l1, factor):
         """One minibatch step of every run; returns each run's on-fraction and its baseline after the step."""
         if batched:
             grads, (on, base) = vmap(step)(params, xb, yb, u, base, l1, masks)
-            sgd(params, grads, None)
+            sgd(params, grads, None, factor)
             return on, base
         p = {k: v[0] for k, v in params.items()}
         grads, (on, b) = step(p, xb[0], yb[0], u[0], (base[0][0], base[1][0]), l1[0], masks[0])
-        sgd(p, grads, 0)
+        sgd(p, grads, 0, factor)
         return on[None], (b[0][None], b[1][None])
 
     def keep(epoch: int) -> None:
@@ -499,10 +504,11 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
                 break
             orders = torch.stack([torch.randperm(len(y), generator=g) for g in order_gens]).to(dev)
             ons = []     # each step's on-fractions, kept on the device: no step waits for the device to finish
-            for start in range(0, batches * first.minibatch, first.minibatch):
+            for index, start in enumerate(range(0, batches * first.minibatch, first.minibatch)):
                 rows = orders[:, start:start + first.minibatch]
                 u = torch.stack([torch.rand(shape, generator=g, device=dev, dtype=dtype) for g in noise_gens])
-                on, baseline = advance(x[rows], y[rows], u, baseline, l1_weight)
+                on, baseline = advance(x[rows], y[rows], u, baseline, l1_weight,
+                                       anneal_factor(first, (epoch - 1) * batches + index, batches))
                 ons.append(on)
                 if first.gate in RECTIFIERS:
                     l1_weight = l1_weight * torch.where(on.to(torch.float64) > first.sparsity, 1.01, 1 / 1.01)
@@ -539,6 +545,18 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
     if saver is not None:
         saver.remove_own()
     return results
+
+
+def anneal_factor(settings: Settings, step: int, batches: int) -> float:
+    """The rates' factor at minibatch step ``step`` (0-based, ``batches`` steps an epoch): 1 until the last
+    ``settings.anneal_epochs`` epochs, then falling linearly, :math:`(T - t) / A` for step :math:`t` of
+    :math:`T` with :math:`A` steps annealed, so that the first annealed step is taken at the full rate and the last
+    at :math:`1/A` of it (a linear decay to zero). Constant rates leave validation-selected errors dependent on the
+    budget: the validation error fluctuates from epoch to epoch, and more epochs give the selection more low points
+    to pick from (the MNIST study's constant-rate run, ``analyses/fig_mnist.py``)."""
+    annealed = settings.anneal_epochs * batches
+    remaining = settings.epochs * batches - step
+    return 1.0 if remaining > annealed else remaining / annealed
 
 
 def _results(first, settings, seeds, best, history, on_history, on_fraction, snapshots, masks, train, valid, test

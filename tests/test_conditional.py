@@ -148,6 +148,18 @@ def test_bad_settings_are_named():
         conditional.Settings("st", sparsity=1.5)
     with pytest.raises(ValueError, match="unknown estimator"):
         conditional.run_study(gs.datasets.digits(), ["st", "nope"], seeds=1)
+    for bad in (-1, 41, 2.0, True):
+        with pytest.raises(ValueError, match=r"anneal_epochs must be an integer in 0..epochs \(40\)"):
+            conditional.Settings("st", anneal_epochs=bad)
+
+
+def test_annealing_lowers_the_rates_linearly_to_zero_over_the_last_epochs():
+    """3 epochs of 4 steps, the last 2 annealed: full rate for the first epoch and the first annealed step, then
+    (T - t) / A down to 1/A at the last step (T = 12 steps, A = 8); no annealing: the full rate throughout."""
+    settings = conditional.Settings("st", epochs=3, anneal_epochs=2)
+    factors = [conditional.anneal_factor(settings, t, 4) for t in range(12)]
+    assert factors == [1.0] * 5 + [7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]
+    assert {conditional.anneal_factor(conditional.Settings("st", epochs=3), t, 4) for t in range(12)} == {1.0}
 
 
 def test_paired_comparison_with_st():
@@ -192,6 +204,32 @@ def test_a_run_in_a_stack_is_the_run_alone(data, gate):
         assert run.settings == s and run.seed == seed
 
 
+def test_annealed_runs_follow_the_constant_run_until_the_annealing_and_stacks_anneal_as_runs_alone(data):
+    """Annealing changes nothing before its first epoch: the validation errors of a 4-epoch run whose last 2 are
+    annealed equal the constant run's for epochs 1-2 (the same trajectory, bit for bit), and its parameters move
+    less in its last epoch than the constant run's do; a stack anneals each run as it would alone (the batched
+    update scales the rates by the same factor)."""
+    from dataclasses import replace
+
+    constant = conditional.Settings("st", epochs=4, eval_every=1, learning_rate=0.3)
+    annealed = replace(constant, anneal_epochs=2)
+    a = conditional.train_gated(data, constant, 3, device="cpu", checkpoints=(3, 4))
+    b = conditional.train_gated(data, annealed, 3, device="cpu", checkpoints=(3, 4))
+    assert a.history[:2] == b.history[:2]
+
+    def moved(run):
+        return sum(float((run.snapshots[4][k] - run.snapshots[3][k]).norm() ** 2) for k in run.snapshots[3]) ** 0.5
+
+    assert moved(b) < 0.5 * moved(a)
+    stack = conditional.train_gated_many(data, [annealed, replace(annealed, learning_rate=0.1)], [3, 4], device="cpu",
+                                         checkpoints=(4,))
+    alone = conditional.train_gated(data, replace(annealed, learning_rate=0.1), 4, device="cpu", checkpoints=(4,))
+    for k, v in b.snapshots[4].items():
+        assert torch.allclose(stack[0].snapshots[4][k], v, rtol=1e-5, atol=1e-6), k
+    for k, v in alone.snapshots[4].items():
+        assert torch.allclose(stack[1].snapshots[4][k], v, rtol=1e-5, atol=1e-6), k
+
+
 def test_large_networks_go_one_run_after_another_bit_for_bit(data, monkeypatch):
     monkeypatch.setattr(conditional, "BATCH_BYTES", 0)          # as if the digits network were MNIST's
     settings = conditional.Settings("st", epochs=2, eval_every=1)
@@ -219,10 +257,13 @@ def test_cli_prints_na_for_one_seed_and_trains_at_a_given_rate(capsys):
     assert "learning rate 0.3, not selected" in captured.out and "nan" not in captured.out
     assert "+- n/a" in captured.out and "p = n/a" in captured.out
     assert "st: epoch 1/1:" in captured.err                   # per-epoch progress with the elapsed time
-    for flag, value in (("--learning-rate", "0"), ("--learning-rate", "nan"), ("--epochs", "0"), ("--seeds", "-1")):
+    for flag, value in (("--learning-rate", "0"), ("--learning-rate", "nan"), ("--epochs", "0"), ("--seeds", "-1"),
+                        ("--anneal-epochs", "-1")):
         with pytest.raises(SystemExit):
             cli.main(["conditional", flag, value])
         assert f"{flag} must be" in capsys.readouterr().err
+    assert cli.main(["conditional", "--epochs", "2", "--anneal-epochs", "3"]) == 2
+    assert "--anneal-epochs must be at most the epochs trained (2), got 3" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("gate", ["st", "reinforce", "rectifier"])

@@ -651,10 +651,14 @@ def check_notes_st(settings: CheckSettings) -> Verdict:
     """The MNIST study's rows (ST against the controls and against every other gate), read from its saved runs."""
     directory = mnist_runs_dir()
     runs = mnist_report_runs(directory) if directory.is_dir() else []
+    expected = set(NOTES_ST_GATED) | set(NOTES_ST_CONTROLS)
+    seeds = {g: len({r.seed for r in runs if r.gate == g}) for g in sorted(expected)}
+    short = {g: n for g, n in seeds.items() if n < (1 if g == "linear_softmax" else NOTES_ST_SEEDS)}
     if not any(r.gate == "st" for r in runs):
         return Verdict("inconclusive", f"no run of the MNIST study with ST gates is at hand ({directory})",
                        "judged on the MNIST study's saved runs (python -m analyses.fig_mnist, committed in the "
-                       "repository); a copy of the package alone has none")
+                       "repository); a copy of the package alone has none, and the study is under way",
+                       data={"short": short, "runs": len(runs), "directory": str(directory)})
     rows = conditional.compare_with(runs)
     gated = [g for g in rows if g not in NOTES_ST_CONTROLS and g != "st"]
     tested = [g for g in gated if math.isfinite(rows[g].get("wilcoxon_p", math.nan))]
@@ -674,9 +678,6 @@ def check_notes_st(settings: CheckSettings) -> Verdict:
     margins = {c: against(c) for c in NOTES_ST_CONTROLS if c in rows}
     beats = {c: m > 2 * se for c, (m, se) in margins.items() if math.isfinite(se)}
     better = sorted(g for g in tested if adjusted[g] < 0.05 and rows[g]["difference"] < 0)
-    expected = set(NOTES_ST_GATED) | set(NOTES_ST_CONTROLS)
-    short = {g: rows.get(g, {}).get("seeds", 0) for g in sorted(expected)
-             if rows.get(g, {}).get("seeds", 0) < (1 if g == "linear_softmax" else NOTES_ST_SEEDS)}
     lines = [f"ST {pct * st_row['mean']:.2f} +- {pct * st_row['stderr']:.2f}% test error over {st_row['seeds']} seeds "
              f"(paper 1.39%)"]
     lines += [f"{c}: {pct * rows[c]['mean']:.2f}%, ST lower by {pct * m:.2f} +- {pct * se:.2f} points"
