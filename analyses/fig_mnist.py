@@ -42,9 +42,13 @@ study: a row appears once its selection runs are in; every run it has is shown);
 check-figures``) retrains the first committed ST run for two epochs and compares its validation errors with
 the committed curve's. ``--stack`` trains one gate's missing report runs at several seeds as one
 computation (a GPU runs a stack in about the time of one run; ``analyses/fig_mnist_device.sh`` runs one stack a
-gate on a GPU machine); each run's file says where it ran (``meta.device``, ``meta.stack``).
+gate on a GPU machine); each run's file says where it ran (``meta.device``, ``meta.stack``). ``--shard K/N``
+(with ``--recompute``) trains only the missing runs whose file names hash to K modulo N, so that N processes
+share the study: on a 2-core CPU two processes of one thread each (``OMP_NUM_THREADS=1``) train about 1.4 to 2
+times as many runs an hour as one process of two threads, whose small products leave the second core idle much
+of the time; once every shard has ended, ``--collect`` gathers their runs.
 
-    python -m analyses.fig_mnist [--recompute | --collect] [--verify] [--quick]
+    python -m analyses.fig_mnist [--recompute | --collect] [--verify] [--quick] [--shard K/N]
     python -m analyses.fig_mnist --stack GATE --seeds 1,2,3,4 --out DIR [--device cuda]
 """
 
@@ -57,6 +61,7 @@ import os
 import platform
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -100,6 +105,7 @@ LOGISTIC_C = (0.01, 0.1, 1.0, 10.0)      # the linear control's inverse L2 weigh
 VERIFY_EPOCHS = 2
 RUNS = ROOT / "figures" / "data" / "fig_mnist_runs"
 COLLECT = False    # --collect: the saved runs only, nothing trained
+SHARD: tuple[int, int] | None = None   # --shard K/N: train only the missing runs whose file names hash to K mod N
 MISSING = r"\text{--}"   # a number that the unfinished study does not have yet
 
 
@@ -154,6 +160,8 @@ def chosen_scales(frame: pd.DataFrame) -> dict[str, float]:
 
 def cells(config) -> list[dict]:
     selection = _selection(config)
+    if SHARD is not None and not all(_run_path(c).exists() for c in selection):
+        raise SystemExit("fig_mnist --shard: the selection runs are not all in; run --recompute without --shard first")
     frame = run_cells(config, selection, compute, parallel=False)
     if COLLECT and len(frame):   # a gate is selected once all its selection runs are in
         counts = frame[(frame.metric == "test_error")].groupby("cell_gate").size()
@@ -171,7 +179,19 @@ def cells(config) -> list[dict]:
     constant = [_cell("constant", "st", chosen["st"], config.seed, CONSTANT_EPOCHS)] if "st" in chosen else []
     # the long runs after report seed 0, whose runs they are compared with
     long = [_cell("long", g, chosen[g], config.seed, LONG_EPOCHS, ANNEAL_EPOCHS) for g in LONG_GATES if g in chosen]
-    return selection + constant + report[0] + long + [c for cells_of_seed in report[1:] for c in cells_of_seed]
+    later = constant + report[0] + long + [c for cells_of_seed in report[1:] for c in cells_of_seed]
+    if SHARD is not None:
+        later = [c if _in_shard(c) else c | {"_other_shard": True} for c in later]
+    return selection + later
+
+
+def _in_shard(cell: dict) -> bool:
+    """Whether this process trains ``cell`` under ``--shard K/N``: a saved run is read by every shard, a missing
+    one trained by the shard its file name hashes to (a stable split, whatever each process finds saved when it
+    starts, so that two shards never train one run)."""
+    k, n = SHARD
+    path = _run_path(cell)
+    return path.exists() or zlib.crc32(path.name.encode()) % n == k
 
 
 def _run_path(cell: dict) -> Path:
@@ -267,6 +287,8 @@ def _rows(run: dict, quick: bool, device: str) -> list[dict]:
 def compute(cell, config):
     """One run: read from the run directory when it is there (full study), else trained (and saved there)."""
     device = str(cc.resolve_device(config.device))
+    if cell.get("_other_shard"):
+        return []
     if cell.get("_stop"):
         run = _train(cell, _data(config.quick), config.device, stop=cell["_stop"])
         return [r for r in _rows(run, config.quick, device) if r["metric"] == "valid_error" and r["epoch"] > 0]
@@ -573,7 +595,7 @@ def train_stack(gate: str, seeds: list[int], device, out: Path) -> list[Path]:
 def main(argv: list[str] | None = None):
     """The analysis's command line, with ``--collect`` (the committed rows from the saved runs alone) and
     ``--stack GATE --seeds 1,2,3,4 --out DIR [--device cuda]`` (:func:`train_stack`)."""
-    global COLLECT
+    global COLLECT, SHARD
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--stack" in argv:
         import argparse
@@ -591,13 +613,22 @@ def main(argv: list[str] | None = None):
         for path in train_stack(args.stack, seeds, args.device, args.out):
             print(path)
         return None
+    if "--shard" in argv:
+        i = argv.index("--shard")
+        try:
+            k, n = (int(v) for v in argv[i + 1].split("/"))
+            if not 0 <= k < n:
+                raise ValueError
+        except (IndexError, ValueError):
+            raise SystemExit(f"fig_mnist: --shard expects K/N with 0 <= K < N, got {argv[i + 1:i + 2]}") from None
+        SHARD, argv = (k, n), argv[:i] + argv[i + 2:]
     COLLECT = "--collect" in argv
     if COLLECT:
         argv = [a for a in argv if a != "--collect"] + ["--recompute"]
     try:
         return ANALYSIS.main(argv)
     finally:
-        COLLECT = False
+        COLLECT, SHARD = False, None
 
 
 if __name__ == "__main__":

@@ -139,3 +139,43 @@ def test_the_constant_and_long_runs_say_whether_the_report_budget_was_enough(tmp
     assert value["mnistSeeds"] == "0" and value["mnistEpochs"] == str(epochs)       # rows without runs count 0
     table = (tmp_path / "paper" / "generated" / "tab_mnist.tex").read_text()
     assert table.count("\nst &") == 1 and "\nst & 2 (0) &" in table       # the constant and long runs are not rows
+
+
+def test_shards_train_every_missing_run_once_and_read_every_saved_one(tmp_path, monkeypatch):
+    """--shard 0/2 and --shard 1/2 on a study whose selection and one report run are saved: together they train
+    each missing run exactly once (by its file name's hash) and each reads the saved one; a shard before the
+    selection is complete, or a malformed --shard, is refused."""
+    monkeypatch.setattr(fig_mnist, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(fig_mnist, "GATED", ("st",))
+    monkeypatch.setattr(fig_mnist, "CONTROLS", ("all_on",))
+    monkeypatch.setattr(fig_mnist, "LONG_GATES", ("st",))
+    monkeypatch.setattr(fig_mnist, "REPORT_SEEDS", 4)
+    monkeypatch.setattr(fig_mnist, "_data", lambda quick: None)
+
+    def save(cell, valid):
+        path = fig_mnist._run_path(cell)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"meta": {"cell": cell, "device": "cpu"}, "run": _run(valid, 3)}))
+
+    with pytest.raises(SystemExit, match="selection runs are not all in"):
+        fig_mnist.main(["--recompute", "--shard", "0/2", "--out", str(tmp_path), "--device", "cpu"])
+    for scale in fig_mnist.SCALES:
+        save(fig_mnist._cell("selection", "st", scale, fig_mnist.SELECTION_SEED, fig_mnist.SELECT_EPOCHS), 0.03)
+    saved = fig_mnist._cell("report", "st", 1.0, 0, fig_mnist.REPORT_EPOCHS, fig_mnist.ANNEAL_EPOCHS)
+    save(saved, 0.02)
+    trained = {0: [], 1: []}
+    for k in (0, 1):
+        def train(cell, data, device, stop=None, checkpoint=None, k=k):
+            trained[k].append(fig_mnist._run_path(cell).name)
+            return _run(0.02, 3)
+
+        monkeypatch.setattr(fig_mnist, "_train", train)
+        fig_mnist.main(["--recompute", "--shard", f"{k}/2", "--out", str(tmp_path / f"out{k}"), "--device", "cpu"])
+        finals = pd.read_csv(tmp_path / f"out{k}" / "figures" / "data" / "fig_mnist.csv")
+        assert ((finals.cell_stage == "report") & (finals.cell_seed == 0) & (finals.cell_gate == "st")).any()
+    # 4 seeds of st and all_on, the constant and the long run: 10, one of them saved
+    assert len(trained[0]) + len(trained[1]) == 9 and trained[0] and trained[1]
+    assert not set(trained[0]) & set(trained[1]) and fig_mnist._run_path(saved).name not in trained[0] + trained[1]
+    for bad in ("2/2", "1", "a/b"):
+        with pytest.raises(SystemExit, match="--shard expects K/N"):
+            fig_mnist.main(["--recompute", "--shard", bad])
