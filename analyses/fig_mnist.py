@@ -44,9 +44,10 @@ the committed curve's. ``--stack`` trains one gate's missing report runs at seve
 computation (a GPU runs a stack in about the time of one run; ``analyses/fig_mnist_device.sh`` runs one stack a
 gate on a GPU machine); each run's file says where it ran (``meta.device``, ``meta.stack``). ``--shard K/N``
 (with ``--recompute``) trains only the missing runs whose file names hash to K modulo N, so that N processes
-share the study: on a 2-core CPU two processes of one thread each (``OMP_NUM_THREADS=1``) train about 1.4 to 2
-times as many runs an hour as one process of two threads, whose small products leave the second core idle much
-of the time; once every shard has ended, ``--collect`` gathers their runs.
+share the study: on this 2-core CPU two processes of one thread each (``OMP_NUM_THREADS=1``) trained at least
+as many runs an hour as one process of two threads, and 2.1 to 2.7 times as many in the rounds (4 of 9) where
+the two threads ran at half speed (``python benchmarks/conditional.py --processes 2``: median 1.1x); once every
+shard has ended, ``--collect`` gathers their runs.
 
     python -m analyses.fig_mnist [--recompute | --collect] [--verify] [--quick] [--shard K/N]
     python -m analyses.fig_mnist --stack GATE --seeds 1,2,3,4 --out DIR [--device cuda]

@@ -12,7 +12,13 @@ steps, so that the one evaluation at the end cancels. Prints, in one run:
 * for REINFORCE, leave-one-out and DisARM gates: seconds per step and per loss evaluation relative to ST;
 * the digits network (64 -> 32 -> 160 gates) with 1, 4 and 16 runs stacked (batched): runs per second.
 
+With ``--processes N`` it measures instead how to share the CPU between runs (``analyses/fig_mnist.py
+--shard``): ST's seconds per step in one process of N threads, then in N processes of one thread at once (each
+its own run, as shards train), and the runs per hour of the N processes over the one: per round, then their
+median and range over ``--repeats`` rounds, the two setups alternating; nothing written.
+
     python benchmarks/conditional.py [--threads 2] [--gates st,reinforce,reinforce_loo,disarm] [--json PATH]
+    python benchmarks/conditional.py --processes 2 [--repeats 9]
 
 ``--json`` (default ``benchmarks/results/conditional.json``; ``''`` for none) writes the figures for
 ``benchmarks/report.py``.
@@ -23,7 +29,11 @@ Needs MNIST (``gradstats data mnist``).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import statistics
+import subprocess
+import sys
 import time
 from dataclasses import replace
 
@@ -83,12 +93,50 @@ def matmul_gflops(size: int = 2048) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def _step_in_process(threads: int, processes: int) -> list[float]:
+    """ST's seconds per step (one run, best of 1) in each of ``processes`` fresh processes of ``threads`` threads
+    started together."""
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = [sys.executable, __file__, "--step-worker", str(threads)]
+    workers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    outputs = [w.communicate()[0] for w in workers]
+    if any(w.returncode for w in workers):
+        raise SystemExit(f"a worker failed: {outputs}")
+    return [float(o.split()[-1]) for o in outputs]
+
+
+def compare_processes(processes: int, repeats: int) -> None:
+    """One process of ``processes`` threads against ``processes`` processes of one thread (module docstring):
+    each round's two figures and their ratio in runs per hour, then the median and range of the ratios (the rounds
+    alternate the two setups, so a machine whose speed drifts moves both)."""
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}; ST on MNIST, ms a step:")
+    ratios = []
+    for r in range(repeats):
+        threaded = _step_in_process(processes, 1)[0]
+        shared = statistics.mean(_step_in_process(1, processes))
+        ratios.append(processes * threaded / shared)
+        print(f"  round {r + 1}: 1 process of {processes} threads {threaded * 1e3:.2f}; {processes} processes of 1 "
+              f"thread at once {shared * 1e3:.2f} each; runs per hour {ratios[-1]:.2f}x", flush=True)
+    print(f"  runs per hour, {processes} processes over 1: median {statistics.median(ratios):.2f}x over {repeats} "
+          f"rounds (from {min(ratios):.2f}x to {max(ratios):.2f}x)")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gates", default="st,reinforce,reinforce_loo,disarm")
     parser.add_argument("--json", default=default_path("conditional"), help="where to write the figures ('' for nowhere)")
+    parser.add_argument("--processes", type=int, help="compare N one-thread processes with one N-thread process")
+    parser.add_argument("--repeats", type=int, default=9, help="--processes: rounds (default 9)")
+    parser.add_argument("--step-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.step_worker:
+        torch.set_num_threads(args.step_worker)
+        print(seconds_per_step(subset(gs.datasets.mnist(), 32 * STEPS), "st", 1, repeats=1))
+        return
+    if args.processes:
+        compare_processes(args.processes, args.repeats)
+        return
     torch.set_num_threads(args.threads)
     mnist = subset(gs.datasets.mnist(), 32 * STEPS)
     arch = cc.architecture_for(784, 10)
