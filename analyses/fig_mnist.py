@@ -444,8 +444,9 @@ def plot(frame, meta, config):
         published = cc.PUBLISHED_TEST_ERROR.get(g)
         if published is not None:
             axes[0].plot(published, i, marker="x", color="#d62728", markersize=4, linestyle="none")
+    seeds = _seed_range(rep)
     axes[0].set(yticks=range(len(order)), yticklabels=order, ylim=(len(order) - 0.5, -0.5), xlabel="test error (%)",
-                title=f"{_seed_range(rep)} seeds a row: mean, 2 s.e.; x: paper")
+                title=f"{seeds} seed{'' if seeds == '1' else 's'} a row: mean, 2 s.e.; x: paper")
     for g in order:
         sub = rep[(rep.cell_gate == g) & (rep.epoch > 0)]
         for metric, ax in (("valid_error", axes[1]), ("train_on", axes[2])):
