@@ -435,6 +435,13 @@ def estimate(value: float, stderr: float) -> Reported:
     return Reported(float(value), float(stderr), "estimate")
 
 
+def mean_estimate(values) -> Reported:
+    """The mean of independent values (one per seed, network, run or gate) with its standard error over them:
+    their standard deviation (``n - 1``) over :math:`\\sqrt n`."""
+    x = np.asarray(values, dtype=float)
+    return estimate(x.mean(), x.std(ddof=1) / math.sqrt(len(x)))
+
+
 def timing(value: float, digits: int = 2) -> Reported:
     return Reported(float(value), math.nan, "timing", digits)
 

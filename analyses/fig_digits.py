@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 import gradstats as gs
 import gradstats.functional as gf
-from analyses._runner import Analysis, estimate, exact, t_interval
+from analyses._runner import Analysis, estimate, exact, mean_estimate, t_interval
 from gradstats.estimators.score_function import leave_one_out_rule, tied_losses
 
 HIDDEN = (64, 64)
@@ -210,7 +210,7 @@ def numbers(frame, config):
                     & (frame.cell_step == step)]
         if len(sub) == 1:
             return estimate(sub.value.iloc[0], sub.stderr.iloc[0])
-        return estimate(sub.value.mean(), sub.value.std(ddof=1) / len(sub) ** 0.5)
+        return mean_estimate(sub.value)
 
     ref = frame[frame.estimator == "reference"]
     mse = frame[(frame.metric == "mse_equal_cost") & (frame.group == "W1") & (frame.cell_step == last)]

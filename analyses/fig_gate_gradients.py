@@ -30,7 +30,7 @@ import torch
 
 import gradstats as gs
 from analyses import fig_conditional
-from analyses._runner import Analysis, estimate, exact, macro_part, run_cells, t_interval
+from analyses._runner import Analysis, estimate, exact, macro_part, mean_estimate, run_cells, t_interval
 from gradstats import conditional as cc
 
 MINIBATCH = 32
@@ -144,7 +144,7 @@ def numbers(frame, config):
             sub = sub[(sub.estimator == estimator) & (sub.group == group) & (sub.cell_epoch == epoch)]
         if len(sub) == 1:
             return estimate(sub.value.iloc[0], sub.stderr.iloc[0])
-        return estimate(sub.value.mean(), sub.value.std(ddof=1) / len(sub) ** 0.5)
+        return mean_estimate(sub.value)
 
     ref = frame[(frame.estimator == "reference") & (frame.metric == "relative_stderr")]
     out = {"gatesEpochs": ", ".join(str(int(e)) for e in sorted(frame.cell_epoch.unique())),

@@ -38,7 +38,7 @@ import seaborn as sns
 from matplotlib.ticker import NullFormatter
 
 import gradstats as gs
-from analyses._runner import Analysis, Reported, estimate
+from analyses._runner import Analysis, Reported, estimate, mean_estimate
 
 BUDGETS = (18, 54, 180, 540, 1800, 5400)   # loss evaluations; costs 1, 2, 3, 9 divide them, 4, 5, 7 spend up to B
 QUICK_BUDGETS = (18, 180)
@@ -119,7 +119,7 @@ def _mean_over_networks(rows) -> Reported:
     draw from is what the number describes (each network's Monte Carlo error is inside that spread)."""
     if len(rows) < 2:   # a quick run's single network: only its Monte Carlo error is known
         return estimate(rows.value.mean(), float(rows.stderr.fillna(0.0).iloc[0]))
-    return estimate(rows.value.mean(), rows.value.std(ddof=1) / len(rows) ** 0.5)
+    return mean_estimate(rows.value)
 
 
 def _tex(label: str) -> str:

@@ -79,6 +79,7 @@ from analyses._runner import (
     committed_path,
     estimate,
     macro_part,
+    mean_estimate,
     run_cells,
     tex_number,
 )
@@ -498,7 +499,7 @@ def _convergence(frame) -> dict[str, str]:
     drifts = [100 * (sub.value.iloc[-5:].mean() - sub.value.iloc[-10:-5].mean())
               for _, sub in report.sort_values("epoch").groupby(["cell_gate", "cell_seed"]) if len(sub) >= 10]
     if len(drifts) > 1:
-        out["mnistEndDrift"] = estimate(float(np.mean(drifts)), float(np.std(drifts, ddof=1) / math.sqrt(len(drifts))))
+        out["mnistEndDrift"] = mean_estimate(drifts)
     for gate, sub in curves[curves.cell_stage == "constant"].groupby("cell_gate"):
         curve = sub.set_index("epoch").value.sort_index()
         key = macro_part(gate)
@@ -517,8 +518,7 @@ def _convergence(frame) -> dict[str, str]:
     for gate, gain in gains.items():
         out[f"mnistLong{macro_part(gate)}Gain"] = tex_number(gain, 2)
     if len(gains) > 1:
-        values = np.array(list(gains.values()))
-        out["mnistLongGain"] = estimate(float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values))))
+        out["mnistLongGain"] = mean_estimate(list(gains.values()))
     return out
 
 
