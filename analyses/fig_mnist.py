@@ -42,14 +42,17 @@ study: a row appears once its selection runs are in; every run it has is shown);
 check-figures``) retrains the first committed ST run for two epochs and compares its validation errors with
 the committed curve's. ``--stack`` trains one gate's missing report runs at several seeds as one
 computation (a GPU runs a stack in about the time of one run; ``analyses/fig_mnist_device.sh`` runs one stack a
-gate on a GPU machine); each run's file says where it ran (``meta.device``, ``meta.stack``). ``--shard K/N``
-(with ``--recompute``) trains only the missing runs whose file names hash to K modulo N, so that N processes
-share the study: on this 2-core CPU two processes of one thread each (``OMP_NUM_THREADS=1``) trained at least
-as many runs an hour as one process of two threads, and 2.1 to 2.7 times as many in the rounds (4 of 9) where
-the two threads ran at half speed (``python benchmarks/conditional.py --processes 2``: median 1.1x); once every
-shard has ended, ``--collect`` gathers their runs.
+gate on a GPU machine); each run's file says where it ran (``meta.device``, ``meta.stack``). Several
+``--recompute`` processes share the study: each takes the missing runs in the study's order, claims a run
+before training it (``NAME.json.lock``, :func:`gradstats.checkpoint.claim`) and goes on to the next one where
+another live process holds the claim, so that no run is trained twice and no process idles while runs are
+left; a gate's report runs start once all its selection runs are in. On this 2-core CPU two processes of one
+thread each (``OMP_NUM_THREADS=1``) trained at least as many runs an hour as one process of two threads, and
+2.1 to 2.7 times as many in the rounds (4 of 9) where the two threads ran at half speed (``python
+benchmarks/conditional.py --processes 2``: median 1.1x); once every process has ended, ``--collect`` gathers
+their runs.
 
-    python -m analyses.fig_mnist [--recompute | --collect] [--verify] [--quick] [--shard K/N]
+    python -m analyses.fig_mnist [--recompute | --collect] [--verify] [--quick]
     python -m analyses.fig_mnist --stack GATE --seeds 1,2,3,4 --out DIR [--device cuda]
 """
 
@@ -62,7 +65,6 @@ import os
 import platform
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -84,7 +86,7 @@ from analyses._runner import (
     tex_number,
 )
 from gradstats import conditional as cc
-from gradstats.checkpoint import NotResumableError
+from gradstats.checkpoint import InUseError, NotResumableError, claim
 from gradstats.claims import seed_paper as notes_claim
 
 LEARNING_RATE = 0.1
@@ -107,7 +109,6 @@ LOGISTIC_C = (0.01, 0.1, 1.0, 10.0)      # the linear control's inverse L2 weigh
 VERIFY_EPOCHS = 2
 RUNS = ROOT / "figures" / "data" / "fig_mnist_runs"
 COLLECT = False    # --collect: the saved runs only, nothing trained
-SHARD: tuple[int, int] | None = None   # --shard K/N: train only the missing runs whose file names hash to K mod N
 MISSING = r"\text{--}"   # a number that the unfinished study does not have yet
 
 
@@ -143,10 +144,14 @@ def _controls(config):
     return ("all_on", "linear_softmax") if config.quick else CONTROLS
 
 
+def scales_of(config) -> tuple[float, ...]:
+    """The gater rate scales that the selection tries."""
+    return SCALES[:2] if config.quick else SCALES
+
+
 def _selection(config) -> list[dict]:
-    scales = SCALES[:2] if config.quick else SCALES
     return [_cell("selection", g, s, SELECTION_SEED, *_epochs(config, "selection")) for g in _gated(config)
-            for s in scales]
+            for s in scales_of(config)]
 
 
 def chosen_scales(frame: pd.DataFrame) -> dict[str, float]:
@@ -162,12 +167,10 @@ def chosen_scales(frame: pd.DataFrame) -> dict[str, float]:
 
 def cells(config) -> list[dict]:
     selection = _selection(config)
-    if SHARD is not None and not all(_run_path(c).exists() for c in selection):
-        raise SystemExit("fig_mnist --shard: the selection runs are not all in; run --recompute without --shard first")
     frame = run_cells(config, selection, compute, parallel=False)
-    if COLLECT and len(frame):   # a gate is selected once all its selection runs are in
+    if len(frame):   # a gate is selected once all its selection runs are in (another process may train some)
         counts = frame[(frame.metric == "test_error")].groupby("cell_gate").size()
-        frame = frame[frame.cell_gate.isin(counts[counts == len(SCALES)].index)]
+        frame = frame[frame.cell_gate.isin(counts[counts == len(scales_of(config))].index)]
     chosen = chosen_scales(frame) if len(frame) else {}
     seeds = 2 if config.quick else REPORT_SEEDS
     report = []
@@ -181,19 +184,7 @@ def cells(config) -> list[dict]:
     constant = [_cell("constant", "st", chosen["st"], config.seed, CONSTANT_EPOCHS)] if "st" in chosen else []
     # the long runs after report seed 0, whose runs they are compared with
     long = [_cell("long", g, chosen[g], config.seed, LONG_EPOCHS, ANNEAL_EPOCHS) for g in LONG_GATES if g in chosen]
-    later = constant + report[0] + long + [c for cells_of_seed in report[1:] for c in cells_of_seed]
-    if SHARD is not None:
-        later = [c if _in_shard(c) else c | {"_other_shard": True} for c in later]
-    return selection + later
-
-
-def _in_shard(cell: dict) -> bool:
-    """Whether this process trains ``cell`` under ``--shard K/N``: a saved run is read by every shard, a missing
-    one trained by the shard its file name hashes to (a stable split, whatever each process finds saved when it
-    starts, so that two shards never train one run)."""
-    k, n = SHARD
-    path = _run_path(cell)
-    return path.exists() or zlib.crc32(path.name.encode()) % n == k
+    return selection + constant + report[0] + long + [c for cells_of_seed in report[1:] for c in cells_of_seed]
 
 
 def _run_path(cell: dict) -> Path:
@@ -287,25 +278,31 @@ def _rows(run: dict, quick: bool, device: str) -> list[dict]:
 
 
 def compute(cell, config):
-    """One run: read from the run directory when it is there (full study), else trained (and saved there)."""
+    """One run: read from the run directory when it is there (full study), else claimed, trained and saved there;
+    no rows where another live process holds its claim (that process trains it)."""
     device = str(cc.resolve_device(config.device))
-    if cell.get("_other_shard"):
-        return []
     if cell.get("_stop"):
         run = _train(cell, _data(config.quick), config.device, stop=cell["_stop"])
         return [r for r in _rows(run, config.quick, device) if r["metric"] == "valid_error" and r["epoch"] > 0]
     path = None if config.quick else _run_path(cell)
-    if path is not None and path.exists():
-        saved = json.loads(path.read_text())
-        run, device = saved["run"], saved["meta"]["device"]
-    elif COLLECT:
-        return []
-    else:
-        run = _train(cell, _data(config.quick), config.device,
-                     checkpoint=None if path is None else path.with_suffix(".partial"))
-        if path is not None:
-            _save(path, cell, run, device)
-    return _rows(run, config.quick, device)
+    if path is None:
+        return _rows(_train(cell, _data(config.quick), config.device), config.quick, device)
+    if not path.exists():
+        if COLLECT:
+            return []
+        try:
+            lock = claim(path)
+        except InUseError:
+            print(f"  fig_mnist: {path.name} is being trained by another process; going on", file=sys.stderr)
+            return []
+        try:
+            if not path.exists():    # not saved by another process between the look and the claim
+                _save(path, cell, _train(cell, _data(config.quick), config.device,
+                                         checkpoint=path.with_suffix(".partial")), device)
+        finally:
+            lock.unlink(missing_ok=True)
+    saved = json.loads(path.read_text())
+    return _rows(saved["run"], config.quick, saved["meta"]["device"])
 
 
 def verify_cells(config) -> list[dict]:
@@ -597,7 +594,7 @@ def train_stack(gate: str, seeds: list[int], device, out: Path) -> list[Path]:
 def main(argv: list[str] | None = None):
     """The analysis's command line, with ``--collect`` (the committed rows from the saved runs alone) and
     ``--stack GATE --seeds 1,2,3,4 --out DIR [--device cuda]`` (:func:`train_stack`)."""
-    global COLLECT, SHARD
+    global COLLECT
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--stack" in argv:
         import argparse
@@ -615,22 +612,13 @@ def main(argv: list[str] | None = None):
         for path in train_stack(args.stack, seeds, args.device, args.out):
             print(path)
         return None
-    if "--shard" in argv:
-        i = argv.index("--shard")
-        try:
-            k, n = (int(v) for v in argv[i + 1].split("/"))
-            if not 0 <= k < n:
-                raise ValueError
-        except (IndexError, ValueError):
-            raise SystemExit(f"fig_mnist: --shard expects K/N with 0 <= K < N, got {argv[i + 1:i + 2]}") from None
-        SHARD, argv = (k, n), argv[:i] + argv[i + 2:]
     COLLECT = "--collect" in argv
     if COLLECT:
         argv = [a for a in argv if a != "--collect"] + ["--recompute"]
     try:
         return ANALYSIS.main(argv)
     finally:
-        COLLECT, SHARD = False, None
+        COLLECT = False
 
 
 if __name__ == "__main__":

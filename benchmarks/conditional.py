@@ -12,10 +12,11 @@ steps, so that the one evaluation at the end cancels. Prints, in one run:
 * for REINFORCE, leave-one-out and DisARM gates: seconds per step and per loss evaluation relative to ST;
 * the digits network (64 -> 32 -> 160 gates) with 1, 4 and 16 runs stacked (batched): runs per second.
 
-With ``--processes N`` it measures instead how to share the CPU between runs (``analyses/fig_mnist.py
---shard``): ST's seconds per step in one process of N threads, then in N processes of one thread at once (each
-its own run, as shards train), and the runs per hour of the N processes over the one: per round, then their
-median and range over ``--repeats`` rounds, the two setups alternating; nothing written.
+With ``--processes N`` it measures instead how to share the CPU between runs (several ``analyses/fig_mnist.py
+--recompute`` processes): ST's seconds per step in one process of N threads, then in N processes of one thread
+at once (each its own run, as the study's processes train), and the runs per hour of the N processes over the
+one: per round, then their median and range over ``--repeats`` rounds, the two setups alternating; nothing
+written.
 
     python benchmarks/conditional.py [--threads 2] [--gates st,reinforce,reinforce_loo,disarm] [--json PATH]
     python benchmarks/conditional.py --processes 2 [--repeats 9]

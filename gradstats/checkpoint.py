@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["FORMAT", "UnidentifiableError", "NotResumableError", "fingerprint", "signature", "library_identity",
+__all__ = ["FORMAT", "UnidentifiableError", "NotResumableError", "InUseError", "fingerprint", "signature", "library_identity",
            "content_checksum", "save", "load", "claim", "file_identity", "RunFile"]
 
 FORMAT = "gradstats-checkpoint/3"
@@ -43,6 +43,10 @@ FORMAT = "gradstats-checkpoint/3"
 
 class UnidentifiableError(ValueError):
     """A value whose identity (what it would compute) cannot be established."""
+
+
+class InUseError(ValueError):
+    """A path that a live process has claimed (:func:`claim`): another run is writing there."""
 
 
 class NotResumableError(ValueError):
@@ -255,7 +259,8 @@ def claim(path: Path) -> Path:
     """Claim ``path`` for one run before it computes anything: its directory must exist and be writable, and a
     lock file ``PATH.lock`` (made atomically, holding this process's id and host) keeps a second run from
     writing there at the same time. A lock left by a process of this host that is gone is taken over. Returns
-    the lock's path; a ValueError names the path and what is wrong."""
+    the lock's path; a ValueError names the path and what is wrong (:class:`InUseError` when a live process holds
+    the lock, so that a caller with other work can go on to it)."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"checkpoint {str(path)!r} is a directory; pass a file path")
@@ -271,7 +276,7 @@ def claim(path: Path) -> Path:
             if attempt == 0 and host == socket.gethostname() and pid is not None and not _alive(pid):
                 lock.unlink(missing_ok=True)   # its run is gone
                 continue
-            raise ValueError(f"checkpoint {str(path)!r} is in use by another run (process {pid} on {host}; lock "
+            raise InUseError(f"checkpoint {str(path)!r} is in use by another run (process {pid} on {host}; lock "
                              f"{str(lock)!r}): give each run its own checkpoint path, or remove the lock if that run "
                              "has ended") from None
         except OSError as err:

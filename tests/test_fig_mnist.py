@@ -2,7 +2,9 @@
 (the training itself is tested in test_conditional; its quick grid in test_analyses)."""
 
 import json
+import os
 import re
+import socket
 
 import pandas as pd
 import pytest
@@ -141,15 +143,15 @@ def test_the_constant_and_long_runs_say_whether_the_report_budget_was_enough(tmp
     assert table.count("\nst &") == 1 and "\nst & 2 (0) &" in table       # the constant and long runs are not rows
 
 
-def test_shards_train_every_missing_run_once_and_read_every_saved_one(tmp_path, monkeypatch):
-    """--shard 0/2 and --shard 1/2 on a study whose selection and one report run are saved: together they train
-    each missing run exactly once (by its file name's hash) and each reads the saved one; a shard before the
-    selection is complete, or a malformed --shard, is refused."""
+def test_processes_share_the_study_by_claiming_each_run(tmp_path, monkeypatch):
+    """Several --recompute processes: a run claimed by a live process is left to it (the next one is trained),
+    a claim left by a process that is gone is taken over, a run saved meanwhile is read, not trained again, and a
+    gate whose selection runs are not all in gets no report runs."""
     monkeypatch.setattr(fig_mnist, "RUNS", tmp_path / "runs")
-    monkeypatch.setattr(fig_mnist, "GATED", ("st",))
+    monkeypatch.setattr(fig_mnist, "GATED", ("st", "reinforce"))
     monkeypatch.setattr(fig_mnist, "CONTROLS", ("all_on",))
     monkeypatch.setattr(fig_mnist, "LONG_GATES", ("st",))
-    monkeypatch.setattr(fig_mnist, "REPORT_SEEDS", 4)
+    monkeypatch.setattr(fig_mnist, "REPORT_SEEDS", 3)
     monkeypatch.setattr(fig_mnist, "_data", lambda quick: None)
 
     def save(cell, valid):
@@ -157,25 +159,47 @@ def test_shards_train_every_missing_run_once_and_read_every_saved_one(tmp_path, 
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"meta": {"cell": cell, "device": "cpu"}, "run": _run(valid, 3)}))
 
-    with pytest.raises(SystemExit, match="selection runs are not all in"):
-        fig_mnist.main(["--recompute", "--shard", "0/2", "--out", str(tmp_path), "--device", "cpu"])
+    def lock(cell, pid):
+        path = fig_mnist._run_path(cell)
+        path.with_name(path.name + ".lock").write_text(f"{pid} {socket.gethostname()}\n")
+        return path
+
+    def report(gate, seed):
+        return fig_mnist._cell("report", gate, 1.0, seed, fig_mnist.REPORT_EPOCHS, fig_mnist.ANNEAL_EPOCHS)
+
     for scale in fig_mnist.SCALES:
         save(fig_mnist._cell("selection", "st", scale, fig_mnist.SELECTION_SEED, fig_mnist.SELECT_EPOCHS), 0.03)
-    saved = fig_mnist._cell("report", "st", 1.0, 0, fig_mnist.REPORT_EPOCHS, fig_mnist.ANNEAL_EPOCHS)
-    save(saved, 0.02)
-    trained = {0: [], 1: []}
-    for k in (0, 1):
-        def train(cell, data, device, stop=None, checkpoint=None, k=k):
-            trained[k].append(fig_mnist._run_path(cell).name)
-            return _run(0.02, 3)
+    for scale in fig_mnist.SCALES[:2]:
+        save(fig_mnist._cell("selection", "reinforce", scale, fig_mnist.SELECTION_SEED, fig_mnist.SELECT_EPOCHS), 0.03)
+    busy = fig_mnist._cell("selection", "reinforce", fig_mnist.SCALES[2], fig_mnist.SELECTION_SEED,
+                           fig_mnist.SELECT_EPOCHS)
+    lock(busy, os.getpid())                               # in training elsewhere
+    lock(report("st", 1), os.getpid())
+    stale = lock(report("all_on", 1), 2**22 + 12345)      # its process is gone
+    saved_meanwhile = report("st", 2)
+    save(report("st", 0), 0.02)
+    trained = []
 
-        monkeypatch.setattr(fig_mnist, "_train", train)
-        fig_mnist.main(["--recompute", "--shard", f"{k}/2", "--out", str(tmp_path / f"out{k}"), "--device", "cpu"])
-        finals = pd.read_csv(tmp_path / f"out{k}" / "figures" / "data" / "fig_mnist.csv")
-        assert ((finals.cell_stage == "report") & (finals.cell_seed == 0) & (finals.cell_gate == "st")).any()
-    # 4 seeds of st and all_on, the constant and the long run: 10, one of them saved
-    assert len(trained[0]) + len(trained[1]) == 9 and trained[0] and trained[1]
-    assert not set(trained[0]) & set(trained[1]) and fig_mnist._run_path(saved).name not in trained[0] + trained[1]
-    for bad in ("2/2", "1", "a/b"):
-        with pytest.raises(SystemExit, match="--shard expects K/N"):
-            fig_mnist.main(["--recompute", "--shard", bad])
+    def train(cell, data, device, stop=None, checkpoint=None):
+        trained.append((cell["stage"], cell["gate"], cell["seed"]))
+        return _run(0.02, 3)
+
+    def claim(path, claim=fig_mnist.claim):
+        if path == fig_mnist._run_path(saved_meanwhile):   # another process saves it between the look and the claim
+            save(saved_meanwhile, 0.02)
+        return claim(path)
+
+    monkeypatch.setattr(fig_mnist, "_train", train)
+    monkeypatch.setattr(fig_mnist, "claim", claim)
+    fig_mnist.main(["--recompute", "--out", str(tmp_path), "--device", "cpu"])
+    # st's constant and long runs, all_on's three seeds (seed 1's stale claim taken over); not st's seed 1 (claimed),
+    # nor seed 2 (saved by the other process), nor reinforce (its selection incomplete) or the busy selection run
+    assert sorted(trained) == sorted([("constant", "st", 0), ("long", "st", 0), ("report", "all_on", 0),
+                                      ("report", "all_on", 1), ("report", "all_on", 2)])
+    assert not stale.with_name(stale.name + ".lock").exists() and stale.exists()
+    assert sorted(p.name for p in (tmp_path / "runs").glob("*.lock")) == sorted(
+        fig_mnist._run_path(c).name + ".lock" for c in (busy, report("st", 1)))   # the live claims only
+    finals = pd.read_csv(tmp_path / "figures" / "data" / "fig_mnist.csv")
+    reports = finals[(finals.cell_stage == "report") & (finals.metric == "test_error")]
+    assert sorted(zip(reports.cell_gate, reports.cell_seed)) == [("all_on", 0), ("all_on", 1), ("all_on", 2),
+                                                               ("st", 0), ("st", 2)]

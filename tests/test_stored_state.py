@@ -182,7 +182,7 @@ def test_two_runs_at_once_cannot_share_a_path_and_a_dead_runs_lock_is_taken_over
     holder.start()
     try:
         assert ready.wait(600), "the holding process did not start"
-        with pytest.raises(ValueError, match="is in use by another run"):
+        with pytest.raises(ckpt.InUseError, match="is in use by another run"):
             gs.moments(gs.problems.toy(), "st", checkpoint=path, **KW)
     finally:
         release.set()
