@@ -228,7 +228,8 @@ def _train(cell: dict, data, device, stop: int | None = None, checkpoint: Path |
 
 
 def _run(r: cc.Result, seconds: float) -> dict:
-    """What a run's file keeps of its result."""
+    """What a run's file keeps of its result (``seconds``: the wall time of the process that ended the run; one
+    resumed from its saved state counts from the resumption)."""
     return {"valid_error": r.valid_error, "test_error": r.test_error, "train_criterion": r.train_criterion,
             "sparsity": r.sparsity, "train_sparsity": r.train_sparsity, "best_epoch": r.best_epoch,
             "curve": [v for _, v in r.history], "on_curve": list(r.on_history), "seconds": seconds}

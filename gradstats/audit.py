@@ -17,10 +17,13 @@ pilot of the peer's own draws so that a bias of :data:`RELATIVE_BIAS` of the tar
 coordinate is detected with power :data:`POWER`, within ``max_draws`` (which caps the pilot too).
 Verdicts: ``disagrees`` (a test rejects on a coordinate whose skewness and kurtosis allow a
 normal z at that many draws: :func:`gradstats.stats.required_draws`, with the target's exact
-moments where it has them), ``agrees`` (none does, at that power) or ``inconclusive``: none does
-below that power, or the only rejections rest on heavy tails, or a standard error is not finite,
-or fewer than :data:`MIN_DRAWS` draws were allowed; the row's notes say which, and how many draws
-would do.
+moments where it has them; and the whole audit, rerun at a fresh seed, rejects too), ``agrees``
+(none does, at that power) or ``inconclusive``: none does below that power, or the only rejections
+rest on heavy tails, or a standard error is not finite, or fewer than :data:`MIN_DRAWS` draws were
+allowed; the row's notes say which, and how many draws would do. The rerun (:data:`CONFIRM_SEED`)
+makes a correct peer's false accusation an event of about :data:`ALPHA` squared a row, not
+:data:`ALPHA`, which a table of tens of rows would otherwise meet about once in three runs; a bias of
+:data:`RELATIVE_BIAS` is still found with probability about :data:`POWER` squared.
 
 Peers, pinned (``pip install gradstats[audit]``): storchastic 0.3.7 (:func:`storchastic_estimators`) and
 pyro-ppl 1.9.2 (:func:`pyro_estimators`, its ``TraceGraph_ELBO``).
@@ -33,7 +36,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from scipy import stats as sps
@@ -50,7 +53,7 @@ from .numerics import positive_int
 from .problems import Problem, categorical, independent, sbn, toy
 from .stats import MIN_SAMPLES, required_draws
 
-__all__ = ["PINNED", "STATUSES", "ALPHA", "POWER", "RELATIVE_BIAS", "PeerEstimator", "AuditRow", "PEERS",
+__all__ = ["PINNED", "STATUSES", "ALPHA", "POWER", "RELATIVE_BIAS", "CONFIRM_SEED", "PeerEstimator", "AuditRow", "PEERS",
            "storchastic_estimators", "pyro_estimators", "audit_problems", "peer_gradients", "peer_loop_gradients",
            "audit_one", "audit", "closed_form_gradient", "moving_average_simulation", "unordered_set_mean",
            "storchastic_conditional_sample_sides", "corrected_storchastic_conditional_sample",
@@ -63,6 +66,7 @@ POWER = 0.99            # to detect a bias of RELATIVE_BIAS
 RELATIVE_BIAS = 0.01
 PILOT_DRAWS = 4096
 LOOKS = (0.1, 0.3, 1.0)  # fractions of the planned draws at which the tests run (Bonferroni over the looks)
+CONFIRM_SEED = 1_000_003  # a disagreement at seed s is reported only if the audit at seed s + CONFIRM_SEED disagrees
 # calls discarded before a stateful estimator's draws are kept, so that its variance is the steady state's
 # (0.95^100 and 0.9^50 are below 0.01); its mean does not depend on them
 BURN_IN = 100
@@ -459,7 +463,7 @@ def _pyro_draws(estimator: PeerEstimator, problem: Problem, rows: int, calls: in
     import pyro.distributions as dist
     from pyro.infer import TraceGraph_ELBO
 
-    pyro.set_rng_seed(seed)
+    pyro.set_rng_seed(seed % 2**32)   # it seeds numpy too, whose seeds are below 2**32
     pyro.clear_param_store()
     draws = _Rows(problem, rows, estimator.dtype)
     infer = estimator.build(_unit_shape(problem))
@@ -565,21 +569,48 @@ def _z(gap: float, stderr: float, scale: float) -> float:
 
 
 def _looks(planned: int) -> list[int]:
-    """The draws after which the tests run (cumulative, increasing)."""
+    """The draws after which the tests run (cumulative, increasing): the :data:`LOOKS` fractions of ``planned``,
+    none before :data:`MIN_DRAWS` (where ``planned`` reaches it), since a look with fewer draws gives no verdict
+    and would end the draws of a peer whose gap is that large."""
     stops = []
     for fraction in LOOKS:
-        stop = max(math.ceil(fraction * planned), stops[-1] if stops else 0)
+        stop = max(math.ceil(fraction * planned), min(MIN_DRAWS, planned), stops[-1] if stops else 0)
         if not stops or stop > stops[-1]:
             stops.append(stop)
     return stops
 
 
 def audit_one(estimator: PeerEstimator, problem: Problem, *, max_draws: int = 2_000_000, seed: int = 0,
-              chunk_size: int | None = None) -> AuditRow:
+              chunk_size: int | None = None, confirm: bool = True) -> AuditRow:
     """The verdict on one peer estimator on one problem (see the module's docstring); ``chunk_size`` defaults
     to the estimator's. ``max_draws`` caps every draw of the peer, the pilot's included; a verdict needs at
     least :data:`MIN_DRAWS` draws beyond the pilot and finite standard errors, else the row is inconclusive
-    with the reason."""
+    with the reason.
+
+    ``confirm``: a disagreement is rerun as a whole (pilot, target, draws) at seed ``seed +``
+    :data:`CONFIRM_SEED`. If the rerun disagrees too, the row is the first audit's, its notes giving the
+    rerun's largest ``|z|``; if not, the row is the rerun's, its notes giving the disagreement that did not
+    recur. ``confirm=False``: one audit, a false accusation of a correct peer at about :data:`ALPHA` a row
+    (``tests/test_calibration.py``)."""
+    row = _audit_once(estimator, problem, max_draws, seed, chunk_size)
+    if not confirm or row.status != "disagrees":
+        return row
+    again = _audit_once(estimator, problem, max_draws, seed + CONFIRM_SEED, chunk_size)
+    if again.status == "disagrees":
+        return replace(row, notes=_joined(row.notes, f"confirmed at seed {seed + CONFIRM_SEED}: max |z| "
+                                                     f"{again.max_abs_z:.2f} at {again.draws:,} draws"))
+    return replace(again, notes=_joined(again.notes, f"seed {seed} disagreed (max |z| {row.max_abs_z:.2f} at "
+                                                     f"{row.draws:,} draws); this is seed {seed + CONFIRM_SEED}'s audit, "
+                                                     "where it did not recur"))
+
+
+def _joined(notes: str, note: str) -> str:
+    return f"{notes}; {note}" if notes else note
+
+
+def _audit_once(estimator: PeerEstimator, problem: Problem, max_draws: int, seed: int,
+                chunk_size: int | None) -> AuditRow:
+    """One sequential audit at ``seed`` (:func:`audit_one` without the confirmation)."""
     max_draws = positive_int("max_draws", max_draws)
     chunk_size = positive_int("chunk_size", estimator.chunk_size if chunk_size is None else chunk_size)
     if (problem.num_classes is None) != (estimator.units == "binary"):

@@ -66,10 +66,37 @@ def test_too_few_draws_are_inconclusive_not_agreement():
 def test_storchastic_disarm_is_caught_and_the_closed_form_says_which_side_is_right():
     row = audit.audit_one(ESTIMATORS["DisARM()"], TOY, max_draws=20_000)
     assert row.status == "disagrees" and row.max_abs_z > 20 and row.relative_discrepancy > 0.9
+    assert f"confirmed at seed {audit.CONFIRM_SEED}" in row.notes     # the rerun at a fresh seed disagrees too
     exact = audit.closed_form_gradient(TOY)
     p = 1 / (1 + math.exp(-0.3))
     assert exact == pytest.approx(p * (1 - p) * ((1 - 0.45) ** 2 - 0.45**2), rel=1e-12)
     assert f"{exact:.6g}" in row.notes
+
+
+def test_no_look_comes_before_a_verdict_is_possible():
+    """The looks fall at 10%, 30% and all of the planned draws, none before MIN_DRAWS: a peer whose gap is found
+    at once is not stopped at a look too small for a verdict. ScoreFunctionWOR on the toy at t = 0.8, a = -2 plans
+    374 draws at this seed; a first look at 38 draws rejected and left the row inconclusive."""
+    assert audit._looks(10_000) == [1_000, 3_000, 10_000]
+    assert audit._looks(374) == [audit.MIN_DRAWS, 374] and audit._looks(100) == [100]
+    row = audit.audit_one(ESTIMATORS["ScoreFunctionWOR(k=2, biased=False)"], problems.toy(0.8, -2.0),
+                          seed=audit.CONFIRM_SEED, confirm=False)
+    assert row.status == "disagrees" and row.draws >= audit.MIN_DRAWS, row
+
+
+def test_a_disagreement_that_does_not_recur_at_a_fresh_seed_is_not_reported(monkeypatch):
+    """A correct peer's false alarm: at seed 50 one audit rejects (max |z| 3.6 after its 133,030 draws, an event of
+    about ALPHA a row: 5 of the first 300 seeds); the whole audit rerun at seed 50 + CONFIRM_SEED agrees, so the row
+    is that audit's, with a note of the rejection. Fixed seeds: the outcome is fixed."""
+    from tests.test_calibration import correct_categorical_peer
+
+    peer, problem, draws = correct_categorical_peer()
+    monkeypatch.setattr(audit, "peer_gradients", draws)
+    once = audit.audit_one(peer, problem, seed=50, confirm=False)
+    assert once.status == "disagrees" and once.max_abs_z > 3.5, once
+    row = audit.audit_one(peer, problem, seed=50)
+    assert row.status == "agrees" and row.max_abs_z < 3, row
+    assert f"seed 50 disagreed (max |z| {once.max_abs_z:.2f}" in row.notes and "did not recur" in row.notes
 
 
 def test_moving_average_baseline_bias_is_its_decay_and_a_plain_simulation_agrees():
@@ -104,6 +131,9 @@ def test_pyro_decaying_average_baseline_uses_the_old_average_and_agrees():
     assert row.status != "disagrees" and row.relative_discrepancy < 0.01, row
     draws = torch.cat(list(audit.peer_gradients(est, TOY, 3000, seed=4, chunk_size=1000)))
     assert draws.shape == (3000, 1) and torch.isfinite(draws).all()
+    # a chunk's seed (seed * 1,000,003 + chunk) beyond numpy's 2**32, as at a confirmation's seed
+    assert torch.equal(torch.cat(list(audit.peer_gradients(est, TOY, 100, seed=5_000_000))),
+                       torch.cat(list(audit.peer_gradients(est, TOY, 100, seed=5_000_000))))
 
 
 def test_storchastic_disarm_averages_its_pair_instead_of_differencing():

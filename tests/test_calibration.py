@@ -61,34 +61,47 @@ def test_straight_through_on_the_toy_is_still_rejected(n):
 AUDIT_SEEDS = 200
 
 
-def test_the_audit_rarely_accuses_a_correct_peer(monkeypatch):
-    """The audit's sequential test (Holm over coordinates, Bonferroni over its three looks, familywise level
-    gs.audit.ALPHA = 0.01) run on a correct REINFORCE posing as a peer, on the audit's unit of 4 classes (the law of
-    the plain REINFORCE rows): the unit sampled is one audit (about 1.3 million draws, the number its pilot plans
-    for power); 200 seeded audits. Under a true rate of 0.01 a count of 7 or more (above 0.03) has probability
-    0.4%; the seeds are fixed, so the outcome is too. (With AUDIT_SEEDS = 1000: 11 disagreements, 4 at the first
-    look, 4 at the second and 3 at the last; 1.1%, 95% interval 0.55% to 1.96%.)"""
+def correct_categorical_peer():
+    """gradstats' own REINFORCE without a baseline, f(x) (e_x - p) for x ~ p, posing as a peer on the audit's unit
+    of 4 classes (the law of the plain REINFORCE rows), drawn in the audit's chunks and seeds."""
     import torch.nn.functional as F
 
     from gradstats import audit
 
-    problem = audit.audit_problems(units="categorical")[0]
     costs = torch.tensor([1.0, -0.5, 0.3, 2.0], dtype=torch.float64)        # the unit's loss, per class
     probs = torch.softmax(torch.tensor([0.5, -0.3, 1.0, 0.0], dtype=torch.float64), 0)
 
-    def correct_peer(estimator, problem, num_draws, seed=0, chunk_size=50_000):
-        """REINFORCE without a baseline, f(x) (e_x - p) for x ~ p, in the audit's chunks and seeds."""
+    def draws(estimator, problem, num_draws, seed=0, chunk_size=50_000):
         for i, lo in enumerate(range(0, num_draws, chunk_size)):
             gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
             x = torch.multinomial(probs, min(chunk_size, num_draws - lo), replacement=True, generator=gen)
             yield costs[x, None] * (F.one_hot(x, 4).double() - probs)
 
+    peer = audit.PeerEstimator("storchastic", "REINFORCE (gradstats' own, correct)", "exact", lambda shape: None,
+                               units="categorical")
+    problem = audit.audit_problems(units="categorical")[0]
     exact = gs.exact_gradient(problem)
     assert torch.allclose(exact, (costs[:, None] * (torch.eye(4, dtype=torch.float64) - probs) * probs[:, None])
                           .sum(0), rtol=1e-12, atol=0)
-    monkeypatch.setattr(audit, "peer_gradients", correct_peer)
-    peer = audit.PeerEstimator("storchastic", "REINFORCE (gradstats' own, correct)", "exact", lambda shape: None,
-                               units="categorical")
-    statuses = [audit.audit_one(peer, problem, seed=seed).status for seed in range(AUDIT_SEEDS)]
+    return peer, problem, draws
+
+
+def test_the_audit_rarely_accuses_a_correct_peer(monkeypatch):
+    """The audit's sequential test (Holm over coordinates, Bonferroni over its three looks, familywise level
+    gs.audit.ALPHA = 0.01) run on a correct REINFORCE posing as a peer, on the audit's unit of 4 classes (the law of
+    the plain REINFORCE rows): the unit sampled is one audit (about 1.3 million draws, the number its pilot plans
+    for power); 200 seeded audits without the confirmation. Under a true rate of 0.01 a count of 7 or more (above
+    0.03) has probability 0.4%; the seeds are fixed, so the outcome is too. (With AUDIT_SEEDS = 1000: 11
+    disagreements, 4 at the first look, 4 at the second and 3 at the last; 1.1%, 95% interval 0.55% to 1.96%.)
+    With the confirmation (the default) none of the accusations stands: a rate of about ALPHA squared a row would
+    give one in 200 with probability about 2%."""
+    from gradstats import audit
+
+    peer, problem, draws = correct_categorical_peer()
+    monkeypatch.setattr(audit, "peer_gradients", draws)
+    statuses = [audit.audit_one(peer, problem, seed=seed, confirm=False).status for seed in range(AUDIT_SEEDS)]
     assert statuses.count("disagrees") <= 6, statuses.count("disagrees")
     assert statuses.count("agrees") >= AUDIT_SEEDS - 6     # and the others reach a verdict: the draws suffice
+    confirmed = [audit.audit_one(peer, problem, seed=seed).status for seed, status in enumerate(statuses)
+                 if status == "disagrees"]
+    assert "disagrees" not in confirmed, confirmed
