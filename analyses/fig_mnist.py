@@ -1,56 +1,57 @@
 """The seed paper's table on MNIST: conditional computation through each estimator, with seeds and controls.
 
-The paper's network and protocol (sec. 5 and appendix A of arXiv:1308.3432; ``gradstats.conditional``):
-784 inputs -> 400 tanh -> 2000 gates, a 784 -> 2000 linear expert path, the conditional layer, a softmax;
-sparsity target 0.1 (KL penalty on the gates' minibatch mean probability of being on; adaptive L1 for the
-rectifiers); minibatch 32; plain SGD at learning rate 0.1 (the paper's); max-norm 2; gates thresholded to 10%
-on at test time; the reported model is the epoch with the lowest validation error. The classic split: 50,000
-training, 10,000 validation, 10,000 test images (``gradstats data mnist``).
+The paper's network and protocol (sec. 5 and appendix A of arXiv:1308.3432; ``gradstats.conditional``): 784 inputs
+-> 400 tanh -> 2000 gates, a 784 -> 2000 linear expert path, the conditional layer, a softmax; sparsity target 0.1
+(KL penalty on the gates' minibatch mean probability of being on; adaptive L1 for the rectifiers); minibatch 32;
+plain SGD at learning rate 0.1 (the paper's); max-norm 2; gates thresholded to 10% on at test time; the reported
+model is the epoch with the lowest validation error. The classic split: 50,000 training, 10,000 validation, 10,000
+test images (``gradstats data mnist``).
 
 Rows: the paper's seven (noisy rectifier, ST, STS as the paper writes it, the binary neuron with the unbiased
 estimator, the rectifier, sigmoid + noise, sigmoid), STS as the authors' code samples it (``sts_code``:
 Bernoulli(p), not Bernoulli(sqrt p)), ST-sigmoid', ReinMax and DisARM gates. Each gated row's gater rate (a
-multiple of the rest's: :data:`SCALES`) is selected on the validation set from one run of
-:data:`SELECT_EPOCHS` epochs per scale (seed :data:`SELECTION_SEED`), so that an estimator whose gradient is
-smaller than another's is not judged at the other's step size. Controls: every gate on (``all_on``: the
-ungated expert path, a linear classifier), a fixed random 10% of the units on (``random_fixed``), and a
-multinomial logistic regression on the pixels (``linear_softmax``, scikit-learn, its L2 weight selected on the
-validation set; convex, so one run and no seed error). Then :data:`REPORT_SEEDS` seeds a row, each trained for
-:data:`REPORT_EPOCHS` epochs with the validation error after every epoch (the learning curves): the paper's rate
-for the first 40, then lowered linearly to 0 over the last :data:`ANNEAL_EPOCHS`
-(:func:`gradstats.conditional.anneal_factor`). Why: at the paper's constant rate the validation error keeps
-drifting down and jumps by tenths of a point from epoch to epoch, so the lowest of the curve falls with every
-epoch added, whether the network improves or not (ST's report seed 0 trained for :data:`CONSTANT_EPOCHS` epochs at
-the constant rate, the stage ``constant``). Whether 40 epochs at the full rate suffice is checked by long runs,
-report seed 0 of :data:`LONG_GATES` trained at the full rate for :data:`LONG_EPOCHS` minus
-:data:`ANNEAL_EPOCHS` epochs before the same annealing (the report run's initialisation and data order): the
-difference of their test errors from their report runs'. The constant and long runs are drawn beside the
-learning curves and are not in the table. Paired tests
-against ST (Wilcoxon signed-rank over seeds, the same initialisation and data order per seed) carry Holm's
-correction over the rows. Ten seeds, because the exact test of n pairs cannot give a p-value below
-:math:`2/2^n`: 0.0625 with five seeds, so that no difference could be called significant at all, and 0.002 with
-ten, below the 0.005 that Holm's correction asks of the smallest of ten p-values.
+multiple of the rest's: :data:`SCALES`) is selected on the validation set from one run of :data:`SELECT_EPOCHS`
+epochs per scale (seed :data:`SELECTION_SEED`), so that an estimator whose gradient is smaller than another's is
+not judged at the other's step size. Controls: every gate on (``all_on``: the ungated expert path, a linear
+classifier), a fixed random 10% of the units on (``random_fixed``), and a multinomial logistic regression on the
+pixels (``linear_softmax``, scikit-learn, its L2 weight selected on the validation set; convex, so one run and no
+seed error). Then :data:`REPORT_SEEDS` seeds a row, each trained for :data:`REPORT_EPOCHS` epochs with the
+validation error after every epoch (the learning curves): the paper's rate for the first 80, then lowered linearly
+to 0 over the last :data:`ANNEAL_EPOCHS` (:func:`gradstats.conditional.anneal_factor`). Why: at the paper's
+constant rate the validation error keeps drifting down and jumps by tenths of a point from epoch to epoch, so the
+lowest of the curve falls with every epoch added, whether the network improves or not (ST's report seed 0 trained
+for :data:`CONSTANT_EPOCHS` epochs at the constant rate, the stage ``constant``). Why 80: the study's first
+budget, 40 epochs at the full rate (:data:`SHORT_EPOCHS` in all), left the slower gates short: report seed 0 of
+DisARM and ReinMax ended 0.40 and 0.51 points lower after 80 (ST: 0.05), so every row's seed 0 trained with it is
+kept as the stage ``short`` and the difference from its report run is shown. Whether 80 epochs at the full rate
+suffice is checked by long runs, report seed 0 of :data:`LONG_GATES` trained at the full rate for
+:data:`LONG_EPOCHS` minus :data:`ANNEAL_EPOCHS` epochs before the same annealing (the report run's initialisation
+and data order; trained once every row has :data:`LONG_AFTER_SEEDS` report seeds): the difference of their test
+errors from their report runs'. The constant, short and long runs are drawn beside the learning curves and are not
+in the table. Paired tests against ST (Wilcoxon signed-rank over seeds, the same initialisation and data order per
+seed) carry Holm's correction over the rows. Ten seeds, because the exact test of n pairs cannot give a p-value
+below :math:`2/2^n`: 0.0625 with five seeds, so that no difference could be called significant at all, and 0.002
+with ten, below the 0.005 that Holm's correction asks of the smallest of ten p-values.
 
-Hours of computation (about thirty-five CPU-hours on 2 cores; a GPU machine trains each gate's seeds as one stack),
-so its raw results are committed: each run's result is saved as it ends in ``figures/data/fig_mnist_runs/``
-(one JSON per run, kept across code changes; a study
-interrupted resumes from them, and the run in flight from its state after its last epoch, ``NAME.partial``,
-not committed), and ``figures/data/fig_mnist.csv`` holds every run's rows. ``make figures``
-plots from that file; ``--recompute`` rebuilds it, training the runs the run directory lacks (remove the
-directory to train every run anew); ``--collect`` rebuilds it from the saved runs alone (an unfinished
-study: a row appears once its selection runs are in; every run it has is shown); ``--verify`` (``make
-check-figures``) retrains the first committed ST run for two epochs and compares its validation errors with
-the committed curve's. ``--stack`` trains one gate's missing report runs at several seeds as one
-computation (a GPU runs a stack in about the time of one run; ``analyses/fig_mnist_device.sh`` runs one stack a
-gate on a GPU machine); each run's file says where it ran (``meta.device``, ``meta.stack``). Several
-``--recompute`` processes share the study: each takes the missing runs in the study's order, claims a run
-before training it (``NAME.json.lock``, :func:`gradstats.checkpoint.claim`) and goes on to the next one where
-another live process holds the claim, so that no run is trained twice and no process idles while runs are
-left; a gate's report runs start once all its selection runs are in. On this 2-core CPU two processes of one
-thread each (``OMP_NUM_THREADS=1``) trained at least as many runs an hour as one process of two threads, and
-2.1 to 2.7 times as many in the rounds (4 of 9) where the two threads ran at half speed (``python
-benchmarks/conditional.py --processes 2``: median 1.1x); once every process has ended, ``--collect`` gathers
-their runs.
+Hours of computation (about ninety CPU-hours, one thread a run at about 25 s an epoch; a GPU machine trains each
+gate's seeds as one stack), so its raw results are committed: each run's result is saved as it ends in
+``figures/data/fig_mnist_runs/`` (one JSON per run, kept across code changes; a study interrupted resumes from
+them, and the run in flight from its state after its last epoch, ``NAME.partial``, not committed), and
+``figures/data/fig_mnist.csv`` holds every run's rows. ``make figures`` plots from that file; ``--recompute``
+rebuilds it, training the runs the run directory lacks (remove the directory to train every run anew);
+``--collect`` rebuilds it from the saved runs alone (an unfinished study: a row appears once its selection runs
+are in; every run it has is shown); ``--verify`` (``make check-figures``) retrains the first committed ST run for
+two epochs and compares its validation errors with the committed curve's. ``--stack`` trains one gate's missing
+report runs at several seeds as one computation (a GPU runs a stack in about the time of one run;
+``analyses/fig_mnist_device.sh`` runs one stack a gate on a GPU machine); each run's file says where it ran
+(``meta.device``, ``meta.stack``). Several ``--recompute`` processes share the study: each takes the missing runs
+in the study's order, claims a run before training it (``NAME.json.lock``, :func:`gradstats.checkpoint.claim`) and
+goes on to the next one where another live process holds the claim, so that no run is trained twice and no process
+idles while runs are left; a gate's report runs start once all its selection runs are in. On this 2-core CPU two
+processes of one thread each (``OMP_NUM_THREADS=1``) trained at least as many runs an hour as one process of two
+threads, and 2.1 to 2.7 times as many in the rounds (4 of 9) where the two threads ran at half speed (``python
+benchmarks/conditional.py --processes 2``: median 1.1x); once every process has ended, ``--collect`` gathers their
+runs.
 
     python -m analyses.fig_mnist [--recompute | --collect] [--verify] [--quick]
     python -m analyses.fig_mnist --stack GATE --seeds 1,2,3,4 --out DIR [--device cuda]
@@ -68,6 +69,7 @@ import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 import torch
@@ -93,12 +95,17 @@ LEARNING_RATE = 0.1
 SCALES = (1.0, 0.1, 0.01)
 SELECT_EPOCHS = 10
 SELECTION_SEED = 1000
-ANNEAL_EPOCHS = 20      # the report and long runs' last epochs: the rate falls linearly to 0
-REPORT_EPOCHS = 60      # 40 at the paper's rate, then ANNEAL_EPOCHS
-# do 40 epochs at the full rate suffice? These gates' report seed 0 (its initialisation and data order) trained
-# at the full rate for LONG_EPOCHS - ANNEAL_EPOCHS epochs, then annealed: ST and gates whose curves fell longest
-LONG_EPOCHS = 100
-LONG_GATES = ("st", "disarm", "reinmax", "sts_code")
+ANNEAL_EPOCHS = 20      # the report, short and long runs' last epochs: the rate falls linearly to 0
+REPORT_EPOCHS = 100     # 80 at the paper's rate, then ANNEAL_EPOCHS
+# the study's first budget, 40 epochs at the paper's rate before the annealing: report seed 0 of every row trained
+# with it, the stage ``short``; what the 40 more epochs at the full rate of the report runs gained
+SHORT_EPOCHS = 60
+# do 80 epochs at the full rate suffice? These gates' report seed 0 (its initialisation and data order) trained at
+# the full rate for LONG_EPOCHS - ANNEAL_EPOCHS epochs, then annealed: the gates that gained most from SHORT_EPOCHS
+# to REPORT_EPOCHS. Trained after LONG_AFTER_SEEDS report seeds of every row
+LONG_EPOCHS = 150
+LONG_GATES = ("disarm", "reinmax")
+LONG_AFTER_SEEDS = 5
 # ST's report seed 0 at the paper's constant rate: the validation curve that the annealing answers
 CONSTANT_EPOCHS = 100
 # the rows and seeds that the claim NOTES-ST judges, defined once there
@@ -178,13 +185,19 @@ def cells(config) -> list[dict]:
         report.append([_cell("report", g, chosen[g], config.seed + seed, *_epochs(config, "report"))
                        for g in _gated(config) if g in chosen]
                       + [_cell("report", g, 1.0, config.seed + seed, *_epochs(config, "report"))
-                         for g in _controls(config) if g != "linear_softmax" or seed == 0])
+                         for g in _controls(config) if g != "linear_softmax"]
+                      + [_cell("report", "linear_softmax", 1.0, config.seed, 0)     # one convex fit, no epochs
+                         for _ in range(seed == 0) if "linear_softmax" in _controls(config)])
     if config.quick:
         return selection + [c for cells_of_seed in report for c in cells_of_seed]
     constant = [_cell("constant", "st", chosen["st"], config.seed, CONSTANT_EPOCHS)] if "st" in chosen else []
-    # the long runs after report seed 0, whose runs they are compared with
+    # the first budget's runs after report seed 0, whose runs they are compared with
+    short = [_cell("short", c["gate"], c["gater_rate_scale"], c["seed"], SHORT_EPOCHS, ANNEAL_EPOCHS)
+             for c in report[0] if c["gate"] != "linear_softmax"]
     long = [_cell("long", g, chosen[g], config.seed, LONG_EPOCHS, ANNEAL_EPOCHS) for g in LONG_GATES if g in chosen]
-    return selection + constant + report[0] + long + [c for cells_of_seed in report[1:] for c in cells_of_seed]
+    flat = [[c for cells_of_seed in part for c in cells_of_seed]
+            for part in (report[1:LONG_AFTER_SEEDS], report[LONG_AFTER_SEEDS:])]
+    return selection + constant + report[0] + short + flat[0] + long + flat[1]
 
 
 def _run_path(cell: dict) -> Path:
@@ -315,7 +328,7 @@ def verify_cells(config) -> list[dict]:
     if not len(runs):
         raise SystemExit("fig_mnist: the committed rows have no trained run to verify")
     runs["not_st"] = runs.cell_gate != "st"
-    runs["stage_order"] = runs.cell_stage.map({"report": 0, "long": 1, "constant": 2, "selection": 3})
+    runs["stage_order"] = runs.cell_stage.map({"report": 0, "short": 1, "long": 2, "constant": 3, "selection": 4})
     first = runs.sort_values(["not_st", "stage_order"], kind="stable").iloc[0]   # ST first, report before the rest
     return [_cell(first.cell_stage, first.cell_gate, first.cell_gater_rate_scale, int(first.cell_seed),
                   int(first.cell_epochs), int(first.cell_anneal_epochs)) | {"_stop": VERIFY_EPOCHS}]
@@ -434,8 +447,8 @@ def plot(frame, meta, config):
     order = _order(rows)
     rep = frame[frame.cell_stage == "report"]
     palette = dict(zip(order, plt.get_cmap("tab20")(np.linspace(0, 1, max(len(order), 2)))))
-    fig, mosaic = plt.subplot_mosaic("AB;AC;AD", figsize=(6.3, 7.6), width_ratios=[1.1, 1])
-    axes = [mosaic["A"], mosaic["B"], mosaic["C"], mosaic["D"]]
+    fig, mosaic = plt.subplot_mosaic("AB;AC;DE", figsize=(6.3, 8.4), width_ratios=[1.1, 1])
+    axes = [mosaic[k] for k in "ABCDE"]
     for i, g in enumerate(order):
         row = rows[g]
         axes[0].errorbar(100 * row["mean"], i, xerr=2 * 100 * row["stderr"] if math.isfinite(row["stderr"]) else 0,
@@ -453,45 +466,77 @@ def plot(frame, meta, config):
             if len(curve):
                 ax.plot(curve.index, (100 if metric == "valid_error" else 1) * curve.to_numpy(), color=palette[g],
                         linewidth=0.8, label=g)
-    axes[1].set(xlabel="epoch", ylabel="validation error (%)", yscale="log", title="learning curves (mean over seeds)")
+    axes[1].set(xlabel="epoch", ylabel="validation error (%)", title="learning curves (mean over seeds)")
+    _log_axis(axes[1])
     axes[1].axvline(REPORT_EPOCHS - ANNEAL_EPOCHS, color="black", linewidth=0.5, linestyle=":")
     axes[2].set(xlabel="epoch", ylabel="fraction of gates on", title="sparsity in training")
     axes[2].axhline(0.1, color="black", linewidth=0.5, linestyle=":")
-    extra = frame[frame.cell_stage.isin(["long", "constant"]) & (frame.metric == "valid_error") & (frame.epoch > 0)]
-    for (stage, g), sub in extra.groupby(["cell_stage", "cell_gate"]):
-        constant = stage == "constant"
-        axes[3].plot(sub.epoch, 100 * sub.value, color="#7f7f7f" if constant else palette.get(g, "black"),
-                     linewidth=0.6 if constant else 0.8, linestyle="--" if constant else "-")
-    axes[3].axvline(LONG_EPOCHS - ANNEAL_EPOCHS, color="black", linewidth=0.5, linestyle=":")
-    long_runs = extra[extra.cell_stage == "long"].cell_gate.nunique()
-    axes[3].set(xlabel="epoch", ylabel="validation error (%)", xlim=(0, max(LONG_EPOCHS, CONSTANT_EPOCHS)),
-                title=f"seed 0: {long_runs} of {len(LONG_GATES)} long runs\n(dashed: st, constant rate)")
-    if len(extra):
-        axes[3].set_yscale("log")
-    else:
-        axes[3].text(0.5, 0.5, "none finished yet", transform=axes[3].transAxes, ha="center", va="center")
+    _budget_panels(frame, axes[3], axes[4], palette)
     handles, labels = axes[1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, frameon=False, fontsize=7)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
 
 
+def _log_axis(ax) -> None:
+    """A logarithmic y axis with plain numbers at its ticks."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}" if round(v) == v else ""))
+
+
+def _budget_panels(frame, curves_ax, short_ax, palette) -> None:
+    """Report seed 0 at other budgets: the long runs' and ST's constant-rate validation curves (left); each row's
+    test error after the short budget against the report budget's (right; below the diagonal: the longer budget is
+    better)."""
+    extra = frame[frame.cell_stage.isin(["long", "constant"]) & (frame.metric == "valid_error") & (frame.epoch > 0)]
+    for (stage, g), sub in extra.groupby(["cell_stage", "cell_gate"]):
+        constant = stage == "constant"
+        curves_ax.plot(sub.epoch, 100 * sub.value, color="#7f7f7f" if constant else palette.get(g, "black"),
+                       linewidth=0.6 if constant else 0.8, linestyle="--" if constant else "-")
+    for epochs in (REPORT_EPOCHS, LONG_EPOCHS):
+        curves_ax.axvline(epochs - ANNEAL_EPOCHS, color="black", linewidth=0.5, linestyle=":")
+    long_runs = extra[extra.cell_stage == "long"].cell_gate.nunique()
+    curves_ax.set(xlabel="epoch", ylabel="validation error (%)", xlim=(0, max(LONG_EPOCHS, CONSTANT_EPOCHS)),
+                  title=f"seed 0: {long_runs} of {len(LONG_GATES)} long runs\n(dashed: st, constant rate)")
+    if len(extra):
+        _log_axis(curves_ax)
+    else:
+        curves_ax.text(0.5, 0.5, "none finished yet", transform=curves_ax.transAxes, ha="center", va="center")
+    ends = frame[(frame.metric == "test_error") & (frame.epoch == -1) & (frame.cell_seed == 0)
+                 & frame.cell_gate.isin(GATED)]
+    pairs = ends[ends.cell_stage.isin(["short", "report"])].pivot(index="cell_gate", columns="cell_stage",
+                                                                   values="value")
+    pairs = 100 * pairs.dropna() if {"short", "report"} <= set(pairs.columns) else pairs.iloc[:0]
+    for g, row in pairs.iterrows():
+        short_ax.plot(row["short"], row["report"], "o", markersize=3, color=palette.get(g, "black"))
+    if len(pairs):
+        low, high = float(pairs.min().min()), float(pairs.max().max())
+        short_ax.plot([low, high], [low, high], color="black", linewidth=0.5)
+    short_ax.set(xlabel=f"test error (%), {SHORT_EPOCHS} epochs", ylabel=f"test error (%), {REPORT_EPOCHS} epochs",
+                 title=f"seed 0: {len(pairs)} gated rows at both budgets")
+
+
 def _convergence(frame) -> dict[str, str]:
-    """Whether the budget suffices, in three parts. The constant-rate run (:data:`CONSTANT_EPOCHS` epochs): its best
-    epoch, how much lower its best validation error is than its best within the first 40 (points), and its mean
-    validation error (%) over epochs 31-40 and over its last ten. The annealed report runs (gated): their median
-    best epoch, and the drift of their last ten epochs, the mean over runs of the validation error's mean over the
-    last five minus over the five before (points; s.e. over runs). The long runs: per gate and over the finished
-    ones (s.e. over gates), the test error of the long run minus its report run's (points; below 0: the longer
-    budget is better)."""
+    """Whether the budget suffices, in four parts. The constant-rate run (:data:`CONSTANT_EPOCHS` epochs): its best
+    epoch, how much lower its best validation error is than its best within the first budget's 40 epochs at the
+    full rate (points), and its mean validation error (%) over epochs 31-40 and over its last ten. The annealed
+    report runs (gated): their median best epoch, and the drift of their last ten epochs, the mean over runs of the
+    validation error's mean over the last five minus over the five before (points; s.e. over runs). The short runs
+    (the first budget, :data:`SHORT_EPOCHS` epochs) and the long ones (:data:`LONG_EPOCHS`): per row and over the
+    rows that have both (s.e. over rows; how many gained), the test error of the longer budget minus the shorter's
+    at the same seed (points; below 0: the longer budget is better)."""
     rate_epochs = REPORT_EPOCHS - ANNEAL_EPOCHS
+    first_rate_epochs = SHORT_EPOCHS - ANNEAL_EPOCHS
     best = frame[(frame.cell_stage == "report") & (frame.metric == "best_epoch") & (frame.epoch == -1)
                  & frame.cell_gate.isin(GATED)].value
     out = {"mnistGatedReportRuns": str(len(best)),
            "mnistBestEpochMedian": tex_number(float(best.median()), 3) if len(best) else MISSING,
            "mnistRateEpochs": str(rate_epochs), "mnistAnnealEpochs": str(ANNEAL_EPOCHS),
            "mnistConstantEpochs": str(CONSTANT_EPOCHS), "mnistLongEpochs": str(LONG_EPOCHS),
-           "mnistLongRateEpochs": str(LONG_EPOCHS - ANNEAL_EPOCHS), "mnistLongPlanned": str(len(LONG_GATES))}
+           "mnistLongRateEpochs": str(LONG_EPOCHS - ANNEAL_EPOCHS), "mnistLongPlanned": str(len(LONG_GATES)),
+           "mnistShortEpochs": str(SHORT_EPOCHS), "mnistShortRateEpochs": str(first_rate_epochs),
+           "mnistShortPlanned": str(len(GATED) + len(CONTROLS) - 1)}
     curves = frame[(frame.metric == "valid_error") & (frame.epoch > 0)]
     report = curves[(curves.cell_stage == "report") & curves.cell_gate.isin(GATED)]
     drifts = [100 * (sub.value.iloc[-5:].mean() - sub.value.iloc[-10:-5].mean())
@@ -502,21 +547,34 @@ def _convergence(frame) -> dict[str, str]:
         curve = sub.set_index("epoch").value.sort_index()
         key = macro_part(gate)
         out[f"mnistConstant{key}BestEpoch"] = str(int(curve.idxmin()))
-        out[f"mnistConstant{key}Gain"] = tex_number(100 * float(curve.loc[:rate_epochs].min() - curve.min()), 2)
+        out[f"mnistConstant{key}Gain"] = tex_number(
+            100 * float(curve.loc[:first_rate_epochs].min() - curve.min()), 2)
         # the curve is noisy: its lowest point falls with more epochs to select from even on a plateau, so the
         # means over the ten epochs up to epoch 40 and over the last ten say whether it still drifts
         out[f"mnistConstant{key}MeanAtBudget"] = tex_number(
-            100 * float(curve.loc[rate_epochs - 9:rate_epochs].mean()), 3)
+            100 * float(curve.loc[first_rate_epochs - 9:first_rate_epochs].mean()), 3)
         out[f"mnistConstant{key}MeanAtEnd"] = tex_number(100 * float(curve.iloc[-10:].mean()), 3)
     ends = frame[(frame.metric == "test_error") & (frame.epoch == -1)]
     report_ends = ends[ends.cell_stage == "report"].set_index(["cell_gate", "cell_seed"]).value
-    gains = {r.cell_gate: 100 * float(r.value - report_ends[(r.cell_gate, r.cell_seed)])
-             for r in ends[ends.cell_stage == "long"].itertuples() if (r.cell_gate, r.cell_seed) in report_ends.index}
-    out["mnistLongRuns"] = str(len(gains))
-    for gate, gain in gains.items():
-        out[f"mnistLong{macro_part(gate)}Gain"] = tex_number(gain, 2)
-    if len(gains) > 1:
-        out["mnistLongGain"] = mean_estimate(list(gains.values()))
+
+    def gains(stage: str) -> dict[str, float]:
+        """gate -> the test error of the longer budget minus the shorter's (points), each ``stage`` run against the
+        report run of its seed (short: report minus short; long: long minus report)."""
+        out = {}
+        for r in ends[ends.cell_stage == stage].itertuples():
+            report = report_ends.get((r.cell_gate, r.cell_seed))
+            if report is not None:
+                out[r.cell_gate] = 100 * float(report - r.value if stage == "short" else r.value - report)
+        return out
+
+    for stage, key in (("short", "mnistShort"), ("long", "mnistLong")):
+        by_gate = gains(stage)
+        out[f"{key}Runs"] = str(len(by_gate))
+        for gate, gain in by_gate.items():
+            out[f"{key}{macro_part(gate)}Gain"] = tex_number(gain, 2)
+        if len(by_gate) > 1:
+            out[f"{key}Gain"] = mean_estimate(list(by_gate.values()))
+            out[f"{key}Helped"] = str(sum(g < 0 for g in by_gate.values()))
     return out
 
 
@@ -533,8 +591,10 @@ def numbers(frame, config):
            "mnistPlannedRuns": str(sum(1 if g == "linear_softmax" else REPORT_SEEDS for g in GATED + CONTROLS))}
     for gate, error in cc.PUBLISHED_TEST_ERROR.items():   # the paper's test errors (%), one run each
         out[f"mnistPaper{macro_part(gate)}Error"] = tex_number(error, 3)
-    defaults = {"mnistEndDrift": MISSING, "mnistLongGain": MISSING, "mnistBestEpochMedian": MISSING}
+    defaults = {f"mnist{k}": MISSING for k in ("EndDrift", "BestEpochMedian", "LongGain", "LongHelped", "ShortGain",
+                                                "ShortHelped")}
     defaults |= {f"mnistLong{macro_part(g)}Gain": MISSING for g in LONG_GATES}
+    defaults |= {f"mnistShort{macro_part(g)}Gain": MISSING for g in GATED + CONTROLS if g != "linear_softmax"}
     defaults |= {f"mnistConstantSt{k}": MISSING for k in ("BestEpoch", "Gain", "MeanAtBudget", "MeanAtEnd")}
     out |= defaults | {f"mnist{macro_part(g)}Error": MISSING for g in planned} | _convergence(frame)
     if not len(rep):

@@ -11,9 +11,9 @@
 # Measured on an H200 machine (16 cores): a stack of 4 seeds x 40 epochs took 520 to 535 s (13 s an epoch), the
 # same with 3 stacks at once as with 7: a stack waits on its own process's dispatch of small kernels, not on the
 # device. So give every gate its lane (LANES = the number of gates, up to the cores) and the call 600 s; a stack
-# that has not ended when the call is stopped is lost. The report runs are now 60 epochs (analyses/fig_mnist.py:
-# REPORT_EPOCHS), about 780 s a stack at that speed: more than a call of 600 s, so this script cannot finish a
-# stack until a training step on the GPU takes less time.
+# that has not ended when the call is stopped is lost. The report runs are now 100 epochs (analyses/fig_mnist.py:
+# REPORT_EPOCHS), about 1,300 s a stack at that speed: more than a call of 600 s, so this script cannot finish a
+# stack until a training step on the GPU takes less than half the time.
 #
 #     bash analyses/fig_mnist_device.sh SEEDS LANES GATE...     e.g.  bash analyses/fig_mnist_device.sh 1,2,3,4 6 st sts
 set -uo pipefail
