@@ -209,19 +209,21 @@ def _save_mnist_runs(directory, errors: dict[str, list[float]]) -> None:
 def test_notes_st_rule_on_made_up_studies(case, status, tmp_path, monkeypatch):
     """The verdict's rule on made-up complete studies: ST below the controls and no gate significantly better
     (confirmed); DisARM better than ST on all 10 seeds (exact Wilcoxon p = 0.002, Holm over 10 rows 0.02:
-    refuted); every gate on as good as ST (refuted); a row with 9 seeds, or no runs at all (inconclusive)."""
+    refuted); every gate on as good as ST (refuted); a gated row with 9 seeds and a control with 4, or no runs at
+    all (inconclusive). The trained controls have 5 seeds, the gated rows 10."""
     gen = np.random.default_rng(0)
-    seeds = seed_paper.NOTES_ST_SEEDS
+    seeds, control_seeds = seed_paper.NOTES_ST_SEEDS, seed_paper.NOTES_ST_CONTROL_SEEDS
     errors = {g: list(0.02 + 0.001 * gen.standard_normal(seeds)) for g in seed_paper.NOTES_ST_GATED}
     errors["st"] = [e - 0.0005 for e in errors["st"]]
-    errors |= {"all_on": list(0.07 + 0.001 * gen.standard_normal(seeds)),
-               "random_fixed": list(0.07 + 0.001 * gen.standard_normal(seeds)), "linear_softmax": [0.075]}
+    errors |= {"all_on": list(0.07 + 0.001 * gen.standard_normal(control_seeds)),
+               "random_fixed": list(0.07 + 0.001 * gen.standard_normal(control_seeds)), "linear_softmax": [0.075]}
     if case == "a gate better":
         errors["disarm"] = [e - 0.003 for e in errors["st"]]
     elif case == "a control as good":
-        errors["all_on"] = [e + 0.0001 * (-1) ** i for i, e in enumerate(errors["st"])]
+        errors["all_on"] = [e + 0.0001 * (-1) ** i for i, e in enumerate(errors["st"][:control_seeds])]
     elif case == "unfinished":
         errors["reinmax"] = errors["reinmax"][:-1]
+        errors["random_fixed"] = errors["random_fixed"][:-1]
     if case != "no runs":
         _save_mnist_runs(tmp_path / "runs", errors)
     monkeypatch.setenv("GRADSTATS_MNIST_RUNS", str(tmp_path / "runs"))
@@ -230,7 +232,7 @@ def test_notes_st_rule_on_made_up_studies(case, status, tmp_path, monkeypatch):
     if case == "a gate better":
         assert verdict.data["better"] == ["disarm"] and verdict.data["holm_p"]["disarm"] == pytest.approx(0.0195, rel=0.01)
     if case == "unfinished":
-        assert verdict.data["short"] == {"reinmax": seeds - 1}
+        assert verdict.data["short"] == {"random_fixed": control_seeds - 1, "reinmax": seeds - 1}
 
 
 def test_a_cached_notes_st_verdict_is_not_reused_once_a_run_is_added(tmp_path, monkeypatch):
