@@ -121,7 +121,7 @@ COLLECT = False    # --collect: the saved runs only, nothing trained
 MISSING = r"\text{--}"   # a number that the unfinished study does not have yet
 
 
-QUICK_SIZES = (2000, 500, 500)          # --quick: the first training, validation and test images
+QUICK_SIZES = (1000, 500, 500)          # --quick: the first training, validation and test images
 SIZES = (50_000, 10_000, 10_000)        # the classic split
 
 
