@@ -484,7 +484,7 @@ def _log_axis(ax) -> None:
     """A logarithmic y axis with plain numbers at its ticks."""
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}" if round(v) == v else ""))
+    ax.yaxis.set_minor_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "235" else ""))
 
 
 def _budget_panels(frame, curves_ax, short_ax, palette) -> None:
