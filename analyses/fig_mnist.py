@@ -184,12 +184,13 @@ def cells(config) -> list[dict]:
     seeds = 2 if config.quick else REPORT_SEEDS
     report = []
     for seed in range(seeds):            # seed by seed, so that an unfinished study has every row
-        report.append([_cell("report", g, chosen[g], config.seed + seed, *_epochs(config, "report"))
-                       for g in _gated(config) if g in chosen]
-                      + [_cell("report", g, 1.0, config.seed + seed, *_epochs(config, "report"))
-                         for g in _controls(config) if g != "linear_softmax" and seed < CONTROL_SEEDS]
-                      + [_cell("report", "linear_softmax", 1.0, config.seed, 0)     # one convex fit, no epochs
-                         for _ in range(seed == 0) if "linear_softmax" in _controls(config)])
+        cells_of_seed = [_cell("report", g, chosen[g], config.seed + seed, *_epochs(config, "report"))
+                         for g in _gated(config) if g in chosen]
+        cells_of_seed += [_cell("report", g, 1.0, config.seed + seed, *_epochs(config, "report"))
+                          for g in _controls(config) if g != "linear_softmax" and seed < CONTROL_SEEDS]
+        if seed == 0 and "linear_softmax" in _controls(config):    # one convex fit, no epochs
+            cells_of_seed.append(_cell("report", "linear_softmax", 1.0, config.seed, 0))
+        report.append(cells_of_seed)
     if config.quick:
         return selection + [c for cells_of_seed in report for c in cells_of_seed]
     constant = [_cell("constant", "st", chosen["st"], config.seed, CONSTANT_EPOCHS)] if "st" in chosen else []
@@ -505,11 +506,8 @@ def _budget_panels(frame, curves_ax, short_ax, palette) -> None:
         _log_axis(curves_ax)
     else:
         curves_ax.text(0.5, 0.5, "none finished yet", transform=curves_ax.transAxes, ha="center", va="center")
-    ends = frame[(frame.metric == "test_error") & (frame.epoch == -1) & (frame.cell_seed == 0)
-                 & frame.cell_gate.isin(GATED)]
-    pairs = ends[ends.cell_stage.isin(["short", "report"])].pivot(index="cell_gate", columns="cell_stage",
-                                                                   values="value")
-    pairs = 100 * pairs.dropna() if {"short", "report"} <= set(pairs.columns) else pairs.iloc[:0]
+    pairs = _beside_report(frame, "short")
+    pairs = 100 * pairs[pairs.index.isin(GATED)]
     for g, row in pairs.iterrows():
         short_ax.plot(row["short"], row["report"], "o", markersize=3, color=palette.get(g, "black"))
     if len(pairs):
@@ -517,6 +515,14 @@ def _budget_panels(frame, curves_ax, short_ax, palette) -> None:
         short_ax.plot([low, high], [low, high], color="black", linewidth=0.5)
     short_ax.set(xlabel=f"test error (%), {SHORT_EPOCHS} epochs", ylabel=f"test error (%), {REPORT_EPOCHS} epochs",
                  title=f"seed 0: {len(pairs)} gated rows at both budgets")
+
+
+def _beside_report(frame: pd.DataFrame, stage: str) -> pd.DataFrame:
+    """Each ``stage`` run's test error beside the report run of its row and seed: columns ``stage`` and
+    ``report``, indexed by gate (rows without a report run at that seed left out)."""
+    ends = frame[(frame.metric == "test_error") & (frame.epoch == -1)].set_index(["cell_gate", "cell_seed"])
+    runs = [ends[ends.cell_stage == s].value.rename(s) for s in (stage, "report")]
+    return pd.concat(runs, axis=1, join="inner").reset_index(level="cell_seed", drop=True)
 
 
 def _convergence(frame) -> dict[str, str]:
@@ -538,7 +544,7 @@ def _convergence(frame) -> dict[str, str]:
            "mnistConstantEpochs": str(CONSTANT_EPOCHS), "mnistLongEpochs": str(LONG_EPOCHS),
            "mnistLongRateEpochs": str(LONG_EPOCHS - ANNEAL_EPOCHS), "mnistLongPlanned": str(len(LONG_GATES)),
            "mnistShortEpochs": str(SHORT_EPOCHS), "mnistShortRateEpochs": str(first_rate_epochs),
-           "mnistShortPlanned": str(len(GATED) + len(CONTROLS) - 1)}
+           "mnistShortPlanned": str(sum(g != "linear_softmax" for g in GATED + CONTROLS))}
     curves = frame[(frame.metric == "valid_error") & (frame.epoch > 0)]
     report = curves[(curves.cell_stage == "report") & curves.cell_gate.isin(GATED)]
     drifts = [100 * (sub.value.iloc[-5:].mean() - sub.value.iloc[-10:-5].mean())
@@ -556,21 +562,11 @@ def _convergence(frame) -> dict[str, str]:
         out[f"mnistConstant{key}MeanAtBudget"] = tex_number(
             100 * float(curve.loc[first_rate_epochs - 9:first_rate_epochs].mean()), 3)
         out[f"mnistConstant{key}MeanAtEnd"] = tex_number(100 * float(curve.iloc[-10:].mean()), 3)
-    ends = frame[(frame.metric == "test_error") & (frame.epoch == -1)]
-    report_ends = ends[ends.cell_stage == "report"].set_index(["cell_gate", "cell_seed"]).value
-
-    def gains(stage: str) -> dict[str, float]:
-        """gate -> the test error of the longer budget minus the shorter's (points), each ``stage`` run against the
-        report run of its seed (short: report minus short; long: long minus report)."""
-        out = {}
-        for r in ends[ends.cell_stage == stage].itertuples():
-            report = report_ends.get((r.cell_gate, r.cell_seed))
-            if report is not None:
-                out[r.cell_gate] = 100 * float(report - r.value if stage == "short" else r.value - report)
-        return out
-
     for stage, key in (("short", "mnistShort"), ("long", "mnistLong")):
-        by_gate = gains(stage)
+        # the test error of the longer budget minus the shorter's (points): report minus short, long minus report
+        pairs = _beside_report(frame, stage)
+        longer, shorter = ("report", stage) if stage == "short" else (stage, "report")
+        by_gate = (100 * (pairs[longer] - pairs[shorter])).to_dict()
         out[f"{key}Runs"] = str(len(by_gate))
         for gate, gain in by_gate.items():
             out[f"{key}{macro_part(gate)}Gain"] = f"{gain:.2f}"     # test errors move in steps of 0.01 points
