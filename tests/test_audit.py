@@ -282,14 +282,12 @@ def test_the_unordered_set_estimators_monte_carlo_mean_is_its_exact_mean_as_comp
     assert ((mean - exact_gradient(three)).abs() > 10 * se).any()
 
 
-def test_the_unordered_set_reproducer_in_the_docs_runs_and_shows_the_doubled_factor():
+def test_the_unordered_set_reproducer_in_the_docs_runs_and_shows_the_doubled_factor(run_python):
     import re
-    import subprocess
-    import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "docs" / "reproducers" / "storchastic_unordered_set.py"
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, check=True).stdout
+    out = run_python(script, check=True).stdout
     peer = re.findall(r"storchastic's ratios \[\[a, b\], \[b, a\]\]: (.*)", out)
     twice = re.findall(r"own factor removed twice: +(.*)", out)
     exact = re.findall(r"exact \(1 - p\(s\)\) / p\(s'\): +(.*)", out)

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import torch
@@ -133,7 +132,20 @@ def test_checkpoint_seconds_must_be_positive_and_finite(tmp_path, seconds):
 
 _SIGTERM_CHILD = """
 import sys, gradstats as gs
-print("started", flush=True)
+from gradstats import montecarlo
+
+loop = montecarlo._Run.loop
+
+
+def loop_that_says_when_draws_are_in(self, advance, after_chunk):
+    def advance_and_say(count):
+        advance(count)
+        print("drawn", flush=True)   # the parent waits for the first of these before it signals
+
+    return loop(self, advance_and_say, after_chunk)
+
+
+montecarlo._Run.loop = loop_that_says_when_draws_are_in
 gs.moments(gs.problems.sbn([4, 4], seed=0), "st", method="mc", num_samples=2**28, chunk_size=4096, device="cpu",
            progress=False, checkpoint=sys.argv[1], checkpoint_seconds=3600)
 """
@@ -144,10 +156,10 @@ def test_sigterm_saves_like_sigint(tmp_path):
     path = tmp_path / "run.ckpt"
     child = subprocess.Popen([sys.executable, "-c", _SIGTERM_CHILD, str(path)], stdout=subprocess.PIPE, text=True)
     try:
-        assert child.stdout.readline().strip() == "started"
-        time.sleep(3.0)   # import done, some chunks computed; the periodic save is an hour away
+        assert child.stdout.readline().strip() == "drawn"   # some draws are in; the periodic save is an hour away
         child.send_signal(signal.SIGTERM)
-        assert child.wait(timeout=60) == 128 + signal.SIGTERM
+        child.stdout.read()   # the rest of what it says, so that it never blocks on a full pipe
+        assert child.wait() == 128 + signal.SIGTERM
     finally:
         child.kill()
     record = torch.load(path, weights_only=True)

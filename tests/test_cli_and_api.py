@@ -94,13 +94,11 @@ def test_a_user_registers_a_claim_with_its_metadata_beside_the_check():
         claims.registry._CLAIMS.pop("USER-2")
 
 
-def test_import_is_light_and_claims_load_on_first_use():
-    import subprocess
-    import sys
-
+def test_import_is_light_and_claims_load_on_first_use(run_python):
     code = ("import sys, gradstats; heavy = [m for m in ('hypothesis', 'seaborn', 'matplotlib') if m in sys.modules]; "
             "assert not heavy, heavy; gradstats.claims.run; assert 'hypothesis' in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    done = run_python("-c", code)
+    assert done.returncode == 0, done.stderr
 
 
 def test_result_objects_print_short_and_give_frames():

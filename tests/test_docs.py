@@ -1,10 +1,7 @@
 """The documentation's code runs: every python block of the guides, each on its own in a fresh interpreter,
 and every example script (the docs build runs them too, through sphinx-gallery)."""
 
-import os
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -32,11 +29,6 @@ GUIDE_BLOCKS = _guide_blocks() + _markdown_blocks()
 EXAMPLES = sorted((ROOT / "examples").glob("plot_*.py"))
 
 
-def _run(path: Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(path)], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "MPLBACKEND": "Agg"})
-
-
 def test_the_guides_and_examples_are_there():
     assert {name.split("[")[0] for name, _ in GUIDE_BLOCKS} >= {"own_estimator", "own_model", "tidy_table", "claims",
                                                                  "first_steps", "training", "sweeps",
@@ -45,16 +37,16 @@ def test_the_guides_and_examples_are_there():
 
 
 @pytest.mark.parametrize("name, code", GUIDE_BLOCKS, ids=[name for name, _ in GUIDE_BLOCKS])
-def test_guide_block_runs_on_its_own(name, code, tmp_path):
+def test_guide_block_runs_on_its_own(name, code, tmp_path, run_python):
     script = tmp_path / "block.py"
     script.write_text(code)
-    done = _run(script, tmp_path)
+    done = run_python(script, cwd=tmp_path)
     assert done.returncode == 0, f"guide block {name} failed:\n{code}\n{done.stderr[-3000:]}"
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_runs(example, tmp_path):
-    done = _run(example, tmp_path)
+def test_example_runs(example, tmp_path, run_python):
+    done = run_python(example, cwd=tmp_path)
     assert done.returncode == 0, f"{example.name} failed:\n{done.stderr[-3000:]}"
 
 

@@ -3,8 +3,6 @@ link resolves; its performance table is what ``benchmarks/report.py`` writes fro
 
 import importlib.util
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,10 +22,10 @@ def test_the_readme_stays_a_landing_page():
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_python_block_runs_on_its_own(index, tmp_path):
+def test_readme_python_block_runs_on_its_own(index, tmp_path, run_python):
     script = tmp_path / f"readme_block_{index}.py"   # a real file: hypothesis reads the source of @given functions
     script.write_text(BLOCKS[index])
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = run_python(script, cwd=tmp_path)
     assert done.returncode == 0, f"README block {index} failed:\n{BLOCKS[index]}\n{done.stderr[-3000:]}"
 
 
