@@ -583,7 +583,9 @@ class Analysis:
     committed: bool = False
     verify_cells: Callable[[Config], list[dict]] | None = None
     identity: tuple[str, ...] = ()
-    tasks_per_worker: int | None = None   # cells a worker process computes before it is replaced (run_cells)
+    # cells a worker process computes before it is replaced (run_cells), on the full grid; a --quick grid's cells are
+    # small enough to share the process
+    tasks_per_worker: int | None = None
 
     def main(self, argv: list[str] | None = None) -> Config:
         config = parse(self.name, self.description, argv)
@@ -606,7 +608,7 @@ class Analysis:
                 save_results(config, frame, extra={"from": f"figures/data/{self.name}.csv"})
             else:
                 frame = run_cells(config, self.cells(config), self.compute, parallel=self.parallel,
-                                  tasks_per_worker=self.tasks_per_worker)
+                                  tasks_per_worker=None if config.quick else self.tasks_per_worker)
                 seconds = time.perf_counter() - start
                 save_results(config, frame, seconds=seconds)
                 if full:

@@ -29,6 +29,7 @@ import gradstats.functional as gf
 from analyses._runner import Analysis, atomic_write, estimate, exact
 
 UNITS, TARGET, RATE, BATCH, STEPS_PER_EPOCH, EPOCHS = 128, 0.45, 1e-3, 64, 200, 40
+QUICK_STEPS_PER_EPOCH = 50   # --quick: 2 seeds, 2 epochs of 50 steps (a smoke run of the pipeline)
 POWERS = (1.5, 2.0, 3.0)
 METHODS = ("categorical_st", "categorical_st_gumbel", "categorical_gumbel_rao", "categorical_reinmax",
            "categorical_reinforce_loo", "exact")
@@ -40,7 +41,8 @@ LABELS = {"categorical_st": "ST", "categorical_st_gumbel": "ST-Gumbel", "categor
 def cells(config):
     seeds = [config.seed + s for s in range(2 if config.quick else 10)]
     epochs = 2 if config.quick else EPOCHS
-    return [{"power": p, "method": m, "seeds": seeds, "epochs": epochs} for p in POWERS for m in METHODS]
+    steps = {"steps": QUICK_STEPS_PER_EPOCH} if config.quick else {}   # the full grid's cells keep their keys
+    return [{"power": p, "method": m, "seeds": seeds, "epochs": epochs, **steps} for p in POWERS for m in METHODS]
 
 
 def class_losses(power: float) -> torch.Tensor:
@@ -100,14 +102,15 @@ def compute(cell, config):
     noise = torch.Generator().manual_seed(10_000 + seeds[0] + 1000 * METHODS.index(method) + int(10 * power))
     optimizer = torch.optim.Adam([theta], lr=RATE)
     rows = []
+    steps = cell.get("steps", STEPS_PER_EPOCH)
     for epoch in range(1, cell["epochs"] + 1):
         train = 0.0
-        for _ in range(STEPS_PER_EPOCH):
+        for _ in range(steps):
             optimizer.zero_grad()
             loss, mean = step_loss(method, theta, power, noise)
             loss.backward()
             optimizer.step()
-            train += mean / STEPS_PER_EPOCH
+            train += mean / steps
         with torch.no_grad():
             objective = exact_objective(theta, power)
         rows += [{"seed": s, "epoch": epoch, "metric": "exact_loss", "value": float(objective[i]), "stderr": 0.0}

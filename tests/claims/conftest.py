@@ -10,8 +10,8 @@ from gradstats import claims
 
 @pytest.fixture(scope="session")
 def settings():
-    # quick: the empirical checks' training is a smoke run (ST3's own task: 4 seeds of 10 epochs); the reported
-    # verdicts come from `gradstats claims` and analyses/tab_claims.py at full size
+    # quick: the empirical checks' training is a smoke run (ST3's own task: 4 seeds of 5 epochs; its teacher-student
+    # proxy: 4 report seeds); the reported verdicts come from `gradstats claims` and analyses/tab_claims.py at full size
     if os.environ.get("GRADSTATS_HYPOTHESIS") == "explore":
         return claims.CheckSettings.exploring()
     return claims.CheckSettings(quick=True)

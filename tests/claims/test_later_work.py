@@ -70,11 +70,15 @@ def test_gumbel_temperature(verdict):
     assert var_cold > var_hot
 
 
+def _toy_trade_off(t, a, temperatures=later_work.GUMBEL_TEMPERATURES):
+    """Toy moments with a trade-off on the whole grid: |bias| proportional to the temperature, variance its
+    inverse (the verdict's other inputs decide the tests that use it)."""
+    return [(tau, 0.1 * tau, 1 / tau) for tau in temperatures]
+
+
 def test_gumbel_temperature_is_confirmed_when_the_bias_never_rises(monkeypatch):
     # a trade-off that holds on the whole grid: |bias| proportional to the temperature, variance its inverse
-    monkeypatch.setattr(later_work, "gumbel_toy_moments",
-                        lambda t, a, temperatures=later_work.GUMBEL_TEMPERATURES: [(tau, 0.1 * tau, 1 / tau)
-                                                                                  for tau in temperatures])
+    monkeypatch.setattr(later_work, "gumbel_toy_moments", _toy_trade_off)
     # networks whose MSE(tau) = tau^2 + 1 / (tau M) has its minimum inside the grid for M = 1, 10, 100
     monkeypatch.setattr(later_work, "gumbel_network_moments",
                         lambda seed, draws: [(tau, tau**2, 1 / tau, 0.0) for tau in later_work.GUMBEL_TEMPERATURES])
@@ -88,6 +92,7 @@ def test_gumbel_temperature_is_confirmed_when_the_bias_never_rises(monkeypatch):
 
 def test_gumbel_temperature_is_refuted_without_an_interior_minimum(monkeypatch):
     # a bias that does not grow with the temperature leaves no trade-off: the MSE is lowest at the hottest end
+    monkeypatch.setattr(later_work, "gumbel_toy_moments", _toy_trade_off)
     monkeypatch.setattr(later_work, "gumbel_network_moments",
                         lambda seed, draws: [(tau, 0.0, 1 / tau, 0.0) for tau in later_work.GUMBEL_TEMPERATURES])
     monkeypatch.setattr(later_work, "gumbel_categorical_moments", lambda sizes, k, seed, draws: [
@@ -98,6 +103,7 @@ def test_gumbel_temperature_is_refuted_without_an_interior_minimum(monkeypatch):
 
 def test_gumbel_temperature_is_refuted_when_categorical_units_have_no_interior_minimum(monkeypatch):
     # binary networks with a trade-off, categorical ones whose MSE is lowest at the hottest end: refuted
+    monkeypatch.setattr(later_work, "gumbel_toy_moments", _toy_trade_off)
     monkeypatch.setattr(later_work, "gumbel_network_moments",
                         lambda seed, draws: [(tau, tau**2, 1 / tau, 0.0) for tau in later_work.GUMBEL_TEMPERATURES])
     monkeypatch.setattr(later_work, "gumbel_categorical_moments", lambda sizes, k, seed, draws: [
