@@ -378,6 +378,7 @@ ST3_MAX_EXTENSIONS = 3
 ST3_TRAINING_STEPS = 100
 ST3_SELECTION_SEED = 1000          # the learning rate is selected on this noise seed ...
 ST3_REPORT_SEEDS = tuple(range(10))  # ... and the final losses reported on these
+ST3_QUICK_REPORT_SEEDS = ST3_REPORT_SEEDS[:4]   # a smoke run's (CheckSettings.quick)
 
 
 def _final_loss(dataset, name: str, rate: float, seed: int) -> float:
@@ -390,7 +391,7 @@ def _selection_loss(tasks: tuple, name: str, rate: float) -> float:
     return float(np.mean([_final_loss(d, name, rate, ST3_SELECTION_SEED) for d in tasks]))
 
 
-def st3_training() -> list[dict]:
+def st3_training(report_seeds: tuple[int, ...] = ST3_REPORT_SEEDS) -> list[dict]:
     """Per teacher-student task, each ST variant's final exact loss on every report seed, at the learning
     rate with the lowest mean final loss over the architecture's tasks on another seed (a single trajectory
     is chaotic at these rates). Both variants see the same uniforms on a seed, so the seeds pair them."""
@@ -404,7 +405,7 @@ def st3_training() -> list[dict]:
             row = {"task": f"{arch}, seed {task}"}
             for name, key in (("st", "identity"), ("st_sigmoid", "sigmoid")):
                 rate, grid, at_edge = chosen[name]
-                finals = [_final_loss(dataset, name, rate, seed) for seed in ST3_REPORT_SEEDS]
+                finals = [_final_loss(dataset, name, rate, seed) for seed in report_seeds]
                 row.update({key: float(np.mean(finals)), f"{key}_stderr": float(np.std(finals, ddof=1) / np.sqrt(len(finals))),
                             f"{key}_finals": finals, f"{key}_rate": rate, f"{key}_grid": grid, f"{key}_at_edge": at_edge})
             rows.append(row)
@@ -418,10 +419,10 @@ def st3_conditional(quick: bool = False) -> dict:
     """ST3's own task: the conditional-computation experiment (``gradstats.conditional``, on scikit-learn's digits),
     both variants with the protocol of ``analyses/fig_conditional.py`` (rate selected on validation, then seeds
     0..9); the sigmoid' variant's test error minus the identity's, paired by seed, with its Wilcoxon p. ``quick``:
-    4 seeds of 10 epochs at rate 1, no selection (a smoke run)."""
+    4 seeds of 5 epochs at rate 1, no selection (a smoke run)."""
     if quick:
         runs = conditional.run_study(datasets.digits(), ("st", "st_sigmoid"), seeds=4, select=False, device="cpu",
-                                     base=conditional.Settings("st", learning_rate=1.0, epochs=10))
+                                     base=conditional.Settings("st", learning_rate=1.0, epochs=5))
     else:
         runs = conditional.run_study(datasets.digits(), ("st", "st_sigmoid"), seeds=ST3_CONDITIONAL_SEEDS,
                                      device="cpu")
@@ -450,7 +451,8 @@ def check_st3(settings: CheckSettings) -> Verdict:
                     "median_cos_sigmoid": float(np.median([s for dd, _, s in rows if dd == d]))} for d in (1, 2, 3)}
     multilinear = search(single_layer_problems(max_units=3, loss_kinds=("multilinear",)),
                          lambda p: float((exact_mean(p, "st_sigmoid") - exact_gradient(p)).abs().max()) > 1e-10, settings)
-    training = st3_training()
+    report_seeds = ST3_QUICK_REPORT_SEEDS if settings.quick else ST3_REPORT_SEEDS
+    training = st3_training(report_seeds)
     trained_wins = sum(r["identity"] < r["sigmoid"] for r in training)
     # the unit of the test is the task: a task's seeds share its teacher and data, so they are not independent
     task_log_ratios = [float(np.mean(np.log(r["identity_finals"]) - np.log(r["sigmoid_finals"]))) for r in training]
@@ -489,8 +491,8 @@ def check_st3(settings: CheckSettings) -> Verdict:
                  f"(sign test over tasks p = {task_sign_p:.2g}) and is better aligned in {wins} of {n} networks, "
                  f"{favoured} favoured"),
         data={"identity_wins": wins, "cases": n, "p_value": p_value, "by_depth": by_depth, "conditional": task,
-              "training": training, "training_identity_wins": trained_wins, "training_task_sign_p": task_sign_p,
-              "training_task_log_ratios": task_log_ratios,
+              "training": training, "training_seeds": len(report_seeds), "training_identity_wins": trained_wins,
+              "training_task_sign_p": task_sign_p, "training_task_log_ratios": task_log_ratios,
               "training_median_log_ratio": float(np.median(log_ratios)), "training_rates_at_edge": edges,
               "training_mean_identity": identity_mean, "training_mean_sigmoid": sigmoid_mean,
               "training_stderr_identity": identity_stderr, "training_stderr_sigmoid": sigmoid_stderr},
@@ -502,7 +504,7 @@ def check_st3(settings: CheckSettings) -> Verdict:
                   f"each variant at the learning rate selected on a held-out noise seed ({rates}; the grid is extended "
                   f"while the selected rate is at an end{'; still at an end: ' + ', '.join(edges) if edges else ''}): "
                   f"final exact expected loss identity vs sigmoid', mean and standard error over "
-                  f"{len(ST3_REPORT_SEEDS)} noise seeds: {runs} (means {identity_mean:.3g} +- {identity_stderr:.2g} vs "
+                  f"{len(report_seeds)} noise seeds: {runs} (means {identity_mean:.3g} +- {identity_stderr:.2g} vs "
                   f"{sigmoid_mean:.3g} +- {sigmoid_stderr:.2g}); per task the mean log ratio of the final losses over its "
                   f"seeds (both variants see the same uniforms on a seed), and a two-sided sign test over the "
                   f"{len(training)} tasks, the unit that was sampled: p = {task_sign_p:.2g} (a test over seeds would "
@@ -735,9 +737,8 @@ register(Claim("NOTES-ST", "straight-through units provide perform really well a
                "an empirical statement, judged on the paper's own experiment: conditional computation on MNIST with "
                "the paper's protocol (analyses/fig_mnist.py, 10 seeds a gated row, 5 a trained control). 'Perform "
                "really well': ST's test error is more than 2 standard errors below each control's (every gate on, "
-               "random fixed gates, a linear "
-               "softmax on the pixels) and no other gate is significantly better (paired Wilcoxon over seeds, Holm "
-               "over the gated rows, 5%). 'Simple to implement' is not tested",
+               "random fixed gates, a linear softmax on the pixels) and no other gate is significantly better "
+               "(paired Wilcoxon over seeds, Holm over the gated rows, 5%). 'Simple to implement' is not tested",
                check_notes_st, "tests/claims/test_seed_paper.py::test_notes_st", kind="empirical",
                inputs=mnist_runs_digest))
 register(Claim("STS-G", "A second approach, introduced here, decomposes the operation of a binary stochastic neuron into a "
