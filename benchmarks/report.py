@@ -91,15 +91,15 @@ def headline_rows(found: dict[str, dict]) -> list[tuple[str, str, str, dict]]:
                          f"{plural(slowest['loss_evals_per_draw'], 'loss evaluation')} a draw", found[name]))
     for name in ("byom", "byom_cuda"):
         if name in found:
-            r = found[name]["figures"]["rates"]
-            against = [f"{times(r['gradient_stats'] / r['loop'])} a per-draw backward loop"]
-            if "backpack_batchgrad" in r:
-                against.append(f"{times(r['gradient_stats'] / r['backpack_batchgrad'])} BackPACK's BatchGrad")
-            if "bare_vmap_grad" in r:
-                against.append(f"{r['gradient_stats'] / r['bare_vmap_grad']:.2f} of a bare `vmap(grad)`")
-            if "update_alone" in r:
-                against.append(f"the update alone {r['update_alone'] / r['roofline']:.2f} of one read at the "
-                               "memory bandwidth")
+            r, q = found[name]["figures"]["rates"], found[name]["figures"]["ratios"]
+            against = [f"{times(q['gradient_stats_over_loop'])} a per-draw backward loop"]
+            if "gradient_stats_over_backpack" in q:
+                against.append(f"{times(q['gradient_stats_over_backpack'])} BackPACK's BatchGrad")
+            if "gradient_stats_over_bare_vmap" in q:
+                against.append(f"{q['gradient_stats_over_bare_vmap']:.2f} of a bare `vmap(grad)`")
+            if "update_over_roofline" in q:
+                against.append(f"the update alone {q['update_over_roofline']:.2f} of one read at the memory "
+                               "bandwidth")
             rows.append((f"your own model, {found[name]['parameters']:,} parameters", f"{rate(r['gradient_stats'])} "
                          "draws/s", ", ".join(against), found[name]))
     if "training" in found:
@@ -213,8 +213,10 @@ def body(kind: str, record: dict) -> list[str]:
                    "gradient_stats_over_backpack": ("``gs.gradient_stats`` over BackPACK", 1.5),
                    "gradient_stats_over_bare_vmap": ("``gs.gradient_stats`` over the gradients alone", 0.75),
                    "gradient_stats_over_loop": ("``gs.gradient_stats`` over the loop", None)}
-        return lines + list_table(["ratio", "measured", "target"], [
-            [targets[k][0], f"{v:.2f}", "" if targets[k][1] is None else f"at least {targets[k][1]}"]
+        spread = f.get("ratio_ranges", {})
+        return lines + list_table(["ratio", "measured (median of the rounds)", "rounds", "target"], [
+            [targets[k][0], f"{v:.2f}", f"{spread[k][0]:.2f} to {spread[k][1]:.2f}" if k in spread else "",
+             "" if targets[k][1] is None else f"at least {targets[k][1]}"]
             for k, v in f["ratios"].items()])
     if kind == "training":
         return list_table(["architecture", "estimator", "runs", "one at a time (runs/s)", "stacked (runs/s)",
