@@ -5,8 +5,16 @@
  * pieces by bounds[0..pieces]. For each piece p and column j, out[p] = running[p] + [S1, S2, S3, S4, P, N] (a
  * [6, total] float64 array), with S_k = sum over the piece's rows of (x_ij - shift_j)^k, P and N the counts of
  * x_ij > 0 and x_ij < 0; running[p] NULL counts as zeros, and out[p] may be running[p] (the sums in place). Per
- * group and row: dots[g, i] = <x_gi, ref_g> (when ref is not NULL) and norms[g, i] = |x_gi|^2, as partial sums per
- * thread ([threads, groups, rows], zeroed by the caller, added over threads by the caller).
+ * group and row: dots[g, i] = <x_gi, ref_g> (when ref is not NULL) and norms[g, i] = |x_gi|^2 ([groups, rows];
+ * the caller's arrays have room for one such array per thread, zeroed). *check = the total of every piece's S4 over
+ * the columns: finite exactly when every sum is (an overflow of the total alone is a false alarm).
+ *
+ * With ref and ref_norms (the reference's norm over all groups, then per group: [groups + 1]), per piece and
+ * column c of [all, group 1, ..., group L]: cosines[p, c] = the sum over the piece's rows of cos(x_i, g) (0 where
+ * |x_i| |g| = 0) and descent[p, c] = the count of <x_i, g> > 0 ([pieces, groups + 1] each), from the dots and
+ * squared norms above, added over the groups. Where `safe` is not NULL, a draw whose squared norm lies outside
+ * [safe[0], safe[1]] (NaN included) leaves them uncomputed and the call returns 1 (the caller takes the path that
+ * rescales each draw); else it returns 0.
  *
  * The columns are shared among the threads (OpenMP) in equal runs, cut into blocks whose six accumulators stay in
  * the second-level cache; within a block each row is read once, eight rows at a time, then four, then one (the
@@ -15,9 +23,12 @@
  * chunks, four at 0.38-0.46, sixteen at 0.56-0.65; leaving out the third and fourth powers or the sign counts
  * changed nothing). Blocks of 16384 columns (768 KB of sums) read each row in runs of 128 KB (float64), which the
  * processor's prefetchers follow; blocks of 8192 ran at 0.85-0.9 of this speed (32768 no faster), 512 at about
- * 0.65. Every sum is float64. One call takes every group of a chunk (one team of threads, one start-up). Built by
- * gradstats.native with the platform's C compiler.
+ * 0.65. Every sum is float64. One call takes every group of a chunk (one team of threads, one start-up), and what
+ * follows the read (the threads' partial dots added, the per-draw cosines, the check) is done here too: after a
+ * read of the whole chunk, every small operation of the caller starts from a cold cache. Built by gradstats.native
+ * with the platform's C compiler.
  */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -110,7 +121,8 @@ ROWS_KERNEL(float, rows_float_dot, 1)
 ROWS_KERNEL(float, rows_float, 0)
 
 /* Columns c0 .. c1 of the chunk (in one group or across several), block by block. */
-static void work(const task_t *t, int64_t c0, int64_t c1) {
+static double work(const task_t *t, int64_t c0, int64_t c1) {
+    double check = 0;
     for (int64_t g = 0; g < t->groups; g++) {
         int64_t off = t->offsets[g], cols = t->offsets[g + 1] - off;
         int64_t lo = c0 > off ? c0 : off, hi = c1 < off + cols ? c1 : off + cols;
@@ -134,25 +146,62 @@ static void work(const task_t *t, int64_t c0, int64_t c1) {
                     if (ref) rows_double_dot(t->x[g], cols, r0, r1, cb - off, ce - off, t->shift + off, so, t->total, ref, dots, norms);
                     else rows_double(t->x[g], cols, r0, r1, cb - off, ce - off, t->shift + off, so, t->total, ref, dots, norms);
                 }
+                const double *s4 = s + 3 * t->total;
+                _Pragma("omp simd reduction(+:check)")
+                for (int64_t j = cb; j < ce; j++) check += s4[j];
             }
         }
     }
+    return check;
 }
 
-/* Returns the number of threads that ran (dots and norms hold that many [groups, rows] partial sums; the caller's
- * arrays have room for `threads`). Built with OpenMP, the threads are the process's OpenMP team: in a process
- * that has loaded torch, torch's own (its libgomp.so.1), so the kernel does not compete with torch's threads,
- * which spin for a while after each parallel operation. Built without, one thread. */
+/* The per-draw cosines and descent counts of each piece (see the head of this file); 1 where a squared norm leaves
+ * `safe`. dots and norms: [groups, rows], added over the threads. */
+static int per_draw(int64_t groups, int64_t rows, const double *dots, const double *norms, const double *ref_norms,
+                    const int64_t *bounds, int64_t pieces, const double *safe, double *cosines, double *descent) {
+    if (safe) {
+        for (int64_t i = 0; i < rows; i++) {
+            double n = 0;
+            for (int64_t g = 0; g < groups; g++) n += norms[g * rows + i];
+            if (!(n >= safe[0] && n <= safe[1])) return 1;
+        }
+    }
+    memset(cosines, 0, pieces * (groups + 1) * sizeof(double));
+    memset(descent, 0, pieces * (groups + 1) * sizeof(double));
+    for (int64_t p = 0; p < pieces; p++) {
+        double *cp = cosines + p * (groups + 1), *dp = descent + p * (groups + 1);
+        for (int64_t i = bounds[p]; i < bounds[p + 1]; i++) {
+            double in = 0, n = 0;
+            for (int64_t g = 0; g < groups; g++) {
+                double a = dots[g * rows + i], b = norms[g * rows + i], den = sqrt(b) * ref_norms[g + 1];
+                in += a; n += b;
+                cp[g + 1] += den > 0 ? a / den : 0.0;
+                dp[g + 1] += a > 0 ? 1.0 : 0.0;
+            }
+            double den = sqrt(n) * ref_norms[0];
+            cp[0] += den > 0 ? in / den : 0.0;
+            dp[0] += in > 0 ? 1.0 : 0.0;
+        }
+    }
+    return 0;
+}
+
+/* Returns 0, or 1 where a draw's squared norm left `safe` (the cosines are then not computed). Built with OpenMP, the
+ * threads are the process's OpenMP team: in a process that has loaded torch, torch's own (its libgomp.so.1), so
+ * the kernel does not compete with torch's threads, which spin for a while after each parallel operation. Built
+ * without, one thread. */
 int gradstats_chunk_sums(int64_t groups, const void *const *x, const int *is_float, const int64_t *offsets,
                          int64_t rows, const double *shift, const double *const *running, double *const *out,
                          const int64_t *bounds, int64_t pieces, const double *ref, double *dots, double *norms,
-                         int threads) {
-    int64_t total = offsets[groups], blocks = (total + BLOCK - 1) / BLOCK;
+                         int threads, const double *ref_norms, const double *safe, double *cosines, double *descent,
+                         double *check) {
+    int64_t total = offsets[groups], blocks = (total + BLOCK - 1) / BLOCK, size = groups * rows;
     if (threads > blocks) threads = (int)blocks;
     if (threads < 1) threads = 1;
     int used = 1;
+    double sum4 = 0;
 #ifdef _OPENMP
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) reduction(+:sum4)
 #endif
     {
         int k = 0, team = 1;
@@ -162,10 +211,16 @@ int gradstats_chunk_sums(int64_t groups, const void *const *x, const int *is_flo
         if (k == 0) used = team;
 #endif
         task_t t = {groups, x, is_float, offsets, rows, total, shift, running, out, bounds, pieces, ref,
-                    dots + k * groups * rows, norms + k * groups * rows};
+                    dots + k * size, norms + k * size};
         /* equal runs of columns, cut at multiples of 8 (whole cache lines of float64 sums) */
         int64_t c0 = total * k / team / 8 * 8, c1 = k + 1 == team ? total : total * (k + 1) / team / 8 * 8;
-        work(&t, c0, c1);
+        sum4 += work(&t, c0, c1);
     }
-    return used;
+    *check = sum4;
+    for (int k = 1; k < used; k++) {   /* the threads' partial sums, into the first's */
+        for (int64_t i = 0; i < size; i++) norms[i] += norms[k * size + i];
+        if (ref) for (int64_t i = 0; i < size; i++) dots[i] += dots[k * size + i];
+    }
+    if (ref == NULL || ref_norms == NULL) return 0;
+    return per_draw(groups, rows, dots, norms, ref_norms, bounds, pieces, safe, cosines, descent);
 }

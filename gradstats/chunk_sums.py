@@ -25,6 +25,7 @@ recommendations", The American Statistician 37(3)).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import itertools
 import warnings
 
@@ -83,26 +84,50 @@ def _eager_row_sums(x: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
 _EAGER = (_eager_column_sums, _eager_row_sums, _batched_column_sums)
 
 
+@dataclasses.dataclass
+class ChunkResult:
+    """What :meth:`ChunkSums.chunk` gives: per piece, the new running sums (``sums``, ``[6, D]`` float64 each);
+    with a reference, per draw and group, ``<x_i, g>`` and ``|x_i|^2`` (``inner``, ``norm2``: ``[B, L]``; else
+    None); ``check``, the total of every piece's fourth power sums, finite exactly when every sum is (an overflow of
+    the total alone is a false alarm); and, where the C kernel computed them (given the reference's norms, every
+    draw's squared norm within ``safe``), per piece the sums over its draws of ``cos(x_i, g)`` and the counts of
+    ``<x_i, g> > 0``, over all groups and per group (``cosines``, ``descent``: ``[pieces, L + 1]``; else None)."""
+
+    sums: list[Tensor]
+    inner: Tensor | None
+    norm2: Tensor | None
+    check: float
+    cosines: Tensor | None = None
+    descent: Tensor | None = None
+
+
 def _native_chunk(lib, parts: list[Tensor], offsets: list[int], shift: Tensor, running: list[Tensor | None],
-                  bounds: list[int], reference: Tensor | None, out: list[Tensor | None]
-                  ) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
+                  bounds: list[int], reference: Tensor | None, out: list[Tensor | None], reference_norms: Tensor | None,
+                  safe: tuple[float, float] | None) -> ChunkResult:
     """:meth:`ChunkSums.chunk` by the C kernel: one read of every group, in one call (group ``g`` holds the
-    columns ``offsets[g]:offsets[g + 1]``)."""
-    rows, groups = parts[0].shape[0], len(parts)
+    columns ``offsets[g]:offsets[g + 1]``), and the per-draw cosines in the same call."""
+    rows, groups, pieces = parts[0].shape[0], len(parts), len(running)
     threads = max(1, torch.get_num_threads())
     out = [torch.empty(NUM_SUMS, shift.shape[0], dtype=torch.float64) if o is None else o for o in out]
     partial = torch.zeros(2, threads, groups, rows, dtype=torch.float64)
-    pointers = ctypes.c_void_p * len(running)
-    used = lib.gradstats_chunk_sums(
+    per_piece = torch.empty(2, pieces, groups + 1, dtype=torch.float64)
+    check = ctypes.c_double()
+    pointers = ctypes.c_void_p * pieces
+    norms = None if reference is None else reference_norms
+    status = lib.gradstats_chunk_sums(
         groups, (ctypes.c_void_p * groups)(*[x.data_ptr() for x in parts]),
         (ctypes.c_int * groups)(*[int(x.dtype == torch.float32) for x in parts]), (ctypes.c_int64 * (groups + 1))(*offsets),
         rows, shift.data_ptr(), pointers(*[None if r is None else r.data_ptr() for r in running]),
-        pointers(*[o.data_ptr() for o in out]), (ctypes.c_int64 * len(bounds))(*bounds), len(running),
-        None if reference is None else reference.data_ptr(), partial[0].data_ptr(), partial[1].data_ptr(), threads)
+        pointers(*[o.data_ptr() for o in out]), (ctypes.c_int64 * len(bounds))(*bounds), pieces,
+        None if reference is None else reference.data_ptr(), partial[0].data_ptr(), partial[1].data_ptr(), threads,
+        None if norms is None else norms.data_ptr(), None if safe is None else (ctypes.c_double * 2)(*safe),
+        per_piece[0].data_ptr(), per_piece[1].data_ptr(), ctypes.byref(check))
     if reference is None:
-        return out, None, None
-    inner, norm2 = partial[:, :used].sum(1).transpose(1, 2)
-    return out, inner, norm2
+        return ChunkResult(out, None, None, check.value)
+    inner, norm2 = partial[:, 0].transpose(1, 2)   # the threads' partial sums, added by the kernel into the first's
+    if norms is None or status != 0:
+        return ChunkResult(out, inner, norm2, check.value)
+    return ChunkResult(out, inner, norm2, check.value, per_piece[0], per_piece[1])
 
 
 def _fits(t: Tensor | None, dtypes=(torch.float64,)) -> bool:
@@ -110,10 +135,11 @@ def _fits(t: Tensor | None, dtypes=(torch.float64,)) -> bool:
     return t is None or (t.device.type == "cpu" and t.dtype in dtypes and t.is_contiguous())
 
 
-def _native_ready(parts: list[Tensor], shift: Tensor, running: list[Tensor | None], reference: Tensor | None) -> bool:
+def _native_ready(parts: list[Tensor], shift: Tensor, running: list[Tensor | None], reference: Tensor | None,
+                  reference_norms: Tensor | None) -> bool:
     """Whether the C kernel takes these arguments as they are (CPU, contiguous, float64 sums)."""
     return (all(_fits(x, (torch.float32, torch.float64)) and x.dim() == 2 for x in parts) and _fits(shift)
-            and all(_fits(r) for r in running) and _fits(reference))
+            and all(_fits(r) for r in running) and _fits(reference) and _fits(reference_norms))
 
 
 class ChunkSums:
@@ -149,17 +175,19 @@ class ChunkSums:
         return self._native or None
 
     def chunk(self, parts: list[Tensor], shift: Tensor, running: list[Tensor | None], bounds: list[int],
-              reference: Tensor | None, out: list[Tensor | None] | None = None
-              ) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
+              reference: Tensor | None, out: list[Tensor | None] | None = None, reference_norms: Tensor | None = None,
+              safe: tuple[float, float] | None = None) -> ChunkResult:
         """The sums of a chunk of ``parts`` (one ``[B, n_g]`` block per parameter group; side by side they are the
         chunk's ``D`` columns) cut into pieces at ``bounds`` (``bounds[0] = 0 < ... = B``): per piece, its
         ``running`` sums (``[6, D]`` float64; None: none yet) plus its rows' column sums about ``shift`` (``[D]``),
         in new tensors or, where the C kernel runs, in the piece's ``out`` buffer where one is given (``[6, D]``
         float64, contiguous, not the running sums of another piece; its contents are overwritten); and, with a
-        ``reference`` (``[D]``), the per-draw ``<x_i, g>`` and ``|x_i|^2`` of each group (``[B, L]`` each; else
-        None, None)."""
+        ``reference`` (``[D]``), the per-draw ``<x_i, g>`` and ``|x_i|^2`` of each group. Where the C kernel runs
+        and ``reference_norms`` (``[L + 1]``: over all groups, then per group) is given, the per-draw cosines
+        and descent counts come summed per piece too, unless a draw's squared norm leaves ``safe`` (a pair
+        ``(low, high)``; None: not checked). See :class:`ChunkResult`."""
         lib = self._native_lib() if parts[0].device.type == "cpu" else None
-        ready = lib is not None and _native_ready(parts, shift, running, reference)
+        ready = lib is not None and _native_ready(parts, shift, running, reference, reference_norms)
         offsets = [0, *itertools.accumulate(x.shape[1] for x in parts)]   # group g: columns offsets[g]:offsets[g + 1]
         if self.mode == "native" and not ready:
             raise ValueError("ChunkSums('native') takes contiguous CPU chunks (float32 or float64) with float64 "
@@ -168,7 +196,7 @@ class ChunkSums:
             out = [None] * len(running) if out is None else out
             if not all(o is None or (o.shape == (NUM_SUMS, shift.shape[0]) and _fits(o)) for o in out):
                 raise ValueError(f"out: expected contiguous [{NUM_SUMS}, {shift.shape[0]}] float64 CPU buffers")
-            return _native_chunk(lib, parts, offsets, shift, running, bounds, reference, out)
+            return _native_chunk(lib, parts, offsets, shift, running, bounds, reference, out, reference_norms, safe)
         columns, inner, norm2 = [], [], []
         for x, start, stop in zip(parts, offsets, offsets[1:]):
             cols = slice(start, stop)
@@ -178,9 +206,10 @@ class ChunkSums:
             inner.append(dots)
             norm2.append(norms)
         sums = [torch.cat(piece, 1) for piece in zip(*columns)]
+        check = float(sum(s[3].sum() for s in sums))
         if reference is None:
-            return sums, None, None
-        return sums, torch.stack(inner, 1), torch.stack(norm2, 1)
+            return ChunkResult(sums, None, None, check)
+        return ChunkResult(sums, torch.stack(inner, 1), torch.stack(norm2, 1), check)
 
     def _group(self, x: Tensor, shift: Tensor, running: list[Tensor | None], bounds: list[int],
                reference: Tensor | None) -> tuple[list[Tensor], Tensor | None, Tensor | None]:

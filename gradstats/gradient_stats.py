@@ -129,6 +129,11 @@ class ParameterLayout:
     def split(self, value: Tensor | Mapping[str, Tensor], name: str, batched: bool = True) -> list[Tensor]:
         """``value`` as one view per group, ``[B, size]`` (``batched``) or ``[size]``, checked against the layout
         (a ValueError naming ``name``)."""
+        if batched and isinstance(value, Mapping) and len(value) == len(self.names):   # as laid out: no new layout
+            parts = [value.get(k) for k in self.names]
+            if all(isinstance(p, Tensor) and p.ndim >= 1 and p.shape[1:] == self.shapes[k] and p.shape[0] == parts[0].shape[0]
+                   for k, p in zip(self.names, parts)):
+                return [p.reshape(p.shape[0], -1) for p in parts]
         try:
             layout = ParameterLayout.of(value, batched)
         except ValueError as err:
@@ -234,12 +239,6 @@ class _PieceSums:
     sums: Tensor
     cosine: Tensor | None
     descent: Tensor | None
-
-    def check_value(self) -> Tensor:
-        """A scalar that is finite exactly when every sum is: the total of the fourth power sums (a NaN or an
-        infinity in a draw reaches it, and so does an overflow of any lower power; an overflow of the total
-        alone is a false alarm, which sends the chunk to the slower path and costs only time)."""
-        return self.sums[3].sum()
 
     def commit(self, batch: _Batch) -> None:
         batch.sums, batch._folded = self.sums, None
@@ -440,6 +439,7 @@ class GradientStats:
         self._groups: dict[int, GroupCosines] = {}
         self._scaled_reference: list[Tensor] | None = None   # per group: views of _scaled_flat
         self._scaled_flat: Tensor | None = None
+        self._reference_norms: Tensor | None = None   # the scaled reference's norm over all groups, then per group
         self._reference_signs: Tensor | None = None
         self._shift: Tensor | None = None     # per coordinate: what the running power sums are taken about
         if reference is not None:
@@ -481,7 +481,7 @@ class GradientStats:
         (cosines do not depend on it; no square underflows or overflows), its norm per group (index 0: all), and
         its signs (:func:`~gradstats.numerics.signs`, as the accumulators take them)."""
         if self.reference is None:
-            self._scaled_reference = self._scaled_flat = None
+            self._scaled_reference = self._scaled_flat = self._reference_norms = None
             return
         scaled = self._scaled_flat = unit_scaled(self.reference.to(self._device)).contiguous()
         self._scaled_reference = [scaled[cols] for _, cols in self.layout.layer_slices()]
@@ -531,10 +531,10 @@ class GradientStats:
             start += take
             filled += take
         try:
-            updates = self._chunk_sums(parts, pieces)
+            updates, check = self._chunk_sums(parts, pieces)
         except _UnsafeNorms:
-            updates = None
-        finite = updates is not None and bool(torch.isfinite(sum(u.check_value() for u in updates)))
+            updates = check = None
+        finite = updates is not None and math.isfinite(check)
         if not finite:
             if not all(bool(torch.isfinite(p).all()) for p in parts):
                 self._restore(saved)
@@ -572,15 +572,23 @@ class GradientStats:
         self._spare = (self._spare + retired)[-2:]
         return self
 
-    def _chunk_sums(self, parts: list[Tensor], pieces: list[tuple[_Batch, int, int]]) -> list[_PieceSums]:
+    def _chunk_sums(self, parts: list[Tensor], pieces: list[tuple[_Batch, int, int]]) -> tuple[list[_PieceSums], float]:
         """Each piece's batch's new running sums (not yet committed), from one call of
-        :meth:`~gradstats.chunk_sums.ChunkSums.chunk` for every group and piece and the per-draw dots."""
+        :meth:`~gradstats.chunk_sums.ChunkSums.chunk` for every group and piece and the per-draw dots, and the
+        chunk's check value (:class:`~gradstats.chunk_sums.ChunkResult`: finite exactly when every sum is)."""
         bounds = [0] + [b for _, _, b in pieces]
         spare = [self._spare.pop() if self._spare else None for _ in pieces]
-        sums, inner, norm2 = _CHUNK_SUMS.chunk(parts, self._shift, [batch.sums for batch, _, _ in pieces], bounds,
-                                               self._scaled_flat, spare)
-        per_draw = None if self.reference is None else self._per_draw_sums(parts, inner, norm2)
-        return [_PieceSums(b - a, s, *self._piece_dots(per_draw, a, b)) for s, (_, a, b) in zip(sums, pieces)]
+        float64 = any(x.dtype == torch.float64 for x in parts)
+        result = _CHUNK_SUMS.chunk(parts, self._shift, [batch.sums for batch, _, _ in pieces], bounds,
+                                   self._scaled_flat, spare, self._reference_norms, SAFE_NORM2 if float64 else None)
+        if self.reference is None:
+            dots = [(None, None)] * len(pieces)
+        elif result.cosines is not None:   # summed per piece with the sums (the C kernel)
+            dots = list(zip(result.cosines, result.descent))
+        else:
+            cos, positive = self._per_draw_sums(parts, result.inner, result.norm2)
+            dots = [(cos[a:b].sum(0), positive[a:b].sum(0)) for _, a, b in pieces]
+        return [_PieceSums(b - a, s, *d) for s, (_, a, b), d in zip(result.sums, pieces, dots)], result.check
 
     def _per_draw_sums(self, parts: list[Tensor], inner: Tensor, norm2: Tensor) -> tuple[Tensor, Tensor]:
         """Per draw of the chunk, from its dots with the reference and squared norms per group (``[B, L]``),
@@ -599,13 +607,6 @@ class GradientStats:
                     raise _UnsafeNorms
         cos, inner_all = cosines_from_dots(inner, norm2, self._reference_norms)
         return cos, (inner_all > 0).to(torch.float64)
-
-    @staticmethod
-    def _piece_dots(per_draw, start: int, stop: int) -> tuple[Tensor | None, Tensor | None]:
-        if per_draw is None:
-            return None, None
-        cos, positive = per_draw
-        return cos[start:stop].sum(0), positive[start:stop].sum(0)
 
     def _piece(self, parts: list[Tensor], start: int, stop: int) -> FactoredGradient:
         """Rows ``start:stop`` of the chunk, one dense block per group (the accumulator's layer parts)."""

@@ -453,14 +453,18 @@ def test_the_c_kernel_gives_the_eager_sums_piece_by_piece(dtype):
     """ChunkSums.chunk by the C kernel against the eager arithmetic, on a chunk of 23 rows (not a multiple of
     the kernel's four) in three groups of 13, 11,000 and 8,987 columns (the last always float64; 20,000 in all: two
     blocks of 8,192 and a part, cut across groups) cut into pieces of 1, 9 and 13 rows, the middle one with running
-    sums, zeros and signed values; with and without a reference; at 1 and 3 threads."""
+    sums, zeros and signed values; with and without a reference; at 1 and 3 threads. The per-draw cosines and
+    descent counts the kernel sums per piece equal GradientStats' own from the eager dots, and a squared norm
+    outside ``safe`` leaves them to the caller."""
     from gradstats.chunk_sums import NUM_SUMS, ChunkSums
+    from gradstats.gradient_stats import cosines_from_dots
 
     _needs_a_compiler("native")
     gen = torch.Generator().manual_seed(10)
     x = torch.randn(23, 20_000, generator=gen, dtype=torch.float64)
     x[:, :7] = 0.0
     x[3, 100:200] = -0.0
+    x[5, :13] = 0.0   # a draw that is 0 in the first group: its cosine there is 0
     x = x.to(dtype)
     shift = x.to(torch.float64).median(0).values
     parts = [x[:, :13].contiguous(), x[:, 13:11_013].contiguous(), x[:, 11_013:].to(torch.float64).contiguous()]
@@ -468,27 +472,41 @@ def test_the_c_kernel_gives_the_eager_sums_piece_by_piece(dtype):
     running[1][4:] = torch.randint(0, 50, (2, 20_000), generator=gen).to(torch.float64)   # counts so far
     bounds = [0, 1, 10, 23]
     reference = torch.randn(20_000, generator=gen, dtype=torch.float64)
+    norms2 = torch.stack([reference[a:b].square().sum() for a, b in ((0, 13), (13, 11_013), (11_013, 20_000))])
+    reference_norms = torch.cat([norms2.sum().reshape(1), norms2]).sqrt()
     eager = ChunkSums("eager")
     threads = torch.get_num_threads()
     try:
         for t in (1, 3):
             torch.set_num_threads(t)
             for ref in (reference, None):
-                got = ChunkSums("native").chunk(parts, shift, running, bounds, ref)
+                got = ChunkSums("native").chunk(parts, shift, running, bounds, ref, None, reference_norms, (1e-300, 1e300))
                 want = eager.chunk(parts, shift, running, bounds, ref)
-                for a, b in zip(got[0], want[0]):
+                for a, b in zip(got.sums, want.sums):
                     assert a.shape == (NUM_SUMS, 20_000)
                     assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
                     assert torch.equal(a[4:], b[4:])                  # the sign counts exactly
+                assert got.check == pytest.approx(want.check, rel=1e-12)
+                assert want.check == pytest.approx(float(sum(s[3].sum() for s in want.sums)), rel=1e-12)
                 if ref is None:
-                    assert got[1] is None and got[2] is None
-                else:
-                    assert got[1].shape == got[2].shape == (23, 3)
-                    assert torch.allclose(got[1], want[1], rtol=1e-12, atol=1e-12)
-                    assert torch.allclose(got[2], want[2], rtol=1e-12)
+                    assert got.inner is None and got.norm2 is None and got.cosines is None
+                    continue
+                assert got.inner.shape == got.norm2.shape == (23, 3)
+                assert torch.allclose(got.inner, want.inner, rtol=1e-12, atol=1e-12)
+                assert torch.allclose(got.norm2, want.norm2, rtol=1e-12)
+                cos, inner_all = cosines_from_dots(want.inner, want.norm2, reference_norms)
+                assert got.cosines.shape == got.descent.shape == (3, 4)
+                for p, (a, b) in enumerate(zip(bounds, bounds[1:])):
+                    assert torch.allclose(got.cosines[p], cos[a:b].sum(0), rtol=1e-12, atol=1e-12)
+                    assert torch.equal(got.descent[p], (inner_all[a:b] > 0).sum(0, dtype=torch.float64))
+                assert float(cos[5, 1]) == 0.0
+                tight = ChunkSums("native").chunk(parts, shift, running, bounds, ref, None, reference_norms,
+                                                  (1e-300, float(want.norm2.sum(1).min())))
+                assert tight.cosines is None and tight.descent is None   # one draw leaves the safe range
+                assert torch.allclose(tight.norm2, want.norm2, rtol=1e-12)
     finally:
         torch.set_num_threads(threads)
-    assert running[1] is not None and not any(r is o for r, o in zip(running, got[0]))   # new tensors
+    assert running[1] is not None and not any(r is o for r, o in zip(running, got.sums))   # new tensors
 
 
 def test_a_stream_of_known_length_starts_at_its_final_batch_size_with_the_same_statistics():
