@@ -83,6 +83,7 @@ from analyses._runner import (
     code_version,
     committed_path,
     estimate,
+    format_estimate,
     macro_part,
     mean_estimate,
     run_cells,
@@ -375,11 +376,15 @@ def summary(frame: pd.DataFrame) -> dict[str, dict]:
 
 
 def _pm(mean: float, se: float, scale: float = 100.0, digits: int = 2) -> str:
+    """A mean (in percent) with its standard error, rounded where the error's digits end (``format_estimate``);
+    ``digits`` decimals where there is no error to round to (one run: "(n/a)"; runs that agree exactly: "± 0")."""
     if not math.isfinite(mean):
         return "--"
     if not math.isfinite(se):
         return f"${scale * mean:.{digits}f}$ (n/a)"
-    return f"${scale * mean:.{digits}f} \\pm {scale * se:.{digits}f}$"
+    if se > 0:
+        return f"${format_estimate(scale * mean, scale * se, tex=True)}$"
+    return f"${scale * mean:.{digits}f} \\pm 0$"
 
 
 def _criterion(mean: float, se: float) -> str:
