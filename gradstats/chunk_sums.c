@@ -43,23 +43,20 @@ typedef struct {
     const double *ref; double *dots, *norms;   /* this thread's [groups, rows] partial sums */
 } task_t;
 
-#define ROWS_KERNEL(T, NAME, DOT)                                                                                \
-static void NAME(const T *restrict x, int64_t cols, int64_t r0, int64_t r1, int64_t cb, int64_t ce,             \
-                 const double *restrict shift, double *restrict s, int64_t ld, const double *restrict ref,       \
-                 double *restrict dots, double *restrict norms) {                                                \
-    double *restrict s1 = s, *restrict s2 = s + ld, *restrict s3 = s + 2 * ld, *restrict s4 = s + 3 * ld;       \
-    double *restrict sp = s + 4 * ld, *restrict sn = s + 5 * ld;                                                 \
-    int64_t i = r0;                                                                                              \
-    for (; i + 8 <= r1; i += 8) {                                                                                \
+/* R rows at a time (R <= 8, a constant): each column's six sums read and written once per R rows. The per-row dot
+ * and norm sums are eight named accumulators (the ones past R stay 0 and fold away), which the compiler keeps in
+ * vector registers; as arrays it would not. */
+#define ROWS_STEP(T, R, DOT)                                                                                     \
+    for (; i + (R) <= r1; i += (R)) {                                                                            \
         const T *restrict a = x + i * cols;                                                                      \
         double d0 = 0, d1 = 0, d2 = 0, d3 = 0, d4 = 0, d5 = 0, d6 = 0, d7 = 0;                                   \
         double n0 = 0, n1 = 0, n2 = 0, n3 = 0, n4 = 0, n5 = 0, n6 = 0, n7 = 0;                                   \
         _Pragma("omp simd reduction(+:d0,d1,d2,d3,d4,d5,d6,d7,n0,n1,n2,n3,n4,n5,n6,n7)")                        \
         for (int64_t j = cb; j < ce; j++) {                                                                      \
-            double v[8] = {a[j], a[cols + j], a[2 * cols + j], a[3 * cols + j], a[4 * cols + j], a[5 * cols + j], \
-                           a[6 * cols + j], a[7 * cols + j]};                                                    \
+            double v[8] = {0};                                                                                   \
+            for (int r = 0; r < (R); r++) v[r] = a[r * cols + j];                                                \
             double m = shift[j], t1 = 0, t2 = 0, t3 = 0, t4 = 0, tp = 0, tn = 0;                                 \
-            for (int r = 0; r < 8; r++) {                                                                        \
+            for (int r = 0; r < (R); r++) {                                                                      \
                 double c = v[r] - m, q = c * c;                                                                  \
                 t1 += c; t2 += q; t3 += q * c; t4 += q * q;                                                      \
                 tp += v[r] > 0 ? 1.0 : 0.0; tn += v[r] < 0 ? 1.0 : 0.0;                                          \
@@ -73,47 +70,24 @@ static void NAME(const T *restrict x, int64_t cols, int64_t r0, int64_t r1, int6
             n0 += v[0] * v[0]; n1 += v[1] * v[1]; n2 += v[2] * v[2]; n3 += v[3] * v[3];                          \
             n4 += v[4] * v[4]; n5 += v[5] * v[5]; n6 += v[6] * v[6]; n7 += v[7] * v[7];                          \
         }                                                                                                        \
-        if (DOT) {                                                                                               \
-            dots[i] += d0; dots[i + 1] += d1; dots[i + 2] += d2; dots[i + 3] += d3;                              \
-            dots[i + 4] += d4; dots[i + 5] += d5; dots[i + 6] += d6; dots[i + 7] += d7;                          \
+        double dd[8] = {d0, d1, d2, d3, d4, d5, d6, d7}, nn[8] = {n0, n1, n2, n3, n4, n5, n6, n7};               \
+        for (int r = 0; r < (R); r++) {                                                                          \
+            if (DOT) dots[i + r] += dd[r];                                                                       \
+            norms[i + r] += nn[r];                                                                               \
         }                                                                                                        \
-        norms[i] += n0; norms[i + 1] += n1; norms[i + 2] += n2; norms[i + 3] += n3;                              \
-        norms[i + 4] += n4; norms[i + 5] += n5; norms[i + 6] += n6; norms[i + 7] += n7;                          \
-    }                                                                                                            \
-    for (; i + 4 <= r1; i += 4) {                                                                                \
-        const T *restrict a = x + i * cols, *restrict b = a + cols, *restrict c = b + cols, *restrict d = c + cols; \
-        double da = 0, db = 0, dc = 0, dd = 0, na = 0, nb = 0, nc = 0, nd = 0;                                    \
-        _Pragma("omp simd reduction(+:da,db,dc,dd,na,nb,nc,nd)")                                                 \
-        for (int64_t j = cb; j < ce; j++) {                                                                      \
-            double va = a[j], vb = b[j], vc = c[j], vd = d[j], m = shift[j];                                     \
-            double ca = va - m, cb2 = vb - m, cc = vc - m, cd = vd - m;                                          \
-            double qa = ca * ca, qb = cb2 * cb2, qc = cc * cc, qd = cd * cd;                                     \
-            s1[j] += (ca + cb2) + (cc + cd);                                                                     \
-            s2[j] += (qa + qb) + (qc + qd);                                                                      \
-            s3[j] += (qa * ca + qb * cb2) + (qc * cc + qd * cd);                                                 \
-            s4[j] += (qa * qa + qb * qb) + (qc * qc + qd * qd);                                                  \
-            sp[j] += (va > 0 ? 1.0 : 0.0) + (vb > 0 ? 1.0 : 0.0) + (vc > 0 ? 1.0 : 0.0) + (vd > 0 ? 1.0 : 0.0);  \
-            sn[j] += (va < 0 ? 1.0 : 0.0) + (vb < 0 ? 1.0 : 0.0) + (vc < 0 ? 1.0 : 0.0) + (vd < 0 ? 1.0 : 0.0);  \
-            if (DOT) { double g = ref[j]; da += va * g; db += vb * g; dc += vc * g; dd += vd * g; }              \
-            na += va * va; nb += vb * vb; nc += vc * vc; nd += vd * vd;                                          \
-        }                                                                                                        \
-        if (DOT) { dots[i] += da; dots[i + 1] += db; dots[i + 2] += dc; dots[i + 3] += dd; }                     \
-        norms[i] += na; norms[i + 1] += nb; norms[i + 2] += nc; norms[i + 3] += nd;                              \
-    }                                                                                                            \
-    for (; i < r1; i++) {                                                                                        \
-        const T *restrict a = x + i * cols;                                                                      \
-        double da = 0, na = 0;                                                                                   \
-        _Pragma("omp simd reduction(+:da,na)")                                                                   \
-        for (int64_t j = cb; j < ce; j++) {                                                                      \
-            double va = a[j], ca = va - shift[j], qa = ca * ca;                                                  \
-            s1[j] += ca; s2[j] += qa; s3[j] += qa * ca; s4[j] += qa * qa;                                        \
-            sp[j] += va > 0 ? 1.0 : 0.0; sn[j] += va < 0 ? 1.0 : 0.0;                                            \
-            if (DOT) da += va * ref[j];                                                                          \
-            na += va * va;                                                                                       \
-        }                                                                                                        \
-        if (DOT) dots[i] += da;                                                                                  \
-        norms[i] += na;                                                                                          \
-    }                                                                                                            \
+    }
+
+/* Rows r0 .. r1 of columns cb .. ce: eight rows at a time, then four, then one. */
+#define ROWS_KERNEL(T, NAME, DOT)                                                                                \
+static void NAME(const T *restrict x, int64_t cols, int64_t r0, int64_t r1, int64_t cb, int64_t ce,             \
+                 const double *restrict shift, double *restrict s, int64_t ld, const double *restrict ref,       \
+                 double *restrict dots, double *restrict norms) {                                                \
+    double *restrict s1 = s, *restrict s2 = s + ld, *restrict s3 = s + 2 * ld, *restrict s4 = s + 3 * ld;       \
+    double *restrict sp = s + 4 * ld, *restrict sn = s + 5 * ld;                                                 \
+    int64_t i = r0;                                                                                              \
+    ROWS_STEP(T, 8, DOT)                                                                                         \
+    ROWS_STEP(T, 4, DOT)                                                                                         \
+    ROWS_STEP(T, 1, DOT)                                                                                         \
 }
 ROWS_KERNEL(double, rows_double_dot, 1)
 ROWS_KERNEL(double, rows_double, 0)
