@@ -374,7 +374,7 @@ def _needs_a_compiler(mode: str) -> None:
 def test_one_pass_sums_equal_the_pairwise_accumulators_to_rounding(dtype, mode, monkeypatch):
     """The chunk sums (shifted power sums, sign counts, per-draw cosines) folded into summaries give what the
     accumulators' pairwise updates give on the same draws (float32 draws read as they are, float64 sums), with a
-    mean 300 standard deviations from 0 and a Cauchy-tailed coordinate."""
+    mean 300 standard deviations from 0, a Cauchy-tailed coordinate and a draw that is 0."""
     module = sys.modules["gradstats.gradient_stats"]   # the module, not the function gs.gradient_stats
     from gradstats.accumulators import GradientAccumulator
     from gradstats.chunk_sums import ChunkSums
@@ -389,6 +389,7 @@ def test_one_pass_sums_equal_the_pairwise_accumulators_to_rounding(dtype, mode, 
     draws[:, 0] += 300.0
     draws[:, 1] = torch.tan(torch.pi * (torch.rand(n, generator=gen, dtype=torch.float64) - 0.5))   # Cauchy
     draws[:, 5] = 0.0
+    draws[17] = 0.0   # a draw that is 0: its squared norm leaves the safe range, and its cosine is 0
     draws = draws.to(dtype)
     reference = torch.tensor([300.0, 0.5, -1.0, 0.0, 2.0, 0.0], dtype=torch.float64)
     layout = ParameterLayout({"w": (4,), "b": (2,)})
