@@ -388,11 +388,13 @@ def _pm(mean: float, se: float, scale: float = 100.0, digits: int = 2) -> str:
 
 
 def _criterion(mean: float, se: float) -> str:
-    """The train criterion (a mean cross-entropy in nats, as the paper prints it: two significant digits)."""
+    """The train criterion (a mean cross-entropy in nats): with its standard error, rounded where the error's digits
+    end (``format_estimate``); one run, two significant digits, as the paper prints it."""
     if not math.isfinite(mean):
         return "--"
-    return (f"${tex_number(mean, 2)} \\pm {tex_number(se, 1)}$" if math.isfinite(se)
-            else f"${tex_number(mean, 2)}$ (n/a)")
+    if not math.isfinite(se):
+        return f"${tex_number(mean, 2)}$ (n/a)"
+    return f"${format_estimate(mean, se, tex=True)}$" if se > 0 else f"${tex_number(mean, 2)} \\pm 0$"
 
 
 def _order(rows: dict) -> list[str]:
