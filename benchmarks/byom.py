@@ -29,8 +29,10 @@ ratios with their targets: update / roofline (at least 0.40), gradient_stats / B
 ``benchmarks/results/byom.json``, ``byom_float32.json`` in float32, ``_cuda`` before the suffix on a GPU;
 ``''`` for none) writes them for ``benchmarks/report.py``.
 
+``--profile`` also prints where the update spends its time (torch.profiler: on a GPU, every kernel it launches).
+
     python benchmarks/byom.py [--draws 2048] [--chunk 32] [--loop-draws 256] [--threads 2] [--device cpu]
-                              [--dtype float64] [--repeats 5] [--json out.json]
+                              [--dtype float64] [--repeats 5] [--json out.json] [--profile]
 """
 
 from __future__ import annotations
@@ -233,6 +235,34 @@ def run_update(params, loss, noise, draws, chunk, device, passes=3) -> float:
     return best
 
 
+def profile_update(params, loss, noise, chunk, device) -> None:
+    """Where ``GradientStats.update`` spends its time on ``device``: which path computes the sums (the C kernel,
+    ``torch.compile`` or eager), then torch.profiler's operations over eight chunks (after eight of warm-up), by
+    their own time on the host and, on a GPU, on the device, with how many times each ran."""
+    import importlib
+
+    from torch.profiler import ProfilerActivity, profile
+
+    stats_module = importlib.import_module("gradstats.gradient_stats")   # the module (gs.gradient_stats: a function)
+
+    chunks = list(gs.per_draw_gradients(loss, params, 8 * chunk, noise_shape=noise, chunk_size=chunk, seed=1))
+    stats = gs.GradientStats(reference=REFERENCE)._expect(256 * chunk)   # batches longer than a chunk, as in a long run
+    for grads in chunks:
+        stats.update(grads)
+    sums = stats_module._CHUNK_SUMS
+    path = "C kernel" if device.type == "cpu" and sums._native else f"torch ({sums.mode})"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        for grads in chunks:
+            stats.update(grads)
+        sync(device)
+    print(f"  profile of GradientStats.update, 8 chunks of {chunk} draws on {device}; the sums by the {path}")
+    keys = ["self_cpu_time_total"] + (["self_cuda_time_total"] if device.type == "cuda" else [])
+    for key in keys:
+        print(prof.key_averages().table(sort_by=key, row_limit=15))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=2048, help="draws for the vmap paths")
@@ -244,6 +274,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5,
                         help="rounds, each timing every path once (the median is printed)")
     parser.add_argument("--json", default=None, help="where to write the figures ('' for nowhere)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print where GradientStats.update spends its time (torch.profiler, eight chunks)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -307,6 +339,8 @@ def main(argv=None) -> None:
             ratios[key], ranges[key] = statistics.median(rounds), [min(rounds), max(rounds)]
             goal = "" if target is None else f"   (target >= {target}: {'met' if ratios[key] >= target else 'NOT met'})"
             print(f"  ratio {key:32s} {ratios[key]:8.2f}  (rounds {ranges[key][0]:.2f} to {ranges[key][1]:.2f}){goal}")
+    if args.profile:
+        profile_update(params, loss, noise, args.chunk, device)
     if args.json is None:
         args.json = default_path("byom" if dtype == torch.float64 else f"byom_{args.dtype}", device)
     write(args.json, "byom", f"a straight-through network 64-512-160-10 ({dim:,} parameters), a minibatch of {BATCH}"
