@@ -62,7 +62,11 @@ def _row_sums(x: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _eager_column_sums(x: Tensor, shift: Tensor, running: Tensor) -> Tensor:
-    """:func:`_column_sums` over blocks of rows and columns that stay in the cache."""
+    """:func:`_column_sums` over blocks of rows and columns that stay in a CPU's cache; on an accelerator over the
+    whole chunk at once (there each block would be another handful of kernel launches: a chunk of 256 draws of
+    117,000 coordinates makes about 900 blocks)."""
+    if x.device.type != "cpu":
+        return _column_sums(x, shift, running)
     rows, cols = x.shape
     col_step = min(cols, 4096)
     row_step = max(1, _BLOCK_ELEMENTS // col_step)
