@@ -510,7 +510,9 @@ class GradientStats:
         rows = parts[0].shape[0]
         if rows == 0:
             return self
-        saved = ([b.copy() for b in self._batches], self._batch_size,
+        # what a refused chunk restores: the list of batches and a copy of the last, the only one a chunk changes
+        # (merging neighbours makes new batches; a chunk's pieces go to the last batch and to new ones)
+        saved = (list(self._batches), self._batches[-1].copy() if self._batches else None, self._batch_size,
                  None if self._full is None else self._full.summary, self._shift)
         if self._shift is None:
             # the per-coordinate median of the first chunk's first (at most) eight draws: within a spread of the mean
@@ -613,7 +615,9 @@ class GradientStats:
         return FactoredGradient([p[start:stop] for p in parts], [None] * len(parts))
 
     def _restore(self, saved) -> None:
-        batches, batch_size, full, shift = saved
+        batches, last, batch_size, full, shift = saved
+        if last is not None:
+            batches[-1] = last
         self._batches, self._batch_size, self._shift = batches, batch_size, shift
         if self._full is not None:
             if full is None:
