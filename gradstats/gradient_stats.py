@@ -580,32 +580,33 @@ class GradientStats:
         chunk's check value (:class:`~gradstats.chunk_sums.ChunkResult`: finite exactly when every sum is)."""
         bounds = [0] + [b for _, _, b in pieces]
         spare = [self._spare.pop() if self._spare else None for _ in pieces]
-        float64 = any(x.dtype == torch.float64 for x in parts)
+        safe = SAFE_NORM2 if any(x.dtype == torch.float64 for x in parts) else None
         result = _CHUNK_SUMS.chunk(parts, self._shift, [batch.sums for batch, _, _ in pieces], bounds,
-                                   self._scaled_flat, spare, self._reference_norms, SAFE_NORM2 if float64 else None)
+                                   self._scaled_flat, spare, self._reference_norms, safe)
         if self.reference is None:
             dots = [(None, None)] * len(pieces)
         elif result.cosines is not None:   # summed per piece with the sums (the C kernel)
             dots = list(zip(result.cosines, result.descent))
         else:
-            cos, positive = self._per_draw_sums(parts, result.inner, result.norm2)
+            cos, positive = self._per_draw_sums(parts, result.inner, result.norm2, safe)
             dots = [(cos[a:b].sum(0), positive[a:b].sum(0)) for _, a, b in pieces]
         return [_PieceSums(b - a, s, *d) for s, (_, a, b), d in zip(result.sums, pieces, dots)], result.check
 
-    def _per_draw_sums(self, parts: list[Tensor], inner: Tensor, norm2: Tensor) -> tuple[Tensor, Tensor]:
+    def _per_draw_sums(self, parts: list[Tensor], inner: Tensor, norm2: Tensor,
+                       safe: tuple[float, float] | None) -> tuple[Tensor, Tensor]:
         """Per draw of the chunk, from its dots with the reference and squared norms per group (``[B, L]``),
         ``cos(g_hat, g)`` and ``1[<g_hat, g> > 0]``, ``[B, L + 1]`` (column 0: all groups).
-        :class:`_UnsafeNorms` where a float64 draw's squared norm leaves float64's safe range."""
+        :class:`_UnsafeNorms` where a draw's squared norm leaves ``safe`` (float64 chunks; None: not checked)."""
         total = norm2.sum(1)
-        if any(x.dtype == torch.float64 for x in parts):
+        if safe is not None:
             # a squared norm outside float64's safe range (or 0 from a draw that is not 0: every square
             # underflowed) loses the cosine: such a chunk takes the path that rescales each draw first
-            safe = (total >= SAFE_NORM2[0]) & (total <= SAFE_NORM2[1])
-            if not bool(safe.all()):
+            inside = (total >= safe[0]) & (total <= safe[1])
+            if not bool(inside.all()):
                 zero = total == 0
                 top = torch.stack([x[zero].abs().amax(1) if x.shape[1] else x.new_zeros(int(zero.sum()))
                                    for x in parts], 1).amax(1) if bool(zero.any()) else total[:0]
-                if not bool((safe | zero).all()) or bool((top > 0).any()):
+                if not bool((inside | zero).all()) or bool((top > 0).any()):
                     raise _UnsafeNorms
         cos, inner_all = cosines_from_dots(inner, norm2, self._reference_norms)
         return cos, (inner_all > 0).to(torch.float64)
