@@ -239,6 +239,53 @@ def test_large_networks_go_one_run_after_another_bit_for_bit(data, monkeypatch):
         assert run.valid_error == alone.valid_error and run.test_error == alone.test_error and run.history == alone.history
 
 
+@pytest.mark.parametrize("gate", ["st", "sts", "sts_code", "reinmax", "noisy_rectifier", "rectifier", "sigmoid_noise",
+                                  "sigmoid", "reinforce", "reinforce_loo", "disarm", "gumbel", "random_fixed"])
+def test_a_run_alone_steps_by_autograd_with_torch_funcs_numbers_bit_for_bit(data, gate):
+    """A run alone takes its step's gradient by plain autograd, a stack by ``torch.func.grad``: on the same
+    parameters, minibatch, noise, baseline and L1 weight, every gradient and the step's on-fraction and baseline
+    are equal to the bit (a control's unused gater: zeros in both)."""
+    from torch.func import grad
+
+    settings = conditional.Settings(gate)
+    arch = conditional.architecture_for(data.num_inputs, data.num_classes)
+    params = conditional.initial_parameters(arch, 4)
+    x, y = data.train[0][:32].float(), data.train[1][:32]
+    u = torch.rand(conditional._noise_shape(settings, 32, arch.gates), generator=torch.Generator().manual_seed(1))
+    baseline = (torch.full((arch.gates,), 0.3, dtype=torch.float64), torch.full((arch.gates,), 0.2, dtype=torch.float64))
+    l1, mask = torch.tensor(1e-3, dtype=torch.float64), conditional.fixed_gates(settings, arch.gates, 4)
+    got, (on, base) = conditional._step_gradient(settings, params, x, y, u, baseline, l1, mask)
+    want, (on_f, base_f) = grad(lambda q: conditional._step_loss(settings, q, x, y, u, baseline, l1, mask),
+                                has_aux=True)(params)
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    assert torch.equal(on, on_f) and all(torch.equal(a, b) for a, b in zip(base, base_f))
+    if gate == "random_fixed":
+        assert not any(got[k].any() for k in ("Wg1", "bg1", "Wg2", "bg2"))
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_max_norm_rewrites_only_the_columns_over_the_bound_with_the_products_numbers(stacked):
+    """Columns over the bound scaled to it, the rest untouched, every entry equal to the bit to
+    ``W * where(norm > bound, bound / norm, 1)`` (columns below, at and over the bound, a zero column, a stack)."""
+    g = torch.Generator().manual_seed(0)
+    shapes = {"Wg1": (30, 7), "Wg2": (7, 40), "We": (30, 40), "Wo": (40, 3)}
+    params = {k: torch.randn((2, *s) if stacked else s, generator=g) * 0.5 for k, s in shapes.items()}
+    params["We"][..., 0] = 0.0
+    params["Wg2"][..., 1] *= 2.0 / params["Wg2"][..., 1].norm(dim=-1, keepdim=True)   # on the bound, about
+    want = {}
+    for k, w in params.items():
+        norms = w.square().sum(-2, keepdim=True).sqrt()
+        want[k] = w * torch.where(norms > 2.0, 2.0 / norms.clamp_min(1e-30), 1.0)
+    over = {k: int((w.square().sum(-2).sqrt() > 2.0).sum()) for k, w in params.items()}
+    assert over["We"] > 0 and over["Wg1"] > 0
+    conditional._max_norm(params, 2.0)
+    for k, w in params.items():
+        assert torch.equal(w, want[k]), k
+        assert bool((w.norm(dim=-2) <= 2.0 * (1 + 1e-6)).all()), k
+
+
 def test_a_stack_refuses_runs_that_differ_in_more_than_their_rates(data):
     from dataclasses import replace
 
