@@ -401,12 +401,11 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
     parameters ``[R, ...]`` are updated together: one step's objective and its gradient for every run come from
     ``torch.func.grad`` of :func:`_step_loss`, batched over the runs with ``torch.func.vmap`` (batched matrix
     products) while the stack's parameters take at most :data:`BATCH_BYTES` on a CPU, else run by run, each by
-    plain autograd (:func:`_step_gradient`, the same numbers) (a large
-    network's products already run near the CPU's peak, and its memory-bound updates only slow down as the
-    stack grows: ``benchmarks/conditional.py``); on an accelerator up to :data:`DEVICE_BATCH_BYTES` (there a
-    minibatch of 32 leaves the device waiting on kernel launches, which a stack shares). Run by run, a run in
-    a stack is the run alone, bit for bit; batched, it equals it up to float rounding
-    (``tests/test_conditional.py``).
+    plain autograd (:func:`_step_gradient`: the same numbers; a large network's products already run near the
+    CPU's peak, and its memory-bound updates only slow down as the stack grows: ``benchmarks/conditional.py``);
+    on an accelerator up to :data:`DEVICE_BATCH_BYTES` (there a minibatch of 32 leaves the device waiting on
+    kernel launches, which a stack shares). Run by run, a run in a stack is the run alone, bit for bit;
+    batched, it equals it up to float rounding (``tests/test_conditional.py``).
     ``progress(line)``, if given, hears each epoch's elapsed time.
 
     ``checkpoint_path``: the training state is saved there after every epoch (parameters, best models, curves,
