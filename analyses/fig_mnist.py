@@ -44,8 +44,9 @@ rebuilds it, training the runs the run directory lacks (remove the directory to 
 are in; every run it has is shown); ``--verify`` (``make check-figures``) retrains the first committed ST run for
 two epochs and compares its validation errors with the committed curve's. ``--stack`` trains one gate's missing
 report runs at several seeds as one computation (a GPU runs a stack in about the time of one run;
-``analyses/fig_mnist_device.sh`` runs one stack a gate on a GPU machine); each run's file says where it ran
-(``meta.device``, ``meta.stack``). Several ``--recompute`` processes share the study: each takes the missing runs
+``analyses/fig_mnist_device.sh`` runs one stack a gate on a GPU machine, each step compiled: ``--compile``,
+:func:`gradstats.conditional.train_gated_many`); each run's file says where and how it ran (``meta.device``,
+``meta.stack``, ``meta.compiled``). Several ``--recompute`` processes share the study: each takes the missing runs
 in the study's order, claims a run before training it (``NAME.json.lock``, :func:`gradstats.checkpoint.claim`) and
 goes on to the next one where another live process holds the claim, so that no run is trained twice and no process
 idles while runs are left; a gate's report runs start once all its selection runs are in. On this 2-core CPU two
@@ -55,7 +56,7 @@ benchmarks/conditional.py --processes 2``: median 1.1x); once every process has 
 runs.
 
     python -m analyses.fig_mnist [--recompute | --collect] [--verify] [--quick]
-    python -m analyses.fig_mnist --stack GATE --seeds 1,2,3,4 --out DIR [--device cuda]
+    python -m analyses.fig_mnist --stack GATE --seeds 1,2,3,4 --out DIR [--device cuda] [--compile]
 """
 
 from __future__ import annotations
@@ -619,11 +620,12 @@ ANALYSIS = Analysis("fig_mnist", __doc__.splitlines()[0], cells, compute, plot, 
                     verify_cells=verify_cells, identity=("metric", "epoch"), parallel=False)
 
 
-def train_stack(gate: str, seeds: list[int], device, out: Path) -> list[Path]:
+def train_stack(gate: str, seeds: list[int], device, out: Path, compile: bool = False) -> list[Path]:
     """The report runs of ``gate`` at ``seeds`` that the run directory lacks, trained as one stack
     (:func:`gradstats.conditional.train_gated_many`: one computation, which a GPU runs in about the time of one
     run) at the gater rate scale that the committed selection runs chose; each run's file is written to ``out``
-    (copy it into the run directory) when the stack ends. Returns the files written."""
+    (copy it into the run directory) when the stack ends, and says whether the step was compiled
+    (``compile``: ``meta.compiled``; the same runs up to float rounding). Returns the files written."""
     if gate in CONTROLS:
         scale = 1.0
         if gate == "linear_softmax":
@@ -646,20 +648,20 @@ def train_stack(gate: str, seeds: list[int], device, out: Path) -> list[Path]:
         print(f"  fig_mnist: report {gate} x{scale:g} seeds {seeds}: {line}", file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    results = cc.train_gated_many(_data(False), settings, seeds, device=device, progress=say)
+    results = cc.train_gated_many(_data(False), settings, seeds, device=device, progress=say, compile=compile)
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for cell, r in zip(todo, results):
         path = out / _run_path(cell).name
-        _save(path, cell, _run(r, seconds), device, stack=seeds)
+        _save(path, cell, _run(r, seconds), device, stack=seeds, compiled=compile)
         written.append(path)
     return written
 
 
 def main(argv: list[str] | None = None):
     """The analysis's command line, with ``--collect`` (the committed rows from the saved runs alone) and
-    ``--stack GATE --seeds 1,2,3,4 --out DIR [--device cuda]`` (:func:`train_stack`)."""
+    ``--stack GATE --seeds 1,2,3,4 --out DIR [--device cuda] [--compile]`` (:func:`train_stack`)."""
     global COLLECT
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--stack" in argv:
@@ -670,12 +672,14 @@ def main(argv: list[str] | None = None):
         parser.add_argument("--seeds", required=True, help="comma-separated report seeds, e.g. 1,2,3,4")
         parser.add_argument("--out", required=True, type=Path, help="where each run's file is written")
         parser.add_argument("--device", default="auto")
+        parser.add_argument("--compile", action="store_true",
+                            help="each step as one compiled graph (for a GPU, where the eager step waits on launches)")
         args = parser.parse_args(argv)
         try:
             seeds = [int(s) for s in args.seeds.split(",")]
         except ValueError:
             parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
-        for path in train_stack(args.stack, seeds, args.device, args.out):
+        for path in train_stack(args.stack, seeds, args.device, args.out, compile=args.compile):
             print(path)
         return None
     COLLECT = "--collect" in argv

@@ -13,7 +13,11 @@
 # device. So give every gate its lane (LANES = the number of gates, up to the cores) and the call 600 s; a stack
 # that has not ended when the call is stopped is lost. The report runs are now 100 epochs (analyses/fig_mnist.py:
 # REPORT_EPOCHS), about 1,300 s a stack at that speed: more than a call of 600 s, so this script cannot finish a
-# stack until a training step on the GPU takes less than half the time.
+# stack until a training step on the GPU takes less than half the time. Hence each step is now compiled into one
+# graph (--compile: the dispatch of the eager step's couple of hundred small operations is what a stack waits on; the
+# runs equal eager ones up to float rounding, and each run's file says meta.compiled); COMPILE=0 trains eagerly.
+# Its speed on a GPU is not yet measured: `python3 benchmarks/conditional.py --stacks cuda` times compiled and eager
+# stacks, and each stack's log prints its seconds an epoch.
 #
 #     bash analyses/fig_mnist_device.sh SEEDS LANES GATE...     e.g.  bash analyses/fig_mnist_device.sh 1,2,3,4 6 st sts
 set -uo pipefail
@@ -35,7 +39,7 @@ stack() {  # $1: a gate
   local start=$SECONDS
   echo "== $1 started"
   python3 -m analyses.fig_mnist --stack "$1" --seeds "$SEEDS" --out "$WORK/fig_mnist_runs" --device "${DEVICE:-cuda}" \
-    > "$WORK/fig_mnist_logs/$1.log" 2>&1
+    $([ "${COMPILE:-1}" = 1 ] && echo --compile) > "$WORK/fig_mnist_logs/$1.log" 2>&1
   local rc=$?
   pack runs
   echo "== $1 ended (exit $rc) after $((SECONDS - start)) s"

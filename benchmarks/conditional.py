@@ -12,6 +12,11 @@ steps, so that the one evaluation at the end cancels. Prints, in one run:
 * for REINFORCE, leave-one-out and DisARM gates: seconds per step and per loss evaluation relative to ST;
 * the digits network (64 -> 32 -> 160 gates) with 1, 4 and 16 runs stacked (batched): runs per second.
 
+With ``--stacks DEVICE`` it measures instead, on DEVICE (a GPU), seconds per epoch of a stack of 1, 4 and 8
+ST runs trained eagerly and with each step compiled (``train_gated_many(compile=True)``), timed between the ends
+of the first and the last of 3 epochs of 6,400 images (so that compiling, in the first, is left out) and scaled
+to 50,000 images; printed, nothing written.
+
 With ``--processes N`` it measures instead how to share the CPU between runs (several ``analyses/fig_mnist.py
 --recompute`` processes): ST's seconds per step in one process of N threads, then in N processes of one thread
 at once (each its own run, as the study's processes train), and the runs per hour of the N processes over the
@@ -20,6 +25,7 @@ written.
 
     python benchmarks/conditional.py [--threads 2] [--gates st,reinforce,reinforce_loo,disarm] [--json PATH]
     python benchmarks/conditional.py --processes 2 [--repeats 9]
+    python benchmarks/conditional.py --stacks cuda
 
 ``--json`` (default ``benchmarks/results/conditional.json``; ``''`` for none) writes the figures for
 ``benchmarks/report.py``.
@@ -73,6 +79,26 @@ def _seconds_per_step(data: Split, gate: str, runs: int, batched: bool | None) -
         finally:
             cc.BATCH_BYTES = limit
     return (times[1] - times[0]) / (2 * STEPS) / runs
+
+
+def stack_epoch_seconds(data: Split, gate: str, runs: int, device: str, compile: bool, epochs: int = 3) -> float:
+    """Seconds per epoch of a stack of ``runs`` runs on ``device``: from the end of its first epoch to the end of
+    its last (each epoch's end waits for the device: its on-fractions are read back)."""
+    ends = []
+    settings = cc.Settings(gate, epochs=epochs, learning_rate=0.1, eval_every=100)
+    cc.train_gated_many(data, [settings] * runs, list(range(runs)), device=device, compile=compile,
+                        progress=lambda line: ends.append(time.perf_counter()))
+    return (ends[-1] - ends[0]) / (epochs - 1)
+
+
+def compare_stacks(device: str) -> None:
+    """:func:`stack_epoch_seconds` of ST stacks, eager and compiled, scaled to an epoch of MNIST's 50,000 images."""
+    data = subset(gs.datasets.mnist(), 32 * STEPS)
+    print(f"ST on MNIST on {device}, torch {torch.__version__}: seconds per epoch of 50,000 images, per stack")
+    for runs in (1, 4, 8):
+        eager = stack_epoch_seconds(data, "st", runs, device, False) * 50_000 / (32 * STEPS)
+        compiled = stack_epoch_seconds(data, "st", runs, device, True) * 50_000 / (32 * STEPS)
+        print(f"  {runs} run(s): eager {eager:6.2f} s, compiled {compiled:6.2f} s ({eager / compiled:.2f}x)", flush=True)
 
 
 def multiply_adds(arch: cc.Architecture, minibatch: int = 32) -> int:
@@ -130,7 +156,12 @@ def main(argv=None) -> None:
     parser.add_argument("--processes", type=int, help="compare N one-thread processes with one N-thread process")
     parser.add_argument("--repeats", type=int, default=9, help="--processes: rounds (default 9)")
     parser.add_argument("--step-worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--stacks", metavar="DEVICE", help="time ST stacks on DEVICE, eager and compiled")
     args = parser.parse_args(argv)
+    if args.stacks:
+        torch.set_num_threads(args.threads)
+        compare_stacks(args.stacks)
+        return
     if args.step_worker:
         torch.set_num_threads(args.step_worker)
         print(seconds_per_step(subset(gs.datasets.mnist(), 32 * STEPS), "st", 1, repeats=1))

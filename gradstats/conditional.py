@@ -29,6 +29,7 @@ reported model is the one with the lowest validation error among evaluations eve
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -297,18 +298,41 @@ def _step_gradient(settings: Settings, params: dict[str, Tensor], x: Tensor, y: 
     return {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}, aux
 
 
+def _compiled_update(settings: Settings, rates: dict[str, Tensor]):
+    """One minibatch step of every run of a stack as one graph compiled by ``torch.compile``: the gradients of
+    :func:`_step_loss` batched over the runs (``vmap`` of ``grad``), plain SGD at each run's ``rates`` times the
+    annealing factor (a 0-dim tensor, so that no new value recompiles), then :func:`_max_norm`; the parameters
+    ``[R, ...]`` are updated in place and ``(on, baseline)`` returned. Compiling fuses the step's elementwise
+    work and removes the per-operation dispatch that leaves an accelerator waiting at minibatch 32; its numbers
+    equal the eager step's up to float rounding (``tests/test_conditional.py``)."""
+    from torch.func import grad, vmap
+
+    def step(p, xb, yb, u, base, l1, mask):
+        return grad(lambda q: _step_loss(settings, q, xb, yb, u, base, l1, mask), has_aux=True)(p)
+
+    def update(params, xb, yb, u, base, l1, masks, factor):
+        grads, (on, base) = vmap(step)(params, xb, yb, u, base, l1, masks)
+        with torch.no_grad():
+            for k, v in params.items():
+                v.sub_(rates[k] * factor * grads[k])
+        _max_norm(params, settings.max_norm)
+        return on, base
+
+    return torch.compile(update)
+
+
 def _max_norm(params: dict[str, Tensor], bound: float) -> None:
     """Every unit's incoming weight vector (a column of ``W[in, out]``, of each run's ``W[R, in, out]`` in a stack)
     scaled down to norm ``bound`` (the norms as square roots of column sums of squares, which run along
     memory, not across it). On a CPU only the columns over the bound are rewritten (a handful a step, where a
     pass over the whole matrix costs as much as the norms), each by the factor it gets in ``W * where(norm >
-    bound, bound / norm, 1)``, which an accelerator computes as it is (finding the columns would wait on it):
-    the same numbers bit for bit."""
+    bound, bound / norm, 1)``, which an accelerator and a compiled step compute as it is (finding the columns
+    would wait on the device, or break the graph): the same numbers bit for bit."""
     with torch.no_grad():
         for name in ("Wg1", "Wg2", "We", "Wo"):
             w = params[name]
             norms = w.square().sum(-2, keepdim=True).sqrt()
-            if w.device.type != "cpu":
+            if w.device.type != "cpu" or torch.compiler.is_compiling():
                 w.mul_(torch.where(norms > bound, bound / norms.clamp_min(1e-30), 1.0))
                 continue
             stacked, norms = (w, norms) if w.dim() == 3 else (w[None], norms[None])   # [R, in, out], [R, 1, out]
@@ -389,7 +413,8 @@ DEVICE_BATCH_BYTES = 2**32   # on an accelerator: a step of a small minibatch is
 
 
 def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch.float32,
-                     checkpoints: tuple[int, ...] = (), progress=None, checkpoint_path=None) -> list[Result]:
+                     checkpoints: tuple[int, ...] = (), progress=None, checkpoint_path=None,
+                     compile: bool = False) -> list[Result]:
     """Many independent runs of the gated network as one computation: run ``r`` has ``settings[r]`` and seed
     ``seeds[r]`` (a single Settings or seed is broadcast); the settings may differ only in
     ``learning_rate`` and ``gater_rate_scale``.
@@ -406,7 +431,10 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
     on an accelerator up to :data:`DEVICE_BATCH_BYTES` (there a minibatch of 32 leaves the device waiting on
     kernel launches, which a stack shares). Run by run, a run in a stack is the run alone, bit for bit;
     batched, it equals it up to float rounding (``tests/test_conditional.py``).
-    ``progress(line)``, if given, hears each epoch's elapsed time.
+    ``progress(line)``, if given, hears each epoch's elapsed time. ``compile``: every step, batched or alone, as
+    one compiled graph (:func:`_compiled_update`; for accelerators, where the eager step waits on kernel
+    launches; equal to the eager runs up to float rounding, not bit for bit); where compiling fails, a warning
+    and the eager step.
 
     ``checkpoint_path``: the training state is saved there after every epoch (parameters, best models, curves,
     the generators' states; :mod:`gradstats.checkpoint`: signed by the settings, seeds, data and library
@@ -446,7 +474,7 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
         return [result for i, (s, seed) in enumerate(zip(settings, seeds))
                 for result in train_gated_many(data, [s], [seed], device=device, dtype=dtype, checkpoints=checkpoints,
                                                progress=progress, checkpoint_path=None if checkpoint_path is None
-                                               else f"{checkpoint_path}.run{i}")]
+                                               else f"{checkpoint_path}.run{i}", compile=compile)]
     saver = None
     if checkpoint_path is not None:
         saver = ckpt.RunFile(checkpoint_path, ckpt.signature(
@@ -491,8 +519,20 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
                     v.add_(grads[k], alpha=-float(rates[k][r]) * factor)
         _max_norm(p, first.max_norm)
 
-    def advance(xb, yb, u, base, l1, factor):
-        """One minibatch step of every run; returns each run's on-fraction and its baseline after the step."""
+    compiled = [_compiled_update(first, rates)] if compile else []
+
+    def advance(xb, yb, u, base, l1, factor, factor_tensor):
+        """One minibatch step of every run; returns each run's on-fraction and its baseline after the step
+        (``factor``: the annealing's; ``factor_tensor``: the same as a 0-dim tensor on the device, for the
+        compiled step)."""
+        if compiled:
+            try:
+                return compiled[0](params, xb, yb, u, base, l1, masks, factor_tensor)
+            except Exception as err:   # torch.compile's failures have no common type; they come before any update
+                compiled.clear()
+                warnings.warn(f"train_gated_many: the compiled step failed ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); the runs go on eagerly", RuntimeWarning,
+                              stacklevel=3)
         if batched:
             grads, (on, base) = vmap(step)(params, xb, yb, u, base, l1, masks)
             sgd(params, grads, None, factor)
@@ -526,11 +566,13 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
                 break
             orders = torch.stack([torch.randperm(len(y), generator=g) for g in order_gens]).to(dev)
             ons = []     # each step's on-fractions, kept on the device: no step waits for the device to finish
+            factors = [anneal_factor(first, (epoch - 1) * batches + index, batches) for index in range(batches)]
+            factor_tensors = torch.tensor(factors, dtype=torch.float64).to(dev, dtype) if compiled else None
             for index, start in enumerate(range(0, batches * first.minibatch, first.minibatch)):
                 rows = orders[:, start:start + first.minibatch]
                 u = torch.stack([torch.rand(shape, generator=g, device=dev, dtype=dtype) for g in noise_gens])
-                on, baseline = advance(x[rows], y[rows], u, baseline, l1_weight,
-                                       anneal_factor(first, (epoch - 1) * batches + index, batches))
+                on, baseline = advance(x[rows], y[rows], u, baseline, l1_weight, factors[index],
+                                       None if factor_tensors is None else factor_tensors[index])
                 ons.append(on)
                 if first.gate in RECTIFIERS:
                     l1_weight = l1_weight * torch.where(on.to(torch.float64) > first.sparsity, 1.01, 1 / 1.01)

@@ -69,7 +69,7 @@ def test_collect_builds_the_committed_rows_from_the_saved_runs_alone(tmp_path, m
 
 def test_a_stack_trains_only_the_missing_runs_and_writes_each_runs_file(tmp_path, monkeypatch):
     """--stack: seed 1's run is saved already, so the stack is seeds 2 and 3, trained as one call; each run's
-    file names its cell, its stack and its device."""
+    file names its cell, its stack, its device and whether its step was compiled (--compile)."""
     monkeypatch.setattr(fig_mnist, "RUNS", tmp_path / "runs")
     saved = fig_mnist._run_path(fig_mnist._cell("report", "all_on", 1.0, 1, fig_mnist.REPORT_EPOCHS,
                                                 fig_mnist.ANNEAL_EPOCHS))
@@ -77,21 +77,27 @@ def test_a_stack_trains_only_the_missing_runs_and_writes_each_runs_file(tmp_path
     saved.write_text("{}")
     calls = []
 
-    def stack(data, settings, seeds, *, device, progress):
-        calls.append((settings.gate, settings.gater_rate_scale, settings.anneal_epochs, list(seeds)))
+    def stack(data, settings, seeds, *, device, progress, compile):
+        calls.append((settings.gate, settings.gater_rate_scale, settings.anneal_epochs, list(seeds), compile))
         return [fig_mnist.cc.Result(settings.gate, s, settings, 0.02 + s / 100, 0.03, 0.1, 0.1, 5,
                                     history=((1, 0.05),), train_criterion=0.01, on_history=(0.1,)) for s in seeds]
 
     monkeypatch.setattr(fig_mnist.cc, "train_gated_many", stack)
     monkeypatch.setattr(fig_mnist, "_data", lambda quick: None)
     fig_mnist.main(["--stack", "all_on", "--seeds", "1,2,3", "--out", str(tmp_path / "out"), "--device", "cpu"])
-    assert calls == [("all_on", 1.0, fig_mnist.ANNEAL_EPOCHS, [2, 3])]
+    assert calls == [("all_on", 1.0, fig_mnist.ANNEAL_EPOCHS, [2, 3], False)]
     files = sorted((tmp_path / "out").iterdir())
     assert [f.name for f in files] == [f"report-all_on-lr0.1-x1-seed{s}-e{fig_mnist.REPORT_EPOCHS}"
                                        f"-a{fig_mnist.ANNEAL_EPOCHS}.json" for s in (2, 3)]
     first = json.loads(files[0].read_text())
     assert first["meta"]["stack"] == [2, 3] and first["meta"]["device"] == "cpu" and first["meta"]["cell"]["seed"] == 2
     assert first["run"]["valid_error"] == pytest.approx(0.04) and first["run"]["curve"] == [0.05]
+    assert first["meta"]["compiled"] is False
+    for f in files:
+        f.unlink()
+    fig_mnist.main(["--stack", "all_on", "--seeds", "2", "--out", str(tmp_path / "out"), "--device", "cpu", "--compile"])
+    assert calls[-1] == ("all_on", 1.0, fig_mnist.ANNEAL_EPOCHS, [2], True)
+    assert json.loads(next((tmp_path / "out").iterdir()).read_text())["meta"]["compiled"] is True
     with pytest.raises(SystemExit):
         fig_mnist.main(["--stack", "all_on", "--seeds", "one", "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit):
