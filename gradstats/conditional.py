@@ -434,7 +434,9 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
     ``progress(line)``, if given, hears each epoch's elapsed time. ``compile``: every step, batched or alone, as
     one compiled graph (:func:`_compiled_update`; for accelerators, where the eager step waits on kernel
     launches; equal to the eager runs up to float rounding, not bit for bit); where compiling fails, a warning
-    and the eager step.
+    and the eager step. Each gate and stack size is a graph of its own, and a process keeps at most torch's
+    recompile limit of them (``torch._dynamo.config.recompile_limit``, 8): beyond it, torch logs that it runs
+    the step eagerly.
 
     ``checkpoint_path``: the training state is saved there after every epoch (parameters, best models, curves,
     the generators' states; :mod:`gradstats.checkpoint`: signed by the settings, seeds, data and library
