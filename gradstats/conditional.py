@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
+from torch.func import grad, vmap
 from torch.nn import functional as F
 
 from . import checkpoint as ckpt
@@ -298,6 +299,16 @@ def _step_gradient(settings: Settings, params: dict[str, Tensor], x: Tensor, y: 
     return {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}, aux
 
 
+def _stack_gradients(settings: Settings, params: dict[str, Tensor], x: Tensor, y: Tensor, u: Tensor,
+                     baseline: tuple[Tensor, Tensor], l1_weight: Tensor, masks: Tensor) -> tuple[dict[str, Tensor], tuple]:
+    """Every run's step of a stack (parameters ``[R, ...]``, the other arguments with a leading run axis):
+    ``torch.func.grad`` of :func:`_step_loss`, batched over the runs by ``vmap`` (batched matrix products)."""
+    def step(p, xb, yb, ub, base, l1, mask):
+        return grad(lambda q: _step_loss(settings, q, xb, yb, ub, base, l1, mask), has_aux=True)(p)
+
+    return vmap(step)(params, x, y, u, baseline, l1_weight, masks)
+
+
 def _compiled_update(settings: Settings, rates: dict[str, Tensor]):
     """One minibatch step of every run of a stack as one graph compiled by ``torch.compile``: the gradients of
     :func:`_step_loss` batched over the runs (``vmap`` of ``grad``), plain SGD at each run's ``rates`` times the
@@ -305,13 +316,8 @@ def _compiled_update(settings: Settings, rates: dict[str, Tensor]):
     ``[R, ...]`` are updated in place and ``(on, baseline)`` returned. Compiling fuses the step's elementwise
     work and removes the per-operation dispatch that leaves an accelerator waiting at minibatch 32; its numbers
     equal the eager step's up to float rounding (``tests/test_conditional.py``)."""
-    from torch.func import grad, vmap
-
-    def step(p, xb, yb, u, base, l1, mask):
-        return grad(lambda q: _step_loss(settings, q, xb, yb, u, base, l1, mask), has_aux=True)(p)
-
     def update(params, xb, yb, u, base, l1, masks, factor):
-        grads, (on, base) = vmap(step)(params, xb, yb, u, base, l1, masks)
+        grads, (on, base) = _stack_gradients(settings, params, xb, yb, u, base, l1, masks)
         with torch.no_grad():
             for k, v in params.items():
                 v.sub_(rates[k] * factor * grads[k])
@@ -445,8 +451,6 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
     exist; one run at a time). Runs that go one after another each get ``PATH.runI``."""
     import time
 
-    from torch.func import grad, vmap
-
     runs = len(seeds) if isinstance(seeds, (list, tuple)) else len(settings) if isinstance(settings, (list, tuple)) else 1
     settings = list(settings) if isinstance(settings, (list, tuple)) else [settings] * runs
     seeds = [seed_value("seed", s) for s in (list(seeds) if isinstance(seeds, (list, tuple)) else [seeds] * runs)]
@@ -506,9 +510,6 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
     on_history = [[] for _ in range(count)]
     snapshots = [{} for _ in range(count)]
 
-    def step(p, xb, yb, u, base, l1, mask):
-        return grad(lambda q: _step_loss(first, q, xb, yb, u, base, l1, mask), has_aux=True)(p)
-
 
     def sgd(p: dict[str, Tensor], grads: dict[str, Tensor], r: int | None, factor: float) -> None:
         """Plain SGD at each run's own rates times ``factor`` (the annealing), then max-norm: all runs at once
@@ -536,7 +537,7 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
                               f"{str(err).splitlines()[0] if str(err) else ''}); the runs go on eagerly", RuntimeWarning,
                               stacklevel=3)
         if batched:
-            grads, (on, base) = vmap(step)(params, xb, yb, u, base, l1, masks)
+            grads, (on, base) = _stack_gradients(first, params, xb, yb, u, base, l1, masks)
             sgd(params, grads, None, factor)
             return on, base
         p = {k: v[0] for k, v in params.items()}
