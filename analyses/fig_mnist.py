@@ -53,9 +53,13 @@ idles while runs are left; a gate's report runs start once all its selection run
 processes of one thread each (``OMP_NUM_THREADS=1``) trained at least as many runs an hour as one process of two
 threads, and 2.1 to 2.7 times as many in the rounds (4 of 9) where the two threads ran at half speed (``python
 benchmarks/conditional.py --processes 2``: median 1.1x); once every process has ended, ``--collect`` gathers their
-runs.
+runs. ``--recompute --compile`` compiles each report run's step (afresh for each run), which trained more runs an
+hour in two one-thread processes than the eager step (``python benchmarks/conditional.py --processes 2 --compile
+--gates st,disarm --repeats 3``); the run's file says whether every step ran compiled (``meta.compiled``; a
+compiled run equals the eager one up to float rounding, so that its trajectory, not its distribution, differs),
+and a run's saved state resumes only in a process that compiles as the run did.
 
-    python -m analyses.fig_mnist [--recompute | --collect] [--verify] [--quick]
+    python -m analyses.fig_mnist [--recompute [--compile] | --collect] [--verify] [--quick]
     python -m analyses.fig_mnist --stack GATE --seeds 1,2,3,4 --out DIR [--device cuda] [--compile]
 """
 
@@ -68,6 +72,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -120,6 +125,7 @@ LOGISTIC_C = (0.01, 0.1, 1.0, 10.0)      # the linear control's inverse L2 weigh
 VERIFY_EPOCHS = 2
 RUNS = ROOT / "figures" / "data" / "fig_mnist_runs"
 COLLECT = False    # --collect: the saved runs only, nothing trained
+COMPILE = False    # --compile: a report run's every step one compiled graph (meta.compiled)
 MISSING = r"\text{--}"   # a number that the unfinished study does not have yet
 
 
@@ -217,10 +223,14 @@ def _binomial_se(error: float, n: int) -> float:
     return math.sqrt(max(error * (1 - error), 1.0 / n) / n)
 
 
-def _train(cell: dict, data, device, stop: int | None = None, checkpoint: Path | None = None) -> dict:
+def _train(cell: dict, data, device, stop: int | None = None, checkpoint: Path | None = None,
+           compile: bool = False) -> dict:
     """One run: its result and curves (``stop``: train only that many epochs, the verify check). With
     ``checkpoint``, its state after each epoch is kept there and an interrupted run resumes from it; a state of
-    another code version or a damaged one is set aside (said on stderr) and the run starts over."""
+    another code version or a damaged one is set aside (said on stderr) and the run starts over. ``compile``:
+    every step one compiled graph, compiled afresh for the run (``torch._dynamo.reset()``, so that a process
+    training many runs stays under torch's recompile limit); ``compiled`` in the result says whether every step
+    ran compiled (False where compiling failed and the run went on eagerly, as said on stderr)."""
     start = time.perf_counter()
     if cell["gate"] == "linear_softmax":
         return _logistic(data) | {"seconds": time.perf_counter() - start}
@@ -234,15 +244,28 @@ def _train(cell: dict, data, device, stop: int | None = None, checkpoint: Path |
         print(f"  fig_mnist: {cell['stage']} {cell['gate']} x{cell['gater_rate_scale']:g} seed {cell['seed']}: {line}",
               file=sys.stderr, flush=True)
 
-    try:
-        r = cc.train_gated_many(data, settings, [cell["seed"]], device=device, progress=say,
-                                checkpoint_path=checkpoint)[0]
-    except NotResumableError as err:   # another code version's state, or a damaged one
-        say(f"{err}: starting over")
-        checkpoint.unlink()
-        r = cc.train_gated_many(data, settings, [cell["seed"]], device=device, progress=say,
-                                checkpoint_path=checkpoint)[0]
-    return _run(r, time.perf_counter() - start)
+    if compile:
+        torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        try:
+            r = cc.train_gated_many(data, settings, [cell["seed"]], device=device, progress=say,
+                                    checkpoint_path=checkpoint, compile=compile)[0]
+        except NotResumableError as err:   # another code version's state, or a damaged one
+            say(f"{err}: starting over")
+            checkpoint.unlink()
+            r = cc.train_gated_many(data, settings, [cell["seed"]], device=device, progress=say,
+                                    checkpoint_path=checkpoint, compile=compile)[0]
+    compiled = compile and not _fell_back(caught, say)
+    return _run(r, time.perf_counter() - start) | ({"compiled": compiled} if compile else {})
+
+
+def _fell_back(caught, say) -> bool:
+    """Whether the warnings ``caught`` during a training say that its compiled step failed and the runs went on
+    eagerly (:func:`gradstats.conditional.train_gated_many`); each warning is said on stderr."""
+    for w in caught:
+        say(f"{w.category.__name__}: {w.message}")
+    return any("compiled step failed" in str(w.message) for w in caught)
 
 
 def _run(r: cc.Result, seconds: float) -> dict:
@@ -316,8 +339,9 @@ def compute(cell, config):
             return []
         try:
             if not path.exists():    # not saved by another process between the look and the claim
-                _save(path, cell, _train(cell, _data(config.quick), config.device,
-                                         checkpoint=path.with_suffix(".partial")), device)
+                run = _train(cell, _data(config.quick), config.device, checkpoint=path.with_suffix(".partial"),
+                             compile=COMPILE and cell["gate"] != "linear_softmax")
+                _save(path, cell, run, device, **({"compiled": run.pop("compiled")} if "compiled" in run else {}))
         finally:
             lock.unlink(missing_ok=True)
     saved = json.loads(path.read_text())
@@ -648,13 +672,16 @@ def train_stack(gate: str, seeds: list[int], device, out: Path, compile: bool = 
         print(f"  fig_mnist: report {gate} x{scale:g} seeds {seeds}: {line}", file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    results = cc.train_gated_many(_data(False), settings, seeds, device=device, progress=say, compile=compile)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        results = cc.train_gated_many(_data(False), settings, seeds, device=device, progress=say, compile=compile)
     seconds = time.perf_counter() - start
+    compiled = compile and not _fell_back(caught, say)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for cell, r in zip(todo, results):
         path = out / _run_path(cell).name
-        _save(path, cell, _run(r, seconds), device, stack=seeds, compiled=compile)
+        _save(path, cell, _run(r, seconds), device, stack=seeds, compiled=compiled)
         written.append(path)
     return written
 
@@ -662,7 +689,7 @@ def train_stack(gate: str, seeds: list[int], device, out: Path, compile: bool = 
 def main(argv: list[str] | None = None):
     """The analysis's command line, with ``--collect`` (the committed rows from the saved runs alone) and
     ``--stack GATE --seeds 1,2,3,4 --out DIR [--device cuda] [--compile]`` (:func:`train_stack`)."""
-    global COLLECT
+    global COLLECT, COMPILE
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--stack" in argv:
         import argparse
@@ -683,12 +710,14 @@ def main(argv: list[str] | None = None):
             print(path)
         return None
     COLLECT = "--collect" in argv
+    COMPILE = "--compile" in argv
+    argv = [a for a in argv if a != "--compile"]
     if COLLECT:
         argv = [a for a in argv if a != "--collect"] + ["--recompute"]
     try:
         return ANALYSIS.main(argv)
     finally:
-        COLLECT = False
+        COLLECT = COMPILE = False
 
 
 if __name__ == "__main__":

@@ -21,10 +21,14 @@ With ``--processes N`` it measures instead how to share the CPU between runs (se
 --recompute`` processes): ST's seconds per step in one process of N threads, then in N processes of one thread
 at once (each its own run, as the study's processes train), and the runs per hour of the N processes over the
 one: per round, then their median and range over ``--repeats`` rounds, the two setups alternating; nothing
-written.
+written. With ``--processes N --compile`` it compares instead N one-thread processes training eagerly with N
+whose every step is compiled (``train_gated_many(compile=True)``, as ``analyses/fig_mnist.py --recompute
+--compile`` trains): each gate of ``--gates`` in turn, a step's time from the end of a run's first epoch (which
+compiles) to the end of its fourth, the two setups alternating in each round.
 
     python benchmarks/conditional.py [--threads 2] [--gates st,reinforce,reinforce_loo,disarm] [--json PATH]
     python benchmarks/conditional.py --processes 2 [--repeats 9]
+    python benchmarks/conditional.py --processes 2 --compile --gates st,disarm --repeats 3
     python benchmarks/conditional.py --stacks cuda
 
 ``--json`` (default ``benchmarks/results/conditional.json``; ``''`` for none) writes the figures for
@@ -132,6 +136,36 @@ def _step_in_process(threads: int, processes: int) -> list[float]:
     return [float(o.split()[-1]) for o in outputs]
 
 
+def _compiled_step_in_process(processes: int, gate: str, compile: bool) -> list[float]:
+    """``gate``'s seconds per step (one run, epochs 2 to 4 of :func:`stack_epoch_seconds`) in each of ``processes``
+    fresh one-thread processes started together, every step compiled or not."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = [sys.executable, __file__, "--epoch-worker", "compiled" if compile else "eager", "--gates", gate]
+    workers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    outputs = [w.communicate()[0] for w in workers]
+    if any(w.returncode for w in workers):
+        raise SystemExit(f"a worker failed: {outputs}")
+    return [float(o.split()[-1]) for o in outputs]
+
+
+def compare_compiled(processes: int, gates: list[str], repeats: int) -> None:
+    """``processes`` one-thread processes eager against as many compiled (module docstring): each round's ms a step
+    and the runs per hour of the compiled over the eager, then their median and range per gate."""
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}; on MNIST, {processes} one-thread "
+          "processes at once, ms a step:")
+    ratios = {g: [] for g in gates}
+    for r in range(repeats):
+        for gate in gates:
+            eager = statistics.mean(_compiled_step_in_process(processes, gate, False))
+            compiled = statistics.mean(_compiled_step_in_process(processes, gate, True))
+            ratios[gate].append(eager / compiled)
+            print(f"  round {r + 1}, {gate}: eager {eager * 1e3:.2f}, compiled {compiled * 1e3:.2f}; runs per hour "
+                  f"{ratios[gate][-1]:.2f}x", flush=True)
+    for gate, rs in ratios.items():
+        print(f"  {gate}: runs per hour, compiled over eager: median {statistics.median(rs):.2f}x over {repeats} "
+              f"rounds (from {min(rs):.2f}x to {max(rs):.2f}x)")
+
+
 def compare_processes(processes: int, repeats: int) -> None:
     """One process of ``processes`` threads against ``processes`` processes of one thread (module docstring):
     each round's two figures and their ratio in runs per hour, then the median and range of the ratios (the rounds
@@ -156,7 +190,10 @@ def main(argv=None) -> None:
     parser.add_argument("--processes", type=int, help="compare N one-thread processes with one N-thread process")
     parser.add_argument("--repeats", type=int, default=9, help="--processes: rounds (default 9)")
     parser.add_argument("--step-worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--epoch-worker", choices=("eager", "compiled"), help=argparse.SUPPRESS)
     parser.add_argument("--stacks", metavar="DEVICE", help="time ST stacks on DEVICE, eager and compiled")
+    parser.add_argument("--compile", action="store_true",
+                        help="--processes: compare N one-thread processes eager and compiled")
     args = parser.parse_args(argv)
     if args.stacks:
         torch.set_num_threads(args.threads)
@@ -165,6 +202,15 @@ def main(argv=None) -> None:
     if args.step_worker:
         torch.set_num_threads(args.step_worker)
         print(seconds_per_step(subset(gs.datasets.mnist(), 32 * STEPS), "st", 1, repeats=1))
+        return
+    if args.epoch_worker:   # compare_compiled's worker: one thread, epochs 2 to 4 (the first compiles)
+        torch.set_num_threads(1)
+        data = subset(gs.datasets.mnist(), 32 * STEPS)
+        gate = args.gates.split(",")[0]
+        print(stack_epoch_seconds(data, gate, 1, "cpu", args.epoch_worker == "compiled", epochs=4) / STEPS)
+        return
+    if args.processes and args.compile:
+        compare_compiled(args.processes, args.gates.split(","), args.repeats)
         return
     if args.processes:
         compare_processes(args.processes, args.repeats)

@@ -441,13 +441,13 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
     one compiled graph (:func:`_compiled_update`; for accelerators, where the eager step waits on kernel
     launches; equal to the eager runs up to float rounding, not bit for bit); where compiling fails, a warning
     and the eager step. Each gate and stack size is a graph of its own, and a process keeps at most torch's
-    recompile limit of them (``torch._dynamo.config.recompile_limit``, 8): beyond it, torch logs that it runs
-    the step eagerly.
+    recompile limit of them (``torch._dynamo.config.recompile_limit``, 8): beyond it, the same warning and the
+    eager step (``torch._dynamo.reset()`` between runs frees the graphs).
 
     ``checkpoint_path``: the training state is saved there after every epoch (parameters, best models, curves,
-    the generators' states; :mod:`gradstats.checkpoint`: signed by the settings, seeds, data and library
-    source, with a checksum), a run given its own checkpoint resumes from it and ends where it would have
-    uninterrupted, and the file is removed when the runs end. The path is claimed up front (its directory must
+    the generators' states; :mod:`gradstats.checkpoint`: signed by the settings, seeds, data, whether
+    compiled, and library source, with a checksum), a run given its own checkpoint resumes from it and ends where
+    it would have uninterrupted, and the file is removed when the runs end. The path is claimed up front (its directory must
     exist; one run at a time). Runs that go one after another each get ``PATH.runI``."""
     import time
 
@@ -485,7 +485,8 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
     if checkpoint_path is not None:
         saver = ckpt.RunFile(checkpoint_path, ckpt.signature(
             kind="train_gated_many", settings=[repr(s) for s in settings], seeds=seeds,
-            data=[data.train, data.validation, data.test], dtype=str(dtype), checkpoints=list(checkpoints)))
+            data=[data.train, data.validation, data.test], dtype=str(dtype), checkpoints=list(checkpoints),
+            compiled=bool(compile)))
     batched = count > 1
     gate_bias = 0.0 if first.gate in RECTIFIERS else math.log(0.1 / 0.9)
     inits = [initial_parameters(arch, seed, dev, dtype, gate_bias) for seed in seeds]
@@ -529,8 +530,9 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
         (``factor``: the annealing's; ``factor_tensor``: the same as a 0-dim tensor on the device, for the
         compiled step)."""
         if compiled:
-            try:
-                return compiled[0](params, xb, yb, u, base, l1, masks, factor_tensor)
+            try:   # past torch's recompile limit it raises instead of running the step eagerly unsaid
+                with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                    return compiled[0](params, xb, yb, u, base, l1, masks, factor_tensor)
             except Exception as err:   # torch.compile's failures have no common type; they come before any update
                 compiled.clear()
                 warnings.warn(f"train_gated_many: the compiled step failed ({type(err).__name__}: "

@@ -317,6 +317,42 @@ def test_a_step_that_does_not_compile_is_said_and_the_runs_go_on_eagerly(data, m
     assert [r.test_error for r in got] == [r.test_error for r in want]
 
 
+def test_a_step_past_the_recompile_limit_is_said_and_runs_eagerly(data, monkeypatch):
+    """Beyond torch's recompile limit (here 1 graph: a second gate needs another) the compiled step does not
+    silently run eagerly: the warning says so, and the run equals the eager one bit for bit."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    st = conditional.Settings("st", epochs=1, eval_every=1, learning_rate=0.3)
+    reinforce = conditional.Settings("reinforce", epochs=1, eval_every=1, learning_rate=0.3)
+    conditional.train_gated_many(data, st, [5], device="cpu", compile=True)
+    with pytest.warns(RuntimeWarning, match="compiled step failed .*eagerly"):
+        got = conditional.train_gated_many(data, reinforce, [5], device="cpu", compile=True)
+    torch._dynamo.reset()
+    want = conditional.train_gated_many(data, reinforce, [5], device="cpu")
+    assert (got[0].history, got[0].test_error) == (want[0].history, want[0].test_error)
+
+
+def test_a_checkpoint_of_an_eager_run_is_not_resumed_compiled(data, tmp_path):
+    """Compiled and eager steps differ in float rounding, so the one's state is refused by the other (a run
+    resumed ends where it would have uninterrupted)."""
+    s = conditional.Settings("st", epochs=3, eval_every=1, learning_rate=0.3)
+    path = tmp_path / "state.pt"
+
+    class Interrupt(Exception):
+        pass
+
+    def interrupt(line):
+        if line.startswith("epoch 2/"):
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        conditional.train_gated_many(data, s, [3], device="cpu", checkpoint_path=path, progress=interrupt)
+    with pytest.raises(gs.checkpoint.NotResumableError, match="belongs to another run"):
+        conditional.train_gated_many(data, s, [3], device="cpu", checkpoint_path=path, compile=True)
+
+
 def test_a_stack_refuses_runs_that_differ_in_more_than_their_rates(data):
     from dataclasses import replace
 

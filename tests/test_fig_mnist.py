@@ -193,7 +193,8 @@ def test_processes_share_the_study_by_claiming_each_run(tmp_path, monkeypatch):
     save(report("st", 0), 0.02)
     trained = []
 
-    def train(cell, data, device, stop=None, checkpoint=None):
+    def train(cell, data, device, stop=None, checkpoint=None, compile=False):
+        assert not compile                                  # eager unless --compile
         trained.append((cell["stage"], cell["gate"], cell["seed"]))
         return _run(0.02, 3)
 
@@ -216,3 +217,39 @@ def test_processes_share_the_study_by_claiming_each_run(tmp_path, monkeypatch):
     finals = pd.read_csv(tmp_path / "figures" / "data" / "fig_mnist.csv")
     reports = finals[(finals.cell_stage == "report") & (finals.metric == "test_error")]
     assert sorted(zip(reports.cell_gate, reports.cell_seed)) == [("all_on", 0), ("all_on", 1), ("st", 0), ("st", 2)]
+
+
+def test_compiled_workers_say_in_each_runs_file_whether_every_step_ran_compiled(tmp_path, monkeypatch):
+    """--recompute --compile: each run is trained with compile=True and its file says compiled true, but false
+    where the compiled step failed and the run went on eagerly (the library's warning, also said on stderr); a
+    checkpoint is passed as without --compile."""
+    import warnings
+
+    monkeypatch.setattr(fig_mnist, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(fig_mnist, "GATED", ("st",))
+    monkeypatch.setattr(fig_mnist, "CONTROLS", ("all_on",))
+    monkeypatch.setattr(fig_mnist, "LONG_GATES", ())
+    monkeypatch.setattr(fig_mnist, "REPORT_SEEDS", 1)
+    monkeypatch.setattr(fig_mnist, "CONTROL_SEEDS", 1)
+    monkeypatch.setattr(fig_mnist, "_data", lambda quick: None)
+    for scale in fig_mnist.SCALES:
+        cell = fig_mnist._cell("selection", "st", scale, fig_mnist.SELECTION_SEED, fig_mnist.SELECT_EPOCHS)
+        path = fig_mnist._run_path(cell)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"meta": {"cell": cell, "device": "cpu"}, "run": _run(0.03, 3)}))
+    calls = []
+
+    def train_gated_many(data, settings, seeds, *, device, progress, checkpoint_path, compile):
+        calls.append((settings.gate, compile, checkpoint_path is not None))
+        if settings.gate == "all_on":
+            warnings.warn("train_gated_many: the compiled step failed (RuntimeError: no compiler); the runs go on "
+                          "eagerly", RuntimeWarning, stacklevel=2)
+        return [fig_mnist.cc.Result(settings.gate, s, settings, 0.02, 0.03, 0.1, 0.1, 5, history=((1, 0.05),),
+                                    train_criterion=0.01, on_history=(0.1,)) for s in seeds]
+
+    monkeypatch.setattr(fig_mnist.cc, "train_gated_many", train_gated_many)
+    fig_mnist.main(["--recompute", "--compile", "--out", str(tmp_path), "--device", "cpu"])
+    reports = {json.loads(p.read_text())["meta"]["cell"]["gate"]: json.loads(p.read_text())["meta"]
+               for p in (tmp_path / "runs").glob("report-*.json")}
+    assert {g for g, _, _ in calls} >= {"st", "all_on"} and all(c and k for _, c, k in calls)
+    assert reports["st"]["compiled"] is True and reports["all_on"]["compiled"] is False
