@@ -54,8 +54,8 @@ processes of one thread each (``OMP_NUM_THREADS=1``) trained at least as many ru
 threads, and 2.1 to 2.7 times as many in the rounds (4 of 9) where the two threads ran at half speed (``python
 benchmarks/conditional.py --processes 2``: median 1.1x); once every process has ended, ``--collect`` gathers their
 runs. ``--recompute --compile`` compiles each report run's step (afresh for each run), which trained more runs an
-hour in two one-thread processes than the eager step (``python benchmarks/conditional.py --processes 2 --compile
---gates st,disarm --repeats 3``); the run's file says whether every step ran compiled (``meta.compiled``; a
+hour in two one-thread processes than the eager step (median 1.22x for ST, 1.36x for DisARM over 3 rounds:
+``python benchmarks/conditional.py --processes 2 --compile --gates st,disarm --repeats 3``); the run's file says whether every step ran compiled (``meta.compiled``; a
 compiled run equals the eager one up to float rounding, so that its trajectory, not its distribution, differs),
 and a run's saved state resumes only in a process that compiles as the run did.
 
