@@ -55,9 +55,10 @@ threads, and 2.1 to 2.7 times as many in the rounds (4 of 9) where the two threa
 benchmarks/conditional.py --processes 2``: median 1.1x); once every process has ended, ``--collect`` gathers their
 runs. ``--recompute --compile`` compiles each report run's step (afresh for each run), which trained more runs an
 hour in two one-thread processes than the eager step (median 1.22x for ST, 1.36x for DisARM over 3 rounds:
-``python benchmarks/conditional.py --processes 2 --compile --gates st,disarm --repeats 3``); the run's file says whether every step ran compiled (``meta.compiled``; a
-compiled run equals the eager one up to float rounding, so that its trajectory, not its distribution, differs),
-and a run's saved state resumes only in a process that compiles as the run did.
+``python benchmarks/conditional.py --processes 2 --compile --gates st,disarm --repeats 3``); the run's file says
+whether every step ran compiled (``meta.compiled``; a compiled run equals the eager one up to float rounding, so
+that its trajectory, not its distribution, differs), and a run's saved state resumes only in a process that
+compiles as the run did.
 
     python -m analyses.fig_mnist [--recompute [--compile] | --collect] [--verify] [--quick]
     python -m analyses.fig_mnist --stack GATE --seeds 1,2,3,4 --out DIR [--device cuda] [--compile]
