@@ -317,19 +317,21 @@ def test_a_step_that_does_not_compile_is_said_and_the_runs_go_on_eagerly(data, m
     assert [r.test_error for r in got] == [r.test_error for r in want]
 
 
-def test_a_step_past_the_recompile_limit_is_said_and_runs_eagerly(data, monkeypatch):
+def test_a_step_past_the_recompile_limit_is_said_and_runs_eagerly(data):
     """Beyond torch's recompile limit (here 1 graph: a second gate needs another) the compiled step does not
     silently run eagerly: the warning says so, and the run equals the eager one bit for bit."""
     import torch._dynamo
 
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    limit = torch._dynamo.config.recompile_limit
     st = conditional.Settings("st", epochs=1, eval_every=1, learning_rate=0.3)
     reinforce = conditional.Settings("reinforce", epochs=1, eval_every=1, learning_rate=0.3)
-    conditional.train_gated_many(data, st, [5], device="cpu", compile=True)
-    with pytest.warns(RuntimeWarning, match="compiled step failed .*eagerly"):
-        got = conditional.train_gated_many(data, reinforce, [5], device="cpu", compile=True)
+    with torch._dynamo.config.patch(recompile_limit=1):   # torch's own way: restored on leaving, also on failure
+        conditional.train_gated_many(data, st, [5], device="cpu", compile=True)
+        with pytest.warns(RuntimeWarning, match="compiled step failed .*eagerly"):
+            got = conditional.train_gated_many(data, reinforce, [5], device="cpu", compile=True)
     torch._dynamo.reset()
+    assert torch._dynamo.config.recompile_limit == limit
     want = conditional.train_gated_many(data, reinforce, [5], device="cpu")
     assert (got[0].history, got[0].test_error) == (want[0].history, want[0].test_error)
 
