@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -447,8 +448,8 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
     ``checkpoint_path``: the training state is saved there after every epoch (parameters, best models, curves,
     the generators' states; :mod:`gradstats.checkpoint`: signed by the settings, seeds, data, whether
     compiled, and library source, with a checksum), a run given its own checkpoint resumes from it and ends where
-    it would have uninterrupted, and the file is removed when the runs end. The path is claimed up front (its directory must
-    exist; one run at a time). Runs that go one after another each get ``PATH.runI``."""
+    it would have uninterrupted, and the file is removed when the runs end. The path is claimed up front (its
+    directory must exist; one run at a time). Runs that go one after another each get ``PATH.runI``."""
     import time
 
     runs = len(seeds) if isinstance(seeds, (list, tuple)) else len(settings) if isinstance(settings, (list, tuple)) else 1
@@ -530,9 +531,8 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
         (``factor``: the annealing's; ``factor_tensor``: the same as a 0-dim tensor on the device, for the
         compiled step)."""
         if compiled:
-            try:   # past torch's recompile limit it raises instead of running the step eagerly unsaid
-                with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-                    return compiled[0](params, xb, yb, u, base, l1, masks, factor_tensor)
+            try:
+                return compiled[0](params, xb, yb, u, base, l1, masks, factor_tensor)
             except Exception as err:   # torch.compile's failures have no common type; they come before any update
                 compiled.clear()
                 warnings.warn(f"train_gated_many: the compiled step failed ({type(err).__name__}: "
@@ -573,14 +573,17 @@ def train_gated_many(data: Split, settings, seeds, *, device="auto", dtype=torch
             ons = []     # each step's on-fractions, kept on the device: no step waits for the device to finish
             factors = [anneal_factor(first, (epoch - 1) * batches + index, batches) for index in range(batches)]
             factor_tensors = torch.tensor(factors, dtype=torch.float64).to(dev, dtype) if compiled else None
-            for index, start in enumerate(range(0, batches * first.minibatch, first.minibatch)):
-                rows = orders[:, start:start + first.minibatch]
-                u = torch.stack([torch.rand(shape, generator=g, device=dev, dtype=dtype) for g in noise_gens])
-                on, baseline = advance(x[rows], y[rows], u, baseline, l1_weight, factors[index],
-                                       None if factor_tensors is None else factor_tensors[index])
-                ons.append(on)
-                if first.gate in RECTIFIERS:
-                    l1_weight = l1_weight * torch.where(on.to(torch.float64) > first.sparsity, 1.01, 1 / 1.01)
+            # past torch's recompile limit a compiled step raises (said, then eager) instead of running eagerly
+            # unsaid; set for the epoch's steps, not each step (entering the setting costs about 10 us)
+            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True) if compiled else nullcontext():
+                for index, start in enumerate(range(0, batches * first.minibatch, first.minibatch)):
+                    rows = orders[:, start:start + first.minibatch]
+                    u = torch.stack([torch.rand(shape, generator=g, device=dev, dtype=dtype) for g in noise_gens])
+                    on, baseline = advance(x[rows], y[rows], u, baseline, l1_weight, factors[index],
+                                           None if factor_tensors is None else factor_tensors[index])
+                    ons.append(on)
+                    if first.gate in RECTIFIERS:
+                        l1_weight = l1_weight * torch.where(on.to(torch.float64) > first.sparsity, 1.01, 1 / 1.01)
             on_fraction = torch.stack(ons).T.tolist() if ons else [[] for _ in range(count)]
             finite = torch.stack([torch.isfinite(v.reshape(count, -1)).all(1) for v in params.values()]).all(0).tolist()
             alive = [a and f for a, f in zip(alive, finite)]    # a run that diverged keeps its best evaluation so far
