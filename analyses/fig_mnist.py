@@ -341,7 +341,7 @@ def compute(cell, config):
         try:
             if not path.exists():    # not saved by another process between the look and the claim
                 run = _train(cell, _data(config.quick), config.device, checkpoint=path.with_suffix(".partial"),
-                             compile=COMPILE and cell["gate"] != "linear_softmax")
+                             compile=COMPILE)
                 _save(path, cell, run, device, **({"compiled": run.pop("compiled")} if "compiled" in run else {}))
         finally:
             lock.unlink(missing_ok=True)

@@ -124,28 +124,28 @@ def matmul_gflops(size: int = 2048) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def _step_in_process(threads: int, processes: int) -> list[float]:
-    """ST's seconds per step (one run, best of 1) in each of ``processes`` fresh processes of ``threads`` threads
-    started together."""
+def _in_processes(worker_args: list[str], threads: int, processes: int) -> list[float]:
+    """The seconds per step that each of ``processes`` fresh processes of ``threads`` threads, started together
+    as this script with ``worker_args``, prints last."""
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    command = [sys.executable, __file__, "--step-worker", str(threads)]
+    command = [sys.executable, __file__, *worker_args]
     workers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
     outputs = [w.communicate()[0] for w in workers]
     if any(w.returncode for w in workers):
         raise SystemExit(f"a worker failed: {outputs}")
     return [float(o.split()[-1]) for o in outputs]
+
+
+def _step_in_process(threads: int, processes: int) -> list[float]:
+    """ST's seconds per step (one run, best of 1) in each of ``processes`` fresh processes of ``threads`` threads
+    started together."""
+    return _in_processes(["--step-worker", str(threads)], threads, processes)
 
 
 def _compiled_step_in_process(processes: int, gate: str, compile: bool) -> list[float]:
     """``gate``'s seconds per step (one run, epochs 2 to 4 of :func:`stack_epoch_seconds`) in each of ``processes``
     fresh one-thread processes started together, every step compiled or not."""
-    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [sys.executable, __file__, "--epoch-worker", "compiled" if compile else "eager", "--gates", gate]
-    workers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
-    outputs = [w.communicate()[0] for w in workers]
-    if any(w.returncode for w in workers):
-        raise SystemExit(f"a worker failed: {outputs}")
-    return [float(o.split()[-1]) for o in outputs]
+    return _in_processes(["--epoch-worker", "compiled" if compile else "eager", "--gates", gate], 1, processes)
 
 
 def compare_compiled(processes: int, gates: list[str], repeats: int) -> None:
