@@ -80,6 +80,7 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
+import scipy.stats
 import torch
 
 import gradstats as gs
@@ -609,6 +610,45 @@ def _convergence(frame) -> dict[str, str]:
     return out
 
 
+STS_FORMS = {"sts": "the paper's form, Bernoulli($\\sqrt p$)", "sts_code": "the code's form, Bernoulli($p$)"}
+
+
+def _forms_phrase(forms: list[str]) -> str:
+    if len(forms) == len(STS_FORMS):
+        return "both forms"
+    return STS_FORMS[forms[0]] if forms else "neither form"
+
+
+def _sts_reading(frame) -> dict[str, str]:
+    """Which STS form reproduces the paper's test error, by a rule fixed while the rows were incomplete. The
+    paper's value is one run, a single draw of its row, so a form reproduces it where it lies in the form's 95%
+    prediction interval for one run: :math:`\\bar x \\pm t_{0.975, n-1}\\, s \\sqrt{1 + 1/n}` over the form's
+    :math:`n` seeds (:math:`s` their standard deviation). Asked twice: of the paper's value as printed, and of it
+    shifted by the reproduction's offset, the mean over the paper's other published rows of our mean minus theirs
+    (a difference of protocol, such as the unstated schedule and number of epochs, moves every row, not STS alone;
+    the offset's own error is not in the interval). Percent; :data:`MISSING` until both forms have two seeds."""
+    ends = frame[(frame.cell_stage == "report") & (frame.metric == "test_error") & (frame.epoch == -1)]
+    errors = {g: 100 * sub.value.to_numpy(dtype=float) for g, sub in ends.groupby("cell_gate")}
+    out = {f"mnist{macro_part(g)}Interval": MISSING for g in STS_FORMS}
+    out |= {k: MISSING for k in ("mnistPaperOffset", "mnistStsReproduces", "mnistStsReproducesShifted")}
+    others = [g for g in cc.PUBLISHED_TEST_ERROR if g not in STS_FORMS and g in errors]
+    if any(len(errors.get(g, ())) < 2 for g in STS_FORMS) or len(others) < 2:
+        return out
+    offset = mean_estimate([errors[g].mean() - cc.PUBLISHED_TEST_ERROR[g] for g in others])
+    out["mnistPaperOffset"] = offset
+    published = cc.PUBLISHED_TEST_ERROR["sts"]
+    reproduces = {"mnistStsReproduces": [], "mnistStsReproducesShifted": []}
+    for gate in STS_FORMS:
+        x = errors[gate]
+        half = scipy.stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) * math.sqrt(1 + 1 / len(x))
+        low, high = x.mean() - half, x.mean() + half
+        out[f"mnist{macro_part(gate)}Interval"] = f"{low:.2f}\\text{{--}}{high:.2f}"
+        for key, value in (("mnistStsReproduces", published), ("mnistStsReproducesShifted", published + offset.value)):
+            if low <= value <= high:
+                reproduces[key].append(gate)
+    return out | {key: _forms_phrase(forms) for key, forms in reproduces.items()}
+
+
 def numbers(frame, config):
     """The paper's numbers; while the study is unfinished, a row or check without runs yet reads :data:`MISSING`."""
     rep = frame[frame.cell_stage == "report"]
@@ -628,6 +668,7 @@ def numbers(frame, config):
     defaults |= {f"mnistShort{macro_part(g)}Gain": MISSING for g in GATED + CONTROLS if g != "linear_softmax"}
     defaults |= {f"mnistConstantSt{k}": MISSING for k in ("BestEpoch", "Gain", "MeanAtBudget", "MeanAtEnd")}
     out |= defaults | {f"mnist{macro_part(g)}Error": MISSING for g in planned} | _convergence(frame)
+    out |= _sts_reading(frame)
     if not len(rep):
         return out
     for gate, row in summary(frame).items():

@@ -253,3 +253,34 @@ def test_compiled_workers_say_in_each_runs_file_whether_every_step_ran_compiled(
                for p in (tmp_path / "runs").glob("report-*.json")}
     assert {g for g, _, _ in calls} >= {"st", "all_on"} and all(c and k for _, c, k in calls)
     assert reports["st"]["compiled"] is True and reports["all_on"]["compiled"] is False
+
+
+def _report_errors(errors: dict[str, list[float]]) -> pd.DataFrame:
+    """Report runs' final test errors (percent in, fractions in the frame, as the study saves them)."""
+    return pd.DataFrame([{"cell_stage": "report", "cell_gate": g, "cell_seed": seed, "metric": "test_error",
+                          "epoch": -1, "value": e / 100} for g, values in errors.items() for seed, e in enumerate(values)])
+
+
+def test_the_sts_form_that_reproduces_the_paper_is_the_one_whose_prediction_interval_holds_its_run():
+    """The paper's STS error (1.96%) is one run: a form reproduces it where it lies in the form's 95% prediction
+    interval for one run, asked of the value as printed and shifted by our offset on the paper's other rows."""
+    published = fig_mnist.cc.PUBLISHED_TEST_ERROR
+    others = {g: [e, e] for g, e in published.items() if g != "sts"}      # on the paper's values: offset 0
+    # x = (1, 2, 3) + c: mean c + 2, s = 1, half-width t(0.975, 2) sqrt(4/3) = 4.968
+    reading = fig_mnist._sts_reading(_report_errors(others | {"sts": [4.0, 5.0, 6.0], "sts_code": [2.1, 2.2, 2.3]}))
+    assert reading["mnistStsInterval"] == r"0.03\text{--}9.97"
+    assert reading["mnistPaperOffset"].value == pytest.approx(0.0, abs=1e-12)
+    assert reading["mnistStsReproduces"] == reading["mnistStsReproducesShifted"] == "both forms"
+    # the code's form on the printed value; every other row 0.5 points above the paper, and the paper's form too
+    shifted = {g: [e + 0.5, e + 0.5] for g, e in published.items() if g != "sts"}
+    reading = fig_mnist._sts_reading(_report_errors(
+        shifted | {"sts": [2.45, 2.46, 2.47], "sts_code": [1.95, 1.96, 1.97]}))
+    assert reading["mnistPaperOffset"].value == pytest.approx(0.5)
+    assert reading["mnistStsReproduces"].startswith("the code's form")
+    assert reading["mnistStsReproducesShifted"].startswith("the paper's form")
+    reading = fig_mnist._sts_reading(_report_errors(
+        shifted | {"sts": [3.0, 3.1, 3.2], "sts_code": [1.0, 1.1, 1.2]}))
+    assert reading["mnistStsReproduces"] == reading["mnistStsReproducesShifted"] == "neither form"
+    # one seed of a form: no interval yet
+    reading = fig_mnist._sts_reading(_report_errors(others | {"sts": [2.0], "sts_code": [2.0, 2.1]}))
+    assert set(reading.values()) == {fig_mnist.MISSING}
