@@ -610,7 +610,7 @@ def _convergence(frame) -> dict[str, str]:
     return out
 
 
-STS_FORMS = {"sts": "the paper's form, Bernoulli($\\sqrt p$)", "sts_code": "the code's form, Bernoulli($p$)"}
+STS_FORMS = {"sts": "the paper's form", "sts_code": "the code's form"}   # Bernoulli(sqrt p) and Bernoulli(p)
 
 
 def _forms_phrase(forms: list[str]) -> str:
