@@ -1,5 +1,6 @@
 """One test per claim of arXiv:1308.3432 (the registry's rows), plus the properties behind them."""
 
+import functools
 import json
 import math
 
@@ -123,9 +124,11 @@ def test_st3(verdict):
     assert row["kind"] == "empirical"
     task = row["data"]["conditional"]
     assert task["seeds"] >= 4 and 0 <= task["identity"] <= 1 and 0 <= task["sigmoid"] <= 1
-    expected = ("inconclusive" if task["wilcoxon_p"] >= 0.05
-                else "confirmed" if task["difference"] > 0 else "refuted")
-    assert row["status"] == expected and "digits" in row["qualifier"]
+    mnist = row["data"]["mnist"]   # the committed MNIST runs decide once each variant has its 10 seeds
+    judged = mnist if mnist is not None and mnist["complete"] else task
+    expected = ("inconclusive" if judged["wilcoxon_p"] >= 0.05
+                else "confirmed" if judged["difference"] > 0 else "refuted")
+    assert row["status"] == expected and "digits" in row["qualifier"] and "MNIST" in row["qualifier"]
     assert row["data"]["identity_wins"] < row["data"]["cases"] / 2 and row["data"]["p_value"] < 0.05
     data = row["data"]  # on the proxies the sigmoid' variant trains better on most tasks, on average and over seeds
     assert data["training_identity_wins"] < len(data["training"]) / 2
@@ -233,6 +236,51 @@ def test_notes_st_rule_on_made_up_studies(case, status, tmp_path, monkeypatch):
         assert verdict.data["better"] == ["disarm"] and verdict.data["holm_p"]["disarm"] == pytest.approx(0.0195, rel=0.01)
     if case == "unfinished":
         assert verdict.data["short"] == {"random_fixed": control_seeds - 1, "reinmax": seeds - 1}
+
+
+@pytest.mark.parametrize("case, status", [("identity lower", "confirmed"), ("sigmoid' lower", "refuted"),
+                                          ("no difference", "inconclusive"), ("unfinished", "from the digits"),
+                                          ("no runs", "from the digits")])
+def test_st3_is_judged_on_mnist_once_both_variants_have_their_seeds(case, status, tmp_path):
+    """ST3 on made-up MNIST studies: with 10 paired seeds of each variant the MNIST study decides (the identity
+    lower on all 10: exact Wilcoxon p = 0.002, confirmed; the sigmoid' variant lower: refuted; differences of both
+    signs: inconclusive); with 9 seeds of one, or none, the digits analogue decides and the qualifier says how far
+    MNIST is."""
+    gen = np.random.default_rng(1)
+    identity = list(0.021 + 0.0005 * gen.standard_normal(seed_paper.NOTES_ST_SEEDS))
+    shift = {"identity lower": [0.004] * 10, "sigmoid' lower": [-0.004] * 10,
+             "no difference": [0.001 * (-1) ** i for i in range(10)]}.get(case, [0.004] * 10)
+    errors = {"st": identity, "st_sigmoid": [e + d for e, d in zip(identity, shift)], "disarm": identity}
+    if case == "unfinished":
+        errors["st_sigmoid"] = errors["st_sigmoid"][:-1]
+    if case != "no runs":
+        _save_mnist_runs(tmp_path, errors)
+    mnist = seed_paper.st3_mnist(tmp_path)
+    digits = {"identity": 0.03, "identity_stderr": 0.002, "sigmoid": 0.025, "sigmoid_stderr": 0.002,
+              "difference": -0.005, "difference_stderr": 0.001, "wilcoxon_p": 0.002, "seeds": 10}
+    judged, verdict, qualifier = seed_paper.st3_judgement(digits, mnist)
+    if status == "from the digits":
+        assert judged is digits and verdict == "refuted" and "digits" in qualifier
+        assert ("no run at hand" in qualifier) == (case == "no runs")
+        if case == "unfinished":
+            assert not mnist["complete"] and mnist["seeds"] == 9 and "9 of 10 paired seeds" in qualifier
+    else:
+        assert judged is mnist and mnist["seeds"] == 10 and verdict == status, qualifier
+        assert qualifier.startswith("judged on the paper's experiment on MNIST")
+        if case != "no difference":
+            assert mnist["wilcoxon_p"] == pytest.approx(2 / 2 ** 10)
+
+
+def test_st3_rechecks_only_when_a_run_of_its_variants_is_added(tmp_path, monkeypatch):
+    """ST3's cache key digests the ST and ST-sigmoid' runs alone: another gate's run leaves it, theirs change it."""
+    monkeypatch.setenv("GRADSTATS_MNIST_RUNS", str(tmp_path))
+    digest = functools.partial(seed_paper.mnist_runs_digest, seed_paper.ST3_MNIST_GATES)
+    _save_mnist_runs(tmp_path, {"st": [0.02], "st_sigmoid": [0.025]})
+    before = digest(), seed_paper.mnist_runs_digest()
+    _save_mnist_runs(tmp_path, {"sts": [0.03]})
+    middle = digest(), seed_paper.mnist_runs_digest()
+    _save_mnist_runs(tmp_path, {"st_sigmoid": [0.025, 0.026]})
+    assert middle[0] == before[0] and middle[1] != before[1] and digest() != middle[0]
 
 
 def test_a_cached_notes_st_verdict_is_not_reused_once_a_run_is_added(tmp_path, monkeypatch):
