@@ -127,6 +127,18 @@ def _best_temperatures(minima: dict) -> str:
     return "; ".join(parts)
 
 
+def _st3_mnist(mnist: dict | None) -> dict:
+    """ST3 on the MNIST study's runs (the task that decides once each variant has its 10 seeds): paired seeds so
+    far, the sigmoid' variant's test error minus the identity's (points) and its Wilcoxon p; dashes without runs."""
+    missing = r"\text{--}"
+    if mnist is None or not math.isfinite(mnist["difference_stderr"]):
+        return {"claimSTThreeMnistSeeds": str(mnist["seeds"] if mnist else 0), "claimSTThreeMnistDiff": missing,
+                "claimSTThreeMnistP": missing}
+    return {"claimSTThreeMnistSeeds": str(mnist["seeds"]),
+            "claimSTThreeMnistDiff": estimate(100 * mnist["difference"], 100 * mnist["difference_stderr"]),
+            "claimSTThreeMnistP": tex_number(mnist["wilcoxon_p"], 2)}
+
+
 def numbers(frame, config):
     rows = {r.id: r for _, r in frame.iterrows()}
     data = {k: json.loads(r.data) for k, r in rows.items()}
@@ -147,6 +159,7 @@ def numbers(frame, config):
                                             100 * st3["conditional"]["difference_stderr"]),
            "claimSTThreeCondP": tex_number(st3["conditional"]["wilcoxon_p"], 2),
            "claimSTThreeCondSeeds": str(st3["conditional"]["seeds"]),
+           **_st3_mnist(st3["mnist"]),
            "claimSTThreeTrainWins": str(st3["training_identity_wins"]), "claimSTThreeTrainTasks": str(len(st3["training"])),
            "claimSTThreeTrainMeanIdentity": estimate(st3["training_mean_identity"], st3["training_stderr_identity"]),
            "claimSTThreeTrainMeanSigmoid": estimate(st3["training_mean_sigmoid"], st3["training_stderr_sigmoid"]),
