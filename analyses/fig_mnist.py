@@ -627,8 +627,7 @@ def _sts_reading(frame) -> dict[str, str]:
     shifted by the reproduction's offset, the mean over the paper's other published rows of our mean minus theirs
     (a difference of protocol, such as the unstated schedule and number of epochs, moves every row, not STS alone;
     the offset's own error is not in the interval). Percent; :data:`MISSING` until both forms have two seeds."""
-    ends = frame[(frame.cell_stage == "report") & (frame.metric == "test_error") & (frame.epoch == -1)]
-    errors = {g: 100 * sub.value.to_numpy(dtype=float) for g, sub in ends.groupby("cell_gate")}
+    errors = {g: 100 * sub.test_error.to_numpy(dtype=float) for g, sub in _final(frame).groupby("cell_gate")}
     out = {f"mnist{macro_part(g)}Interval": MISSING for g in STS_FORMS}
     out |= {k: MISSING for k in ("mnistPaperOffset", "mnistStsReproduces", "mnistStsReproducesShifted")}
     others = [g for g in cc.PUBLISHED_TEST_ERROR if g not in STS_FORMS and g in errors]
