@@ -28,11 +28,12 @@ stage ``short`` and the difference from its report run is shown. Whether 80 epoc
 checked by long runs, report seed 0 of :data:`LONG_GATES` trained at the full rate for :data:`LONG_EPOCHS` minus
 :data:`ANNEAL_EPOCHS` epochs before the same annealing (the report run's initialisation and data order; trained
 once every row has :data:`LONG_AFTER_SEEDS` report seeds): the difference of their test errors from their report
-runs'. The constant, short and long runs are drawn beside the learning curves and are not in the table. Paired
-tests against ST (Wilcoxon signed-rank over seeds, the same initialisation and data order per seed) carry Holm's
-correction over the rows. Ten seeds, because the exact test of n pairs cannot give a p-value below :math:`2/2^n`:
-0.0625 with five seeds, so that no difference could be called significant at all, and 0.002 with ten, below the
-0.005 that Holm's correction asks of the smallest of ten p-values.
+runs', and whether each lies below its row's prediction interval for one report run (:func:`_long_reading`, a rule
+fixed before they were trained). The constant, short and long runs are drawn beside the learning curves and are
+not in the table. Paired tests against ST (Wilcoxon signed-rank over seeds, the same initialisation and data order
+per seed) carry Holm's correction over the rows. Ten seeds, because the exact test of n pairs cannot give a p-value
+below :math:`2/2^n`: 0.0625 with five seeds, so that no difference could be called significant at all, and 0.002
+with ten, below the 0.005 that Holm's correction asks of the smallest of ten p-values.
 
 Hours of computation (about ninety CPU-hours, one thread a run at about 25 s an epoch; a GPU machine trains each
 gate's seeds as one stack), so its raw results are committed: each run's result is saved as it ends in
@@ -619,14 +620,21 @@ def _forms_phrase(forms: list[str]) -> str:
     return STS_FORMS[forms[0]] if forms else "neither form"
 
 
+def _prediction_interval(x: np.ndarray) -> tuple[float, float]:
+    """The 95% prediction interval for one more run of a row from its runs ``x`` (at least two):
+    :math:`\\bar x \\pm t_{0.975, n-1}\\, s \\sqrt{1 + 1/n}`, :math:`s` their standard deviation."""
+    half = scipy.stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) * math.sqrt(1 + 1 / len(x))
+    return x.mean() - half, x.mean() + half
+
+
 def _sts_reading(frame) -> dict[str, str]:
     """Which STS form reproduces the paper's test error, by a rule fixed while the rows were incomplete. The
     paper's value is one run, a single draw of its row, so a form reproduces it where it lies in the form's 95%
-    prediction interval for one run: :math:`\\bar x \\pm t_{0.975, n-1}\\, s \\sqrt{1 + 1/n}` over the form's
-    :math:`n` seeds (:math:`s` their standard deviation). Asked twice: of the paper's value as printed, and of it
-    shifted by the reproduction's offset, the mean over the paper's other published rows of our mean minus theirs
-    (a difference of protocol, such as the unstated schedule and number of epochs, moves every row, not STS alone;
-    the offset's own error is not in the interval). Percent; :data:`MISSING` until both forms have two seeds."""
+    prediction interval for one run (:func:`_prediction_interval` over the form's seeds). Asked twice: of the
+    paper's value as printed, and of it shifted by the reproduction's offset, the mean over the paper's other
+    published rows of our mean minus theirs (a difference of protocol, such as the unstated schedule and number of
+    epochs, moves every row, not STS alone; the offset's own error is not in the interval). Percent; :data:`MISSING`
+    until both forms have two seeds."""
     errors = {g: 100 * sub.test_error.to_numpy(dtype=float) for g, sub in _final(frame).groupby("cell_gate")}
     out = {f"mnist{macro_part(g)}Interval": MISSING for g in STS_FORMS}
     out |= {k: MISSING for k in ("mnistPaperOffset", "mnistStsReproduces", "mnistStsReproducesShifted")}
@@ -638,14 +646,35 @@ def _sts_reading(frame) -> dict[str, str]:
     published = cc.PUBLISHED_TEST_ERROR["sts"]
     reproduces = {"mnistStsReproduces": [], "mnistStsReproducesShifted": []}
     for gate in STS_FORMS:
-        x = errors[gate]
-        half = scipy.stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) * math.sqrt(1 + 1 / len(x))
-        low, high = x.mean() - half, x.mean() + half
+        low, high = _prediction_interval(errors[gate])
         out[f"mnist{macro_part(gate)}Interval"] = f"{low:.2f}\\text{{--}}{high:.2f}"
         for key, value in (("mnistStsReproduces", published), ("mnistStsReproducesShifted", published + offset.value)):
             if low <= value <= high:
                 reproduces[key].append(gate)
     return out | {key: _forms_phrase(forms) for key, forms in reproduces.items()}
+
+
+def _long_reading(frame) -> dict[str, str]:
+    """Whether :data:`REPORT_EPOCHS` epochs left a row of :data:`LONG_GATES` short, by a rule fixed before the long
+    runs were trained: where its long run's test error lies below the row's 95% prediction interval for one report
+    run (:func:`_prediction_interval` over its report seeds; the interval takes the long run for a new draw of the
+    row, though it shares report seed 0's initialisation and data order). Per row, a phrase for the paper: where
+    the long run lies (below, within or above the interval, percent), or why it cannot be read yet."""
+    errors = {g: 100 * sub.test_error.to_numpy(dtype=float) for g, sub in _final(frame).groupby("cell_gate")}
+    ends = frame[(frame.cell_stage == "long") & (frame.metric == "test_error") & (frame.epoch == -1)]
+    out = {}
+    for gate in LONG_GATES:
+        long = 100 * ends[ends.cell_gate == gate].value.to_numpy(dtype=float)
+        if len(long) != 1:
+            reading = "is not in yet"
+        elif len(errors.get(gate, ())) < 2:
+            reading = "waits for two report seeds"
+        else:
+            low, high = _prediction_interval(errors[gate])
+            where = "below" if long[0] < low else "above" if long[0] > high else "within"
+            reading = f"lies {where} its row's interval ({low:.2f}--{high:.2f}\\%)"
+        out[f"mnistLong{macro_part(gate)}Reading"] = reading
+    return out
 
 
 def numbers(frame, config):
@@ -667,7 +696,7 @@ def numbers(frame, config):
     defaults |= {f"mnistShort{macro_part(g)}Gain": MISSING for g in GATED + CONTROLS if g != "linear_softmax"}
     defaults |= {f"mnistConstantSt{k}": MISSING for k in ("BestEpoch", "Gain", "MeanAtBudget", "MeanAtEnd")}
     out |= defaults | {f"mnist{macro_part(g)}Error": MISSING for g in planned} | _convergence(frame)
-    out |= _sts_reading(frame)
+    out |= _sts_reading(frame) | _long_reading(frame)
     if not len(rep):
         return out
     for gate, row in summary(frame).items():

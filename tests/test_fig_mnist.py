@@ -284,3 +284,25 @@ def test_the_sts_form_that_reproduces_the_paper_is_the_one_whose_prediction_inte
     # one seed of a form: no interval yet
     reading = fig_mnist._sts_reading(_report_errors(others | {"sts": [2.0], "sts_code": [2.0, 2.1]}))
     assert set(reading.values()) == {fig_mnist.MISSING}
+
+
+def test_a_long_run_below_its_rows_prediction_interval_says_the_report_budget_left_the_row_short():
+    """A long run is read against its row's 95% prediction interval for one report run: below it, the report
+    budget left the row short; within or above it, not. x = (0, 0.1, 0.2) + c: half-width t(0.975, 2) 0.1 sqrt(4/3)
+    = 0.497."""
+    def frame(report: dict[str, list[float]], long: dict[str, float]) -> pd.DataFrame:
+        rows = [{"cell_stage": "long", "cell_gate": g, "cell_seed": 0, "metric": "test_error", "epoch": -1,
+                 "value": e / 100} for g, e in long.items()]
+        return pd.concat([_report_errors(report), pd.DataFrame(rows)], ignore_index=True)
+
+    reading = fig_mnist._long_reading(frame({"disarm": [2.0, 2.1, 2.2], "reinmax": [2.4, 2.5, 2.6]},
+                                            {"disarm": 1.55, "reinmax": 2.05}))
+    assert reading == {"mnistLongDisarmReading": r"lies below its row's interval (1.60--2.60\%)",
+                       "mnistLongReinmaxReading": r"lies within its row's interval (2.00--3.00\%)"}
+    reading = fig_mnist._long_reading(frame({"disarm": [2.0, 2.1, 2.2], "reinmax": [2.4, 2.5, 2.6]},
+                                            {"disarm": 1.65, "reinmax": 3.05}))
+    assert reading["mnistLongDisarmReading"].startswith("lies within")
+    assert reading["mnistLongReinmaxReading"].startswith("lies above")
+    # no long run yet, or one report seed: no reading
+    reading = fig_mnist._long_reading(frame({"disarm": [2.0, 2.1, 2.2], "reinmax": [2.5]}, {"reinmax": 2.0}))
+    assert reading == {"mnistLongDisarmReading": "is not in yet", "mnistLongReinmaxReading": "waits for two report seeds"}
