@@ -620,6 +620,11 @@ def _forms_phrase(forms: list[str]) -> str:
     return STS_FORMS[forms[0]] if forms else "neither form"
 
 
+def _report_test_errors(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each row's report runs' test errors (percent)."""
+    return {g: 100 * sub.test_error.to_numpy(dtype=float) for g, sub in _final(frame).groupby("cell_gate")}
+
+
 def _prediction_interval(x: np.ndarray) -> tuple[float, float]:
     """The 95% prediction interval for one more run of a row from its runs ``x`` (at least two):
     :math:`\\bar x \\pm t_{0.975, n-1}\\, s \\sqrt{1 + 1/n}`, :math:`s` their standard deviation."""
@@ -635,7 +640,7 @@ def _sts_reading(frame) -> dict[str, str]:
     published rows of our mean minus theirs (a difference of protocol, such as the unstated schedule and number of
     epochs, moves every row, not STS alone; the offset's own error is not in the interval). Percent; :data:`MISSING`
     until both forms have two seeds."""
-    errors = {g: 100 * sub.test_error.to_numpy(dtype=float) for g, sub in _final(frame).groupby("cell_gate")}
+    errors = _report_test_errors(frame)
     out = {f"mnist{macro_part(g)}Interval": MISSING for g in STS_FORMS}
     out |= {k: MISSING for k in ("mnistPaperOffset", "mnistStsReproduces", "mnistStsReproducesShifted")}
     others = [g for g in cc.PUBLISHED_TEST_ERROR if g not in STS_FORMS and g in errors]
@@ -660,18 +665,17 @@ def _long_reading(frame) -> dict[str, str]:
     run (:func:`_prediction_interval` over its report seeds; the interval takes the long run for a new draw of the
     row, though it shares report seed 0's initialisation and data order). Per row, a phrase for the paper: where
     the long run lies (below, within or above the interval, percent), or why it cannot be read yet."""
-    errors = {g: 100 * sub.test_error.to_numpy(dtype=float) for g, sub in _final(frame).groupby("cell_gate")}
-    ends = frame[(frame.cell_stage == "long") & (frame.metric == "test_error") & (frame.epoch == -1)]
+    errors = _report_test_errors(frame)
+    long = (100 * _beside_report(frame, "long")["long"]).to_dict()     # beside report seed 0, which it extends
     out = {}
     for gate in LONG_GATES:
-        long = 100 * ends[ends.cell_gate == gate].value.to_numpy(dtype=float)
-        if len(long) != 1:
+        if gate not in long:
             reading = "is not in yet"
         elif len(errors.get(gate, ())) < 2:
             reading = "waits for two report seeds"
         else:
             low, high = _prediction_interval(errors[gate])
-            where = "below" if long[0] < low else "above" if long[0] > high else "within"
+            where = "below" if long[gate] < low else "above" if long[gate] > high else "within"
             reading = f"lies {where} its row's interval ({low:.2f}--{high:.2f}\\%)"
         out[f"mnistLong{macro_part(gate)}Reading"] = reading
     return out
