@@ -659,6 +659,41 @@ def _sts_reading(frame) -> dict[str, str]:
     return out | {key: _forms_phrase(forms) for key, forms in reproduces.items()}
 
 
+PAPER_ROW_NAMES = {"noisy_rectifier": "the noisy rectifier", "st": "ST", "reinforce": "REINFORCE",
+                   "rectifier": "the rectifier", "sigmoid_noise": "sigmoid + noise", "sigmoid": "the sigmoid"}
+
+
+def _outside_phrase(outside: list[str]) -> str:
+    if not outside:
+        return "none of them"
+    return outside[0] if len(outside) == 1 else ", ".join(outside[:-1]) + " and " + outside[-1]
+
+
+def _published_rows_reading(frame) -> dict[str, str]:
+    """The STS rule of :func:`_sts_reading` asked after the fact of the paper's other published rows
+    (:data:`PAPER_ROW_NAMES`), so descriptive, not a test fixed in advance: which rows' published test error (one run)
+    lies outside the row's 95% prediction interval for one of our runs, as printed and shifted by the offset of the
+    other rows (leave-one-out: the mean over the rest of our mean minus theirs, so that a row's own gap does not shift
+    it). Each row outside is named with its value, its side and its interval (percent); :data:`MISSING` until three
+    rows have two seeds each."""
+    errors = _report_test_errors(frame)
+    rows = [g for g in PAPER_ROW_NAMES if len(errors.get(g, ())) >= 2]
+    keys = ("mnistPaperRowsAsked", "mnistPaperRowsOutside", "mnistPaperRowsOutsideShifted")
+    if len(rows) < 3:
+        return dict.fromkeys(keys, MISSING)
+    gap = {g: errors[g].mean() - cc.PUBLISHED_TEST_ERROR[g] for g in rows}
+    outside = {"mnistPaperRowsOutside": [], "mnistPaperRowsOutsideShifted": []}
+    for gate in rows:
+        low, high = _prediction_interval(errors[gate])
+        offset = np.mean([gap[g] for g in rows if g != gate])
+        for key, value in (("mnistPaperRowsOutside", cc.PUBLISHED_TEST_ERROR[gate]),
+                           ("mnistPaperRowsOutsideShifted", cc.PUBLISHED_TEST_ERROR[gate] + offset)):
+            if not low <= value <= high:
+                side = "below" if value < low else "above"
+                outside[key].append(f"{PAPER_ROW_NAMES[gate]} ({value:.2f}\\% {side} {low:.2f}--{high:.2f}\\%)")
+    return {"mnistPaperRowsAsked": str(len(rows))} | {key: _outside_phrase(v) for key, v in outside.items()}
+
+
 def _long_reading(frame) -> dict[str, str]:
     """Whether :data:`REPORT_EPOCHS` epochs left a row of :data:`LONG_GATES` short, by a rule fixed before the long
     runs were trained: where its long run's test error lies below the row's 95% prediction interval for one report
@@ -700,7 +735,7 @@ def numbers(frame, config):
     defaults |= {f"mnistShort{macro_part(g)}Gain": MISSING for g in GATED + CONTROLS if g != "linear_softmax"}
     defaults |= {f"mnistConstantSt{k}": MISSING for k in ("BestEpoch", "Gain", "MeanAtBudget", "MeanAtEnd")}
     out |= defaults | {f"mnist{macro_part(g)}Error": MISSING for g in planned} | _convergence(frame)
-    out |= _sts_reading(frame) | _long_reading(frame)
+    out |= _sts_reading(frame) | _published_rows_reading(frame) | _long_reading(frame)
     if not len(rep):
         return out
     for gate, row in summary(frame).items():

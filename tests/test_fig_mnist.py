@@ -306,3 +306,30 @@ def test_a_long_run_below_its_rows_prediction_interval_says_the_report_budget_le
     # no long run yet, or one report seed: no reading
     reading = fig_mnist._long_reading(frame({"disarm": [2.0, 2.1, 2.2], "reinmax": [2.5]}, {"reinmax": 2.0}))
     assert reading == {"mnistLongDisarmReading": "is not in yet", "mnistLongReinmaxReading": "waits for two report seeds"}
+
+
+def test_the_paper_rows_outside_our_prediction_intervals_are_named_as_printed_and_after_the_leave_one_out_shift():
+    """The STS rule asked of the paper's other rows: a row is named where its published test error lies outside
+    its 95% prediction interval for one run; after the shift, each row moves by the mean gap of the other rows.
+    x = (-0.1, 0, 0.1) + c: half-width t(0.975, 2) 0.1 sqrt(4/3) = 0.497."""
+    published = fig_mnist.cc.PUBLISHED_TEST_ERROR
+    rows = list(fig_mnist.PAPER_ROW_NAMES)
+    on_paper = {g: [published[g] - 0.1, published[g], published[g] + 0.1] for g in rows}
+    reading = fig_mnist._published_rows_reading(_report_errors(on_paper))
+    assert reading == {"mnistPaperRowsAsked": "6", "mnistPaperRowsOutside": "none of them",
+                       "mnistPaperRowsOutsideShifted": "none of them"}
+    # ST 0.7 points above the paper: outside as printed; its shift is the others' gap, 0, so outside after it too;
+    # every other row shifts by 0.7 / 5 = 0.14, still inside
+    st_off = on_paper | {"st": [2.0, 2.1, 2.2]}
+    reading = fig_mnist._published_rows_reading(_report_errors(st_off))
+    assert reading["mnistPaperRowsOutside"] == r"ST (1.39\% below 1.60--2.60\%)"
+    assert reading["mnistPaperRowsOutsideShifted"] == r"ST (1.39\% below 1.60--2.60\%)"
+    # every row 0.6 points above the paper: all outside as printed, none after the shift
+    above = {g: [e + 0.6 for e in v] for g, v in on_paper.items()}
+    reading = fig_mnist._published_rows_reading(_report_errors(above))
+    assert reading["mnistPaperRowsOutside"].count(" below ") == 6
+    assert reading["mnistPaperRowsOutsideShifted"] == "none of them"
+    # two rows with two seeds: no reading yet
+    reading = fig_mnist._published_rows_reading(_report_errors({"st": [2.0, 2.1], "sigmoid": [2.0, 2.1],
+                                                                "rectifier": [2.0]}))
+    assert set(reading.values()) == {fig_mnist.MISSING}
