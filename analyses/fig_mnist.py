@@ -26,8 +26,8 @@ epochs at the full rate (:data:`SHORT_EPOCHS` in all), left the slower gates sho
 ReinMax ended 0.40 and 0.51 points lower after 80 (ST: 0.05), so every row's seed 0 trained with it is kept as the
 stage ``short`` and the difference from its report run is shown. Whether 80 epochs at the full rate suffice is
 checked by long runs, report seed 0 of :data:`LONG_GATES` trained at the full rate for :data:`LONG_EPOCHS` minus
-:data:`ANNEAL_EPOCHS` epochs before the same annealing (the report run's initialisation and data order; trained
-once every row has :data:`LONG_AFTER_SEEDS` report seeds): the difference of their test errors from their report
+:data:`ANNEAL_EPOCHS` epochs before the same annealing (the report run's initialisation and data order; queued
+after every row's first :data:`LONG_AFTER_SEEDS` report seeds): the difference of their test errors from their report
 runs', and whether each lies below its row's prediction interval for one report run (:func:`_long_reading`, a rule
 fixed before they were trained). The constant, short and long runs are drawn beside the learning curves and are
 not in the table. Paired tests against ST (Wilcoxon signed-rank over seeds, the same initialisation and data order
@@ -113,7 +113,7 @@ REPORT_EPOCHS = 100     # 80 at the paper's rate, then ANNEAL_EPOCHS
 SHORT_EPOCHS = 60
 # do 80 epochs at the full rate suffice? These gates' report seed 0 (its initialisation and data order) trained at
 # the full rate for LONG_EPOCHS - ANNEAL_EPOCHS epochs, then annealed: the gates that gained most from SHORT_EPOCHS
-# to REPORT_EPOCHS. Trained after LONG_AFTER_SEEDS report seeds of every row
+# to REPORT_EPOCHS. Queued after every row's first LONG_AFTER_SEEDS report seeds (the study's order)
 LONG_EPOCHS = 150
 LONG_GATES = ("disarm", "reinmax")
 LONG_AFTER_SEEDS = 5
