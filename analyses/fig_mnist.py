@@ -112,8 +112,9 @@ REPORT_EPOCHS = 100     # 80 at the paper's rate, then ANNEAL_EPOCHS
 # with it, the stage ``short``; what the 40 more epochs at the full rate of the report runs gained
 SHORT_EPOCHS = 60
 # do 80 epochs at the full rate suffice? These gates' report seed 0 (its initialisation and data order) trained at
-# the full rate for LONG_EPOCHS - ANNEAL_EPOCHS epochs, then annealed: the gates that gained most from SHORT_EPOCHS
-# to REPORT_EPOCHS. Queued after every row's first LONG_AFTER_SEEDS report seeds (the study's order)
+# the full rate for LONG_EPOCHS - ANNEAL_EPOCHS epochs, then annealed: of the three gates whose seed 0 was trained at
+# both budgets first, the two that gained most from SHORT_EPOCHS to REPORT_EPOCHS (STS, REINFORCE, sts_code gained
+# as much or more later). Queued after every row's first LONG_AFTER_SEEDS report seeds (the study's order)
 LONG_EPOCHS = 150
 LONG_GATES = ("disarm", "reinmax")
 LONG_AFTER_SEEDS = 5
