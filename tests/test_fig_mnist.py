@@ -286,10 +286,11 @@ def test_the_sts_form_that_reproduces_the_paper_is_the_one_whose_prediction_inte
     assert set(reading.values()) == {fig_mnist.MISSING}
 
 
-def test_a_long_run_below_its_rows_prediction_interval_says_the_report_budget_left_the_row_short():
+def test_a_long_run_below_its_rows_prediction_interval_says_the_report_budget_left_the_row_short(monkeypatch):
     """A long run is read against its row's 95% prediction interval for one report run: below it, the report
     budget left the row short; within or above it, not. x = (0, 0.1, 0.2) + c: half-width t(0.975, 2) 0.1 sqrt(4/3)
     = 0.497."""
+    monkeypatch.setattr(fig_mnist, "LONG_GATES", ("disarm", "reinmax"))
     def frame(report: dict[str, list[float]], long: dict[str, float]) -> pd.DataFrame:
         rows = [{"cell_stage": "long", "cell_gate": g, "cell_seed": 0, "metric": "test_error", "epoch": -1,
                  "value": e / 100} for g, e in long.items()]
