@@ -634,6 +634,11 @@ def _prediction_interval(x: np.ndarray) -> tuple[float, float]:
     return x.mean() - half, x.mean() + half
 
 
+def _side(value: float, low: float, high: float) -> str:
+    """Where ``value`` lies against the interval ``[low, high]``: "below", "within" or "above"."""
+    return "below" if value < low else "above" if value > high else "within"
+
+
 def _sts_reading(frame) -> dict[str, str]:
     """Which STS form reproduces the paper's test error, by a rule fixed while the rows were incomplete. The
     paper's value is one run, a single draw of its row, so a form reproduces it where it lies in the form's 95%
@@ -690,8 +695,7 @@ def _published_rows_reading(frame) -> dict[str, str]:
         offset = np.mean([gap[g] for g in rows if g != gate])
         for key, value in (("mnistPaperRowsOutside", cc.PUBLISHED_TEST_ERROR[gate]),
                            ("mnistPaperRowsOutsideShifted", cc.PUBLISHED_TEST_ERROR[gate] + offset)):
-            if not low <= value <= high:
-                side = "below" if value < low else "above"
+            if (side := _side(value, low, high)) != "within":
                 outside[key].append(f"{PAPER_ROW_NAMES[gate]} ({value:.2f}\\% {side} {low:.2f}--{high:.2f}\\%)")
     return {"mnistPaperRowsAsked": str(len(rows))} | {key: _outside_phrase(v) for key, v in outside.items()}
 
@@ -712,8 +716,7 @@ def _long_reading(frame) -> dict[str, str]:
             reading = "waits for two report seeds"
         else:
             low, high = _prediction_interval(errors[gate])
-            where = "below" if long[gate] < low else "above" if long[gate] > high else "within"
-            reading = f"lies {where} its row's interval ({low:.2f}--{high:.2f}\\%)"
+            reading = f"lies {_side(long[gate], low, high)} its row's interval ({low:.2f}--{high:.2f}\\%)"
         out[f"mnistLong{macro_part(gate)}Reading"] = reading
     return out
 
