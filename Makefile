@@ -51,9 +51,11 @@ data: $(STAMP)
 check-figures: $(STAMP) data
 	$(PY) -m analyses.check_figures
 
-# The paper builds from the committed figures/ and paper/generated/ (make figures refreshes them).
+# The paper builds from the committed figures/ and paper/generated/ (make figures refreshes them). A float
+# taller than the page runs off its bottom, so LaTeX's warning about one fails the build.
 paper: tex
 	cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error -quiet main.tex
+	@if grep "Float too large" paper/main.log; then echo "paper: a float is taller than the page"; exit 1; fi
 
 tex:
 	@command -v latexmk >/dev/null && command -v pdflatex >/dev/null || { \
