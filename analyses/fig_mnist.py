@@ -705,18 +705,22 @@ def _long_reading(frame) -> dict[str, str]:
     runs were trained: where its long run's test error lies below the row's 95% prediction interval for one report
     run (:func:`_prediction_interval` over its report seeds; the interval takes the long run for a new draw of the
     row, though it shares report seed 0's initialisation and data order). Per row, a phrase for the paper: where
-    the long run lies (below, within or above the interval, percent), or why it cannot be read yet."""
+    the long run's test error and its difference from the report run it extends (percent, points; one seed's
+    difference, which the rule does not read), and where it lies (below, within or above the interval, percent);
+    or why it cannot be read yet."""
     errors = _report_test_errors(frame)
-    long = (100 * _beside_report(frame, "long")["long"]).to_dict()     # beside report seed 0, which it extends
+    beside = 100 * _beside_report(frame, "long")       # beside report seed 0, which the long run extends
     out = {}
     for gate in LONG_GATES:
-        if gate not in long:
+        if gate not in beside.index:
             reading = "is not in yet"
         elif len(errors.get(gate, ())) < 2:
             reading = "waits for two report seeds"
         else:
             low, high = _prediction_interval(errors[gate])
-            reading = f"lies {_side(long[gate], low, high)} its row's interval ({low:.2f}--{high:.2f}\\%)"
+            long, report = beside.loc[gate, "long"], beside.loc[gate, "report"]
+            reading = (f"({long:.2f}\\%, ${long - report:+.2f}$ points from its report run) lies "
+                       f"{_side(long, low, high)} its row's interval ({low:.2f}--{high:.2f}\\%)")
         out[f"mnistLong{macro_part(gate)}Reading"] = reading
     return out
 

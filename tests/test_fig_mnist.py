@@ -298,12 +298,13 @@ def test_a_long_run_below_its_rows_prediction_interval_says_the_report_budget_le
 
     reading = fig_mnist._long_reading(frame({"disarm": [2.0, 2.1, 2.2], "reinmax": [2.4, 2.5, 2.6]},
                                             {"disarm": 1.55, "reinmax": 2.05}))
-    assert reading == {"mnistLongDisarmReading": r"lies below its row's interval (1.60--2.60\%)",
-                       "mnistLongReinmaxReading": r"lies within its row's interval (2.00--3.00\%)"}
+    assert reading == {
+        "mnistLongDisarmReading": r"(1.55\%, $-0.45$ points from its report run) lies below its row's interval (1.60--2.60\%)",
+        "mnistLongReinmaxReading": r"(2.05\%, $-0.35$ points from its report run) lies within its row's interval (2.00--3.00\%)"}
     reading = fig_mnist._long_reading(frame({"disarm": [2.0, 2.1, 2.2], "reinmax": [2.4, 2.5, 2.6]},
                                             {"disarm": 1.65, "reinmax": 3.05}))
-    assert reading["mnistLongDisarmReading"].startswith("lies within")
-    assert reading["mnistLongReinmaxReading"].startswith("lies above")
+    assert "$-0.35$ points from its report run) lies within" in reading["mnistLongDisarmReading"]
+    assert "$+0.65$ points from its report run) lies above" in reading["mnistLongReinmaxReading"]
     # no long run yet, or one report seed: no reading
     reading = fig_mnist._long_reading(frame({"disarm": [2.0, 2.1, 2.2], "reinmax": [2.5]}, {"reinmax": 2.0}))
     assert reading == {"mnistLongDisarmReading": "is not in yet", "mnistLongReinmaxReading": "waits for two report seeds"}
