@@ -666,8 +666,13 @@ def _sts_reading(frame) -> dict[str, str]:
     return out | {key: _forms_phrase(forms) for key, forms in reproduces.items()}
 
 
-PAPER_ROW_NAMES = {"noisy_rectifier": "the noisy rectifier", "st": "ST", "reinforce": "REINFORCE",
-                   "rectifier": "the rectifier", "sigmoid_noise": "sigmoid + noise", "sigmoid": "the sigmoid"}
+# the gated rows as the paper's text names them
+ROW_NAMES = {"noisy_rectifier": "the noisy rectifier", "st": "ST", "reinforce": "REINFORCE",
+             "rectifier": "the rectifier", "sigmoid_noise": "sigmoid + noise", "sigmoid": "the sigmoid",
+             "sts": "STS as the paper writes it", "sts_code": "STS as the authors' code samples it",
+             "st_sigmoid": "ST-sigmoid'", "reinmax": "ReinMax", "disarm": "DisARM"}
+PAPER_ROW_NAMES = {g: ROW_NAMES[g] for g in ("noisy_rectifier", "st", "reinforce", "rectifier", "sigmoid_noise",
+                                             "sigmoid")}
 
 
 def _outside_phrase(outside: list[str]) -> str:
@@ -704,13 +709,13 @@ def _long_reading(frame) -> dict[str, str]:
     """Whether :data:`REPORT_EPOCHS` epochs left a row of :data:`LONG_GATES` short, by a rule fixed before the long
     runs were trained: where its long run's test error lies below the row's 95% prediction interval for one report
     run (:func:`_prediction_interval` over its report seeds; the interval takes the long run for a new draw of the
-    row, though it shares report seed 0's initialisation and data order). Per row, a phrase for the paper: where
-    the long run's test error and its difference from the report run it extends (percent, points; one seed's
+    row, though it shares report seed 0's initialisation and data order). Per row, a phrase for the paper: the
+    long run's test error and its difference from the report run it extends (percent, points; one seed's
     difference, which the rule does not read), and where it lies (below, within or above the interval, percent);
-    or why it cannot be read yet."""
+    or why it cannot be read yet. Over the rows: how many were read, and which of them the rule finds short."""
     errors = _report_test_errors(frame)
     beside = 100 * _beside_report(frame, "long")       # beside report seed 0, which the long run extends
-    out = {}
+    out, sides = {}, {}
     for gate in LONG_GATES:
         if gate not in beside.index:
             reading = "is not in yet"
@@ -719,10 +724,12 @@ def _long_reading(frame) -> dict[str, str]:
         else:
             low, high = _prediction_interval(errors[gate])
             long, report = beside.loc[gate, "long"], beside.loc[gate, "report"]
+            sides[gate] = _side(long, low, high)
             reading = (f"({long:.2f}\\%, ${long - report:+.2f}$ points from its report run) lies "
-                       f"{_side(long, low, high)} its row's interval ({low:.2f}--{high:.2f}\\%)")
+                       f"{sides[gate]} its row's interval ({low:.2f}--{high:.2f}\\%)")
         out[f"mnistLong{macro_part(gate)}Reading"] = reading
-    return out
+    short = [ROW_NAMES[g] for g, side in sides.items() if side == "below"]
+    return out | {"mnistLongRead": str(len(sides)), "mnistLongShortRows": _outside_phrase(short)}
 
 
 def numbers(frame, config):

@@ -290,6 +290,7 @@ def test_a_long_run_below_its_rows_prediction_interval_says_the_report_budget_le
     """A long run is read against its row's 95% prediction interval for one report run: below it, the report
     budget left the row short; within or above it, not. x = (0, 0.1, 0.2) + c: half-width t(0.975, 2) 0.1 sqrt(4/3)
     = 0.497."""
+    assert set(fig_mnist.ROW_NAMES) == set(fig_mnist.GATED)     # every gated row has a name for the text
     monkeypatch.setattr(fig_mnist, "LONG_GATES", ("disarm", "reinmax"))
     def frame(report: dict[str, list[float]], long: dict[str, float]) -> pd.DataFrame:
         rows = [{"cell_stage": "long", "cell_gate": g, "cell_seed": 0, "metric": "test_error", "epoch": -1,
@@ -300,14 +301,17 @@ def test_a_long_run_below_its_rows_prediction_interval_says_the_report_budget_le
                                             {"disarm": 1.55, "reinmax": 2.05}))
     assert reading == {
         "mnistLongDisarmReading": r"(1.55\%, $-0.45$ points from its report run) lies below its row's interval (1.60--2.60\%)",
-        "mnistLongReinmaxReading": r"(2.05\%, $-0.35$ points from its report run) lies within its row's interval (2.00--3.00\%)"}
+        "mnistLongReinmaxReading": r"(2.05\%, $-0.35$ points from its report run) lies within its row's interval (2.00--3.00\%)",
+        "mnistLongRead": "2", "mnistLongShortRows": "DisARM"}
     reading = fig_mnist._long_reading(frame({"disarm": [2.0, 2.1, 2.2], "reinmax": [2.4, 2.5, 2.6]},
                                             {"disarm": 1.65, "reinmax": 3.05}))
     assert "$-0.35$ points from its report run) lies within" in reading["mnistLongDisarmReading"]
     assert "$+0.65$ points from its report run) lies above" in reading["mnistLongReinmaxReading"]
+    assert reading["mnistLongShortRows"] == "none of them"
     # no long run yet, or one report seed: no reading
     reading = fig_mnist._long_reading(frame({"disarm": [2.0, 2.1, 2.2], "reinmax": [2.5]}, {"reinmax": 2.0}))
-    assert reading == {"mnistLongDisarmReading": "is not in yet", "mnistLongReinmaxReading": "waits for two report seeds"}
+    assert reading == {"mnistLongDisarmReading": "is not in yet", "mnistLongReinmaxReading": "waits for two report seeds",
+                       "mnistLongRead": "0", "mnistLongShortRows": "none of them"}
 
 
 def test_the_paper_rows_outside_our_prediction_intervals_are_named_as_printed_and_after_the_leave_one_out_shift():
