@@ -289,7 +289,8 @@ def test_the_sts_form_that_reproduces_the_paper_is_the_one_whose_prediction_inte
 def test_a_long_run_below_its_rows_prediction_interval_says_the_report_budget_left_the_row_short(monkeypatch):
     """A long run is read against its row's 95% prediction interval for one report run: below it, the report
     budget left the row short; within or above it, not. x = (0, 0.1, 0.2) + c: half-width t(0.975, 2) 0.1 sqrt(4/3)
-    = 0.497."""
+    = 0.497. Each reading gives the long run's test error beside its report seed 0's (x[0]); over the rows, how
+    many were read and which were found short."""
     assert set(fig_mnist.ROW_NAMES) == set(fig_mnist.GATED)     # every gated row has a name for the text
     monkeypatch.setattr(fig_mnist, "LONG_GATES", ("disarm", "reinmax"))
     def frame(report: dict[str, list[float]], long: dict[str, float]) -> pd.DataFrame:
