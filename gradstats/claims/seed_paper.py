@@ -723,6 +723,29 @@ def mnist_runs_digest(gates: tuple[str, ...] = ("*",)) -> str:
     return digest.hexdigest()[:20]
 
 
+def notes_st_margins(rows: dict) -> dict[str, tuple[float, float]]:
+    """ST's margin below each control of the MNIST study (the control's test error minus ST's) and its standard
+    error: paired over seeds for a trained control, else ST's standard error over seeds (the linear softmax is one
+    convex fit, with no seed error). ``rows``: :func:`gradstats.conditional.compare_with` over its report runs."""
+    def against(control: str) -> tuple[float, float]:
+        row = rows[control]
+        if "difference" in row and row["seeds"] > 1:
+            return row["difference"], row["difference_stderr"]
+        return row["mean"] - rows["st"]["mean"], rows["st"]["stderr"]
+
+    return {c: against(c) for c in NOTES_ST_CONTROLS if c in rows}
+
+
+def notes_st_rule(rows: dict, holm_p: dict[str, float]) -> tuple[list[str], list[str]]:
+    """NOTES-ST's rule, fixed before the MNIST study's report runs, read on its rows (as in
+    :func:`notes_st_margins`) and the gated rows' Holm-adjusted Wilcoxon p-values against ST: the controls that ST's
+    test error is not more than 2 standard errors below, and the gated rows significantly better than ST (adjusted
+    p < 0.05 with a lower mean). ST performs really well where both lists are empty."""
+    not_beaten = sorted(c for c, (m, se) in notes_st_margins(rows).items() if math.isfinite(se) and not m > 2 * se)
+    better = sorted(g for g, p in holm_p.items() if p < 0.05 and rows[g]["difference"] < 0)
+    return not_beaten, better
+
+
 def check_notes_st(settings: CheckSettings) -> Verdict:
     """The MNIST study's rows (ST against the controls and against every other gate), read from its saved runs."""
     directory = mnist_runs_dir()
@@ -742,18 +765,9 @@ def check_notes_st(settings: CheckSettings) -> Verdict:
                         .tolist() if tested else []))
     st_row = rows["st"]
     pct = 100.0
-
-    def against(control: str) -> tuple[float, float]:
-        """ST's margin below a control (its error minus ST's) and that margin's standard error: paired over the
-        seeds for a control with seeds, else ST's standard error over seeds (one convex fit, no seed error)."""
-        row = rows[control]
-        if "difference" in row and row["seeds"] > 1:
-            return row["difference"], row["difference_stderr"]
-        return row["mean"] - st_row["mean"], st_row["stderr"]
-
-    margins = {c: against(c) for c in NOTES_ST_CONTROLS if c in rows}
-    beats = {c: m > 2 * se for c, (m, se) in margins.items() if math.isfinite(se)}
-    better = sorted(g for g in tested if adjusted[g] < 0.05 and rows[g]["difference"] < 0)
+    margins = notes_st_margins(rows)
+    losses_to, better = notes_st_rule(rows, adjusted)
+    beats = {c: c not in losses_to for c, (_, se) in margins.items() if math.isfinite(se)}
     lines = [f"ST {pct * st_row['mean']:.2f} +- {pct * st_row['stderr']:.2f}% test error over {st_row['seeds']} seeds "
              f"(paper 1.39%)"]
     lines += [f"{c}: {pct * rows[c]['mean']:.2f}%, ST lower by {pct * m:.2f} +- {pct * se:.2f} points"
@@ -769,7 +783,6 @@ def check_notes_st(settings: CheckSettings) -> Verdict:
                        "seeds: " + ", ".join(f"{g} ({n} of {notes_st_planned_seeds(g)})" for g, n in short.items()),
                        summary=f"MNIST study under way ({len(runs)} runs); ST {pct * st_row['mean']:.2f}% so far",
                        data=data)
-    losses_to = sorted(c for c, ok in beats.items() if not ok)
     if losses_to or better:
         why = ([f"ST is not 2 standard errors below {', '.join(losses_to)}"] if losses_to else []) + \
               ([f"significantly better than ST: {', '.join(better)}"] if better else [])
