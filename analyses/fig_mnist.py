@@ -732,6 +732,49 @@ def _long_reading(frame) -> dict[str, str]:
     return out | {"mnistLongRead": str(len(sides)), "mnistLongShortRows": _outside_phrase(short)}
 
 
+CONTROL_NAMES = {"all_on": "every gate on", "random_fixed": "random fixed gates",
+                 "linear_softmax": "the logistic regression"}
+
+
+def _rule_reading(rows: dict) -> dict[str, str]:
+    """NOTES-ST's rule (:func:`gradstats.claims.seed_paper.notes_st_rule`, the claim's own) read on the rows in so
+    far (:func:`summary`), as a phrase for the paper: whether ST's test error lies more than two standard errors
+    below every control's, and which gated rows are significantly better than ST with their Holm-adjusted p, or,
+    where none is, the lowest adjusted p of the rows below ST and the rows that have it. While rows are short of
+    seeds it is a reading, not the verdict."""
+    if "st" not in rows:
+        return {"mnistRuleReading": MISSING}
+    holm_p = {g: r["holm_p"] for g, r in rows.items() if math.isfinite(r.get("holm_p", math.nan))}
+    not_beaten, better = notes_claim.notes_st_rule(rows, holm_p)
+    controls = ("ST's test error lies more than two standard errors below every control's" if not not_beaten else
+                "ST's test error is not two standard errors below that of " +
+                _outside_phrase([CONTROL_NAMES[c] for c in not_beaten]))
+    if better:
+        gated = (f"{_outside_phrase([ROW_NAMES[g] for g in better])} {'is' if len(better) == 1 else 'are'} "
+                 f"significantly better than ST (Holm-adjusted $p$ "
+                 f"{_outside_phrase([tex_number(holm_p[g], 2) for g in better])})")
+    elif below := {g: p for g, p in holm_p.items() if rows[g]["difference"] < 0}:
+        lowest = min(below.values())      # Holm's adjustment often ties rows: name each row at the lowest
+        at = [ROW_NAMES[g] for g in GATED if g in below and below[g] <= lowest * (1 + 1e-12)]
+        whose = f"{at[0]}'s" if len(at) == 1 else f"that of {_outside_phrase(at)}"
+        gated = (f"no gated row is significantly better than ST (of the rows below it, the lowest Holm-adjusted "
+                 f"$p$ is {tex_number(lowest, 2)}, {whose})")
+    elif holm_p:
+        gated = "no gated row is below ST"
+    else:
+        gated = "no gated row has a paired test against ST yet"
+    return {"mnistRuleReading": f"{controls}, and {gated}"}
+
+
+def _planned(config) -> dict[str, int]:
+    """The report seeds each row plans: NOTES-ST's (:func:`notes_st_planned_seeds`; with ``--quick``, 2 a trained row
+    and one fit of the linear softmax)."""
+    rows = list(_gated(config)) + list(_controls(config))
+    if config.quick:
+        return {g: 1 if g == "linear_softmax" else 2 for g in rows}
+    return {g: notes_claim.notes_st_planned_seeds(g) for g in rows}
+
+
 def numbers(frame, config):
     """The paper's numbers; while the study is unfinished, a row or check without runs yet reads :data:`MISSING`."""
     rep = frame[frame.cell_stage == "report"]
@@ -741,7 +784,7 @@ def numbers(frame, config):
            "mnistReportRuns": str(int(((frame.cell_stage == "report") & (frame.metric == "test_error")).sum())),
            "mnistSeeds": str(int(seeds.min())), "mnistEpochs": str(_epochs(config, "report")[0]),
            "mnistRows": str(len(planned)),
-           "mnistPlannedRuns": str(sum(notes_claim.notes_st_planned_seeds(g) for g in GATED + CONTROLS)),
+           "mnistPlannedRuns": str(sum(_planned(config).values())),
            "mnistControlSeeds": str(CONTROL_SEEDS), "mnistGatedSeeds": str(REPORT_SEEDS)}
     for gate, error in cc.PUBLISHED_TEST_ERROR.items():   # the paper's test errors (%), one run each
         out[f"mnistPaper{macro_part(gate)}Error"] = tex_number(error, 3)
@@ -752,9 +795,14 @@ def numbers(frame, config):
     defaults |= {f"mnistConstantSt{k}": MISSING for k in ("BestEpoch", "Gain", "MeanAtBudget", "MeanAtEnd")}
     out |= defaults | {f"mnist{macro_part(g)}Error": MISSING for g in planned} | _convergence(frame)
     out |= _sts_reading(frame) | _published_rows_reading(frame) | _long_reading(frame)
+    have = rep[rep.metric == "test_error"].groupby("cell_gate").cell_seed.nunique()
+    out["mnistComplete"] = str(int(all(have.get(g, 0) >= n for g, n in _planned(config).items())))
+    out |= {"mnistRuleReading": MISSING}
     if not len(rep):
         return out
-    for gate, row in summary(frame).items():
+    rows = summary(frame)
+    out |= _rule_reading(rows)
+    for gate, row in rows.items():
         key = macro_part(gate)
         out[f"mnist{key}Error"] = (estimate(100 * row["mean"], 100 * row["stderr"]) if math.isfinite(row["stderr"])
                                    else tex_number(100 * row["mean"], 3))

@@ -134,15 +134,17 @@ def _best_temperatures(minima: dict) -> str:
 
 
 def _st3_mnist(mnist: dict | None) -> dict:
-    """ST3 on the MNIST study's runs (the task that decides once each variant has its 10 seeds): paired seeds so
-    far, the sigmoid' variant's test error minus the identity's (points) and its Wilcoxon p; dashes without runs."""
+    """ST3 on the MNIST study's runs (the task that decides once each variant has its 10 seeds): whether it decides
+    (1, else 0), paired seeds so far, the sigmoid' variant's test error minus the identity's (points) and its
+    Wilcoxon p; dashes without runs."""
     missing = r"\text{--}"
+    decides = {"claimSTThreeOnMnist": str(int(mnist is not None and mnist["complete"]))}
     if mnist is None or not math.isfinite(mnist["difference_stderr"]):
-        return {"claimSTThreeMnistSeeds": str(mnist["seeds"] if mnist else 0), "claimSTThreeMnistDiff": missing,
-                "claimSTThreeMnistP": missing}
-    return {"claimSTThreeMnistSeeds": str(mnist["seeds"]),
-            "claimSTThreeMnistDiff": estimate(100 * mnist["difference"], 100 * mnist["difference_stderr"]),
-            "claimSTThreeMnistP": tex_number(mnist["wilcoxon_p"], 2)}
+        return decides | {"claimSTThreeMnistSeeds": str(mnist["seeds"] if mnist else 0),
+                          "claimSTThreeMnistDiff": missing, "claimSTThreeMnistP": missing}
+    return decides | {"claimSTThreeMnistSeeds": str(mnist["seeds"]),
+                      "claimSTThreeMnistDiff": estimate(100 * mnist["difference"], 100 * mnist["difference_stderr"]),
+                      "claimSTThreeMnistP": tex_number(mnist["wilcoxon_p"], 2)}
 
 
 def numbers(frame, config):
