@@ -197,11 +197,14 @@ def numbers(frame, config):
            "claimDisarmSubstantialPercent": exact(100 * data["DISARM-V"]["trace_ratio_substantial_share"], 2),
            "claimGumbelNetworks": str(len(data["GUMBEL-T"]["networks"])),
            "claimGumbelBestTemperatures": _best_temperatures(data["GUMBEL-T"]["interior_minimum"])}
+    return out | {status_macro(claim_id): r.status for claim_id, r in rows.items()}
+
+
+def status_macro(claim_id: str) -> str:
+    """The name of the macro that holds a claim's verdict (letters only): ``"P2a"`` -> ``"claimStatusPTwoA"``,
+    ``"NOTES-ST"`` -> ``"claimStatusNotesSt"``."""
     words = dict(zip("0123456789", ("Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine")))
-    for claim_id, r in rows.items():
-        macro = "claimStatus" + "".join(words.get(ch, ch) for ch in claim_id.title() if ch.isalnum())
-        out[macro] = r.status
-    return out
+    return "claimStatus" + "".join(words.get(ch, ch) for ch in claim_id.title() if ch.isalnum())
 
 
 ANALYSIS = Analysis("tab_claims", __doc__.splitlines()[0], cells, compute, plot, numbers)

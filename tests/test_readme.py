@@ -1,5 +1,6 @@
 """The README works as written: its Python examples run, each block on its own in a fresh interpreter; every
-link resolves; its performance table is what ``benchmarks/report.py`` writes from the benchmarks' latest records."""
+link resolves; its performance table is what ``benchmarks/report.py`` writes from the benchmarks' latest records; its
+count of the claims' verdicts, and the findings page's table of them, are the committed claims run's."""
 
 import importlib.util
 import re
@@ -97,3 +98,33 @@ def test_the_report_refuses_a_readme_without_its_markers():
     report = _report()
     with pytest.raises(ValueError, match="markers"):
         report.with_readme_table("# no table here\n", "| a |")
+
+
+def _claims_run() -> dict[str, str]:
+    """The committed claims run's macros (``python -m analyses.tab_claims`` writes them for the paper)."""
+    text = (ROOT / "paper" / "generated" / "tab_claims.tex").read_text()
+    return dict(re.findall(r"\\newcommand\{\\(\w+)\}\{([^{}]*)\}", text))
+
+
+def test_the_readme_counts_the_verdicts_of_the_committed_claims_run():
+    """The README's count of verdicts is the committed claims run's, and it names as many inconclusive claims as
+    that run has, so that neither goes stale when a verdict moves (NOTES-ST's, once the MNIST study is done)."""
+    run = _claims_run()
+    paragraph = README.read_text().split("**Claims.**")[1].split("\n\n")[0]
+    counts = re.search(r"judges (\d+) claims .*?: (\d+) confirmed, (\d+) refuted", paragraph, flags=re.S)
+    assert counts, paragraph
+    assert counts.groups() == (run["claimsTotal"], run["claimsConfirmed"], run["claimsRefuted"])
+    assert paragraph.count("(inconclusive)") == int(run["claimsInconclusive"])
+
+
+def test_the_findings_table_gives_each_claims_verdict_of_the_committed_claims_run():
+    """docs/results.md's table of claims: one row per claim of the committed run, its verdict column starting with
+    that run's verdict."""
+    from analyses.tab_claims import status_macro
+
+    run = _claims_run()
+    rows = re.findall(r"^\| ([A-Z0-9][\w-]*) \| .*? \| (confirmed|refuted|inconclusive)\b[^|]*\|",
+                      (ROOT / "docs" / "results.md").read_text(), flags=re.M)
+    statuses = {k: v for k, v in run.items() if k.startswith("claimStatus")}
+    assert len(rows) == len(statuses) == int(run["claimsTotal"])
+    assert {status_macro(claim_id): status for claim_id, status in rows} == statuses
