@@ -1,8 +1,10 @@
 """The README works as written: its Python examples run, each block on its own in a fresh interpreter; every
 link resolves; its performance table is what ``benchmarks/report.py`` writes from the benchmarks' latest records; its
-count of the claims' verdicts, and the findings page's table of them, are the committed claims run's."""
+count of the claims' verdicts, and the findings page's table of them, are the committed claims run's; the numbers its
+captions quote are the committed analyses'."""
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -128,3 +130,23 @@ def test_the_findings_table_gives_each_claims_verdict_of_the_committed_claims_ru
     statuses = {k: v for k, v in run.items() if k.startswith("claimStatus")}
     assert len(rows) == len(statuses) == int(run["claimsTotal"])
     assert {status_macro(claim_id): status for claim_id, status in rows} == statuses
+
+
+# the README's figure captions quote these numbers: (text around the number, with {} for it; the analysis that
+# writes it; its macro)
+QUOTED = [("for every logit up\nto {} at t = 0.45", "fig_toy", "toyStWrongSignMaxLogit"),
+          ("come within {} ± ", "fig_baselines", "runningRelErrorFinal"),
+          ("keep their direction (cosine {})", "fig_gate_gradients", "gatesStCosine"),
+          ("while their bias is {} times", "fig_gate_gradients", "gatesStRelativeBias")]
+
+
+@pytest.mark.parametrize("around, analysis, macro", QUOTED, ids=[q[2] for q in QUOTED])
+def test_the_readmes_quoted_numbers_are_the_committed_analyses(around, analysis, macro):
+    """A number the README quotes is its analysis's committed value (``paper/generated/NAME.json``, which
+    ``python -m analyses.NAME`` writes), rounded where the README's printed digits end."""
+    number = r"(-?\d+(?:\.(\d+))?)"
+    found = re.search(re.escape(around).replace(re.escape("{}"), number), README.read_text())
+    assert found, f"the README no longer says {around!r}"
+    printed, decimals = float(found.group(1)), len(found.group(2) or "")
+    value = json.loads((ROOT / "paper" / "generated" / f"{analysis}.json").read_text())[macro]["value"]
+    assert abs(printed - value) <= 0.5 * 10 ** -decimals + 1e-12, (printed, value)
