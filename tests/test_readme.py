@@ -150,3 +150,15 @@ def test_the_readmes_quoted_numbers_are_the_committed_analyses(around, analysis,
     printed, decimals = float(found.group(1)), len(found.group(2) or "")
     value = json.loads((ROOT / "paper" / "generated" / f"{analysis}.json").read_text())[macro]["value"]
     assert abs(printed - value) <= 0.5 * 10 ** -decimals + 1e-12, (printed, value)
+
+
+def test_the_readmes_mnist_caption_says_what_the_long_runs_reading_finds():
+    """The MNIST caption says the long runs end within their rows' spread over seeds: the committed reading
+    (``\\mnistLongShortRows``, which ``python -m analyses.fig_mnist --collect`` writes) must find none of them short,
+    and every planned long run must be in."""
+    macros = dict(re.findall(r"\\newcommand\{\\(\w+)\}\{([^{}]*)\}",
+                             (ROOT / "paper" / "generated" / "fig_mnist.tex").read_text()))
+    caption = README.read_text().split("![mnist]")[1].split("\n\n")[0]
+    if "within their row's spread" in " ".join(caption.split()):
+        assert macros["mnistLongShortRows"] == "none of them"
+        assert macros["mnistLongRead"] == macros["mnistLongPlanned"]
