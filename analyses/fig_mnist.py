@@ -778,13 +778,14 @@ def _planned(config) -> dict[str, int]:
 def numbers(frame, config):
     """The paper's numbers; while the study is unfinished, a row or check without runs yet reads :data:`MISSING`."""
     rep = frame[frame.cell_stage == "report"]
-    planned = list(_gated(config)) + list(_controls(config))
-    seeds = rep.groupby("cell_gate").cell_seed.nunique().reindex(list(_gated(config)), fill_value=0)   # gated rows
+    planned = _planned(config)
+    have = rep.groupby("cell_gate").cell_seed.nunique()                 # each row's report seeds in so far
+    seeds = have.reindex(list(_gated(config)), fill_value=0)             # the gated rows'
     out = {"mnistSelectionRuns": str(int(((frame.cell_stage == "selection") & (frame.metric == "test_error")).sum())),
            "mnistReportRuns": str(int(((frame.cell_stage == "report") & (frame.metric == "test_error")).sum())),
            "mnistSeeds": str(int(seeds.min())), "mnistEpochs": str(_epochs(config, "report")[0]),
            "mnistRows": str(len(planned)),
-           "mnistPlannedRuns": str(sum(_planned(config).values())),
+           "mnistPlannedRuns": str(sum(planned.values())),
            "mnistControlSeeds": str(CONTROL_SEEDS), "mnistGatedSeeds": str(REPORT_SEEDS)}
     for gate, error in cc.PUBLISHED_TEST_ERROR.items():   # the paper's test errors (%), one run each
         out[f"mnistPaper{macro_part(gate)}Error"] = tex_number(error, 3)
@@ -795,8 +796,7 @@ def numbers(frame, config):
     defaults |= {f"mnistConstantSt{k}": MISSING for k in ("BestEpoch", "Gain", "MeanAtBudget", "MeanAtEnd")}
     out |= defaults | {f"mnist{macro_part(g)}Error": MISSING for g in planned} | _convergence(frame)
     out |= _sts_reading(frame) | _published_rows_reading(frame) | _long_reading(frame)
-    have = rep[rep.metric == "test_error"].groupby("cell_gate").cell_seed.nunique()
-    out["mnistComplete"] = str(int(all(have.get(g, 0) >= n for g, n in _planned(config).items())))
+    out["mnistComplete"] = str(int(all(have.get(g, 0) >= n for g, n in planned.items())))
     out |= {"mnistRuleReading": MISSING}
     if not len(rep):
         return out

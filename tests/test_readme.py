@@ -102,16 +102,16 @@ def test_the_report_refuses_a_readme_without_its_markers():
         report.with_readme_table("# no table here\n", "| a |")
 
 
-def _claims_run() -> dict[str, str]:
-    """The committed claims run's macros (``python -m analyses.tab_claims`` writes them for the paper)."""
-    text = (ROOT / "paper" / "generated" / "tab_claims.tex").read_text()
+def _generated(analysis: str) -> dict[str, str]:
+    """The committed macros of an analysis (``python -m analyses.NAME`` writes ``paper/generated/NAME.tex``)."""
+    text = (ROOT / "paper" / "generated" / f"{analysis}.tex").read_text()
     return dict(re.findall(r"\\newcommand\{\\(\w+)\}\{([^{}]*)\}", text))
 
 
 def test_the_readme_counts_the_verdicts_of_the_committed_claims_run():
     """The README's count of verdicts is the committed claims run's, and it names as many inconclusive claims as
     that run has, so that neither goes stale when a verdict moves (NOTES-ST's, once the MNIST study is done)."""
-    run = _claims_run()
+    run = _generated("tab_claims")
     paragraph = README.read_text().split("**Claims.**")[1].split("\n\n")[0]
     counts = re.search(r"judges (\d+) claims .*?: (\d+) confirmed, (\d+) refuted", paragraph, flags=re.S)
     assert counts, paragraph
@@ -124,7 +124,7 @@ def test_the_findings_table_gives_each_claims_verdict_of_the_committed_claims_ru
     that run's verdict."""
     from analyses.tab_claims import status_macro
 
-    run = _claims_run()
+    run = _generated("tab_claims")
     rows = re.findall(r"^\| ([A-Z0-9][\w-]*) \| .*? \| (confirmed|refuted|inconclusive)\b[^|]*\|",
                       (ROOT / "docs" / "results.md").read_text(), flags=re.M)
     statuses = {k: v for k, v in run.items() if k.startswith("claimStatus")}
@@ -156,8 +156,7 @@ def test_the_readmes_mnist_caption_says_what_the_long_runs_reading_finds():
     """The MNIST caption says the long runs end within their rows' spread over seeds: the committed reading
     (``\\mnistLongShortRows``, which ``python -m analyses.fig_mnist --collect`` writes) must find none of them short,
     and every planned long run must be in."""
-    macros = dict(re.findall(r"\\newcommand\{\\(\w+)\}\{([^{}]*)\}",
-                             (ROOT / "paper" / "generated" / "fig_mnist.tex").read_text()))
+    macros = _generated("fig_mnist")
     caption = README.read_text().split("![mnist]")[1].split("\n\n")[0]
     if "within their row's spread" in " ".join(caption.split()):
         assert macros["mnistLongShortRows"] == "none of them"
