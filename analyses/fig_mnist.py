@@ -489,16 +489,8 @@ def plot(frame, meta, config):
     palette = dict(zip(order, plt.get_cmap("tab20")(np.linspace(0, 1, max(len(order), 2)))))
     fig, mosaic = plt.subplot_mosaic("AB;AC;DE", figsize=(6.3, 8.4), width_ratios=[1.1, 1])
     axes = [mosaic[k] for k in "ABCDE"]
-    for i, g in enumerate(order):
-        row = rows[g]
-        axes[0].errorbar(100 * row["mean"], i, xerr=2 * 100 * row["stderr"] if math.isfinite(row["stderr"]) else 0,
-                         fmt="o", color="black" if g not in CONTROLS else "#7f7f7f", markersize=3)
-        published = cc.PUBLISHED_TEST_ERROR.get(g)
-        if published is not None:
-            axes[0].plot(published, i, marker="x", color="#d62728", markersize=4, linestyle="none")
-    seeds = _seed_range(rep)
-    axes[0].set(yticks=range(len(order)), yticklabels=order, ylim=(len(order) - 0.5, -0.5), xlabel="test error (%)",
-                title=f"{seeds} seed{'' if seeds == '1' else 's'} a row: mean, 2 s.e.; x: paper")
+    axes[0].remove()
+    _test_error_panel(rows, order, _report_test_errors(frame), _seed_range(rep), fig, axes[0].get_subplotspec())
     for g in order:
         sub = rep[(rep.cell_gate == g) & (rep.epoch > 0)]
         for metric, ax in (("valid_error", axes[1]), ("train_on", axes[2])):
@@ -516,6 +508,48 @@ def plot(frame, meta, config):
     fig.legend(handles, labels, loc="lower center", ncol=4, frameon=False, fontsize=7)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
+
+
+def _test_error_panel(rows: dict, order: list[str], seeds_errors: dict, seeds: str, fig, spec) -> None:
+    """Each row's test error in the figure's cell ``spec``: its seeds (grey dots), their mean with two standard
+    errors, the paper's run (red cross). The controls lie far above the gated rows, so where the two ranges are
+    apart the x axis is broken, the gated rows and the controls each on an axis spanning its own points."""
+    points = {g: [100 * rows[g]["mean"], *seeds_errors.get(g, ())] + (
+        [cc.PUBLISHED_TEST_ERROR[g]] if g in cc.PUBLISHED_TEST_ERROR else []) for g in order}
+    gated = [v for g in order if g not in CONTROLS for v in points[g]]
+    controls = [v for g in order if g in CONTROLS for v in points[g]]
+    broken = bool(gated and controls) and min(controls) - max(gated) > 0.5 * (max(gated) - min(gated))
+    if broken:
+        halves = spec.subgridspec(1, 2, width_ratios=[0.8, 0.2], wspace=0.06)
+        ax, controls_ax = fig.add_subplot(halves[0]), fig.add_subplot(halves[1])
+    else:
+        ax = controls_ax = fig.add_subplot(spec)
+    for i, g in enumerate(order):
+        target = controls_ax if broken and g in CONTROLS else ax
+        row = rows[g]
+        values = seeds_errors.get(g, ())
+        target.plot(values, np.full(len(values), i + 0.22), "o", color="#9a9a9a", markersize=1.8, linestyle="none")
+        target.errorbar(100 * row["mean"], i, xerr=2 * 100 * row["stderr"] if math.isfinite(row["stderr"]) else 0,
+                        fmt="o", color="black" if g not in CONTROLS else "#7f7f7f", markersize=3)
+        if g in cc.PUBLISHED_TEST_ERROR:
+            target.plot(cc.PUBLISHED_TEST_ERROR[g], i, marker="x", color="#d62728", markersize=4, linestyle="none")
+    ax.set(yticks=range(len(order)), yticklabels=order, ylim=(len(order) - 0.5, -0.5), xlabel="test error (%)")
+    ax.set_title(f"test error, {seeds} seed{'' if seeds == '1' else 's'} a row (dots):\nmean, 2 s.e.; x: paper",
+                 loc="left")
+    if not broken:
+        return
+    for axis, values in ((ax, gated), (controls_ax, controls)):
+        pad = 0.08 * max(max(values) - min(values), 0.5)
+        axis.set_xlim(min(values) - pad, max(values) + pad)
+    controls_ax.set(ylim=ax.get_ylim(), yticks=range(len(order)), yticklabels=[])
+    controls_ax.tick_params(axis="y", length=0)
+    controls_ax.xaxis.set_major_locator(mticker.MultipleLocator(0.5))
+    controls_ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.spines["right"].set_visible(False)
+    controls_ax.spines["left"].set_visible(False)
+    for axis, x in ((ax, 1), (controls_ax, 0)):       # the break: a pair of slanted strokes on each axis's edge
+        axis.plot([x, x], [0, 1], transform=axis.transAxes, marker=[(-1, -1), (1, 1)], markersize=6,
+                  linestyle="none", color="black", clip_on=False)
 
 
 def _log_axis(ax) -> None:
@@ -551,7 +585,7 @@ def _budget_panels(frame, curves_ax, short_ax, palette) -> None:
         low, high = float(pairs.min().min()), float(pairs.max().max())
         short_ax.plot([low, high], [low, high], color="black", linewidth=0.5)
     short_ax.set(xlabel=f"test error (%), {SHORT_EPOCHS} epochs", ylabel=f"test error (%), {REPORT_EPOCHS} epochs",
-                 title=f"seed 0: {len(pairs)} gated rows at both budgets")
+                 title=f"seed 0: {len(pairs)} gated rows\nat both budgets")
 
 
 def _beside_report(frame: pd.DataFrame, stage: str) -> pd.DataFrame:
