@@ -1,6 +1,6 @@
 """The README works as written: its Python examples run, each block on its own in a fresh interpreter; every
 link resolves; its performance table is what ``benchmarks/report.py`` writes from the benchmarks' latest records; its
-count of the claims' verdicts, and the findings page's table of them, are the committed claims run's; the numbers its
+count of estimators is the registry's; its count of the claims' verdicts, and the findings page's table of them, are the committed claims run's; the numbers its
 captions quote are the committed analyses'."""
 
 import importlib.util
@@ -22,6 +22,23 @@ def test_the_readme_has_a_python_block():
 
 def test_the_readme_stays_a_landing_page():
     assert len(README.read_text().splitlines()) <= 260
+
+
+def test_the_readmes_count_of_estimators_is_the_registrys():
+    """The opening's "seventeen estimators for binary units ... and seven for categorical ones" counts what
+    ``gs.estimators.names`` lists; the estimator table has a row for each binary one, and the paragraph below it
+    names each categorical one."""
+    import gradstats as gs
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+             "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
+    opening = " ".join(README.read_text().split("## Two commands")[0].split())
+    binary, categorical = gs.estimators.names(kind="sbn"), gs.estimators.names(kind="categorical")
+    assert f"covers {words[len(binary)]} estimators for binary units" in opening
+    assert f"and {words[len(categorical)]} for categorical ones" in opening
+    table = README.read_text().split("## Estimators")[1].split("Categorical units of K classes")[0]
+    assert sorted(re.findall(r"^\| `(\w+)` \|", table, flags=re.M)) == sorted(binary)
+    paragraph = README.read_text().split("Categorical units of K classes")[1].split("## ")[0]
+    assert sorted(re.findall(r"`(categorical_\w+)`", paragraph)) == sorted(categorical)
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
