@@ -1,7 +1,7 @@
 """The README works as written: its Python examples run, each block on its own in a fresh interpreter; every
 link resolves; its performance table is what ``benchmarks/report.py`` writes from the benchmarks' latest records; its
-count of estimators is the registry's; its count of the claims' verdicts, and the findings page's table of them, are the committed claims run's; the numbers its
-captions quote are the committed analyses'."""
+count of estimators is the registry's; its count of the claims' verdicts, and the findings page's table of them, are
+the committed claims run's; the numbers its captions quote are the committed analyses'."""
 
 import importlib.util
 import json
