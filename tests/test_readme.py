@@ -31,13 +31,14 @@ def test_the_readmes_count_of_estimators_is_the_registrys():
     import gradstats as gs
     words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
              "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
-    opening = " ".join(README.read_text().split("## Two commands")[0].split())
+    text = README.read_text()
+    opening = " ".join(text.split("## Two commands")[0].split())
     binary, categorical = gs.estimators.names(kind="sbn"), gs.estimators.names(kind="categorical")
     assert f"covers {words[len(binary)]} estimators for binary units" in opening
     assert f"and {words[len(categorical)]} for categorical ones" in opening
-    table = README.read_text().split("## Estimators")[1].split("Categorical units of K classes")[0]
+    table, paragraph = text.split("## Estimators")[1].split("Categorical units of K classes")
     assert sorted(re.findall(r"^\| `(\w+)` \|", table, flags=re.M)) == sorted(binary)
-    paragraph = README.read_text().split("Categorical units of K classes")[1].split("## ")[0]
+    paragraph = paragraph.split("## ")[0]
     assert sorted(re.findall(r"`(categorical_\w+)`", paragraph)) == sorted(categorical)
 
 
