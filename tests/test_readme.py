@@ -155,7 +155,9 @@ def test_the_findings_table_gives_each_claims_verdict_of_the_committed_claims_ru
 QUOTED = [("for every logit up\nto {} at t = 0.45", "fig_toy", "toyStWrongSignMaxLogit"),
           ("come within {} ± ", "fig_baselines", "runningRelErrorFinal"),
           ("keep their direction (cosine {})", "fig_gate_gradients", "gatesStCosine"),
-          ("while their bias is {} times", "fig_gate_gradients", "gatesStRelativeBias")]
+          ("while their bias is {} times", "fig_gate_gradients", "gatesStRelativeBias"),
+          ("ST's test error is {} ± ", "fig_mnist", "mnistStError"),
+          ("the noisy rectifier ({} ± ", "fig_mnist", "mnistNoisyRectifierError")]
 
 
 @pytest.mark.parametrize("around, analysis, macro", QUOTED, ids=[q[2] for q in QUOTED])
@@ -179,3 +181,27 @@ def test_the_readmes_mnist_caption_says_what_the_long_runs_reading_finds():
     if "within their row's spread" in " ".join(caption.split()):
         assert macros["mnistLongShortRows"] == "none of them"
         assert macros["mnistLongRead"] == macros["mnistLongPlanned"]
+
+
+def _rows_named_better_than_st(text: str) -> set[str]:
+    """The gated rows (:data:`analyses.fig_mnist.ROW_NAMES`) named in ``text`` between its last ", and " before
+    "significantly better than ST" and that phrase; a longer name is taken out before the names inside it."""
+    from analyses.fig_mnist import ROW_NAMES
+
+    segment = text.split("significantly better than ST")[0].rsplit(", and ", 1)[-1]
+    named = set()
+    for gate, name in sorted(ROW_NAMES.items(), key=lambda item: -len(item[1])):
+        if gate != "st" and name in segment:
+            named.add(gate)
+            segment = segment.replace(name, "")
+    return named
+
+
+def test_the_readmes_mnist_caption_names_the_rows_the_rule_finds_better_than_st():
+    """Once the MNIST study is complete (``\\mnistComplete``), the caption names exactly the gated rows that
+    NOTES-ST's rule finds significantly better than ST (``\\mnistRuleReading``)."""
+    macros = _generated("fig_mnist")
+    if macros["mnistComplete"] == "1":
+        caption = " ".join(README.read_text().split("![mnist]")[1].split("\n\n")[0].split())
+        assert "significantly better than ST" in caption
+        assert _rows_named_better_than_st(caption) == _rows_named_better_than_st(macros["mnistRuleReading"])

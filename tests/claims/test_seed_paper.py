@@ -234,6 +234,11 @@ def test_notes_st_rule_on_made_up_studies(case, status, tmp_path, monkeypatch):
     assert verdict.status == status, verdict.evidence
     if case == "a gate better":
         assert verdict.data["better"] == ["disarm"] and verdict.data["holm_p"]["disarm"] == pytest.approx(0.0195, rel=0.01)
+        disarm = 100 * verdict.data["rows"]["disarm"]["mean"]
+        assert "below every control's" in verdict.qualifier
+        assert verdict.qualifier.endswith(f"5%): disarm {disarm:.2f}% (Holm p 0.02)"), verdict.qualifier
+    if case == "a control as good":
+        assert "is not 2 standard errors below all_on" in verdict.qualifier
     if case == "unfinished":
         assert verdict.data["short"] == {"random_fixed": control_seeds - 1, "reinmax": seeds - 1}
 
