@@ -454,6 +454,29 @@ def _table(rows: dict, config) -> None:
                      f"{_pm(row['mean'], row['stderr'])} & {diff} & {p} & {' & '.join(published)} \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     atomic_write(config.generated / f"tab_mnist{'-quick' if config.quick else ''}.tex", "\n".join(lines) + "\n")
+    atomic_write(config.generated / f"tab_mnist{'-quick' if config.quick else ''}.md", markdown_table(rows))
+
+
+def markdown_table(rows: dict) -> str:
+    """The test-error columns of the paper's table as Markdown, for the README (which quotes it verbatim between
+    ``<!-- mnist table -->`` and ``<!-- end of mnist table -->``): each row's seeds, its test error and its paired
+    difference from ST's (mean ± standard error over seeds, in percent), the Holm-adjusted p of that difference,
+    and the paper's test error (one run)."""
+    def plain(mean: float, se: float) -> str:
+        if not math.isfinite(se):
+            return f"{100 * mean:.2f}"
+        return format_estimate(100 * mean, 100 * se) if se > 0 else f"{100 * mean:.2f} ± 0"
+
+    lines = ["| gate | seeds | test error (%) | minus ST's (points) | Holm p | paper's test error (%) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for g in _order(rows):
+        row = rows[g]
+        name = f"`{g}`" + (" (control)" if g in CONTROLS else "")
+        diff = plain(row["difference"], row["difference_stderr"]) if "difference" in row else ""
+        p = f"{row['holm_p']:.2g}" if math.isfinite(row.get("holm_p", math.nan)) else ""
+        published = f"{cc.PUBLISHED_TEST_ERROR[g]:.2f}" if g in cc.PUBLISHED_TEST_ERROR else ""
+        lines.append(f"| {name} | {row['runs']} | {plain(row['mean'], row['stderr'])} | {diff} | {p} | {published} |")
+    return "\n".join(lines) + "\n"
 
 
 def _selection_plot(frame):

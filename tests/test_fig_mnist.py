@@ -66,6 +66,8 @@ def test_collect_builds_the_committed_rows_from_the_saved_runs_alone(tmp_path, m
     st_row = table.split("\nst &")[1].split("\\\\")[0]
     assert st_row.startswith(" 2 (1) &")
     assert "n/a" not in st_row and st_row.endswith("$0.0033$ & $1.42$ & $1.39$ ")   # the paper's, as it prints them
+    markdown = (tmp_path / "paper" / "generated" / "tab_mnist.md").read_text()
+    assert "| `st` | 2 | 2.35 ± 0.25 |  |  | 1.39 |\n" in markdown      # the README's table: seeds, test error, paper's
     macros = tmp_path / "paper" / "generated" / "fig_mnist.tex"
     assert "\\newcommand{\\mnistComplete}{0}" in macros.read_text()     # the paper's text for an unfinished study
     monkeypatch.setattr(fig_mnist, "_planned", lambda config: {"st": 2})  # were two seeds of ST the whole plan

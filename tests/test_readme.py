@@ -205,3 +205,13 @@ def test_the_readmes_mnist_caption_names_the_rows_the_rule_finds_better_than_st(
         caption = " ".join(README.read_text().split("![mnist]")[1].split("\n\n")[0].split())
         assert "significantly better than ST" in caption
         assert _rows_named_better_than_st(caption) == _rows_named_better_than_st(macros["mnistRuleReading"])
+
+
+def test_the_readmes_mnist_table_is_the_committed_one():
+    """The README quotes the MNIST study's table verbatim between its markers: ``paper/generated/tab_mnist.md``,
+    which ``python -m analyses.fig_mnist --collect`` writes from the committed runs."""
+    text = README.read_text()
+    assert "<!-- mnist table -->\n" in text and "<!-- end of mnist table -->" in text
+    quoted = text.split("<!-- mnist table -->\n")[1].split("<!-- end of mnist table -->")[0]
+    assert quoted == (ROOT / "paper" / "generated" / "tab_mnist.md").read_text(), \
+        "copy paper/generated/tab_mnist.md into the README between its markers"
