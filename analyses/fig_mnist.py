@@ -405,16 +405,18 @@ def summary(frame: pd.DataFrame) -> dict[str, dict]:
     return out
 
 
-def _pm(mean: float, se: float, scale: float = 100.0, digits: int = 2) -> str:
+def _pm(mean: float, se: float, scale: float = 100.0, digits: int = 2, tex: bool = True) -> str:
     """A mean (in percent) with its standard error, rounded where the error's digits end (``format_estimate``);
-    ``digits`` decimals where there is no error to round to (one run: "(n/a)"; runs that agree exactly: "± 0")."""
+    ``digits`` decimals where there is no error to round to (one run: "(n/a)"; runs that agree exactly: "± 0").
+    LaTeX math by default, plain text with ``tex=False``."""
     if not math.isfinite(mean):
         return "--"
+    dollar, pm = ("$", "\\pm") if tex else ("", "±")
     if not math.isfinite(se):
-        return f"${scale * mean:.{digits}f}$ (n/a)"
+        return f"{dollar}{scale * mean:.{digits}f}{dollar} (n/a)"
     if se > 0:
-        return f"${format_estimate(scale * mean, scale * se, tex=True)}$"
-    return f"${scale * mean:.{digits}f} \\pm 0$"
+        return f"{dollar}{format_estimate(scale * mean, scale * se, tex=tex)}{dollar}"
+    return f"{dollar}{scale * mean:.{digits}f} {pm} 0{dollar}"
 
 
 def _criterion(mean: float, se: float) -> str:
@@ -453,29 +455,25 @@ def _table(rows: dict, config) -> None:
         lines.append(f"{name} & {runs} & {criterion} & {_pm(row['valid_error'], row['valid_error_stderr'])} & "
                      f"{_pm(row['mean'], row['stderr'])} & {diff} & {p} & {' & '.join(published)} \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
-    atomic_write(config.generated / f"tab_mnist{'-quick' if config.quick else ''}.tex", "\n".join(lines) + "\n")
-    atomic_write(config.generated / f"tab_mnist{'-quick' if config.quick else ''}.md", markdown_table(rows))
+    stem = f"tab_mnist{'-quick' if config.quick else ''}"
+    atomic_write(config.generated / f"{stem}.tex", "\n".join(lines) + "\n")
+    atomic_write(config.generated / f"{stem}.md", markdown_table(rows))
 
 
 def markdown_table(rows: dict) -> str:
     """The test-error columns of the paper's table as Markdown, for the README (which quotes it verbatim between
     ``<!-- mnist table -->`` and ``<!-- end of mnist table -->``): each row's seeds, its test error and its paired
-    difference from ST's (mean ± standard error over seeds, in percent), the Holm-adjusted p of that difference,
-    and the paper's test error (one run)."""
-    def plain(mean: float, se: float) -> str:
-        if not math.isfinite(se):
-            return f"{100 * mean:.2f}"
-        return format_estimate(100 * mean, 100 * se) if se > 0 else f"{100 * mean:.2f} ± 0"
-
+    difference from ST's (mean ± standard error over seeds, in percent, as :func:`_pm` writes them: "(n/a)" for a
+    row of one run), the Holm-adjusted p of that difference, and the paper's test error (one run)."""
     lines = ["| gate | seeds | test error (%) | minus ST's (points) | Holm p | paper's test error (%) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for g in _order(rows):
         row = rows[g]
         name = f"`{g}`" + (" (control)" if g in CONTROLS else "")
-        diff = plain(row["difference"], row["difference_stderr"]) if "difference" in row else ""
+        diff = _pm(row["difference"], row["difference_stderr"], tex=False) if "difference" in row else ""
         p = f"{row['holm_p']:.2g}" if math.isfinite(row.get("holm_p", math.nan)) else ""
         published = f"{cc.PUBLISHED_TEST_ERROR[g]:.2f}" if g in cc.PUBLISHED_TEST_ERROR else ""
-        lines.append(f"| {name} | {row['runs']} | {plain(row['mean'], row['stderr'])} | {diff} | {p} | {published} |")
+        lines.append(f"| {name} | {row['runs']} | {_pm(row['mean'], row['stderr'], tex=False)} | {diff} | {p} | {published} |")
     return "\n".join(lines) + "\n"
 
 
