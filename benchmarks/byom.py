@@ -29,15 +29,20 @@ ratios with their targets: update / roofline (at least 0.40), gradient_stats / B
 ``benchmarks/results/byom.json``, ``byom_float32.json`` in float32, ``_cuda`` before the suffix on a GPU;
 ``''`` for none) writes them for ``benchmarks/report.py``.
 
-``--profile`` also prints where the update spends its time (torch.profiler: on a GPU, every kernel it launches).
+``--profile`` also prints where the update spends its time (torch.profiler: on a GPU, every kernel it launches),
+with the torch operations and compiled calls a chunk costs. ``--sums`` picks the path of the update's sums
+(``auto``: the C kernel on a CPU, ``torch.compile`` elsewhere; ``compiled`` or ``eager``: torch's kernels, as an
+accelerator runs them; a record other than ``auto``'s gets the mode after ``byom``).
 
     python benchmarks/byom.py [--draws 2048] [--chunk 32] [--loop-draws 256] [--threads 2] [--device cpu]
                               [--dtype float64] [--repeats 5] [--json out.json] [--profile]
+                              [--sums auto|compiled|eager]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import platform
 import statistics
@@ -49,6 +54,7 @@ from torch.nn import functional as F
 
 import gradstats as gs
 import gradstats.functional as gf
+from gradstats.chunk_sums import ChunkSums
 
 SIZES = (64, 512, 160, 10)
 BATCH = 8
@@ -239,8 +245,6 @@ def profile_update(params, loss, noise, chunk, device) -> None:
     """Where ``GradientStats.update`` spends its time on ``device``: which path computes the sums (the C kernel,
     ``torch.compile`` or eager), then torch.profiler's operations over eight chunks (after eight of warm-up), by
     their own time on the host and, on a GPU, on the device, with how many times each ran."""
-    import importlib
-
     from torch.profiler import ProfilerActivity, profile
 
     stats_module = importlib.import_module("gradstats.gradient_stats")   # the module (gs.gradient_stats: a function)
@@ -258,9 +262,13 @@ def profile_update(params, loss, noise, chunk, device) -> None:
             stats.update(grads)
         sync(device)
     print(f"  profile of GradientStats.update, 8 chunks of {chunk} draws on {device}; the sums by the {path}")
+    events = prof.key_averages()
+    operations = sum(e.count for e in events if e.key.startswith("aten::")) / len(chunks)
+    compiled = sum(e.count for e in events if e.key.startswith("Torch-Compiled Region")) / len(chunks)
+    print(f"  a chunk costs {operations:.0f} torch operations (nested ones included) and {compiled:.0f} compiled calls")
     keys = ["self_cpu_time_total"] + (["self_cuda_time_total"] if device.type == "cuda" else [])
     for key in keys:
-        print(prof.key_averages().table(sort_by=key, row_limit=15))
+        print(events.table(sort_by=key, row_limit=15))
 
 
 def main(argv=None) -> None:
@@ -276,8 +284,12 @@ def main(argv=None) -> None:
     parser.add_argument("--json", default=None, help="where to write the figures ('' for nowhere)")
     parser.add_argument("--profile", action="store_true",
                         help="also print where GradientStats.update spends its time (torch.profiler, eight chunks)")
+    parser.add_argument("--sums", default="auto", choices=ChunkSums.MODES,
+                        help="the path of GradientStats' sums (auto: the C kernel on a CPU, torch.compile elsewhere)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.sums != "auto":
+        importlib.import_module("gradstats.gradient_stats")._CHUNK_SUMS = ChunkSums(args.sums)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     params, loss, noise = model(device, dtype)
     x, y = model_data(device, dtype)
@@ -342,7 +354,8 @@ def main(argv=None) -> None:
     if args.profile:
         profile_update(params, loss, noise, args.chunk, device)
     if args.json is None:
-        args.json = default_path("byom" if dtype == torch.float64 else f"byom_{args.dtype}", device)
+        name = "byom" + ("" if args.sums == "auto" else f"_{args.sums}")
+        args.json = default_path(name if dtype == torch.float64 else f"{name}_{args.dtype}", device)
     write(args.json, "byom", f"a straight-through network 64-512-160-10 ({dim:,} parameters), a minibatch of {BATCH}"
           f" per draw, {args.dtype}", {"rates": rates, "ratios": ratios, "ratio_ranges": ranges}, device,
           parameters=dim, dtype=args.dtype, chunk=args.chunk, draws=args.draws, repeats=args.repeats)

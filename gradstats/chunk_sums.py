@@ -8,9 +8,11 @@ is reduced, against a fixed per-coordinate ``shift`` ``a``, to six column sums i
 added to running sums, and to two per-draw sums, :math:`\langle x_i, g\rangle` and
 :math:`\lVert x_i \rVert^2`, with the reference ``g`` (for the per-draw cosines and descent). On a CPU all
 of them come from one read of the chunk, by a C kernel built on first use (:mod:`gradstats.native`,
-``gradstats/chunk_sums.c``); elsewhere, or where no C compiler is at hand, the column sums are one fused kernel
-where ``torch.compile`` works (and the per-draw sums a second read), else the same arithmetic runs eagerly over
-cache-sized blocks.
+``gradstats/chunk_sums.c``); elsewhere, or where no C compiler is at hand, by torch's kernels, so that a chunk
+costs a fixed handful of kernel launches however many parameter groups it has: where ``torch.compile`` works,
+one compiled call for the column sums of every group and a second for the per-draw sums; else eagerly, on the
+groups copied side by side into one ``[B, D]`` block (on a CPU over cache-sized blocks), the per-draw sums of
+every group as two matrix products with the groups' indicator.
 
 :func:`central_moments` turns the running sums into mean and centred moments (with :math:`d = S_1/n`:
 :math:`M_2 = S_2 - n d^2`, :math:`M_3 = S_3 - 3 d S_2 + 2 n d^3`,
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import itertools
 import warnings
 
@@ -39,34 +42,76 @@ NUM_SUMS = 6   # S1, S2, S3, S4, count of x > 0, count of x < 0
 _BLOCK_ELEMENTS = 2**15   # eager path: elements of a block (256 KB in float64), which stays in the cache
 
 
-def _column_sums(x: Tensor, shift: Tensor, running: Tensor) -> Tensor:
-    """``running + [S1, S2, S3, S4, P, N]`` of ``x`` (``[B, n]``) about ``shift``, ``[6, n]`` float64."""
+def _sums(x: Tensor, shift: Tensor, axis: int) -> Tensor:
+    """``[S1, S2, S3, S4, P, N]`` of ``x`` about ``shift`` over ``axis`` (stacked at ``axis``), float64."""
     c = x.to(torch.float64) - shift
     c2 = c * c
-    return running + torch.stack([c.sum(0), c2.sum(0), (c2 * c).sum(0), (c2 * c2).sum(0),
-                                  (x > 0).sum(0, dtype=torch.float64), (x < 0).sum(0, dtype=torch.float64)])
+    return torch.stack([c.sum(axis), c2.sum(axis), (c2 * c).sum(axis), (c2 * c2).sum(axis),
+                        (x > 0).sum(axis, dtype=torch.float64), (x < 0).sum(axis, dtype=torch.float64)], axis)
 
 
-def _batched_column_sums(x: Tensor, shift: Tensor) -> Tensor:
-    """``[k, 6, n]``: the column sums of each of ``k`` batches ``x[i]`` (``[k, b, n]``) about ``shift``."""
-    c = x.to(torch.float64) - shift
-    c2 = c * c
-    return torch.stack([c.sum(1), c2.sum(1), (c2 * c).sum(1), (c2 * c2).sum(1),
-                        (x > 0).sum(1, dtype=torch.float64), (x < 0).sum(1, dtype=torch.float64)], 1)
+def _groups(parts: list[Tensor], offsets: tuple[int, ...]):
+    """Each group with its first and last column (group ``g``: the columns ``offsets[g]:offsets[g + 1]``)."""
+    return zip(parts, offsets, offsets[1:])
 
 
-def _row_sums(x: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
-    """Per draw, ``<x_i, g>`` and ``|x_i|^2`` in float64 (``[B]`` each)."""
-    xd = x.to(torch.float64)
-    return (xd * reference).sum(1), (xd * xd).sum(1)
+def _column_sums(parts: list[Tensor], shift: Tensor, running: Tensor, offsets: tuple[int, ...]) -> Tensor:
+    """``running + [S1, S2, S3, S4, P, N]`` of the groups ``parts`` (``[B, n_g]`` each; side by side, the ``D``
+    columns) about ``shift``, ``[6, D]`` float64: a reduction per group, fused by ``torch.compile`` into one call
+    for every group."""
+    return running + torch.cat([_sums(x, shift[a:b], 0) for x, a, b in _groups(parts, offsets)], 1)
 
 
-def _eager_column_sums(x: Tensor, shift: Tensor, running: Tensor) -> Tensor:
-    """:func:`_column_sums` over blocks of rows and columns that stay in a CPU's cache; on an accelerator over the
-    whole chunk at once (there each block would be another handful of kernel launches: a chunk of 256 draws of
-    117,000 coordinates makes about 900 blocks)."""
+def _batched_column_sums(parts: list[Tensor], shift: Tensor, offsets: tuple[int, ...]) -> Tensor:
+    """``[k, 6, D]``: the column sums of each of ``k`` batches (``parts``: ``[k, b, n_g]`` each) about ``shift``."""
+    return torch.cat([_sums(x, shift[a:b], 1) for x, a, b in _groups(parts, offsets)], 2)
+
+
+def _row_sums(parts: list[Tensor], reference: Tensor, offsets: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Per draw and group, ``<x_i, g>`` and ``|x_i|^2`` in float64 (``[B, L]`` each)."""
+    inner, norm2 = [], []
+    for x, a, b in _groups(parts, offsets):
+        xd = x.to(torch.float64)
+        inner.append((xd * reference[a:b]).sum(1))
+        norm2.append((xd * xd).sum(1))
+    return torch.stack(inner, 1), torch.stack(norm2, 1)
+
+
+def _side_by_side(parts: list[Tensor]) -> Tensor:
+    """The groups as one block (their last axes joined; one copy, unless there is one group): eagerly, a chunk then
+    costs a fixed handful of kernel launches however many groups it has (on an accelerator, launches are the
+    cost)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+
+@functools.lru_cache(maxsize=1)   # a stream's layout does not change
+def _indicator(offsets: tuple[int, ...], device: str) -> Tensor:
+    """``[D, L]`` float64: column ``g`` is 1 on the columns ``offsets[g]:offsets[g + 1]``."""
+    groups = torch.zeros(offsets[-1], len(offsets) - 1, dtype=torch.float64, device=device)
+    for g, (start, stop) in enumerate(zip(offsets, offsets[1:])):
+        groups[start:stop, g] = 1.0
+    return groups
+
+
+def _eager_row_sums(parts: list[Tensor], reference: Tensor, offsets: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """:func:`_row_sums` of the groups side by side: two matrix products with the groups' indicator."""
+    groups = _indicator(offsets, str(reference.device))
+    xd = _side_by_side(parts).to(torch.float64)
+    return xd @ (groups * reference.unsqueeze(1)), (xd * xd) @ groups
+
+
+def _eager_batched_column_sums(parts: list[Tensor], shift: Tensor, offsets: tuple[int, ...]) -> Tensor:
+    """:func:`_batched_column_sums` of the groups side by side."""
+    return _sums(_side_by_side(parts), shift, 1)
+
+
+def _eager_column_sums(parts: list[Tensor], shift: Tensor, running: Tensor, offsets: tuple[int, ...]) -> Tensor:
+    """:func:`_column_sums` of the groups side by side, on a CPU over blocks of rows and columns that stay in its
+    cache; on an accelerator over the whole chunk at once (there each block would be another handful of kernel
+    launches: a chunk of 256 draws of 117,000 coordinates makes about 900 blocks)."""
+    x = _side_by_side(parts)
     if x.device.type != "cpu":
-        return _column_sums(x, shift, running)
+        return running + _sums(x, shift, 0)
     rows, cols = x.shape
     col_step = min(cols, 4096)
     row_step = max(1, _BLOCK_ELEMENTS // col_step)
@@ -75,17 +120,11 @@ def _eager_column_sums(x: Tensor, shift: Tensor, running: Tensor) -> Tensor:
         block_shift = shift[c0:c0 + col_step]
         for r0 in range(0, rows, row_step):
             block = x[r0:r0 + row_step, c0:c0 + col_step]
-            out[:, c0:c0 + col_step] = _column_sums(block, block_shift, out[:, c0:c0 + col_step])
+            out[:, c0:c0 + col_step] += _sums(block, block_shift, 0)
     return out
 
 
-def _eager_row_sums(x: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
-    if x.dtype == torch.float64:
-        return x @ reference, torch.linalg.vecdot(x, x)
-    return _row_sums(x, reference)
-
-
-_EAGER = (_eager_column_sums, _eager_row_sums, _batched_column_sums)
+_EAGER = (_eager_column_sums, _eager_row_sums, _eager_batched_column_sums)
 
 
 @dataclasses.dataclass
@@ -201,23 +240,20 @@ class ChunkSums:
             if not all(o is None or (o.shape == (NUM_SUMS, shift.shape[0]) and _fits(o)) for o in out):
                 raise ValueError(f"out: expected contiguous [{NUM_SUMS}, {shift.shape[0]}] float64 CPU buffers")
             return _native_chunk(lib, parts, offsets, shift, running, bounds, reference, out, reference_norms, safe)
-        columns, inner, norm2 = [], [], []
-        for x, start, stop in zip(parts, offsets, offsets[1:]):
-            cols = slice(start, stop)
-            sums, dots, norms = self._group(x, shift[cols], [None if r is None else r[:, cols] for r in running],
-                                            bounds, None if reference is None else reference[cols])
-            columns.append(sums)
-            inner.append(dots)
-            norm2.append(norms)
-        sums = [torch.cat(piece, 1) for piece in zip(*columns)]
-        check = float(sum(s[3].sum() for s in sums))
+        # torch's kernels: compiled, one call per kernel for every group; eager, the groups side by side (one copy,
+        # read by both kernels)
+        blocks = [_side_by_side(parts)] if self.mode == "eager" else parts
+        offsets = tuple(offsets)
+        sums = self._pieces(blocks, shift, running, bounds, offsets)
+        check = float(torch.stack([s[3].sum() for s in sums]).sum())
         if reference is None:
             return ChunkResult(sums, None, None, check)
-        return ChunkResult(sums, torch.stack(inner, 1), torch.stack(norm2, 1), check)
+        inner, norm2 = self.rows(blocks, reference, offsets)
+        return ChunkResult(sums, inner, norm2, check)
 
-    def _group(self, x: Tensor, shift: Tensor, running: list[Tensor | None], bounds: list[int],
-               reference: Tensor | None) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
-        """:meth:`chunk` of one group by torch's kernels."""
+    def _pieces(self, blocks: list[Tensor], shift: Tensor, running: list[Tensor | None], bounds: list[int],
+                offsets: tuple[int, ...]) -> list[Tensor]:
+        """Each piece's running sums plus its rows' column sums, by torch's kernels."""
         sums: list[Tensor | None] = [None] * len(running)
         i = 0
         while i < len(running):
@@ -226,16 +262,15 @@ class ChunkSums:
             while j < len(running) and running[j] is None and bounds[j + 1] - bounds[j] == size:
                 j += 1
             if j - i >= 2:   # whole fresh pieces of one size: one call for all of them
-                batched = self.batches(x[bounds[i]:bounds[j]].reshape(j - i, size, -1), shift)
-                sums[i:j] = list(batched.unbind(0))
+                pieces = [x[bounds[i]:bounds[j]].reshape(j - i, size, -1) for x in blocks]
+                sums[i:j] = list(self.batches(pieces, shift, offsets).unbind(0))
                 i = j
                 continue
-            start = running[i] if running[i] is not None else torch.zeros(NUM_SUMS, x.shape[1], dtype=torch.float64,
-                                                                          device=x.device)
-            sums[i] = self.columns(x[bounds[i]:bounds[i + 1]], shift, start)
+            start = running[i] if running[i] is not None else torch.zeros(NUM_SUMS, shift.shape[0],
+                                                                          dtype=torch.float64, device=shift.device)
+            sums[i] = self.columns([x[bounds[i]:bounds[i + 1]] for x in blocks], shift, start, offsets)
             i += 1
-        inner, norm2 = self.rows(x, reference) if reference is not None else (None, None)
-        return sums, inner, norm2
+        return sums
 
     def _kernels(self, device: torch.device):
         if self.mode in ("eager", "native"):
@@ -246,30 +281,32 @@ class ChunkSums:
                                         for f in (_column_sums, _row_sums, _batched_column_sums))
         return self._compiled[key]
 
-    def _run(self, which: int, *args):
-        kernel = self._kernels(args[0].device)[which]
+    def _run(self, which: int, parts: list[Tensor], *args):
+        device = parts[0].device
+        kernel = self._kernels(device)[which]
         try:
-            return kernel(*args)
+            return kernel(parts, *args)
         except Exception as err:   # torch.compile's failures have no common type (a missing compiler, a backend)
             if self.mode != "auto" or kernel in _EAGER:
                 raise
-            warnings.warn(f"GradientStats: torch.compile failed on {args[0].device.type} ({type(err).__name__}: "
+            warnings.warn(f"GradientStats: torch.compile failed on {device.type} ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''}); the statistics run eagerly from now on "
                           "(the same numbers, slower)", RuntimeWarning, stacklevel=4)
             self.mode = "eager"
-            return self._kernels(args[0].device)[which](*args)
+            return self._kernels(device)[which](parts, *args)
 
-    def columns(self, x: Tensor, shift: Tensor, running: Tensor) -> Tensor:
-        """``running`` (``[6, n]`` float64) plus the column sums of ``x`` (``[B, n]``) about ``shift``."""
-        return self._run(0, x, shift, running)
+    def columns(self, parts: list[Tensor], shift: Tensor, running: Tensor, offsets: tuple[int, ...]) -> Tensor:
+        """``running`` (``[6, D]`` float64) plus the column sums of the groups ``parts`` (``[B, n_g]`` each; group
+        ``g``: the columns ``offsets[g]:offsets[g + 1]``) about ``shift``."""
+        return self._run(0, parts, shift, running, offsets)
 
-    def rows(self, x: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
-        """``(<x_i, g>, |x_i|^2)`` per draw, float64."""
-        return self._run(1, x, reference)
+    def rows(self, parts: list[Tensor], reference: Tensor, offsets: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+        """``(<x_i, g>, |x_i|^2)`` per draw and group, ``[B, L]`` float64 each."""
+        return self._run(1, parts, reference, offsets)
 
-    def batches(self, x: Tensor, shift: Tensor) -> Tensor:
-        """``[k, 6, n]``: the column sums of ``k`` whole batches ``x`` (``[k, b, n]``) about ``shift``."""
-        return self._run(2, x, shift)
+    def batches(self, parts: list[Tensor], shift: Tensor, offsets: tuple[int, ...]) -> Tensor:
+        """``[k, 6, D]``: the column sums of ``k`` whole batches (``parts``: ``[k, b, n_g]`` each) about ``shift``."""
+        return self._run(2, parts, shift, offsets)
 
 
 def central_moments(count: int, shift: Tensor, sums: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

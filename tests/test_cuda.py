@@ -53,6 +53,33 @@ def test_gradient_stats_on_cuda_matches_the_cpu():
     assert cpu.merge(cuda).count == 6000
 
 
+@pytest.mark.parametrize("mode", ["compiled", "eager"])
+def test_cuda_chunk_sums_of_several_groups_give_the_cpu_kernel_sums(mode, monkeypatch):
+    """GradientStats on CUDA with torch's kernels (compiled: one call per kernel for every group; eager: the groups
+    side by side) against the CPU's, on three parameter groups of float32 draws, with a reference."""
+    import sys
+
+    import numpy as np
+
+    from gradstats.chunk_sums import ChunkSums
+
+    module = sys.modules["gradstats.gradient_stats"]
+    gen = torch.Generator().manual_seed(3)
+    draws = {"w": torch.randn(700, 5, 40, generator=gen), "b": torch.randn(700, 40, generator=gen) + 50.0,
+             "v": torch.randn(700, 3, generator=gen)}
+    ref = {k: v[:64].mean(0).to(torch.float64) for k, v in draws.items()}
+    cpu, cuda = gs.GradientStats(reference=ref), gs.GradientStats(reference=ref)
+    for start in range(0, 700, 128):
+        cpu.update({k: v[start:start + 128] for k, v in draws.items()})
+    monkeypatch.setattr(module, "_CHUNK_SUMS", ChunkSums(mode))
+    for start in range(0, 700, 128):
+        cuda.update({k: v[start:start + 128].cuda() for k, v in draws.items()})
+    a, b = cpu.to_frame(), cuda.to_frame()
+    numeric = a.select_dtypes("number").columns
+    assert list(a.columns) == list(b.columns)
+    assert np.allclose(a[numeric].to_numpy(float), b[numeric].to_numpy(float), rtol=1e-9, atol=1e-12, equal_nan=True)
+
+
 def test_conditional_trains_on_cuda():
     from gradstats import conditional, datasets
 

@@ -363,8 +363,8 @@ def _needs_a_compiler(mode: str) -> None:
         if mode == "native":
             native.load()
         elif mode == "compiled":
-            ChunkSums("compiled").columns(torch.ones(2, 3), torch.zeros(3, dtype=torch.float64),
-                                          torch.zeros(6, 3, dtype=torch.float64))
+            ChunkSums("compiled").columns([torch.ones(2, 3)], torch.zeros(3, dtype=torch.float64),
+                                          torch.zeros(6, 3, dtype=torch.float64), (0, 3))
     except Exception as err:   # NativeUnavailable, or torch.compile's failures (no common type)
         pytest.skip(f"{mode}: no compiler here ({type(err).__name__})")
 
@@ -446,7 +446,7 @@ def test_a_machine_without_a_compiler_falls_back_to_eager_sums_with_one_warning_
         ChunkSums("sometimes")
     strict = ChunkSums("compiled")
     with pytest.raises(RuntimeError, match="no C.. compiler"):
-        strict.columns(draws, draws[0], torch.zeros(6, 4, dtype=torch.float64))
+        strict.columns([draws], draws[0], torch.zeros(6, 4, dtype=torch.float64), (0, 4))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -508,6 +508,74 @@ def test_the_c_kernel_gives_the_eager_sums_piece_by_piece(dtype):
     finally:
         torch.set_num_threads(threads)
     assert running[1] is not None and not any(r is o for r, o in zip(running, got.sums))   # new tensors
+
+
+def _mixed_chunk(groups: int, seed: int = 12):
+    """A chunk of 23 draws of 600 coordinates in ``groups`` groups (the last float64, the others float32), cut into
+    pieces of 1, 9 and 13 rows (the middle one with running sums), with its shift and a reference."""
+    from gradstats.chunk_sums import NUM_SUMS
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(23, 600, generator=gen, dtype=torch.float64)
+    x[:, :7] = 0.0
+    edges = torch.linspace(0, 600, groups + 1).round().long().tolist()
+    parts = [x[:, a:b].float().contiguous() for a, b in zip(edges, edges[1:])]
+    parts[-1] = parts[-1].to(torch.float64)
+    running = [None, torch.randn(NUM_SUMS, 600, generator=gen, dtype=torch.float64), None]
+    running[1][4:] = torch.randint(0, 50, (2, 600), generator=gen).to(torch.float64)
+    shift = torch.cat(parts, 1).median(0).values
+    return parts, shift, running, [0, 1, 10, 23], torch.randn(600, generator=gen, dtype=torch.float64)
+
+
+def test_the_compiled_sums_give_the_eager_sums_piece_by_piece():
+    """ChunkSums.chunk compiled (one call per kernel for every group, the groups read where they lie) against the
+    eager arithmetic (the groups side by side): the same sums per piece, sign counts exactly, and per-draw dots
+    and norms per group, on five groups of mixed precision; fresh pieces of one size share one call."""
+    from gradstats.chunk_sums import ChunkSums
+
+    _needs_a_compiler("compiled")
+    parts, shift, running, bounds, reference = _mixed_chunk(5)
+    fresh = [p[:21] for p in parts]   # three fresh pieces of 7 rows: one batched call
+    for chunk, pieces, cuts in ((parts, running, bounds), (fresh, [None] * 3, [0, 7, 14, 21])):
+        want = ChunkSums("eager").chunk(chunk, shift, pieces, cuts, reference)
+        got = ChunkSums("compiled").chunk(chunk, shift, pieces, cuts, reference)
+        for a, b in zip(got.sums, want.sums):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+            assert torch.equal(a[4:], b[4:])
+        assert got.inner.shape == got.norm2.shape == (cuts[-1], 5)
+        assert torch.allclose(got.inner, want.inner, rtol=1e-12, atol=1e-12)
+        assert torch.allclose(got.norm2, want.norm2, rtol=1e-12)
+        assert got.check == pytest.approx(want.check, rel=1e-12)
+
+
+def test_eager_sums_launch_as_many_kernels_for_twelve_groups_as_for_two():
+    """Without a compiler (on an accelerator: where launches are the cost) a chunk costs a fixed number of torch
+    operations however many groups it has: the groups are read side by side, the per-group dots and norms are
+    two matrix products. Counted by torch's dispatcher on the CPU, where the chunk fits one cache block."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from gradstats.chunk_sums import ChunkSums
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    counts = []
+    for groups in (2, 12):
+        parts, shift, running, bounds, reference = _mixed_chunk(groups)
+        parts = [p.to(torch.float64) for p in parts]   # one precision: the groups differ in number alone
+        sums = ChunkSums("eager")
+        sums.chunk(parts, shift, running, bounds, reference)   # builds the groups' indicator once
+        with Count() as count:
+            result = sums.chunk(parts, shift, running, bounds, reference)
+        assert result.inner.shape == (23, groups)
+        counts.append(count.calls)
+    assert counts[0] == counts[1], counts
 
 
 def test_a_stream_of_known_length_starts_at_its_final_batch_size_with_the_same_statistics():
