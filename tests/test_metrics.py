@@ -14,14 +14,15 @@ from gradstats.problems import FactoredGradient
 from gradstats.testing import networks
 
 
-def brute_force(dense: torch.Tensor, w: torch.Tensor, g: torch.Tensor, layers: torch.Tensor):
-    """Weighted per-draw metrics from materialised gradients [B, D]. A draw's raw sign is compared with the
-    reference's sign, in which entries up to SIGN_TOLERANCE * max |g| are rounding, so 0 (an exact gradient of
-    8e-20 where its value is 0 counts as 0). Cosines are taken of rows rescaled to a largest entry of 1, so that
-    gradients of 1e-170 keep theirs."""
+def brute_force(dense: torch.Tensor, w: torch.Tensor, g: torch.Tensor, layers: torch.Tensor,
+                signs: torch.Tensor | None = None):
+    """Weighted per-draw metrics from materialised gradients [B, D]. A draw's raw sign (``signs``, where given:
+    see :func:`_exact_signs`; else ``dense.sign()``) is compared with the reference's sign, in which entries up to
+    SIGN_TOLERANCE * max |g| are rounding, so 0 (an exact gradient of 8e-20 where its value is 0 counts as 0).
+    Cosines are taken of rows rescaled to a largest entry of 1, so that gradients of 1e-170 keep theirs."""
     w = w / w.sum()
     ref_sign = torch.where(g.abs() <= gs.numerics.SIGN_TOLERANCE * g.abs().max(), 0.0, g.sign())
-    agree = (dense.sign() == ref_sign).double()
+    agree = ((dense.sign() if signs is None else signs) == ref_sign).double()
     out = {"sign_agree": w @ agree}
     for layer in range(int(layers.max()) + 1):
         sel = torch.ones_like(layers, dtype=torch.bool) if layer == 0 else layers == layer
@@ -47,6 +48,15 @@ def _normal_range(gradient: FactoredGradient) -> FactoredGradient:
     return FactoredGradient([d * 2.0**half * 2.0**(exponent - half) for d in gradient.deltas], gradient.inputs)
 
 
+def _exact_signs(gradient: FactoredGradient) -> torch.Tensor:
+    """``[B, D]``: the sign of each per-draw coordinate, exactly: a weight's gradient is a delta times an input, so
+    its sign is the product of theirs, where the product itself may round to 0 (a delta of 5e-324 times an input
+    of 0.4 is 0 in float64 but not in fact)."""
+    assert all(d.ndim == 2 for d in gradient.deltas), "one input per draw: no sums of products"
+    return FactoredGradient([d.sign() for d in gradient.deltas],
+                            [None if x is None else x.sign() for x in gradient.inputs]).dense()
+
+
 def _unit_rows(d: torch.Tensor) -> torch.Tensor:
     """Each row divided by its largest magnitude (a cosine is scale-invariant; squares of entries of 1e-170 are 0)."""
     top = d.abs().amax(1, keepdim=True)
@@ -57,6 +67,9 @@ def _unit_rows(d: torch.Tensor) -> torch.Tensor:
 @example(problem=gs.problems.sbn([1, 2], loss=gs.losses.from_spec({"kind": "multilinear", "num_inputs": 2,
                                                                     "coefficients": {"0": 1.0}}),
                                  seed=0, weight_scale=2.0, num_outputs=4), estimator="st")   # gradient entries of 8e-20
+@example(problem=gs.problems.sbn([1, 2], loss=gs.losses.from_spec({"kind": "multilinear", "num_inputs": 2,
+                                                                    "coefficients": {"0": 1.0, "1": 5e-324}}),
+                                 seed=0, weight_scale=1.0, num_outputs=4), estimator="st")   # products that round to 0
 def test_exact_per_draw_metrics_match_brute_force(problem, estimator):
     g = gs.exact_gradient(problem)
     m = gs.moments(problem, estimator, references={"binary": g})
@@ -67,7 +80,8 @@ def test_exact_per_draw_metrics_match_brute_force(problem, estimator):
     dense = torch.cat([d.dense() for d in draws])
     scaled = torch.cat([_normal_range(d).dense() if isinstance(d, FactoredGradient) else d for d in draws])
     w = torch.cat([t.log_prob.exp() for t in trajs])
-    ref = brute_force(scaled, w, g, problem.coordinate_layers())
+    signs = torch.cat([_exact_signs(d) if isinstance(d, FactoredGradient) else d.sign() for d in draws])
+    ref = brute_force(scaled, w, g, problem.coordinate_layers(), signs)
     s = m.statistics
     assert torch.allclose(s.sign_agree["binary"] / s.weight, ref["sign_agree"], rtol=1e-12, atol=1e-14)
     for layer in range(problem.num_layers + 1):
