@@ -56,6 +56,7 @@ import gradstats as gs
 import gradstats.functional as gf
 from gradstats.chunk_sums import ChunkSums
 
+STATS_MODULE = importlib.import_module("gradstats.gradient_stats")   # the module (gs.gradient_stats: a function)
 SIZES = (64, 512, 160, 10)
 BATCH = 8
 REFERENCE: dict | None = None   # what every path scores its draws against (set in main: a mean of 256 draws)
@@ -247,13 +248,11 @@ def profile_update(params, loss, noise, chunk, device) -> None:
     their own time on the host and, on a GPU, on the device, with how many times each ran."""
     from torch.profiler import ProfilerActivity, profile
 
-    stats_module = importlib.import_module("gradstats.gradient_stats")   # the module (gs.gradient_stats: a function)
-
     chunks = list(gs.per_draw_gradients(loss, params, 8 * chunk, noise_shape=noise, chunk_size=chunk, seed=1))
     stats = gs.GradientStats(reference=REFERENCE)._expect(256 * chunk)   # batches longer than a chunk, as in a long run
     for grads in chunks:
         stats.update(grads)
-    sums = stats_module._CHUNK_SUMS
+    sums = STATS_MODULE._CHUNK_SUMS
     path = "C kernel" if device.type == "cpu" and sums._native else f"torch ({sums.mode})"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sync(device)
@@ -289,7 +288,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.sums != "auto":
-        importlib.import_module("gradstats.gradient_stats")._CHUNK_SUMS = ChunkSums(args.sums)
+        STATS_MODULE._CHUNK_SUMS = ChunkSums(args.sums)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     params, loss, noise = model(device, dtype)
     x, y = model_data(device, dtype)

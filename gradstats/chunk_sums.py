@@ -144,7 +144,7 @@ class ChunkResult:
     descent: Tensor | None = None
 
 
-def _native_chunk(lib, parts: list[Tensor], offsets: list[int], shift: Tensor, running: list[Tensor | None],
+def _native_chunk(lib, parts: list[Tensor], offsets: tuple[int, ...], shift: Tensor, running: list[Tensor | None],
                   bounds: list[int], reference: Tensor | None, out: list[Tensor | None], reference_norms: Tensor | None,
                   safe: tuple[float, float] | None) -> ChunkResult:
     """:meth:`ChunkSums.chunk` by the C kernel: one read of every group, in one call (group ``g`` holds the
@@ -231,7 +231,7 @@ class ChunkSums:
         ``(low, high)``; None: not checked). See :class:`ChunkResult`."""
         lib = self._native_lib() if parts[0].device.type == "cpu" else None
         ready = lib is not None and _native_ready(parts, shift, running, reference, reference_norms)
-        offsets = [0, *itertools.accumulate(x.shape[1] for x in parts)]   # group g: columns offsets[g]:offsets[g + 1]
+        offsets = (0, *itertools.accumulate(x.shape[1] for x in parts))   # group g: columns offsets[g]:offsets[g + 1]
         if self.mode == "native" and not ready:
             raise ValueError("ChunkSums('native') takes contiguous CPU chunks (float32 or float64) with float64 "
                              f"sums; got {[x.dtype for x in parts]} on {parts[0].device}")
@@ -243,7 +243,6 @@ class ChunkSums:
         # torch's kernels: compiled, one call per kernel for every group; eager, the groups side by side (one copy,
         # read by both kernels)
         blocks = [_side_by_side(parts)] if self.mode == "eager" else parts
-        offsets = tuple(offsets)
         sums = self._pieces(blocks, shift, running, bounds, offsets)
         check = float(torch.stack([s[3].sum() for s in sums]).sum())
         if reference is None:
