@@ -30,9 +30,11 @@ ratios with their targets: update / roofline (at least 0.40), gradient_stats / B
 ``''`` for none) writes them for ``benchmarks/report.py``.
 
 ``--profile`` also prints where the update spends its time (torch.profiler: on a GPU, every kernel it launches),
-with the torch operations and compiled calls a chunk costs. ``--sums`` picks the path of the update's sums
-(``auto``: the C kernel on a CPU, ``torch.compile`` elsewhere; ``compiled`` or ``eager``: torch's kernels, as an
-accelerator runs them; a record other than ``auto``'s gets the mode after ``byom``).
+with the torch operations and compiled calls a chunk costs and its fixed cost: the time of an update whose chunk
+has the model's groups at one coordinate each (host work and kernel launches, whatever the bytes). ``--sums``
+picks the path of the update's sums (``auto``: the C kernel on a CPU, ``torch.compile`` elsewhere; ``compiled`` or
+``eager``: torch's kernels, as an accelerator runs them; a record other than ``auto``'s gets the mode after
+``byom``).
 
     python benchmarks/byom.py [--draws 2048] [--chunk 32] [--loop-draws 256] [--threads 2] [--device cpu]
                               [--dtype float64] [--repeats 5] [--json out.json] [--profile]
@@ -242,10 +244,34 @@ def run_update(params, loss, noise, draws, chunk, device, passes=3) -> float:
     return best
 
 
-def profile_update(params, loss, noise, chunk, device) -> None:
+def fixed_cost(params, chunk, device, passes=3, updates=32) -> float:
+    """Seconds of one ``GradientStats.update`` of a chunk of ``chunk`` draws with the model's parameter groups cut
+    to one coordinate each (the best of ``passes`` passes of ``updates`` updates, after a warm-up): what a chunk
+    costs however few its bytes (host work, kernel launches, waits for the device)."""
+    gen = torch.Generator().manual_seed(2)
+    dtype = next(iter(params.values())).dtype
+    reference = {k: torch.randn(1, generator=gen, dtype=torch.float64).to(device) for k in params}
+    chunks = [{k: torch.randn(chunk, 1, generator=gen, dtype=torch.float64).to(device, dtype) for k in params}
+              for _ in range(8)]
+    stats = gs.GradientStats(reference=reference)._expect((passes + 2) * updates * chunk)
+    for grads in chunks:
+        stats.update(grads)
+    best = math.inf
+    for _ in range(passes):
+        sync(device)
+        start = time.perf_counter()
+        for i in range(updates):
+            stats.update(chunks[i % len(chunks)])
+        sync(device)
+        best = min(best, (time.perf_counter() - start) / updates)
+    return best
+
+
+def profile_update(params, loss, noise, chunk, device, update_rate: float) -> None:
     """Where ``GradientStats.update`` spends its time on ``device``: which path computes the sums (the C kernel,
-    ``torch.compile`` or eager), then torch.profiler's operations over eight chunks (after eight of warm-up), by
-    their own time on the host and, on a GPU, on the device, with how many times each ran."""
+    ``torch.compile`` or eager), the fixed cost of a chunk (:func:`fixed_cost`) against the update's time a chunk
+    (``update_rate``: draws per second), then torch.profiler's operations over eight chunks (after eight of
+    warm-up), by their own time on the host and, on a GPU, on the device, with how many times each ran."""
     from torch.profiler import ProfilerActivity, profile
 
     chunks = list(gs.per_draw_gradients(loss, params, 8 * chunk, noise_shape=noise, chunk_size=chunk, seed=1))
@@ -265,6 +291,9 @@ def profile_update(params, loss, noise, chunk, device) -> None:
     operations = sum(e.count for e in events if e.key.startswith("aten::")) / len(chunks)
     compiled = sum(e.count for e in events if e.key.startswith("Torch-Compiled Region")) / len(chunks)
     print(f"  a chunk costs {operations:.0f} torch operations (nested ones included) and {compiled:.0f} compiled calls")
+    fixed, per_chunk = fixed_cost(params, chunk, device), chunk / update_rate
+    print(f"  its fixed cost (the same groups at one coordinate each): {fixed * 1e3:.3f} ms an update, "
+          f"{fixed / per_chunk:.2f} of the update's {per_chunk * 1e3:.3f} ms a chunk of the model")
     keys = ["self_cpu_time_total"] + (["self_cuda_time_total"] if device.type == "cuda" else [])
     for key in keys:
         print(events.table(sort_by=key, row_limit=15))
@@ -351,7 +380,7 @@ def main(argv=None) -> None:
             goal = "" if target is None else f"   (target >= {target}: {'met' if ratios[key] >= target else 'NOT met'})"
             print(f"  ratio {key:32s} {ratios[key]:8.2f}  (rounds {ranges[key][0]:.2f} to {ranges[key][1]:.2f}){goal}")
     if args.profile:
-        profile_update(params, loss, noise, args.chunk, device)
+        profile_update(params, loss, noise, args.chunk, device, rates["update_alone"])
     if args.json is None:
         name = "byom" + ("" if args.sums == "auto" else f"_{args.sums}")
         args.json = default_path(name if dtype == torch.float64 else f"{name}_{args.dtype}", device)

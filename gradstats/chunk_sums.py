@@ -6,13 +6,13 @@ is reduced, against a fixed per-coordinate ``shift`` ``a``, to six column sums i
 .. math:: \textstyle S_k = \sum_i (x_i - a)^k \; (k = 1..4), \qquad P = \#\{x_i > 0\}, \qquad N = \#\{x_i < 0\},
 
 added to running sums, and to two per-draw sums, :math:`\langle x_i, g\rangle` and
-:math:`\lVert x_i \rVert^2`, with the reference ``g`` (for the per-draw cosines and descent). On a CPU all
-of them come from one read of the chunk, by a C kernel built on first use (:mod:`gradstats.native`,
-``gradstats/chunk_sums.c``); elsewhere, or where no C compiler is at hand, by torch's kernels, so that a chunk
-costs a fixed handful of kernel launches however many parameter groups it has: where ``torch.compile`` works,
-one compiled call for the column sums of every group and a second for the per-draw sums; else eagerly, on the
-groups copied side by side into one ``[B, D]`` block (on a CPU over cache-sized blocks), the per-draw sums of
-every group as two matrix products with the groups' indicator.
+:math:`\lVert x_i \rVert^2`, with the reference ``g``, and from them each draw's cosine with ``g`` and whether
+it descends, summed per piece. On a CPU all of them come from one read of the chunk, by a C kernel built on
+first use (:mod:`gradstats.native`, ``gradstats/chunk_sums.c``); elsewhere, or where no C compiler is at hand,
+by torch's kernels, so that a chunk costs a fixed handful of kernel launches however many parameter groups it
+has: where ``torch.compile`` works, one compiled call for the column sums of every group and a second for the
+per-draw sums; else eagerly, on the groups copied side by side into one ``[B, D]`` block (on a CPU over
+cache-sized blocks), the per-draw sums of every group as two matrix products with the groups' indicator.
 
 :func:`central_moments` turns the running sums into mean and centred moments (with :math:`d = S_1/n`:
 :math:`M_2 = S_2 - n d^2`, :math:`M_3 = S_3 - 3 d S_2 + 2 n d^3`,
@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from . import native
+from .numerics import safe_divide
 
 NUM_SUMS = 6   # S1, S2, S3, S4, count of x > 0, count of x < 0
 
@@ -67,14 +68,40 @@ def _batched_column_sums(parts: list[Tensor], shift: Tensor, offsets: tuple[int,
     return torch.cat([_sums(x, shift[a:b], 1) for x, a, b in _groups(parts, offsets)], 2)
 
 
-def _row_sums(parts: list[Tensor], reference: Tensor, offsets: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """Per draw and group, ``<x_i, g>`` and ``|x_i|^2`` in float64 (``[B, L]`` each)."""
+def cosines_from_dots(inner: Tensor, norm2: Tensor, reference_norms: Tensor) -> tuple[Tensor, Tensor]:
+    """From per-row, per-group ``<x, g>`` and ``|x|^2`` (``[G, L]``) and the reference's norms (``[L + 1]``, index 0:
+    all groups): ``cos(x, g)`` and ``<x, g>``, each ``[G, L + 1]`` (column 0: all groups); the cosine of a zero
+    vector is 0."""
+    inner_all = torch.cat([inner.sum(1, keepdim=True), inner], 1)
+    norm_all = torch.cat([norm2.sum(1, keepdim=True), norm2], 1).sqrt()
+    return safe_divide(inner_all, norm_all * reference_norms), inner_all
+
+
+def _per_draw(inner: Tensor, norm2: Tensor, reference_norms: Tensor | None, safe: tuple[float, float] | None):
+    """``(inner, norm2)``, and with ``reference_norms`` also each draw's ``cos(x_i, g)`` and ``1[<x_i, g> > 0]``
+    (``[B, L + 1]``, :func:`cosines_from_dots`) and how many draws' squared norms leave ``safe`` (a 0-d tensor;
+    None: not checked, 0)."""
+    if reference_norms is None:
+        return inner, norm2
+    cos, inner_all = cosines_from_dots(inner, norm2, reference_norms)
+    total = norm2.sum(1)
+    if safe is None:
+        unsafe = total.new_zeros((), dtype=torch.int64)
+    else:
+        unsafe = (~((total >= safe[0]) & (total <= safe[1]))).sum()   # a NaN is not inside either
+    return inner, norm2, cos, (inner_all > 0).to(torch.float64), unsafe
+
+
+def _row_sums(parts: list[Tensor], reference: Tensor, offsets: tuple[int, ...], reference_norms: Tensor | None = None,
+              safe: tuple[float, float] | None = None):
+    """Per draw and group, ``<x_i, g>`` and ``|x_i|^2`` in float64 (``[B, L]`` each); with ``reference_norms``, the
+    per-draw cosines, descent indicators and unsafe count of :func:`_per_draw` too (compiled: in the same call)."""
     inner, norm2 = [], []
     for x, a, b in _groups(parts, offsets):
         xd = x.to(torch.float64)
         inner.append((xd * reference[a:b]).sum(1))
         norm2.append((xd * xd).sum(1))
-    return torch.stack(inner, 1), torch.stack(norm2, 1)
+    return _per_draw(torch.stack(inner, 1), torch.stack(norm2, 1), reference_norms, safe)
 
 
 def _side_by_side(parts: list[Tensor]) -> Tensor:
@@ -93,11 +120,12 @@ def _indicator(offsets: tuple[int, ...], device: str) -> Tensor:
     return groups
 
 
-def _eager_row_sums(parts: list[Tensor], reference: Tensor, offsets: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+def _eager_row_sums(parts: list[Tensor], reference: Tensor, offsets: tuple[int, ...],
+                    reference_norms: Tensor | None = None, safe: tuple[float, float] | None = None):
     """:func:`_row_sums` of the groups side by side: two matrix products with the groups' indicator."""
     groups = _indicator(offsets, str(reference.device))
     xd = _side_by_side(parts).to(torch.float64)
-    return xd @ (groups * reference.unsqueeze(1)), (xd * xd) @ groups
+    return _per_draw(xd @ (groups * reference.unsqueeze(1)), (xd * xd) @ groups, reference_norms, safe)
 
 
 def _eager_batched_column_sums(parts: list[Tensor], shift: Tensor, offsets: tuple[int, ...]) -> Tensor:
@@ -132,9 +160,9 @@ class ChunkResult:
     """What :meth:`ChunkSums.chunk` gives: per piece, the new running sums (``sums``, ``[6, D]`` float64 each);
     with a reference, per draw and group, ``<x_i, g>`` and ``|x_i|^2`` (``inner``, ``norm2``: ``[B, L]``; else
     None); ``check``, the total of every piece's fourth power sums, finite exactly when every sum is (an overflow of
-    the total alone is a false alarm); and, where the C kernel computed them (given the reference's norms, every
-    draw's squared norm within ``safe``), per piece the sums over its draws of ``cos(x_i, g)`` and the counts of
-    ``<x_i, g> > 0``, over all groups and per group (``cosines``, ``descent``: ``[pieces, L + 1]``; else None)."""
+    the total alone is a false alarm); and, given the reference's norms and every draw's squared norm within
+    ``safe``, per piece the sums over its draws of ``cos(x_i, g)`` and the counts of ``<x_i, g> > 0``, over all
+    groups and per group (``cosines``, ``descent``: ``[pieces, L + 1]``; else None), on every path."""
 
     sums: list[Tensor]
     inner: Tensor | None
@@ -225,10 +253,10 @@ class ChunkSums:
         ``running`` sums (``[6, D]`` float64; None: none yet) plus its rows' column sums about ``shift`` (``[D]``),
         in new tensors or, where the C kernel runs, in the piece's ``out`` buffer where one is given (``[6, D]``
         float64, contiguous, not the running sums of another piece; its contents are overwritten); and, with a
-        ``reference`` (``[D]``), the per-draw ``<x_i, g>`` and ``|x_i|^2`` of each group. Where the C kernel runs
-        and ``reference_norms`` (``[L + 1]``: over all groups, then per group) is given, the per-draw cosines
-        and descent counts come summed per piece too, unless a draw's squared norm leaves ``safe`` (a pair
-        ``(low, high)``; None: not checked). See :class:`ChunkResult`."""
+        ``reference`` (``[D]``), the per-draw ``<x_i, g>`` and ``|x_i|^2`` of each group. Where ``reference_norms``
+        (``[L + 1]``: over all groups, then per group) is given, the per-draw cosines and descent counts come
+        summed per piece too (from the call that reads the chunk for the dots), unless a draw's squared norm
+        leaves ``safe`` (a pair ``(low, high)``; None: not checked). See :class:`ChunkResult`."""
         lib = self._native_lib() if parts[0].device.type == "cpu" else None
         ready = lib is not None and _native_ready(parts, shift, running, reference, reference_norms)
         offsets = (0, *itertools.accumulate(x.shape[1] for x in parts))   # group g: columns offsets[g]:offsets[g + 1]
@@ -244,11 +272,18 @@ class ChunkSums:
         # read by both kernels)
         blocks = [_side_by_side(parts)] if self.mode == "eager" else parts
         sums = self._pieces(blocks, shift, running, bounds, offsets)
-        check = float(torch.stack([s[3].sum() for s in sums]).sum())
+        check = torch.stack([s[3].sum() for s in sums]).sum()
         if reference is None:
-            return ChunkResult(sums, None, None, check)
-        inner, norm2 = self.rows(blocks, reference, offsets)
-        return ChunkResult(sums, inner, norm2, check)
+            return ChunkResult(sums, None, None, float(check))
+        if reference_norms is None:
+            return ChunkResult(sums, *self.rows(blocks, reference, offsets), float(check))
+        inner, norm2, cos, descent, unsafe = self.rows(blocks, reference, offsets, reference_norms, safe)
+        check, unsafe = torch.stack([check, unsafe.to(torch.float64)]).tolist()   # one wait for the device
+        if unsafe:
+            return ChunkResult(sums, inner, norm2, check)
+        cuts = list(zip(bounds, bounds[1:]))
+        return ChunkResult(sums, inner, norm2, check, torch.stack([cos[a:b].sum(0) for a, b in cuts]),
+                           torch.stack([descent[a:b].sum(0) for a, b in cuts]))
 
     def _pieces(self, blocks: list[Tensor], shift: Tensor, running: list[Tensor | None], bounds: list[int],
                 offsets: tuple[int, ...]) -> list[Tensor]:
@@ -299,9 +334,12 @@ class ChunkSums:
         ``g``: the columns ``offsets[g]:offsets[g + 1]``) about ``shift``."""
         return self._run(0, parts, shift, running, offsets)
 
-    def rows(self, parts: list[Tensor], reference: Tensor, offsets: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-        """``(<x_i, g>, |x_i|^2)`` per draw and group, ``[B, L]`` float64 each."""
-        return self._run(1, parts, reference, offsets)
+    def rows(self, parts: list[Tensor], reference: Tensor, offsets: tuple[int, ...],
+             reference_norms: Tensor | None = None, safe: tuple[float, float] | None = None) -> tuple[Tensor, ...]:
+        """``(<x_i, g>, |x_i|^2)`` per draw and group, ``[B, L]`` float64 each; with ``reference_norms`` (``[L + 1]``)
+        also, from the same call, each draw's ``cos(x_i, g)`` and ``1[<x_i, g> > 0]`` (``[B, L + 1]``, column 0: all
+        groups) and how many draws' squared norms leave ``safe`` (a 0-d tensor)."""
+        return self._run(1, parts, reference, offsets, reference_norms, safe)
 
     def batches(self, parts: list[Tensor], shift: Tensor, offsets: tuple[int, ...]) -> Tensor:
         """``[k, 6, D]``: the column sums of ``k`` whole batches (``parts``: ``[k, b, n_g]`` each) about ``shift``."""

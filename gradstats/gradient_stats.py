@@ -38,10 +38,10 @@ from torch import Tensor
 
 from .accumulators import SAFE_NORM2, GradientAccumulator, Moments, Summary, unit_scaled
 from .checkpoint import content_checksum
-from .chunk_sums import ChunkSums, central_moments
+from .chunk_sums import ChunkSums, central_moments, cosines_from_dots
 from .metrics import MetricValue, compute_metrics
 from .noise import uniforms_as
-from .numerics import positive_int, safe_divide, seed_value, signs
+from .numerics import positive_int, seed_value, signs
 from .problems import FactoredGradient
 
 __all__ = ["GradientStats", "ParameterLayout", "per_draw_gradients", "gradient_stats", "estimate_reference"]
@@ -360,15 +360,6 @@ def _group_sizes(ms, budgets: tuple[int, ...], loss_evals_per_draw: int | None) 
     return tuple(sorted(m for m in sizes if m > 1))
 
 
-def cosines_from_dots(inner: Tensor, norm2: Tensor, reference_norms: Tensor) -> tuple[Tensor, Tensor]:
-    """From per-row, per-group ``<x, g>`` and ``|x|^2`` (``[G, L]``) and the reference's norms (``[L + 1]``, index 0:
-    all groups): ``cos(x, g)`` and ``<x, g>``, each ``[G, L + 1]`` (column 0: all groups); the cosine of a zero
-    vector is 0."""
-    inner_all = torch.cat([inner.sum(1, keepdim=True), inner], 1)
-    norm_all = torch.cat([norm2.sum(1, keepdim=True), norm2], 1).sqrt()
-    return safe_divide(inner_all, norm_all * reference_norms), inner_all
-
-
 def group_cosines(group_sums: list[Tensor], reference: list[Tensor], reference_norms: Tensor) -> Tensor:
     """``[G, L + 1]``: the cosine of each of ``G`` vectors (given as sums, ``[G, size]`` per parameter group: cosines
     do not depend on the scale) with the reference (per group, and its norms: :func:`cosines_from_dots`). Each vector
@@ -585,9 +576,9 @@ class GradientStats:
                                    self._scaled_flat, spare, self._reference_norms, safe)
         if self.reference is None:
             dots = [(None, None)] * len(pieces)
-        elif result.cosines is not None:   # summed per piece with the sums (the C kernel)
+        elif result.cosines is not None:   # summed per piece where the dots were taken
             dots = list(zip(result.cosines, result.descent))
-        else:
+        else:   # a draw's squared norm left the safe range
             cos, positive = self._per_draw_sums(parts, result.inner, result.norm2, safe)
             dots = [(cos[a:b].sum(0), positive[a:b].sum(0)) for _, a, b in pieces]
         return [_PieceSums(b - a, s, *d) for s, (_, a, b), d in zip(result.sums, pieces, dots)], result.check

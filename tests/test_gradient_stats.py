@@ -1,5 +1,7 @@
 """GradientStats: gradient statistics of any model, with no Problem; per-draw gradients of a user's loss."""
 
+import itertools
+import math
 import sys
 
 import numpy as np
@@ -530,11 +532,20 @@ def _mixed_chunk(groups: int, seed: int = 12):
 def test_the_compiled_sums_give_the_eager_sums_piece_by_piece():
     """ChunkSums.chunk compiled (one call per kernel for every group, the groups read where they lie) against the
     eager arithmetic (the groups side by side): the same sums per piece, sign counts exactly, and per-draw dots
-    and norms per group, on five groups of mixed precision; fresh pieces of one size share one call."""
-    from gradstats.chunk_sums import ChunkSums
+    and norms per group, on five groups of mixed precision; fresh pieces of one size share one call. Given the
+    reference's norms, both give each piece's sums of the per-draw cosines and descent counts (from the rows
+    call), equal to GradientStats' formula on the dots, with a draw that is 0 in one group and in all; a draw
+    whose squared norm leaves ``safe`` leaves them to the caller."""
+    from gradstats.chunk_sums import ChunkSums, cosines_from_dots
 
     _needs_a_compiler("compiled")
     parts, shift, running, bounds, reference = _mixed_chunk(5)
+    parts[1][4] = 0.0   # a draw that is 0 in one group
+    for p in parts:
+        p[6] = 0.0      # and one that is 0 everywhere
+    edges = (0, *itertools.accumulate(p.shape[1] for p in parts))
+    norms2 = torch.stack([reference[a:b].square().sum() for a, b in zip(edges, edges[1:])])
+    reference_norms = torch.cat([norms2.sum().reshape(1), norms2]).sqrt()
     fresh = [p[:21] for p in parts]   # three fresh pieces of 7 rows: one batched call
     for chunk, pieces, cuts in ((parts, running, bounds), (fresh, [None] * 3, [0, 7, 14, 21])):
         want = ChunkSums("eager").chunk(chunk, shift, pieces, cuts, reference)
@@ -546,6 +557,22 @@ def test_the_compiled_sums_give_the_eager_sums_piece_by_piece():
         assert torch.allclose(got.inner, want.inner, rtol=1e-12, atol=1e-12)
         assert torch.allclose(got.norm2, want.norm2, rtol=1e-12)
         assert got.check == pytest.approx(want.check, rel=1e-12)
+        assert got.cosines is None and want.cosines is None   # no reference norms: the caller's
+        cos, inner_all = cosines_from_dots(want.inner, want.norm2, reference_norms)
+        for mode in ("eager", "compiled"):
+            sums = ChunkSums(mode)
+            full = sums.chunk(chunk, shift, pieces, cuts, reference, None, reference_norms, (0.0, math.inf))
+            assert full.cosines.shape == full.descent.shape == (len(cuts) - 1, 6)
+            for p, (a, b) in enumerate(zip(cuts, cuts[1:])):
+                assert torch.allclose(full.cosines[p], cos[a:b].sum(0), rtol=1e-12, atol=1e-12)
+                assert torch.equal(full.descent[p], (inner_all[a:b] > 0).sum(0, dtype=torch.float64))
+            assert float(cos[4, 2]) == 0.0 and bool((cos[6] == 0).all())
+            tight = sums.chunk(chunk, shift, pieces, cuts, reference, None, reference_norms,
+                               (1e-300, float(want.norm2.sum(1).max()) / 2))
+            assert tight.cosines is None and tight.descent is None
+            assert torch.allclose(tight.norm2, want.norm2, rtol=1e-12)
+            unchecked = sums.chunk(chunk, shift, pieces, cuts, reference, None, reference_norms, None)
+            assert torch.equal(unchecked.cosines, full.cosines)   # float32 chunks: not checked
 
 
 def test_eager_sums_launch_as_many_kernels_for_twelve_groups_as_for_two():
