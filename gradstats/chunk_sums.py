@@ -40,7 +40,10 @@ from .numerics import safe_divide
 
 NUM_SUMS = 6   # S1, S2, S3, S4, count of x > 0, count of x < 0
 
-_BLOCK_ELEMENTS = 2**15   # eager path: elements of a block (256 KB in float64), which stays in the cache
+# eager path on a CPU: elements of a block (1 MB in float64: 32 rows of 4,096 columns). Each block is a handful of
+# torch operations, whose fixed costs smaller blocks multiply: at 2**15 the update alone in `python
+# benchmarks/byom.py --sums eager --draws 2048 --chunk 256` ran at 2/3 of this rate on a two-core EPYC
+_BLOCK_ELEMENTS = 2**17
 
 
 def _sums(x: Tensor, shift: Tensor, axis: int) -> Tensor:
@@ -129,14 +132,20 @@ def _eager_row_sums(parts: list[Tensor], reference: Tensor, offsets: tuple[int, 
 
 
 def _eager_batched_column_sums(parts: list[Tensor], shift: Tensor, offsets: tuple[int, ...]) -> Tensor:
-    """:func:`_batched_column_sums` of the groups side by side."""
-    return _sums(_side_by_side(parts), shift, 1)
+    """:func:`_batched_column_sums` of the groups side by side: on an accelerator at once, on a CPU batch by batch
+    over the blocks of :func:`_eager_column_sums` (at once, each of its five temporaries is as large as the chunk:
+    the update alone in ``python benchmarks/byom.py --sums eager --draws 512 --chunk 256``, whose chunks are four
+    batches each, ran at 1/3 of this rate on a two-core EPYC)."""
+    if parts[0].device.type != "cpu":
+        return _sums(_side_by_side(parts), shift, 1)
+    zeros = torch.zeros(NUM_SUMS, shift.shape[0], dtype=torch.float64)
+    return torch.stack([_eager_column_sums([x[i] for x in parts], shift, zeros, offsets) for i in range(parts[0].shape[0])])
 
 
 def _eager_column_sums(parts: list[Tensor], shift: Tensor, running: Tensor, offsets: tuple[int, ...]) -> Tensor:
     """:func:`_column_sums` of the groups side by side, on a CPU over blocks of rows and columns that stay in its
     cache; on an accelerator over the whole chunk at once (there each block would be another handful of kernel
-    launches: a chunk of 256 draws of 117,000 coordinates makes about 900 blocks)."""
+    launches: a chunk of 256 draws of 117,000 coordinates makes about 230 blocks)."""
     x = _side_by_side(parts)
     if x.device.type != "cpu":
         return running + _sums(x, shift, 0)

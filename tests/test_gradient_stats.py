@@ -575,6 +575,33 @@ def test_the_compiled_sums_give_the_eager_sums_piece_by_piece():
             assert torch.equal(unchecked.cosines, full.cosines)   # float32 chunks: not checked
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_eager_cpu_blocks_give_the_sums_of_the_whole_chunk(dtype):
+    """The eager CPU path walks a chunk in blocks of rows and columns (here 100 rows of 9,000 columns in two
+    groups: four blocks of rows, the last partial, times three of columns, the last partial, cut across the
+    groups); its sums equal those of the whole chunk at once to rounding, sign counts exactly; so do the sums of
+    the chunk's four batches of 25 draws, batch by batch."""
+    from gradstats.chunk_sums import _BLOCK_ELEMENTS, _eager_batched_column_sums, _eager_column_sums, _sums
+
+    gen = torch.Generator().manual_seed(13)
+    x = (torch.randn(100, 9_000, generator=gen, dtype=torch.float64) + 3.0).to(dtype)
+    x[:, :5] = 0.0
+    assert 100 > 3 * (_BLOCK_ELEMENTS // 4096) and 9_000 > 2 * 4096   # several blocks each way
+    parts = [x[:, :5_000].contiguous(), x[:, 5_000:].contiguous()]
+    shift = x[:8].to(torch.float64).median(0).values
+    running = torch.randn(6, 9_000, generator=gen, dtype=torch.float64)
+    running[4:] = torch.randint(0, 50, (2, 9_000), generator=gen).to(torch.float64)   # counts so far
+    got = _eager_column_sums(parts, shift, running, (0, 5_000, 9_000))
+    want = running + _sums(x, shift, 0)
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-9)
+    assert torch.equal(got[4:], want[4:])
+    batches = _eager_batched_column_sums([p.reshape(4, 25, -1) for p in parts], shift, (0, 5_000, 9_000))
+    want = _sums(x.reshape(4, 25, -1), shift, 1)
+    assert batches.shape == (4, 6, 9_000)
+    assert torch.allclose(batches, want, rtol=1e-12, atol=1e-9)
+    assert torch.equal(batches[:, 4:], want[:, 4:])
+
+
 def test_eager_sums_launch_as_many_kernels_for_twelve_groups_as_for_two():
     """Without a compiler (on an accelerator: where launches are the cost) a chunk costs a fixed number of torch
     operations however many groups it has: the groups are read side by side, the per-group dots and norms are
