@@ -202,17 +202,22 @@ def run_backpack(params, noise, draws, chunk, device, x, y) -> tuple[float, gs.G
     return time.perf_counter() - start, stats
 
 
+def best_seconds(device, passes: int, run) -> float:
+    """The least wall time of ``passes`` calls of ``run()``, the device synchronised before and after each."""
+    best = math.inf
+    for _ in range(passes):
+        sync(device)
+        start = time.perf_counter()
+        run()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def bandwidth(device) -> float:
     """Bytes per second of one read: the best of three sums over a 256 MB float64 buffer (out of every cache)."""
     buffer = torch.ones(2**25, dtype=torch.float64, device=device)
-    best = math.inf
-    for _ in range(3):
-        sync(device)
-        start = time.perf_counter()
-        buffer.sum()
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return buffer.numel() * 8 / best
+    return buffer.numel() * 8 / best_seconds(device, 3, buffer.sum)
 
 
 def run_update(params, loss, noise, draws, chunk, device, passes=3) -> float:
@@ -233,15 +238,8 @@ def run_update(params, loss, noise, draws, chunk, device, passes=3) -> float:
                 done += next(iter(grads.values())).shape[0]
         return done
 
-    feed()
-    best = math.inf
-    for _ in range(passes):
-        sync(device)
-        start = time.perf_counter()
-        done = feed()
-        sync(device)
-        best = min(best, (time.perf_counter() - start) * draws / done)
-    return best
+    done = feed()   # every pass feeds as many draws
+    return best_seconds(device, passes, feed) * draws / done
 
 
 def fixed_cost(params, chunk, device, passes=3, updates=32) -> float:
@@ -256,15 +254,12 @@ def fixed_cost(params, chunk, device, passes=3, updates=32) -> float:
     stats = gs.GradientStats(reference=reference)._expect((passes + 2) * updates * chunk)
     for grads in chunks:
         stats.update(grads)
-    best = math.inf
-    for _ in range(passes):
-        sync(device)
-        start = time.perf_counter()
+
+    def feed() -> None:
         for i in range(updates):
             stats.update(chunks[i % len(chunks)])
-        sync(device)
-        best = min(best, (time.perf_counter() - start) / updates)
-    return best
+
+    return best_seconds(device, passes, feed) / updates
 
 
 def profile_update(params, loss, noise, chunk, device, update_rate: float) -> None:
