@@ -10,10 +10,16 @@ caller's generator state is left as it was), so a seed gives the same draws agai
 backward passes.
 
 What is measured: the parameters named in ``params``, by default those with ``requires_grad`` (frozen ones
-are left out); buffers are used as they are and never measured (integer buffers such as BatchNorm's
-``num_batches_tracked`` included). A measured parameter that gets no gradient in any draw is reported by
-:meth:`GradientStats.to_frame`, not scored. A module whose forward pass writes to its buffers (BatchNorm in
-training mode) cannot run under ``vmap``: put it in ``eval()`` mode first.
+are left out); buffers are used and never measured (integer buffers such as BatchNorm's ``num_batches_tracked``
+included). A measured parameter that gets no gradient in any draw is reported by :meth:`GradientStats.to_frame`,
+not scored.
+
+A module is measured in the mode it is in: in training mode as it trains, BatchNorm normalising each draw by
+that draw's own batch statistics. The buffers a forward pass writes (found by one forward pass, without gradients,
+on copies of the buffers: BatchNorm's running statistics and ``num_batches_tracked``) get a copy per draw, which
+is discarded, so the module is left as it was; the others are read where they lie. A forward pass that writes
+with ``out=`` (spectral normalisation's power iteration, in training mode) is one ``vmap`` cannot batch: put
+that layer in ``eval()`` mode.
 """
 
 from __future__ import annotations
@@ -58,6 +64,21 @@ def measured_parameters(module: torch.nn.Module, params: Sequence[str] | None = 
     return {k: named[k].detach() for k in names}
 
 
+def _written_buffers(module: torch.nn.Module, inputs: Tensor) -> dict[str, Tensor]:
+    """The buffers that a forward pass of ``module`` on ``inputs`` writes in place, name -> the module's tensor: one
+    pass without gradients on copies of every buffer (torch's generators forked, so the caller's are left as they
+    were), then each copy whose version counter moved or whose values changed (BatchNorm's kernel updates its
+    running statistics without moving the counter)."""
+    buffers = dict(module.named_buffers())
+    if not buffers:
+        return {}
+    trial = {k: v.clone() for k, v in buffers.items()}
+    device = next(iter(buffers.values())).device
+    with torch.no_grad(), torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.func.functional_call(module, trial, (inputs,))
+    return {k: v for k, v in buffers.items() if trial[k]._version > 0 or not torch.equal(trial[k], v)}
+
+
 def _inputs(batch):
     """What the module is called on: ``batch`` itself when it is a tensor, its first element when it is a tuple or
     a list (inputs, targets, ...)."""
@@ -84,8 +105,8 @@ def module_per_draw_gradients(module: torch.nn.Module, loss_fn: Callable[[object
     inputs = _inputs(batch)
     measured = measured_parameters(module, params)
 
-    def loss(p: dict[str, Tensor], _) -> Tensor:
-        value = loss_fn(torch.func.functional_call(module, p, (inputs,)), batch)
+    def loss(p: dict[str, Tensor], buffers: dict[str, Tensor]) -> Tensor:
+        value = loss_fn(torch.func.functional_call(module, (p, buffers), (inputs,)), batch)
         if not isinstance(value, Tensor) or value.numel() != 1:
             raise ValueError(f"loss_fn must return a scalar tensor, got "
                              f"{tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__}")
@@ -96,12 +117,22 @@ def module_per_draw_gradients(module: torch.nn.Module, loss_fn: Callable[[object
     seed = seed_value("seed", seed)
     # each draw gets its own view of the parameters (expanded, not copied), so that what the module computes from
     # them is batched over draws and in-place random functions (F.gumbel_softmax's exponential_) are allowed under
-    # vmap; the draws' randomness is the module's own, and the uniforms draw_chunks makes are not used
-    per_draw = torch.func.vmap(torch.func.grad(loss), in_dims=(0, None), randomness="different")
+    # vmap, and its own copy of the buffers the forward pass writes (the function's input, not captured state, for
+    # torch.func.grad); the draws' randomness is the module's own, and the uniforms draw_chunks makes are not used
+    per_draw = torch.func.vmap(torch.func.grad(loss), in_dims=(0, 0), randomness="different")
     first = next(iter(measured.values()))
+    written = _written_buffers(module, inputs)
 
     def chunk(_, rows: int) -> dict[str, Tensor]:
-        gradients = per_draw({k: v.expand(rows, *v.shape) for k, v in measured.items()}, None)
+        copies = {k: v.expand(rows, *v.shape).clone() for k, v in written.items()}   # one per draw, discarded
+        try:
+            gradients = per_draw({k: v.expand(rows, *v.shape) for k, v in measured.items()}, copies)
+        except RuntimeError as err:
+            if "mutate a captured Tensor" not in str(err):
+                raise
+            raise ValueError(f"module: its forward pass writes in place to a tensor that is neither a parameter nor a "
+                             f"buffer ({type(module).__name__}; torch says: {str(err).splitlines()[0]}); register it "
+                             "with register_buffer, and each draw gets its own copy") from err
         return {k: gradients[k] for k in measured}     # in the module's order
 
     return draw_chunks(chunk, num_draws, noise_shapes={}, chunk_size=chunk_size, seed=seed, dtype=first.dtype,

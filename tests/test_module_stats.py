@@ -155,3 +155,84 @@ def test_unbiased_and_biased_module_estimators_are_told_apart():
     assert unbiased.unbiasedness_test(alpha=0.01).verdict == "not rejected"
     assert biased.unbiasedness_test(alpha=0.01).verdict == "rejected"
     assert math.isfinite(float(unbiased.to_frame().set_index("metric").value["relative_squared_bias"]))
+
+
+def _autograd_gradients(module, loss, batch):
+    """The gradient of one forward pass of a copy of ``module`` (in its mode), by autograd."""
+    import copy
+
+    twin = copy.deepcopy(module)
+    loss(twin(batch[0]), batch).backward()
+    return {k: v.grad for k, v in twin.named_parameters()}
+
+
+def _buffers(module):
+    return {k: v.clone() for k, v in module.named_buffers()}
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_batchnorm_is_measured_in_the_modules_mode_and_its_buffers_are_left_as_they_were(mode):
+    """In training mode each draw is normalised by its own batch statistics (the gradient autograd gives for one
+    training step), in eval mode by the running statistics; the running statistics and num_batches_tracked are not
+    touched either way."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).double()
+    with torch.no_grad():   # running statistics unlike any batch's, so that the two modes differ
+        module[1].running_mean.fill_(0.3)
+        module[1].running_var.fill_(2.0)
+    getattr(module, mode)()
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+
+    def loss(out, batch):
+        return F.mse_loss(out, batch[1])
+
+    before = _buffers(module)
+    expected = _autograd_gradients(module, loss, (x, y))
+    other = _autograd_gradients(module.train(mode == "eval"), loss, (x, y))   # the other mode's gradient
+    getattr(module, mode)()
+    for chunk in gs.module_per_draw_gradients(module, loss, (x, y), 5, chunk_size=3):
+        for k, g in chunk.items():
+            assert torch.allclose(g, expected[k].expand_as(g), rtol=1e-12, atol=1e-15), k
+    assert not all(torch.allclose(expected[k], other[k]) for k in expected)
+    assert all(torch.equal(v, before[k]) for k, v in module.named_buffers())
+
+
+def test_batchnorm_in_training_behind_random_units_is_reproducible_and_leaves_the_generator():
+    torch.manual_seed(3)
+
+    class Stochastic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.norm, self.out = nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 1)
+            self.drop = nn.Dropout(0.2)
+
+        def forward(self, x):
+            p = torch.sigmoid(self.linear(x))
+            return self.out(self.drop(self.norm(p + (torch.bernoulli(p) - p).detach())))
+
+    module = Stochastic().double().train()
+    x = torch.randn(8, 4, dtype=torch.float64)
+    state, before = torch.get_rng_state(), _buffers(module)
+    first = torch.cat([c["linear.weight"] for c in gs.module_per_draw_gradients(module, lambda o, b: o.mean(), x, 40,
+                                                                                 chunk_size=16, seed=4)])
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(v, before[k]) for k, v in module.named_buffers())
+    again = torch.cat([c["linear.weight"] for c in gs.module_per_draw_gradients(module, lambda o, b: o.mean(), x, 40,
+                                                                                 chunk_size=16, seed=4)])
+    assert torch.equal(first, again) and len(torch.unique(first.reshape(40, -1), dim=0)) == 40
+
+
+def test_a_forward_pass_that_writes_to_a_plain_tensor_attribute_is_named():
+    class Tally(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(3, 1)
+            self.total = torch.zeros(1)   # not a buffer
+
+        def forward(self, x):
+            out = self.linear(x).sum()
+            self.total.add_(out.detach())
+            return out
+
+    with pytest.raises(ValueError, match="neither a parameter nor a buffer"):
+        gs.module_gradient_stats(Tally(), lambda out, b: out, torch.rand(4, 3), 8)
