@@ -72,6 +72,8 @@ class ParameterLayout:
         self.names = list(self.shapes)
         self.sizes = [math.prod(s) for s in self.shapes.values()]
         self.num_parameters = sum(self.sizes)
+        if self.num_parameters == 0:
+            raise ValueError(f"a gradient needs at least one coordinate, got the shapes {self.shapes}")
         self.num_layers = len(self.names)
         self.description = f"{self.num_parameters} coordinates in {self.num_layers} group(s)"
         starts = [0]
@@ -80,8 +82,14 @@ class ParameterLayout:
         self._slices = [slice(a, b) for a, b in zip(starts[:-1], starts[1:])]
 
     @classmethod
-    def of(cls, value: Tensor | Mapping[str, Tensor], batched: bool) -> ParameterLayout:
-        """The layout of a flat tensor (one group, ``"all"``) or a dict of tensors (leading draw axis if ``batched``)."""
+    def of(cls, value: Tensor | Mapping[str, Tensor], batched: bool, name: str | None = None) -> ParameterLayout:
+        """The layout of a flat tensor (one group, ``"all"``) or a dict of tensors (leading draw axis if ``batched``);
+        a ValueError names ``name`` where one is given."""
+        if name is not None:
+            try:
+                return cls.of(value, batched)
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
         if isinstance(value, Tensor):
             if value.ndim != (2 if batched else 1):
                 raise ValueError(f"expected a tensor of shape {'[B, D]' if batched else '[D]'}, got {tuple(value.shape)}")
@@ -101,6 +109,15 @@ class ParameterLayout:
     def matches(self, other: ParameterLayout) -> bool:
         """The same names and shapes, in any order (the statistics can be merged by name)."""
         return isinstance(other, ParameterLayout) and self.shapes == other.shapes
+
+    def difference(self, other: ParameterLayout, theirs: str, mine: str = "the layout") -> str:
+        """How ``other`` (called ``theirs``) differs from this layout (``mine``): names it lacks or adds, shapes."""
+        missing = [k for k in self.names if k not in other.shapes]
+        extra = [k for k in other.names if k not in self.shapes]
+        reshaped = [f"{k} is {other.shapes[k]} in {theirs}, {self.shapes[k]} in {mine}" for k in self.names
+                    if k in other.shapes and other.shapes[k] != self.shapes[k]]
+        return "; ".join([f"{theirs} lacks {missing}"] * bool(missing)
+                         + [f"{theirs} has {extra}, which {mine} lacks"] * bool(extra) + reshaped)
 
     def order_from(self, other: ParameterLayout) -> tuple[Tensor, Tensor]:
         """For a layout that :meth:`matches` this one: the flat coordinates of ``other`` in this one's order, and
@@ -134,17 +151,15 @@ class ParameterLayout:
             if all(isinstance(p, Tensor) and p.ndim >= 1 and p.shape[1:] == self.shapes[k] and p.shape[0] == parts[0].shape[0]
                    for k, p in zip(self.names, parts)):
                 return [p.reshape(p.shape[0], -1) for p in parts]
-        try:
-            layout = ParameterLayout.of(value, batched)
-        except ValueError as err:
-            raise ValueError(f"{name}: {err}") from err
+        layout = ParameterLayout.of(value, batched, name)
         if isinstance(value, Tensor):
             if len(self.names) != 1 or self.num_parameters != value.shape[-1]:
                 raise ValueError(f"{name} has {value.shape[-1]} coordinates; expected {self.description} "
                                  f"({', '.join(self.names)})")
             return list(value.split(self.sizes, -1))
         if not layout.matches(self):
-            raise ValueError(f"{name} has parameters {layout.shapes}; expected {self.shapes}")
+            raise ValueError(f"{name} has parameters {layout.shapes}; expected {self.shapes} "
+                             f"({self.difference(layout, name)})")
         if not batched:
             return [value[k].reshape(-1) for k in self.names]
         parts = [value[k].reshape(value[k].shape[0], -1) for k in self.names]
@@ -434,7 +449,7 @@ class GradientStats:
         self._reference_signs: Tensor | None = None
         self._shift: Tensor | None = None     # per coordinate: what the running power sums are taken about
         if reference is not None:
-            self._set_layout(ParameterLayout.of(reference, batched=False))
+            self._set_layout(ParameterLayout.of(reference, batched=False, name="reference"))
         self._batches: list[GradientAccumulator] = []
         self._batch_size = 1
         self._full: GradientAccumulator | None = None
@@ -490,8 +505,17 @@ class GradientStats:
         float64; every sum is float64). A chunk with a non-finite value (NaN or infinity) is refused whole, with
         the draw named, and the statistics are left as they were."""
         if self.layout is None:
-            self._set_layout(ParameterLayout.of(grads, batched=True))
-        parts = [p.detach() for p in self.layout.split(grads, "grads")]
+            self._set_layout(ParameterLayout.of(grads, batched=True, name="grads"))
+        try:
+            parts = [p.detach() for p in self.layout.split(grads, "grads")]
+        except ValueError:   # the first chunk against a reference's layout: say how the two differ
+            if self.count or self._given_reference is None or not isinstance(grads, Mapping):
+                raise
+            diff = self.layout.difference(ParameterLayout.of(grads, True, "grads"), "grads", "the reference")
+            if not diff:
+                raise
+            raise ValueError(f"grads and the reference differ ({diff}): the reference is over the parameters "
+                             "measured, with their shapes") from None
         if not all(p.is_floating_point() for p in parts):
             raise ValueError(f"grads must be floating point, got {[p.dtype for p in parts]}")
         if self._device is None:

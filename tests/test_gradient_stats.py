@@ -129,12 +129,25 @@ def test_an_estimated_reference_widens_the_bias_errors_and_leaves_the_squared_bi
     ({"reference_stderr": torch.ones(3)}, None, "without a reference"),
     ({"reference": torch.zeros(3)}, torch.zeros(5, 4), "grads has 4 coordinates"),
     ({}, torch.tensor([[0.0, float("nan")]]), "non-finite value .* draw 0"),
-    ({"reference": {"w": torch.zeros(2)}}, {"v": torch.zeros(5, 2)}, "grads has parameters"),
+    ({"reference": {"w": torch.zeros(2)}}, {"v": torch.zeros(5, 2)},
+     r"grads and the reference differ \(grads lacks \['w'\]; grads has \['v'\], which the reference lacks\)"),
+    ({"reference": {"w": torch.zeros(2)}}, {"w": torch.zeros(5, 3)},
+     r"differ \(w is \(3,\) in grads, \(2,\) in the reference\)"),
     ({}, {"w": torch.zeros(5, 2), "b": torch.zeros(4, 1)}, "same number of draws"),
+    ({}, torch.zeros(2, 5, 3), r"grads: expected a tensor of shape \[B, D\], got \(2, 5, 3\)"),
+    ({}, torch.zeros(5, 0), "grads: a gradient needs at least one coordinate"),
+    ({"reference": {"w": torch.zeros(0)}}, None, "reference: a gradient needs at least one coordinate"),
 ])
 def test_bad_input_is_named(kwargs, update, match):
     with pytest.raises(ValueError, match=match):
         gs.GradientStats(**kwargs).update(update if update is not None else torch.zeros(2, 3))
+
+
+def test_a_later_chunk_with_other_parameters_is_named():
+    stats = gs.GradientStats().update({"w": torch.zeros(5, 2), "b": torch.zeros(5)})
+    with pytest.raises(ValueError, match=r"grads has parameters .* \(grads lacks \['b'\]; w is \(3,\) in grads"):
+        stats.update({"w": torch.zeros(5, 3)})
+    assert stats.count == 5
 
 
 def test_no_draws_yet_is_an_error_not_a_zero():
