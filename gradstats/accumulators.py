@@ -75,8 +75,10 @@ class Summary:
 
     @staticmethod
     def empty(dim: int, full_covariance: bool, device=None) -> Summary:
+        """No draws: the four moments are one zero vector (a summary is never written in place; each jackknife
+        batch of a :class:`~gradstats.GradientStats` starts from one, so this is a quarter of the memory)."""
         z = torch.zeros(dim, dtype=torch.float64, device=device)
-        return Summary(0.0, 0, z, z.clone(), z.clone(), z.clone(),
+        return Summary(0.0, 0, z, z, z, z,
                        torch.zeros(dim, dim, dtype=torch.float64, device=device) if full_covariance else None)
 
     def merged(self, other: Summary) -> Summary:

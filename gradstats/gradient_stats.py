@@ -4,7 +4,8 @@ Feed :class:`GradientStats` per-draw gradients (``[B, D]``, or a dict parameter 
 ``[B, *shape]``, on any device) and read the metrics of :mod:`gradstats.metrics` against
 a reference, with the same names, definitions and delete-one-batch jackknife standard
 errors as ``gs.evaluate``. Every statistic is accumulated in float64; memory is ``O(D)``
-per batch (the full covariance only when asked).
+per batch, 56 bytes a coordinate while streaming and 96 once the metrics have been read (the full covariance,
+``O(D^2)``, only when asked).
 
 Batches for the jackknife are contiguous runs of draws of one size ``s``, a power of two:
 when a new chunk would make more than ``2 num_batches`` of them, neighbours are merged

@@ -666,3 +666,33 @@ def test_a_stream_of_known_length_starts_at_its_final_batch_size_with_the_same_s
                        equal_nan=True)
     busy = gs.GradientStats(num_batches=8).update(draws[:10])
     assert busy._expect(1000)._batch_size == busy._batch_size
+
+
+def _bytes_per_coordinate_per_batch(stats):
+    """What the jackknife batches hold, counting each storage once, over the coordinates and batches (the per-draw
+    cosine and descent sums, a few numbers a batch, left out)."""
+    seen, total = set(), 0
+    for batch in stats._batches:
+        tensors = [batch.sums]
+        for summary in (batch.base, batch._folded):
+            if summary is not None:
+                tensors += [summary.mean, summary.m2, summary.m3, summary.m4, *summary.sign_agree.values()]
+        for t in tensors:
+            if t is not None and t.untyped_storage().data_ptr() not in seen:
+                seen.add(t.untyped_storage().data_ptr())
+                total += t.untyped_storage().nbytes()
+    return total / len(stats._batches) / stats.layout.num_parameters
+
+
+def test_memory_per_batch_is_what_the_guide_says():
+    """docs/guides/own_model.rst: 56 bytes a coordinate a batch while streaming (six float64 running sums and an
+    empty summary's one zero vector), 96 once the metrics have been read."""
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.randn(640, 1000, generator=gen, dtype=torch.float64)
+    stats = gs.GradientStats(reference=torch.ones(1000, dtype=torch.float64))._expect(640)
+    for chunk in draws.split(32):
+        stats.update(chunk)
+    assert len(stats._batches) >= 20
+    assert _bytes_per_coordinate_per_batch(stats) == pytest.approx(56, abs=0.5)
+    stats.to_frame()
+    assert _bytes_per_coordinate_per_batch(stats) == pytest.approx(96, abs=0.5)
