@@ -76,6 +76,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/exact.py
 	$(PY) benchmarks/montecarlo.py
 	$(PY) benchmarks/byom.py
+	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/audit.py
 
 clean-venv:

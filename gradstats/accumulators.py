@@ -64,8 +64,8 @@ class Summary:
     count: int
     mean: Tensor
     m2: Tensor
-    m3: Tensor
-    m4: Tensor
+    m3: Tensor | None   # None (with m4) in the summaries the jackknife merges: its metrics need two moments
+    m4: Tensor | None
     comoment: Tensor | None = None
     sign_agree: dict[str, Tensor] = field(default_factory=dict)
     cosine: dict[str, Tensor] = field(default_factory=dict)
@@ -99,16 +99,17 @@ class Summary:
         def add(a: dict, b: dict) -> dict:
             return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
 
+        higher = self.m3 is not None and other.m3 is not None
         return Summary(
             weight=total,
             count=self.count + other.count,
             mean=self.mean + delta * (wb / total),
             m2=self.m2 + other.m2 + d2 * factor,
             m3=self.m3 + other.m3 + d2 * delta * (factor * (wa - wb) / total)
-            + 3 * delta * (wa * other.m2 - wb * self.m2) / total,
+            + 3 * delta * (wa * other.m2 - wb * self.m2) / total if higher else None,
             m4=self.m4 + other.m4 + d2.square() * (factor * (wa * wa - wa * wb + wb * wb) / total**2)
             + 6 * d2 * (wa * wa * other.m2 + wb * wb * self.m2) / total**2
-            + 4 * delta * (wa * other.m3 - wb * self.m3) / total,
+            + 4 * delta * (wa * other.m3 - wb * self.m3) / total if higher else None,
             comoment=comoment,
             sign_agree=add(self.sign_agree, other.sign_agree),
             cosine=add(self.cosine, other.cosine),

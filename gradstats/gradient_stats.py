@@ -759,7 +759,7 @@ class GradientStats:
         reference = self.reference.cpu() if self.reference is not None else torch.zeros(self.layout.num_parameters,
                                                                                       dtype=torch.float64)
         rows = compute_metrics(moments, self.layout, reference, _REFERENCE, ms, reference_stderr=self.reference_stderr,
-                               structural_zeros=structural_zeros)
+                               structural_zeros=structural_zeros, per_coordinate=per_coordinate)
         if self.reference is None:
             rows = [r for r in rows if r.metric in ("variance_trace", "variance")]
         else:
@@ -767,8 +767,6 @@ class GradientStats:
             for m, groups in self._groups.items():
                 mean, stderr = (v.cpu().tolist() for v in groups.mean_and_stderr())
                 rows += [MetricValue("cosine_m", mean[layer], stderr[layer], layer, "", m) for layer in layers]
-        if not per_coordinate:
-            rows = [r for r in rows if not r.coordinate]
         # rows of layer 0 are the aggregate; a coordinate's row carries its group (1-based), "all" for one group
         groups = ["all", *self.layout.names] if self.layout.num_layers > 1 else ["all", "all"]
         evals = self.loss_evals_per_draw

@@ -62,7 +62,9 @@ Conventions at the edges (values, never silently 0):
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -213,9 +215,33 @@ def _with_reference_error(errors: dict, full: dict, bias: Tensor, reference: Ten
     return out
 
 
+def _leave_one_out(batches: list[Summary]) -> Iterator[Summary]:
+    """For each batch in turn, the merge of all the others: batches ``0..i-1`` merged left to right, then merged with
+    batches ``i+1..k-1`` merged right to left. The suffixes are computed first and each is dropped once used, the
+    prefix grows as it goes, so about ``k`` summaries are held at once (not ``2k``, nor the ``k`` merges). The
+    metrics read two moments, so the merges leave out the third and fourth (the same mean and second moment)."""
+    batches = [dataclasses.replace(b, m3=None, m4=None) for b in batches]
+    k = len(batches)
+    after: list[Summary | None] = [None] * k      # after[i]: batches i..k-1 merged (for i >= 1)
+    after[k - 1] = batches[k - 1]
+    for i in range(k - 2, 0, -1):
+        after[i] = batches[i].merged(after[i + 1])
+    before = None                                 # batches 0..i-1 merged
+    for i in range(k):
+        if i == 0:
+            yield after[1]
+        elif i == k - 1:
+            yield before
+        else:
+            yield before.merged(after[i + 1])
+        if i + 1 < k:
+            after[i + 1] = None
+        before = batches[0] if before is None else before.merged(batches[i])
+
+
 def compute_metrics(moments: Moments, problem: Problem, reference: Tensor, reference_name: str,
                     ms: tuple[int, ...] = (1, 10, 100, 1000), reference_stderr: Tensor | None = None,
-                    structural_zeros: str = "exclude") -> list[MetricValue]:
+                    structural_zeros: str = "exclude", per_coordinate: bool = True) -> list[MetricValue]:
     """Every metric of ``moments`` against ``reference`` (its per-draw metrics need
     ``moments`` to have been computed with ``references={reference_name: reference}``).
 
@@ -227,6 +253,8 @@ def compute_metrics(moments: Moments, problem: Problem, reference: Tensor, refer
     metrics' errors are conditional on the reference. ``structural_zeros``: ``"exclude"`` (default) leaves
     the coordinates that are 0 in the reference and in every draw out of the sign agreements,
     ``"count"`` counts them as agreeing; their rows say how many coordinates were left out (``excluded``).
+    ``per_coordinate=False`` leaves out the per-coordinate rows (bias, variance, snr), and with them their
+    jackknife, which holds ``3 D`` numbers a batch.
     """
     if structural_zeros not in _STRUCTURAL_ZEROS:
         raise ValueError(f"structural_zeros must be one of {_STRUCTURAL_ZEROS}, got {structural_zeros!r}")
@@ -242,30 +270,24 @@ def compute_metrics(moments: Moments, problem: Problem, reference: Tensor, refer
     if structural_zeros == "exclude":
         counted = counted & ~structural_zero_coordinates(statistics, reference)
     full = _values(statistics, exact, problem, reference, reference_name, ms, reference_var, counted)
+    if not per_coordinate:
+        full = {key: value for key, value in full.items() if not isinstance(value, Tensor)}
     errors: dict[tuple, float | Tensor] = {}
-    k = len(moments.batches)
-    if not exact and k >= 2:
-        batches = moments.batches
-        before = [batches[0]]                       # before[i]: batches 0..i merged; after[i]: batches i..k-1
-        for b in batches[1:]:
-            before.append(before[-1].merged(b))
-        after = [batches[-1]]
-        for b in reversed(batches[:-1]):
-            after.append(b.merged(after[-1]))
-        after.reverse()
-        leave_one_out = []
-        for i in range(k):
-            rest = after[1] if i == 0 else before[-2] if i == k - 1 else before[i - 1].merged(after[i + 1])
-            leave_one_out.append(_values(rest, False, problem, reference, reference_name, ms, reference_var, counted))
-        for key in full:
-            vals = [loo[key] for loo in leave_one_out if key in loo]
+    if not exact and len(moments.batches) >= 2:
+        leave_one_out: dict[tuple, list] = {key: [] for key in full}   # what the errors need, and no more
+        for rest in _leave_one_out(moments.batches):
+            values = _values(rest, False, problem, reference, reference_name, ms, reference_var, counted)
+            for key, vals in leave_one_out.items():
+                if key in values:
+                    vals.append(values[key])
+        for key, vals in leave_one_out.items():
             if len(vals) < 2:
                 continue
             stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in vals])
             errors[key] = ((len(vals) - 1) / len(vals) * (stacked - stacked.mean(0)).square().sum(0)).sqrt()
     if reference_var is not None:
         errors = _with_reference_error(errors, full, moments.mean - reference, reference, reference_var, problem, exact)
-    names = problem.coordinate_names()
+    names = problem.coordinate_names() if per_coordinate else None
     layers = problem.coordinate_layers()
     excluded = {layer: int((~counted & ((layers == layer) if layer else True)).sum())
                 for layer in range(problem.num_layers + 1)}

@@ -146,6 +146,50 @@ def test_jackknife_error_of_the_mean_agrees_with_the_classical_one():
     assert ((ratio > 0.45) & (ratio < 1.8)).float().mean() > 0.9
 
 
+@pytest.mark.parametrize("k", [2, 3, 7])
+def test_leave_one_out_merges_every_other_batch_in_the_prefix_and_suffix_order(k):
+    """Each yielded summary equals, bit for bit, batches 0..i-1 merged left to right merged with batches i+1..k-1
+    merged right to left (what the jackknife always took), in the first two moments and the per-draw sums."""
+    from gradstats.metrics import _leave_one_out
+
+    problem = gs.problems.sbn([3, 4], seed=5)
+    g = gs.exact_gradient(problem)
+    m = gs.moments(problem, "st", method="mc", num_samples=200 * k, seed=2, device="cpu", references={"b": g},
+                   num_batches=k)
+    assert len(m.batches) >= k
+    batches = m.batches[:k]
+
+    def merged(parts):
+        out = parts[0]
+        for b in parts[1:]:
+            out = out.merged(b)
+        return out
+
+    def right_to_left(parts):
+        out = parts[-1]
+        for b in reversed(parts[:-1]):
+            out = b.merged(out)
+        return out
+
+    for i, rest in enumerate(_leave_one_out(batches)):
+        parts = ([right_to_left(batches[i + 1:])] if i < k - 1 else [])
+        expected = merged(batches[:i]) if i else None
+        expected = parts[0] if expected is None else expected if not parts else expected.merged(parts[0])
+        assert rest.count == expected.count and rest.m3 is None
+        assert torch.equal(rest.mean, expected.mean) and torch.equal(rest.m2, expected.m2)
+        assert torch.equal(rest.sign_agree["b"], expected.sign_agree["b"])
+        assert torch.equal(rest.cosine["b"], expected.cosine["b"])
+
+
+def test_metrics_without_coordinates_are_the_same_rows_with_the_coordinates_left_out():
+    problem = gs.problems.sbn([3, 4], seed=5)
+    g = gs.exact_gradient(problem)
+    m = gs.moments(problem, "disarm", method="mc", num_samples=4000, seed=3, device="cpu", references={"b": g})
+    full = [r for r in compute_metrics(m, problem, g, "b", reference_stderr=torch.full_like(g, 1e-3))
+            if not r.coordinate]
+    assert compute_metrics(m, problem, g, "b", reference_stderr=torch.full_like(g, 1e-3), per_coordinate=False) == full
+
+
 def test_evaluate_is_tidy_and_consistent():
     problem = gs.problems.sbn([3, 3, 2], seed=1)
     df = gs.evaluate(problem, ["reinforce", "st", "sts", "noisy_rectifier"], reference=["binary", "own"],
