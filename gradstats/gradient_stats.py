@@ -777,7 +777,7 @@ class GradientStats:
                                **({"coordinate": r.coordinate} if per_coordinate else {})} for r in rows])
         for column in ("M", "loss_evals", "n_excluded"):
             frame[column] = frame[column].astype("Int64")
-        missing = self.no_gradient
+        missing = self._without_gradient(moments.statistics)
         if missing:
             groups_without = set(missing) | ({"all"} if len(missing) == self.layout.num_layers else set())
             unscored = frame.group.isin(groups_without) & frame.metric.isin(_DIRECTION_METRICS)
@@ -792,7 +792,9 @@ class GradientStats:
     def no_gradient(self) -> list[str]:
         """The parameter tensors whose every draw was exactly 0 in every coordinate (unused by the loss, or
         detached from it)."""
-        summary = self._summary()
+        return self._without_gradient(self._summary())
+
+    def _without_gradient(self, summary: Summary) -> list[str]:
         return [name for name, (_, cols) in zip(self.layout.names, self.layout.layer_slices())
                 if not bool(summary.mean[cols].any()) and not bool(summary.m2[cols].any())]
 
