@@ -27,21 +27,6 @@ import torch
 import gradstats as gs
 
 
-def held_bytes(stats: gs.GradientStats) -> int:
-    """The bytes of every tensor storage the jackknife batches hold, each counted once."""
-    seen, total = set(), 0
-    for batch in stats._batches:
-        tensors = [batch.sums]
-        for summary in (batch.base, batch._folded):
-            if summary is not None:
-                tensors += [summary.mean, summary.m2, summary.m3, summary.m4, *summary.sign_agree.values()]
-        for t in tensors:
-            if t is not None and t.untyped_storage().data_ptr() not in seen:
-                seen.add(t.untyped_storage().data_ptr())
-                total += t.untyped_storage().nbytes()
-    return total
-
-
 def resident_mb(field: str = "VmRSS") -> float:
     """The process's resident size (``VmRSS``) or its peak since the last reset (``VmHWM``), in MB."""
     with open("/proc/self/status") as status:
@@ -73,7 +58,7 @@ def main(argv=None) -> None:
     def per(nbytes: float) -> float:
         return nbytes / dim / batches
 
-    streaming = per(held_bytes(stats))
+    streaming = per(stats._held_bytes())
     reset_peak()
     before = resident_mb()
     start = time.perf_counter()
@@ -84,7 +69,7 @@ def main(argv=None) -> None:
     grown = (resident_mb("VmHWM") - before) * 2**20
     print(f"memory: {dim:,} coordinates, {batches} jackknife batches, {args.draws:,} draws in chunks of 32")
     print(f"  held while streaming: {streaming:5.1f} bytes a coordinate a batch (the guide: 56)")
-    print(f"  held once read:       {per(held_bytes(stats)):5.1f} (the guide: 96)")
+    print(f"  held once read:       {per(stats._held_bytes()):5.1f} (the guide: 96)")
     print(f"  grown while reading:  {per(grown):5.1f} at most, to_frame() in {seconds:.2f} s")
 
 

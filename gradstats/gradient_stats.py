@@ -662,6 +662,21 @@ class GradientStats:
             groups.to(device)
         self._reference_views()
 
+    def _held_bytes(self) -> int:
+        """The bytes of the tensor storages the jackknife batches hold (running sums, base and folded summaries),
+        each counted once (what ``docs/guides/own_model.rst`` says a batch costs; ``benchmarks/memory.py``)."""
+        seen, total = set(), 0
+        for batch in self._batches:
+            tensors = [batch.sums]
+            for summary in (batch.base, batch._folded):
+                if summary is not None:
+                    tensors += [summary.mean, summary.m2, summary.m3, summary.m4, *summary.sign_agree.values()]
+            for t in tensors:
+                if t is not None and t.untyped_storage().data_ptr() not in seen:
+                    seen.add(t.untyped_storage().data_ptr())
+                    total += t.untyped_storage().nbytes()
+        return total
+
     def _expect(self, num_draws) -> GradientStats:
         """A fresh stream of ``num_draws`` draws (a run of known length): its jackknife batches start at the size
         they reach by its end, so that none is merged on the way (the same batches; their sums are added in

@@ -669,19 +669,7 @@ def test_a_stream_of_known_length_starts_at_its_final_batch_size_with_the_same_s
 
 
 def _bytes_per_coordinate_per_batch(stats):
-    """What the jackknife batches hold, counting each storage once, over the coordinates and batches (the per-draw
-    cosine and descent sums, a few numbers a batch, left out)."""
-    seen, total = set(), 0
-    for batch in stats._batches:
-        tensors = [batch.sums]
-        for summary in (batch.base, batch._folded):
-            if summary is not None:
-                tensors += [summary.mean, summary.m2, summary.m3, summary.m4, *summary.sign_agree.values()]
-        for t in tensors:
-            if t is not None and t.untyped_storage().data_ptr() not in seen:
-                seen.add(t.untyped_storage().data_ptr())
-                total += t.untyped_storage().nbytes()
-    return total / len(stats._batches) / stats.layout.num_parameters
+    return stats._held_bytes() / len(stats._batches) / stats.layout.num_parameters
 
 
 def test_memory_per_batch_is_what_the_guide_says():
