@@ -387,6 +387,34 @@ def group_cosines(group_sums: list[Tensor], reference: list[Tensor], reference_n
     return cosines_from_dots(inner, norm2, reference_norms)[0]
 
 
+def _free_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device``: CUDA's free memory, or Linux's ``MemAvailable`` for the CPU; None
+    where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_covariance_fits(dim: int, device: torch.device) -> None:
+    """``full_covariance`` keeps a ``[D, D]`` float64 comoment and computes each chunk's beside it: a ValueError
+    where two such arrays exceed the memory free on ``device``, before anything is changed."""
+    need, free = 2 * 8 * dim * dim, _free_memory(device)
+    if free is not None and need > free:
+        raise ValueError(f"full_covariance: the [D, D] covariance of D = {dim:,} coordinates needs at least "
+                         f"{need / 1e9:.1f} GB (two float64 [D, D] arrays), and {free / 1e9:.1f} GB is free on "
+                         f"{device}; leave it off (only the Hotelling test needs it; the metrics do not) or measure fewer "
+                         "parameters")
+
+
 class GradientStats:
     """Streaming, mergeable statistics of per-draw gradients, and their metrics against a reference.
 
@@ -526,6 +554,8 @@ class GradientStats:
         rows = parts[0].shape[0]
         if rows == 0:
             return self
+        if self.full_covariance and self._full is None:
+            _check_covariance_fits(self.layout.num_parameters, self._device)
         # what a refused chunk restores: the list of batches and a copy of the last, the only one a chunk changes
         # (merging neighbours makes new batches; a chunk's pieces go to the last batch and to new ones)
         saved = (list(self._batches), self._batches[-1].copy() if self._batches else None, self._batch_size,

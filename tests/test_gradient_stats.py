@@ -1,5 +1,6 @@
 """GradientStats: gradient statistics of any model, with no Problem; per-draw gradients of a user's loss."""
 
+import importlib
 import itertools
 import math
 import sys
@@ -684,3 +685,15 @@ def test_memory_per_batch_is_what_the_guide_says():
     assert _bytes_per_coordinate_per_batch(stats) == pytest.approx(56, abs=0.5)
     stats.to_frame()
     assert _bytes_per_coordinate_per_batch(stats) == pytest.approx(96, abs=0.5)
+
+
+def test_a_covariance_that_cannot_fit_is_refused_before_anything_changes(monkeypatch):
+    stats = gs.GradientStats(full_covariance=True)
+    module = importlib.import_module("gradstats.gradient_stats")   # gs.gradient_stats is the function
+    monkeypatch.setattr(module, "_free_memory", lambda device: 10 * 8 * 100 * 100)   # ten [100, 100] float64 arrays
+    chunk = torch.randn(4, 300, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"full_covariance: the \[D, D\] covariance of D = 300 coordinates"):
+        stats.update(chunk)
+    assert stats.count == 0
+    small = gs.GradientStats(full_covariance=True).update(torch.randn(4, 100, dtype=torch.float64))
+    assert small.count == 4
