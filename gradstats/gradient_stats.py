@@ -1042,13 +1042,19 @@ def per_draw_gradients(loss: Callable[..., Tensor], params: Mapping[str, Tensor]
                            chunk_size=chunk_size, seed=seed, dtype=dtype, device=first.device)
 
 
+def forked_devices(device: torch.device) -> list[int]:
+    """The CUDA devices whose generators ``torch.random.fork_rng`` must fork for work on ``device`` (none on a CPU;
+    the CPU's generator is always forked)."""
+    return [device.index or 0] if device.type == "cuda" else []
+
+
 def draw_chunks(per_draw: Callable[[Tensor | dict[str, Tensor], int], dict[str, Tensor]], num_draws: int, *,
                 noise_shapes: Mapping, chunk_size: int, seed: int, dtype: torch.dtype, device) -> Iterator:
     """``per_draw(noise, rows)`` for each chunk of ``rows`` draws, with the chunk's uniforms (a tensor for the key
     ``None``, else a dict) drawn from one CPU generator seeded with ``seed``, and torch's own generators forked and
     seeded from ``(seed, first draw of the chunk)`` (see :func:`per_draw_gradients`)."""
     generator = torch.Generator().manual_seed(seed)
-    devices = [device.index or 0] if device.type == "cuda" else []
+    devices = forked_devices(device)
     for start in range(0, num_draws, chunk_size):
         rows = min(chunk_size, num_draws - start)
         noise = {k: uniforms_as(torch.rand((rows, *shape), generator=generator, dtype=torch.float64), dtype)

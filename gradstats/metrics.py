@@ -62,10 +62,9 @@ Conventions at the edges (values, never silently 0):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -220,7 +219,7 @@ def _leave_one_out(batches: list[Summary]) -> Iterator[Summary]:
     batches ``i+1..k-1`` merged right to left. The suffixes are computed first and each is dropped once used, the
     prefix grows as it goes, so about ``k`` summaries are held at once (not ``2k``, nor the ``k`` merges). The
     metrics read two moments, so the merges leave out the third and fourth (the same mean and second moment)."""
-    batches = [dataclasses.replace(b, m3=None, m4=None) for b in batches]
+    batches = [replace(b, m3=None, m4=None) for b in batches]
     k = len(batches)
     after: list[Summary | None] = [None] * k      # after[i]: batches i..k-1 merged (for i >= 1)
     after[k - 1] = batches[k - 1]

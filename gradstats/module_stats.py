@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .gradient_stats import GradientStats, draw_chunks, stream_into
+from .gradient_stats import GradientStats, draw_chunks, forked_devices, stream_into
 from .numerics import positive_int, seed_value
 
 __all__ = ["module_per_draw_gradients", "module_gradient_stats", "measured_parameters"]
@@ -74,7 +74,7 @@ def _written_buffers(module: torch.nn.Module, inputs: Tensor) -> dict[str, Tenso
         return {}
     trial = {k: v.clone() for k, v in buffers.items()}
     device = next(iter(buffers.values())).device
-    with torch.no_grad(), torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+    with torch.no_grad(), torch.random.fork_rng(devices=forked_devices(device)):
         torch.func.functional_call(module, trial, (inputs,))
     return {k: v for k, v in buffers.items() if trial[k]._version > 0 or not torch.equal(trial[k], v)}
 
