@@ -84,12 +84,23 @@ __all__ = ["straight_through", "sts", "noisy_rectifier", "reinforce", "RunningBa
            "categorical_carms"]
 
 
-def _uniforms(a: Tensor, u: Tensor | None, generator: torch.Generator | None) -> Tensor:
-    if u is not None:
-        if u.shape != a.shape:
-            raise ValueError(f"u must have a's shape {tuple(a.shape)}, got {tuple(u.shape)}")
-        return u.to(a)
-    return torch.rand(a.shape, generator=generator, dtype=a.dtype, device=a.device)
+def _uniforms(a: Tensor, u: Tensor | None, generator: torch.Generator | None, shape: tuple | None = None,
+              name: str = "a") -> Tensor:
+    """Uniforms of ``shape`` (default: ``a``'s) in ``a``'s dtype and device: ``u``, or drawn from ``generator``.
+    A ValueError names ``a`` (as ``name``) if it is not floating point, ``u`` of another shape, and ``u`` given
+    with a ``generator`` (which would go unused). The values of ``u`` are the caller's to keep in ``[0, 1]``:
+    reading them would stop the drop-ins from running under ``vmap`` and ``torch.compile``."""
+    if not a.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {a.dtype}")
+    shape = tuple(a.shape) if shape is None else tuple(shape)
+    if u is None:
+        return torch.rand(shape, generator=generator, dtype=a.dtype, device=a.device)
+    if generator is not None:
+        raise ValueError("give u or generator, not both: the generator would go unused")
+    if tuple(u.shape) != shape:
+        what = f"{name}'s shape" if shape == tuple(a.shape) else "shape"
+        raise ValueError(f"u must have {what} {shape}, got {tuple(u.shape)}")
+    return u.to(a)
 
 
 def _with_local_derivative(value: Tensor, a: Tensor, local: Tensor) -> Tensor:
@@ -155,14 +166,10 @@ def st_gumbel(a: Tensor, *, u: Tensor | None = None, generator: torch.Generator 
     return _sampled(a, u, generator, st_gumbel_rule, temperature=check_temperature(temperature))
 
 
-def _stacked_uniforms(a: Tensor, k: int, u: Tensor | None, generator: torch.Generator | None) -> Tensor:
+def _stacked_uniforms(a: Tensor, k: int, u: Tensor | None, generator: torch.Generator | None,
+                      name: str = "a") -> Tensor:
     """``k`` uniforms per entry of ``a``, ``[k, *a.shape]``: ``u`` checked, or drawn."""
-    shape = (k, *a.shape)
-    if u is not None:
-        if u.shape != shape:
-            raise ValueError(f"u must have shape {shape}, got {tuple(u.shape)}")
-        return u.to(a)
-    return torch.rand(shape, generator=generator, dtype=a.dtype, device=a.device)
+    return _uniforms(a, u, generator, (k, *a.shape), name)
 
 
 def _samples(k) -> int:
@@ -329,7 +336,7 @@ def _classes(logits: Tensor) -> int:
 
 def _one_hot_sample(logits: Tensor, u: Tensor | None, generator: torch.Generator | None) -> tuple[Tensor, Tensor, int]:
     k = _classes(logits)
-    uu = _uniforms(logits, u, generator)
+    uu = _uniforms(logits, u, generator, name="logits")
     b, _ = CategoricalUnit(k).sample(logits.detach(), uu)
     return uu, b, k
 
@@ -351,7 +358,7 @@ def categorical_reinmax(logits: Tensor, *, u: Tensor | None = None, generator: t
 def _relaxed(logits: Tensor, u: Tensor | None, generator: torch.Generator | None, temperature: float):
     k = _classes(logits)
     tau = check_temperature(temperature)
-    relaxed = grouped_softmax((logits.detach() + gumbel_noise(_uniforms(logits, u, generator))) / tau, k)
+    relaxed = grouped_softmax((logits.detach() + gumbel_noise(_uniforms(logits, u, generator, name="logits"))) / tau, k)
     return relaxed, relaxed_vjp(relaxed, k, tau), k
 
 
@@ -375,7 +382,7 @@ def categorical_gumbel_rao(logits: Tensor, *, k: int = 10, u: Tensor | None = No
     given the sample (``u``, if given, is ``[1 + k, *logits.shape]``)."""
     classes = _classes(logits)
     k = positive_int("k", k)
-    uu = _stacked_uniforms(logits, 1 + k, u, generator)
+    uu = _stacked_uniforms(logits, 1 + k, u, generator, "logits")
     b, _ = CategoricalUnit(classes).sample(logits.detach(), uu[0])
     vjp = gumbel_rao_vjp(logits.detach(), b, uu[1:], classes, check_temperature(temperature))
     return _WithVjp.apply(logits, b, vjp)
@@ -390,7 +397,7 @@ def categorical_reinforce_loo(logits: Tensor, loss_fn: Callable[[Tensor], Tensor
     classes = _classes(logits)
     if logits.ndim < 2:
         raise ValueError(f"logits must be [..., N, K] (rows of N units of K classes), got {tuple(logits.shape)}")
-    uu = _stacked_uniforms(logits, _samples(k), u, generator)
+    uu = _stacked_uniforms(logits, _samples(k), u, generator, "logits")
     ad = logits.detach().expand(uu.shape)
     b, _ = CategoricalUnit(classes).sample(ad, uu)
     rows = b.reshape(*b.shape[:-2], -1)                         # each row of units flattened, as the rule takes it
@@ -415,7 +422,7 @@ def categorical_carms(logits: Tensor, loss_fn: Callable[[Tensor], Tensor], k: in
     if logits.ndim < 2:
         raise ValueError(f"logits must be [..., N, K] (rows of N units of K classes), got {tuple(logits.shape)}")
     k = _samples(k)
-    uu = _stacked_uniforms(logits, k, u, generator)
+    uu = _stacked_uniforms(logits, k, u, generator, "logits")
     rows = logits.detach().reshape(-1, logits.shape[-2] * classes)                  # [B, N K]
     samples = carms_samples(rows, uu.reshape(k, *rows.shape), classes)             # [k, B, N K]
     b = samples.reshape(k, *logits.shape)

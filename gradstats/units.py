@@ -199,6 +199,8 @@ def relaxed(a: Tensor, u: Tensor, temperature: float) -> Tensor:
 
 
 def _gaussian_quantile(u: Tensor) -> Tensor:
+    if u.dtype in (torch.float16, torch.bfloat16):     # torch's ndtri has no half-precision kernel on a CPU
+        return torch.special.ndtri(u.float()).to(u.dtype)
     return torch.special.ndtri(u)
 
 

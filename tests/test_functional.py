@@ -59,6 +59,35 @@ def test_generator_makes_samples_reproducible():
         gf.straight_through(a, variant="tanh")
 
 
+def test_uniforms_and_pre_activations_are_checked_before_use():
+    a = torch.zeros(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="give u or generator, not both"):
+        gf.straight_through(a, u=torch.rand(3), generator=torch.Generator())
+    with pytest.raises(ValueError, match="a must be a floating-point tensor, got torch.int64"):
+        gf.straight_through(torch.zeros(3, dtype=torch.int64), u=torch.rand(3))
+    with pytest.raises(ValueError, match="logits must be a floating-point tensor"):
+        gf.categorical_straight_through(torch.zeros(2, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"u must have shape \(11, 3\)"):
+        gf.gumbel_rao(a, u=torch.rand(3))
+
+
+def test_drop_ins_compose_with_vmap_on_explicit_uniforms():
+    a, u = torch.randn(4, 3, dtype=torch.float64), torch.rand(4, 3, dtype=torch.float64)
+    batched = torch.func.vmap(lambda x, v: gf.straight_through(x, u=v))(a, u)
+    assert torch.equal(batched, gf.straight_through(a, u=u))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_noisy_rectifier_runs_in_half_precision(dtype):
+    a = torch.linspace(-3, 3, 50, dtype=dtype).requires_grad_(True)
+    u = torch.rand(50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    h = gf.noisy_rectifier(a, u=u)
+    h.sum().backward()
+    reference = gf.noisy_rectifier(a.detach().double(), u=u.to(dtype).double())
+    assert h.dtype == dtype and a.grad.dtype == dtype
+    assert torch.allclose(h.double(), reference, rtol=2e-2, atol=2e-2)
+
+
 def test_running_baseline_is_pure_and_exact_without_decay():
     g = torch.Generator().manual_seed(1)
     p = torch.tensor([[0.3, 0.8]], dtype=torch.float64).expand(64, -1)
