@@ -124,10 +124,11 @@ def _loss_formula(spec: dict) -> str:
 
 
 def _best_temperatures(minima: dict) -> str:
-    """``$M = 1$: 1--2; ...``: per number of draws, the range of the networks' MSE-minimising temperatures."""
+    """``$M = 1$: 1--2; ...``: per number of draws, the range of the networks' MSE-minimising temperatures
+    (``minima``: M -> the networks' minima, a list or a dict holding it under ``"networks"``)."""
     parts = []
     for m, v in minima.items():
-        best = sorted({r["best_temperature"] for r in v["networks"]})
+        best = sorted({r["best_temperature"] for r in (v["networks"] if isinstance(v, dict) else v)})
         span = f"{best[0]:g}" if len(best) == 1 else f"{best[0]:g}--{best[-1]:g}"
         parts.append(f"$M = {m}$: {span}")
     return "; ".join(parts)
@@ -196,7 +197,10 @@ def numbers(frame, config):
            "claimDisarmTraceRatioMax": exact(data["DISARM-V"]["trace_ratio_quantiles"][4], 4),
            "claimDisarmSubstantialPercent": exact(100 * data["DISARM-V"]["trace_ratio_substantial_share"], 2),
            "claimGumbelNetworks": str(len(data["GUMBEL-T"]["networks"])),
-           "claimGumbelBestTemperatures": _best_temperatures(data["GUMBEL-T"]["interior_minimum"])}
+           "claimGumbelBestTemperatures": _best_temperatures(data["GUMBEL-T"]["interior_minimum"]),
+           "claimGumbelCategoricalNetworks": str(len(data["GUMBEL-T"]["categorical_networks"])),
+           "claimGumbelCategoricalBestTemperatures": _best_temperatures(
+               data["GUMBEL-T"]["categorical_interior_minimum"])}
     return out | {status_macro(claim_id): r.status for claim_id, r in rows.items()}
 
 
