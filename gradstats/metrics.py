@@ -136,6 +136,16 @@ class MetricValue:
     excluded: int | None = None
 
 
+def _square(value: float, what: str) -> float:
+    """``value * value`` for a finite ``value`` whose square float64 holds, else a ValueError naming ``what`` (a
+    squared bias of inf would make the debiased bias and the MSE inf or NaN, unsaid)."""
+    square = value * value
+    if math.isfinite(value) and not math.isfinite(square):
+        raise ValueError(f"{what} is {value:.3g}: its square overflows float64 (beyond about 1.3e154); rescale the "
+                         "gradients and the reference")
+    return square
+
+
 def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: str,
             ms: tuple[int, ...], reference_var: Tensor | None, counted_signs: Tensor) -> dict[tuple, float | Tensor]:
     """Every metric from a summary, keyed by ``(metric, layer, m)``; per-coordinate ones are ``[D]`` tensors.
@@ -158,7 +168,7 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
         b, g, mu, v = bias[sel], reference[sel], mean[sel], var[sel]
         trace = float(v.sum())
         bias_norm = norm(b)
-        bias2 = bias_norm**2
+        bias2 = _square(bias_norm, "the norm of the mean minus the reference")
         out[("bias_norm", layer, None)] = bias_norm
         out[("relative_bias", layer, None)] = ratio_or_inf(bias_norm, norm(g))
         out[("variance_trace", layer, None)] = trace
@@ -166,7 +176,7 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
         if reference_var is not None:
             sq_bias -= float(reference_var[sel].sum())
         out[("squared_bias", layer, None)] = sq_bias
-        out[("relative_squared_bias", layer, None)] = ratio_or_inf(sq_bias, norm(g) ** 2)
+        out[("relative_squared_bias", layer, None)] = ratio_or_inf(sq_bias, _square(norm(g), "the reference's norm"))
         for m in ms:
             out[("mse", layer, m)] = sq_bias + trace / m
         out[("cosine_mean", layer, None)] = cosine(mu, g)
@@ -200,17 +210,18 @@ def _with_reference_error(errors: dict, full: dict, bias: Tensor, reference: Ten
         b, var = bias[sel], reference_var[sel]
         if metric == "bias_norm":
             norm = float(b.norm())
-            extra = float((b.square() * var).sum()) / norm**2 if norm > 0 else float(var.sum())
+            extra = float((b.square() * var).sum()) / (norm * norm) if norm > 0 else float(var.sum())
         elif metric == "relative_squared_bias":
             g = reference[sel]
             scale = float(g.square().sum())
             if scale == 0:
                 continue
-            extra = float((((2 * b * scale + 2 * full[("squared_bias", layer, None)] * g) / scale**2).square() * var).sum())
+            # (2 b G + 2 B g) / G^2 as (2 b + 2 B g / G) / G: G^2 overflows float64 where |g| passes 1e77
+            extra = float((((2 * b + 2 * full[("squared_bias", layer, None)] * g / scale) / scale).square() * var).sum())
         else:
             extra = float((4 * b.square() * var).sum())
         base = out.get(key, 0.0 if exact else math.nan)
-        out[key] = math.sqrt(float(base) ** 2 + extra)
+        out[key] = math.sqrt(float(base) * float(base) + extra)
     return out
 
 

@@ -186,6 +186,38 @@ def test_gradients_far_below_the_square_root_of_the_smallest_float_keep_their_tr
     assert value["relative_bias"] == pytest.approx(0.55, rel=1e-12)
 
 
+def test_a_squared_bias_beyond_float64_is_named_not_a_crash_or_nan():
+    # every draw 1e300 against a reference of norm 1.3: the bias norm is finite, its square is not (Python's float
+    # ** 2 raised OverflowError; an inf squared bias would make the debiased one and the MSE inf - inf = NaN)
+    reference = torch.linspace(-1, 1, 6, dtype=torch.float64)
+    far = gs.GradientStats(reference=reference)
+    far.update(torch.full((4, 6), 1e300, dtype=torch.float64))
+    with pytest.raises(ValueError, match="the norm of the mean minus the reference is 2.45e.300: its square overflows"):
+        far.to_frame()
+    huge = gs.GradientStats(reference=reference * 1e200)
+    huge.update(reference * 1e200 + torch.randn(4, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    with pytest.raises(ValueError, match="the reference's norm is 1.67e.200: its square overflows"):
+        huge.to_frame()
+    near = gs.GradientStats(reference=reference * 1e150)           # squares up to 1e301 still fit: no error
+    near.update(reference * 1e150 + torch.ones(4, 6, dtype=torch.float64))
+    assert near.to_frame().value.notna().all()
+
+
+def test_relative_metrics_and_their_errors_do_not_depend_on_the_gradients_scale():
+    # an estimated reference's error enters relative_squared_bias through (2 b G + 2 B g) / G^2, G = |g|^2: G^2
+    # overflowed float64 once |g| passed 1e77, which dropped the reference's share of the error unsaid
+    noise = 0.5 * torch.randn(50, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rows = []
+    for scale in (1.0, 1e80, 1e100):
+        reference = torch.linspace(-1, 2, 6, dtype=torch.float64) * scale
+        stats = gs.GradientStats(reference=reference, reference_stderr=0.1 * reference.abs() + 0.01 * scale)
+        stats.update(reference + scale * noise)
+        frame = stats.to_frame(ms=(1,))
+        rows.append(frame[frame.metric.isin(["relative_bias", "relative_squared_bias"])][["value", "stderr"]].to_numpy())
+    for other in rows[1:]:
+        assert other == pytest.approx(rows[0], rel=1e-12)
+
+
 @pytest.mark.parametrize("argv", [["moments", "--estimator", "reinforce", "--method", "mc", "--num-samples", "1"],
                                   ["moments", "--estimator", "st", "--target", "0.5", "--logit", "1"]])
 def test_json_output_is_strict_with_a_reason_for_every_null(argv, capsys):
