@@ -315,17 +315,16 @@ def rebar(a: Tensor, loss_fn: Callable[[Tensor], Tensor], *, temperature: float 
 
 # ---- categorical units: logits [..., K] -------------------------------------------------------------------
 
-class _WithVjp(torch.autograd.Function):
-    """``value`` forward; backward ``vjp(dL/dvalue)`` for the logits (the rule's product, held fixed)."""
+def _with_vjp(logits: Tensor, value: Tensor, vjp: Callable[[Tensor], Tensor]) -> Tensor:
+    """``value`` forward; backward ``vjp(dL/dvalue)`` for the logits (the rule's product, held fixed).
 
-    @staticmethod
-    def forward(ctx, logits, value, vjp):
-        ctx.vjp = vjp
-        return value.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return ctx.vjp(grad), None, None
+    Every categorical rule's product is a weighted sum of softmax Jacobians, which are symmetric, so the linear
+    map ``vjp`` is its own adjoint and ``vjp(z - sg(z))`` (zero forward) back-propagates exactly ``vjp``: plain
+    torch operations, so the drop-ins run under ``vmap``, ``torch.func.grad`` and ``torch.compile``. A logit of
+    -inf (a masked class, probability 0, where every softmax Jacobian's row and column are 0) enters as 0, so
+    that ``z - sg(z)`` is 0 there rather than NaN."""
+    z = torch.where(torch.isinf(logits), torch.zeros_like(logits), logits)
+    return value.detach() + vjp(z - z.detach())
 
 
 def _classes(logits: Tensor) -> int:
@@ -345,14 +344,14 @@ def categorical_straight_through(logits: Tensor, *, u: Tensor | None = None,
                                  generator: torch.Generator | None = None) -> Tensor:
     """One-hot Gumbel-max sample of ``softmax(logits)`` forward; backward through the softmax's Jacobian."""
     _, b, k = _one_hot_sample(logits, u, generator)
-    return _WithVjp.apply(logits, b, st_vjp(logits.detach(), b, k))
+    return _with_vjp(logits, b, st_vjp(logits.detach(), b, k))
 
 
 def categorical_reinmax(logits: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None,
                         temperature: float = 1.0) -> Tensor:
     r"""One-hot sample forward; backward :math:`(2 J_{\pi_1} - J_\pi/2)\,dL/dD` (ReinMax, Liu et al. 2023)."""
     _, b, k = _one_hot_sample(logits, u, generator)
-    return _WithVjp.apply(logits, b, reinmax_vjp(logits.detach(), b, k, check_temperature(temperature)))
+    return _with_vjp(logits, b, reinmax_vjp(logits.detach(), b, k, check_temperature(temperature)))
 
 
 def _relaxed(logits: Tensor, u: Tensor | None, generator: torch.Generator | None, temperature: float):
@@ -366,14 +365,14 @@ def categorical_gumbel_softmax(logits: Tensor, *, u: Tensor | None = None, gener
                                temperature: float = 1.0) -> Tensor:
     """The relaxed sample ``softmax((logits + G) / temperature)``, ``G = -log(-log u)``, differentiable in the logits."""
     relaxed, vjp, _ = _relaxed(logits, u, generator, temperature)
-    return _WithVjp.apply(logits, relaxed, vjp)
+    return _with_vjp(logits, relaxed, vjp)
 
 
 def categorical_st_gumbel(logits: Tensor, *, u: Tensor | None = None, generator: torch.Generator | None = None,
                           temperature: float = 1.0) -> Tensor:
     """The one-hot argmax of ``logits + G`` forward, the relaxed sample's gradient backward."""
     relaxed, vjp, k = _relaxed(logits, u, generator, temperature)
-    return _WithVjp.apply(logits, CategoricalUnit(k).one_hot(logits, relaxed), vjp)
+    return _with_vjp(logits, CategoricalUnit(k).one_hot(logits, relaxed), vjp)
 
 
 def categorical_gumbel_rao(logits: Tensor, *, k: int = 10, u: Tensor | None = None,
@@ -385,7 +384,7 @@ def categorical_gumbel_rao(logits: Tensor, *, k: int = 10, u: Tensor | None = No
     uu = _stacked_uniforms(logits, 1 + k, u, generator, "logits")
     b, _ = CategoricalUnit(classes).sample(logits.detach(), uu[0])
     vjp = gumbel_rao_vjp(logits.detach(), b, uu[1:], classes, check_temperature(temperature))
-    return _WithVjp.apply(logits, b, vjp)
+    return _with_vjp(logits, b, vjp)
 
 
 def categorical_reinforce_loo(logits: Tensor, loss_fn: Callable[[Tensor], Tensor], k: int = 2, *,

@@ -312,6 +312,13 @@ def softmax_jvp(probs: Tensor, v: Tensor, num_classes: int) -> Tensor:
     return (pi * (w - (pi * w).sum(-1, keepdim=True))).reshape(torch.broadcast_shapes(shape, v.shape))
 
 
+def one_hot_of(index: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """``index [...]`` (classes ``0 .. num_classes - 1``) as one-hot ``[..., num_classes]`` of ``dtype``, by
+    comparison with ``arange(num_classes)``: torch's ``one_hot`` reads the indices to check them, which
+    ``vmap`` cannot batch."""
+    return (index.unsqueeze(-1) == torch.arange(num_classes, device=index.device)).to(dtype)
+
+
 @dataclass(frozen=True)
 class CategoricalUnit:
     r"""``N`` categorical units of ``num_classes`` classes each, their logits ``a [..., N * K]`` unit-major.
@@ -334,7 +341,7 @@ class CategoricalUnit:
         """The one-hot argmax of ``scores`` per unit, shaped and typed like ``a``."""
         k = self.num_classes
         index = scores.reshape(*scores.shape[:-1], -1, k).argmax(-1)
-        return F.one_hot(index, k).reshape(scores.shape).to(a.dtype)
+        return one_hot_of(index, k, a.dtype).reshape(scores.shape)
 
     def sample(self, a: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         """One-hot Gumbel-max sample from ``K`` uniforms a unit; the value is the indicator."""

@@ -292,6 +292,53 @@ def test_gumbel_rao_and_leave_one_out_drop_ins_give_the_estimators_draws():
         gf.categorical_reinforce_loo(torch.zeros(3), lambda b: b.sum(-1))
 
 
+@pytest.mark.parametrize("function", ["categorical_straight_through", "categorical_reinmax", "categorical_st_gumbel",
+                                      "categorical_gumbel_softmax", "categorical_gumbel_rao"])
+def test_drop_ins_batch_under_vmap_and_keep_masked_classes_at_zero(function):
+    """Per-draw gradients from torch.func.vmap(grad) equal a loop of backward passes (they raised under vmap: an
+    autograd.Function without setup_context, and torch's one_hot reading its indices); a class masked by a logit
+    of -inf gets gradient 0 and every other entry stays finite."""
+    import gradstats.functional as gf
+
+    draws = 5
+    logits = torch.tensor([[0.3, -1.2, 2.0, -math.inf], [1.0, 0.0, -0.5, 0.7]], dtype=torch.float64)
+    k = 1 + 3 if function == "categorical_gumbel_rao" else 1
+    u = torch.rand(draws, *((k,) if k > 1 else ()), 2, 4, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    weights = torch.linspace(-1, 2, 8, dtype=torch.float64).reshape(2, 4)
+    options = {"k": k - 1} if k > 1 else {}
+
+    def loss(a, uu):
+        return ((getattr(gf, function)(a, u=uu, **options) - 0.2) ** 2 * weights).sum()
+
+    batched = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(logits, u)
+    for i in range(draws):
+        a = logits.clone().requires_grad_(True)
+        loss(a, u[i]).backward()
+        assert torch.allclose(batched[i], a.grad, rtol=1e-12, atol=1e-15), i
+    assert torch.isfinite(batched).all() and (batched[:, 0, 3] == 0).all()
+
+
+def test_a_module_of_categorical_drop_ins_is_measured_as_it_is():
+    import gradstats.functional as gf
+
+    class Categorical(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.dec = torch.nn.Linear(5, 6), torch.nn.Linear(6, 5)
+
+        def forward(self, x):
+            logits = self.enc(x).reshape(-1, 2, 3)
+            return self.dec(gf.categorical_straight_through(logits).reshape(-1, 6))
+
+    torch.manual_seed(0)
+    model, x = Categorical().double(), torch.rand(4, 5, dtype=torch.float64)
+    stats = gs.module_gradient_stats(model, lambda out, x: ((out - x) ** 2).mean(), x, 64, seed=1, chunk_size=16)
+    again = gs.module_gradient_stats(model, lambda out, x: ((out - x) ** 2).mean(), x, 64, seed=1, chunk_size=16)
+    variance = stats.to_frame().query("metric == 'variance_trace'").value.iloc[0]
+    assert stats.count == 64 and variance > 0
+    assert again.to_frame().query("metric == 'variance_trace'").value.iloc[0] == variance
+
+
 # ---- CARMS ------------------------------------------------------------------------------------------------
 
 def test_carms_class_orders_are_the_authors_set():

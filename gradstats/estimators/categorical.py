@@ -44,7 +44,7 @@ from torch import Tensor
 
 from .. import enumeration
 from ..problems import FactoredGradient, Problem, Trajectory
-from ..units import CategoricalUnit, grouped_softmax, gumbel_noise, softmax_jvp
+from ..units import CategoricalUnit, grouped_softmax, gumbel_noise, one_hot_of, softmax_jvp
 from .base import Estimator, sample_trajectory
 from .multi_sample import _prepare_samples, dirichlet_copula
 from .score_function import copies_of, leave_one_out_rule, prepare_loo, tied_losses
@@ -254,7 +254,7 @@ def carms_samples(a: Tensor, u: Tensor, num_classes: int) -> Tensor:
     c = dirichlet_copula(uu[0, ..., 0], uu[1:, ..., 0])                             # [k, B, N]
     position = (c[..., None] > right).sum(-1).clamp_max(num_classes - 1)
     cls = order.expand(k, *order.shape).gather(-1, position[..., None])[..., 0]
-    return torch.nn.functional.one_hot(cls, num_classes).to(a.dtype).reshape(k, batch, -1)
+    return one_hot_of(cls, num_classes, a.dtype).reshape(k, batch, -1)
 
 
 def _copula_cdf(t: Tensor, copies: int) -> Tensor:
