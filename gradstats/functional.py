@@ -265,6 +265,24 @@ def local_expectation(a: Tensor, loss_fn: Callable[[Tensor], Tensor], *, u: Tens
     return b, _surrogate(a, local_expectation_rule(ad, b, main, torch.movedim(flips, 0, -1)))
 
 
+def _value_and_slopes(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+    """``fn(x)`` (one value per row, detached) and the gradient of its sum with respect to ``x``, by
+    ``torch.func.vjp``, which works eagerly and inside ``vmap`` and ``grad`` alike (``torch.autograd.grad`` on a
+    tensor made to require grad does not compose with them). A value that is not differentiable in ``x`` is a
+    ValueError naming ``loss_fn`` (``vjp`` would give slopes of 0, unsaid)."""
+    def tracked(y: Tensor) -> Tensor:
+        out = fn(y)
+        if not (isinstance(out, Tensor) and out.requires_grad):
+            raise ValueError("loss_fn must be differentiable in its input: this estimator takes dL/db (or the "
+                             "relaxed loss's derivative) from autograd, and the value loss_fn returned does not "
+                             "depend on its input differentiably")
+        return out
+
+    value, pullback = torch.func.vjp(tracked, x.detach())
+    (slopes,) = pullback(torch.ones_like(value))
+    return value.detach(), slopes.detach()
+
+
 def arms(a: Tensor, loss_fn: Callable[[Tensor], Tensor], k: int = 4, *, u: Tensor | None = None,
          generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """ARMS: ``k`` samples ``[k, *a.shape]`` coupled by a Dirichlet copula (the first ``1[u_0 < p]``) and a surrogate
@@ -281,11 +299,8 @@ def double_cv(a: Tensor, loss_fn: Callable[[Tensor], Tensor], k: int = 4, alpha:
     leave-one-out on ``f_j - alpha g_{-j}.(b_j - p)`` plus ``alpha/k sum_j g_{-j} p(1-p)``, with ``g = dL/db`` from
     autograd through ``loss_fn`` (which must be differentiable in ``b``)."""
     uu, ad = _stacked_uniforms(a, _samples(k), u, generator), a.detach()
-    b = BINARY.sample(ad.expand_as(uu), uu)[1].requires_grad_(True)
-    with torch.enable_grad():
-        value = loss_fn(b)
-        (slopes,) = torch.autograd.grad(value.sum(), b)
-    b = b.detach()
+    b = BINARY.sample(ad.expand_as(uu), uu)[1]
+    value, slopes = _value_and_slopes(loss_fn, b)
     loss = tied_losses(_check_rows(value, b), b, axis=0)
     return b, _surrogate(a, double_cv_rule(ad.expand_as(b), b, loss, slopes, float(alpha), axis=0).sum(0))
 
@@ -302,14 +317,16 @@ def rebar(a: Tensor, loss_fn: Callable[[Tensor], Tensor], *, temperature: float 
     uu, ad = _stacked_uniforms(a, 2, u, generator), a.detach()
     b = BINARY.sample(ad, uu[0])[1]
     slope = conditional_noise_slope(ad, b, uu[1])
-    z = (ad + logistic_noise(uu[0])).requires_grad_(True)
-    z_given_b = (ad + conditional_logistic_noise(ad, b, uu[1])).requires_grad_(True)
-    with torch.enable_grad():
-        controls = [scale * loss_fn(torch.sigmoid(zz / temperature)) + (0 if control is None else control(zz))
-                    for zz in (z, z_given_b)]
-        derivative, derivative_given_b = torch.autograd.grad([c.sum() for c in controls], [z, z_given_b])
+    z = ad + logistic_noise(uu[0])
+    z_given_b = ad + conditional_logistic_noise(ad, b, uu[1])
+
+    def relaxed_control(zz: Tensor) -> Tensor:
+        return scale * loss_fn(torch.sigmoid(zz / temperature)) + (0 if control is None else control(zz))
+
+    _, derivative = _value_and_slopes(relaxed_control, z)
+    control_given_b, derivative_given_b = _value_and_slopes(relaxed_control, z_given_b)
     main = _check_rows(loss_fn(b), b)
-    delta = relax_rule(ad, b, main, controls[1].detach(), derivative, derivative_given_b * slope)
+    delta = relax_rule(ad, b, main, control_given_b, derivative, derivative_given_b * slope)
     return b, _surrogate(a, delta)
 
 

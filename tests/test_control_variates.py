@@ -296,6 +296,30 @@ def test_drop_in_surrogates_of_the_new_estimators_give_the_estimator(name, optio
     assert torch.allclose(a.grad, expected, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("name, options", [("double_cv", {"k": 3, "alpha": 0.6}),
+                                           ("rebar", {"temperature": 0.7, "scale": 0.8}), ("relax", {})])
+def test_drop_ins_that_differentiate_the_loss_batch_under_vmap(name, options):
+    """One torch.func.vmap of grad over the rows gives each row's draw (they called torch.autograd.grad on a
+    tensor made to require grad, which functorch refuses); a loss that is not differentiable is named."""
+    problem = gs.problems.independent(gs.losses.polynomial(0.4, 3.0), [0.3, -1.2, 2.0])
+    est = gs.estimators.get(name)
+    resolved = gs.estimators.resolve_options(est, problem, {"hidden": 5, "control_seed": 2} if name == "relax" else options)
+    m = est.noise_per_unit(resolved)
+    u = torch.rand(40, m, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    extra = {"control": resolved["networks"][0]} if name == "relax" else options
+    function = gf.rebar if name == "relax" else getattr(gf, name)
+
+    def surrogate(a_row, u_row, loss=problem.loss):
+        return function(a_row[None], loss, u=u_row[:, None], **extra)[1]
+
+    a = problem.parameters["logits"].expand(40, -1)
+    per_row = torch.func.vmap(torch.func.grad(surrogate))(a, u)
+    assert torch.allclose(per_row, est.draw(problem, u, **resolved).dense(), rtol=1e-9, atol=1e-13)
+    if name != "relax":     # RELAX's control network keeps its relaxed control differentiable
+        with pytest.raises(ValueError, match="loss_fn must be differentiable in its input"):
+            surrogate(a[0].clone().requires_grad_(True), u[0], lambda h: (h > 0.5).to(h.dtype).sum(-1))
+
+
 def test_drop_in_rebar_with_a_control_is_relax():
     problem = gs.problems.independent(gs.losses.polynomial(0.4, 3.0), [0.3, -1.2, 2.0])
     est = gs.estimators.get("relax")
