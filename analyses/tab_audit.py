@@ -15,6 +15,7 @@ claimed one, relative to the claimed gradient's norm; the tables give the verdic
 
 from __future__ import annotations
 
+import re
 import sys
 
 import matplotlib.pyplot as plt
@@ -146,6 +147,31 @@ def _verdicts(frame):
         lambda s: "disagrees" if (s == "disagrees").any() else ("agrees" if (s == "agrees").all() else "inconclusive"))
 
 
+_COUNTS = ("No", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine", "Ten")
+
+
+def unconfirmed_sentence(rows) -> str:
+    """The paper's sentence on the first rejections that the confirmation did not repeat, from the rows' notes
+    (:func:`gradstats.audit.audit_one` writes the first audit's largest ``|z|`` there)."""
+    rows = rows[rows.notes.fillna("").str.contains("did not recur")]
+    if not len(rows):
+        return "Every first rejection recurred at the confirmation's seed."
+    listed, firsts = [], []
+    for r in rows.itertuples():
+        z, draws = re.search(r"disagreed \(max \|z\| ([0-9.]+) at ([0-9,]+) draws", r.notes).groups()
+        listed.append(f"{r.peer}'s {_short(r.estimator)} on {_label(r.problem)}, $|z| = {z}$".replace("_", "\\_"))
+        firsts.append((r.problem, z, draws))
+    alike = len(set(firsts)) < len(firsts)     # two peers' first audits with one |z| at one draw count
+    count = _COUNTS[len(rows)] if len(rows) < len(_COUNTS) else str(len(rows))
+    statuses = sorted(set(rows.status))
+    now = ("agree" if statuses == ["agrees"] else "are now " + " or ".join(statuses)) if len(rows) > 1 else \
+        ("agrees" if statuses == ["agrees"] else f"is now {statuses[0]}")
+    return (f"{count} first rejection{'s' if len(rows) > 1 else ''} ({'; '.join(listed)}) did not recur at the "
+            f"confirmation's seed, and {'those rows' if len(rows) > 1 else 'that row'} {now}"
+            + ("; rejections with equal $|z|$ on one problem at equal draws come from peers that draw the same "
+               "samples under one seed." if alike else "."))
+
+
 def categorical_numbers(frame) -> dict[str, str]:
     """The categorical rows' counts and the offsets the docs quote (first problem: one unit of 4 classes)."""
     cat = frame[frame.units == "categorical"]
@@ -154,7 +180,8 @@ def categorical_numbers(frame) -> dict[str, str]:
     counts = _verdicts(cat)
     out = {"auditCatEstimators": str(len(counts)), "auditCatDisagree": str(int((counts == "disagrees").sum())),
            "auditCatAgree": str(int((counts == "agrees").sum())),
-           "auditCatInconclusive": str(int((counts == "inconclusive").sum()))}
+           "auditCatInconclusive": str(int((counts == "inconclusive").sum())),
+           "auditCatUnconfirmed": unconfirmed_sentence(cat)}
     for key, name in (("Wor", "ScoreFunctionWOR(k=2, biased=False)"), ("Rebar", "REBAR()"),
                       ("Relax", "RELAX(in_dim=(N, K))"), ("Uset", "UnorderedSetEstimator(k=2)")):
         sub = cat[(cat.peer == "storchastic") & (cat.estimator == name)]

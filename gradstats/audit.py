@@ -599,6 +599,7 @@ def audit_one(estimator: PeerEstimator, problem: Problem, *, max_draws: int = 2_
     if again.status == "disagrees":
         return replace(row, notes=_joined(row.notes, f"confirmed at seed {seed + CONFIRM_SEED}: max |z| "
                                                      f"{again.max_abs_z:.2f} at {again.draws:,} draws"))
+    # analyses/tab_audit.py reads the first audit's |z| and draws from this note for the paper
     return replace(again, notes=_joined(again.notes, f"seed {seed} disagreed (max |z| {row.max_abs_z:.2f} at "
                                                      f"{row.draws:,} draws); this is seed {seed + CONFIRM_SEED}'s audit, "
                                                      "where it did not recur"))

@@ -341,6 +341,24 @@ def test_the_claims_table_sets_its_mathematics_in_latex():
         r"as $p \to 0$ when $f(h) - f(0) \sim c\,h^k$, whenever $f'(0) \neq 0$"
 
 
+def test_the_audit_names_the_first_rejections_its_confirmation_did_not_repeat():
+    from analyses.tab_audit import unconfirmed_sentence
+
+    note = ("seed 0 disagreed (max |z| {z} at {n} draws); this is seed 1000003's audit, where it did not recur")
+    rows = pd.DataFrame({"peer": ["storchastic", "pyro", "storchastic"],
+                         "estimator": ["ScoreFunction()", "TraceGraph_ELBO()", "DisARM()"],
+                         "problem": ["categorical(1, K=4, seed=0)"] * 3, "status": ["agrees", "agrees", "disagrees"],
+                         "notes": [note.format(z="4.09", n="136,475"), "no baseline; " + note.format(z="4.09", n="136,475"),
+                                   "confirmed at seed 1000003: max |z| 9.00 at 2,000 draws"]})
+    text = unconfirmed_sentence(rows)
+    assert text.startswith("Two first rejections (storchastic's ScoreFunction() on 1 unit, K=4, $|z| = 4.09$; pyro's "
+                           "TraceGraph\\_ELBO() on 1 unit, K=4, $|z| = 4.09$)")
+    assert "those rows agree; rejections with equal $|z|$" in text and "DisARM" not in text
+    assert unconfirmed_sentence(rows.iloc[2:]) == "Every first rejection recurred at the confirmation's seed."
+    one = unconfirmed_sentence(rows.iloc[:1].assign(status="inconclusive"))
+    assert one.startswith("One first rejection (") and one.endswith("and that row is now inconclusive.")
+
+
 def test_a_committed_study_replots_from_its_rows_and_verify_catches_a_row_that_moved(tmp_path, capsys):
     """A study too long for make figures keeps its full grid's rows in figures/data/NAME.csv: make figures plots
     from them, --recompute recomputes them, --verify recomputes a reduced grid and fails when a row moves."""
