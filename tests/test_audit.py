@@ -364,3 +364,19 @@ def test_pyro_categorical_draws_match_storchastics_law():
     se = (a.var(0) / len(a) + b.var(0) / len(b)).sqrt()
     assert a.shape == b.shape == (6000, 6)
     assert bool(((a.mean(0) - b.mean(0)).abs() < 4.5 * se).all())
+
+
+@pytest.mark.parametrize("p", [0.3, 0.5, 0.9])
+def test_the_paper_s_share_of_wrong_sided_rebar_samples_is_storchastic_s(p):
+    """The closed form the paper quotes against the peer's own conditional sampler (400,000 samples given b = 1,
+    fixed seed; |z| < 5 fails a correct closed form with probability 6e-7)."""
+    import storch.method.relax as storch_relax
+
+    from analyses.tab_audit import rebar_wrong_side_share
+
+    torch.manual_seed(0)
+    hard = torch.ones(400_000, dtype=torch.float64)
+    relaxed = storch_relax.conditional_gumbel_rsample(hard, torch.full_like(hard, p), True, torch.tensor(1.0))
+    share, exact = float((relaxed <= 0.5).double().mean()), rebar_wrong_side_share(p)
+    stderr = math.sqrt(max(exact * (1 - exact), 1e-12) / len(hard))
+    assert abs(share - exact) < 5 * stderr or share == exact == 1.0
