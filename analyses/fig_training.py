@@ -11,8 +11,9 @@ The runs of one (study, stage, optimizer, architecture, estimator) are trained t
 (:func:`gradstats.training.train_many`: every task, rate and seed batched, each run what it would be
 alone up to float rounding).
 
-Protocol (a single trajectory at a large learning rate is chaotic: last-bit
-changes move its final loss by a factor of 5, so no result rests on one):
+Protocol (a single trajectory can turn on whether one sampled unit flips, so that a last-bit change of the rate
+moves its final loss: the gallery's report runs are rerun at the rate times 1 + :data:`PERTURBATION` and the
+paper says how many moved; no result rests on one trajectory):
 
 * every result is a mean over tasks and over :data:`REPORT_SEEDS` noise seeds
   per task, with its standard error over the noise (conditional on the tasks,
@@ -39,6 +40,7 @@ tests and Wilcoxon signed-rank tests on the log ratio of the final losses.
 
 from __future__ import annotations
 
+import math
 import sys
 
 import matplotlib.pyplot as plt
@@ -89,6 +91,8 @@ REPORT_SEEDS = tuple(range(10))
 STEPS = 200
 SIGNIFICANCE_Z = 1.645                # one-sided 5 %: "not significantly worse than the best"
 MAX_GRID_EXTENSIONS = 3               # a selected rate at an end of its grid extends the grid past it
+PERTURBATION = 1e-14                  # the report runs again at the rate times 1 + this: is a run's end chaotic?
+MOVED = 0.1                           # a final loss "moved" when it changed by more than this fraction
 
 
 def _grid(config):
@@ -170,6 +174,9 @@ def cells(config):
         tasks = grid["tasks"] if study == "gallery" else grid["st3_tasks"]
         report.append(_cell(study, "report", optimizer, arch, label, tasks, [rate], _seeds(label, grid["report"]),
                             grid, config))
+        if study == "gallery":
+            report.append(_cell(study, "perturbed", optimizer, arch, label, tasks, [rate * (1 + PERTURBATION)],
+                                _seeds(label, grid["report"]), grid, config))
     return selection + report
 
 
@@ -252,6 +259,45 @@ def paired_tests(pairs) -> dict:
     wilcoxon_p = float(stats.wilcoxon(log_ratio).pvalue) if n >= 2 and (log_ratio != 0).any() else float("nan")
     return {"wins": wins, "tasks": n, "sign_p": sign_p, "wilcoxon_p": wilcoxon_p,
             "median_ratio": float(np.exp(np.median(log_ratio))) if n else float("nan")}
+
+
+def perturbed_pairs(frame):
+    """The gallery's report runs beside the same runs (task, noise seed) at the rate times 1 + :data:`PERTURBATION`:
+    per run its final loss at both rates (columns ``report`` and ``perturbed``)."""
+    last = final_rows(frame[(frame.cell_study == "gallery") & frame.cell_stage.isin(["report", "perturbed"])])
+    return last.pivot_table(index=["cell_architecture", "cell_estimator", "cell_task", "cell_seed"],
+                            columns="cell_stage", values="loss").dropna()
+
+
+def perturbation_numbers(frame) -> dict:
+    """How far the rate's last-bit change moves the report runs: the share of runs whose final loss changed at all
+    (beyond 1e-9 relative) and by more than :data:`MOVED`, each with its binomial standard error over runs; which
+    estimators' runs moved; and the largest shift of an estimator's mean in units of its standard error."""
+    pairs = perturbed_pairs(frame)
+    if pairs.empty or "perturbed" not in pairs:
+        return {}
+    change = np.abs(np.log(pairs["perturbed"]) - np.log(pairs["report"]))
+    n = len(pairs)
+
+    def share(mask):
+        p = float(mask.mean())
+        return estimate(100 * p, 100 * math.sqrt(p * (1 - p) / n))
+
+    moved = change > math.log1p(MOVED)
+    counts = moved.groupby(level=["cell_architecture", "cell_estimator"], sort=False).agg(["sum", "size"])
+    listed = [f"{label.replace('_', chr(92) + '_')} on {arch} ({int(k)} of {int(m)})"
+              for (arch, label), (k, m) in counts.iterrows() if k]
+    table = reported(frame).set_index(["cell_architecture", "cell_estimator"])
+    means = pairs.groupby(level=["cell_architecture", "cell_estimator", "cell_task"]).mean()
+    means = means.groupby(level=["cell_architecture", "cell_estimator"]).mean()
+    gallery = table[table.cell_study == "gallery"]
+    stderr = gallery.loc[means.index, "stderr"].to_numpy()
+    shift = np.abs(means["perturbed"] - means["report"]).to_numpy()
+    shift = np.where(shift > 1e-9 * means["report"].abs().to_numpy(), shift, 0.0)     # rounding is not a shift
+    shifts = np.where(stderr > 0, shift / np.where(stderr > 0, stderr, 1.0), np.where(shift > 0, np.inf, 0.0))
+    return {"trainPerturbRuns": str(n), "trainPerturbChangedShare": share(change > 1e-9),
+            "trainPerturbMovedShare": share(moved), "trainPerturbMovedList": ", ".join(listed) or "none",
+            "trainPerturbMaxShift": tex_number(float(shifts.max()), 2)}
 
 
 HIGHLIGHTED = ("exact", "st", "st_sigmoid", "gumbel", "st_gumbel", "reinforce_loo")   # in colour; the rest grey
@@ -366,7 +412,7 @@ def numbers(frame, config):
     macros["trainTasks"] = str(len(grid["tasks"]))
     macros["trainSeeds"] = str(len(grid["report"]))
     macros["trainSelectionSeeds"] = str(len(grid["selection"]))
-    return macros
+    return macros | perturbation_numbers(frame)
 
 
 ANALYSIS = Analysis("fig_training", __doc__.splitlines()[0], cells, compute, plot, numbers)
