@@ -160,13 +160,24 @@ QUOTED = [("for every logit up\nto {} at t = 0.45", "fig_toy", "toyStWrongSignMa
           ("the noisy rectifier ({} ± ", "fig_mnist", "mnistNoisyRectifierError")]
 
 
-@pytest.mark.parametrize("around, analysis, macro", QUOTED, ids=[q[2] for q in QUOTED])
-def test_the_readmes_quoted_numbers_are_the_committed_analyses(around, analysis, macro):
-    """A number the README quotes is its analysis's committed value (``paper/generated/NAME.json``, which
-    ``python -m analyses.NAME`` writes), rounded where the README's printed digits end."""
+# docs/results.md's account of the training study quotes these
+FINDINGS_QUOTED = [("sigmoid'\nvariant ends at {} ± ", "fig_training", "trainOneStSigmoidLoss"),
+                   ("the paper preferred at\n{} ± ", "fig_training", "trainOneStLoss"),
+                   ("exact gradient descent at {} (from", "fig_training", "trainOneExactLoss"),
+                   ("Rerun at the rate times 1 + 1e-14, {} ± ", "fig_training", "trainPerturbChangedShare"),
+                   ("report runs end at another loss and {} ± ", "fig_training", "trainPerturbMovedShare")]
+
+
+@pytest.mark.parametrize("path, around, analysis, macro",
+                         [(README, *q) for q in QUOTED] + [(ROOT / "docs" / "results.md", *q) for q in FINDINGS_QUOTED],
+                         ids=[q[2] for q in QUOTED] + [f"findings-{q[2]}" for q in FINDINGS_QUOTED])
+def test_the_readmes_quoted_numbers_are_the_committed_analyses(path, around, analysis, macro):
+    """A number the README (or the findings page) quotes is its analysis's committed value
+    (``paper/generated/NAME.json``, which ``python -m analyses.NAME`` writes), rounded where the printed digits
+    end."""
     number = r"(-?\d+(?:\.(\d+))?)"
-    found = re.search(re.escape(around).replace(re.escape("{}"), number), README.read_text())
-    assert found, f"the README no longer says {around!r}"
+    found = re.search(re.escape(around).replace(re.escape("{}"), number), path.read_text())
+    assert found, f"{path.name} no longer says {around!r}"
     printed, decimals = float(found.group(1)), len(found.group(2) or "")
     value = json.loads((ROOT / "paper" / "generated" / f"{analysis}.json").read_text())[macro]["value"]
     assert abs(printed - value) <= 0.5 * 10 ** -decimals + 1e-12, (printed, value)
