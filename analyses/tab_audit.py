@@ -121,16 +121,6 @@ def plot(frame, meta, config):
     return fig
 
 
-def rebar_wrong_side_share(p: float) -> float:
-    r"""The share of storchastic's Bernoulli conditional samples given :math:`b = 1` whose relaxed value falls on the
-    wrong side of 1/2, exactly: its noise :math:`\log p + \log(1 + p) + \log v' + \log(1 + v')`, :math:`v'` uniform
-    on :math:`(1 - p, 1)`, is at most 0 where :math:`v'(1 + v') \le 1/(p(1 + p))`, i.e. :math:`v' \le r =
-    (\sqrt{1 + 4/(p(1 + p))} - 1)/2` (a correct sampler, :math:`\operatorname{logit} p +
-    \operatorname{logit} v'`, never is). ``docs/reproducers/storchastic_rebar.py`` counts them in the peer's code."""
-    r = (np.sqrt(1 + 4 / (p * (1 + p))) - 1) / 2
-    return float(np.clip((r - (1 - p)) / p, 0.0, 1.0))
-
-
 def unordered_set_gaps() -> dict[str, str]:
     """Relative distances ``|mean - g| / |g|`` (percent) of the unordered set estimator's exact mean as
     storchastic computes it (``gs.audit.unordered_set_mean``), and with Kool et al.'s leave-two-out ratio,
@@ -221,7 +211,7 @@ def numbers(frame, config):
             "auditMovingAverageOff": estimate(moving.relative_discrepancy, moving.relative_discrepancy_stderr),
             "auditPyroOff": estimate(pyro.relative_discrepancy, pyro.relative_discrepancy_stderr),
             "auditProblemOne": frame.problem.iloc[0].replace("_", "\\_"), **unordered_set_gaps(),
-            "auditRebarWrongSide": exact(100 * rebar_wrong_side_share(0.5), 3)}
+            "auditRebarWrongSide": exact(100 * audit.storchastic_wrong_side_share(0.5), 3)}
 
 
 # storchastic's REBAR and RELAX keep memory across calls (a few kB a draw): each cell runs in a fresh process

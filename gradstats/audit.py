@@ -56,7 +56,8 @@ from .stats import MIN_SAMPLES, required_draws
 __all__ = ["PINNED", "STATUSES", "ALPHA", "POWER", "RELATIVE_BIAS", "CONFIRM_SEED", "PeerEstimator", "AuditRow", "PEERS",
            "storchastic_estimators", "pyro_estimators", "audit_problems", "peer_gradients", "peer_loop_gradients",
            "audit_one", "audit", "closed_form_gradient", "moving_average_simulation", "unordered_set_mean",
-           "storchastic_conditional_sample_sides", "corrected_storchastic_conditional_sample",
+           "storchastic_conditional_sample_sides", "storchastic_wrong_side_share",
+           "corrected_storchastic_conditional_sample",
            "storchastic_categorical_estimators", "pyro_categorical_estimators", "CATEGORICAL_PEERS", "UNITS"]
 
 PINNED = {"storchastic": "0.3.7", "pyro": "1.9.2"}
@@ -159,6 +160,18 @@ def storchastic_conditional_sample_sides(p: float = 0.5, draws: int = 100_000, s
     sample = storch_relax.conditional_gumbel_rsample(hard, torch.full_like(hard, p), True, torch.tensor(1.0))
     return {"given_b_1": float((sample[hard == 1] <= 0.5).double().mean()),
             "given_b_0": float((sample[hard == 0] >= 0.5).double().mean())}
+
+
+def storchastic_wrong_side_share(p: float) -> float:
+    r"""The share :func:`storchastic_conditional_sample_sides` estimates given ``b = 1``, exactly: storchastic's
+    :math:`\tilde z = \log p + \log(1 + p) + \log v' + \log(1 + v')`, :math:`v'` uniform on :math:`(1 - p, 1)`, is at
+    most 0 where :math:`v'(1 + v') \le 1/(p(1 + p))`, i.e. :math:`v' \le r = (\sqrt{1 + 4/(p(1 + p))} - 1)/2`, so
+    the share is :math:`(r - (1 - p))/p` clipped to ``[0, 1]`` (0.5166 at ``p = 1/2``; 1 for ``p`` up to about
+    0.36)."""
+    if not 0 < p < 1:
+        raise ValueError(f"p must lie in (0, 1), got {p!r}")
+    r = (math.sqrt(1 + 4 / (p * (1 + p))) - 1) / 2
+    return min(max((r - (1 - p)) / p, 0.0), 1.0)
 
 
 def _conditional_sample(hard_sample: Tensor, probs: Tensor, bernoulli: bool, temperature, original):

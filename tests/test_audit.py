@@ -367,16 +367,14 @@ def test_pyro_categorical_draws_match_storchastics_law():
 
 
 @pytest.mark.parametrize("p", [0.3, 0.5, 0.9])
-def test_the_paper_s_share_of_wrong_sided_rebar_samples_is_storchastic_s(p):
-    """The closed form the paper quotes against the peer's own conditional sampler (400,000 samples given b = 1,
-    fixed seed; |z| < 5 fails a correct closed form with probability 6e-7)."""
-    import storch.method.relax as storch_relax
-
-    from analyses.tab_audit import rebar_wrong_side_share
-
-    torch.manual_seed(0)
-    hard = torch.ones(400_000, dtype=torch.float64)
-    relaxed = storch_relax.conditional_gumbel_rsample(hard, torch.full_like(hard, p), True, torch.tensor(1.0))
-    share, exact = float((relaxed <= 0.5).double().mean()), rebar_wrong_side_share(p)
-    stderr = math.sqrt(max(exact * (1 - exact), 1e-12) / len(hard))
-    assert abs(share - exact) < 5 * stderr or share == exact == 1.0
+def test_the_wrong_sided_share_of_storchastics_conditional_samples_has_its_closed_form(p):
+    """The closed form the paper quotes against the peer's own sampler (400,000 samples given b = 1, seed 0;
+    |z| < 5 fails a correct closed form with probability 6e-7)."""
+    share, exact = audit.storchastic_conditional_sample_sides(p, draws=400_000)["given_b_1"], \
+        audit.storchastic_wrong_side_share(p)
+    stderr = math.sqrt(exact * (1 - exact) / 400_000)
+    assert abs(share - exact) <= 5 * stderr
+    if p == 0.5:
+        assert exact == pytest.approx(0.5166114784, abs=1e-9)
+    with pytest.raises(ValueError, match="p must lie in"):
+        audit.storchastic_wrong_side_share(1.0)
