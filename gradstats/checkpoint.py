@@ -21,14 +21,21 @@ asked for a checkpoint is refused rather than risk resuming another run.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import hashlib
 import json
+import logging
 import os
+import signal
 import socket
 import sys
+import threading
+import time
 import types
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +43,11 @@ import numpy as np
 import torch
 
 __all__ = ["FORMAT", "UnidentifiableError", "NotResumableError", "InUseError", "fingerprint", "signature", "library_identity",
-           "content_checksum", "save", "load", "claim", "file_identity", "RunFile"]
+           "content_checksum", "save", "load", "claim", "file_identity", "RunFile", "PeriodicSaver", "sigterm_as_exit"]
 
 FORMAT = "gradstats-checkpoint/3"
+
+logger = logging.getLogger(__name__)
 
 
 class UnidentifiableError(ValueError):
@@ -316,6 +325,80 @@ class RunFile:
 
     def release(self) -> None:
         self.lock.unlink(missing_ok=True)
+
+
+class PeriodicSaver:
+    """A long run's checkpoint: ``path`` claimed under the run's signature (``identity``: everything its result
+    depends on, :func:`signature`), saved at most every ``every`` seconds and after an interruption, and at the
+    end removed only if it is this run's file (:class:`RunFile`). A save that fails mid-run is said once (a
+    warning) and the run goes on, keeping its result; one that fails after an interruption is logged, so that
+    the interruption is what the caller sees. ``state()`` gives the payload to save (plain values), or ``None``
+    while there is nothing to save."""
+
+    def __init__(self, path: str | Path, every: float, **identity):
+        try:
+            run_signature = signature(**identity)
+        except UnidentifiableError as err:
+            raise ValueError(f"checkpoint={str(path)!r} cannot be used: {err}, so a saved run could not be told from "
+                             "another; run without a checkpoint, or give the loss and estimator plain values "
+                             "(numbers, tensors, functions)") from err
+        self.path, self.every = Path(path), every
+        self.file = RunFile(self.path, run_signature)
+        self.failed = False
+        self.last = time.perf_counter()
+
+    def load(self, device) -> dict | None:
+        """The saved payload, or ``None`` when there is none yet (:meth:`RunFile.load`)."""
+        return self.file.load(device)
+
+    def save(self, state: Callable[[], dict | None]) -> None:
+        payload = state()
+        if payload is None:
+            return
+        self.file.save(payload)
+        self.last = time.perf_counter()
+
+    def maybe_save(self, state: Callable[[], dict | None]) -> None:
+        if time.perf_counter() - self.last <= self.every:
+            return
+        try:
+            self.save(state)
+        except OSError as err:   # the run goes on: its result matters more than its checkpoint
+            self.last = time.perf_counter()
+            if not self.failed:
+                warnings.warn(f"could not save checkpoint {str(self.path)!r} ({type(err).__name__}: {err}); the run goes "
+                              "on without it and will try again", RuntimeWarning, stacklevel=3)
+            self.failed = True
+
+    def save_after_interruption(self, state: Callable[[], dict | None]) -> None:
+        try:
+            self.save(state)
+        except Exception:  # the interruption is what the caller must see; the failed save is logged
+            logger.exception("could not save checkpoint %s after the interruption", self.path)
+
+    def remove_own(self) -> None:
+        self.file.remove_own()
+
+    def release(self) -> None:
+        self.file.release()
+
+
+@contextlib.contextmanager
+def sigterm_as_exit():
+    """While a checkpointed run is in flight, SIGTERM raises SystemExit(143) so it saves like SIGINT
+    (only from the main thread, and only where SIGTERM still has its default action)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _lock_owner(lock: Path) -> tuple[int | None, str | None]:

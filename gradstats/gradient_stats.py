@@ -27,10 +27,12 @@ an unbiased estimator where the model is too large to enumerate.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,11 +40,11 @@ import torch
 from torch import Tensor
 
 from .accumulators import SAFE_NORM2, GradientAccumulator, Moments, Summary, unit_scaled
-from .checkpoint import content_checksum
+from .checkpoint import PeriodicSaver, content_checksum, sigterm_as_exit
 from .chunk_sums import ChunkSums, central_moments, cosines_from_dots
 from .metrics import MetricValue, compute_metrics
 from .noise import uniforms_as
-from .numerics import positive_int, seed_value, signs
+from .numerics import positive_finite, positive_int, seed_value, signs
 from .problems import FactoredGradient
 
 __all__ = ["GradientStats", "ParameterLayout", "per_draw_gradients", "gradient_stats", "estimate_reference"]
@@ -994,7 +996,7 @@ class GradientStats:
 
 def per_draw_gradients(loss: Callable[..., Tensor], params: Mapping[str, Tensor], num_draws: int, *,
                        noise_shape: tuple[int, ...] | Mapping[str, tuple[int, ...]], chunk_size: int = 256,
-                       seed: int = 0, dtype: torch.dtype | None = None) -> Iterator[dict[str, Tensor]]:
+                       seed: int = 0, dtype: torch.dtype | None = None, start: int = 0) -> Iterator[dict[str, Tensor]]:
     r"""Per-draw gradients of ``loss(params, u)`` with respect to ``params``, a chunk of draws at a time.
 
     ``loss(params, u)`` returns one draw's scalar loss (a surrogate whose gradient is the estimate, for
@@ -1012,12 +1014,17 @@ def per_draw_gradients(loss: Callable[..., Tensor], params: Mapping[str, Tensor]
     caller's state is left as it was) and seeded from ``(seed, first draw of the chunk)``, so the same
     seed and ``chunk_size`` give the same numbers. A frozen ``nn.Parameter`` (``requires_grad=False``)
     is left out of the gradients; plain tensors are all measured.
+
+    ``start`` (a multiple of ``chunk_size``) skips the chunks before that draw (their uniforms are drawn and
+    discarded), so that the chunks from there on are those of a run from draw 0: what a run resumed from a
+    saved :meth:`GradientStats.state_dict` needs.
     """
     from torch.func import grad, vmap
 
     num_draws = positive_int("num_draws", num_draws)
     chunk_size = positive_int("chunk_size", chunk_size)
     seed = seed_value("seed", seed)
+    start = chunk_start("start", start, num_draws, chunk_size)
     if not isinstance(params, Mapping) or not params or not all(isinstance(v, Tensor) for v in params.values()):
         raise ValueError("params must be a non-empty dict name -> tensor (e.g. dict(model.named_parameters()))")
     if not callable(loss):
@@ -1039,7 +1046,17 @@ def per_draw_gradients(loss: Callable[..., Tensor], params: Mapping[str, Tensor]
 
     per_draw = vmap(grad(with_fixed if fixed else loss), in_dims=(None, 0), randomness="different")
     yield from draw_chunks(lambda noise, rows: per_draw(measured, noise), num_draws, noise_shapes=shapes,
-                           chunk_size=chunk_size, seed=seed, dtype=dtype, device=first.device)
+                           chunk_size=chunk_size, seed=seed, dtype=dtype, device=first.device, start=start)
+
+
+def chunk_start(name: str, value, num_draws: int, chunk_size: int) -> int:
+    """``value``, the draw a stream of chunks starts from, checked: a multiple of ``chunk_size`` in
+    ``[0, num_draws]``, else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= num_draws or \
+            (value % chunk_size and value != num_draws):
+        raise ValueError(f"{name} must be a multiple of chunk_size ({chunk_size}) in [0, num_draws = {num_draws}], "
+                         f"got {value!r}")
+    return value
 
 
 def forked_devices(device: torch.device) -> list[int]:
@@ -1049,17 +1066,22 @@ def forked_devices(device: torch.device) -> list[int]:
 
 
 def draw_chunks(per_draw: Callable[[Tensor | dict[str, Tensor], int], dict[str, Tensor]], num_draws: int, *,
-                noise_shapes: Mapping, chunk_size: int, seed: int, dtype: torch.dtype, device) -> Iterator:
-    """``per_draw(noise, rows)`` for each chunk of ``rows`` draws, with the chunk's uniforms (a tensor for the key
-    ``None``, else a dict) drawn from one CPU generator seeded with ``seed``, and torch's own generators forked and
-    seeded from ``(seed, first draw of the chunk)`` (see :func:`per_draw_gradients`)."""
+                noise_shapes: Mapping, chunk_size: int, seed: int, dtype: torch.dtype, device,
+                start: int = 0) -> Iterator:
+    """``per_draw(noise, rows)`` for each chunk of ``rows`` draws from draw ``start`` on (a multiple of
+    ``chunk_size``; the chunks before it have their uniforms drawn and discarded), with the chunk's uniforms (a
+    tensor for the key ``None``, else a dict) drawn from one CPU generator seeded with ``seed``, and torch's own
+    generators forked and seeded from ``(seed, first draw of the chunk)`` (see :func:`per_draw_gradients`)."""
     generator = torch.Generator().manual_seed(seed)
     devices = forked_devices(device)
-    for start in range(0, num_draws, chunk_size):
-        rows = min(chunk_size, num_draws - start)
-        noise = {k: uniforms_as(torch.rand((rows, *shape), generator=generator, dtype=torch.float64), dtype)
-                 .to(device) for k, shape in noise_shapes.items()}
-        chunk_seed = int(np.random.SeedSequence((seed, start)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    for first in range(0, num_draws, chunk_size):
+        rows = min(chunk_size, num_draws - first)
+        uniforms = {k: torch.rand((rows, *shape), generator=generator, dtype=torch.float64)
+                    for k, shape in noise_shapes.items()}
+        if first < start:
+            continue
+        noise = {k: uniforms_as(u, dtype).to(device) for k, u in uniforms.items()}
+        chunk_seed = int(np.random.SeedSequence((seed, first)).generate_state(1, dtype=np.uint64)[0] >> 1)
         with torch.random.fork_rng(devices=devices):
             torch.default_generator.manual_seed(chunk_seed)
             if devices:
@@ -1074,19 +1096,83 @@ def _frozen(value: Tensor) -> bool:
 
 def gradient_stats(loss: Callable[..., Tensor], params: Mapping[str, Tensor], num_draws: int, *,
                    noise_shape, chunk_size: int = 256, seed: int = 0, dtype: torch.dtype | None = None,
-                   progress: bool = False, **stats_options) -> GradientStats:
-    """:func:`per_draw_gradients` streamed into a :class:`GradientStats` (``stats_options``: its arguments)."""
+                   progress: bool = False, checkpoint: str | Path | None = None, checkpoint_seconds: float = 30.0,
+                   **stats_options) -> GradientStats:
+    """:func:`per_draw_gradients` streamed into a :class:`GradientStats` (``stats_options``: its arguments).
+
+    ``checkpoint``: a file the statistics are saved to (atomically, at most every ``checkpoint_seconds`` and when
+    the run is interrupted by an exception, Ctrl-C or SIGTERM), and resumed from by a run of the same loss,
+    parameters, noise stream, options and library, which then computes only the chunks left; the file is removed
+    when the run completes (:func:`stream_into`)."""
     stats = GradientStats(**stats_options)._expect(num_draws)
-    chunks = per_draw_gradients(loss, params, num_draws, noise_shape=noise_shape, chunk_size=chunk_size, seed=seed,
-                                dtype=dtype)
-    return stream_into(stats, chunks, math.ceil(num_draws / chunk_size), progress)
+
+    def chunks_from(start: int) -> Iterator:
+        return per_draw_gradients(loss, params, num_draws, noise_shape=noise_shape, chunk_size=chunk_size, seed=seed,
+                                  dtype=dtype, start=start)
+
+    identity = dict(kind="gradient_stats", loss=loss, params=dict(params), num_draws=num_draws,
+                    noise_shape=noise_shape, chunk_size=chunk_size, seed=seed, dtype=str(dtype), options=stats_options)
+    return stream_into(stats, chunks_from, num_draws, chunk_size, progress, checkpoint, checkpoint_seconds, identity)
 
 
-def stream_into(stats: GradientStats, chunks: Iterator, num_chunks: int, progress: bool) -> GradientStats:
-    """``stats`` updated with every chunk of ``chunks`` (a tqdm bar over ``num_chunks`` when ``progress``)."""
-    for chunk in with_progress(chunks, num_chunks, progress):
-        stats.update(chunk)
+def stream_into(stats: GradientStats, chunks_from: Callable[[int], Iterator], num_draws: int, chunk_size: int,
+                progress: bool, checkpoint: str | Path | None = None, checkpoint_seconds: float = 30.0,
+                identity: Mapping | None = None) -> GradientStats:
+    """``stats`` (fresh) updated with every chunk ``chunks_from(start)`` yields, the chunks of draws ``start`` to
+    ``num_draws`` (a tqdm bar when ``progress``).
+
+    With a ``checkpoint`` path (claimed up front: :class:`gradstats.checkpoint.PeriodicSaver`, signed by
+    ``identity``, everything the run's result depends on), ``stats.state_dict()`` and the draws done are saved
+    there at most every ``checkpoint_seconds`` and after an interruption, after whole chunks only; a run that
+    finds its own checkpoint there resumes from it (the same statistics as an uninterrupted run, to float64
+    rounding), and the file is removed when the run completes."""
+    if checkpoint is None:
+        start, saver = 0, None
+    else:
+        saver = PeriodicSaver(checkpoint, positive_finite("checkpoint_seconds", checkpoint_seconds, " of seconds"),
+                              **dict(identity or {}))
+    try:
+        if saver is not None:
+            start = _resume(saver, stats, num_draws, chunk_size)
+
+        def state() -> dict | None:
+            return None if stats.count == 0 else {"position": stats.count, "stats": stats.state_dict()}
+
+        with sigterm_as_exit() if saver is not None else contextlib.nullcontext():
+            try:
+                for chunk in with_progress(chunks_from(start), math.ceil((num_draws - start) / chunk_size), progress):
+                    stats.update(chunk)
+                    if saver is not None:
+                        saver.maybe_save(state)
+            except BaseException:
+                if saver is not None:
+                    saver.save_after_interruption(state)
+                raise
+        if saver is not None:
+            saver.remove_own()
+    finally:
+        if saver is not None:
+            saver.release()
     return stats
+
+
+def _resume(saver: PeriodicSaver, stats: GradientStats, num_draws: int, chunk_size: int) -> int:
+    """The draw a checkpointed run starts from: 0, or the position saved in its checkpoint, whose statistics are
+    loaded into ``stats`` (a ValueError names the file, left in place, where the record does not hold together)."""
+    record = saver.load("cpu")
+    if record is None:
+        return 0
+    where = f"checkpoint {str(saver.path)!r}"
+    position = record.get("position")
+    try:
+        chunk_start("position", position, num_draws, chunk_size)
+        stats.load_state_dict(record.get("stats"))
+    except ValueError as err:
+        raise ValueError(f"{where} is damaged ({err}); it was left in place: remove it or pass another path") from err
+    if stats.count != position:
+        raise ValueError(f"{where} is damaged: its statistics hold {stats.count} draws, its position says {position}; "
+                         "it was left in place: remove it or pass another path")
+    return position
 
 
 def with_progress(chunks: Iterator, num_chunks: int, progress: bool) -> Iterator:

@@ -24,13 +24,13 @@ that layer in ``eval()`` mode.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .gradient_stats import GradientStats, draw_chunks, forked_devices, stream_into
+from .gradient_stats import GradientStats, chunk_start, draw_chunks, forked_devices, stream_into
 from .numerics import positive_int, seed_value
 
 __all__ = ["module_per_draw_gradients", "module_gradient_stats", "measured_parameters"]
@@ -92,14 +92,15 @@ def _inputs(batch):
 
 def module_per_draw_gradients(module: torch.nn.Module, loss_fn: Callable[[object, object], Tensor], batch,
                               num_draws: int, *, params: Sequence[str] | None = None, chunk_size: int = 64,
-                              seed: int = 0) -> Iterator[dict[str, Tensor]]:
+                              seed: int = 0, start: int = 0) -> Iterator[dict[str, Tensor]]:
     """Per-draw gradients of ``loss_fn(module(inputs), batch)`` with respect to the measured parameters
     (:func:`measured_parameters`), a chunk of draws at a time: dicts name -> ``[b, *shape]``.
 
     ``inputs`` is ``batch`` (a tensor) or ``batch[0]`` (a tuple or list); ``loss_fn`` returns a scalar, the loss
     of one draw (a surrogate whose gradient is the estimate, for score-function estimators). The module's own
     calls to torch's random functions differ from draw to draw and are reproducible for a given ``seed`` and
-    ``chunk_size`` (see the module docstring)."""
+    ``chunk_size`` (see the module docstring); ``start`` (a multiple of ``chunk_size``) skips the chunks before
+    that draw, so that the chunks from there on are those of a run from draw 0."""
     if not callable(loss_fn):
         raise ValueError(f"loss_fn must be a function (output, batch) -> scalar, got {type(loss_fn).__name__}")
     inputs = _inputs(batch)
@@ -115,6 +116,7 @@ def module_per_draw_gradients(module: torch.nn.Module, loss_fn: Callable[[object
     num_draws = positive_int("num_draws", num_draws)
     chunk_size = positive_int("chunk_size", chunk_size)
     seed = seed_value("seed", seed)
+    start = chunk_start("start", start, num_draws, chunk_size)
     # each draw gets its own view of the parameters (expanded, not copied), so that what the module computes from
     # them is batched over draws and in-place random functions (F.gumbel_softmax's exponential_) are allowed under
     # vmap, and its own copy of the buffers the forward pass writes (the function's input, not captured state, for
@@ -136,22 +138,37 @@ def module_per_draw_gradients(module: torch.nn.Module, loss_fn: Callable[[object
         return {k: gradients[k] for k in measured}     # in the module's order
 
     return draw_chunks(chunk, num_draws, noise_shapes={}, chunk_size=chunk_size, seed=seed, dtype=first.dtype,
-                       device=first.device)
+                       device=first.device, start=start)
 
 
 def module_gradient_stats(module: torch.nn.Module, loss_fn: Callable[[object, object], Tensor], batch, num_draws: int,
                           *, params: Sequence[str] | None = None, seed: int = 0, loss_evals_per_draw: int = 1,
                           reference: Mapping[str, Tensor] | None = None,
                           reference_stderr: Mapping[str, Tensor] | None = None, chunk_size: int = 64,
-                          progress: bool = False, **options) -> GradientStats:
+                          progress: bool = False, checkpoint: str | Path | None = None,
+                          checkpoint_seconds: float = 30.0, **options) -> GradientStats:
     """:func:`module_per_draw_gradients` streamed into a :class:`GradientStats` against ``reference`` (a dict name ->
     tensor over the measured parameters, with its ``reference_stderr`` where it is itself an estimate).
 
     ``loss_evals_per_draw`` is what one draw costs (1: one forward pass; more where ``loss_fn`` or the module
     evaluates the loss several times a draw), so that :meth:`GradientStats.to_frame` compares at equal cost;
-    ``options`` go to :class:`GradientStats` (``ms``, ``budgets``, ``num_batches``, ``full_covariance``)."""
+    ``options`` go to :class:`GradientStats` (``ms``, ``budgets``, ``num_batches``, ``full_covariance``).
+
+    ``checkpoint``: a file the statistics are saved to (at most every ``checkpoint_seconds``, and when the run is
+    interrupted by an exception, Ctrl-C or SIGTERM), from which a run of the same module (its parameters,
+    buffers and mode), loss, batch, seed, chunk size and options resumes, computing only the chunks left; the
+    file is removed when the run completes (:func:`gradstats.gradient_stats.stream_into`)."""
     stats = GradientStats(reference=reference, reference_stderr=reference_stderr,
                           loss_evals_per_draw=loss_evals_per_draw, **options)._expect(num_draws)
-    chunks = module_per_draw_gradients(module, loss_fn, batch, num_draws, params=params, chunk_size=chunk_size,
-                                       seed=seed)   # checks num_draws and chunk_size before any draw
-    return stream_into(stats, chunks, math.ceil(num_draws / chunk_size), progress)
+    from_zero = module_per_draw_gradients(module, loss_fn, batch, num_draws, params=params, chunk_size=chunk_size,
+                                          seed=seed)   # checks every argument before the checkpoint is claimed
+
+    def chunks_from(start: int) -> Iterator:
+        return from_zero if start == 0 else module_per_draw_gradients(
+            module, loss_fn, batch, num_draws, params=params, chunk_size=chunk_size, seed=seed, start=start)
+
+    identity = dict(kind="module_gradient_stats", module=module, loss_fn=loss_fn, batch=batch, num_draws=num_draws,
+                    params=None if params is None else list(params), seed=seed, chunk_size=chunk_size,
+                    loss_evals_per_draw=loss_evals_per_draw, reference=reference, reference_stderr=reference_stderr,
+                    options=options)
+    return stream_into(stats, chunks_from, num_draws, chunk_size, progress, checkpoint, checkpoint_seconds, identity)

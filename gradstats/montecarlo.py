@@ -25,13 +25,9 @@ standard errors of any metric.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
 import sys
-import threading
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -63,24 +59,6 @@ logger = logging.getLogger(__name__)
 
 def _piece_description(seed: int, offset: int):
     return lambda row: f"draw {offset + row} (seed {seed})"
-
-
-@contextlib.contextmanager
-def _sigterm_as_exit():
-    """While a checkpointed run is in flight, SIGTERM raises SystemExit(143) so it saves like SIGINT
-    (only from the main thread, and only where SIGTERM still has its default action)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def default_chunk_size(device: torch.device, values_per_draw: int, free_bytes: int | None = None) -> int:
@@ -183,12 +161,12 @@ def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, 
             saver.resume(run)
         show = sys.stderr.isatty() if progress is None else bool(progress)
         with tqdm(total=n, initial=run.position, disable=not show, unit="draw", unit_scale=True, desc=est.name,
-                  leave=False) as bar, _sigterm_as_exit():
+                  leave=False) as bar, ckpt.sigterm_as_exit():
             try:
-                run.loop(bar.update, None if saver is None else lambda: saver.maybe_save(run))
+                run.loop(bar.update, None if saver is None else lambda: saver.maybe_save(saver.state(run)))
             except BaseException:
                 if saver is not None:
-                    saver.save_after_interruption(run)
+                    saver.save_after_interruption(saver.state(run))
                 raise
         if saver is not None:
             saver.remove_own()
@@ -301,28 +279,17 @@ def _fused_statistics(problem, est, resolved, accumulator: GradientAccumulator, 
     return torch.compile(draw_statistics, dynamic=True)
 
 
-class _Checkpointer:
-    """Saves a run's accumulators to ``path`` (plain tensors, signed, with a checksum) and resumes a run from it.
-
-    The path is claimed up front (:func:`gradstats.checkpoint.claim`: its directory exists and is writable, and no
-    other run writes there meanwhile: :class:`gradstats.checkpoint.RunFile`); a save that fails is said once (a
-    warning) and the run goes on, keeping its result; at the end only the file this run wrote last is removed,
-    never one another run wrote."""
+class _Checkpointer(ckpt.PeriodicSaver):
+    """Saves a run's accumulators to ``path`` (plain tensors, signed, with a checksum) and resumes a run from it
+    (:class:`gradstats.checkpoint.PeriodicSaver`: the path claimed up front, a failed save said once, only this
+    run's file removed at the end)."""
 
     def __init__(self, path: Path, every: float, device, **identity):
-        self.path, self.every, self.device = path, every, device
-        try:
-            signature = ckpt.signature(**identity)
-        except ckpt.UnidentifiableError as err:
-            raise ValueError(f"checkpoint={str(path)!r} cannot be used: {err}, so a saved run could not be told from "
-                             "another; run without a checkpoint, or give the loss and estimator plain values "
-                             "(numbers, tensors, functions)") from err
-        self.file = ckpt.RunFile(path, signature)
-        self.failed = False
-        self.last = time.perf_counter()
+        super().__init__(path, every, **identity)
+        self.device = device
 
     def resume(self, run: _Run) -> None:
-        record = self.file.load(self.device)
+        record = self.load(self.device)
         if record is None:
             return
         where = f"checkpoint {str(self.path)!r}"
@@ -340,33 +307,8 @@ class _Checkpointer:
                              "was left in place: remove it or pass another path")
         run.position, run.state = position, record.get("state")
 
-    def save(self, run: _Run) -> None:
-        if run.position == 0:
-            return
-        self.file.save({"position": run.position, "state": run.state,
-                        "accumulators": [acc.state_dict() for acc in run.batches]})
-        self.last = time.perf_counter()
-
-    def save_after_interruption(self, run: _Run) -> None:
-        try:
-            self.save(run)
-        except Exception:  # the interruption is what the caller must see; the failed save is logged
-            logger.exception("could not save checkpoint %s after the interruption", self.path)
-
-    def maybe_save(self, run: _Run) -> None:
-        if time.perf_counter() - self.last <= self.every:
-            return
-        try:
-            self.save(run)
-        except OSError as err:   # the run goes on: its result matters more than its checkpoint
-            self.last = time.perf_counter()
-            if not self.failed:
-                warnings.warn(f"could not save checkpoint {str(self.path)!r} ({type(err).__name__}: {err}); the run goes "
-                              "on without it and will try again", RuntimeWarning, stacklevel=2)
-            self.failed = True
-
-    def remove_own(self) -> None:
-        self.file.remove_own()
-
-    def release(self) -> None:
-        self.file.release()
+    @staticmethod
+    def state(run: _Run):
+        """What a save of ``run`` writes (nothing before its first draw)."""
+        return lambda: None if run.position == 0 else {
+            "position": run.position, "state": run.state, "accumulators": [acc.state_dict() for acc in run.batches]}

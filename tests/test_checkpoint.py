@@ -173,3 +173,88 @@ def test_fingerprints_follow_values_not_objects():
     assert ckpt.fingerprint(gs.problems.sbn([3, 2], seed=0)) == ckpt.fingerprint(gs.problems.sbn([3, 2], seed=0))
     assert ckpt.fingerprint(gs.problems.sbn([3, 2], seed=0)) != ckpt.fingerprint(gs.problems.sbn([3, 2], seed=1))
     assert ckpt.fingerprint(gs.estimators.get("st")) != ckpt.fingerprint(gs.estimators.get("st_sigmoid"))
+
+
+class _Binary(torch.nn.Module):
+    """Straight-through Bernoulli units, sampled with torch's own generator."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec = torch.nn.Linear(6, 4), torch.nn.Linear(4, 6)
+
+    def forward(self, x):
+        p = torch.sigmoid(self.enc(x))
+        return self.dec(p + (torch.bernoulli(p) - p).detach())
+
+
+def _reconstruction(out, x):
+    return ((out - x) ** 2).mean()
+
+
+def _interrupt_update(monkeypatch, at: int):
+    """GradientStats.update raises KeyboardInterrupt at its ``at``-th call (the chunks before it are in)."""
+    calls, update = {"n": 0}, gs.GradientStats.update
+
+    def interrupted(self, grads):
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise KeyboardInterrupt
+        return update(self, grads)
+
+    monkeypatch.setattr(gs.GradientStats, "update", interrupted)
+
+
+def test_own_model_statistics_resume_from_their_checkpoint(tmp_path, monkeypatch):
+    """An interrupted module_gradient_stats saves whole chunks; the rerun computes only the rest and gives the
+    uninterrupted run's statistics (to float64 rounding), then removes its file; another module is another run."""
+    torch.manual_seed(0)
+    model, x = _Binary().double(), torch.rand(5, 6, dtype=torch.float64)
+    reference = {k: 0.1 * v.detach() + 0.01 for k, v in model.named_parameters()}     # any reference will do
+    run = dict(seed=3, chunk_size=32, ms=(1, 4), reference=reference)
+    whole = gs.module_gradient_stats(model, _reconstruction, x, 200, **run).to_frame()
+    path = tmp_path / "own.ckpt"
+    with monkeypatch.context() as m:
+        _interrupt_update(m, at=4)
+        with pytest.raises(KeyboardInterrupt):
+            gs.module_gradient_stats(model, _reconstruction, x, 200, checkpoint=path, checkpoint_seconds=3600, **run)
+    assert torch.load(path, weights_only=True)["position"] == 96       # three chunks of 32 were in
+    other = _Binary().double()
+    with pytest.raises(ValueError, match="belongs to another run"):
+        gs.module_gradient_stats(other, _reconstruction, x, 200, checkpoint=path, **run)
+    computed = {"n": 0}
+    update = gs.GradientStats.update
+
+    def counting(self, grads):
+        computed["n"] += 1
+        return update(self, grads)
+
+    with monkeypatch.context() as m:
+        m.setattr(gs.GradientStats, "update", counting)
+        resumed = gs.module_gradient_stats(model, _reconstruction, x, 200, checkpoint=path, **run).to_frame()
+    assert computed["n"] == 4                                            # draws 96 to 200: four chunks
+    assert not path.exists() and not list(tmp_path.iterdir())           # the file and its lock are gone
+    assert list(resumed.metric) == list(whole.metric)
+    assert resumed.value.to_numpy() == pytest.approx(whole.value.to_numpy(), rel=1e-12, abs=1e-15, nan_ok=True)
+
+
+def test_a_stream_of_explicit_uniforms_resumes_mid_way_on_the_same_draws(tmp_path, monkeypatch):
+    params = {"w": torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)}
+
+    def loss(p, u):
+        return ((u < torch.sigmoid(p["w"])).double() + torch.sigmoid(p["w"]) - torch.sigmoid(p["w"]).detach()).sum()
+
+    run = dict(noise_shape=(3,), chunk_size=16, seed=5)
+    tail = list(gs.per_draw_gradients(loss, params, 70, start=32, **run))
+    full = list(gs.per_draw_gradients(loss, params, 70, **run))
+    assert len(tail) == 3 and all(torch.equal(a["w"], b["w"]) for a, b in zip(tail, full[2:]))
+    with pytest.raises(ValueError, match=r"start must be a multiple of chunk_size \(16\) in \[0, num_draws = 70\]"):
+        next(gs.per_draw_gradients(loss, params, 70, start=20, **run))
+    whole = gs.gradient_stats(loss, params, 70, **run).to_frame()
+    path = tmp_path / "stream.ckpt"
+    with monkeypatch.context() as m:
+        _interrupt_update(m, at=3)
+        with pytest.raises(KeyboardInterrupt):
+            gs.gradient_stats(loss, params, 70, checkpoint=path, **run)
+    resumed = gs.gradient_stats(loss, params, 70, checkpoint=path, **run).to_frame()
+    assert resumed.value.to_numpy() == pytest.approx(whole.value.to_numpy(), rel=1e-12, abs=1e-15, nan_ok=True)
+    assert not path.exists()
