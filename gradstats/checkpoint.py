@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 __all__ = ["FORMAT", "UnidentifiableError", "NotResumableError", "InUseError", "fingerprint", "signature", "library_identity",
-           "content_checksum", "save", "load", "claim", "file_identity", "RunFile", "PeriodicSaver", "sigterm_as_exit"]
+           "content_checksum", "save", "load", "claim", "file_identity", "RunFile", "PeriodicSaver", "sigterm_as_exit", "saving"]
 
 FORMAT = "gradstats-checkpoint/3"
 
@@ -381,6 +381,26 @@ class PeriodicSaver:
 
     def release(self) -> None:
         self.file.release()
+
+
+@contextlib.contextmanager
+def saving(saver: PeriodicSaver | None, state: Callable[[], dict | None]):
+    """The body of a checkpointed run: SIGTERM raises SystemExit (:func:`sigterm_as_exit`); an interruption (any
+    exception) saves ``state()`` before it goes on up; completion removes the run's file; the path is released
+    either way. With ``saver`` None, the body alone."""
+    if saver is None:
+        yield
+        return
+    try:
+        with sigterm_as_exit():
+            try:
+                yield
+            except BaseException:
+                saver.save_after_interruption(state)
+                raise
+        saver.remove_own()
+    finally:
+        saver.release()
 
 
 @contextlib.contextmanager

@@ -27,7 +27,6 @@ an unbiased estimator where the model is too large to enumerate.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import warnings
@@ -40,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .accumulators import SAFE_NORM2, GradientAccumulator, Moments, Summary, unit_scaled
-from .checkpoint import PeriodicSaver, content_checksum, sigterm_as_exit
+from .checkpoint import PeriodicSaver, content_checksum, saving
 from .chunk_sums import ChunkSums, central_moments, cosines_from_dots
 from .metrics import MetricValue, compute_metrics
 from .noise import uniforms_as
@@ -1126,33 +1125,21 @@ def stream_into(stats: GradientStats, chunks_from: Callable[[int], Iterator], nu
     there at most every ``checkpoint_seconds`` and after an interruption, after whole chunks only; a run that
     finds its own checkpoint there resumes from it (the same statistics as an uninterrupted run, to float64
     rounding), and the file is removed when the run completes."""
-    if checkpoint is None:
-        start, saver = 0, None
-    else:
-        saver = PeriodicSaver(checkpoint, positive_finite("checkpoint_seconds", checkpoint_seconds, " of seconds"),
-                              **dict(identity or {}))
-    try:
-        if saver is not None:
-            start = _resume(saver, stats, num_draws, chunk_size)
+    saver = None if checkpoint is None else PeriodicSaver(
+        checkpoint, positive_finite("checkpoint_seconds", checkpoint_seconds, " of seconds"), **dict(identity or {}))
 
-        def state() -> dict | None:
-            return None if stats.count == 0 else {"position": stats.count, "stats": stats.state_dict()}
+    resumed = []     # holds the start once the checkpoint (if any) is read: nothing is saved before
 
-        with sigterm_as_exit() if saver is not None else contextlib.nullcontext():
-            try:
-                for chunk in with_progress(chunks_from(start), math.ceil((num_draws - start) / chunk_size), progress):
-                    stats.update(chunk)
-                    if saver is not None:
-                        saver.maybe_save(state)
-            except BaseException:
-                if saver is not None:
-                    saver.save_after_interruption(state)
-                raise
-        if saver is not None:
-            saver.remove_own()
-    finally:
-        if saver is not None:
-            saver.release()
+    def state() -> dict | None:
+        return None if not resumed or stats.count == 0 else {"position": stats.count, "stats": stats.state_dict()}
+
+    with saving(saver, state):
+        resumed.append(0 if saver is None else _resume(saver, stats, num_draws, chunk_size))
+        start = resumed[0]
+        for chunk in with_progress(chunks_from(start), math.ceil((num_draws - start) / chunk_size), progress):
+            stats.update(chunk)
+            if saver is not None:
+                saver.maybe_save(state)
     return stats
 
 

@@ -156,23 +156,13 @@ def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, 
                               options=resolved, settings={"n": n, "seed": seed, "device": str(dev), "dtype": str(dtype),
                                                           "full": full, "references": references, "ms": list(ms),
                                                           "batches": k})
-    try:
+    with ckpt.saving(saver, None if saver is None else saver.state(run)):
         if saver is not None:
             saver.resume(run)
         show = sys.stderr.isatty() if progress is None else bool(progress)
         with tqdm(total=n, initial=run.position, disable=not show, unit="draw", unit_scale=True, desc=est.name,
-                  leave=False) as bar, ckpt.sigterm_as_exit():
-            try:
-                run.loop(bar.update, None if saver is None else lambda: saver.maybe_save(saver.state(run)))
-            except BaseException:
-                if saver is not None:
-                    saver.save_after_interruption(saver.state(run))
-                raise
-        if saver is not None:
-            saver.remove_own()
-    finally:
-        if saver is not None:
-            saver.release()
+                  leave=False) as bar:
+            run.loop(bar.update, None if saver is None else lambda: saver.maybe_save(saver.state(run)))
     total = run.batches[0].summary
     for acc in run.batches[1:]:
         total = total.merged(acc.summary)

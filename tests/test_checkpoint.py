@@ -258,3 +258,17 @@ def test_a_stream_of_explicit_uniforms_resumes_mid_way_on_the_same_draws(tmp_pat
     resumed = gs.gradient_stats(loss, params, 70, checkpoint=path, **run).to_frame()
     assert resumed.value.to_numpy() == pytest.approx(whole.value.to_numpy(), rel=1e-12, abs=1e-15, nan_ok=True)
     assert not path.exists()
+
+
+def test_a_damaged_own_model_checkpoint_is_named_and_kept(tmp_path, monkeypatch):
+    torch.manual_seed(1)
+    model, x = _Binary().double(), torch.rand(3, 6, dtype=torch.float64)
+    path = tmp_path / "own.ckpt"
+    with monkeypatch.context() as m:
+        _interrupt_update(m, at=2)
+        with pytest.raises(KeyboardInterrupt):
+            gs.module_gradient_stats(model, _reconstruction, x, 64, chunk_size=16, checkpoint=path)
+    path.write_bytes(path.read_bytes()[:-40])                               # truncated
+    with pytest.raises(ValueError, match="own.ckpt.* cannot be read as a gradstats checkpoint"):
+        gs.module_gradient_stats(model, _reconstruction, x, 64, chunk_size=16, checkpoint=path)
+    assert path.exists() and not (tmp_path / "own.ckpt.lock").exists()    # kept, and the path released
