@@ -16,7 +16,7 @@ import torch
 
 from .numerics import positive_int
 from .problems import Problem, Trajectory
-from .units import BernoulliUnit, CategoricalUnit
+from .units import BernoulliUnit, CategoricalUnit, one_hot_of
 
 __all__ = ["DEFAULT_MAX_STATES", "DEFAULT_CHUNK_SIZE", "DEVICE_CHUNK_SIZE", "chunk_size_for", "check_enumerable",
            "trajectories", "binary_cube"]
@@ -100,7 +100,7 @@ def _states(problem: Problem, unit: BernoulliUnit | CategoricalUnit, copies: int
 
         def one_hot(index: torch.Tensor) -> torch.Tensor:
             classes = torch.div(index[:, None], powers, rounding_mode="floor") % k
-            return torch.nn.functional.one_hot(classes, k).to(torch.float64).reshape(-1, problem.num_units)
+            return one_hot_of(classes, k, torch.float64).reshape(-1, problem.num_units)
 
         return total, one_hot
     bits = problem.num_units * copies

@@ -1128,14 +1128,13 @@ def stream_into(stats: GradientStats, chunks_from: Callable[[int], Iterator], nu
     saver = None if checkpoint is None else PeriodicSaver(
         checkpoint, positive_finite("checkpoint_seconds", checkpoint_seconds, " of seconds"), **dict(identity or {}))
 
-    resumed = []     # holds the start once the checkpoint (if any) is read: nothing is saved before
+    start = None     # set once the checkpoint (if any) is read: nothing is saved before
 
     def state() -> dict | None:
-        return None if not resumed or stats.count == 0 else {"position": stats.count, "stats": stats.state_dict()}
+        return None if start is None or stats.count == 0 else {"position": stats.count, "stats": stats.state_dict()}
 
     with saving(saver, state):
-        resumed.append(0 if saver is None else _resume(saver, stats, num_draws, chunk_size))
-        start = resumed[0]
+        start = 0 if saver is None else _resume(saver, stats, num_draws, chunk_size)
         for chunk in with_progress(chunks_from(start), math.ceil((num_draws - start) / chunk_size), progress):
             stats.update(chunk)
             if saver is not None:

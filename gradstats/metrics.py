@@ -167,16 +167,16 @@ def _values(s: Summary, exact: bool, problem: Problem, reference: Tensor, name: 
             continue
         b, g, mu, v = bias[sel], reference[sel], mean[sel], var[sel]
         trace = float(v.sum())
-        bias_norm = norm(b)
+        bias_norm, reference_norm = norm(b), norm(g)
         bias2 = _square(bias_norm, "the norm of the mean minus the reference")
         out[("bias_norm", layer, None)] = bias_norm
-        out[("relative_bias", layer, None)] = ratio_or_inf(bias_norm, norm(g))
+        out[("relative_bias", layer, None)] = ratio_or_inf(bias_norm, reference_norm)
         out[("variance_trace", layer, None)] = trace
         sq_bias = bias2 if exact else bias2 - trace / n
         if reference_var is not None:
             sq_bias -= float(reference_var[sel].sum())
         out[("squared_bias", layer, None)] = sq_bias
-        out[("relative_squared_bias", layer, None)] = ratio_or_inf(sq_bias, _square(norm(g), "the reference's norm"))
+        out[("relative_squared_bias", layer, None)] = ratio_or_inf(sq_bias, _square(reference_norm, "the reference's norm"))
         for m in ms:
             out[("mse", layer, m)] = sq_bias + trace / m
         out[("cosine_mean", layer, None)] = cosine(mu, g)

@@ -156,13 +156,14 @@ def mc_moments(problem: Problem, estimator, *, num_samples: int, seed: int = 0, 
                               options=resolved, settings={"n": n, "seed": seed, "device": str(dev), "dtype": str(dtype),
                                                           "full": full, "references": references, "ms": list(ms),
                                                           "batches": k})
-    with ckpt.saving(saver, None if saver is None else saver.state(run)):
+    state = None if saver is None else saver.state(run)
+    with ckpt.saving(saver, state):
         if saver is not None:
             saver.resume(run)
         show = sys.stderr.isatty() if progress is None else bool(progress)
         with tqdm(total=n, initial=run.position, disable=not show, unit="draw", unit_scale=True, desc=est.name,
                   leave=False) as bar:
-            run.loop(bar.update, None if saver is None else lambda: saver.maybe_save(saver.state(run)))
+            run.loop(bar.update, None if saver is None else lambda: saver.maybe_save(state))
     total = run.batches[0].summary
     for acc in run.batches[1:]:
         total = total.merged(acc.summary)

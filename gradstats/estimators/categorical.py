@@ -345,7 +345,7 @@ def _carms_outcomes(problem: Problem, *, chunk_size: int, max_states: int, devic
         cls = cls.reshape(-1, n, k)
         tuple_index = (cls * kk ** torch.arange(k - 1, -1, -1)).sum(-1)             # [C, N]
         probability = table[torch.arange(n), tuple_index].prod(1)
-        samples = torch.nn.functional.one_hot(cls.movedim(-1, 0), kk).to(a.dtype).reshape(k, len(index), -1)
+        samples = one_hot_of(cls.movedim(-1, 0), kk, a.dtype).reshape(k, len(index), -1)
         samples = samples.to(device)
         loss = tied_losses(problem.loss(samples.reshape(k * len(index), -1)).reshape(k, -1), samples, axis=0)
         delta = carms_rule(a_dev.expand(len(index), -1), samples, loss, kk)
