@@ -269,10 +269,11 @@ def perturbed_pairs(frame):
                             columns="cell_stage", values="loss").dropna()
 
 
-def perturbation_numbers(frame) -> dict:
+def perturbation_numbers(frame, table) -> dict:
     """How far the rate's last-bit change moves the report runs: the share of runs whose final loss changed at all
     (beyond 1e-9 relative) and by more than :data:`MOVED`, each with its binomial standard error over runs; which
-    estimators' runs moved; and the largest shift of an estimator's mean in units of its standard error."""
+    estimators' runs moved; and the largest shift of an estimator's mean in units of its standard error (``table``:
+    :func:`reported`)."""
     pairs = perturbed_pairs(frame)
     if pairs.empty or "perturbed" not in pairs:
         return {}
@@ -287,10 +288,9 @@ def perturbation_numbers(frame) -> dict:
     counts = moved.groupby(level=["cell_architecture", "cell_estimator"], sort=False).agg(["sum", "size"])
     listed = [f"{label.replace('_', chr(92) + '_')} on {arch} ({int(k)} of {int(m)})"
               for (arch, label), (k, m) in counts.iterrows() if k]
-    table = reported(frame).set_index(["cell_architecture", "cell_estimator"])
     means = pairs.groupby(level=["cell_architecture", "cell_estimator", "cell_task"]).mean()
     means = means.groupby(level=["cell_architecture", "cell_estimator"]).mean()
-    gallery = table[table.cell_study == "gallery"]
+    gallery = table[table.cell_study == "gallery"].set_index(["cell_architecture", "cell_estimator"])
     stderr = gallery.loc[means.index, "stderr"].to_numpy()
     shift = np.abs(means["perturbed"] - means["report"]).to_numpy()
     shift = np.where(shift > 1e-9 * means["report"].abs().to_numpy(), shift, 0.0)     # rounding is not a shift
@@ -412,7 +412,7 @@ def numbers(frame, config):
     macros["trainTasks"] = str(len(grid["tasks"]))
     macros["trainSeeds"] = str(len(grid["report"]))
     macros["trainSelectionSeeds"] = str(len(grid["selection"]))
-    return macros | perturbation_numbers(frame)
+    return macros | perturbation_numbers(frame, table)
 
 
 ANALYSIS = Analysis("fig_training", __doc__.splitlines()[0], cells, compute, plot, numbers)

@@ -125,10 +125,10 @@ def _loss_formula(spec: dict) -> str:
 
 def _best_temperatures(minima: dict) -> str:
     """``$M = 1$: 1--2; ...``: per number of draws, the range of the networks' MSE-minimising temperatures
-    (``minima``: M -> the networks' minima, a list or a dict holding it under ``"networks"``)."""
+    (``minima``: M -> the networks' minima)."""
     parts = []
-    for m, v in minima.items():
-        best = sorted({r["best_temperature"] for r in (v["networks"] if isinstance(v, dict) else v)})
+    for m, networks in minima.items():
+        best = sorted({r["best_temperature"] for r in networks})
         span = f"{best[0]:g}" if len(best) == 1 else f"{best[0]:g}--{best[-1]:g}"
         parts.append(f"$M = {m}$: {span}")
     return "; ".join(parts)
@@ -197,7 +197,8 @@ def numbers(frame, config):
            "claimDisarmTraceRatioMax": exact(data["DISARM-V"]["trace_ratio_quantiles"][4], 4),
            "claimDisarmSubstantialPercent": exact(100 * data["DISARM-V"]["trace_ratio_substantial_share"], 2),
            "claimGumbelNetworks": str(len(data["GUMBEL-T"]["networks"])),
-           "claimGumbelBestTemperatures": _best_temperatures(data["GUMBEL-T"]["interior_minimum"]),
+           "claimGumbelBestTemperatures": _best_temperatures({m: v["networks"] for m, v in
+                                                              data["GUMBEL-T"]["interior_minimum"].items()}),
            "claimGumbelCategoricalNetworks": str(len(data["GUMBEL-T"]["categorical_networks"])),
            "claimGumbelCategoricalBestTemperatures": _best_temperatures(
                data["GUMBEL-T"]["categorical_interior_minimum"])}
