@@ -45,6 +45,7 @@ from .metrics import MetricValue, compute_metrics
 from .noise import uniforms_as
 from .numerics import positive_finite, positive_int, seed_value, signs
 from .problems import FactoredGradient
+from .vmap_refusals import explained
 
 __all__ = ["GradientStats", "ParameterLayout", "per_draw_gradients", "gradient_stats", "estimate_reference"]
 
@@ -1044,8 +1045,18 @@ def per_draw_gradients(loss: Callable[..., Tensor], params: Mapping[str, Tensor]
         return loss({**free, **fixed}, u)
 
     per_draw = vmap(grad(with_fixed if fixed else loss), in_dims=(None, 0), randomness="different")
-    yield from draw_chunks(lambda noise, rows: per_draw(measured, noise), num_draws, noise_shapes=shapes,
-                           chunk_size=chunk_size, seed=seed, dtype=dtype, device=first.device, start=start)
+
+    def chunk(noise, rows: int) -> dict[str, Tensor]:
+        try:
+            return per_draw(measured, noise)
+        except RuntimeError as err:
+            refusal = explained(err, "loss")
+            if refusal is None:
+                raise
+            raise refusal from err
+
+    yield from draw_chunks(chunk, num_draws, noise_shapes=shapes, chunk_size=chunk_size, seed=seed, dtype=dtype,
+                           device=first.device, start=start)
 
 
 def chunk_start(name: str, value, num_draws: int, chunk_size: int) -> int:

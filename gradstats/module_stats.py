@@ -19,7 +19,9 @@ that draw's own batch statistics. The buffers a forward pass writes (found by on
 on copies of the buffers: BatchNorm's running statistics and ``num_batches_tracked``) get a copy per draw, which
 is discarded, so the module is left as it was; the others are read where they lie. A forward pass that writes
 with ``out=`` (spectral normalisation's power iteration, in training mode) is one ``vmap`` cannot batch: put
-that layer in ``eval()`` mode.
+that layer in ``eval()`` mode. The other steps ``vmap`` cannot batch (``torch.distributions``' ``Normal.rsample``,
+``F.one_hot``, a ``torch.autograd.Function`` without ``setup_context``) are refused with a ValueError that names
+the line and the rewrite (:mod:`gradstats.vmap_refusals`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from torch import Tensor
 
 from .gradient_stats import GradientStats, chunk_start, draw_chunks, forked_devices, stream_into
 from .numerics import positive_int, seed_value
+from .vmap_refusals import explained
 
 __all__ = ["module_per_draw_gradients", "module_gradient_stats", "measured_parameters"]
 
@@ -130,11 +133,14 @@ def module_per_draw_gradients(module: torch.nn.Module, loss_fn: Callable[[object
         try:
             gradients = per_draw({k: v.expand(rows, *v.shape) for k, v in measured.items()}, copies)
         except RuntimeError as err:
-            if "mutate a captured Tensor" not in str(err):
+            if "mutate a captured Tensor" in str(err):
+                raise ValueError(f"module: its forward pass writes in place to a tensor that is neither a parameter "
+                                 f"nor a buffer ({type(module).__name__}; torch says: {str(err).splitlines()[0]}); "
+                                 "register it with register_buffer, and each draw gets its own copy") from err
+            refusal = explained(err, "module or loss_fn")
+            if refusal is None:
                 raise
-            raise ValueError(f"module: its forward pass writes in place to a tensor that is neither a parameter nor a "
-                             f"buffer ({type(module).__name__}; torch says: {str(err).splitlines()[0]}); register it "
-                             "with register_buffer, and each draw gets its own copy") from err
+            raise refusal from err
         return {k: gradients[k] for k in measured}     # in the module's order
 
     return draw_chunks(chunk, num_draws, noise_shapes={}, chunk_size=chunk_size, seed=seed, dtype=first.dtype,

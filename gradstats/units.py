@@ -68,6 +68,7 @@ __all__ = [
     "conditional_noise_slope",
     "local_derivative_like",
     "flip_each",
+    "one_hot_of",
 ]
 
 
@@ -313,9 +314,10 @@ def softmax_jvp(probs: Tensor, v: Tensor, num_classes: int) -> Tensor:
 
 
 def one_hot_of(index: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-    """``index [...]`` (classes ``0 .. num_classes - 1``) as one-hot ``[..., num_classes]`` of ``dtype``, by
+    """``index [...]`` (classes 0 to ``num_classes - 1``) as one-hot ``[..., num_classes]`` of ``dtype``, by
     comparison with ``arange(num_classes)``: torch's ``one_hot`` reads the indices to check them, which
-    ``vmap`` cannot batch."""
+    ``vmap`` cannot batch under ``grad``. Nothing is checked here, for the same reason: an index outside the
+    classes gives a row of zeros."""
     return (index.unsqueeze(-1) == torch.arange(num_classes, device=index.device)).to(dtype)
 
 

@@ -236,3 +236,88 @@ def test_a_forward_pass_that_writes_to_a_plain_tensor_attribute_is_named():
 
     with pytest.raises(ValueError, match="neither a parameter nor a buffer"):
         gs.module_gradient_stats(Tally(), lambda out, b: out, torch.rand(4, 3), 8)
+
+
+
+D = torch.distributions
+# how research code samples from a layer's output a, by name: the ways the own-model guide says run as they are,
+# those it says are refused, and the rewrites the refusals suggest
+SAMPLERS = {
+    "Bernoulli": lambda a: (lambda d: (lambda b: b * a + d.log_prob(b))(d.sample()))(D.Bernoulli(logits=a)),
+    "Categorical": lambda a: (lambda d: d.log_prob(d.sample()))(D.Categorical(logits=a)),
+    "RelaxedBernoulli": lambda a: D.RelaxedBernoulli(torch.tensor(0.5, dtype=a.dtype), logits=a).rsample(),
+    "RelaxedOneHotCategorical": lambda a: D.RelaxedOneHotCategorical(torch.tensor(0.5, dtype=a.dtype),
+                                                                     logits=a).rsample(),
+    "Gumbel": lambda a: D.Gumbel(a, 1.0).rsample(),
+    "Uniform": lambda a: D.Uniform(a, a + 1).rsample(),
+    "torch.normal": lambda a: torch.normal(a, 1.0),
+    "Normal": lambda a: D.Normal(a, 1.0).rsample(),
+    "LogNormal": lambda a: D.LogNormal(a, 1.0).rsample(),
+    "MultivariateNormal": lambda a: D.MultivariateNormal(a, torch.eye(4, dtype=a.dtype)).rsample(),
+    "Laplace": lambda a: D.Laplace(a, 1.0).rsample(),
+    "Exponential": lambda a: D.Exponential(a.exp()).rsample(),
+    "F.one_hot": lambda a: F.one_hot(a.argmax(-1), 4) * a,
+    "OneHotCategorical": lambda a: (lambda d: d.log_prob(d.sample()))(D.OneHotCategorical(logits=a)),
+    "Beta": lambda a: D.Beta(a.exp(), 1.0).rsample(),
+    "Dirichlet": lambda a: D.Dirichlet(a.exp()).rsample(),
+    "randn_like, for Normal": lambda a: a + 1.0 * torch.randn_like(a),
+    "one_hot_of, for F.one_hot": lambda a: gs.units.one_hot_of(a.argmax(-1), 4, a.dtype) * a,
+}
+RUN = ["Bernoulli", "Categorical", "RelaxedBernoulli", "RelaxedOneHotCategorical", "Gumbel", "Uniform",
+       "randn_like, for Normal", "one_hot_of, for F.one_hot"]
+REFUSED = {"Normal": r"in place .* rsample.*randn_like\(loc\)", "LogNormal": "in place", "MultivariateNormal": "in place",
+           "Laplace": "in place", "Exponential": "in place", "F.one_hot": r"branches on it .*units.one_hot_of",
+           "OneHotCategorical": "branches on it", "Beta": "setup_context", "Dirichlet": "setup_context"}
+
+
+class Sampled(nn.Module):
+    """A linear layer whose output is sampled by one of :data:`SAMPLERS`."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.linear, self.how = nn.Linear(3, 4).double(), how
+
+    def forward(self, x):
+        return SAMPLERS[self.how](self.linear(x))
+
+
+def _squared(out, batch):
+    return out.pow(2).mean()
+
+
+@pytest.mark.parametrize("how", REFUSED)
+def test_what_vmap_cannot_batch_is_named_with_the_line_and_the_rewrite(how):
+    """torch's refusal to batch a draw becomes a ValueError naming the argument, this file's line that called the
+    refused step, and how to write that step instead."""
+    with pytest.raises(ValueError, match=REFUSED[how]) as refused:
+        gs.module_gradient_stats(Sampled(how), _squared, torch.rand(5, 3, dtype=torch.float64), 8)
+    said = str(refused.value)
+    assert said.startswith("module or loss_fn: ") and f"{__file__}:" in said and "torch says: " in said
+
+
+@pytest.mark.parametrize("how", RUN)
+def test_the_samplers_the_guide_lists_and_the_rewrites_run_with_noise_of_their_own_per_draw(how):
+    """What the guide says runs as it is, and each rewrite a refusal suggests, is batched, one draw's gradient
+    differing from another's (F.one_hot's rewrite has no noise: its draws are equal)."""
+    grads = next(gs.module_per_draw_gradients(Sampled(how), _squared, torch.rand(5, 3, dtype=torch.float64), 16,
+                                              chunk_size=16))
+    weight = grads["linear.weight"].reshape(16, -1)
+    assert torch.isfinite(weight).all()
+    assert len(torch.unique(weight, dim=0)) == (1 if how.startswith("one_hot_of") else 16)
+
+
+def test_torch_normal_runs_but_passes_no_gradient_to_its_mean():
+    """What the guide warns of: torch defines torch.normal(mean, std) to pass no gradient to ``mean``, so a module
+    that samples with it is batched and measured, and every draw's gradient is 0."""
+    grads = next(gs.module_per_draw_gradients(Sampled("torch.normal"), _squared,
+                                              torch.rand(5, 3, dtype=torch.float64), 16, chunk_size=16))
+    assert torch.equal(grads["linear.weight"], torch.zeros(16, 4, 3, dtype=torch.float64))
+
+
+def test_a_loss_that_vmap_cannot_batch_is_named():
+    """The same for gs.per_draw_gradients' ``loss``."""
+    def loss(p, u):
+        return D.Normal(p["a"], 1.0).rsample().sum() + u.sum()
+
+    with pytest.raises(ValueError, match=r"^loss: one draw's computation draws random numbers in place"):
+        next(gs.per_draw_gradients(loss, {"a": torch.zeros(3)}, 8, noise_shape=(3,)))
