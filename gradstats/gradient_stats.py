@@ -1037,6 +1037,11 @@ def per_draw_gradients(loss: Callable[..., Tensor], params: Mapping[str, Tensor]
     measured = {k: v.detach() for k, v in params.items() if not _frozen(v)}
     if not measured:
         raise ValueError("every parameter in params is frozen (requires_grad=False): nothing to measure")
+    not_real = [f"{k!r} ({v.dtype})" for k, v in measured.items() if not v.is_floating_point()]
+    if not_real:
+        raise ValueError(f"params must be real floating-point tensors (those measured): {', '.join(not_real)} "
+                         f"{'is' if len(not_real) == 1 else 'are'} not; hold such tensors in the loss's closure, or "
+                         "pass them as frozen nn.Parameters")
     fixed = {k: v.detach() for k, v in params.items() if k not in measured}
     first = next(iter(measured.values()))
     dtype = dtype or first.dtype

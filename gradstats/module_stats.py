@@ -64,6 +64,12 @@ def measured_parameters(module: torch.nn.Module, params: Sequence[str] | None = 
             raise ValueError(f"params names {repeated} more than once")
         if not names:
             raise ValueError("params is empty: name at least one parameter to measure")
+    not_real = [f"{k} ({named[k].dtype})" for k in names if not named[k].is_floating_point()]
+    if not_real:
+        raise ValueError(f"params: only real floating-point parameters can be measured, and {', '.join(not_real)} "
+                         f"of {type(module).__name__} {'is' if len(not_real) == 1 else 'are'} not; leave "
+                         f"{'it' if len(not_real) == 1 else 'them'} out with params=[...] or freeze "
+                         f"{'it' if len(not_real) == 1 else 'them'} (requires_grad=False)")
     return {k: named[k].detach() for k in names}
 
 

@@ -124,6 +124,23 @@ def test_bad_input_is_named(call, match):
         call(BernoulliST())
 
 
+def test_a_complex_parameter_is_named_and_can_be_left_out():
+    """A complex parameter cannot be measured: it is named with its dtype before any draw (GradientStats refused
+    the first chunk's gradients, naming none), and params=[...] leaves it out."""
+    class Phase(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+            self.phase = nn.Parameter(torch.ones(3, dtype=torch.complex128))
+
+        def forward(self, x):
+            return (torch.bernoulli(torch.sigmoid(self.a).expand_as(x)) * (self.phase * x).abs()).sum() + self.a.sum()
+
+    with pytest.raises(ValueError, match=r"params: only real .* phase \(torch.complex128\) of Phase is not"):
+        gs.module_gradient_stats(Phase(), lambda out, b: out, TARGET, 8)
+    assert gs.module_gradient_stats(Phase(), lambda out, b: out, TARGET, 8, params=["a"]).layout.names == ["a"]
+
+
 def test_a_fully_frozen_module_is_refused():
     module = BernoulliST()
     for p in module.parameters():

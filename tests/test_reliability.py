@@ -314,3 +314,17 @@ def test_frozen_parameters_are_left_out_and_unused_ones_are_reported_not_scored(
     model.weight.requires_grad_(False)
     with pytest.raises(ValueError, match="every parameter in params is frozen"):
         next(gs.per_draw_gradients(loss, dict(model.named_parameters()), 3, noise_shape=(1,)))
+
+
+@pytest.mark.parametrize("bad", [torch.arange(3), torch.zeros(3, dtype=torch.complex64)], ids=["integer", "complex"])
+def test_a_measured_tensor_that_is_not_real_floating_point_is_named(bad):
+    """An integer or complex tensor among the measured ones is named with its dtype (torch said "only Tensors of
+    floating point dtype can require gradients", or spoke of complex outputs, with no name); held as a frozen
+    parameter it is left out and passed to the loss."""
+    def loss(params, u):
+        return (params["w"] * u).sum() + 0 * params["n"].real.sum()
+
+    with pytest.raises(ValueError, match=rf"params must be real floating-point tensors .*'n' \({bad.dtype}\) is not"):
+        next(gs.per_draw_gradients(loss, {"w": torch.zeros(3), "n": bad}, 4, noise_shape=(3,)))
+    frozen = torch.nn.Parameter(bad, requires_grad=False)
+    assert set(next(gs.per_draw_gradients(loss, {"w": torch.zeros(3), "n": frozen}, 4, noise_shape=(3,)))) == {"w"}
