@@ -201,6 +201,9 @@ def numbers(frame, config):
 
     disarm = row("storchastic", "DisARM()")
     moving = row("storchastic", "ScoreFunction(baseline_factory='moving_average')")
+    toy = audit.audit_problems(units="binary")[0]
+    if toy.description != moving.problem:
+        raise ValueError(f"the moving average's first row is on {moving.problem}, not {toy.description}: rerun the audit")
     pyro = row("pyro", "TraceGraph_ELBO(use_decaying_avg_baseline, baseline_beta=0.9)")
     counts = _verdicts(frame)
     return categorical_numbers(full) | {
@@ -209,6 +212,8 @@ def numbers(frame, config):
             "auditInconclusive": str(int((counts == "inconclusive").sum())),
             "auditDisarmOff": estimate(disarm.relative_discrepancy, disarm.relative_discrepancy_stderr),
             "auditMovingAverageOff": estimate(moving.relative_discrepancy, moving.relative_discrepancy_stderr),
+            "auditMovingAverageSimulation": estimate(*audit.moving_average_simulation(toy)),
+            "auditMovingAverageSimulationAfter": estimate(*audit.moving_average_simulation(toy, update_first=False)),
             "auditPyroOff": estimate(pyro.relative_discrepancy, pyro.relative_discrepancy_stderr),
             "auditProblemOne": frame.problem.iloc[0].replace("_", "\\_"), **unordered_set_gaps(),
             "auditRebarWrongSide": exact(100 * audit.storchastic_wrong_side_share(0.5), 3)}

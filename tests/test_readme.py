@@ -183,6 +183,51 @@ def test_the_readmes_quoted_numbers_are_the_committed_analyses(path, around, ana
     assert abs(printed - value) <= 0.5 * 10 ** -decimals + 1e-12, (printed, value)
 
 
+# numbers printed with an error that no committed analysis writes, and the command printed beside them that does
+PRINTED_ELSEWHERE = {"0.0249 ± 0.0007": "python docs/reproducers/storchastic_rebar.py",
+                     "0.0243 ± 0.0004": "python docs/reproducers/storchastic_rebar.py",
+                     "0.0251 ± 0.0003": "python docs/reproducers/storchastic_rebar.py"}
+# a value and its error as the README and the findings page print them: 0.134 ± 0.021, −0.32 ± 0.04, +0.39 ± 0.41,
+# (2.9 ± 0.5) × 10^-4
+PAIR = re.compile(r"(?<![\w.])(\()?([−+-]?)(\d+(?:\.(\d+))?) ± (\d+(?:\.(\d+))?)(?(1)\) × 10\^(-?\d+))")
+
+
+def _estimates() -> list[tuple[float, float]]:
+    """(value, standard error) of every committed estimate macro (``paper/generated/*.json``)."""
+    found = []
+    for path in sorted((ROOT / "paper" / "generated").glob("*.json")):
+        found += [(m["value"], m["stderr"]) for m in json.loads(path.read_text()).values()
+                  if isinstance(m, dict) and m.get("kind") == "estimate"]
+    return found
+
+
+@pytest.mark.parametrize("path", [README, ROOT / "docs" / "results.md"], ids=["README", "findings"])
+def test_every_number_printed_with_its_error_is_a_committed_analysiss(path):
+    """Each value printed with its standard error in the README and on the findings page (outside code spans) is,
+    to its printed digits, the value and the error of an estimate that a committed analysis wrote
+    (``paper/generated/NAME.json``, as printed or in percent), so that none goes stale when an analysis reruns;
+    the few that no analysis writes are listed in :data:`PRINTED_ELSEWHERE` with the command printed beside them."""
+    text = re.sub(r"`[^`]*`", "``", path.read_text())
+    estimates = _estimates()
+    pairs = list(PAIR.finditer(text))
+    assert len(pairs) >= 25
+    unmatched = []
+    for pair in pairs:
+        scale = 10.0 ** int(pair.group(7)) if pair.group(1) else 1.0
+        value = float(pair.group(3)) * (-1 if pair.group(2) in "−-" and pair.group(2) else 1) * scale
+        stderr = float(pair.group(5)) * scale
+        value_tol = (0.5 * 10 ** -len(pair.group(4) or "")) * scale + 1e-12
+        stderr_tol = (0.5 * 10 ** -len(pair.group(6) or "")) * scale + 1e-12
+        if not any(abs(percent * v - value) <= value_tol and abs(percent * e - stderr) <= stderr_tol
+                   for v, e in estimates for percent in (1, 100)):
+            unmatched.append(pair.group(0))
+    elsewhere = [p for p in unmatched if p in PRINTED_ELSEWHERE]
+    assert [p for p in unmatched if p not in PRINTED_ELSEWHERE] == []
+    for printed in elsewhere:
+        paragraph = next(b for b in path.read_text().split("\n\n") if printed in b)
+        assert PRINTED_ELSEWHERE[printed] in paragraph, printed
+
+
 def test_the_readmes_mnist_caption_says_what_the_long_runs_reading_finds():
     """The MNIST caption says the long runs end within their rows' spread over seeds: the committed reading
     (``\\mnistLongShortRows``, which ``python -m analyses.fig_mnist --collect`` writes) must find none of them short,
