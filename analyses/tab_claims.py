@@ -2,7 +2,8 @@
 
 Runs the registry's checks (``gradstats claims``), saves one row per claim,
 and writes ``paper/generated/tab_claims.tex`` (the verdict table and the
-numbers the paper quotes from the evidence).
+numbers the paper quotes from the evidence) and ``tab_claims_verdicts.jsonl``
+(each claim's verdict, qualifier, summary and evidence, as the run printed them: one JSON object a line).
 
     python analyses/tab_claims.py [--quick]
 """
@@ -91,6 +92,9 @@ def _short_source(reference: str) -> str:
     return year.group(1) if year else re.split(r" \((?![a-z]\))", reference)[0]
 
 
+VERDICT_FIELDS = ("id", "status", "kind", "reference", "qualifier", "summary", "evidence", "holds_when")
+
+
 def plot(frame, meta, config):
     # A longtable, so that the registry may run past one page; its caption is the paper's \claimsTableCaption,
     # defined before the table is input.
@@ -108,7 +112,11 @@ def plot(frame, meta, config):
         lines.append(f"{_tex(r.id)} & {_tex(_short_source(r.reference))} & \\textbf{{{r.status}}}{kind}: "
                      f"{_tex_with_maths(text)} \\\\")
     lines.append("\\end{longtable}")
-    atomic_write(config.generated / f"tab_claims_table{'-quick' if config.quick else ''}.tex", "\n".join(lines) + "\n")
+    suffix = "-quick" if config.quick else ""
+    atomic_write(config.generated / f"tab_claims_table{suffix}.tex", "\n".join(lines) + "\n")
+    # the verdicts as the run printed them, for the findings page, whose table of claims quotes them (tested)
+    verdicts = [{k: (r[k] if isinstance(r[k], str) else "") for k in VERDICT_FIELDS} for _, r in frame.iterrows()]
+    atomic_write(config.generated / f"tab_claims_verdicts{suffix}.jsonl", "".join(json.dumps(v) + "\n" for v in verdicts))
     return None
 
 

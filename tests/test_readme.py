@@ -228,6 +228,34 @@ def test_every_number_printed_with_its_error_is_a_committed_analysiss(path):
         assert PRINTED_ELSEWHERE[printed] in paragraph, printed
 
 
+def test_the_findings_table_of_claims_quotes_each_claims_committed_verdict():
+    """Each number of a row of docs/results.md's table of claims (a decimal, or an integer from 10 up; the values
+    printed with their errors are the test above's) is, to its printed digits, one of the numbers of that claim's
+    committed verdict (``paper/generated/tab_claims_verdicts.jsonl``: qualifier, summary, evidence, holds_when,
+    which ``python -m analyses.tab_claims`` writes), or the whole text of a committed macro (a p-value of the study
+    the verdict names)."""
+    verdicts = {v["id"]: v for v in map(json.loads, (ROOT / "paper" / "generated" /
+                                                      "tab_claims_verdicts.jsonl").read_text().splitlines())}
+    macros = {text for path in (ROOT / "paper" / "generated").glob("*.tex")
+              for text in re.findall(r"\\newcommand\{\\\w+\}\{([^{}]*)\}", path.read_text())}
+    rows = re.findall(r"^\| ([A-Z0-9][\w-]*) \| .*? \| (?:confirmed|refuted|inconclusive)[^|]*\| (.*) \|$",
+                      (ROOT / "docs" / "results.md").read_text(), flags=re.M)
+    assert {claim_id for claim_id, _ in rows} == set(verdicts)
+    unquoted = []
+    for claim_id, finding in rows:
+        verdict = verdicts[claim_id]
+        said = [float(x) for x in re.findall(r"\d+(?:\.\d+)?", " ".join(
+            verdict[k] for k in ("qualifier", "summary", "evidence", "holds_when")))]
+        finding = PAIR.sub("", re.sub(r"`[^`]*`", "", finding))
+        for number in re.finditer(r"(?<![\w.])(\d+(?:\.(\d+))?)(?![\w.]*\w)", finding):
+            value, decimals = float(number.group(1)), len(number.group(2) or "")
+            if (decimals == 0 and value < 10) or number.group(1) in macros:
+                continue
+            if not any(abs(value - x) <= 0.5 * 10 ** -decimals + 1e-12 for x in said):
+                unquoted.append((claim_id, number.group(1)))
+    assert unquoted == []
+
+
 def test_the_readmes_mnist_caption_says_what_the_long_runs_reading_finds():
     """The MNIST caption says the long runs end within their rows' spread over seeds: the committed reading
     (``\\mnistLongShortRows``, which ``python -m analyses.fig_mnist --collect`` writes) must find none of them short,
