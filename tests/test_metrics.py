@@ -36,16 +36,22 @@ def brute_force(dense: torch.Tensor, w: torch.Tensor, g: torch.Tensor, layers: t
     return out
 
 
-def _normal_range(gradient: FactoredGradient) -> FactoredGradient:
-    """The same per-draw gradients times one power of two that brings the largest delta near 1, before they are
-    multiplied out: cosines are unchanged, and deltas of 5e-324 (a loss coefficient that small) keep their ratios,
-    which their subnormal products with the inputs would round away."""
-    top = max(float(d.abs().max()) for d in gradient.deltas)
-    if top == 0:
-        return gradient
-    exponent = -math.frexp(top)[1]
-    half = exponent // 2
-    return FactoredGradient([d * 2.0**half * 2.0**(exponent - half) for d in gradient.deltas], gradient.inputs)
+def _normal_range(gradient: FactoredGradient, per_draw: bool = False) -> FactoredGradient:
+    """The same per-draw gradients times a power of two that brings the largest delta near 1, before they are
+    multiplied out: deltas of 5e-324 (a loss coefficient that small) keep their ratios, which their subnormal
+    products with the inputs would round away. One power for the chunk (means of draws keep their weights), or
+    with ``per_draw`` one for each draw (a draw's cosine is unchanged, and a draw whose deltas are subnormal beside
+    others' normal ones keeps its digits too)."""
+    rows = torch.stack([d.abs().reshape(len(d), -1).amax(1) for d in gradient.deltas], 1).amax(1)   # [B]
+    top = rows if per_draw else rows.amax().expand_as(rows)
+    exponent = torch.where(top > 0, -torch.frexp(top).exponent, 0).to(torch.float64)
+    half = torch.div(exponent, 2, rounding_mode="floor")
+
+    def scaled(d):
+        shape = (len(d),) + (1,) * (d.ndim - 1)
+        return d * torch.pow(2.0, half).reshape(shape) * torch.pow(2.0, exponent - half).reshape(shape)
+
+    return FactoredGradient([scaled(d) for d in gradient.deltas], gradient.inputs)
 
 
 def _exact_signs(gradient: FactoredGradient) -> torch.Tensor:
@@ -70,6 +76,10 @@ def _unit_rows(d: torch.Tensor) -> torch.Tensor:
 @example(problem=gs.problems.sbn([1, 2], loss=gs.losses.from_spec({"kind": "multilinear", "num_inputs": 2,
                                                                     "coefficients": {"0": 1.0, "1": 5e-324}}),
                                  seed=0, weight_scale=1.0, num_outputs=4), estimator="st")   # products that round to 0
+@example(problem=gs.problems.sbn([2, 4], loss=gs.losses.from_spec({"kind": "multilinear", "num_inputs": 4,
+                                                                    "coefficients": {"1": 1.0, "3": 2.2250738585e-313}}),
+                                 seed=161, weight_scale=1.0, num_outputs=4),
+         estimator="reinforce")   # draws of subnormal deltas in a chunk of normal ones
 def test_exact_per_draw_metrics_match_brute_force(problem, estimator):
     g = gs.exact_gradient(problem)
     m = gs.moments(problem, estimator, references={"binary": g})
@@ -78,7 +88,8 @@ def test_exact_per_draw_metrics_match_brute_force(problem, estimator):
     trajs = list(enumeration.trajectories(problem, est.unit))
     draws = [est.from_states(problem, t, **opts) for t in trajs]
     dense = torch.cat([d.dense() for d in draws])
-    scaled = torch.cat([_normal_range(d).dense() if isinstance(d, FactoredGradient) else d for d in draws])
+    scaled = torch.cat([_normal_range(d, per_draw=True).dense() if isinstance(d, FactoredGradient) else d
+                        for d in draws])
     w = torch.cat([t.log_prob.exp() for t in trajs])
     signs = torch.cat([_exact_signs(d) if isinstance(d, FactoredGradient) else d.sign() for d in draws])
     ref = brute_force(scaled, w, g, problem.coordinate_layers(), signs)
