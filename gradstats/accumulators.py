@@ -371,6 +371,40 @@ def _times_power_of_two(x: Tensor, exponent: Tensor) -> Tensor:
     return x * torch.pow(2.0, half.to(x.dtype)) * torch.pow(2.0, (exponent - half).to(x.dtype))
 
 
+def cosines_by_layer(inner: Tensor, norm2: Tensor, exponent: Tensor, ref_norm2: Tensor,
+                     ref_exponent: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row, ``cos(x, g)`` and ``<x, g>`` up to a positive factor, ``[B, L + 1]`` (column 0: all layers), from
+    each layer's ``<x_l, g_l>`` and ``|x_l|^2`` (``[B, L]``) computed at ``x_l 2^-exponent`` and ``g_l
+    2^-ref_exponent`` (``exponent [B, L]``, ``ref_exponent [L]``: integral float64), with ``|g_l 2^-ref_exponent|^2``
+    (``ref_norm2 [L]``): each layer's cosine at its own scale, so that a layer whose squares would underflow beside
+    another's keeps it; the whole row's at one power of two per row (its largest layer's) and one for the
+    reference, where a layer too small to count rounds away. The cosine of a zero vector is 0."""
+    cos = safe_divide(inner, norm2.sqrt() * ref_norm2.sqrt())
+    shift = exponent - exponent.amax(1, keepdim=True)               # [B, L], <= 0: powers of two, exact
+    ref_shift = ref_exponent - ref_exponent.max()                   # [L], <= 0
+    inner_all = _times_power_of_two(inner, shift + ref_shift).sum(1, keepdim=True)
+    norm2_all = _times_power_of_two(norm2, 2 * shift).sum(1, keepdim=True)
+    ref_all = _times_power_of_two(ref_norm2, 2 * ref_shift).sum()
+    cos_all = safe_divide(inner_all, norm2_all.sqrt() * ref_all.sqrt())
+    return torch.cat([cos_all, cos], 1), torch.cat([inner_all, inner], 1)
+
+
+def layer_scaled(vectors: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+    """Each of ``vectors`` (``[..., n_l]``: a reference's layers, or rows of each layer's entries) times the power of
+    two that brings its largest magnitude near 1 (per row), and those powers, ``[..., L]`` float64 (0 for a zero
+    vector): exact, for :func:`cosines_by_layer`."""
+    top = torch.stack([v.abs().amax(-1) if v.shape[-1] else v.new_zeros(v.shape[:-1]) for v in vectors], -1)
+    exponent = torch.where(top > 0, _exponent_of(top), 0.0)
+    return [_times_power_of_two(v, -exponent[..., i, None]) for i, v in enumerate(vectors)], exponent
+
+
+def _exponent_of(top: Tensor) -> Tensor:
+    """Per entry of ``top > 0``, a power of two ``e`` (float64, integral) with ``top / 2^e`` in [1/2, 1), or within a
+    factor of 2 of it where ``log2`` rounds across an integer: what brings ``top`` near 1 (``frexp``'s integer
+    exponent does not compile on every CPU)."""
+    return torch.floor(torch.log2(top)) + 1
+
+
 def unit_scaled(x: Tensor) -> Tensor:
     """``x`` times the power of two that brings ``max |x|`` into [1/2, 1) (``x`` itself when it is zero): exact."""
     top = x.abs().max() if x.numel() else x.new_zeros(())
@@ -552,45 +586,44 @@ class GradientAccumulator:
         self.summary, self.position, self._pending = summary, position, pending
 
     # ---- per-draw metrics against one reference -----------------------------------
-    def _inner_and_norm(self, layers: list[list[_Part]], ref: Tensor) -> tuple[Tensor, Tensor]:
-        """Per draw and per layer: ``<g_hat_l, g_l>`` and ``|g_hat_l|^2``, each ``[B, L]``, up to a positive factor per
-        draw. Draws whose squared norm is nonzero and leaves :data:`SAFE_NORM2` (entries below about 1e-135,
-        where squares start to underflow, or above 1e135) are scaled first by a power of two that brings their
-        largest entry into [1/2, 1): exact, and cosines and signs of inner products are scale-invariant. Eager
-        code rescales only when a chunk has such a draw; compiled code computes both and picks per draw (no
-        data-dependent branch)."""
+    def _inner_and_norm(self, layers: list[list[_Part]], ref: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per draw and per layer: ``<g_hat_l, ref_l>``, ``|g_hat_l|^2`` and the exponent ``e`` (each ``[B, L]``) such
+        that they are those of ``g_hat_l`` times ``2^-e``. A layer of a draw whose squared norm is nonzero and leaves
+        :data:`SAFE_NORM2` (entries below about 1e-135, where squares start to underflow, or above 1e135) is scaled
+        first by the power of two that brings its largest entry into [1/2, 1) (``e`` is that power; 0 elsewhere):
+        exact, and a layer's cosine and the sign of its inner product are scale-invariant. Eager code rescales only
+        when a chunk has such a layer; compiled code computes both and picks (no data-dependent branch)."""
         def sums(parts_of: list[list[_Part]]) -> tuple[Tensor, Tensor]:
             return (torch.stack([sum(p.inner(ref[p.cols]) for p in parts) for parts in parts_of], 1),
                     torch.stack([sum(p.norm2() for p in parts) for parts in parts_of], 1))
 
         inner, norm2 = sums(layers)
-        total = norm2.sum(1)
+        safe = (norm2 >= SAFE_NORM2[0]) & (norm2 <= SAFE_NORM2[1])   # false for a NaN too
         compiling = torch.compiler.is_compiling()
-        if not compiling:
-            low, high = (float(v) for v in torch.aminmax(total))
-            if low >= SAFE_NORM2[0] and high <= SAFE_NORM2[1]:   # false for a NaN too
-                return inner, norm2
-        top = torch.stack([p.row_max() for parts in layers for p in parts], 1).amax(1)
-        unsafe = ~((total >= SAFE_NORM2[0]) & (total <= SAFE_NORM2[1])) & (top > 0)   # a zero draw is safe
+        if not compiling and bool(safe.all()):
+            return inner, norm2, torch.zeros_like(inner)
+        top = torch.stack([torch.stack([p.row_max() for p in parts], 1).amax(1) for parts in layers], 1)   # [B, L]
+        unsafe = ~safe & (top > 0)   # a layer that is 0 in a draw is safe
+        exponent = torch.where(unsafe, _exponent_of(top), 0.0)
         if not compiling and not bool(unsafe.any()):
-            return inner, norm2
-        exponent = torch.where(unsafe, torch.frexp(top).exponent, 0)
-        scaled = [[_Part(p.cols, _times_power_of_two(p.values, -exponent[:, None]), p.x) for p in parts]
-                  for parts in layers]
+            return inner, norm2, exponent
+        scaled = [[_Part(p.cols, _times_power_of_two(p.values, -exponent[:, layer, None]), p.x) for p in parts]
+                  for layer, parts in enumerate(layers)]
         inner_scaled, norm2_scaled = sums(scaled)
-        keep = unsafe[:, None]
-        return torch.where(keep, inner_scaled, inner), torch.where(keep, norm2_scaled, norm2)
+        return torch.where(unsafe, inner_scaled, inner), torch.where(unsafe, norm2_scaled, norm2), exponent
 
     def _cosines(self, layers, ref: Tensor) -> tuple[Tensor, Tensor]:
-        """``cos(g_hat, g)`` and the sign of ``<g_hat, g>`` per draw, ``[B, L + 1]`` (column 0: all layers); the
-        reference is scaled by a power of two first (see :meth:`_inner_and_norm`)."""
-        ref = unit_scaled(ref)
-        inner, norm2 = self._inner_and_norm(layers, ref)
-        ref_norm = torch.stack([sum(ref[p.cols].square().sum() for p in parts) for parts in layers]).sqrt()
-        inner_all = torch.cat([inner.sum(1, keepdim=True), inner], 1)
-        norm_all = torch.cat([norm2.sum(1, keepdim=True), norm2], 1).sqrt()
-        ref_all = torch.cat([ref_norm.square().sum().sqrt().reshape(1), ref_norm])
-        return safe_divide(inner_all, norm_all * ref_all), inner_all
+        """``cos(g_hat, g)`` and ``<g_hat, g>`` up to a positive factor, per draw, ``[B, L + 1]`` (column 0: all
+        layers). Each layer of the reference and of each draw is brought into range by its own power of two (see
+        :meth:`_inner_and_norm` and :func:`cosines_by_layer`)."""
+        _, ref_exponent = layer_scaled([torch.cat([ref[p.cols] for p in parts]) for parts in layers])
+        scaled_ref = ref.clone()
+        for parts, e in zip(layers, ref_exponent):
+            for p in parts:
+                scaled_ref[p.cols] = _times_power_of_two(ref[p.cols], -e)
+        inner, norm2, exponent = self._inner_and_norm(layers, scaled_ref)
+        ref_norm2 = torch.stack([sum(scaled_ref[p.cols].square().sum() for p in parts) for parts in layers])
+        return cosines_by_layer(inner, norm2, exponent, ref_norm2, ref_exponent)
 
     @staticmethod
     def _sign_agreement(part: _Part, w: Tensor | None, s: Tensor, total: float) -> Tensor:

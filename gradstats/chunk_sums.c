@@ -12,9 +12,10 @@
  * With ref and ref_norms (the reference's norm over all groups, then per group: [groups + 1]), per piece and
  * column c of [all, group 1, ..., group L]: cosines[p, c] = the sum over the piece's rows of cos(x_i, g) (0 where
  * |x_i| |g| = 0) and descent[p, c] = the count of <x_i, g> > 0 ([pieces, groups + 1] each), from the dots and
- * squared norms above, added over the groups. Where `safe` is not NULL, a draw whose squared norm lies outside
- * [safe[0], safe[1]] (NaN included) leaves them uncomputed and the call returns 1 (the caller takes the path that
- * rescales each draw); else it returns 0.
+ * squared norms above, added over the groups. Where `safe` is not NULL, a group of a draw whose squared norm is
+ * nonzero and lies outside [safe[0], safe[1]] (NaN included) leaves them uncomputed and the call returns 1 (the
+ * caller takes the path that rescales each group of each draw); else it returns 0 (a squared norm of 0, from a
+ * group that is 0 or one whose squares all underflowed, the caller tells apart).
  *
  * The columns are shared among the threads (OpenMP) in equal runs, cut into blocks whose six accumulators stay in
  * the second-level cache; within a block each row is read once, eight rows at a time, then four, then one (the
@@ -134,11 +135,11 @@ static double work(const task_t *t, int64_t c0, int64_t c1) {
 static int per_draw(int64_t groups, int64_t rows, const double *dots, const double *norms, const double *ref_norms,
                     const int64_t *bounds, int64_t pieces, const double *safe, double *cosines, double *descent) {
     if (safe) {
-        for (int64_t i = 0; i < rows; i++) {
-            double n = 0;
-            for (int64_t g = 0; g < groups; g++) n += norms[g * rows + i];
-            if (!(n >= safe[0] && n <= safe[1])) return 1;
-        }
+        for (int64_t g = 0; g < groups; g++)
+            for (int64_t i = 0; i < rows; i++) {
+                double n = norms[g * rows + i];
+                if (n != 0 && !(n >= safe[0] && n <= safe[1])) return 1;
+            }
     }
     memset(cosines, 0, pieces * (groups + 1) * sizeof(double));
     memset(descent, 0, pieces * (groups + 1) * sizeof(double));

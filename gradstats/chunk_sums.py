@@ -82,16 +82,15 @@ def cosines_from_dots(inner: Tensor, norm2: Tensor, reference_norms: Tensor) -> 
 
 def _per_draw(inner: Tensor, norm2: Tensor, reference_norms: Tensor | None, safe: tuple[float, float] | None):
     """``(inner, norm2)``, and with ``reference_norms`` also each draw's ``cos(x_i, g)`` and ``1[<x_i, g> > 0]``
-    (``[B, L + 1]``, :func:`cosines_from_dots`) and how many draws' squared norms leave ``safe`` (a 0-d tensor;
-    None: not checked, 0)."""
+    (``[B, L + 1]``, :func:`cosines_from_dots`) and how many nonzero squared norms of a group of a draw leave
+    ``safe`` (a 0-d tensor; None: not checked, 0; a squared norm of 0 the caller checks)."""
     if reference_norms is None:
         return inner, norm2
     cos, inner_all = cosines_from_dots(inner, norm2, reference_norms)
-    total = norm2.sum(1)
     if safe is None:
-        unsafe = total.new_zeros((), dtype=torch.int64)
+        unsafe = norm2.new_zeros((), dtype=torch.int64)
     else:
-        unsafe = (~((total >= safe[0]) & (total <= safe[1]))).sum()   # a NaN is not inside either
+        unsafe = ((norm2 != 0) & ~((norm2 >= safe[0]) & (norm2 <= safe[1]))).sum()   # a NaN is not inside either
     return inner, norm2, cos, (inner_all > 0).to(torch.float64), unsafe
 
 

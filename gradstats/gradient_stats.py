@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .accumulators import SAFE_NORM2, GradientAccumulator, Moments, Summary, unit_scaled
+from .accumulators import SAFE_NORM2, GradientAccumulator, Moments, Summary, cosines_by_layer, layer_scaled, unit_scaled
 from .checkpoint import PeriodicSaver, content_checksum, saving
 from .chunk_sums import ChunkSums, central_moments, cosines_from_dots
 from .metrics import MetricValue, compute_metrics
@@ -185,8 +185,18 @@ _CHUNK_SUMS = ChunkSums()
 SHIFT_DRAWS = 8   # the running sums' shift: the median of the first chunk's first SHIFT_DRAWS draws
 
 
+def _underflowed(parts: list[Tensor], norm2: Tensor) -> bool:
+    """Whether a group of a draw whose squared norm (``norm2 [B, L]``) is 0 is not 0: every square of it underflowed,
+    and its cosine is lost at this scale."""
+    zero = norm2 == 0
+    if not bool(zero.any()):
+        return False
+    return any(bool(rows.any()) and x.shape[1] > 0 and bool((x[rows] != 0).any()) for x, rows in zip(parts, zero.T))
+
+
 class _UnsafeNorms(Exception):
-    """A float64 draw whose squared norm leaves float64's safe range: the chunk takes the rescaling path."""
+    """A group of a float64 draw whose squared norm leaves float64's safe range, or a group of the reference that
+    small beside another: the chunk takes the accumulators' path, which scales each group of each draw alone."""
 
 
 class _Batch:
@@ -282,9 +292,9 @@ class GroupCosines:
         self.total = torch.zeros(layout.num_layers + 1, dtype=torch.float64, device=device)
         self.total_sq = torch.zeros_like(self.total)
 
-    def add(self, parts: list[Tensor], reference: list[Tensor], reference_norms: Tensor) -> None:
+    def add(self, parts: list[Tensor], reference: tuple[list[Tensor], Tensor] | None) -> None:
         """Fold in a chunk's draws (``parts``: ``[B, size]`` per parameter group, in draw order) against the
-        reference (per group, scaled; ``reference_norms``: its norms, :meth:`GradientStats._reference_views`): at
+        reference (each group scaled alone, and the powers of two: :meth:`GradientStats._reference_views`): at
         most three column reductions (the rows that complete the pending group, whole groups, the rows left over)."""
         rows, m = parts[0].shape[0], self.m
         head = min(rows, (m - self.pending_count) % m)
@@ -302,7 +312,7 @@ class GroupCosines:
             self.pending = [q + p[head + whole * m:].sum(0, dtype=torch.float64) for q, p in zip(self.pending, parts)]
             self.pending_count += rows - head - whole * m
         for group_sums in sums:
-            cos = group_cosines(group_sums, reference, reference_norms)
+            cos = group_cosines(group_sums, *reference)
             self.groups += cos.shape[0]
             self.total = self.total + cos.sum(0)
             self.total_sq = self.total_sq + cos.square().sum(0)
@@ -378,15 +388,17 @@ def _group_sizes(ms, budgets: tuple[int, ...], loss_evals_per_draw: int | None) 
     return tuple(sorted(m for m in sizes if m > 1))
 
 
-def group_cosines(group_sums: list[Tensor], reference: list[Tensor], reference_norms: Tensor) -> Tensor:
+def group_cosines(group_sums: list[Tensor], reference: list[Tensor], reference_exponent: Tensor) -> Tensor:
     """``[G, L + 1]``: the cosine of each of ``G`` vectors (given as sums, ``[G, size]`` per parameter group: cosines
-    do not depend on the scale) with the reference (per group, and its norms: :func:`cosines_from_dots`). Each vector
-    is divided by its largest magnitude first, so no square of a sum underflows or overflows."""
-    top = torch.stack([g.abs().amax(1) for g in group_sums], 1).amax(1, keepdim=True)
-    rows = [g / torch.where(top > 0, top, 1.0) for g in group_sums]
+    do not depend on the scale) with the reference (each group scaled alone, and its powers of two ``[L]``:
+    :func:`~gradstats.accumulators.layer_scaled`). Each group of each vector is scaled alone too, so no square
+    underflows or overflows, and the groups meet at one scale for the whole vector's cosine
+    (:func:`~gradstats.accumulators.cosines_by_layer`)."""
+    rows, exponent = layer_scaled(group_sums)
     inner = torch.stack([x @ r for x, r in zip(rows, reference)], 1)
     norm2 = torch.stack([x.square().sum(1) for x in rows], 1)
-    return cosines_from_dots(inner, norm2, reference_norms)[0]
+    ref_norm2 = torch.stack([r.square().sum() for r in reference])
+    return cosines_by_layer(inner, norm2, exponent, ref_norm2, reference_exponent)[0]
 
 
 def _free_memory(device: torch.device) -> int | None:
@@ -477,6 +489,8 @@ class GradientStats:
         self._scaled_reference: list[Tensor] | None = None   # per group: views of _scaled_flat
         self._scaled_flat: Tensor | None = None
         self._reference_norms: Tensor | None = None   # the scaled reference's norm over all groups, then per group
+        self._reference_in_range = True     # whether each group's part of _scaled_flat keeps its squares
+        self._group_reference: tuple[list[Tensor], Tensor] | None = None   # each group scaled alone, and its power
         self._reference_signs: Tensor | None = None
         self._shift: Tensor | None = None     # per coordinate: what the running power sums are taken about
         if reference is not None:
@@ -518,12 +532,20 @@ class GradientStats:
         (cosines do not depend on it; no square underflows or overflows), its norm per group (index 0: all), and
         its signs (:func:`~gradstats.numerics.signs`, as the accumulators take them)."""
         if self.reference is None:
-            self._scaled_reference = self._scaled_flat = self._reference_norms = None
+            self._scaled_reference = self._scaled_flat = self._reference_norms = self._group_reference = None
+            self._reference_in_range = True
             return
-        scaled = self._scaled_flat = unit_scaled(self.reference.to(self._device)).contiguous()
+        reference = self.reference.to(self._device)
+        scaled = self._scaled_flat = unit_scaled(reference).contiguous()
         self._scaled_reference = [scaled[cols] for _, cols in self.layout.layer_slices()]
         norms2 = torch.stack([r.square().sum() for r in self._scaled_reference])
         self._reference_norms = torch.cat([norms2.sum().reshape(1), norms2]).sqrt()
+        # a group far smaller than the largest (about 1e-135 of it) has squares that underflow at one scale: the
+        # chunks then take the accumulators' path, which scales each group alone
+        self._group_reference = layer_scaled([reference[cols] for _, cols in self.layout.layer_slices()])
+        in_range = (norms2 >= SAFE_NORM2[0]) & (norms2 <= SAFE_NORM2[1])
+        zero = torch.stack([(r == 0).all() for r in self._scaled_reference])
+        self._reference_in_range = bool((in_range | zero).all())
         self._reference_signs = signs(self.reference.to(self._device))
 
     # ---- folding in draws ------------------------------------------------------------------
@@ -617,7 +639,7 @@ class GradientStats:
                 self._restore(saved)
                 raise ValueError("grads: the chunk's covariance overflows float64; the chunk was not added")
         for groups in self._groups.values():
-            groups.add(parts, self._scaled_reference, self._reference_norms)
+            groups.add(parts, self._group_reference)
         # the chunk is in: the sums it replaced are referenced by nothing live (the saved copies go with this call)
         self._spare = (self._spare + retired)[-2:]
         return self
@@ -626,6 +648,8 @@ class GradientStats:
         """Each piece's batch's new running sums (not yet committed), from one call of
         :meth:`~gradstats.chunk_sums.ChunkSums.chunk` for every group and piece and the per-draw dots, and the
         chunk's check value (:class:`~gradstats.chunk_sums.ChunkResult`: finite exactly when every sum is)."""
+        if not self._reference_in_range:
+            raise _UnsafeNorms
         bounds = [0] + [b for _, _, b in pieces]
         spare = [self._spare.pop() if self._spare else None for _ in pieces]
         safe = SAFE_NORM2 if any(x.dtype == torch.float64 for x in parts) else None
@@ -634,8 +658,10 @@ class GradientStats:
         if self.reference is None:
             dots = [(None, None)] * len(pieces)
         elif result.cosines is not None:   # summed per piece where the dots were taken
+            if safe is not None and _underflowed(parts, result.norm2):
+                raise _UnsafeNorms
             dots = list(zip(result.cosines, result.descent))
-        else:   # a draw's squared norm left the safe range
+        else:   # a group of a draw has a squared norm outside the safe range
             cos, positive = self._per_draw_sums(parts, result.inner, result.norm2, safe)
             dots = [(cos[a:b].sum(0), positive[a:b].sum(0)) for _, a, b in pieces]
         return [_PieceSums(b - a, s, *d) for s, (_, a, b), d in zip(result.sums, pieces, dots)], result.check
@@ -644,18 +670,12 @@ class GradientStats:
                        safe: tuple[float, float] | None) -> tuple[Tensor, Tensor]:
         """Per draw of the chunk, from its dots with the reference and squared norms per group (``[B, L]``),
         ``cos(g_hat, g)`` and ``1[<g_hat, g> > 0]``, ``[B, L + 1]`` (column 0: all groups).
-        :class:`_UnsafeNorms` where a draw's squared norm leaves ``safe`` (float64 chunks; None: not checked)."""
-        total = norm2.sum(1)
+        :class:`_UnsafeNorms` where a group of a draw has a squared norm outside ``safe`` (float64 chunks; None: not
+        checked), 0 included unless the group is 0 in that draw (:func:`_underflowed`)."""
         if safe is not None:
-            # a squared norm outside float64's safe range (or 0 from a draw that is not 0: every square
-            # underflowed) loses the cosine: such a chunk takes the path that rescales each draw first
-            inside = (total >= safe[0]) & (total <= safe[1])
-            if not bool(inside.all()):
-                zero = total == 0
-                top = torch.stack([x[zero].abs().amax(1) if x.shape[1] else x.new_zeros(int(zero.sum()))
-                                   for x in parts], 1).amax(1) if bool(zero.any()) else total[:0]
-                if not bool((inside | zero).all()) or bool((top > 0).any()):
-                    raise _UnsafeNorms
+            inside = (norm2 >= safe[0]) & (norm2 <= safe[1])
+            if not bool((inside | (norm2 == 0)).all()) or _underflowed(parts, norm2):
+                raise _UnsafeNorms
         cos, inner_all = cosines_from_dots(inner, norm2, self._reference_norms)
         return cos, (inner_all > 0).to(torch.float64)
 

@@ -518,8 +518,8 @@ def test_the_c_kernel_gives_the_eager_sums_piece_by_piece(dtype):
                     assert torch.equal(got.descent[p], (inner_all[a:b] > 0).sum(0, dtype=torch.float64))
                 assert float(cos[5, 1]) == 0.0
                 tight = ChunkSums("native").chunk(parts, shift, running, bounds, ref, None, reference_norms,
-                                                  (1e-300, float(want.norm2.sum(1).min())))
-                assert tight.cosines is None and tight.descent is None   # one draw leaves the safe range
+                                                  (1e-300, float(want.norm2.max()) / 2))
+                assert tight.cosines is None and tight.descent is None   # a group of a draw leaves the safe range
                 assert torch.allclose(tight.norm2, want.norm2, rtol=1e-12)
     finally:
         torch.set_num_threads(threads)
@@ -582,7 +582,7 @@ def test_the_compiled_sums_give_the_eager_sums_piece_by_piece():
                 assert torch.equal(full.descent[p], (inner_all[a:b] > 0).sum(0, dtype=torch.float64))
             assert float(cos[4, 2]) == 0.0 and bool((cos[6] == 0).all())
             tight = sums.chunk(chunk, shift, pieces, cuts, reference, None, reference_norms,
-                               (1e-300, float(want.norm2.sum(1).max()) / 2))
+                               (1e-300, float(want.norm2.max()) / 2))
             assert tight.cosines is None and tight.descent is None
             assert torch.allclose(tight.norm2, want.norm2, rtol=1e-12)
             unchecked = sums.chunk(chunk, shift, pieces, cuts, reference, None, reference_norms, None)
@@ -697,3 +697,32 @@ def test_a_covariance_that_cannot_fit_is_refused_before_anything_changes(monkeyp
     assert stats.count == 0
     small = gs.GradientStats(full_covariance=True).update(torch.randn(4, 100, dtype=torch.float64))
     assert small.count == 4
+
+
+@pytest.mark.parametrize("scaled", ["draws", "draws and reference"])
+def test_a_group_whose_squares_underflow_beside_another_keeps_its_cosines(scaled):
+    """A parameter group about 1e-160 to 1e-300 times another (its draws, or its draws and its reference part),
+    whose squares underflow (in part, or all to 0 at 1e-170) where the whole draw's do not: its per-draw cosine and
+    the cosine of the mean of 10 draws stay what they are at scale 1 (each group is scaled alone), and the whole
+    draw's are those at 1e-100, where the small group no longer counts. Before, the small group's cosine read 0.4210
+    at 1e-160 and 0 at 1e-200, against 0.4218."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(2000, 5, generator=gen, dtype=torch.float64) + 1.0
+    b = torch.randn(2000, 4, generator=gen, dtype=torch.float64) + 0.5
+    ref_a, ref_b = torch.ones(5, dtype=torch.float64), torch.full((4,), 0.5, dtype=torch.float64)
+
+    def cosines(scale):
+        stats = gs.GradientStats(reference={"a": ref_a, "b": ref_b * (scale if scaled != "draws" else 1.0)}, ms=(1, 10))
+        for rows in torch.arange(2000).split(500):
+            stats.update({"a": a[rows], "b": b[rows] * scale})
+        frame = stats.to_frame()
+        frame = frame[(frame.metric == "cosine_draw") | ((frame.metric == "cosine_m") & (frame.M == 10))]
+        return {(r.metric, r.group): r.value for r in frame.itertuples()}
+
+    one, small = cosines(1.0), cosines(1e-100)
+    assert len(one) == 6 and 0.42 < one[("cosine_draw", "b")] < 0.43
+    for scale in (1e-160, 1e-170, 1e-200, 1e-300):
+        got = cosines(scale)
+        for key, value in got.items():
+            want = (one if key[1] != "all" else small)[key]
+            assert value == pytest.approx(want, rel=1e-12), (scale, key)

@@ -366,3 +366,37 @@ def test_metric_aliases_name_the_debiased_bias():
     assert gs.metrics.metric_name("cosine_draw") == "cosine_draw"
     with pytest.raises(ValueError, match="unknown metric 'cosine'.*aliases: bias2_debiased"):
         gs.metrics.metric_name("cosine")
+
+
+def _with_second_layer_scaled(problem, scale: float):
+    """``problem`` with its second layer's weights times ``scale`` (a power of ten far below 1 leaves that layer's
+    logits at its biases, to the last bit, and the first layer's gradients that small)."""
+    theta, offset = problem.flat_parameters().clone(), 0
+    for name, shape in problem.parameter_shapes().items():
+        size = math.prod(shape)
+        if name == "W2":
+            theta[offset:offset + size] *= scale
+        offset += size
+    return problem.with_parameters(theta)
+
+
+@pytest.mark.parametrize("method", ["exact", "mc"])
+def test_a_layer_whose_squares_underflow_beside_another_keeps_its_cosine(method):
+    """A layer whose gradients are about 1e-160 to 1e-300 times another's (the second layer's weights that small)
+    has squared norms that underflow while the whole draw's do not: each layer, the draws' and the reference's, is
+    brought into range by its own power of two, so its cosines are those at 1e-100, where nothing underflows (the
+    problems are the same to the last bit otherwise). Before, the first layer's mean cosine read 0.0638 at 1e-160
+    and 0 at 1e-200 against 0.0637."""
+    base = gs.problems.sbn([2, 3, 2], seed=0)
+    cosines = {}
+    for scale in (1e-100, 1e-160, 1e-200, 1e-300):
+        problem = _with_second_layer_scaled(base, scale)
+        g = gs.exact_gradient(problem)
+        options = {} if method == "exact" else dict(method="mc", num_samples=4000, seed=3, device="cpu")
+        s = gs.moments(problem, "st", references={"b": g}, **options).statistics
+        cosines[scale] = (s.cosine["b"] / s.weight, s.descent["b"] / s.weight)
+    first = cosines[1e-100]
+    assert 0.05 < float(first[0][1]) < 0.08
+    for scale, (cos, descent) in cosines.items():
+        assert torch.allclose(cos, first[0], rtol=1e-12, atol=0), scale
+        assert torch.equal(descent, first[1]), scale
