@@ -338,3 +338,32 @@ def test_a_loss_that_vmap_cannot_batch_is_named():
 
     with pytest.raises(ValueError, match=r"^loss: one draw's computation draws random numbers in place"):
         next(gs.per_draw_gradients(loss, {"a": torch.zeros(3)}, 8, noise_shape=(3,)))
+
+
+def test_a_recurrent_module_is_batched_without_onednn_for_the_same_gradients():
+    """The own-model guide's advice: a float32 nn.LSTM on a CPU runs draw by draw inside vmap through oneDNN, where
+    torch's build uses it (torch warns of a performance drop), and under torch.backends.mkldnn.flags(enabled=False)
+    it is batched (no warning), for the same per-draw gradients to float32 rounding."""
+    import warnings
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.out = nn.LSTM(4, 6, batch_first=True), nn.Linear(6, 3)
+
+        def forward(self, x):
+            p = torch.sigmoid(self.rnn(x)[0][:, -1])
+            return self.out(p + (torch.bernoulli(p) - p).detach())
+
+    torch.manual_seed(0)
+    module, x, y = Recurrent(), torch.randn(5, 7, 4), torch.randint(0, 3, (5,))
+    grads, drops = {}, {}
+    for enabled in (True, False):
+        with torch.backends.mkldnn.flags(enabled=enabled), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            grads[enabled] = next(gs.module_per_draw_gradients(module, lambda out, b: F.cross_entropy(out, b[1]),
+                                                               (x, y), 16, chunk_size=16, seed=2))
+        drops[enabled] = any("performance drop" in str(w.message) for w in caught)
+    assert not drops[False]
+    for name, value in grads[False].items():
+        assert torch.allclose(value, grads[True][name], rtol=1e-5, atol=1e-6), name
