@@ -68,6 +68,11 @@ def machine(record: dict, short: bool = False) -> str:
 
 # --- the README's compact table: one line per headline figure --------------------------------------------
 
+def _rounds(spread: dict, key: str) -> str:
+    """`` (rounds a to b)``: a ratio's range over the benchmark's rounds (the machine's spread), where recorded."""
+    return f" (rounds {spread[key][0]:.2f} to {spread[key][1]:.2f})" if key in spread else ""
+
+
 def headline_rows(found: dict[str, dict]) -> list[tuple[str, str, str, dict]]:
     """(what, gradstats' figure, against what, the record) for the figures the README shows."""
     rows = []
@@ -92,14 +97,16 @@ def headline_rows(found: dict[str, dict]) -> list[tuple[str, str, str, dict]]:
     for name in ("byom", "byom_cuda"):
         if name in found:
             r, q = found[name]["figures"]["rates"], found[name]["figures"]["ratios"]
+            spread = found[name]["figures"].get("ratio_ranges", {})
             against = [f"{times(q['gradient_stats_over_loop'])} a per-draw backward loop"]
             if "gradient_stats_over_backpack" in q:
                 against.append(f"{times(q['gradient_stats_over_backpack'])} BackPACK's BatchGrad")
             if "gradient_stats_over_bare_vmap" in q:
-                against.append(f"{q['gradient_stats_over_bare_vmap']:.2f} of a bare `vmap(grad)`")
+                against.append(f"{q['gradient_stats_over_bare_vmap']:.2f}{_rounds(spread, 'gradient_stats_over_bare_vmap')} "
+                               "of a bare `vmap(grad)`")
             if "update_over_roofline" in q:
-                against.append(f"the update alone {q['update_over_roofline']:.2f} of one read at the memory "
-                               "bandwidth")
+                against.append(f"the update alone {q['update_over_roofline']:.2f}{_rounds(spread, 'update_over_roofline')} "
+                               "of one read at the memory bandwidth")
             rows.append((f"your own model, {found[name]['parameters']:,} parameters", f"{rate(r['gradient_stats'])} "
                          "draws/s", ", ".join(against), found[name]))
     if "training" in found:
