@@ -398,6 +398,13 @@ def layer_scaled(vectors: list[Tensor]) -> tuple[list[Tensor], Tensor]:
     return [_times_power_of_two(v, -exponent[..., i, None]) for i, v in enumerate(vectors)], exponent
 
 
+def reference_by_layer(layers: list[Tensor]) -> tuple[list[Tensor], Tensor, Tensor]:
+    """A reference's layers, each scaled by its own power of two (:func:`layer_scaled`), those powers ``[L]`` and the
+    scaled layers' squared norms ``[L]``: what :func:`cosines_by_layer` compares rows with, computed once."""
+    scaled, exponent = layer_scaled(layers)
+    return scaled, exponent, torch.stack([v.square().sum() for v in scaled])
+
+
 def _exponent_of(top: Tensor) -> Tensor:
     """Per entry of ``top > 0``, a power of two ``e`` (float64, integral) with ``top / 2^e`` in [1/2, 1), or within a
     factor of 2 of it where ``log2`` rounds across an integer: what brings ``top`` near 1 (``frexp``'s integer
@@ -560,6 +567,7 @@ class GradientAccumulator:
         self.device = device
         self.refs = {k: v.to(device=device, dtype=torch.float64) for k, v in (references or {}).items()}
         self.ref_signs = {k: signs(v) for k, v in self.refs.items()}
+        self.ref_layers = {k: self._by_layer(v) for k, v in self.refs.items()}
         self.full = full_covariance
         self.ms = tuple(m for m in ms if m > 1)
         self.summary = Summary.empty(self.dim, full_covariance, device)
@@ -586,6 +594,14 @@ class GradientAccumulator:
         self.summary, self.position, self._pending = summary, position, pending
 
     # ---- per-draw metrics against one reference -----------------------------------
+    def _by_layer(self, ref: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``ref`` ``[D]`` with each layer scaled by its own power of two, those powers ``[L]`` and the scaled layers'
+        squared norms ``[L]`` (:func:`reference_by_layer`; a layer's coordinates, its weights then its biases, are
+        contiguous, and the layers lie in order)."""
+        bounds = [(c.start if w is None else w.start, c.stop) for w, c in self.problem.layer_slices()]
+        scaled, exponent, norm2 = reference_by_layer([ref[a:b] for a, b in bounds])
+        return torch.cat(scaled), exponent, norm2
+
     def _inner_and_norm(self, layers: list[list[_Part]], ref: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per draw and per layer: ``<g_hat_l, ref_l>``, ``|g_hat_l|^2`` and the exponent ``e`` (each ``[B, L]``) such
         that they are those of ``g_hat_l`` times ``2^-e``. A layer of a draw whose squared norm is nonzero and leaves
@@ -612,17 +628,12 @@ class GradientAccumulator:
         inner_scaled, norm2_scaled = sums(scaled)
         return torch.where(unsafe, inner_scaled, inner), torch.where(unsafe, norm2_scaled, norm2), exponent
 
-    def _cosines(self, layers, ref: Tensor) -> tuple[Tensor, Tensor]:
+    def _cosines(self, layers, name: str) -> tuple[Tensor, Tensor]:
         """``cos(g_hat, g)`` and ``<g_hat, g>`` up to a positive factor, per draw, ``[B, L + 1]`` (column 0: all
-        layers). Each layer of the reference and of each draw is brought into range by its own power of two (see
-        :meth:`_inner_and_norm` and :func:`cosines_by_layer`)."""
-        _, ref_exponent = layer_scaled([torch.cat([ref[p.cols] for p in parts]) for parts in layers])
-        scaled_ref = ref.clone()
-        for parts, e in zip(layers, ref_exponent):
-            for p in parts:
-                scaled_ref[p.cols] = _times_power_of_two(ref[p.cols], -e)
+        layers), against the reference ``name``. Each layer of the reference (:meth:`_by_layer`, once) and of each
+        draw (:meth:`_inner_and_norm`) is brought into range by its own power of two (:func:`cosines_by_layer`)."""
+        scaled_ref, ref_exponent, ref_norm2 = self.ref_layers[name]
         inner, norm2, exponent = self._inner_and_norm(layers, scaled_ref)
-        ref_norm2 = torch.stack([sum(scaled_ref[p.cols].square().sum() for p in parts) for parts in layers])
         return cosines_by_layer(inner, norm2, exponent, ref_norm2, ref_exponent)
 
     @staticmethod
@@ -679,12 +690,12 @@ class GradientAccumulator:
             dense = torch.cat([p.dense() for p in parts], 1) - mean
             comoment = (dense.T * w) @ dense if w is not None else dense.T @ dense
         metrics = {}
-        for name, ref in self.refs.items():
+        for name in self.refs:
             agree = torch.empty_like(mean)
             ref_sign = self.ref_signs[name]
             for p in parts:
                 agree[p.cols] = self._sign_agreement(p, w, ref_sign[p.cols], total)
-            cos, inner = self._cosines(layers, ref)
+            cos, inner = self._cosines(layers, name)
             positive = (inner > 0).to(torch.float64)
             metrics[name] = (agree, _column_sums(cos) if w is None else w @ cos,
                              _column_sums(positive) if w is None else w @ positive)
@@ -725,8 +736,8 @@ class GradientAccumulator:
                 self._pending[m] = [[_Part(p.cols, p.values[-1:].clone(), p.x) for p in parts] for parts in sums]
             means = [[_Part(p.cols, p.values[complete] / m, p.x) for p in parts] for parts in sums]
             count = int(complete.sum())
-            for name, ref in self.refs.items():
-                cos = self._cosines(means, ref)[0] if count else torch.zeros(len(layers) + 1, device=self.device)
+            for name in self.refs:
+                cos = self._cosines(means, name)[0] if count else torch.zeros(len(layers) + 1, device=self.device)
                 sums_m = self.summary.cosine_m.setdefault(name, {})
                 sums_m[m] = sums_m.get(m, 0) + cos.reshape(-1, len(layers) + 1).sum(0).to(torch.float64)
             self.summary.groups[m] = self.summary.groups.get(m, 0) + count

@@ -38,7 +38,16 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .accumulators import SAFE_NORM2, GradientAccumulator, Moments, Summary, cosines_by_layer, layer_scaled, unit_scaled
+from .accumulators import (
+    SAFE_NORM2,
+    GradientAccumulator,
+    Moments,
+    Summary,
+    cosines_by_layer,
+    layer_scaled,
+    reference_by_layer,
+    unit_scaled,
+)
 from .checkpoint import PeriodicSaver, content_checksum, saving
 from .chunk_sums import ChunkSums, central_moments, cosines_from_dots
 from .metrics import MetricValue, compute_metrics
@@ -292,9 +301,10 @@ class GroupCosines:
         self.total = torch.zeros(layout.num_layers + 1, dtype=torch.float64, device=device)
         self.total_sq = torch.zeros_like(self.total)
 
-    def add(self, parts: list[Tensor], reference: tuple[list[Tensor], Tensor] | None) -> None:
+    def add(self, parts: list[Tensor], reference: tuple[list[Tensor], Tensor, Tensor]) -> None:
         """Fold in a chunk's draws (``parts``: ``[B, size]`` per parameter group, in draw order) against the
-        reference (each group scaled alone, and the powers of two: :meth:`GradientStats._reference_views`): at
+        reference (each group scaled alone, the powers of two and the squared norms:
+        :meth:`GradientStats._reference_views`): at
         most three column reductions (the rows that complete the pending group, whole groups, the rows left over)."""
         rows, m = parts[0].shape[0], self.m
         head = min(rows, (m - self.pending_count) % m)
@@ -388,17 +398,17 @@ def _group_sizes(ms, budgets: tuple[int, ...], loss_evals_per_draw: int | None) 
     return tuple(sorted(m for m in sizes if m > 1))
 
 
-def group_cosines(group_sums: list[Tensor], reference: list[Tensor], reference_exponent: Tensor) -> Tensor:
+def group_cosines(group_sums: list[Tensor], reference: list[Tensor], reference_exponent: Tensor,
+                  reference_norm2: Tensor) -> Tensor:
     """``[G, L + 1]``: the cosine of each of ``G`` vectors (given as sums, ``[G, size]`` per parameter group: cosines
-    do not depend on the scale) with the reference (each group scaled alone, and its powers of two ``[L]``:
-    :func:`~gradstats.accumulators.layer_scaled`). Each group of each vector is scaled alone too, so no square
-    underflows or overflows, and the groups meet at one scale for the whole vector's cosine
+    do not depend on the scale) with the reference (each group scaled alone, its powers of two ``[L]`` and squared
+    norms ``[L]``: :func:`~gradstats.accumulators.reference_by_layer`). Each group of each vector is scaled alone
+    too, so no square underflows or overflows, and the groups meet at one scale for the whole vector's cosine
     (:func:`~gradstats.accumulators.cosines_by_layer`)."""
     rows, exponent = layer_scaled(group_sums)
     inner = torch.stack([x @ r for x, r in zip(rows, reference)], 1)
     norm2 = torch.stack([x.square().sum(1) for x in rows], 1)
-    ref_norm2 = torch.stack([r.square().sum() for r in reference])
-    return cosines_by_layer(inner, norm2, exponent, ref_norm2, reference_exponent)[0]
+    return cosines_by_layer(inner, norm2, exponent, reference_norm2, reference_exponent)[0]
 
 
 def _free_memory(device: torch.device) -> int | None:
@@ -490,7 +500,7 @@ class GradientStats:
         self._scaled_flat: Tensor | None = None
         self._reference_norms: Tensor | None = None   # the scaled reference's norm over all groups, then per group
         self._reference_in_range = True     # whether each group's part of _scaled_flat keeps its squares
-        self._group_reference: tuple[list[Tensor], Tensor] | None = None   # each group scaled alone, and its power
+        self._group_reference: tuple[list[Tensor], Tensor, Tensor] | None = None   # reference_by_layer's
         self._reference_signs: Tensor | None = None
         self._shift: Tensor | None = None     # per coordinate: what the running power sums are taken about
         if reference is not None:
@@ -542,11 +552,11 @@ class GradientStats:
         self._reference_norms = torch.cat([norms2.sum().reshape(1), norms2]).sqrt()
         # a group far smaller than the largest (about 1e-135 of it) has squares that underflow at one scale: the
         # chunks then take the accumulators' path, which scales each group alone
-        self._group_reference = layer_scaled([reference[cols] for _, cols in self.layout.layer_slices()])
+        self._group_reference = reference_by_layer([reference[cols] for _, cols in self.layout.layer_slices()])
         in_range = (norms2 >= SAFE_NORM2[0]) & (norms2 <= SAFE_NORM2[1])
         zero = torch.stack([(r == 0).all() for r in self._scaled_reference])
         self._reference_in_range = bool((in_range | zero).all())
-        self._reference_signs = signs(self.reference.to(self._device))
+        self._reference_signs = signs(reference)
 
     # ---- folding in draws ------------------------------------------------------------------
     def update(self, grads: Tensor | Mapping[str, Tensor]) -> GradientStats:
