@@ -214,7 +214,7 @@ def test_every_number_printed_with_its_error_is_a_committed_analysiss(path):
     unmatched = []
     for pair in pairs:
         scale = 10.0 ** int(pair.group(7)) if pair.group(1) else 1.0
-        value = float(pair.group(3)) * (-1 if pair.group(2) in "−-" and pair.group(2) else 1) * scale
+        value = float(pair.group(3)) * (-1 if pair.group(2) in ("−", "-") else 1) * scale
         stderr = float(pair.group(5)) * scale
         value_tol = (0.5 * 10 ** -len(pair.group(4) or "")) * scale + 1e-12
         stderr_tol = (0.5 * 10 ** -len(pair.group(6) or "")) * scale + 1e-12
@@ -236,8 +236,7 @@ def test_the_findings_table_of_claims_quotes_each_claims_committed_verdict():
     the verdict names)."""
     verdicts = {v["id"]: v for v in map(json.loads, (ROOT / "paper" / "generated" /
                                                       "tab_claims_verdicts.jsonl").read_text().splitlines())}
-    macros = {text for path in (ROOT / "paper" / "generated").glob("*.tex")
-              for text in re.findall(r"\\newcommand\{\\\w+\}\{([^{}]*)\}", path.read_text())}
+    macros = {text for path in (ROOT / "paper" / "generated").glob("*.tex") for text in _generated(path.stem).values()}
     rows = re.findall(r"^\| ([A-Z0-9][\w-]*) \| .*? \| (?:confirmed|refuted|inconclusive)[^|]*\| (.*) \|$",
                       (ROOT / "docs" / "results.md").read_text(), flags=re.M)
     assert {claim_id for claim_id, _ in rows} == set(verdicts)
