@@ -77,3 +77,21 @@ def test_flip_each_flips_exactly_one_unit_per_row_along_the_chosen_axis():
     assert inner.shape == (2, 3, 3) and outer.shape == (3, 2, 3)
     assert torch.equal(inner, outer.transpose(0, 1))
     assert torch.equal((inner != h[:, None, :]).to(torch.int64), torch.eye(3, dtype=torch.int64).expand(2, 3, 3))
+
+
+def test_one_hot_of_is_torchs_one_hot_and_runs_where_torchs_cannot():
+    """units.one_hot_of equals torch's F.one_hot on every index of 0..K-1 (in the dtype asked for), gives a row of
+    zeros outside the classes (it checks nothing: its docstring says so), and runs under vmap of grad, where torch's
+    one_hot reads the indices and is refused."""
+    index = torch.tensor([[0, 3, 1], [2, 2, 0]])
+    for dtype in (torch.float32, torch.float64):
+        got = gs.units.one_hot_of(index, 4, dtype)
+        assert got.dtype == dtype and torch.equal(got, torch.nn.functional.one_hot(index, 4).to(dtype))
+    assert torch.equal(gs.units.one_hot_of(torch.tensor([-1, 4]), 4, torch.float64), torch.zeros(2, 4, dtype=torch.float64))
+
+    def loss(a):
+        return (gs.units.one_hot_of(a.argmax(-1), 4, a.dtype) * a).sum()
+
+    a = torch.randn(5, 3, 4, dtype=torch.float64)
+    grads = torch.func.vmap(torch.func.grad(loss))(a)
+    assert torch.equal(grads, torch.nn.functional.one_hot(a.argmax(-1), 4).to(a.dtype))
