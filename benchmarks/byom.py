@@ -25,7 +25,9 @@ the rounds' range); every path scoring its draws against the same reference (the
 other draws), with the same statistics (moments to the fourth, sign agreement, per-draw cosines, jackknife
 batches); and three
 ratios with their targets: update / roofline (at least 0.40), gradient_stats / BackPACK (at least
-1.5), gradient_stats / bare vmap(grad) (at least 0.75). ``--json`` (default
+1.5), gradient_stats / bare vmap(grad) (at least 0.75), the last with the most that any statistics reading each
+draw once could leave of the gradients' rate on this machine: roofline / (roofline + bare vmap(grad)), the
+gradients followed by one read of each draw at the memory roofline. ``--json`` (default
 ``benchmarks/results/byom.json``, ``byom_float32.json`` in float32, ``_cuda`` before the suffix on a GPU;
 ``''`` for none) writes them for ``benchmarks/report.py``.
 
@@ -365,6 +367,10 @@ def main(argv=None) -> None:
     # a ratio is taken within each round (both paths timed minutes apart at most, on the machine as it then was), and
     # its median over the rounds is printed with the rounds' range: the spread is what a rerun can move it by
     ratios, ranges = {}, {}
+    # what the statistics could at best leave of the gradients' rate: one read of each draw at the roofline after
+    # the gradients, roofline / (roofline + bare) per round
+    bounds = [r["roofline"] / (r["roofline"] + r["bare_vmap_grad"]) for r in per_round]
+    bound = {"gradient_stats_over_bare_vmap": statistics.median(bounds)}
     for key, (num, den, target) in {"update_over_roofline": ("update_alone", "roofline", 0.40),
                                     "gradient_stats_over_backpack": ("gradient_stats", "backpack_batchgrad", 1.5),
                                     "gradient_stats_over_bare_vmap": ("gradient_stats", "bare_vmap_grad", 0.75),
@@ -374,14 +380,17 @@ def main(argv=None) -> None:
             ratios[key], ranges[key] = statistics.median(rounds), [min(rounds), max(rounds)]
             goal = "" if target is None else f"   (target >= {target}: {'met' if ratios[key] >= target else 'NOT met'})"
             print(f"  ratio {key:32s} {ratios[key]:8.2f}  (rounds {ranges[key][0]:.2f} to {ranges[key][1]:.2f}){goal}")
+            if key in bound:
+                print(f"        {'':32s} at most {bound[key]:.2f} (rounds {min(bounds):.2f} to {max(bounds):.2f}): "
+                      "the gradients, then one read of each draw at the roofline")
     if args.profile:
         profile_update(params, loss, noise, args.chunk, device, rates["update_alone"])
     if args.json is None:
         name = "byom" + ("" if args.sums == "auto" else f"_{args.sums}")
         args.json = default_path(name if dtype == torch.float64 else f"{name}_{args.dtype}", device)
     write(args.json, "byom", f"a straight-through network 64-512-160-10 ({dim:,} parameters), a minibatch of {BATCH}"
-          f" per draw, {args.dtype}", {"rates": rates, "ratios": ratios, "ratio_ranges": ranges}, device,
-          parameters=dim, dtype=args.dtype, chunk=args.chunk, draws=args.draws, repeats=args.repeats)
+          f" per draw, {args.dtype}", {"rates": rates, "ratios": ratios, "ratio_ranges": ranges, "bounds": bound},
+          device, parameters=dim, dtype=args.dtype, chunk=args.chunk, draws=args.draws, repeats=args.repeats)
 
 
 if __name__ == "__main__":
