@@ -70,10 +70,10 @@ def machine(record: dict, short: bool = False) -> str:
 
 def _rounds(spread: dict, key: str, bounds: dict | None = None) -> str:
     """`` (rounds a to b)``: a ratio's range over the benchmark's rounds (the machine's spread), where recorded, and
-    ``; at most c`` where the benchmark recorded the most the machine allows for it."""
+    ``; at most c with one read of each draw`` where the benchmark recorded the most the machine allows for it."""
     parts = [f"rounds {spread[key][0]:.2f} to {spread[key][1]:.2f}"] if key in spread else []
     if bounds and key in bounds:
-        parts.append(f"at most {bounds[key]:.2f}")
+        parts.append(f"at most {bounds[key]:.2f} with one read of each draw")
     return f" ({'; '.join(parts)})" if parts else ""
 
 
