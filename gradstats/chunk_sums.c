@@ -17,26 +17,46 @@
  * caller takes the path that rescales each group of each draw); else it returns 0 (a squared norm of 0, from a
  * group that is 0 or one whose squares all underflowed, the caller tells apart).
  *
- * The columns are shared among the threads (OpenMP) in equal runs, cut into blocks whose six accumulators stay in
- * the second-level cache; within a block each row is read once, eight rows at a time, then four, then one (the
- * accumulators are read and written once per eight rows: their traffic, not the arithmetic, bounded the speed; on
- * one core of a two-core EPYC, eight rows at a time ran at 0.55-0.77 of the speed of a plain sum over the same
- * chunks, four at 0.38-0.46, sixteen at 0.56-0.65; leaving out the third and fourth powers or the sign counts
- * changed nothing). Blocks of 16384 columns (768 KB of sums) read each row in runs of 128 KB (float64), which the
- * processor's prefetchers follow; blocks of 8192 ran at 0.85-0.9 of this speed (32768 no faster), 512 at about
- * 0.65. Every sum is float64. One call takes every group of a chunk (one team of threads, one start-up), and what
+ * The columns are shared among the threads (OpenMP) in equal runs. Within a run, for each strip of 16 columns
+ * (AVX-512; else 4), every row of a group of 32 is read in turn: the strip's six sums stay in registers and are
+ * written once a group (the sums of a chunk of up to 32 rows: read and written once, the running sums included),
+ * each row's dot and squared norm go to a vector of its own (in L1). The kernel this replaced read eight rows at
+ * a time across blocks of 16384 columns, with the six sums in the L2 cache read and written once per eight rows:
+ * on a two-core Intel Xeon (AVX-512), over a chunk of benchmarks/byom.py (32 x 116,970 float64) held in cache, it
+ * took 1.30-1.35 ms, the strips 1.09-1.17 and a plain sum 0.67-0.69; over a chunk just written by the gradients,
+ * 1.6-1.9 ms against 1.4-1.55 (a plain sum 0.8-0.95); built for AVX2 alone (-march=haswell) on the same machine,
+ * 4.4 ms against 1.4 (two vectors of four a strip: 1.65). Leaving out the third and fourth powers, the sign counts
+ * or the dots made the strips at most 1.1x faster: the reads of 32 rows at a stride, not the arithmetic, bound
+ * them (a plain sum reads each row straight through). Every sum is float64.
+ * One call takes every group of a chunk (one team of threads, one start-up), and what
  * follows the read (the threads' partial dots added, the per-draw cosines, the check) is done here too: after a
  * read of the whole chunk, every small operation of the caller starts from a cold cache. Built by gradstats.native
  * with the platform's C compiler.
  */
 #include <math.h>
 #include <stdint.h>
-#include <string.h>
+#include <string.h>   /* memset */
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-#define BLOCK 16384   /* columns of a block: 6 x 16384 float64 accumulators, 768 KB, in the second-level cache */
+#define BLOCK 16384   /* columns of a block: where a piece has more than GROUP rows, its sums stay in the L2 cache */
+#define GROUP 32      /* rows a strip of columns is read over at once: their per-row sums, 2 x 32 vectors, in L1 */
+#define PREFETCH 64   /* values ahead in a row that each read asks for (4 strips of 16 columns) */
+
+/* Vectors of LANES float64 (GCC/Clang vector extensions: whatever the target's width, the compiler splits them).
+ * With AVX-512, two vectors a strip (16 columns); else one of four (32 vectors of registers hold a strip's twelve
+ * column sums and its temporaries only with AVX-512: two vectors of four with AVX2 spilled, and ran 1.2x slower). */
+#ifdef __AVX512F__
+#define LANES 8
+#define STRIP 2
+#else
+#define LANES 4
+#define STRIP 1
+#endif
+typedef double vd __attribute__((vector_size(LANES * 8), aligned(8)));
+typedef long long vl __attribute__((vector_size(LANES * 8), aligned(8)));
+typedef float vf __attribute__((vector_size(LANES * 4), aligned(4)));
 
 typedef struct {
     int64_t groups; const void *const *x; const int *is_float; const int64_t *offsets; int64_t rows, total;
@@ -44,56 +64,92 @@ typedef struct {
     const double *ref; double *dots, *norms;   /* this thread's [groups, rows] partial sums */
 } task_t;
 
-/* R rows at a time (R <= 8, a constant): each column's six sums read and written once per R rows. The per-row dot
- * and norm sums are eight named accumulators (the ones past R stay 0 and fold away), which the compiler keeps in
- * vector registers; as arrays it would not. */
-#define ROWS_STEP(T, R, DOT)                                                                                     \
-    for (; i + (R) <= r1; i += (R)) {                                                                            \
-        const T *restrict a = x + i * cols;                                                                      \
-        double d0 = 0, d1 = 0, d2 = 0, d3 = 0, d4 = 0, d5 = 0, d6 = 0, d7 = 0;                                   \
-        double n0 = 0, n1 = 0, n2 = 0, n3 = 0, n4 = 0, n5 = 0, n6 = 0, n7 = 0;                                   \
-        _Pragma("omp simd reduction(+:d0,d1,d2,d3,d4,d5,d6,d7,n0,n1,n2,n3,n4,n5,n6,n7)")                        \
-        for (int64_t j = cb; j < ce; j++) {                                                                      \
-            double v[8] = {0};                                                                                   \
-            for (int r = 0; r < (R); r++) v[r] = a[r * cols + j];                                                \
-            double m = shift[j], t1 = 0, t2 = 0, t3 = 0, t4 = 0, tp = 0, tn = 0;                                 \
-            for (int r = 0; r < (R); r++) {                                                                      \
-                double c = v[r] - m, q = c * c;                                                                  \
-                t1 += c; t2 += q; t3 += q * c; t4 += q * q;                                                      \
-                tp += v[r] > 0 ? 1.0 : 0.0; tn += v[r] < 0 ? 1.0 : 0.0;                                          \
-            }                                                                                                    \
-            s1[j] += t1; s2[j] += t2; s3[j] += t3; s4[j] += t4; sp[j] += tp; sn[j] += tn;                        \
-            if (DOT) {                                                                                           \
-                double g = ref[j];                                                                               \
-                d0 += v[0] * g; d1 += v[1] * g; d2 += v[2] * g; d3 += v[3] * g;                                  \
-                d4 += v[4] * g; d5 += v[5] * g; d6 += v[6] * g; d7 += v[7] * g;                                  \
-            }                                                                                                    \
-            n0 += v[0] * v[0]; n1 += v[1] * v[1]; n2 += v[2] * v[2]; n3 += v[3] * v[3];                          \
-            n4 += v[4] * v[4]; n5 += v[5] * v[5]; n6 += v[6] * v[6]; n7 += v[7] * v[7];                          \
-        }                                                                                                        \
-        double dd[8] = {d0, d1, d2, d3, d4, d5, d6, d7}, nn[8] = {n0, n1, n2, n3, n4, n5, n6, n7};               \
-        for (int r = 0; r < (R); r++) {                                                                          \
-            if (DOT) dots[i + r] += dd[r];                                                                       \
-            norms[i + r] += nn[r];                                                                               \
-        }                                                                                                        \
-    }
+/* LANES values of x from index i, as float64 (a macro: a vector returned by a function changes the ABI without AVX) */
+#define LOAD(x, is_float, i) ((is_float) ? __builtin_convertvector(*(const vf *)((const float *)(x) + (i)), vd) \
+                                         : *(const vd *)((const double *)(x) + (i)))
 
-/* Rows r0 .. r1 of columns cb .. ce: eight rows at a time, then four, then one. */
-#define ROWS_KERNEL(T, NAME, DOT)                                                                                \
-static void NAME(const T *restrict x, int64_t cols, int64_t r0, int64_t r1, int64_t cb, int64_t ce,             \
-                 const double *restrict shift, double *restrict s, int64_t ld, const double *restrict ref,       \
-                 double *restrict dots, double *restrict norms) {                                                \
-    double *restrict s1 = s, *restrict s2 = s + ld, *restrict s3 = s + 2 * ld, *restrict s4 = s + 3 * ld;       \
-    double *restrict sp = s + 4 * ld, *restrict sn = s + 5 * ld;                                                 \
-    int64_t i = r0;                                                                                              \
-    ROWS_STEP(T, 8, DOT)                                                                                         \
-    ROWS_STEP(T, 4, DOT)                                                                                         \
-    ROWS_STEP(T, 1, DOT)                                                                                         \
+static inline __attribute__((always_inline)) double value(const void *x, int is_float, int64_t i) {
+    return is_float ? (double)((const float *)x)[i] : ((const double *)x)[i];
 }
-ROWS_KERNEL(double, rows_double_dot, 1)
-ROWS_KERNEL(double, rows_double, 0)
-ROWS_KERNEL(float, rows_float_dot, 1)
-ROWS_KERNEL(float, rows_float, 0)
+
+/* Rows r0 .. r1 and columns cb .. ce of one group (x: [rows, cols], float32 where is_float; shift, ref and the six
+ * [ld]-strided sums s and run indexed by the group's columns): s = run + the rows' sums (run NULL: zeros; run may be
+ * s), dots[i] += <x_i, ref> (dot) and norms[i] += |x_i|^2. The rows are taken GROUP at a time; for each strip of
+ * STRIP x LANES columns, every row of the group is read in turn, the strip's six column sums held in registers and
+ * written once, each row's dot and norm added to a vector of its own (in L1) and summed over its lanes at the end. */
+static inline __attribute__((always_inline)) void strips(const void *x, int is_float, int dot, int64_t cols,
+        int64_t r0, int64_t r1, int64_t cb, int64_t ce, const double *restrict shift, double *s, int64_t ld,
+        const double *run, const double *restrict ref, double *restrict dots, double *restrict norms) {
+    for (int64_t g0 = r0; g0 < r1; g0 += GROUP) {
+        int64_t g1 = g0 + GROUP < r1 ? g0 + GROUP : r1, nr = g1 - g0;
+        const double *src = g0 == r0 ? run : s;   /* later groups add to what the first wrote */
+        vd pd[GROUP], pn[GROUP];
+        for (int64_t r = 0; r < nr; r++) pd[r] = pn[r] = (vd){0};
+        int64_t j = cb;
+        for (; j + LANES * STRIP <= ce; j += LANES * STRIP) {
+            vd m[STRIP], g[STRIP], t1[STRIP], t2[STRIP], t3[STRIP], t4[STRIP];
+            vl tp[STRIP], tn[STRIP];
+            for (int k = 0; k < STRIP; k++) {
+                m[k] = *(const vd *)(shift + j + k * LANES);
+                g[k] = dot ? *(const vd *)(ref + j + k * LANES) : (vd){0};
+                t1[k] = t2[k] = t3[k] = t4[k] = (vd){0};
+                tp[k] = tn[k] = (vl){0};
+            }
+            for (int64_t r = 0; r < nr; r++) {
+                int64_t at = (g0 + r) * cols + j;
+                for (int k = 0; k < STRIP; k++)   /* the row 64 values on: 32 rows at a stride outrun the prefetchers */
+                    __builtin_prefetch(is_float ? (const void *)((const float *)x + at + PREFETCH + k * LANES)
+                                                : (const void *)((const double *)x + at + PREFETCH + k * LANES));
+                vd d = pd[r], n = pn[r];
+                for (int k = 0; k < STRIP; k++) {
+                    vd v = LOAD(x, is_float, at + k * LANES), c = v - m[k], q = c * c;
+                    t1[k] += c; t2[k] += q; t3[k] += q * c; t4[k] += q * q;
+                    tp[k] -= (vl)(v > 0); tn[k] -= (vl)(v < 0);   /* a true comparison is -1 */
+                    if (dot) d += v * g[k];
+                    n += v * v;
+                }
+                pd[r] = d; pn[r] = n;
+            }
+            for (int k = 0; k < STRIP; k++) {
+                int64_t o = j + k * LANES;
+                vd sums[6] = {t1[k], t2[k], t3[k], t4[k], __builtin_convertvector(tp[k], vd),
+                              __builtin_convertvector(tn[k], vd)};
+                for (int q = 0; q < 6; q++)
+                    *(vd *)(s + q * ld + o) = (src ? *(const vd *)(src + q * ld + o) : (vd){0}) + sums[q];
+            }
+        }
+        for (int64_t r = 0; r < nr; r++) {   /* the rows' lanes, and the columns past the last whole strip */
+            double dd = 0, nn = 0;
+            for (int l = 0; l < LANES; l++) { dd += pd[r][l]; nn += pn[r][l]; }
+            for (int64_t jj = j; jj < ce; jj++) {
+                double v = value(x, is_float, (g0 + r) * cols + jj);
+                if (dot) dd += v * ref[jj];
+                nn += v * v;
+            }
+            if (dot) dots[g0 + r] += dd;
+            norms[g0 + r] += nn;
+        }
+        for (int64_t jj = j; jj < ce; jj++) {
+            double m = shift[jj], t[6] = {0};
+            for (int64_t r = g0; r < g1; r++) {
+                double v = value(x, is_float, r * cols + jj), c = v - m, q = c * c;
+                t[0] += c; t[1] += q; t[2] += q * c; t[3] += q * q; t[4] += v > 0; t[5] += v < 0;
+            }
+            for (int q = 0; q < 6; q++) s[q * ld + jj] = (src ? src[q * ld + jj] : 0.0) + t[q];
+        }
+    }
+}
+
+/* strips() compiled once for each kind of chunk and whether dots are taken (constants, inlined). */
+#define STRIPS(NAME, IS_FLOAT, DOT)                                                                               \
+static void NAME(const void *x, int64_t cols, int64_t r0, int64_t r1, int64_t cb, int64_t ce, const double *shift, \
+                 double *s, int64_t ld, const double *run, const double *ref, double *dots, double *norms) {    \
+    strips(x, IS_FLOAT, DOT, cols, r0, r1, cb, ce, shift, s, ld, run, ref, dots, norms);                         \
+}
+STRIPS(strips_double_dot, 0, 1)
+STRIPS(strips_double, 0, 0)
+STRIPS(strips_float_dot, 1, 1)
+STRIPS(strips_float, 1, 0)
 
 /* Columns c0 .. c1 of the chunk (in one group or across several), block by block. */
 static double work(const task_t *t, int64_t c0, int64_t c1) {
@@ -108,19 +164,13 @@ static double work(const task_t *t, int64_t c0, int64_t c1) {
             for (int64_t p = 0; p < t->pieces; p++) {
                 double *s = t->out[p];
                 const double *run = t->running[p];
-                for (int k = 0; k < 6; k++) {   /* this block of the piece's sums starts from its running sums */
-                    if (run == NULL) memset(s + k * t->total + cb, 0, (ce - cb) * sizeof(double));
-                    else if (run != s) memcpy(s + k * t->total + cb, run + k * t->total + cb, (ce - cb) * sizeof(double));
-                }
                 int64_t r0 = t->bounds[p], r1 = t->bounds[p + 1];
+                const double *ro = run ? run + off : NULL;
                 double *so = s + off;
-                if (t->is_float[g]) {
-                    if (ref) rows_float_dot(t->x[g], cols, r0, r1, cb - off, ce - off, t->shift + off, so, t->total, ref, dots, norms);
-                    else rows_float(t->x[g], cols, r0, r1, cb - off, ce - off, t->shift + off, so, t->total, ref, dots, norms);
-                } else {
-                    if (ref) rows_double_dot(t->x[g], cols, r0, r1, cb - off, ce - off, t->shift + off, so, t->total, ref, dots, norms);
-                    else rows_double(t->x[g], cols, r0, r1, cb - off, ce - off, t->shift + off, so, t->total, ref, dots, norms);
-                }
+                void (*kernel)(const void *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *,
+                               int64_t, const double *, const double *, double *, double *) =
+                    t->is_float[g] ? (ref ? strips_float_dot : strips_float) : (ref ? strips_double_dot : strips_double);
+                kernel(t->x[g], cols, r0, r1, cb - off, ce - off, t->shift + off, so, t->total, ro, ref, dots, norms);
                 const double *s4 = s + 3 * t->total;
                 _Pragma("omp simd reduction(+:check)")
                 for (int64_t j = cb; j < ce; j++) check += s4[j];

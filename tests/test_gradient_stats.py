@@ -392,6 +392,35 @@ def test_structural_zeros_are_left_out_of_sign_agreement_and_counted():
         stats.to_frame(structural_zeros="drop")
 
 
+def test_the_eight_input_sorting_network_sorts_every_input():
+    """SORT8 sorts all 256 inputs of 0s and 1s, so it sorts every input (the 0-1 principle: Knuth, TAOCP vol. 3,
+    section 5.3.4, Theorem Z)."""
+    from gradstats.numerics import SORT8
+
+    for bits in itertools.product((0, 1), repeat=8):
+        values = list(bits)
+        for a, b in SORT8:
+            values[a], values[b] = min(values[a], values[b]), max(values[a], values[b])
+        assert values == sorted(bits), bits
+
+
+@pytest.mark.parametrize("k", range(1, 9))
+def test_lower_median8_is_the_median_torch_gives(k):
+    """lower_median8 of 1 to 8 rows equals Tensor.median over them (the lower of the two middle values for an even
+    count), value for value, on columns with ties, signed zeros and infinities; other counts of rows are refused."""
+    from gradstats.numerics import lower_median8
+
+    gen = torch.Generator().manual_seed(k)
+    rows = torch.randn(k, 5_000, generator=gen, dtype=torch.float64)
+    rows[:, :1_000] = torch.randint(-2, 3, (k, 1_000), generator=gen).to(torch.float64)   # ties
+    rows[0, 1_000:1_100] = -0.0
+    rows[-1, 1_100:1_200] = math.inf
+    rows[0, 1_200:1_300] = -math.inf
+    assert torch.equal(lower_median8(rows), rows.median(0).values)
+    with pytest.raises(ValueError, match="1 to 8 rows"):
+        lower_median8(torch.zeros(9 if k == 8 else 0, 3))
+
+
 def _needs_a_compiler(mode: str) -> None:
     """Skip where the mode's compiler is missing: the C kernel needs a C compiler, torch.compile a C++ one (the
     fallback itself is tested below with the compilers taken away)."""
@@ -489,19 +518,22 @@ def test_a_machine_without_a_compiler_falls_back_to_eager_sums_with_one_warning_
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_c_kernel_gives_the_eager_sums_piece_by_piece(dtype):
-    """ChunkSums.chunk by the C kernel against the eager arithmetic, on a chunk of 23 rows (not a multiple of
-    the kernel's four) in three groups of 13, 11,000 and 8,987 columns (the last always float64; 20,000 in all: two
-    blocks of 8,192 and a part, cut across groups) cut into pieces of 1, 9 and 13 rows, the middle one with running
-    sums, zeros and signed values; with and without a reference; at 1 and 3 threads. The per-draw cosines and
-    descent counts the kernel sums per piece equal GradientStats' own from the eager dots, and a squared norm
-    outside ``safe`` leaves them to the caller."""
+@pytest.mark.parametrize("bounds", [[0, 1, 10, 23], [0, 5, 70, 75]])
+def test_the_c_kernel_gives_the_eager_sums_piece_by_piece(dtype, bounds):
+    """ChunkSums.chunk by the C kernel against the eager arithmetic, on a chunk of 23 or 75 rows in three groups of
+    13, 11,000 and 8,987 columns (the last always float64; 20,000 in all: none a multiple of the kernel's strips,
+    at one thread a block of 16,384 columns and a part, cut across groups) cut into pieces of 1, 9 and 13 rows, or of 5, 65
+    (three of the kernel's groups of rows) and 5, the middle one with running sums, zeros and signed values; with
+    and without a reference; at 1 and 3 threads; the sums in new tensors, and in place of the running sums. The
+    per-draw cosines and descent counts the kernel sums per piece equal GradientStats' own from the eager dots,
+    and a squared norm outside ``safe`` leaves them to the caller."""
     from gradstats.chunk_sums import NUM_SUMS, ChunkSums
     from gradstats.gradient_stats import cosines_from_dots
 
     _needs_a_compiler("native")
     gen = torch.Generator().manual_seed(10)
-    x = torch.randn(23, 20_000, generator=gen, dtype=torch.float64)
+    rows = bounds[-1]
+    x = torch.randn(rows, 20_000, generator=gen, dtype=torch.float64)
     x[:, :7] = 0.0
     x[3, 100:200] = -0.0
     x[5, :13] = 0.0   # a draw that is 0 in the first group: its cosine there is 0
@@ -510,7 +542,6 @@ def test_the_c_kernel_gives_the_eager_sums_piece_by_piece(dtype):
     parts = [x[:, :13].contiguous(), x[:, 13:11_013].contiguous(), x[:, 11_013:].to(torch.float64).contiguous()]
     running = [None, torch.randn(NUM_SUMS, 20_000, generator=gen, dtype=torch.float64), None]
     running[1][4:] = torch.randint(0, 50, (2, 20_000), generator=gen).to(torch.float64)   # counts so far
-    bounds = [0, 1, 10, 23]
     reference = torch.randn(20_000, generator=gen, dtype=torch.float64)
     norms2 = torch.stack([reference[a:b].square().sum() for a, b in ((0, 13), (13, 11_013), (11_013, 20_000))])
     reference_norms = torch.cat([norms2.sum().reshape(1), norms2]).sqrt()
@@ -531,7 +562,10 @@ def test_the_c_kernel_gives_the_eager_sums_piece_by_piece(dtype):
                 if ref is None:
                     assert got.inner is None and got.norm2 is None and got.cosines is None
                     continue
-                assert got.inner.shape == got.norm2.shape == (23, 3)
+                in_place = running[1].clone()
+                alone = ChunkSums("native").chunk(parts, shift, [None, in_place, None], bounds, ref, [None, in_place, None])
+                assert alone.sums[1] is in_place and torch.equal(in_place, got.sums[1])
+                assert got.inner.shape == got.norm2.shape == (rows, 3)
                 assert torch.allclose(got.inner, want.inner, rtol=1e-12, atol=1e-12)
                 assert torch.allclose(got.norm2, want.norm2, rtol=1e-12)
                 cos, inner_all = cosines_from_dots(want.inner, want.norm2, reference_norms)
