@@ -74,12 +74,15 @@ static inline __attribute__((always_inline)) double value(const void *x, int is_
 
 /* Rows r0 .. r1 and columns cb .. ce of one group (x: [rows, cols], float32 where is_float; shift, ref and the six
  * [ld]-strided sums s and run indexed by the group's columns): s = run + the rows' sums (run NULL: zeros; run may be
- * s), dots[i] += <x_i, ref> (dot) and norms[i] += |x_i|^2. The rows are taken GROUP at a time; for each strip of
+ * s), dots[i] += <x_i, ref> (dot) and norms[i] += |x_i|^2; returns the total of the new S4 (for the check, as it
+ * is written rather than read back). The rows are taken GROUP at a time; for each strip of
  * STRIP x LANES columns, every row of the group is read in turn, the strip's six column sums held in registers and
  * written once, each row's dot and norm added to a vector of its own (in L1) and summed over its lanes at the end. */
-static inline __attribute__((always_inline)) void strips(const void *x, int is_float, int dot, int64_t cols,
+static inline __attribute__((always_inline)) double strips(const void *x, int is_float, int dot, int64_t cols,
         int64_t r0, int64_t r1, int64_t cb, int64_t ce, const double *restrict shift, double *s, int64_t ld,
         const double *run, const double *restrict ref, double *restrict dots, double *restrict norms) {
+    vd check = {0};
+    double tail = 0;
     for (int64_t g0 = r0; g0 < r1; g0 += GROUP) {
         int64_t g1 = g0 + GROUP < r1 ? g0 + GROUP : r1, nr = g1 - g0;
         const double *src = g0 == r0 ? run : s;   /* later groups add to what the first wrote */
@@ -114,8 +117,11 @@ static inline __attribute__((always_inline)) void strips(const void *x, int is_f
                 int64_t o = j + k * LANES;
                 vd sums[6] = {t1[k], t2[k], t3[k], t4[k], __builtin_convertvector(tp[k], vd),
                               __builtin_convertvector(tn[k], vd)};
-                for (int q = 0; q < 6; q++)
-                    *(vd *)(s + q * ld + o) = (src ? *(const vd *)(src + q * ld + o) : (vd){0}) + sums[q];
+                for (int q = 0; q < 6; q++) {
+                    sums[q] += src ? *(const vd *)(src + q * ld + o) : (vd){0};
+                    *(vd *)(s + q * ld + o) = sums[q];
+                }
+                if (g1 == r1) check += sums[3];
             }
         }
         for (int64_t r = 0; r < nr; r++) {   /* the rows' lanes, and the columns past the last whole strip */
@@ -136,15 +142,18 @@ static inline __attribute__((always_inline)) void strips(const void *x, int is_f
                 t[0] += c; t[1] += q; t[2] += q * c; t[3] += q * q; t[4] += v > 0; t[5] += v < 0;
             }
             for (int q = 0; q < 6; q++) s[q * ld + jj] = (src ? src[q * ld + jj] : 0.0) + t[q];
+            if (g1 == r1) tail += s[3 * ld + jj];
         }
     }
+    for (int l = 0; l < LANES; l++) tail += check[l];
+    return tail;
 }
 
 /* strips() compiled once for each kind of chunk and whether dots are taken (constants, inlined). */
 #define STRIPS(NAME, IS_FLOAT, DOT)                                                                               \
-static void NAME(const void *x, int64_t cols, int64_t r0, int64_t r1, int64_t cb, int64_t ce, const double *shift, \
-                 double *s, int64_t ld, const double *run, const double *ref, double *dots, double *norms) {    \
-    strips(x, IS_FLOAT, DOT, cols, r0, r1, cb, ce, shift, s, ld, run, ref, dots, norms);                         \
+static double NAME(const void *x, int64_t cols, int64_t r0, int64_t r1, int64_t cb, int64_t ce, const double *shift,\
+                   double *s, int64_t ld, const double *run, const double *ref, double *dots, double *norms) {  \
+    return strips(x, IS_FLOAT, DOT, cols, r0, r1, cb, ce, shift, s, ld, run, ref, dots, norms);                  \
 }
 STRIPS(strips_double_dot, 0, 1)
 STRIPS(strips_double, 0, 0)
@@ -167,13 +176,11 @@ static double work(const task_t *t, int64_t c0, int64_t c1) {
                 int64_t r0 = t->bounds[p], r1 = t->bounds[p + 1];
                 const double *ro = run ? run + off : NULL;
                 double *so = s + off;
-                void (*kernel)(const void *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *,
-                               int64_t, const double *, const double *, double *, double *) =
+                double (*kernel)(const void *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *,
+                                 int64_t, const double *, const double *, double *, double *) =
                     t->is_float[g] ? (ref ? strips_float_dot : strips_float) : (ref ? strips_double_dot : strips_double);
-                kernel(t->x[g], cols, r0, r1, cb - off, ce - off, t->shift + off, so, t->total, ro, ref, dots, norms);
-                const double *s4 = s + 3 * t->total;
-                _Pragma("omp simd reduction(+:check)")
-                for (int64_t j = cb; j < ce; j++) check += s4[j];
+                check += kernel(t->x[g], cols, r0, r1, cb - off, ce - off, t->shift + off, so, t->total, ro, ref, dots,
+                                norms);
             }
         }
     }
