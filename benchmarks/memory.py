@@ -4,8 +4,8 @@ Workload: ``--draws`` draws of a ``D``-coordinate float64 gradient (normal noise
 chunks of 32 into a ``GradientStats`` with a reference and ``--num-batches`` jackknife batches, then
 ``to_frame()`` read once. Prints, per coordinate and jackknife batch,
 
-* the bytes the batches hold while streaming (each storage counted once), against the own-model guide's 56;
-* the bytes they hold once read (the folded summaries kept for the next read), against its 96;
+* the bytes the batches hold while streaming (each storage counted once), against the own-model guide's 48;
+* the bytes they hold once read (the folded summaries kept for the next read), against its 88;
 * how far the process grew while ``to_frame()`` ran (its peak resident size, reset just before, less its
   resident size then, with the memory freed earlier given back first: Linux and glibc), and the seconds
   ``to_frame()`` took.
@@ -68,8 +68,8 @@ def main(argv=None) -> None:
     seconds = time.perf_counter() - start
     grown = (resident_mb("VmHWM") - before) * 2**20
     print(f"memory: {dim:,} coordinates, {batches} jackknife batches, {args.draws:,} draws in chunks of 32")
-    print(f"  held while streaming: {streaming:5.1f} bytes a coordinate a batch (the guide: 56)")
-    print(f"  held once read:       {per(stats._held_bytes()):5.1f} (the guide: 96)")
+    print(f"  held while streaming: {streaming:5.1f} bytes a coordinate a batch (the guide: 48)")
+    print(f"  held once read:       {per(stats._held_bytes()):5.1f} (the guide: 88)")
     print(f"  grown while reading:  {per(grown):5.1f} at most, to_frame() in {seconds:.2f} s")
 
 

@@ -4,7 +4,7 @@ Feed :class:`GradientStats` per-draw gradients (``[B, D]``, or a dict parameter 
 ``[B, *shape]``, on any device) and read the metrics of :mod:`gradstats.metrics` against
 a reference, with the same names, definitions and delete-one-batch jackknife standard
 errors as ``gs.evaluate``. Every statistic is accumulated in float64; memory is ``O(D)``
-per batch, 56 bytes a coordinate while streaming and 96 once the metrics have been read (the full covariance,
+per batch, 48 bytes a coordinate while streaming and 88 once the metrics have been read (the full covariance,
 ``O(D^2)``, only when asked).
 
 Batches for the jackknife are contiguous runs of draws of one size ``s``, a power of two:
@@ -509,6 +509,7 @@ class GradientStats:
         self._batch_size = 1
         self._full: GradientAccumulator | None = None
         self._spare: list[Tensor] = []   # running sums a commit replaced, free to be written again (no page faults)
+        self._empty: Summary | None = None   # the empty summary every new batch starts from (_empty_batch)
 
     # ---- layout and reference --------------------------------------------------------------
     def _set_layout(self, layout: ParameterLayout) -> None:
@@ -535,7 +536,12 @@ class GradientStats:
         return GradientAccumulator(self.layout, refs, full_covariance=full, device=self._device)
 
     def _empty_batch(self) -> _Batch:
-        return _Batch(Summary.empty(self.layout.num_parameters, False, self._device))
+        """A batch of no draws yet. Every batch starts from one shared empty summary (a summary is never written in
+        place), so that a batch holds its running sums alone while streaming, and no new zero vector is allocated
+        for each."""
+        if self._empty is None:
+            self._empty = Summary.empty(self.layout.num_parameters, False, self._device)
+        return _Batch(self._empty)
 
     def _reference_views(self) -> None:
         """What each chunk is compared with, on the accumulating device: the reference scaled by a power of two
@@ -717,7 +723,7 @@ class GradientStats:
             self.reference = self.reference.to(device)
         self._batches = [_Batch(summary.to(device)) for summary in summaries]
         self._shift = None   # set anew from the next chunk (running sums start again)
-        self._spare = []
+        self._spare, self._empty = [], None
         if self._full is not None:
             full, self._full = self._full, self._accumulator(full=True)
             self._full.summary = full.summary.to(device)
