@@ -21,15 +21,16 @@ second of
 
 every path timed once a round, in ``--repeats`` rounds, and its median printed (a machine whose speed
 drifts moves every path alike; each ratio is taken within a round, and its median over the rounds printed with
-the rounds' range); every path scoring its draws against the same reference (the mean of 256
-other draws), with the same statistics (moments to the fourth, sign agreement, per-draw cosines, jackknife
-batches); and three
-ratios with their targets: update / roofline (at least 0.40), gradient_stats / BackPACK (at least
-1.5), gradient_stats / bare vmap(grad) (at least 0.75), the last with the most that any statistics reading each
-draw once could leave of the gradients' rate on this machine: roofline / (roofline + bare vmap(grad)), the
-gradients followed by one read of each draw at the memory roofline. ``--json`` (default
-``benchmarks/results/byom.json``, ``byom_float32.json`` in float32, ``_cuda`` before the suffix on a GPU;
-``''`` for none) writes them for ``benchmarks/report.py``.
+the rounds' range); with ``--processes N``, in N processes one after another, their rounds pooled (how a
+process's memory happens to be laid out moves the bare gradients' rate from one process to the next); every path
+scoring its draws against the same reference (the mean of 256 other draws), with the same statistics (moments to
+the fourth, sign agreement, per-draw cosines, jackknife batches); and three ratios with their targets: update /
+roofline (at least 0.40), gradient_stats / BackPACK (at least 1.5), gradient_stats / bare vmap(grad) (at least
+0.75), the last with the most that any statistics reading each draw once could leave of the gradients' rate on
+this machine: roofline / (roofline + bare vmap(grad)), the gradients followed by one read of each draw at the
+memory roofline. ``--json`` (default ``benchmarks/results/byom.json``, ``byom_float32.json`` in float32,
+``_cuda`` before the suffix on a GPU; ``''`` for none) writes them for ``benchmarks/report.py``, with every
+round's rates.
 
 ``--profile`` also prints where the update spends its time (torch.profiler: on a GPU, every kernel it launches),
 with the torch operations and compiled calls a chunk costs and its fixed cost: the time of an update whose chunk
@@ -39,7 +40,7 @@ picks the path of the update's sums (``auto``: the C kernel on a CPU, ``torch.co
 ``byom``).
 
     python benchmarks/byom.py [--draws 2048] [--chunk 32] [--loop-draws 256] [--threads 2] [--device cpu]
-                              [--dtype float64] [--repeats 5] [--json out.json] [--profile]
+                              [--dtype float64] [--repeats 5] [--processes 1] [--json out.json] [--profile]
                               [--sums auto|compiled|eager]
 """
 
@@ -47,10 +48,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import math
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from _record import default_path, write
@@ -296,7 +302,16 @@ def profile_update(params, loss, noise, chunk, device, update_rate: float) -> No
         print(events.table(sort_by=key, row_limit=15))
 
 
-def main(argv=None) -> None:
+LABELS = {"gradient_stats": "gs.gradient_stats (vmap + update)", "bare_vmap_grad": "vmap(grad) alone, no statistics",
+          "backpack_batchgrad": "BackPACK BatchGrad + update", "loop": "per-draw backward loop + update",
+          "update_alone": "GradientStats.update alone", "roofline": "memory roofline (one read of a draw)"}
+RATIOS = {"update_over_roofline": ("update_alone", "roofline", 0.40),
+          "gradient_stats_over_backpack": ("gradient_stats", "backpack_batchgrad", 1.5),
+          "gradient_stats_over_bare_vmap": ("gradient_stats", "bare_vmap_grad", 0.75),
+          "gradient_stats_over_loop": ("gradient_stats", "loop", None)}
+
+
+def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=2048, help="draws for the vmap paths")
     parser.add_argument("--loop-draws", type=int, default=256, help="draws for the per-draw loop (it is slow)")
@@ -306,12 +321,28 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     parser.add_argument("--repeats", type=int, default=5,
                         help="rounds, each timing every path once (the median is printed)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="processes, one after another, each running --repeats rounds; their rounds are pooled")
     parser.add_argument("--json", default=None, help="where to write the figures ('' for nowhere)")
     parser.add_argument("--profile", action="store_true",
                         help="also print where GradientStats.update spends its time (torch.profiler, eight chunks)")
     parser.add_argument("--sums", default="auto", choices=ChunkSums.MODES,
                         help="the path of GradientStats' sums (auto: the C kernel on a CPU, torch.compile elsewhere)")
     args = parser.parse_args(argv)
+    if args.processes < 1 or args.repeats < 1:
+        parser.error(f"--processes and --repeats must be at least 1, got {args.processes} and {args.repeats}")
+    if args.profile and args.processes > 1:
+        parser.error("--profile runs in one process: leave out --processes")
+    if args.json is None:
+        name = "byom" + ("" if args.sums == "auto" else f"_{args.sums}")
+        args.json = default_path(name if args.dtype == "float64" else f"{name}_{args.dtype}", args.device)
+    return args
+
+
+def run_rounds(args) -> tuple[list[dict], int]:
+    """Every path timed once a round, in ``args.repeats`` rounds, in this process (after the check that the paths
+    compute the same gradients): per round, draws per second of each path (the roofline's: one read of a draw at
+    the bandwidth), and the model's parameter count."""
     torch.set_num_threads(args.threads)
     if args.sums != "auto":
         STATS_MODULE._CHUNK_SUMS = ChunkSums(args.sums)
@@ -322,9 +353,8 @@ def main(argv=None) -> None:
     REFERENCE = {k: v.to(torch.float64) for k, v in gs.gradient_stats(loss, params, 256, noise_shape=noise,
                                                                        seed=99).mean.items()}
     dim = sum(v.numel() for v in params.values())
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"byom: {dim:,} parameters, minibatch {BATCH}, {args.dtype}, {device} ({name}), {args.threads} threads, "
-          f"chunks of {args.chunk} draws, median of {args.repeats}")
+    print(f"byom: {dim:,} parameters, minibatch {BATCH}, {args.dtype}, {device} ({device_name(device)}), "
+          f"{args.threads} threads, chunks of {args.chunk} draws, {args.repeats} rounds")
     # same uniforms, same gradients: the loop's and BackPACK's first draws against the vmap path's
     _, check_v = run_vmap(params, loss, noise, args.chunk, args.chunk, device)
     _, check_l = run_loop(params, loss, noise, args.chunk, args.chunk, device)
@@ -353,28 +383,62 @@ def main(argv=None) -> None:
     paths["roofline"] = (1, lambda: bytes_per_draw / bandwidth(device))   # seconds for one read of a draw
     for _, run in paths.values():
         run()   # warm up
-    seconds = {key: [] for key in paths}
-    for _ in range(args.repeats):
-        for key, (_, run) in paths.items():   # the bandwidth right after the update, as the update reads
-            seconds[key].append(run())
-    rates = {key: amount / statistics.median(seconds[key]) for key, (amount, _) in paths.items()}
-    per_round = [{key: amount / seconds[key][r] for key, (amount, _) in paths.items()} for r in range(args.repeats)]
-    labels = {"gradient_stats": "gs.gradient_stats (vmap + update)", "bare_vmap_grad": "vmap(grad) alone, no statistics",
-              "backpack_batchgrad": "BackPACK BatchGrad + update", "loop": "per-draw backward loop + update",
-              "update_alone": "GradientStats.update alone", "roofline": "memory roofline (one read of a draw)"}
+    per_round = []
+    for _ in range(args.repeats):   # the bandwidth right after the update, as the update reads
+        per_round.append({key: amount / run() for key, (amount, run) in paths.items()})
+    if args.profile:
+        profile_update(params, loss, noise, args.chunk, device, statistics.median(r["update_alone"] for r in per_round))
+    return per_round, dim
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+
+
+def in_processes(args) -> tuple[list[dict], int]:
+    """``args.processes`` runs of this benchmark, one after another, each a process of its own (how the memory of a
+    process happens to be laid out moves the bare gradients' rate by up to a fifth from one process to the next, a
+    spread no number of rounds within one process samples): their rounds pooled, and the parameter count."""
+    per_round, dim = [], 0
+    flags = ["--draws", args.draws, "--loop-draws", args.loop_draws, "--chunk", args.chunk, "--threads", args.threads,
+             "--device", args.device, "--dtype", args.dtype, "--repeats", args.repeats, "--sums", args.sums]
+    with tempfile.TemporaryDirectory() as scratch:
+        for i in range(args.processes):
+            out = Path(scratch) / f"process{i}.json"
+            done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *map(str, flags), "--json", str(out)],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"process {i + 1} of {args.processes} failed:\n{done.stdout}{done.stderr}")
+            record = json.loads(out.read_text())
+            rounds, dim = record["figures"]["per_round"], record["parameters"]
+            ratios = [r["gradient_stats"] / r["bare_vmap_grad"] for r in rounds]
+            print(f"  process {i + 1}: gs.gradient_stats over bare vmap(grad) {statistics.median(ratios):.2f} "
+                  f"(rounds {min(ratios):.2f} to {max(ratios):.2f})")
+            per_round += rounds
+    return per_round, dim
+
+
+def main(argv=None) -> None:
+    args = parse(argv)
+    torch.set_num_threads(args.threads)   # what the record says of the machine
+    if args.processes > 1:
+        print(f"byom: {args.processes} processes of {args.repeats} rounds each, {args.dtype}, {args.device}, "
+              f"chunks of {args.chunk} draws")
+        per_round, dim = in_processes(args)
+    else:
+        per_round, dim = run_rounds(args)
+    # a path's rate: its median over the rounds; a ratio is taken within each round (both paths timed minutes apart at
+    # most, on the machine as it then was), and its median over the rounds is printed with the rounds' range: the
+    # spread is what a rerun can move it by
+    rates = {key: statistics.median(r[key] for r in per_round) for key in per_round[0]}
     for key, rate in rates.items():
-        print(f"  {labels[key]:38s} {rate:12,.0f} draws/s")
-    # a ratio is taken within each round (both paths timed minutes apart at most, on the machine as it then was), and
-    # its median over the rounds is printed with the rounds' range: the spread is what a rerun can move it by
-    ratios, ranges = {}, {}
+        print(f"  {LABELS[key]:38s} {rate:12,.0f} draws/s")
     # what the statistics could at best leave of the gradients' rate: one read of each draw at the roofline after
     # the gradients, roofline / (roofline + bare) per round
     bounds = [r["roofline"] / (r["roofline"] + r["bare_vmap_grad"]) for r in per_round]
     bound = {"gradient_stats_over_bare_vmap": statistics.median(bounds)}
-    for key, (num, den, target) in {"update_over_roofline": ("update_alone", "roofline", 0.40),
-                                    "gradient_stats_over_backpack": ("gradient_stats", "backpack_batchgrad", 1.5),
-                                    "gradient_stats_over_bare_vmap": ("gradient_stats", "bare_vmap_grad", 0.75),
-                                    "gradient_stats_over_loop": ("gradient_stats", "loop", None)}.items():
+    ratios, ranges = {}, {}
+    for key, (num, den, target) in RATIOS.items():
         if num in rates and den in rates:
             rounds = [r[num] / r[den] for r in per_round]
             ratios[key], ranges[key] = statistics.median(rounds), [min(rounds), max(rounds)]
@@ -383,14 +447,11 @@ def main(argv=None) -> None:
             if key in bound:
                 print(f"        {'':32s} at most {bound[key]:.2f} (rounds {min(bounds):.2f} to {max(bounds):.2f}): "
                       "the gradients, then one read of each draw at the roofline")
-    if args.profile:
-        profile_update(params, loss, noise, args.chunk, device, rates["update_alone"])
-    if args.json is None:
-        name = "byom" + ("" if args.sums == "auto" else f"_{args.sums}")
-        args.json = default_path(name if dtype == torch.float64 else f"{name}_{args.dtype}", device)
     write(args.json, "byom", f"a straight-through network 64-512-160-10 ({dim:,} parameters), a minibatch of {BATCH}"
-          f" per draw, {args.dtype}", {"rates": rates, "ratios": ratios, "ratio_ranges": ranges, "bounds": bound},
-          device, parameters=dim, dtype=args.dtype, chunk=args.chunk, draws=args.draws, repeats=args.repeats)
+          f" per draw, {args.dtype}", {"rates": rates, "ratios": ratios, "ratio_ranges": ranges, "bounds": bound,
+                                       "per_round": per_round},
+          args.device, parameters=dim, dtype=args.dtype, chunk=args.chunk, draws=args.draws, repeats=args.repeats,
+          processes=args.processes)
 
 
 if __name__ == "__main__":
