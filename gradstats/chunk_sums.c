@@ -42,7 +42,7 @@
 
 #define BLOCK 16384   /* columns of a block: where a piece has more than GROUP rows, its sums stay in the L2 cache */
 #define GROUP 32      /* rows a strip of columns is read over at once: their per-row sums, 2 x 32 vectors, in L1 */
-#define PREFETCH 64   /* values ahead in a row that each read asks for (4 strips of 16 columns) */
+#define PREFETCH 64   /* values ahead in a row that each read asks for (512 bytes of float64) */
 
 /* Vectors of LANES float64 (GCC/Clang vector extensions: whatever the target's width, the compiler splits them).
  * With AVX-512, two vectors a strip (16 columns); else one of four (32 vectors of registers hold a strip's twelve
@@ -81,8 +81,8 @@ static inline __attribute__((always_inline)) double value(const void *x, int is_
 static inline __attribute__((always_inline)) double strips(const void *x, int is_float, int dot, int64_t cols,
         int64_t r0, int64_t r1, int64_t cb, int64_t ce, const double *restrict shift, double *s, int64_t ld,
         const double *run, const double *restrict ref, double *restrict dots, double *restrict norms) {
-    vd check = {0};
-    double tail = 0;
+    vd s4 = {0};        /* the new fourth power sums, added up as they are written */
+    double total = 0;
     for (int64_t g0 = r0; g0 < r1; g0 += GROUP) {
         int64_t g1 = g0 + GROUP < r1 ? g0 + GROUP : r1, nr = g1 - g0;
         const double *src = g0 == r0 ? run : s;   /* later groups add to what the first wrote */
@@ -121,7 +121,7 @@ static inline __attribute__((always_inline)) double strips(const void *x, int is
                     sums[q] += src ? *(const vd *)(src + q * ld + o) : (vd){0};
                     *(vd *)(s + q * ld + o) = sums[q];
                 }
-                if (g1 == r1) check += sums[3];
+                if (g1 == r1) s4 += sums[3];
             }
         }
         for (int64_t r = 0; r < nr; r++) {   /* the rows' lanes, and the columns past the last whole strip */
@@ -142,11 +142,11 @@ static inline __attribute__((always_inline)) double strips(const void *x, int is
                 t[0] += c; t[1] += q; t[2] += q * c; t[3] += q * q; t[4] += v > 0; t[5] += v < 0;
             }
             for (int q = 0; q < 6; q++) s[q * ld + jj] = (src ? src[q * ld + jj] : 0.0) + t[q];
-            if (g1 == r1) tail += s[3 * ld + jj];
+            if (g1 == r1) total += s[3 * ld + jj];
         }
     }
-    for (int l = 0; l < LANES; l++) tail += check[l];
-    return tail;
+    for (int l = 0; l < LANES; l++) total += s4[l];
+    return total;
 }
 
 /* strips() compiled once for each kind of chunk and whether dots are taken (constants, inlined). */
