@@ -26,7 +26,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import gradstats as gs
@@ -190,13 +190,22 @@ def test_unbiased_estimators_on_a_three_layer_network(name):
 
 @settings(max_examples=6)
 @given(problem=networks(max_layers=1, max_total_units=4))
+@example(problem=gs.problems.sbn([3, 1], loss=gs.losses.from_spec(
+    {"kind": "softplus_ridge", "weights": [[1.0]], "directions": [-1.0], "offsets": [0.0], "scales": [1.0]}),
+    seed=0, weight_scale=3.0, num_outputs=4))
 def test_disarm_variance_is_at_most_arms_on_one_layer(problem):
-    # exact DisARM variance against ARM's Monte Carlo variance (2e5 draws): allow 5 jackknife-free
-    # standard errors of a sample variance, sqrt(2/n) relative under normality, doubled for heavier tails.
+    # DisARM is ARM averaged over the uniforms given the two antithetic samples (Rao-Blackwell), so its exact
+    # variance is at most ARM's, coordinate by coordinate. ARM's variance comes from 2e5 draws, with 5 standard
+    # errors of a sample variance allowed: var sqrt((kurtosis - 1) / n) from the draws' own kurtosis. ARM's draws
+    # are 0 unless the two samples differ, so they are heavy-tailed where a unit is nearly sure: on
+    # sbn([3, 1], softplus_ridge, seed=0, weight_scale=3) their kurtosis is about 1,500 and the variance's relative
+    # error at 2e5 draws 9%, where the sqrt(2 / n) = 0.3% of normal draws (times 10) failed on it; there the
+    # exact DisARM variance stood at most 1.9 of these errors above ARM's over 40 seeds.
     n = 200_000
     d = gs.moments(problem, "disarm")
     a = gs.moments(problem, "arm", num_samples=n, seed=0, **MC)
-    assert (d.var <= a.var * (1 + 10 * math.sqrt(2 / n)) + 1e-14).all()
+    stderr = torch.where(a.var > 0, a.var * ((a.kurtosis - 1) / n).clamp_min(0).sqrt(), 0.0)
+    assert (d.var <= a.var + 5 * stderr + 1e-14).all()
 
 
 def test_a_one_layer_estimator_refuses_deep_networks_and_disarm_exact_needs_one_layer():
