@@ -342,8 +342,7 @@ def parse(argv=None) -> argparse.Namespace:
 def run_rounds(args) -> tuple[list[dict], int]:
     """Every path timed once a round, in ``args.repeats`` rounds, in this process (after the check that the paths
     compute the same gradients): per round, draws per second of each path (the roofline's: one read of a draw at
-    the bandwidth), and the model's parameter count."""
-    torch.set_num_threads(args.threads)
+    the bandwidth), and the model's parameter count (torch's threads as main sets them)."""
     if args.sums != "auto":
         STATS_MODULE._CHUNK_SUMS = ChunkSums(args.sums)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -420,7 +419,7 @@ def in_processes(args) -> tuple[list[dict], int]:
 
 def main(argv=None) -> None:
     args = parse(argv)
-    torch.set_num_threads(args.threads)   # what the record says of the machine
+    torch.set_num_threads(args.threads)   # the rounds' threads, and what the record says of the machine
     if args.processes > 1:
         print(f"byom: {args.processes} processes of {args.repeats} rounds each, {args.dtype}, {args.device}, "
               f"chunks of {args.chunk} draws")

@@ -69,6 +69,14 @@ def _unit_rows(d: torch.Tensor) -> torch.Tensor:
     return d / torch.where(top > 0, top, 1.0)
 
 
+def _tiny_loss_problem(coefficient: float):
+    """sbn([1, 1, 1]) with the loss times ``coefficient``: at 2.3e-277, STS has draws 0 in the first layer and about
+    1e-278 in the second, whose squares underflow."""
+    return gs.problems.sbn([1, 1, 1], loss=gs.losses.from_spec({"kind": "multilinear", "num_inputs": 1,
+                                                                  "coefficients": {"": 0.0, "0": coefficient}}),
+                           seed=0, weight_scale=1.0, num_outputs=4)
+
+
 @given(problem=networks(max_layers=3, max_total_units=8), estimator=st.sampled_from(["st", "reinforce", "sts"]))
 @example(problem=gs.problems.sbn([1, 2], loss=gs.losses.from_spec({"kind": "multilinear", "num_inputs": 2,
                                                                     "coefficients": {"0": 1.0}}),
@@ -80,10 +88,7 @@ def _unit_rows(d: torch.Tensor) -> torch.Tensor:
                                                                     "coefficients": {"1": 1.0, "3": 2.2250738585e-313}}),
                                  seed=161, weight_scale=1.0, num_outputs=4),
          estimator="reinforce")   # draws of subnormal deltas in a chunk of normal ones
-@example(problem=gs.problems.sbn([1, 1, 1], loss=gs.losses.from_spec({"kind": "multilinear", "num_inputs": 1,
-                                                                       "coefficients": {"": 0.0, "0": 2.32039872003314e-277}}),
-                                 seed=0, weight_scale=1.0, num_outputs=4),
-         estimator="sts")   # a draw 0 in one layer and 1e-278 in the other
+@example(problem=_tiny_loss_problem(2.32039872003314e-277), estimator="sts")   # a draw 0 in one layer, 1e-278 in the other
 def test_exact_per_draw_metrics_match_brute_force(problem, estimator):
     g = gs.exact_gradient(problem)
     m = gs.moments(problem, estimator, references={"binary": g})
@@ -411,12 +416,6 @@ def test_a_layer_whose_squares_underflow_beside_another_keeps_its_cosine(method)
         cos, descent = cosines[scale]
         assert torch.allclose(cos, first[0], rtol=1e-12, atol=0), scale
         assert torch.equal(descent, first[1]), scale
-
-
-def _tiny_loss_problem(coefficient: float):
-    return gs.problems.sbn([1, 1, 1], loss=gs.losses.from_spec({"kind": "multilinear", "num_inputs": 1,
-                                                                  "coefficients": {"": 0.0, "0": coefficient}}),
-                           seed=0, weight_scale=1.0, num_outputs=4)
 
 
 @pytest.mark.parametrize("method", ["exact", "mc"])
