@@ -379,10 +379,11 @@ def cosines_by_layer(inner: Tensor, norm2: Tensor, exponent: Tensor, ref_norm2: 
     (``ref_norm2 [L]``): each layer's cosine at its own scale, so that a layer whose squares would underflow beside
     another's keeps it; the whole row's at one power of two per row (its largest nonzero layer's) and one for the
     reference, where a layer too small to count rounds away. A layer that is 0 has no scale: its power of two (0,
-    as :func:`layer_scaled` gives it) takes no part in the whole row's. The cosine of a zero vector is 0."""
+    as :func:`layer_scaled` gives it) takes no part in the whole row's, and it is not scaled to it. The cosine of
+    a zero vector is 0."""
     cos = safe_divide(inner, norm2.sqrt() * ref_norm2.sqrt())
-    shift = exponent - _largest_nonzero(exponent, norm2 > 0)        # [B, L], <= 0 where nonzero: exact
-    ref_shift = ref_exponent - _largest_nonzero(ref_exponent, ref_norm2 > 0)   # [L]
+    shift = _shift_to_largest(exponent, norm2 > 0)         # [B, L]
+    ref_shift = _shift_to_largest(ref_exponent, ref_norm2 > 0)   # [L]
     inner_all = _times_power_of_two(inner, shift + ref_shift).sum(1, keepdim=True)
     norm2_all = _times_power_of_two(norm2, 2 * shift).sum(1, keepdim=True)
     ref_all = _times_power_of_two(ref_norm2, 2 * ref_shift).sum()
@@ -390,11 +391,13 @@ def cosines_by_layer(inner: Tensor, norm2: Tensor, exponent: Tensor, ref_norm2: 
     return torch.cat([cos_all, cos], 1), torch.cat([inner_all, inner], 1)
 
 
-def _largest_nonzero(exponent: Tensor, nonzero: Tensor) -> Tensor:
-    """The largest of ``exponent`` over its last dimension where ``nonzero`` (kept as a dimension of 1), 0 where none
-    is."""
+def _shift_to_largest(exponent: Tensor, nonzero: Tensor) -> Tensor:
+    """``exponent`` minus its largest over the last dimension where ``nonzero`` (<= 0 there: a scaling by it is
+    exact or rounds a negligible layer away), and 0 where not: a zero layer is not scaled at all, for its shift,
+    up to +1074 from a subnormal layer's power, doubled for a square, would overflow ``2^1024`` and make 0 times
+    it NaN."""
     top = torch.where(nonzero, exponent, -math.inf).amax(-1, keepdim=True)
-    return torch.where(torch.isfinite(top), top, 0.0)
+    return torch.where(nonzero, exponent - top, 0.0)
 
 
 def layer_scaled(vectors: list[Tensor]) -> tuple[list[Tensor], Tensor]:

@@ -783,3 +783,29 @@ def test_a_group_whose_squares_underflow_beside_another_keeps_its_cosines(scaled
         for key, value in got.items():
             want = (one if key[1] != "all" else small)[key]
             assert value == pytest.approx(want, rel=1e-12), (scale, key)
+
+
+def test_draws_zero_in_one_group_keep_their_whole_cosine_at_a_subnormal_scale():
+    """Draws and reference times 2^-1030 (entries of about 1e-310, subnormal, whose power of two is near -1030),
+    with group ``a`` 0 in every other draw: the whole draw's cosine is taken at its nonzero group's power, and its
+    zero group is not scaled to it. Before, it was: its squared norm, 0, times 2^2060 (in two halves, the first
+    2^1030 = inf) was NaN, and the mean per-draw cosine over all groups read 0.0184 where it is 0.0138. The cosines
+    are those at scale 1 to the entries' 44 bits."""
+    gen = torch.Generator().manual_seed(0)
+    ref = {"a": torch.randn(3, generator=gen, dtype=torch.float64), "b": torch.randn(4, generator=gen, dtype=torch.float64)}
+    draws = {"a": torch.randn(64, 3, generator=gen, dtype=torch.float64),
+             "b": torch.randn(64, 4, generator=gen, dtype=torch.float64)}
+    draws["a"][::2] = 0.0
+
+    def cosines(scale):
+        stats = gs.GradientStats(reference={k: v * scale for k, v in ref.items()}, ms=(1, 4))
+        for rows in torch.arange(64).split(16):
+            stats.update({k: v[rows] * scale for k, v in draws.items()})
+        frame = stats.to_frame()
+        frame = frame[frame.metric.isin(["cosine_draw", "cosine_m", "descent_draw"])]
+        return {(r.metric, r.group, r.M): r.value for r in frame.itertuples()}
+
+    one, tiny = cosines(1.0), cosines(2.0**-1030)
+    assert len(one) >= 9 and one.keys() == tiny.keys()
+    for key, value in tiny.items():
+        assert value == pytest.approx(one[key], rel=1e-11, abs=1e-13), key

@@ -89,6 +89,7 @@ def _tiny_loss_problem(coefficient: float):
                                  seed=161, weight_scale=1.0, num_outputs=4),
          estimator="reinforce")   # draws of subnormal deltas in a chunk of normal ones
 @example(problem=_tiny_loss_problem(2.32039872003314e-277), estimator="sts")   # a draw 0 in one layer, 1e-278 in the other
+@example(problem=_tiny_loss_problem(2.2250738585072014e-308), estimator="sts")   # ... and 1e-309 (subnormal) in the other
 def test_exact_per_draw_metrics_match_brute_force(problem, estimator):
     g = gs.exact_gradient(problem)
     m = gs.moments(problem, estimator, references={"binary": g})
@@ -420,12 +421,15 @@ def test_a_layer_whose_squares_underflow_beside_another_keeps_its_cosine(method)
 
 @pytest.mark.parametrize("method", ["exact", "mc"])
 def test_a_draw_with_a_zero_layer_keeps_its_whole_cosine_at_any_scale(method):
-    """STS on sbn([1, 1, 1]) with the loss times 1e-100 to 1e-300: some draws are 0 in the first layer and about
+    """STS on sbn([1, 1, 1]) with the loss times 1e-100 to 1e-310: some draws are 0 in the first layer and about
     1e-278 in the second (at 2.3e-277), whose squares underflow. Each layer is brought into range by its own power
     of two, and the whole draw's cosine is taken at the largest of its nonzero layers' powers: a zero layer has
     none. Its power (0) took part before, shrank the second layer by 2^-920 back to 0, and the mean cosine over all
-    layers read 0.2676 where it is 0.6093 (found by the property tests' explore profile). The cosines and descent
-    rates are those of the loss at scale 1 (the problems differ by the loss's coefficient alone)."""
+    layers read 0.2676 where it is 0.6093 (found by the property tests' explore profile). Then a zero layer was
+    still scaled to the others' power: at 2.2e-308 (entries of 1e-309, subnormal, whose power is -1024) the
+    square's scaling by 2^2048 overflowed, 0 times it was NaN, and the cosine read 0.2676 again (found the same
+    way). The cosines and descent rates are those of the loss at scale 1 (the problems differ by the loss's
+    coefficient alone; at 1e-310 the entries keep about 40 bits, and the cosines their first 13 digits)."""
     def measured(coefficient):
         problem = _tiny_loss_problem(coefficient)
         options = {} if method == "exact" else dict(method="mc", num_samples=4000, seed=3, device="cpu")
@@ -433,7 +437,7 @@ def test_a_draw_with_a_zero_layer_keeps_its_whole_cosine_at_any_scale(method):
         return s.cosine["g"] / s.weight, s.descent["g"] / s.weight
 
     cos, descent = measured(1.0)
-    for coefficient in (1e-100, 1e-200, 2.32039872003314e-277, 1e-300):
+    for coefficient in (1e-100, 1e-200, 2.32039872003314e-277, 1e-300, 2.2250738585072014e-308, 1e-310):
         got = measured(coefficient)
         assert torch.allclose(got[0], cos, rtol=1e-12, atol=0), coefficient
         assert torch.equal(got[1], descent), coefficient
