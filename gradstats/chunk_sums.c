@@ -3,8 +3,9 @@
  * A chunk is `groups` row-major blocks x[g] ([rows, cols_g], float32 where is_float[g], else float64), side by side:
  * group g holds the columns offsets[g] .. offsets[g + 1] of the chunk's `total` columns. Its rows are cut into
  * pieces by bounds[0..pieces]. For each piece p and column j, out[p] = running[p] + [S1, S2, S3, S4, P, N] (a
- * [6, total] float64 array), with S_k = sum over the piece's rows of (x_ij - shift_j)^k, P and N the counts of
- * x_ij > 0 and x_ij < 0; running[p] NULL counts as zeros, and out[p] may be running[p] (the sums in place). Per
+ * [6, total] float64 array, its rows strides[2p + 1] values apart; running[p]'s, strides[2p]), with S_k = sum over
+ * the piece's rows of (x_ij - shift_j)^k, P and N the counts of x_ij > 0 and x_ij < 0; running[p] NULL counts as
+ * zeros, and out[p] may be running[p] (the sums in place; else they are streamed past the cache: see STORE). Per
  * group and row: dots[g, i] = <x_gi, ref_g> (when ref is not NULL) and norms[g, i] = |x_gi|^2 ([groups, rows];
  * the caller's arrays have room for one such array per thread, zeroed). *check = the total of every piece's S4 over
  * the columns: finite exactly when every sum is (an overflow of the total alone is a false alarm).
@@ -35,6 +36,9 @@
  */
 #include <math.h>
 #include <stdint.h>
+#if defined(__AVX512F__) || defined(__AVX__)
+#include <immintrin.h>   /* the streaming stores */
+#endif
 #include <string.h>   /* memset */
 #ifdef _OPENMP
 #include <omp.h>
@@ -60,7 +64,8 @@ typedef float vf __attribute__((vector_size(LANES * 4), aligned(4)));
 
 typedef struct {
     int64_t groups; const void *const *x; const int *is_float; const int64_t *offsets; int64_t rows, total;
-    const double *shift; const double *const *running; double *const *out; const int64_t *bounds; int64_t pieces;
+    const double *shift; const double *const *running; double *const *out; const int64_t *strides;
+    const int64_t *bounds; int64_t pieces;
     const double *ref; double *dots, *norms;   /* this thread's [groups, rows] partial sums */
 } task_t;
 
@@ -72,20 +77,43 @@ static inline __attribute__((always_inline)) double value(const void *x, int is_
     return is_float ? (double)((const float *)x)[i] : ((const double *)x)[i];
 }
 
+/* STORE(p, v, stream): *p = v, or with `stream`, where p is aligned to a whole vector (and the machine has the
+ * instruction: AVX-512 or AVX), a streaming (non-temporal) store: the line goes to memory whole, without first
+ * being read into the cache for ownership. The caller streams the sums it writes to a buffer other than the running
+ * sums it read (a fresh or spare buffer, read again no sooner than the next chunk): a normal store reads each such
+ * line first, 5.6 MB more a chunk from memory on benchmarks/byom.py's model. The running sums in place are in the
+ * cache already. (A macro, as LOAD.) */
+#if defined(__AVX512F__) && LANES == 8
+#define STREAMED(p, v) _mm512_stream_pd((p), (__m512d)(v))
+#define VECTOR_BYTES 64
+#elif defined(__AVX__) && LANES == 4
+#define STREAMED(p, v) _mm256_stream_pd((p), (__m256d)(v))
+#define VECTOR_BYTES 32
+#endif
+#ifdef STREAMED
+#define STORE(p, v, stream) do { double *p_ = (p);                                                                 \
+    if ((stream) && ((uintptr_t)p_ & (VECTOR_BYTES - 1)) == 0) STREAMED(p_, v); else *(vd *)p_ = (v); } while (0)
+#else
+#define STORE(p, v, stream) ((void)(stream), *(vd *)(p) = (v))
+#endif
+
 /* Rows r0 .. r1 and columns cb .. ce of one group (x: [rows, cols], float32 where is_float; shift, ref and the six
- * [ld]-strided sums s and run indexed by the group's columns): s = run + the rows' sums (run NULL: zeros; run may be
- * s), dots[i] += <x_i, ref> (dot) and norms[i] += |x_i|^2; returns the total of the new S4 (for the check, as it
- * is written rather than read back). The rows are taken GROUP at a time; for each strip of
- * STRIP x LANES columns, every row of the group is read in turn, the strip's six column sums held in registers and
- * written once, each row's dot and norm added to a vector of its own (in L1) and summed over its lanes at the end. */
+ * sums s and run, their rows ld and run_ld apart, indexed by the group's columns): s = run + the rows' sums (run
+ * NULL: zeros; run may be s, else the last group's sums are streamed), dots[i] += <x_i, ref> (dot) and norms[i] +=
+ * |x_i|^2; returns the total of the new S4 (for the check, as it is written rather than read back). The rows are
+ * taken GROUP at a time; for each strip of STRIP x LANES columns, every row of the group is read in turn, the
+ * strip's six column sums held in registers and written once, each row's dot and norm added to a vector of its own
+ * (in L1) and summed over its lanes at the end. */
 static inline __attribute__((always_inline)) double strips(const void *x, int is_float, int dot, int64_t cols,
         int64_t r0, int64_t r1, int64_t cb, int64_t ce, const double *restrict shift, double *s, int64_t ld,
-        const double *run, const double *restrict ref, double *restrict dots, double *restrict norms) {
+        const double *run, int64_t run_ld, const double *restrict ref, double *restrict dots, double *restrict norms) {
+    int stream = run != s;   /* sums written to a buffer of their own: streamed past the cache (see STORE) */
     vd s4 = {0};        /* the new fourth power sums, added up as they are written */
     double total = 0;
     for (int64_t g0 = r0; g0 < r1; g0 += GROUP) {
         int64_t g1 = g0 + GROUP < r1 ? g0 + GROUP : r1, nr = g1 - g0;
         const double *src = g0 == r0 ? run : s;   /* later groups add to what the first wrote */
+        int64_t rld = g0 == r0 ? run_ld : ld;
         vd pd[GROUP], pn[GROUP];
         for (int64_t r = 0; r < nr; r++) pd[r] = pn[r] = (vd){0};
         int64_t j = cb;
@@ -118,8 +146,8 @@ static inline __attribute__((always_inline)) double strips(const void *x, int is
                 vd sums[6] = {t1[k], t2[k], t3[k], t4[k], __builtin_convertvector(tp[k], vd),
                               __builtin_convertvector(tn[k], vd)};
                 for (int q = 0; q < 6; q++) {
-                    sums[q] += src ? *(const vd *)(src + q * ld + o) : (vd){0};
-                    *(vd *)(s + q * ld + o) = sums[q];
+                    sums[q] += src ? *(const vd *)(src + q * rld + o) : (vd){0};
+                    STORE(s + q * ld + o, sums[q], stream && g1 == r1);
                 }
                 if (g1 == r1) s4 += sums[3];
             }
@@ -141,7 +169,7 @@ static inline __attribute__((always_inline)) double strips(const void *x, int is
                 double v = value(x, is_float, r * cols + jj), c = v - m, q = c * c;
                 t[0] += c; t[1] += q; t[2] += q * c; t[3] += q * q; t[4] += v > 0; t[5] += v < 0;
             }
-            for (int q = 0; q < 6; q++) s[q * ld + jj] = (src ? src[q * ld + jj] : 0.0) + t[q];
+            for (int q = 0; q < 6; q++) s[q * ld + jj] = (src ? src[q * rld + jj] : 0.0) + t[q];
             if (g1 == r1) total += s[3 * ld + jj];
         }
     }
@@ -152,8 +180,9 @@ static inline __attribute__((always_inline)) double strips(const void *x, int is
 /* strips() compiled once for each kind of chunk and whether dots are taken (constants, inlined). */
 #define STRIPS(NAME, IS_FLOAT, DOT)                                                                               \
 static double NAME(const void *x, int64_t cols, int64_t r0, int64_t r1, int64_t cb, int64_t ce, const double *shift,\
-                   double *s, int64_t ld, const double *run, const double *ref, double *dots, double *norms) {  \
-    return strips(x, IS_FLOAT, DOT, cols, r0, r1, cb, ce, shift, s, ld, run, ref, dots, norms);                  \
+                   double *s, int64_t ld, const double *run, int64_t run_ld, const double *ref, double *dots,       \
+                   double *norms) {                                                                             \
+    return strips(x, IS_FLOAT, DOT, cols, r0, r1, cb, ce, shift, s, ld, run, run_ld, ref, dots, norms);          \
 }
 STRIPS(strips_double_dot, 0, 1)
 STRIPS(strips_double, 0, 0)
@@ -177,10 +206,10 @@ static double work(const task_t *t, int64_t c0, int64_t c1) {
                 const double *ro = run ? run + off : NULL;
                 double *so = s + off;
                 double (*kernel)(const void *, int64_t, int64_t, int64_t, int64_t, int64_t, const double *, double *,
-                                 int64_t, const double *, const double *, double *, double *) =
+                                 int64_t, const double *, int64_t, const double *, double *, double *) =
                     t->is_float[g] ? (ref ? strips_float_dot : strips_float) : (ref ? strips_double_dot : strips_double);
-                check += kernel(t->x[g], cols, r0, r1, cb - off, ce - off, t->shift + off, so, t->total, ro, ref, dots,
-                                norms);
+                check += kernel(t->x[g], cols, r0, r1, cb - off, ce - off, t->shift + off, so, t->strides[2 * p + 1],
+                                ro, t->strides[2 * p], ref, dots, norms);
             }
         }
     }
@@ -224,9 +253,9 @@ static int per_draw(int64_t groups, int64_t rows, const double *dots, const doub
  * without, one thread. */
 int gradstats_chunk_sums(int64_t groups, const void *const *x, const int *is_float, const int64_t *offsets,
                          int64_t rows, const double *shift, const double *const *running, double *const *out,
-                         const int64_t *bounds, int64_t pieces, const double *ref, double *dots, double *norms,
-                         int threads, const double *ref_norms, const double *safe, double *cosines, double *descent,
-                         double *check) {
+                         const int64_t *strides, const int64_t *bounds, int64_t pieces, const double *ref,
+                         double *dots, double *norms, int threads, const double *ref_norms, const double *safe,
+                         double *cosines, double *descent, double *check) {
     int64_t total = offsets[groups], blocks = (total + BLOCK - 1) / BLOCK, size = groups * rows;
     if (threads > blocks) threads = (int)blocks;
     if (threads < 1) threads = 1;
@@ -242,11 +271,14 @@ int gradstats_chunk_sums(int64_t groups, const void *const *x, const int *is_flo
         team = omp_get_num_threads();
         if (k == 0) used = team;
 #endif
-        task_t t = {groups, x, is_float, offsets, rows, total, shift, running, out, bounds, pieces, ref,
+        task_t t = {groups, x, is_float, offsets, rows, total, shift, running, out, strides, bounds, pieces, ref,
                     dots + k * size, norms + k * size};
         /* equal runs of columns, cut at multiples of 8 (whole cache lines of float64 sums) */
         int64_t c0 = total * k / team / 8 * 8, c1 = k + 1 == team ? total : total * (k + 1) / team / 8 * 8;
         sum4 += work(&t, c0, c1);
+#if defined(__AVX512F__) || defined(__AVX__)
+        _mm_sfence();   /* the streamed sums are in memory before another thread or the caller reads them */
+#endif
     }
     *check = sum4;
     for (int k = 1; k < used; k++) {   /* the threads' partial sums, into the first's */

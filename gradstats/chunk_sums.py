@@ -187,7 +187,7 @@ def _native_chunk(lib, parts: list[Tensor], offsets: tuple[int, ...], shift: Ten
     columns ``offsets[g]:offsets[g + 1]``), and the per-draw cosines in the same call."""
     rows, groups, pieces = parts[0].shape[0], len(parts), len(running)
     threads = max(1, torch.get_num_threads())
-    out = [torch.empty(NUM_SUMS, shift.shape[0], dtype=torch.float64) if o is None else o for o in out]
+    out = [new_sums(shift.shape[0]) if o is None else o for o in out]
     partial = torch.zeros(2, threads, groups, rows, dtype=torch.float64)
     per_piece = torch.empty(2, pieces, groups + 1, dtype=torch.float64)
     check = ctypes.c_double()
@@ -197,7 +197,9 @@ def _native_chunk(lib, parts: list[Tensor], offsets: tuple[int, ...], shift: Ten
         groups, (ctypes.c_void_p * groups)(*[x.data_ptr() for x in parts]),
         (ctypes.c_int * groups)(*[int(x.dtype == torch.float32) for x in parts]), (ctypes.c_int64 * (groups + 1))(*offsets),
         rows, shift.data_ptr(), pointers(*[None if r is None else r.data_ptr() for r in running]),
-        pointers(*[o.data_ptr() for o in out]), (ctypes.c_int64 * len(bounds))(*bounds), pieces,
+        pointers(*[o.data_ptr() for o in out]),
+        (ctypes.c_int64 * (2 * pieces))(*[t.stride(0) if t is not None else 0 for pair in zip(running, out) for t in pair]),
+        (ctypes.c_int64 * len(bounds))(*bounds), pieces,
         None if reference is None else reference.data_ptr(), partial[0].data_ptr(), partial[1].data_ptr(), threads,
         None if norms is None else norms.data_ptr(), None if safe is None else (ctypes.c_double * 2)(*safe),
         per_piece[0].data_ptr(), per_piece[1].data_ptr(), ctypes.byref(check))
@@ -214,11 +216,25 @@ def _fits(t: Tensor | None, dtypes=(torch.float64,)) -> bool:
     return t is None or (t.device.type == "cpu" and t.dtype in dtypes and t.is_contiguous())
 
 
+def _sums_fit(t: Tensor | None) -> bool:
+    """None, or float64 CPU sums ``[6, D]`` whose rows are each contiguous (:func:`new_sums`' padded rows, or a
+    contiguous tensor): what the C kernel reads and writes as they are, given each row's stride."""
+    return t is None or (t.device.type == "cpu" and t.dtype == torch.float64 and t.dim() == 2
+                         and (t.stride(1) == 1 or t.shape[1] <= 1) and t.stride(0) >= t.shape[1])
+
+
+def new_sums(dim: int) -> Tensor:
+    """An uninitialised ``[6, dim]`` float64 buffer for a chunk's sums, each row starting on a 64-byte boundary
+    (rows of ``dim`` rounded up to a multiple of 8 values, of which a view): where the C kernel streams its sums
+    past the cache, it can only do so to whole aligned vectors."""
+    return torch.empty(NUM_SUMS, -(-dim // 8) * 8, dtype=torch.float64)[:, :dim]
+
+
 def _native_ready(parts: list[Tensor], shift: Tensor, running: list[Tensor | None], reference: Tensor | None,
                   reference_norms: Tensor | None) -> bool:
     """Whether the C kernel takes these arguments as they are (CPU, contiguous, float64 sums)."""
     return (all(_fits(x, (torch.float32, torch.float64)) and x.dim() == 2 for x in parts) and _fits(shift)
-            and all(_fits(r) for r in running) and _fits(reference) and _fits(reference_norms))
+            and all(_sums_fit(r) for r in running) and _fits(reference) and _fits(reference_norms))
 
 
 class ChunkSums:
@@ -260,7 +276,8 @@ class ChunkSums:
         chunk's ``D`` columns) cut into pieces at ``bounds`` (``bounds[0] = 0 < ... = B``): per piece, its
         ``running`` sums (``[6, D]`` float64; None: none yet) plus its rows' column sums about ``shift`` (``[D]``),
         in new tensors or, where the C kernel runs, in the piece's ``out`` buffer where one is given (``[6, D]``
-        float64, contiguous, not the running sums of another piece; its contents are overwritten); and, with a
+        float64, each row contiguous, such as :func:`new_sums`' buffers; not the running sums of another piece; its
+        contents are overwritten); and, with a
         ``reference`` (``[D]``), the per-draw ``<x_i, g>`` and ``|x_i|^2`` of each group. Where ``reference_norms``
         (``[L + 1]``: over all groups, then per group) is given, the per-draw cosines and descent counts come
         summed per piece too (from the call that reads the chunk for the dots), unless a draw's squared norm
@@ -273,8 +290,9 @@ class ChunkSums:
                              f"sums; got {[x.dtype for x in parts]} on {parts[0].device}")
         if ready:
             out = [None] * len(running) if out is None else out
-            if not all(o is None or (o.shape == (NUM_SUMS, shift.shape[0]) and _fits(o)) for o in out):
-                raise ValueError(f"out: expected contiguous [{NUM_SUMS}, {shift.shape[0]}] float64 CPU buffers")
+            if not all(o is None or (o.shape == (NUM_SUMS, shift.shape[0]) and _sums_fit(o)) for o in out):
+                raise ValueError(f"out: expected [{NUM_SUMS}, {shift.shape[0]}] float64 CPU buffers, each row "
+                                 "contiguous")
             return _native_chunk(lib, parts, offsets, shift, running, bounds, reference, out, reference_norms, safe)
         # torch's kernels: compiled, one call per kernel for every group; eager, the groups side by side (one copy,
         # read by both kernels)

@@ -583,6 +583,49 @@ def test_the_c_kernel_gives_the_eager_sums_piece_by_piece(dtype, bounds):
     assert running[1] is not None and not any(r is o for r, o in zip(running, got.sums))   # new tensors
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_c_kernel_reads_and_writes_sums_with_rows_of_any_stride(dtype):
+    """The C kernel on 40 rows in groups of 4,096, 1,000, 37 and 213 columns (5,346 in all; the first three start
+    on whole vectors, the last not), cut into a piece of 3 rows with no running sums and one of 37 (two of the
+    kernel's groups of rows) whose running sums are contiguous (rows 5,346 values apart) while its output has rows
+    padded to 5,352 (:func:`~gradstats.chunk_sums.new_sums`: the sums it streams past the cache), and in place of
+    its running sums (contiguous, then padded); at 1 and 2 threads. The sums equal the eager arithmetic's (the
+    counts exactly): a row read or written at the other buffer's stride, or a streamed vector out of place, fails."""
+    from gradstats.chunk_sums import NUM_SUMS, ChunkSums, new_sums
+
+    _needs_a_compiler("native")
+    gen = torch.Generator().manual_seed(13)
+    sizes = (4096, 1000, 37, 213)
+    dim = sum(sizes)
+    x = torch.randn(40, dim, generator=gen, dtype=torch.float64)
+    x[:, 10:20] = 0.0
+    x = x.to(dtype)
+    shift = x.to(torch.float64).median(0).values
+    parts = [p.contiguous() for p in x.split(sizes, 1)]
+    running = torch.randn(NUM_SUMS, dim, generator=gen, dtype=torch.float64)
+    running[4:] = torch.randint(0, 50, (2, dim), generator=gen).to(torch.float64)
+    padded = new_sums(dim)
+    padded.copy_(running)
+    assert padded.stride(0) == 5352 and running.stride(0) == dim
+    bounds = [0, 3, 40]
+    want = ChunkSums("eager").chunk(parts, shift, [None, running], bounds, None)
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            out = new_sums(dim)
+            got = ChunkSums("native").chunk(parts, shift, [None, running], bounds, None, [None, out])
+            assert got.sums[1] is out and got.sums[0].stride(0) == 5352
+            in_place = padded.clone() if t == 1 else new_sums(dim).copy_(padded)
+            alone = ChunkSums("native").chunk(parts, shift, [None, in_place], bounds, None, [None, in_place])
+            for sums in (got.sums, [got.sums[0], alone.sums[1]]):
+                for a, b in zip(sums, want.sums):
+                    assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+                    assert torch.equal(a[4:], b[4:])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _mixed_chunk(groups: int, seed: int = 12):
     """A chunk of 23 draws of 600 coordinates in ``groups`` groups (the last float64, the others float32), cut into
     pieces of 1, 9 and 13 rows (the middle one with running sums), with its shift and a reference."""
