@@ -232,7 +232,7 @@ def new_sums(dim: int) -> Tensor:
 
 def _native_ready(parts: list[Tensor], shift: Tensor, running: list[Tensor | None], reference: Tensor | None,
                   reference_norms: Tensor | None) -> bool:
-    """Whether the C kernel takes these arguments as they are (CPU, contiguous, float64 sums)."""
+    """Whether the C kernel takes these arguments as they are (CPU, contiguous; float64 sums whose rows are)."""
     return (all(_fits(x, (torch.float32, torch.float64)) and x.dim() == 2 for x in parts) and _fits(shift)
             and all(_sums_fit(r) for r in running) and _fits(reference) and _fits(reference_norms))
 
