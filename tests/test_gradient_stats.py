@@ -616,7 +616,7 @@ def test_the_c_kernel_reads_and_writes_sums_with_rows_of_any_stride(dtype):
             out = new_sums(dim)
             got = ChunkSums("native").chunk(parts, shift, [None, running], bounds, None, [None, out])
             assert got.sums[1] is out and got.sums[0].stride(0) == 5352
-            in_place = padded.clone() if t == 1 else new_sums(dim).copy_(padded)
+            in_place = running.clone() if t == 1 else new_sums(dim).copy_(padded)   # contiguous, then padded
             alone = ChunkSums("native").chunk(parts, shift, [None, in_place], bounds, None, [None, in_place])
             for sums in (got.sums, [got.sums[0], alone.sums[1]]):
                 for a, b in zip(sums, want.sums):
