@@ -7,16 +7,16 @@
  * the piece's rows of (x_ij - shift_j)^k, P and N the counts of x_ij > 0 and x_ij < 0; running[p] NULL counts as
  * zeros, and out[p] may be running[p] (the sums in place; else they are streamed past the cache: see STORE). Per
  * group and row: dots[g, i] = <x_gi, ref_g> (when ref is not NULL) and norms[g, i] = |x_gi|^2 ([groups, rows];
- * the caller's arrays have room for one such array per thread, zeroed). *check = the total of every piece's S4 over
+ * the caller's arrays have room for one such array per thread; their contents are overwritten). *check = the total of every piece's S4 over
  * the columns: finite exactly when every sum is (an overflow of the total alone is a false alarm).
  *
  * With ref and ref_norms (the reference's norm over all groups, then per group: [groups + 1]), per piece and
- * column c of [all, group 1, ..., group L]: cosines[p, c] = the sum over the piece's rows of cos(x_i, g) (0 where
- * |x_i| |g| = 0) and descent[p, c] = the count of <x_i, g> > 0 ([pieces, groups + 1] each), from the dots and
- * squared norms above, added over the groups. Where `safe` is not NULL, a group of a draw whose squared norm is
- * nonzero and lies outside [safe[0], safe[1]] (NaN included) leaves them uncomputed and the call returns 1 (the
- * caller takes the path that rescales each group of each draw); else it returns 0 (a squared norm of 0, from a
- * group that is 0 or one whose squares all underflowed, the caller tells apart).
+ * column c of [all, group 1, ..., group L]: per_draw_sums[p, 0, c] = the sum over the piece's rows of cos(x_i, g)
+ * (0 where |x_i| |g| = 0) and per_draw_sums[p, 1, c] = the count of <x_i, g> > 0 ([pieces, 2, groups + 1]), from
+ * the dots and squared norms above, added over the groups. Where `safe` is not NULL, a group of a draw whose squared norm is
+ * nonzero and lies outside [safe[0], safe[1]] (NaN included), or is 0 while the group is not (every square
+ * underflowed), leaves them uncomputed and the call returns 1 (the caller takes the path that rescales each group
+ * of each draw); else it returns 0.
  *
  * The columns are shared among the threads (OpenMP) in equal runs. Within a run, for each strip of 16 columns
  * (AVX-512; else 4), every row of a group of 32 is read in turn: the strip's six sums stay in registers and are
@@ -216,21 +216,31 @@ static double work(const task_t *t, int64_t c0, int64_t c1) {
     return check;
 }
 
+/* Whether row i of a group (x: [rows, cols], float32 where is_float) has a value that is not 0. */
+static int nonzero(const void *x, int is_float, int64_t cols, int64_t i) {
+    for (int64_t j = i * cols; j < (i + 1) * cols; j++)
+        if (value(x, is_float, j) != 0) return 1;
+    return 0;
+}
+
 /* The per-draw cosines and descent counts of each piece (see the head of this file); 1 where a squared norm leaves
- * `safe`. dots and norms: [groups, rows], added over the threads. */
-static int per_draw(int64_t groups, int64_t rows, const double *dots, const double *norms, const double *ref_norms,
-                    const int64_t *bounds, int64_t pieces, const double *safe, double *cosines, double *descent) {
+ * `safe`, or is 0 for a group of a draw that is not (read again only there). dots and norms: [groups, rows], added
+ * over the threads. */
+static int per_draw(const task_t *t, const double *ref_norms, const double *safe, double *sums) {
+    int64_t groups = t->groups, rows = t->rows, pieces = t->pieces;
+    const double *dots = t->dots, *norms = t->norms;
+    const int64_t *bounds = t->bounds;
     if (safe) {
         for (int64_t g = 0; g < groups; g++)
             for (int64_t i = 0; i < rows; i++) {
                 double n = norms[g * rows + i];
-                if (n != 0 && !(n >= safe[0] && n <= safe[1])) return 1;
+                if (n != 0 ? !(n >= safe[0] && n <= safe[1])
+                           : nonzero(t->x[g], t->is_float[g], t->offsets[g + 1] - t->offsets[g], i)) return 1;
             }
     }
-    memset(cosines, 0, pieces * (groups + 1) * sizeof(double));
-    memset(descent, 0, pieces * (groups + 1) * sizeof(double));
+    memset(sums, 0, pieces * 2 * (groups + 1) * sizeof(double));
     for (int64_t p = 0; p < pieces; p++) {
-        double *cp = cosines + p * (groups + 1), *dp = descent + p * (groups + 1);
+        double *cp = sums + p * 2 * (groups + 1), *dp = cp + groups + 1;
         for (int64_t i = bounds[p]; i < bounds[p + 1]; i++) {
             double in = 0, n = 0;
             for (int64_t g = 0; g < groups; g++) {
@@ -247,15 +257,15 @@ static int per_draw(int64_t groups, int64_t rows, const double *dots, const doub
     return 0;
 }
 
-/* Returns 0, or 1 where a draw's squared norm left `safe` (the cosines are then not computed). Built with OpenMP, the
- * threads are the process's OpenMP team: in a process that has loaded torch, torch's own (its libgomp.so.1), so
- * the kernel does not compete with torch's threads, which spin for a while after each parallel operation. Built
- * without, one thread. */
+/* Returns 0, or 1 where a group of a draw's squared norm left `safe` or underflowed (the cosines are then not
+ * computed). Built with OpenMP, the threads are the process's OpenMP team: in a process that has loaded torch,
+ * torch's own (its libgomp.so.1), so the kernel does not compete with torch's threads, which spin for a while after
+ * each parallel operation. Built without, one thread. */
 int gradstats_chunk_sums(int64_t groups, const void *const *x, const int *is_float, const int64_t *offsets,
                          int64_t rows, const double *shift, const double *const *running, double *const *out,
                          const int64_t *strides, const int64_t *bounds, int64_t pieces, const double *ref,
                          double *dots, double *norms, int threads, const double *ref_norms, const double *safe,
-                         double *cosines, double *descent, double *check) {
+                         double *per_draw_sums, double *check) {
     int64_t total = offsets[groups], blocks = (total + BLOCK - 1) / BLOCK, size = groups * rows;
     if (threads > blocks) threads = (int)blocks;
     if (threads < 1) threads = 1;
@@ -273,6 +283,8 @@ int gradstats_chunk_sums(int64_t groups, const void *const *x, const int *is_flo
 #endif
         task_t t = {groups, x, is_float, offsets, rows, total, shift, running, out, strides, bounds, pieces, ref,
                     dots + k * size, norms + k * size};
+        memset(t.norms, 0, size * sizeof(double));
+        if (ref) memset(t.dots, 0, size * sizeof(double));
         /* equal runs of columns, cut at multiples of 8 (whole cache lines of float64 sums) */
         int64_t c0 = total * k / team / 8 * 8, c1 = k + 1 == team ? total : total * (k + 1) / team / 8 * 8;
         sum4 += work(&t, c0, c1);
@@ -286,5 +298,7 @@ int gradstats_chunk_sums(int64_t groups, const void *const *x, const int *is_flo
         if (ref) for (int64_t i = 0; i < size; i++) dots[i] += dots[k * size + i];
     }
     if (ref == NULL || ref_norms == NULL) return 0;
-    return per_draw(groups, rows, dots, norms, ref_norms, bounds, pieces, safe, cosines, descent);
+    task_t all = {groups, x, is_float, offsets, rows, total, shift, running, out, strides, bounds, pieces, ref, dots,
+                  norms};
+    return per_draw(&all, ref_norms, safe, per_draw_sums);
 }

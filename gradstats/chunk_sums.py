@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import itertools
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -166,30 +167,57 @@ _EAGER = (_eager_column_sums, _eager_row_sums, _eager_batched_column_sums)
 @dataclasses.dataclass
 class ChunkResult:
     """What :meth:`ChunkSums.chunk` gives: per piece, the new running sums (``sums``, ``[6, D]`` float64 each);
-    with a reference, per draw and group, ``<x_i, g>`` and ``|x_i|^2`` (``inner``, ``norm2``: ``[B, L]``; else
-    None); ``check``, the total of every piece's fourth power sums, finite exactly when every sum is (an overflow of
-    the total alone is a false alarm); and, given the reference's norms and every draw's squared norm within
-    ``safe``, per piece the sums over its draws of ``cos(x_i, g)`` and the counts of ``<x_i, g> > 0``, over all
-    groups and per group (``cosines``, ``descent``: ``[pieces, L + 1]``; else None), on every path."""
+    ``check``, the total of every piece's fourth power sums, finite exactly when every sum is (an overflow of the
+    total alone is a false alarm); with a reference, per draw and group, ``<x_i, g>`` and ``|x_i|^2`` (:attr:`inner`,
+    :attr:`norm2`: ``[B, L]``, made on demand by ``dots``; else None); and, given the reference's norms and every
+    draw's groups with squared norms within ``safe`` and none underflowed (:func:`underflowed`), per piece the sums
+    over its draws of ``cos(x_i, g)`` and the counts of ``<x_i, g> > 0``, over all groups and per group
+    (``per_draw``: ``[pieces, 2, L + 1]``, also as :attr:`cosines` and :attr:`descent`; else None), on every path."""
 
     sums: list[Tensor]
-    inner: Tensor | None
-    norm2: Tensor | None
     check: float
-    cosines: Tensor | None = None
-    descent: Tensor | None = None
+    dots: Callable[[], tuple[Tensor, Tensor]] | None = None
+    per_draw: Tensor | None = None
+
+    @property
+    def inner(self) -> Tensor | None:
+        return None if self.dots is None else self.dots()[0]
+
+    @property
+    def norm2(self) -> Tensor | None:
+        return None if self.dots is None else self.dots()[1]
+
+    @property
+    def cosines(self) -> Tensor | None:
+        return None if self.per_draw is None else self.per_draw[:, 0]
+
+    @property
+    def descent(self) -> Tensor | None:
+        return None if self.per_draw is None else self.per_draw[:, 1]
+
+
+def underflowed(parts: list[Tensor], norm2: Tensor) -> bool:
+    """Whether a group of a draw whose squared norm (``norm2 [B, L]``) is 0 is not 0: every square of it underflowed,
+    and its cosine is lost at this scale."""
+    zero = norm2 == 0
+    if not bool(zero.any()):
+        return False
+    return any(bool(rows.any()) and x.shape[1] > 0 and bool((x[rows] != 0).any()) for x, rows in zip(parts, zero.T))
 
 
 def _native_chunk(lib, parts: list[Tensor], offsets: tuple[int, ...], shift: Tensor, running: list[Tensor | None],
                   bounds: list[int], reference: Tensor | None, out: list[Tensor | None], reference_norms: Tensor | None,
                   safe: tuple[float, float] | None) -> ChunkResult:
     """:meth:`ChunkSums.chunk` by the C kernel: one read of every group, in one call (group ``g`` holds the
-    columns ``offsets[g]:offsets[g + 1]``), and the per-draw cosines in the same call."""
+    columns ``offsets[g]:offsets[g + 1]``), and the per-draw cosines in the same call. Its small outputs share one
+    buffer, addressed by pointers: after a read of the whole chunk every torch operation starts from a cold cache
+    (tens of microseconds each), so views of it are made only where they are read."""
     rows, groups, pieces = parts[0].shape[0], len(parts), len(running)
     threads = max(1, torch.get_num_threads())
     out = [new_sums(shift.shape[0]) if o is None else o for o in out]
-    partial = torch.zeros(2, threads, groups, rows, dtype=torch.float64)
-    per_piece = torch.empty(2, pieces, groups + 1, dtype=torch.float64)
+    size = threads * groups * rows   # the threads' partial dots, then their partial squared norms
+    scratch = torch.empty(2 * size + pieces * 2 * (groups + 1), dtype=torch.float64)
+    base = scratch.data_ptr()
     check = ctypes.c_double()
     pointers = ctypes.c_void_p * pieces
     norms = None if reference is None else reference_norms
@@ -200,15 +228,18 @@ def _native_chunk(lib, parts: list[Tensor], offsets: tuple[int, ...], shift: Ten
         pointers(*[o.data_ptr() for o in out]),
         (ctypes.c_int64 * (2 * pieces))(*[t.stride(0) if t is not None else 0 for pair in zip(running, out) for t in pair]),
         (ctypes.c_int64 * len(bounds))(*bounds), pieces,
-        None if reference is None else reference.data_ptr(), partial[0].data_ptr(), partial[1].data_ptr(), threads,
+        None if reference is None else reference.data_ptr(), base, base + 8 * size, threads,
         None if norms is None else norms.data_ptr(), None if safe is None else (ctypes.c_double * 2)(*safe),
-        per_piece[0].data_ptr(), per_piece[1].data_ptr(), ctypes.byref(check))
+        base + 16 * size, ctypes.byref(check))
     if reference is None:
-        return ChunkResult(out, None, None, check.value)
-    inner, norm2 = partial[:, 0].transpose(1, 2)   # the threads' partial sums, added by the kernel into the first's
+        return ChunkResult(out, check.value)
+
+    def dots() -> tuple[Tensor, Tensor]:   # the threads' partial sums, added by the kernel into the first's
+        return tuple(scratch[:2 * size].view(2, threads, groups, rows)[:, 0].transpose(1, 2))
+
     if norms is None or status != 0:
-        return ChunkResult(out, inner, norm2, check.value)
-    return ChunkResult(out, inner, norm2, check.value, per_piece[0], per_piece[1])
+        return ChunkResult(out, check.value, dots)
+    return ChunkResult(out, check.value, dots, scratch[2 * size:].view(pieces, 2, groups + 1))
 
 
 def _fits(t: Tensor | None, dtypes=(torch.float64,)) -> bool:
@@ -277,11 +308,12 @@ class ChunkSums:
         ``running`` sums (``[6, D]`` float64; None: none yet) plus its rows' column sums about ``shift`` (``[D]``),
         in new tensors or, where the C kernel runs, in the piece's ``out`` buffer where one is given (``[6, D]``
         float64, each row contiguous, such as :func:`new_sums`' buffers; not the running sums of another piece; its
-        contents are overwritten); and, with a
-        ``reference`` (``[D]``), the per-draw ``<x_i, g>`` and ``|x_i|^2`` of each group. Where ``reference_norms``
-        (``[L + 1]``: over all groups, then per group) is given, the per-draw cosines and descent counts come
-        summed per piece too (from the call that reads the chunk for the dots), unless a draw's squared norm
-        leaves ``safe`` (a pair ``(low, high)``; None: not checked). See :class:`ChunkResult`."""
+        contents are overwritten); and, with a ``reference`` (``[D]``), the per-draw ``<x_i, g>`` and ``|x_i|^2``
+        of each group. Where ``reference_norms`` (``[L + 1]``: over all groups, then per group) is given, the
+        per-draw cosines and descent counts come summed per piece too (from the call that reads the chunk for the
+        dots), unless a group of a draw has a squared norm that is not 0 and leaves ``safe`` (a pair ``(low,
+        high)``; None: not checked), or, with ``safe``, one that is 0 while the group is not (:func:`underflowed`).
+        See :class:`ChunkResult`."""
         lib = self._native_lib() if parts[0].device.type == "cpu" else None
         ready = lib is not None and _native_ready(parts, shift, running, reference, reference_norms)
         offsets = (0, *itertools.accumulate(x.shape[1] for x in parts))   # group g: columns offsets[g]:offsets[g + 1]
@@ -300,16 +332,17 @@ class ChunkSums:
         sums = self._pieces(blocks, shift, running, bounds, offsets)
         check = torch.stack([s[3].sum() for s in sums]).sum()
         if reference is None:
-            return ChunkResult(sums, None, None, float(check))
+            return ChunkResult(sums, float(check))
         if reference_norms is None:
-            return ChunkResult(sums, *self.rows(blocks, reference, offsets), float(check))
+            inner, norm2 = self.rows(blocks, reference, offsets)
+            return ChunkResult(sums, float(check), lambda: (inner, norm2))
         inner, norm2, cos, descent, unsafe = self.rows(blocks, reference, offsets, reference_norms, safe)
         check, unsafe = torch.stack([check, unsafe.to(torch.float64)]).tolist()   # one wait for the device
-        if unsafe:
-            return ChunkResult(sums, inner, norm2, check)
-        cuts = list(zip(bounds, bounds[1:]))
-        return ChunkResult(sums, inner, norm2, check, torch.stack([cos[a:b].sum(0) for a, b in cuts]),
-                           torch.stack([descent[a:b].sum(0) for a, b in cuts]))
+        if unsafe or (safe is not None and underflowed(parts, norm2)):
+            return ChunkResult(sums, check, lambda: (inner, norm2))
+        both = torch.stack([cos, descent], 1)
+        return ChunkResult(sums, check, lambda: (inner, norm2),
+                           torch.stack([both[a:b].sum(0) for a, b in zip(bounds, bounds[1:])]))
 
     def _pieces(self, blocks: list[Tensor], shift: Tensor, running: list[Tensor | None], bounds: list[int],
                 offsets: tuple[int, ...]) -> list[Tensor]:

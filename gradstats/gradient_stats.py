@@ -49,7 +49,7 @@ from .accumulators import (
     unit_scaled,
 )
 from .checkpoint import PeriodicSaver, content_checksum, saving
-from .chunk_sums import ChunkSums, central_moments, cosines_from_dots
+from .chunk_sums import ChunkSums, central_moments, cosines_from_dots, underflowed
 from .metrics import MetricValue, compute_metrics
 from .noise import uniforms_as
 from .numerics import lower_median8, positive_finite, positive_int, seed_value, signs
@@ -194,15 +194,6 @@ _CHUNK_SUMS = ChunkSums()
 SHIFT_DRAWS = 8   # the running sums' shift: the median of the first chunk's first SHIFT_DRAWS draws
 
 
-def _underflowed(parts: list[Tensor], norm2: Tensor) -> bool:
-    """Whether a group of a draw whose squared norm (``norm2 [B, L]``) is 0 is not 0: every square of it underflowed,
-    and its cosine is lost at this scale."""
-    zero = norm2 == 0
-    if not bool(zero.any()):
-        return False
-    return any(bool(rows.any()) and x.shape[1] > 0 and bool((x[rows] != 0).any()) for x, rows in zip(parts, zero.T))
-
-
 class _UnsafeNorms(Exception):
     """A group of a float64 draw whose squared norm leaves float64's safe range, or a group of the reference that
     small beside another: the chunk takes the accumulators' path, which scales each group of each draw alone."""
@@ -211,15 +202,14 @@ class _UnsafeNorms(Exception):
 class _Batch:
     """A contiguous jackknife batch: a folded :class:`Summary` (``base``, of draws that came through a merge or a
     stored state) and the running sums of the draws added since (:mod:`gradstats.chunk_sums`: power sums about the
-    statistics' common shift and sign counts, per group; per-draw cosine and descent sums). Batches of running sums
-    alone merge by adding them."""
+    statistics' common shift and sign counts, per group; ``per_draw``, the sums of the per-draw cosines and the
+    descent counts, ``[2, L + 1]``). Batches of running sums alone merge by adding them."""
 
     def __init__(self, base: Summary):
         self.base = base
         self.running = 0
         self.sums: Tensor | None = None
-        self.cosine: Tensor | None = None
-        self.descent: Tensor | None = None
+        self.per_draw: Tensor | None = None
         self._folded: Summary | None = None
 
     @property
@@ -228,8 +218,7 @@ class _Batch:
 
     def copy(self) -> _Batch:
         out = _Batch(self.base)
-        out.running, out.sums, out.cosine, out.descent, out._folded = (self.running, self.sums, self.cosine,
-                                                                      self.descent, self._folded)
+        out.running, out.sums, out.per_draw, out._folded = self.running, self.sums, self.per_draw, self._folded
         return out
 
     def folded(self, shift: Tensor | None, reference_signs: Tensor | None) -> Summary:
@@ -246,14 +235,14 @@ class _Batch:
                 positive, negative = sums[4], sums[5]
                 running.sign_agree[_REFERENCE] = torch.where(reference_signs > 0, positive, torch.where(
                     reference_signs < 0, negative, n - positive - negative))
-                running.cosine[_REFERENCE], running.descent[_REFERENCE] = self.cosine, self.descent
+                running.cosine[_REFERENCE], running.descent[_REFERENCE] = self.per_draw
             self._folded = self.base.merged(running)
         return self._folded
 
     def fold(self, shift: Tensor | None, reference_signs: Tensor | None) -> None:
         """Make the folded summary the base (before a summary computed elsewhere is merged into it)."""
         self.base = self.folded(shift, reference_signs)
-        self.running, self.sums, self.cosine, self.descent, self._folded = 0, None, None, None, None
+        self.running, self.sums, self.per_draw, self._folded = 0, None, None, None
 
     def joined(self, other: _Batch, shift: Tensor | None, reference_signs: Tensor | None) -> _Batch:
         """This batch and the next one as one: their sums added where both are running sums alone, else their
@@ -263,8 +252,8 @@ class _Batch:
         out = _Batch(self.base)
         out.running = self.running + other.running
         out.sums = self.sums + other.sums
-        if self.cosine is not None:
-            out.cosine, out.descent = self.cosine + other.cosine, self.descent + other.descent
+        if self.per_draw is not None:
+            out.per_draw = self.per_draw + other.per_draw
         return out
 
 
@@ -274,14 +263,12 @@ class _PieceSums:
 
     rows: int
     sums: Tensor
-    cosine: Tensor | None
-    descent: Tensor | None
+    per_draw: Tensor | None
 
     def commit(self, batch: _Batch) -> None:
         batch.sums, batch._folded = self.sums, None
-        if self.cosine is not None:
-            batch.cosine = self.cosine if batch.cosine is None else batch.cosine + self.cosine
-            batch.descent = self.descent if batch.descent is None else batch.descent + self.descent
+        if self.per_draw is not None:
+            batch.per_draw = self.per_draw if batch.per_draw is None else batch.per_draw + self.per_draw
         batch.running += self.rows
 
 
@@ -673,25 +660,23 @@ class GradientStats:
         result = _CHUNK_SUMS.chunk(parts, self._shift, [batch.sums for batch, _, _ in pieces], bounds,
                                    self._scaled_flat, spare, self._reference_norms, safe)
         if self.reference is None:
-            dots = [(None, None)] * len(pieces)
-        elif result.cosines is not None:   # summed per piece where the dots were taken
-            if safe is not None and _underflowed(parts, result.norm2):
-                raise _UnsafeNorms
-            dots = list(zip(result.cosines, result.descent))
-        else:   # a group of a draw has a squared norm outside the safe range
-            cos, positive = self._per_draw_sums(parts, result.inner, result.norm2, safe)
-            dots = [(cos[a:b].sum(0), positive[a:b].sum(0)) for _, a, b in pieces]
-        return [_PieceSums(b - a, s, *d) for s, (_, a, b), d in zip(result.sums, pieces, dots)], result.check
+            per_draw = [None] * len(pieces)
+        elif result.per_draw is not None:   # summed per piece where the dots were taken
+            per_draw = list(result.per_draw)
+        else:   # a group of a draw has a squared norm outside the safe range, or one that underflowed
+            cos, positive = self._per_draw_sums(parts, *result.dots(), safe)
+            per_draw = [torch.stack([cos[a:b].sum(0), positive[a:b].sum(0)]) for _, a, b in pieces]
+        return [_PieceSums(b - a, s, d) for s, (_, a, b), d in zip(result.sums, pieces, per_draw)], result.check
 
     def _per_draw_sums(self, parts: list[Tensor], inner: Tensor, norm2: Tensor,
                        safe: tuple[float, float] | None) -> tuple[Tensor, Tensor]:
         """Per draw of the chunk, from its dots with the reference and squared norms per group (``[B, L]``),
         ``cos(g_hat, g)`` and ``1[<g_hat, g> > 0]``, ``[B, L + 1]`` (column 0: all groups).
         :class:`_UnsafeNorms` where a group of a draw has a squared norm outside ``safe`` (float64 chunks; None: not
-        checked), 0 included unless the group is 0 in that draw (:func:`_underflowed`)."""
+        checked), 0 included unless the group is 0 in that draw (:func:`~gradstats.chunk_sums.underflowed`)."""
         if safe is not None:
             inside = (norm2 >= safe[0]) & (norm2 <= safe[1])
-            if not bool((inside | (norm2 == 0)).all()) or _underflowed(parts, norm2):
+            if not bool((inside | (norm2 == 0)).all()) or underflowed(parts, norm2):
                 raise _UnsafeNorms
         cos, inner_all = cosines_from_dots(inner, norm2, self._reference_norms)
         return cos, (inner_all > 0).to(torch.float64)

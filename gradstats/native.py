@@ -94,7 +94,7 @@ def load(directory: str | Path | None = None) -> ctypes.CDLL:
     fn = lib.gradstats_chunk_sums
     p = ctypes.c_void_p
     i64 = ctypes.c_int64
-    fn.argtypes = [i64, p, p, p, i64, p, p, p, p, p, i64, p, p, p, ctypes.c_int, p, p, p, p, p]
+    fn.argtypes = [i64, p, p, p, i64, p, p, p, p, p, i64, p, p, p, ctypes.c_int, p, p, p, p]
     fn.restype = ctypes.c_int
     _loaded[key] = lib
     return lib

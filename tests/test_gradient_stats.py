@@ -526,7 +526,8 @@ def test_the_c_kernel_gives_the_eager_sums_piece_by_piece(dtype, bounds):
     (three of the kernel's groups of rows) and 5, the middle one with running sums, zeros and signed values; with
     and without a reference; at 1 and 3 threads; the sums in new tensors, and in place of the running sums. The
     per-draw cosines and descent counts the kernel sums per piece equal GradientStats' own from the eager dots,
-    and a squared norm outside ``safe`` leaves them to the caller."""
+    and a squared norm outside ``safe``, or one that is 0 where every square of a group of a draw underflowed,
+    leaves them to the caller (on the eager path too)."""
     from gradstats.chunk_sums import NUM_SUMS, ChunkSums
     from gradstats.gradient_stats import cosines_from_dots
 
@@ -578,6 +579,11 @@ def test_the_c_kernel_gives_the_eager_sums_piece_by_piece(dtype, bounds):
                                                   (1e-300, float(want.norm2.max()) / 2))
                 assert tight.cosines is None and tight.descent is None   # a group of a draw leaves the safe range
                 assert torch.allclose(tight.norm2, want.norm2, rtol=1e-12)
+                under = [x.clone() for x in parts]
+                under[2][2] = 1e-170 * under[2][2].sign()   # every square of the float64 group of draw 2 is 0
+                for path in (ChunkSums("native"), eager):
+                    lost = path.chunk(under, shift, running, bounds, ref, None, reference_norms, (1e-300, 1e300))
+                    assert lost.cosines is None and float(lost.norm2[2, 2]) == 0.0
     finally:
         torch.set_num_threads(threads)
     assert running[1] is not None and not any(r is o for r, o in zip(running, got.sums))   # new tensors
