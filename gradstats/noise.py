@@ -118,8 +118,8 @@ def block_seeds(seed: int, first: int, count: int, extra: tuple[int, ...] = ()) 
 def uniforms_as(u: Tensor, dtype: torch.dtype) -> Tensor:
     """float64 uniforms in [0, 1) as ``dtype``: for float32, rounded down to its grid ``k / 2^24`` so that none
     becomes 1.0 (the same uniforms in both precisions, up to that rounding)."""
-    if dtype == torch.float32:
-        return (u * 2.0**24).floor_().div_(2.0**24).to(torch.float32)
+    if dtype == torch.float32:   # k = floor(u 2^24) < 2^24 and k 2^-24 are exact in float32: the last step on half
+        return (u * 2.0**24).floor_().to(torch.float32).mul_(2.0**-24)   # the bytes (a chunk's uniforms in 0.6 the time)
     return u.to(dtype)
 
 

@@ -1,6 +1,9 @@
 """The noise stream is its definition: block ``k`` of stream ``seed`` is ``torch.rand`` of a generator seeded from
 numpy's ``SeedSequence([seed, k])``, and a chunk of draws is cut from whole blocks."""
 
+import math
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -65,3 +68,14 @@ def test_a_stream_equals_its_definition_for_pieces_of_any_size(dtype, monkeypatc
     far = (10 * BLOCK - 3, 10 * BLOCK + 4)
     assert torch.equal(stream.uniforms(*far), definition(9, shape, *far, dtype))
     assert torch.equal(stream.uniforms(1, 4), definition(9, shape, 1, 4, dtype))
+
+
+def test_float32_uniforms_are_the_float64_ones_rounded_down_to_the_grid_of_2_to_the_minus_24():
+    """uniforms_as(u, float32) is floor(u 2^24) / 2^24 exactly (held to fractions), for uniforms of torch.rand and at
+    the edges: 0, the least uniform, just below a grid point, and the largest uniform below 1 (which stays below)."""
+    edges = [0.0, 2.0**-53, 0.5 - 2.0**-54, 0.5, 3 * 2.0**-24 - 2.0**-60, 1 - 2.0**-53]
+    u = torch.cat([torch.rand(1000, generator=torch.Generator().manual_seed(4), dtype=torch.float64),
+                   torch.tensor(edges, dtype=torch.float64)])
+    got = noise.uniforms_as(u, torch.float32)
+    assert got.dtype == torch.float32 and float(got.max()) < 1.0
+    assert got.tolist() == [math.floor(Fraction(x) * 2**24) / 2**24 for x in u.tolist()]
