@@ -72,8 +72,9 @@ typedef struct {
 /* LANES values of x from index i, as float64 (a macro: a vector returned by a function changes the ABI without AVX),
  * and COUNT(t, v, op): t += 1 in the lanes where v op 0 (t: int64 lanes). With AVX-512, by the instructions that do
  * each in one step (a conversion from memory; a masked add), where GCC's generic vectors took five steps for a
- * conversion (two halves, then joined) and three for a count (the mask made a vector of -1s, then subtracted): the
- * strips are bound by the vector units' instructions, not by memory, where two threads share a core's. */
+ * conversion (two halves, then joined) and three for a count (the mask made a vector of -1s, then subtracted). The
+ * strips are bound by their instructions more than by memory: over a float32 chunk of benchmarks/byom.py at one
+ * thread, 1.95 ms (2.38 before) against 0.59 for a plain sum. */
 #if defined(__AVX512F__) && LANES == 8
 #define LOAD(x, is_float, i) ((is_float) ? (vd)_mm512_cvtps_pd(_mm256_loadu_ps((const float *)(x) + (i))) \
                                          : *(const vd *)((const double *)(x) + (i)))
