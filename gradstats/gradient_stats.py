@@ -864,8 +864,13 @@ class GradientStats:
         return self._without_gradient(self._summary())
 
     def _without_gradient(self, summary: Summary) -> list[str]:
+        nonzero = (summary.mean != 0) | (summary.m2 != 0)
+        if _REFERENCE in summary.sign_agree:   # draws too small for their squares (below about 1e-154), which the
+            # mean and the second moment can miss, have signs: a draw agrees with a reference's sign 0 only if 0
+            agree, sign = summary.sign_agree[_REFERENCE], signs(self.reference.to(summary.mean.device))
+            nonzero |= torch.where(sign == 0, agree < summary.weight, agree > 0)
         return [name for name, (_, cols) in zip(self.layout.names, self.layout.layer_slices())
-                if not bool(summary.mean[cols].any()) and not bool(summary.m2[cols].any())]
+                if not bool(nonzero[cols].any())]
 
     # ---- combining and storing ---------------------------------------------------------------
     def _order_of(self, layout: ParameterLayout | None) -> tuple[Tensor, Tensor] | None:

@@ -112,10 +112,16 @@ def wrong_sign_coordinates(estimate: Tensor, reference: Tensor, scale: float | N
     return (signs(reference, scale) != 0) & ~sign_agreement(estimate, reference, scale)
 
 
-def structural_zero_coordinates(summary: Summary, reference: Tensor) -> Tensor:
+def structural_zero_coordinates(summary: Summary, reference: Tensor, counted: str | None = None) -> Tensor:
     """Coordinates whose reference and every draw are exactly 0 (bool ``[D]``): reference 0, mean 0 and
-    centred second moment 0, so no draw (and no enumerated outcome of positive weight) differs from 0."""
-    return (reference == 0) & (summary.mean == 0) & (summary.m2 == 0)
+    centred second moment 0, so no draw (and no enumerated outcome of positive weight) differs from 0. With
+    ``counted``, the name of a reference whose sign agreement the summary counts draw by draw (Monte Carlo), also
+    every draw counted as 0 there (a reference of 0 agrees with a draw of 0 alone): a draw below about 1e-154 has a
+    square that underflows, and a mean that can round to 0, and the counts still see it."""
+    zero = (reference == 0) & (summary.mean == 0) & (summary.m2 == 0)
+    if counted is not None and counted in summary.sign_agree:
+        zero &= summary.sign_agree[counted] == summary.weight
+    return zero
 
 
 _STRUCTURAL_ZEROS = ("exclude", "count")
@@ -278,7 +284,7 @@ def compute_metrics(moments: Moments, problem: Problem, reference: Tensor, refer
     counted = (torch.ones_like(reference, dtype=torch.bool) if reference_var is None
                else reference.abs() > 3 * reference_var.sqrt())
     if structural_zeros == "exclude":
-        counted = counted & ~structural_zero_coordinates(statistics, reference)
+        counted = counted & ~structural_zero_coordinates(statistics, reference, None if exact else reference_name)
     full = _values(statistics, exact, problem, reference, reference_name, ms, reference_var, counted)
     if not per_coordinate:
         full = {key: value for key, value in full.items() if not isinstance(value, Tensor)}
