@@ -547,7 +547,8 @@ class GradientStats:
         # chunks then take the accumulators' path, which scales each group alone
         self._group_reference = reference_by_layer([reference[cols] for _, cols in self.layout.layer_slices()])
         in_range = (norms2 >= SAFE_NORM2[0]) & (norms2 <= SAFE_NORM2[1])
-        zero = torch.stack([(r == 0).all() for r in self._scaled_reference])
+        # a group is 0 if it is 0 before the scaling: one below about 2.5e-324 of the largest is 0 after it, not in range
+        zero = torch.stack([(reference[cols] == 0).all() for _, cols in self.layout.layer_slices()])
         self._reference_in_range = bool((in_range | zero).all())
         self._reference_signs = signs(reference)
 

@@ -72,6 +72,12 @@ TINY = 2.0**-1074   # the least subnormal
 # nor is such a coordinate with a reference of 0 a structural zero (its sign agreement read 1.0, not 0.75)
 @example(stream=({"p0": torch.tensor([[0.0, 1.0], [TINY, 1.0]], dtype=torch.float64)},
                  {"p0": torch.tensor([0.0, 1.0], dtype=torch.float64)}, [0, 2], 1))
+# a group of the reference 1e-323 of another's is 0 once the whole is scaled to a largest entry of 1, but not 0:
+# its cosines and descent read 0 where they are -1, 1 and 1/2
+@example(stream=({"p0": torch.tensor([[0.125], [-0.25]], dtype=torch.float64),
+                  "p1": torch.tensor([[-0.5], [0.0]], dtype=torch.float64)},
+                 {"p0": torch.tensor([1.2e-301], dtype=torch.float64),
+                  "p1": torch.tensor([-4.7e22], dtype=torch.float64)}, [0, 2], 1))
 def test_gradient_stats_equal_a_brute_force_over_every_draw(stream):
     draws, reference, cuts, threads = stream
     previous = torch.get_num_threads()
