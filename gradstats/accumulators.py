@@ -380,7 +380,9 @@ def cosines_by_layer(inner: Tensor, norm2: Tensor, exponent: Tensor, ref_norm2: 
     another's keeps it; the whole row's at one power of two per row (its largest nonzero layer's) and one for the
     reference, where a layer too small to count rounds away. A layer that is 0 has no scale: its power of two (0,
     as :func:`layer_scaled` gives it) takes no part in the whole row's, and it is not scaled to it. The cosine of
-    a zero vector is 0."""
+    a zero vector is 0. The whole row's ``<x, g>`` is taken at the power of two of its largest layer term, not at the
+    one the norms meet at: where the draw is 0 in the reference's largest layer, its other layers' terms there can
+    be below the least subnormal (and its cosine about 1e-323), while their sum's sign is that of ``<x, g>``."""
     cos = safe_divide(inner, norm2.sqrt() * ref_norm2.sqrt())
     shift = _shift_to_largest(exponent, norm2 > 0)         # [B, L]
     ref_shift = _shift_to_largest(ref_exponent, ref_norm2 > 0)   # [L]
@@ -388,7 +390,8 @@ def cosines_by_layer(inner: Tensor, norm2: Tensor, exponent: Tensor, ref_norm2: 
     norm2_all = _times_power_of_two(norm2, 2 * shift).sum(1, keepdim=True)
     ref_all = _times_power_of_two(ref_norm2, 2 * ref_shift).sum()
     cos_all = safe_divide(inner_all, norm2_all.sqrt() * ref_all.sqrt())
-    return torch.cat([cos_all, cos], 1), torch.cat([inner_all, inner], 1)
+    sign_all = _times_power_of_two(inner, _shift_to_largest(shift + ref_shift, inner != 0)).sum(1, keepdim=True)
+    return torch.cat([cos_all, cos], 1), torch.cat([sign_all, inner], 1)
 
 
 def _shift_to_largest(exponent: Tensor, nonzero: Tensor) -> Tensor:

@@ -4,6 +4,7 @@ others'), zeros, signed zeros and repeated values, a reference with zero entries
 into chunks anywhere, one or two threads. The brute force sums exactly (``math.fsum``, fractions for the signs of
 inner products) and takes each cosine at a scale where nothing underflows; the unit sampled is a stream."""
 
+import contextlib
 import math
 import warnings
 from fractions import Fraction
@@ -78,20 +79,54 @@ TINY = 2.0**-1074   # the least subnormal
                   "p1": torch.tensor([[-0.5], [0.0]], dtype=torch.float64)},
                  {"p0": torch.tensor([1.2e-301], dtype=torch.float64),
                   "p1": torch.tensor([-4.7e22], dtype=torch.float64)}, [0, 2], 1))
+# a draw 0 in the reference's largest group: the terms of <x, g> at the power of two the norms meet at were below
+# the least subnormal, and its descent read 0 where <x, g> = 1.07e-264
+@example(stream=({"p0": torch.tensor([[0.0], [0.0]], dtype=torch.float64),
+                  "p1": torch.tensor([[0.0476727312116796], [0.0476727312116796]], dtype=torch.float64)},
+                 {"p0": torch.tensor([4.831823495023648e59], dtype=torch.float64),
+                  "p1": torch.tensor([2.2460356643271068e-263], dtype=torch.float64)}, [0, 2], 1))
 def test_gradient_stats_equal_a_brute_force_over_every_draw(stream):
     draws, reference, cuts, threads = stream
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         stats = gs.GradientStats(reference=reference)
         for a, b in zip(cuts, cuts[1:]):
             stats.update({k: v[a:b] for k, v in draws.items()})
+    check_against_brute_force(stats, draws, reference)
+
+
+@given(stream=streams(), where=st.floats(0, 1))
+def test_gradient_stats_merged_and_restored_equal_the_brute_force_too(stream, where):
+    """The stream's first chunks into one GradientStats, stored (``state_dict``) and loaded into a fresh one, and the
+    rest into another, merged: the same brute force."""
+    draws, reference, cuts, threads = stream
+    split = round(where * (len(cuts) - 1))
+    with torch_threads(threads):
+        first, rest = gs.GradientStats(reference=reference), gs.GradientStats(reference=reference)
+        for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
+            (first if i < split else rest).update({k: v[a:b] for k, v in draws.items()})
+        restored = gs.GradientStats(reference=reference)
+        restored.load_state_dict(first.state_dict())
+        merged = restored.merge(rest)
+    check_against_brute_force(merged, draws, reference)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
     finally:
         torch.set_num_threads(previous)
+
+
+def check_against_brute_force(stats, draws, reference):
+    """``stats``' mean, variance, per-draw cosine, descent and sign agreement of the draws (over all groups and per
+    group) against the brute force over ``draws``."""
     names = list(draws)
     x = {k: draws[k].to(torch.float64).numpy() for k in names}   # float32 values, exactly
     g = {k: reference[k].numpy() for k in names}
-    n = cuts[-1]
+    n = next(iter(x.values())).shape[0]
     largest = max(float(np.abs(v).max()) for v in g.values())
     tiny = 64 * n * 2.0**-1074   # a few units in the last place of a sum of subnormals
 
@@ -99,6 +134,14 @@ def test_gradient_stats_equal_a_brute_force_over_every_draw(stream):
         exact = np.array([math.fsum(column) / n for column in x[k].T])
         spread = np.abs(x[k]).max(0)
         assert np.all(np.abs(stats.mean[k].numpy() - exact) <= 1e-12 * spread + tiny), k
+        # the variance where its squares are in range, against two passes over each column scaled to a largest
+        # entry near 1 (by a power of two: exact)
+        shown = (spread >= 1e-150) & (spread <= 1e150)
+        power = np.frexp(np.where(shown, spread, 1.0))[1]
+        scaled = np.ldexp(x[k], -power)
+        var = np.ldexp(((scaled - scaled.mean(0)) ** 2).sum(0) / (n - 1), 2 * power)
+        got = stats.var[k].numpy()
+        assert np.all(np.abs(got - var)[shown] <= (1e-9 * var + 1e-12 * spread**2)[shown]), k
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)   # a group that got no gradient is reported, and NaN
