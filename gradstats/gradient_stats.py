@@ -50,7 +50,7 @@ from .accumulators import (
 )
 from .checkpoint import PeriodicSaver, content_checksum, saving
 from .chunk_sums import ChunkSums, central_moments, cosines_from_dots, underflowed
-from .metrics import MetricValue, compute_metrics
+from .metrics import MetricValue, compute_metrics, nonzero_coordinates
 from .noise import uniforms_as
 from .numerics import lower_median8, positive_finite, positive_int, seed_value, signs
 from .problems import FactoredGradient
@@ -865,11 +865,8 @@ class GradientStats:
         return self._without_gradient(self._summary())
 
     def _without_gradient(self, summary: Summary) -> list[str]:
-        nonzero = (summary.mean != 0) | (summary.m2 != 0)
-        if _REFERENCE in summary.sign_agree:   # draws too small for their squares (below about 1e-154), which the
-            # mean and the second moment can miss, have signs: a draw agrees with a reference's sign 0 only if 0
-            agree, sign = summary.sign_agree[_REFERENCE], signs(self.reference.to(summary.mean.device))
-            nonzero |= torch.where(sign == 0, agree < summary.weight, agree > 0)
+        reference = None if self.reference is None else self.reference.to(summary.mean.device)
+        nonzero = nonzero_coordinates(summary, reference, None if reference is None else _REFERENCE)
         return [name for name, (_, cols) in zip(self.layout.names, self.layout.layer_slices())
                 if not bool(nonzero[cols].any())]
 

@@ -74,8 +74,8 @@ from .numerics import SIGN_TOLERANCE, cosine, float64_vector, norm, ratio_or_inf
 from .problems import Problem
 
 __all__ = ["MetricValue", "compute_metrics", "COORDINATE_METRICS", "SCALAR_METRICS", "SIGN_TOLERANCE", "signs",
-           "sign_scale", "sign_agreement", "wrong_sign_coordinates", "structural_zero_coordinates", "METRIC_ALIASES",
-           "metric_name"]
+           "sign_scale", "sign_agreement", "wrong_sign_coordinates", "nonzero_coordinates", "structural_zero_coordinates",
+           "METRIC_ALIASES", "metric_name"]
 
 COORDINATE_METRICS = ("bias", "variance", "snr")
 SCALAR_METRICS = ("bias_norm", "relative_bias", "squared_bias", "relative_squared_bias", "variance_trace", "mse",
@@ -112,16 +112,23 @@ def wrong_sign_coordinates(estimate: Tensor, reference: Tensor, scale: float | N
     return (signs(reference, scale) != 0) & ~sign_agreement(estimate, reference, scale)
 
 
-def structural_zero_coordinates(summary: Summary, reference: Tensor, counted: str | None = None) -> Tensor:
-    """Coordinates whose reference and every draw are exactly 0 (bool ``[D]``): reference 0, mean 0 and
-    centred second moment 0, so no draw (and no enumerated outcome of positive weight) differs from 0. With
-    ``counted``, the name of a reference whose sign agreement the summary counts draw by draw (Monte Carlo), also
-    every draw counted as 0 there (a reference of 0 agrees with a draw of 0 alone): a draw below about 1e-154 has a
-    square that underflows, and a mean that can round to 0, and the counts still see it."""
-    zero = (reference == 0) & (summary.mean == 0) & (summary.m2 == 0)
+def nonzero_coordinates(summary: Summary, reference: Tensor, counted: str | None = None) -> Tensor:
+    """Coordinates where some draw (or enumerated outcome of positive weight) is not 0 (bool ``[D]``): mean or
+    centred second moment not 0. With ``counted``, the name of a reference (``reference``) whose sign agreement the
+    summary counts draw by draw (Monte Carlo), also where the counts see a draw that is not 0: one agreeing with a
+    nonzero sign of the reference, or not agreeing with a sign of 0 (:func:`~gradstats.numerics.signs`). A draw
+    below about 1e-154 has a square that underflows, and a mean that can round to 0; the counts still see it."""
+    nonzero = (summary.mean != 0) | (summary.m2 != 0)
     if counted is not None and counted in summary.sign_agree:
-        zero &= summary.sign_agree[counted] == summary.weight
-    return zero
+        agree = summary.sign_agree[counted]
+        nonzero |= torch.where(signs(reference) == 0, agree < summary.weight, agree > 0)
+    return nonzero
+
+
+def structural_zero_coordinates(summary: Summary, reference: Tensor, counted: str | None = None) -> Tensor:
+    """Coordinates whose reference and every draw are exactly 0 (bool ``[D]``): reference 0 and no draw (and no
+    enumerated outcome of positive weight) other than 0, as :func:`nonzero_coordinates` tells with ``counted``."""
+    return (reference == 0) & ~nonzero_coordinates(summary, reference, counted)
 
 
 _STRUCTURAL_ZEROS = ("exclude", "count")

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import gradstats as gs
 from gradstats import enumeration
-from gradstats.metrics import compute_metrics
+from gradstats.metrics import compute_metrics, nonzero_coordinates, structural_zero_coordinates
 from gradstats.problems import FactoredGradient
 from gradstats.testing import networks
 
@@ -441,3 +441,16 @@ def test_a_draw_with_a_zero_layer_keeps_its_whole_cosine_at_any_scale(method):
         got = measured(coefficient)
         assert torch.allclose(got[0], cos, rtol=1e-12, atol=0), coefficient
         assert torch.equal(got[1], descent), coefficient
+
+
+def test_nonzero_coordinates_see_draws_too_small_for_their_squares_by_their_sign_counts():
+    """Draws 0 and 2^-1074 in the first coordinate: their mean rounds to 0 and their square underflows, so the
+    moments alone take it for 0; the sign counts of a Monte Carlo summary see the nonzero draw. A coordinate whose
+    draws are all 0 stays 0 (a structural zero beside a reference of 0); one with ordinary draws is not 0."""
+    draws = torch.tensor([[0.0, 0.0, 1.0], [2.0**-1074, 0.0, -3.0]], dtype=torch.float64)
+    reference = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    summary = gs.GradientStats(reference=reference).update(draws).moments.statistics
+    assert float(summary.mean[0]) == 0.0 and float(summary.m2[0]) == 0.0
+    assert nonzero_coordinates(summary, reference).tolist() == [False, False, True]
+    assert nonzero_coordinates(summary, reference, "reference").tolist() == [True, False, True]
+    assert structural_zero_coordinates(summary, reference, "reference").tolist() == [False, True, False]
