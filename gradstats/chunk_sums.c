@@ -7,16 +7,17 @@
  * the piece's rows of (x_ij - shift_j)^k, P and N the counts of x_ij > 0 and x_ij < 0; running[p] NULL counts as
  * zeros, and out[p] may be running[p] (the sums in place; else they are streamed past the cache: see STORE). Per
  * group and row: dots[g, i] = <x_gi, ref_g> (when ref is not NULL) and norms[g, i] = |x_gi|^2 ([groups, rows];
- * the caller's arrays have room for one such array per thread; their contents are overwritten). *check = the total of every piece's S4 over
- * the columns: finite exactly when every sum is (an overflow of the total alone is a false alarm).
+ * the caller's arrays have room for one such array per thread; their contents are overwritten). *check = the
+ * total of every piece's S4 over the columns: finite exactly when every sum is (an overflow of the total alone is a
+ * false alarm).
  *
  * With ref and ref_norms (the reference's norm over all groups, then per group: [groups + 1]), per piece and
  * column c of [all, group 1, ..., group L]: per_draw_sums[p, 0, c] = the sum over the piece's rows of cos(x_i, g)
  * (0 where |x_i| |g| = 0) and per_draw_sums[p, 1, c] = the count of <x_i, g> > 0 ([pieces, 2, groups + 1]), from
- * the dots and squared norms above, added over the groups. Where `safe` is not NULL, a group of a draw whose squared norm is
- * nonzero and lies outside [safe[0], safe[1]] (NaN included), or is 0 while the group is not (every square
- * underflowed), leaves them uncomputed and the call returns 1 (the caller takes the path that rescales each group
- * of each draw); else it returns 0.
+ * the dots and squared norms above, added over the groups. Where `safe` is not NULL, a group of a draw whose
+ * squared norm is nonzero and lies outside [safe[0], safe[1]] (NaN included), or is 0 while the group is not (every
+ * square underflowed), leaves them uncomputed and the call returns 1 (the caller takes the path that rescales each
+ * group of each draw); else it returns 0.
  *
  * The columns are shared among the threads (OpenMP) in equal runs. Within a run, for each strip of 16 columns
  * (AVX-512; else 4), every row of a group of 32 is read in turn: the strip's six sums stay in registers and are
@@ -288,6 +289,9 @@ int gradstats_chunk_sums(int64_t groups, const void *const *x, const int *is_flo
     if (threads < 1) threads = 1;
     int used = 1;
     double sum4 = 0;
+    /* the whole chunk; each thread takes its own partial dots and norms, per_draw() the first's, added */
+    task_t all = {groups, x, is_float, offsets, rows, total, shift, running, out, strides, bounds, pieces, ref, dots,
+                  norms};
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads) reduction(+:sum4)
 #endif
@@ -298,8 +302,9 @@ int gradstats_chunk_sums(int64_t groups, const void *const *x, const int *is_flo
         team = omp_get_num_threads();
         if (k == 0) used = team;
 #endif
-        task_t t = {groups, x, is_float, offsets, rows, total, shift, running, out, strides, bounds, pieces, ref,
-                    dots + k * size, norms + k * size};
+        task_t t = all;
+        t.dots += k * size;
+        t.norms += k * size;
         memset(t.norms, 0, size * sizeof(double));
         if (ref) memset(t.dots, 0, size * sizeof(double));
         /* equal runs of columns, cut at multiples of 8 (whole cache lines of float64 sums) */
@@ -315,7 +320,5 @@ int gradstats_chunk_sums(int64_t groups, const void *const *x, const int *is_flo
         if (ref) for (int64_t i = 0; i < size; i++) dots[i] += dots[k * size + i];
     }
     if (ref == NULL || ref_norms == NULL) return 0;
-    task_t all = {groups, x, is_float, offsets, rows, total, shift, running, out, strides, bounds, pieces, ref, dots,
-                  norms};
     return per_draw(&all, ref_norms, safe, per_draw_sums);
 }
