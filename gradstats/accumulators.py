@@ -371,7 +371,7 @@ def _times_power_of_two(x: Tensor, exponent: Tensor) -> Tensor:
     return x * torch.pow(2.0, half.to(x.dtype)) * torch.pow(2.0, (exponent - half).to(x.dtype))
 
 
-def cosines_by_layer(inner: Tensor, norm2: Tensor, exponent: Tensor, ref_norm2: Tensor,
+def cosines_by_layer(inner: Tensor, norm2: Tensor, exponent: Tensor | None, ref_norm2: Tensor,
                      ref_exponent: Tensor) -> tuple[Tensor, Tensor]:
     """Per row, ``cos(x, g)`` and ``<x, g>`` up to a positive factor, ``[B, L + 1]`` (column 0: all layers), from
     each layer's ``<x_l, g_l>`` and ``|x_l|^2`` (``[B, L]``) computed at ``x_l 2^-exponent`` and ``g_l
@@ -382,19 +382,28 @@ def cosines_by_layer(inner: Tensor, norm2: Tensor, exponent: Tensor, ref_norm2: 
     as :func:`layer_scaled` gives it) takes no part in the whole row's, and it is not scaled to it. The cosine of
     a zero vector is 0. The whole row's ``<x, g>`` is taken at the power of two of its largest layer term, not at the
     one the norms meet at: where the draw is 0 in the reference's largest layer, its other layers' terms there can
-    be below the least subnormal (and its cosine about 1e-323), while their sum's sign is that of ``<x, g>``."""
+    be below the least subnormal (and its cosine about 1e-323), while their sum's sign is that of ``<x, g>``.
+    ``exponent=None`` says that every one is 0 (no layer of any row was rescaled: the eager paths' common case),
+    and spares the passes over ``[B, L]`` that give the same numbers."""
     cos = safe_divide(inner, norm2.sqrt() * ref_norm2.sqrt())
-    shift = _shift_to_largest(exponent, norm2 > 0)         # [B, L]
     ref_shift = _shift_to_largest(ref_exponent, ref_norm2 > 0)   # [L]
-    inner_all = _times_power_of_two(inner, shift + ref_shift).sum(1, keepdim=True)
-    norm2_all = _times_power_of_two(norm2, 2 * shift).sum(1, keepdim=True)
+    if exponent is None:   # every row's layers meet at the power 0 already: its shift is 0
+        powers = ref_shift
+        inner_all = _times_power_of_two(inner, powers).sum(1, keepdim=True)
+        norm2_all = norm2.sum(1, keepdim=True)
+    else:
+        shift = _shift_to_largest(exponent, norm2 > 0)         # [B, L]
+        powers = shift + ref_shift
+        inner_all = _times_power_of_two(inner, powers).sum(1, keepdim=True)
+        norm2_all = _times_power_of_two(norm2, 2 * shift).sum(1, keepdim=True)
     ref_all = _times_power_of_two(ref_norm2, 2 * ref_shift).sum()
     cos_all = safe_divide(inner_all, norm2_all.sqrt() * ref_all.sqrt())
     # only a row whose sum is 0 can have lost its terms below the least subnormal: its sign is taken again there alone
     # (two more powers of two on every row cost the eager Monte Carlo path about 70 ns a draw)
     lost = (inner_all[:, 0] == 0).nonzero().flatten()
     if lost.numel():
-        again = _times_power_of_two(inner[lost], _shift_to_largest(shift[lost] + ref_shift, inner[lost] != 0))
+        terms = powers if exponent is None else powers[lost]
+        again = _times_power_of_two(inner[lost], _shift_to_largest(terms, inner[lost] != 0))
         inner_all = inner_all.index_copy(0, lost, again.sum(1, keepdim=True))
     return torch.cat([cos_all, cos], 1), torch.cat([inner_all, inner], 1)
 
@@ -621,13 +630,14 @@ class GradientAccumulator:
         scaled, exponent, norm2 = reference_by_layer([ref[a:b] for a, b in bounds])
         return torch.cat(scaled), exponent, norm2
 
-    def _inner_and_norm(self, layers: list[list[_Part]], ref: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _inner_and_norm(self, layers: list[list[_Part]], ref: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Per draw and per layer: ``<g_hat_l, ref_l>``, ``|g_hat_l|^2`` and the exponent ``e`` (each ``[B, L]``) such
         that they are those of ``g_hat_l`` times ``2^-e``. A layer of a draw whose squared norm is nonzero and leaves
         :data:`SAFE_NORM2` (entries below about 1e-135, where squares start to underflow, or above 1e135) is scaled
         first by the power of two that brings its largest entry into [1/2, 1) (``e`` is that power; 0 elsewhere):
         exact, and a layer's cosine and the sign of its inner product are scale-invariant. Eager code rescales only
-        when a chunk has such a layer; compiled code computes both and picks (no data-dependent branch)."""
+        when a chunk has such a layer (``e`` is None when it has none: every power is 0); compiled code computes
+        both and picks (no data-dependent branch)."""
         def sums(parts_of: list[list[_Part]]) -> tuple[Tensor, Tensor]:
             return (torch.stack([sum(p.inner(ref[p.cols]) for p in parts) for parts in parts_of], 1),
                     torch.stack([sum(p.norm2() for p in parts) for parts in parts_of], 1))
@@ -636,12 +646,12 @@ class GradientAccumulator:
         safe = (norm2 >= SAFE_NORM2[0]) & (norm2 <= SAFE_NORM2[1])   # false for a NaN too
         compiling = torch.compiler.is_compiling()
         if not compiling and bool(safe.all()):
-            return inner, norm2, torch.zeros_like(inner)
+            return inner, norm2, None
         top = torch.stack([torch.stack([p.row_max() for p in parts], 1).amax(1) for parts in layers], 1)   # [B, L]
         unsafe = ~safe & (top > 0)   # a layer that is 0 in a draw is safe
         exponent = torch.where(unsafe, _exponent_of(top), 0.0)
         if not compiling and not bool(unsafe.any()):
-            return inner, norm2, exponent
+            return inner, norm2, None
         scaled = [[_Part(p.cols, _times_power_of_two(p.values, -exponent[:, layer, None]), p.x) for p in parts]
                   for layer, parts in enumerate(layers)]
         inner_scaled, norm2_scaled = sums(scaled)

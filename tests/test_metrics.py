@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import gradstats as gs
 from gradstats import enumeration
+from gradstats.accumulators import cosines_by_layer
 from gradstats.metrics import compute_metrics, nonzero_coordinates, structural_zero_coordinates
 from gradstats.problems import FactoredGradient
 from gradstats.testing import networks
@@ -441,6 +442,43 @@ def test_a_draw_with_a_zero_layer_keeps_its_whole_cosine_at_any_scale(method):
         got = measured(coefficient)
         assert torch.allclose(got[0], cos, rtol=1e-12, atol=0), coefficient
         assert torch.equal(got[1], descent), coefficient
+
+
+@given(rows=st.integers(1, 12), layers=st.integers(1, 4), seed=st.integers(0, 2**32 - 1),
+       scale=st.integers(-1074, 300), ref_scale=st.integers(-1000, 300))
+def test_cosines_by_layer_with_no_rescaled_row_are_those_of_exponents_0(rows, layers, seed, scale, ref_scale):
+    """``exponent=None`` (no layer of any row rescaled, the eager Monte Carlo path's common case) skips the per-row
+    powers of two and gives the same numbers, bit for bit, as exponents of 0: over rows with zero layers, zero rows,
+    rows whose layer terms cancel to 0 (taken again at their largest term), values from subnormal up, and a
+    reference whose layers sit at their own powers."""
+    g = torch.Generator().manual_seed(seed)
+    inner = torch.randn(rows, layers, generator=g, dtype=torch.float64) * 2.0**scale
+    inner[torch.rand(rows, layers, generator=g) < 0.3] = 0.0
+    if layers > 1:
+        inner[0, 1] = -inner[0, 0]   # a row whose terms at the reference's powers may cancel
+    norm2 = inner.square() + torch.rand(rows, layers, generator=g, dtype=torch.float64)
+    ref_exponent = torch.randint(-60, 60, (layers,), generator=g).to(torch.float64) + ref_scale
+    ref_norm2 = torch.rand(layers, generator=g, dtype=torch.float64) + 0.5
+    ref_norm2[torch.rand(layers, generator=g) < 0.2] = 0.0
+    fast = cosines_by_layer(inner, norm2, None, ref_norm2, ref_exponent)
+    full = cosines_by_layer(inner, norm2, torch.zeros_like(inner), ref_norm2, ref_exponent)
+    for a, b in zip(fast, full):
+        assert torch.equal(a.view(torch.int64), b.view(torch.int64))
+
+
+@pytest.mark.parametrize("rescaled", [False, True])
+def test_a_row_whose_terms_fall_below_the_least_subnormal_keeps_the_sign_of_its_inner_product(rescaled):
+    """A row 0 in the reference's largest layer, 3 and -5 times 2^-1074 in the others, which sit 2^-10 and 2^-12
+    below it: at the reference's powers both terms round to 0, so the row is taken again at its largest term's
+    power, where they read 3 and -5/4 (rounded to -1) units of the least subnormal: <x, g> reads 2 units, > 0, as
+    its exact value (3 2^-10 - 5 2^-12 = 7 2^-12 units) says; the sum at one common power alone (-2 units) has the
+    wrong sign. The same with and without the per-row exponents."""
+    tiny = 2.0**-1074
+    inner = torch.tensor([[0.0, 3 * tiny, -5 * tiny]], dtype=torch.float64)
+    exponent = torch.zeros_like(inner) if rescaled else None
+    _, got = cosines_by_layer(inner, torch.ones_like(inner), exponent, torch.ones(3, dtype=torch.float64),
+                              torch.tensor([0.0, -10.0, -12.0], dtype=torch.float64))
+    assert float(got[0, 0]) == 2 * tiny
 
 
 def test_nonzero_coordinates_see_draws_too_small_for_their_squares_by_their_sign_counts():
