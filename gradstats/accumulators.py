@@ -398,13 +398,19 @@ def cosines_by_layer(inner: Tensor, norm2: Tensor, exponent: Tensor | None, ref_
         norm2_all = _times_power_of_two(norm2, 2 * shift).sum(1, keepdim=True)
     ref_all = _times_power_of_two(ref_norm2, 2 * ref_shift).sum()
     cos_all = safe_divide(inner_all, norm2_all.sqrt() * ref_all.sqrt())
-    # only a row whose sum is 0 can have lost its terms below the least subnormal: its sign is taken again there alone
-    # (two more powers of two on every row cost the eager Monte Carlo path about 70 ns a draw)
-    lost = (inner_all[:, 0] == 0).nonzero().flatten()
-    if lost.numel():
-        terms = powers if exponent is None else powers[lost]
-        again = _times_power_of_two(inner[lost], _shift_to_largest(terms, inner[lost] != 0))
-        inner_all = inner_all.index_copy(0, lost, again.sum(1, keepdim=True))
+    # only a row whose sum is 0 can have lost its terms below the least subnormal: its sign is taken again there, at
+    # its largest term's power. Eagerly for those rows alone (two more powers of two on every row cost the eager
+    # Monte Carlo path about 70 ns a draw); compiled for every row, then picked: selecting the rows is a
+    # data-dependent shape, which would break the graph and leave the whole fused statistics eager
+    if torch.compiler.is_compiling():
+        again = _times_power_of_two(inner, _shift_to_largest(powers, inner != 0)).sum(1, keepdim=True)
+        inner_all = torch.where(inner_all == 0, again, inner_all)
+    else:
+        lost = (inner_all[:, 0] == 0).nonzero().flatten()
+        if lost.numel():
+            terms = powers if exponent is None else powers[lost]
+            again = _times_power_of_two(inner[lost], _shift_to_largest(terms, inner[lost] != 0))
+            inner_all = inner_all.index_copy(0, lost, again.sum(1, keepdim=True))
     return torch.cat([cos_all, cos], 1), torch.cat([inner_all, inner], 1)
 
 

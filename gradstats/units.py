@@ -219,7 +219,10 @@ def noise_quantile(u: Tensor, noise: str = "gaussian", scale: float = 1.0) -> Te
     """Zero-mean noise ``scale * F^{-1}(u)`` for ``noise`` in :data:`NOISES`."""
     if noise not in NOISES:
         raise ValueError(f"noise must be one of {sorted(NOISES)}, got {noise!r}")
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+    # checked eagerly only: compiled code meets ``scale`` as a symbolic float, whose test would break the graph (the
+    # noisy rectifier estimator checks its options before anything is compiled)
+    if not torch.compiler.is_compiling() and not (
+            isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a finite positive number, got {scale!r}")
     return scale * NOISES[noise](u)
 

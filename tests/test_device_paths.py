@@ -6,6 +6,7 @@ results, bit for bit where nothing is reordered and to float rounding where the 
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 import gradstats as gs
 from gradstats.estimators import NonFiniteError
@@ -45,7 +46,10 @@ def test_the_fused_path_gives_the_eager_statistics(name):
     problem = gs.problems.sbn([4, 3, 2], seed=6) if name != "reinforce_loo" else gs.problems.sbn([4, 3], seed=6)
     g = gs.exact_gradient(problem)
     eager = gs.moments(problem, name, references={"g": g}, fuse=False, **FUSED)
+    counters["graph_break"].clear()
     fused = gs.moments(problem, name, references={"g": g}, fuse=True, **FUSED)
+    # one graph: a break (a data-dependent branch or shape) leaves the statistics, or all of them, eager
+    assert not counters["graph_break"], dict(counters["graph_break"])
     # the same draws; the compiler may reorder sums, so agreement is to float64 rounding
     assert torch.allclose(fused.mean, eager.mean, rtol=1e-10, atol=1e-14)
     assert torch.allclose(fused.var, eager.var, rtol=1e-9, atol=1e-14)
