@@ -216,6 +216,20 @@ def test_float32_draws_are_accumulated_in_float64():
     assert torch.isfinite(nr.mean).all()
 
 
+@pytest.mark.parametrize("kind", ["sbn", "categorical"])
+def test_every_estimator_draws_in_float32(kind):
+    """Every registered estimator takes ``dtype=torch.float32`` (RELAX's float64 control networks read float32 draws:
+    they raised a dtype mismatch) and gives the float64 draws' mean to float32 rounding: the same uniforms, rounded
+    down to float32, so the two means differ by the per-draw arithmetic's rounding alone, far below 1e-5 of the
+    largest coordinate."""
+    problem = gs.problems.sbn([4, 3, 2], seed=6) if kind == "sbn" else gs.problems.categorical([3, 2], seed=1)
+    kw = dict(method="mc", num_samples=2048, seed=1, device="cpu", progress=False)
+    for name in gs.estimators.names(kind=kind):
+        m64, m32 = gs.moments(problem, name, **kw), gs.moments(problem, name, dtype=torch.float32, **kw)
+        assert m32.mean.dtype == torch.float64, name
+        assert float((m32.mean - m64.mean).abs().max()) <= 1e-5 * float(m64.mean.abs().max()), name
+
+
 def test_the_default_chunk_is_small_on_the_cpu_and_sized_by_memory_on_a_gpu():
     from gradstats.montecarlo import DEFAULT_CHUNK_SIZE, default_chunk_size
     cuda = torch.device("cuda")
