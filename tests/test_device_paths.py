@@ -4,6 +4,8 @@ The same code runs on CUDA (tests/test_cuda.py checks it there); here it must gi
 results, bit for bit where nothing is reordered and to float rounding where the compiler fuses.
 """
 
+import functools
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -59,6 +61,31 @@ def test_the_fused_path_gives_the_eager_statistics(name):
     for a, b in zip(fused.batches, eager.batches):   # the jackknife batches too
         assert a.count == b.count and torch.allclose(a.mean, b.mean, rtol=1e-10, atol=1e-14)
 
+
+
+def _fused_cases():
+    for kind in ("sbn", "categorical"):
+        for name in gs.estimators.names(kind=kind):
+            marks = [pytest.mark.xfail(strict=True, reason="RELAX's control networks take their derivatives with "
+                                                           "torch.autograd.grad, which breaks the graph")] \
+                if name == "relax" else []
+            yield pytest.param(kind, name, marks=marks, id=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, name", _fused_cases())
+def test_every_estimators_fused_draws_and_statistics_are_one_graph(kind, name, monkeypatch):
+    """Every registered estimator's fused path, float64 and float32, is traced into one graph: a break leaves part
+    of the draws or the statistics eager (with a break inside a loop, all of them), at the eager rate or below.
+    Traced by torch's graph capture with the ``eager`` backend, which finds every break without compiling (about
+    13 minutes for all of them with the compiler; a slow test all the same)."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    problem = gs.problems.sbn([4, 3, 2], seed=6) if kind == "sbn" else gs.problems.categorical([3, 2], seed=1)
+    g = gs.exact_gradient(problem)
+    for dtype in (torch.float64, torch.float32):
+        counters["graph_break"].clear()
+        gs.moments(problem, name, references={"g": g}, fuse=True, dtype=dtype, **{**FUSED, "num_samples": 10_000})
+        assert not counters["graph_break"], (str(dtype), dict(counters["graph_break"]))
 
 def test_the_fused_path_in_float32_accumulates_in_float64():
     problem = gs.problems.sbn([4, 3, 2], seed=6)
