@@ -62,14 +62,8 @@ def test_the_fused_path_gives_the_eager_statistics(name):
         assert a.count == b.count and torch.allclose(a.mean, b.mean, rtol=1e-10, atol=1e-14)
 
 
-
 def _fused_cases():
-    for kind in ("sbn", "categorical"):
-        for name in gs.estimators.names(kind=kind):
-            marks = [pytest.mark.xfail(strict=True, reason="RELAX's control networks take their derivatives with "
-                                                           "torch.autograd.grad, which breaks the graph")] \
-                if name == "relax" else []
-            yield pytest.param(kind, name, marks=marks, id=name)
+    return [pytest.param(kind, name, id=name) for kind in ("sbn", "categorical") for name in gs.estimators.names(kind=kind)]
 
 
 @pytest.mark.slow
@@ -86,6 +80,7 @@ def test_every_estimators_fused_draws_and_statistics_are_one_graph(kind, name, m
         counters["graph_break"].clear()
         gs.moments(problem, name, references={"g": g}, fuse=True, dtype=dtype, **{**FUSED, "num_samples": 10_000})
         assert not counters["graph_break"], (str(dtype), dict(counters["graph_break"]))
+
 
 def test_the_fused_path_in_float32_accumulates_in_float64():
     problem = gs.problems.sbn([4, 3, 2], seed=6)

@@ -207,20 +207,27 @@ def _network_terms(network: ControlNetwork, z: Tensor, z_conditional: Tensor, sl
     output depends on its own row only, so one gradient of the sum gives every row's. The network's input
     :math:`x = \sigma(z)` is differentiated by hand (:math:`\sigma(z)\sigma(-z)`), as autograd's
     :math:`x(1 - x)` loses the digits of a saturated ``z``. The network runs in its own dtype (float64 for
-    :class:`ControlNetwork`) on draws of any: its input is converted to it, and its terms back to ``z``'s."""
+    :class:`ControlNetwork`) on draws of any: its input is converted to it, and its terms back to ``z``'s.
+    Training (``create_graph``) takes the derivatives by autograd, to be differentiated again; a draw by
+    ``torch.func.vjp``, which ``torch.compile`` traces into the fused path's graph (``autograd.grad`` breaks it)."""
     head = getattr(network, "head", None)
     dtype = next((w.dtype for w in network.parameters() if w.is_floating_point()), z.dtype)
     if head is None:                                    # a user's module of z: autograd all the way
         head = network
-        x, x_conditional = (v.detach().to(dtype).requires_grad_(True) for v in (z, z_conditional))
+        x, x_conditional = (v.detach().to(dtype) for v in (z, z_conditional))
         outer = outer_conditional = 1.0
     else:
-        x, x_conditional = (torch.sigmoid(v).to(dtype).requires_grad_(True) for v in (z, z_conditional))
+        x, x_conditional = (torch.sigmoid(v).to(dtype) for v in (z, z_conditional))
         outer, outer_conditional = sigmoid_derivative(z), sigmoid_derivative(z_conditional)
-    with torch.enable_grad():
-        r, r_conditional = head(x), head(x_conditional)
-        d, d_conditional = torch.autograd.grad((r.sum(), r_conditional.sum()), (x, x_conditional),
-                                               create_graph=create_graph)
+    if create_graph:
+        x, x_conditional = x.requires_grad_(True), x_conditional.requires_grad_(True)
+        with torch.enable_grad():
+            r, r_conditional = head(x), head(x_conditional)
+            d, d_conditional = torch.autograd.grad((r.sum(), r_conditional.sum()), (x, x_conditional),
+                                                   create_graph=True)
+    else:
+        (r, r_conditional), pull_back = torch.func.vjp(lambda a, b: (head(a), head(b)), x, x_conditional)
+        d, d_conditional = pull_back((torch.ones_like(r), torch.ones_like(r_conditional)))
     return (r_conditional.to(z.dtype), (d * outer).to(z.dtype),
             (d_conditional * outer_conditional * slope).to(z.dtype))
 
