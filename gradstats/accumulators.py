@@ -388,14 +388,11 @@ def cosines_by_layer(inner: Tensor, norm2: Tensor, exponent: Tensor | None, ref_
     cos = safe_divide(inner, norm2.sqrt() * ref_norm2.sqrt())
     ref_shift = _shift_to_largest(ref_exponent, ref_norm2 > 0)   # [L]
     if exponent is None:   # every row's layers meet at the power 0 already: its shift is 0
-        powers = ref_shift
-        inner_all = _times_power_of_two(inner, powers).sum(1, keepdim=True)
-        norm2_all = norm2.sum(1, keepdim=True)
+        powers, norm2_all = ref_shift, norm2.sum(1, keepdim=True)
     else:
         shift = _shift_to_largest(exponent, norm2 > 0)         # [B, L]
-        powers = shift + ref_shift
-        inner_all = _times_power_of_two(inner, powers).sum(1, keepdim=True)
-        norm2_all = _times_power_of_two(norm2, 2 * shift).sum(1, keepdim=True)
+        powers, norm2_all = shift + ref_shift, _times_power_of_two(norm2, 2 * shift).sum(1, keepdim=True)
+    inner_all = _times_power_of_two(inner, powers).sum(1, keepdim=True)
     ref_all = _times_power_of_two(ref_norm2, 2 * ref_shift).sum()
     cos_all = safe_divide(inner_all, norm2_all.sqrt() * ref_all.sqrt())
     # only a row whose sum is 0 can have lost its terms below the least subnormal: its sign is taken again there, at
